@@ -1,0 +1,2 @@
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CeleryEvent {}

@@ -1,0 +1,4 @@
+//! The Celery domain: the typed event model, decoding of kombu envelopes from the broker.
+
+pub mod envelope;
+pub mod event;

@@ -1,0 +1,183 @@
+//! The three roles and what the runtime hands each of them.
+//!
+//! * a [`Receiver`] produces signals into an [`Output`] until its shutdown token is cancelled;
+//! * a [`Processor`] reads an [`Input`] and writes an [`Output`] until its input closes (a
+//!   connector is a processor whose output spans several pipelines and signals);
+//! * an [`Exporter`] reads an [`Input`] until it closes, then flushes and returns.
+//!
+//! Shutdown therefore needs no control messages: cancelling receivers drops their senders, the
+//! channels close stage after stage, and every stage drains what it holds before it returns.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::signal::{Signal, SignalKind};
+use crate::telemetry::{Counter, Telemetry};
+
+/// What a running component returns.
+pub type RunResult = Result<(), ComponentError>;
+pub type BoxRun = Pin<Box<dyn Future<Output = RunResult> + Send>>;
+
+/// A component failed at run time (the agent logs it and marks itself unhealthy).
+#[derive(Debug, thiserror::Error)]
+pub enum ComponentError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub trait Receiver: Send {
+    fn run(self: Box<Self>, ctx: Context, out: Output) -> BoxRun;
+}
+
+pub trait Processor: Send {
+    fn run(self: Box<Self>, ctx: Context, input: Input, out: Output) -> BoxRun;
+}
+
+pub trait Exporter: Send {
+    fn run(self: Box<Self>, ctx: Context, input: Input) -> BoxRun;
+}
+
+/// Per-component runtime context.
+#[derive(Clone)]
+pub struct Context {
+    /// `receivers/celery_redis`, `processors/batch@traces`, ... for logs and metrics.
+    pub id: Arc<str>,
+    /// Cancelled when receivers must stop. Processors and exporters stop when their input closes
+    /// and may use it only to cut short waits (retries) during shutdown.
+    pub shutdown: CancellationToken,
+    pub telemetry: Telemetry,
+}
+
+/// The receiving end of a component's input channel; counts what it hands out.
+pub struct Input {
+    rx: async_channel::Receiver<Signal>,
+    received: Counter,
+}
+
+impl Input {
+    pub fn new(rx: async_channel::Receiver<Signal>, received: Counter) -> Self {
+        Input { rx, received }
+    }
+
+    /// The next batch, or `None` once every upstream sender is gone and the channel is drained.
+    pub async fn recv(&self) -> Option<Signal> {
+        let s = self.rx.recv().await.ok()?;
+        self.received.add(s.item_count() as u64);
+        Some(s)
+    }
+
+    /// Batches waiting in the channel.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+}
+
+/// Downstream targets per signal: the entry channels of every pipeline a producer feeds.
+#[derive(Clone)]
+pub struct Output {
+    targets: Vec<(SignalKind, Vec<async_channel::Sender<Signal>>)>,
+    sent: Counter,
+    refused: Counter,
+}
+
+/// Returned by [`Output::try_send`] when a batch could not be handed over at once.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SendError {
+    #[error("downstream is full")]
+    Full,
+    #[error("downstream is closed")]
+    Closed,
+}
+
+impl Output {
+    pub fn new(
+        targets: Vec<(SignalKind, Vec<async_channel::Sender<Signal>>)>,
+        sent: Counter,
+        refused: Counter,
+    ) -> Self {
+        Output {
+            targets,
+            sent,
+            refused,
+        }
+    }
+
+    /// Does any pipeline take `kind` from this producer?
+    pub fn wants(&self, kind: SignalKind) -> bool {
+        self.targets.iter().any(|(k, t)| *k == kind && !t.is_empty())
+    }
+
+    fn senders(&self, kind: SignalKind) -> &[async_channel::Sender<Signal>] {
+        self.targets
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, s)| s.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// Send to every target, waiting for room (backpressure). Fails only when every target has
+    /// closed, which happens during shutdown.
+    pub async fn send(&self, signal: Signal) -> Result<(), SendError> {
+        let senders = self.senders(signal.kind());
+        if senders.is_empty() || signal.is_empty() {
+            return Ok(());
+        }
+        let n = signal.item_count() as u64;
+        let mut delivered = false;
+        let (last, rest) = senders.split_last().expect("non-empty");
+        for s in rest {
+            delivered |= s.send(signal.clone()).await.is_ok();
+        }
+        delivered |= last.send(signal).await.is_ok();
+        if delivered {
+            self.sent.add(n);
+            Ok(())
+        } else {
+            Err(SendError::Closed)
+        }
+    }
+
+    /// Send without waiting, for producers that cannot apply backpressure (pub/sub): a target
+    /// that is full misses this batch and the drop is counted.
+    pub fn try_send(&self, signal: Signal) -> Result<(), SendError> {
+        let senders = self.senders(signal.kind());
+        if senders.is_empty() || signal.is_empty() {
+            return Ok(());
+        }
+        let n = signal.item_count() as u64;
+        let mut full = false;
+        let mut delivered = false;
+        for s in senders {
+            match s.try_send(signal.clone()) {
+                Ok(()) => delivered = true,
+                Err(async_channel::TrySendError::Full(_)) => {
+                    full = true;
+                    self.refused.add(n);
+                }
+                Err(async_channel::TrySendError::Closed(_)) => {}
+            }
+        }
+        if delivered {
+            self.sent.add(n);
+        }
+        match (full, delivered) {
+            (true, _) => Err(SendError::Full),
+            (false, true) => Ok(()),
+            (false, false) => Err(SendError::Closed),
+        }
+    }
+}

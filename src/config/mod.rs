@@ -1,0 +1,494 @@
+//! The config file: YAML in the OpenTelemetry Collector's shape, `${env:VAR}` expansion, and
+//! diagnostics that carry `file:line:col`.
+//!
+//! This module owns the *shape* of the file (sections, component ids, pipelines, service
+//! settings). Each component's own settings stay an opaque [`Value`] here and are decoded by that
+//! component's builder (see [`decode`]), so one config type lives next to the code that uses it.
+//! Cross-component rules (signals, references, cycles) live in [`crate::pipeline::graph`].
+
+mod diag;
+mod env;
+mod marks;
+pub mod types;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+pub use serde_yaml_ng::Value;
+
+pub use diag::{Diagnostic, Diagnostics, Severity};
+pub use marks::Pos;
+
+/// The pipeline file shipped in the binary; `celeriac run` uses it when no `-c` is given.
+pub const DEFAULT_PIPELINE: &str = include_str!("../../pipelines/default.yaml");
+
+/// A component id: `type` or `type/name`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ComponentId {
+    pub type_name: String,
+    pub name: Option<String>,
+}
+
+impl ComponentId {
+    pub fn parse(s: &str) -> Result<ComponentId, String> {
+        let (t, n) = match s.split_once('/') {
+            Some((t, n)) => (t, Some(n)),
+            None => (s, None),
+        };
+        let valid_type = !t.is_empty()
+            && t
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid_type {
+            return Err(format!(
+                "`{s}` is not a valid component id: the type must be lowercase letters, digits and `_`"
+            ));
+        }
+        if n.is_some_and(|n| n.is_empty() || n.contains('/')) {
+            return Err(format!(
+                "`{s}` is not a valid component id: write `type` or `type/name`"
+            ));
+        }
+        Ok(ComponentId {
+            type_name: t.to_string(),
+            name: n.map(str::to_string),
+        })
+    }
+}
+
+impl fmt::Display for ComponentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.name {
+            Some(n) => write!(f, "{}/{}", self.type_name, n),
+            None => f.write_str(&self.type_name),
+        }
+    }
+}
+
+/// Which of the four config sections a component is declared in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Section {
+    Receivers,
+    Processors,
+    Connectors,
+    Exporters,
+}
+
+impl Section {
+    pub const ALL: [Section; 4] = [
+        Section::Receivers,
+        Section::Processors,
+        Section::Connectors,
+        Section::Exporters,
+    ];
+    pub fn key(self) -> &'static str {
+        match self {
+            Section::Receivers => "receivers",
+            Section::Processors => "processors",
+            Section::Connectors => "connectors",
+            Section::Exporters => "exporters",
+        }
+    }
+    /// "receiver", "processor", ... for messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Section::Receivers => "receiver",
+            Section::Processors => "processor",
+            Section::Connectors => "connector",
+            Section::Exporters => "exporter",
+        }
+    }
+}
+
+/// One declared component.
+#[derive(Debug, Clone)]
+pub struct ComponentDecl {
+    pub id: ComponentId,
+    pub section: Section,
+    /// Its settings, env-expanded; `null` means "all defaults".
+    pub settings: Value,
+    /// Key path of the declaration, for diagnostics.
+    pub path: String,
+}
+
+/// A reference to a component from a pipeline.
+#[derive(Debug, Clone)]
+pub struct ComponentRef {
+    pub id: ComponentId,
+    pub path: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct PipelineDecl {
+    pub id: String,
+    pub signal: crate::signal::SignalKind,
+    pub receivers: Vec<ComponentRef>,
+    pub processors: Vec<ComponentRef>,
+    pub exporters: Vec<ComponentRef>,
+    pub path: String,
+}
+
+/// `service:` settings other than pipelines.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceSettings {
+    pub telemetry: TelemetrySettings,
+    /// How long shutdown may take before remaining components are aborted.
+    #[serde(with = "types::duration")]
+    pub shutdown_timeout: Duration,
+    /// Capacity, in batches, of every channel between stages.
+    pub channel_capacity: usize,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        ServiceSettings {
+            telemetry: TelemetrySettings::default(),
+            shutdown_timeout: Duration::from_secs(10),
+            channel_capacity: 64,
+        }
+    }
+}
+
+/// The agent's own `/metrics` and `/healthz` endpoint and its log level.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySettings {
+    /// Address of `/metrics` and `/healthz`; `null` disables the endpoint.
+    #[serde(with = "types::opt_addr")]
+    pub endpoint: Option<SocketAddr>,
+    /// `tracing` filter for the agent's own logs (overridden by `RUST_LOG`).
+    pub log_level: String,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings {
+            endpoint: Some(SocketAddr::from(([127, 0, 0, 1], 8888))),
+            log_level: "info".to_string(),
+        }
+    }
+}
+
+/// The whole file, shape-checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub components: Vec<ComponentDecl>,
+    pub pipelines: Vec<PipelineDecl>,
+    pub service: ServiceSettings,
+}
+
+impl Config {
+    pub fn component(&self, section: Section, id: &ComponentId) -> Option<&ComponentDecl> {
+        self.components
+            .iter()
+            .find(|c| c.section == section && &c.id == id)
+    }
+}
+
+/// Read and shape-check a file. Diagnostics (warnings too) are returned either way; the config
+/// is `None` when any error was found.
+pub fn load(path: &Path) -> (Option<Config>, Diagnostics) {
+    let name = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text, &name),
+        Err(e) => {
+            let mut d = Diagnostics::new(&name, "");
+            d.error("", format!("cannot read the config file: {e}"));
+            (None, d)
+        }
+    }
+}
+
+/// Shape-check YAML `text`; `file` names it in diagnostics.
+pub fn parse(text: &str, file: &str) -> (Option<Config>, Diagnostics) {
+    let mut d = Diagnostics::new(file, text);
+    let root: Value = match serde_yaml_ng::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            let pos = e.location().map(|l| Pos {
+                line: l.line(),
+                col: l.column(),
+            });
+            d.push_at(Severity::Error, "", pos, format!("invalid YAML: {e}"));
+            return (None, d);
+        }
+    };
+    let root = env::expand(root, &mut d);
+    let root = match root {
+        Value::Mapping(m) => m,
+        Value::Null => Default::default(),
+        _ => {
+            d.error("", "the config must be a mapping with `receivers`, `exporters` and `service`");
+            return (None, d);
+        }
+    };
+
+    let mut components = Vec::new();
+    let mut service = ServiceSettings::default();
+    let mut pipelines = Vec::new();
+    for (k, v) in &root {
+        let Some(key) = k.as_str() else {
+            d.error("", "top-level keys must be strings");
+            continue;
+        };
+        if let Some(section) = Section::ALL.iter().find(|s| s.key() == key) {
+            read_section(*section, v, &mut components, &mut d);
+        } else if key == "service" {
+            read_service(v, &mut service, &mut pipelines, &mut d);
+        } else if key == "extensions" {
+            d.warn(key, "`extensions` is not supported yet and is ignored");
+        } else {
+            d.error(
+                key,
+                format!("unknown top-level key `{key}`: expected receivers, processors, connectors, exporters or service"),
+            );
+        }
+    }
+    if !root.contains_key("service") {
+        d.error("", "the config has no `service` section, so no pipeline runs");
+    }
+    let config = Config {
+        components,
+        pipelines,
+        service,
+    };
+    if d.has_errors() {
+        (None, d)
+    } else {
+        (Some(config), d)
+    }
+}
+
+fn read_section(section: Section, v: &Value, out: &mut Vec<ComponentDecl>, d: &mut Diagnostics) {
+    let key = section.key();
+    let map = match v {
+        Value::Mapping(m) => m,
+        Value::Null => return,
+        _ => {
+            d.error(key, format!("`{key}` must be a mapping of component ids to settings"));
+            return;
+        }
+    };
+    for (k, settings) in map {
+        let Some(id_str) = k.as_str() else {
+            d.error(key, format!("ids in `{key}` must be strings"));
+            continue;
+        };
+        let path = format!("{key}.{id_str}");
+        match ComponentId::parse(id_str) {
+            Ok(id) => out.push(ComponentDecl {
+                id,
+                section,
+                settings: settings.clone(),
+                path,
+            }),
+            Err(msg) => d.error(&path, msg),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineFields {
+    #[serde(default)]
+    receivers: Vec<String>,
+    #[serde(default)]
+    processors: Vec<String>,
+    #[serde(default)]
+    exporters: Vec<String>,
+}
+
+fn read_service(
+    v: &Value,
+    service: &mut ServiceSettings,
+    pipelines: &mut Vec<PipelineDecl>,
+    d: &mut Diagnostics,
+) {
+    let Value::Mapping(map) = v else {
+        d.error("service", "`service` must be a mapping with `pipelines`");
+        return;
+    };
+    let mut rest = map.clone();
+    let pipes = rest.remove("pipelines");
+    match decode::<ServiceSettings>(&Value::Mapping(rest)) {
+        Ok(s) => *service = s,
+        Err(e) => d.error(&e.full_path("service"), e.message),
+    }
+    let Some(pipes) = pipes else {
+        d.error("service", "`service` has no `pipelines`");
+        return;
+    };
+    let Value::Mapping(pipes) = pipes else {
+        d.error("service.pipelines", "`pipelines` must be a mapping of pipeline ids");
+        return;
+    };
+    for (k, p) in &pipes {
+        let Some(id) = k.as_str() else {
+            d.error("service.pipelines", "pipeline ids must be strings");
+            continue;
+        };
+        let path = format!("service.pipelines.{id}");
+        let signal_name = id.split('/').next().unwrap_or(id);
+        let Some(signal) = crate::signal::SignalKind::parse(signal_name) else {
+            d.error(
+                &path,
+                format!("pipeline `{id}`: `{signal_name}` is not a signal; a pipeline id is traces, metrics, logs or celery, optionally followed by /name"),
+            );
+            continue;
+        };
+        let fields = match decode::<PipelineFields>(p) {
+            Ok(f) => f,
+            Err(e) => {
+                d.error(&e.full_path(&path), e.message);
+                continue;
+            }
+        };
+        let refs = |list: Vec<String>, key: &str, d: &mut Diagnostics| -> Vec<ComponentRef> {
+            list.into_iter()
+                .enumerate()
+                .filter_map(|(i, s)| {
+                    let rpath = format!("{path}.{key}[{i}]");
+                    match ComponentId::parse(&s) {
+                        Ok(id) => Some(ComponentRef { id, path: rpath }),
+                        Err(msg) => {
+                            d.error(&rpath, msg);
+                            None
+                        }
+                    }
+                })
+                .collect()
+        };
+        let receivers = refs(fields.receivers, "receivers", d);
+        let processors = refs(fields.processors, "processors", d);
+        let exporters = refs(fields.exporters, "exporters", d);
+        pipelines.push(PipelineDecl {
+            id: id.to_string(),
+            signal,
+            receivers,
+            processors,
+            exporters,
+            path,
+        });
+    }
+}
+
+/// A settings decode failure: where (relative key path) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    pub path: String,
+    pub message: String,
+}
+
+impl DecodeError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        DecodeError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+    /// The path under `base` (`receivers.celery_redis` + `endpoint`).
+    pub fn full_path(&self, base: &str) -> String {
+        match (base.is_empty(), self.path.is_empty()) {
+            (_, true) => base.to_string(),
+            (true, false) => self.path.clone(),
+            (false, false) if self.path.starts_with('[') => format!("{base}{}", self.path),
+            (false, false) => format!("{base}.{}", self.path),
+        }
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Decode a component's settings into its typed config, keeping the path of the failing key.
+/// `null` (a component declared with no settings) decodes as an empty mapping.
+pub fn decode<T: DeserializeOwned>(v: &Value) -> Result<T, DecodeError> {
+    let owned = match v {
+        Value::Null => Value::Mapping(Default::default()),
+        other => other.clone(),
+    };
+    serde_path_to_error::deserialize::<_, T>(owned).map_err(|e| {
+        let mut path = e.path().to_string();
+        if path == "." {
+            path.clear();
+        }
+        let message = e.inner().to_string();
+        // serde reports an unknown key at its parent: point at the key itself.
+        if let Some(rest) = message.strip_prefix("unknown field `") {
+            if let Some((field, _)) = rest.split_once('`') {
+                let already = path == field || path.ends_with(&format!(".{field}"));
+                path = if already {
+                    path
+                } else if path.is_empty() {
+                    field.to_string()
+                } else {
+                    format!("{path}.{field}")
+                };
+            }
+        }
+        DecodeError { path, message }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn component_ids() {
+        let id = ComponentId::parse("otlp/tempo").unwrap();
+        assert_eq!(id.type_name, "otlp");
+        assert_eq!(id.name.as_deref(), Some("tempo"));
+        assert_eq!(id.to_string(), "otlp/tempo");
+        assert!(ComponentId::parse("Otlp").is_err());
+        assert!(ComponentId::parse("otlp/").is_err());
+        assert!(ComponentId::parse("a/b/c").is_err());
+    }
+
+    #[test]
+    fn decode_reports_unknown_key_path() {
+        #[derive(Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct S {
+            a: u32,
+        }
+        let v: Value = serde_yaml_ng::from_str("a: 1\nb: 2\n").unwrap();
+        let e = decode::<S>(&v).unwrap_err();
+        assert_eq!(e.path, "b");
+        assert!(e.message.contains("unknown field `b`"));
+        let v: Value = serde_yaml_ng::from_str("a: x\n").unwrap();
+        assert_eq!(decode::<S>(&v).unwrap_err().path, "a");
+    }
+
+    #[test]
+    fn shape_errors_are_all_reported() {
+        let text = "receivers:\n  BAD: {}\nfoo: 1\nservice:\n  pipelines:\n    spans: { receivers: [a] }\n";
+        let (cfg, d) = parse(text, "t.yaml");
+        assert!(cfg.is_none());
+        let out = d.render();
+        assert!(out.contains("t.yaml:2:3: error:"), "{out}");
+        assert!(out.contains("t.yaml:3:1: error: unknown top-level key `foo`"), "{out}");
+        assert!(out.contains("t.yaml:6:5: error: pipeline `spans`"), "{out}");
+    }
+
+    #[test]
+    fn default_pipeline_parses() {
+        let (cfg, d) = parse(DEFAULT_PIPELINE, "default.yaml");
+        assert!(cfg.is_some(), "{}", d.render());
+    }
+}

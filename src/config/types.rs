@@ -1,0 +1,77 @@
+//! serde helpers for the value types that settings share: durations (`200ms`, `5s`, `1h`) and
+//! socket addresses (`127.0.0.1:9540`, `localhost:9540`, `[::1]:4317`).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+
+/// Parse `host:port`; a host name must resolve locally (e.g. `localhost`).
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let bad = || format!("invalid address `{s}`: expected host:port, e.g. 127.0.0.1:9540");
+    if !s.contains(':') {
+        return Err(bad());
+    }
+    s.to_socket_addrs()
+        .map_err(|_| bad())?
+        .next()
+        .ok_or_else(bad)
+}
+
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|_| format!("invalid duration `{s}`: expected e.g. 200ms, 5s, 2m, 1h"))
+}
+
+pub mod duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+pub mod addr {
+    use serde::{Deserialize, Deserializer};
+    use std::net::SocketAddr;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_addr(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+pub mod opt_addr {
+    use serde::{Deserialize, Deserializer};
+    use std::net::SocketAddr;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(s) => super::parse_addr(&s).map(Some).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(parse_addr("127.0.0.1:9540").unwrap().port(), 9540);
+        assert!(parse_addr("localhost:1").unwrap().ip().is_loopback());
+        assert!(parse_addr("[::1]:4317").is_ok());
+        assert!(parse_addr("9540").is_err());
+        assert!(parse_addr("nohost:x").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("200ms").unwrap().as_millis(), 200);
+        assert_eq!(parse_duration("1h").unwrap().as_secs(), 3600);
+        assert!(parse_duration("5x").is_err());
+    }
+}

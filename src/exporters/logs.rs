@@ -1,0 +1,313 @@
+//! `logs` exporter: log records (and spans) as JSON lines on stdout, stderr or a file.
+//!
+//! One line per log record: `ts` (RFC 3339, UTC), `level`, `event` (the record's event name,
+//! e.g. `task.completed`), `msg` (the body), then the record's attributes as top-level keys and
+//! `trace_id`/`span_id` when set. Spans, when a traces pipeline names this exporter, become one
+//! line each with `event: "span"`, timing and status. Rotation is not done here: point `path` at
+//! a file managed by logrotate with `copytruncate`, or use stdout under a supervisor.
+
+use std::fs::OpenOptions;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs};
+use opentelemetry_proto::tonic::trace::v1::{status, ResourceSpans, Span};
+use serde::Deserialize;
+use serde_json::{Map, Value as Json};
+
+use crate::component::{BoxRun, ComponentError, Context, Exporter, Input};
+use crate::config::{self, Value};
+use crate::registry::{BuildResult, Factory, Registration};
+use crate::signal::{Signal, SignalKind};
+
+pub const REGISTRATION: Registration = Registration {
+    type_name: "logs",
+    factory: Factory::Exporter {
+        accepts: &[SignalKind::Logs, SignalKind::Traces],
+        build,
+    },
+};
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    #[default]
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsConfig {
+    pub format: Format,
+    /// `stdout`, `stderr` or a file path (appended to, created if missing).
+    pub path: String,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        LogsConfig {
+            format: Format::Json,
+            path: "stdout".to_string(),
+        }
+    }
+}
+
+fn build(v: &Value) -> BuildResult<dyn Exporter> {
+    let cfg: LogsConfig = config::decode(v)?;
+    if cfg.path.trim().is_empty() {
+        return Err(config::DecodeError::new("path", "must be stdout, stderr or a file path"));
+    }
+    Ok(Box::new(LogsExporter { cfg }))
+}
+
+pub struct LogsExporter {
+    cfg: LogsConfig,
+}
+
+impl LogsExporter {
+    fn open(&self) -> Result<Box<dyn Write + Send>, ComponentError> {
+        Ok(match self.cfg.path.as_str() {
+            "stdout" => Box::new(std::io::stdout()),
+            "stderr" => Box::new(std::io::stderr()),
+            p => {
+                let path = PathBuf::from(p);
+                let f = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| ComponentError::Other(format!("cannot open {}: {e}", path.display())))?;
+                Box::new(f)
+            }
+        })
+    }
+}
+
+impl Exporter for LogsExporter {
+    fn run(self: Box<Self>, ctx: Context, input: Input) -> BoxRun {
+        Box::pin(async move {
+            let mut out = BufWriter::with_capacity(64 * 1024, self.open()?);
+            let written = ctx.telemetry.counter("celeriac_exporter_sent_items_total", "Items an exporter delivered.", &[("component", &ctx.id)]);
+            let failed = ctx.telemetry.counter("celeriac_exporter_failed_items_total", "Items an exporter could not deliver.", &[("component", &ctx.id)]);
+            let mut buf = Vec::with_capacity(64 * 1024);
+            while let Some(batch) = input.recv().await {
+                buf.clear();
+                let n = match &batch {
+                    Signal::Logs(rl) => write_logs(&mut buf, rl),
+                    Signal::Traces(rs) => write_spans(&mut buf, rs),
+                    _ => 0,
+                };
+                // Writing to a pipe or file can block; keep it off the async workers.
+                let res = tokio::task::block_in_place(|| out.write_all(&buf).and_then(|_| out.flush()));
+                match res {
+                    Ok(()) => written.add(n as u64),
+                    Err(e) => {
+                        failed.add(n as u64);
+                        tracing::warn!(component = %ctx.id, error = %e, "Cannot write log lines.");
+                    }
+                }
+            }
+            let _ = tokio::task::block_in_place(|| out.flush());
+            Ok(())
+        })
+    }
+}
+
+/// Append one JSON line per log record; returns the number of records.
+pub fn write_logs(buf: &mut Vec<u8>, rl: &[ResourceLogs]) -> usize {
+    let mut n = 0;
+    for r in rl {
+        for s in &r.scope_logs {
+            for rec in &s.log_records {
+                let line = log_line(rec);
+                if serde_json::to_writer(&mut *buf, &line).is_ok() {
+                    buf.push(b'\n');
+                    n += 1;
+                }
+            }
+        }
+    }
+    n
+}
+
+fn log_line(rec: &LogRecord) -> Map<String, Json> {
+    let mut m = Map::new();
+    let ts = if rec.time_unix_nano != 0 { rec.time_unix_nano } else { rec.observed_time_unix_nano };
+    m.insert("ts".into(), Json::String(rfc3339(ts)));
+    let level = if rec.severity_text.is_empty() { severity_name(rec.severity_number) } else { rec.severity_text.to_ascii_lowercase() };
+    m.insert("level".into(), Json::String(level));
+    if !rec.event_name.is_empty() {
+        m.insert("event".into(), Json::String(rec.event_name.clone()));
+    }
+    if let Some(body) = &rec.body {
+        m.insert("msg".into(), any_to_json(body));
+    }
+    put_attributes(&mut m, &rec.attributes);
+    if rec.trace_id.iter().any(|b| *b != 0) {
+        m.insert("trace_id".into(), Json::String(hex(&rec.trace_id)));
+    }
+    if rec.span_id.iter().any(|b| *b != 0) {
+        m.insert("span_id".into(), Json::String(hex(&rec.span_id)));
+    }
+    m
+}
+
+/// Append one JSON line per span; returns the number of spans.
+pub fn write_spans(buf: &mut Vec<u8>, rs: &[ResourceSpans]) -> usize {
+    let mut n = 0;
+    for r in rs {
+        for s in &r.scope_spans {
+            for span in &s.spans {
+                if serde_json::to_writer(&mut *buf, &span_line(span)).is_ok() {
+                    buf.push(b'\n');
+                    n += 1;
+                }
+            }
+        }
+    }
+    n
+}
+
+fn span_line(span: &Span) -> Map<String, Json> {
+    let mut m = Map::new();
+    m.insert("ts".into(), Json::String(rfc3339(span.start_time_unix_nano)));
+    let error = span.status.as_ref().is_some_and(|s| s.code == status::StatusCode::Error as i32);
+    m.insert("level".into(), Json::String(if error { "error" } else { "info" }.into()));
+    m.insert("event".into(), Json::String("span".into()));
+    m.insert("msg".into(), Json::String(span.name.clone()));
+    m.insert("trace_id".into(), Json::String(hex(&span.trace_id)));
+    m.insert("span_id".into(), Json::String(hex(&span.span_id)));
+    if !span.parent_span_id.is_empty() {
+        m.insert("parent_span_id".into(), Json::String(hex(&span.parent_span_id)));
+    }
+    let dur = span.end_time_unix_nano.saturating_sub(span.start_time_unix_nano);
+    m.insert("duration_ms".into(), serde_json::json!(dur as f64 / 1e6));
+    if let Some(st) = &span.status {
+        if !st.message.is_empty() {
+            m.insert("status_message".into(), Json::String(st.message.clone()));
+        }
+    }
+    put_attributes(&mut m, &span.attributes);
+    m
+}
+
+const RESERVED: &[&str] = &["ts", "level", "event", "msg", "trace_id", "span_id", "parent_span_id", "duration_ms"];
+
+fn put_attributes(m: &mut Map<String, Json>, attrs: &[KeyValue]) {
+    for kv in attrs {
+        if RESERVED.contains(&kv.key.as_str()) {
+            continue;
+        }
+        if let Some(v) = &kv.value {
+            m.insert(kv.key.clone(), any_to_json(v));
+        }
+    }
+}
+
+pub fn any_to_json(v: &AnyValue) -> Json {
+    match &v.value {
+        Some(any_value::Value::StringValue(s)) => Json::String(s.clone()),
+        Some(any_value::Value::BoolValue(b)) => Json::Bool(*b),
+        Some(any_value::Value::IntValue(i)) => Json::from(*i),
+        Some(any_value::Value::DoubleValue(d)) => serde_json::Number::from_f64(*d).map_or(Json::Null, Json::Number),
+        Some(any_value::Value::ArrayValue(a)) => Json::Array(a.values.iter().map(any_to_json).collect()),
+        Some(any_value::Value::KvlistValue(kv)) => {
+            let mut m = Map::new();
+            put_attributes(&mut m, &kv.values);
+            Json::Object(m)
+        }
+        Some(any_value::Value::BytesValue(b)) => Json::String(hex(b)),
+        // Dictionary-encoded strings only appear inside profiles, never in logs or spans.
+        Some(any_value::Value::StringValueStrindex(_)) | None => Json::Null,
+    }
+}
+
+fn severity_name(n: i32) -> String {
+    match n {
+        1..=4 => "trace",
+        5..=8 => "debug",
+        9..=12 => "info",
+        13..=16 => "warn",
+        17..=20 => "error",
+        21..=24 => "fatal",
+        _ => "info",
+    }
+    .to_string()
+}
+
+pub fn hex(b: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        s.push(DIGITS[(x >> 4) as usize] as char);
+        s.push(DIGITS[(x & 15) as usize] as char);
+    }
+    s
+}
+
+/// `2026-11-25T12:00:00.123456Z` from Unix nanoseconds (microsecond precision).
+pub fn rfc3339(nanos: u64) -> String {
+    let secs = nanos / 1_000_000_000;
+    let micros = (nanos % 1_000_000_000) / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::logs::v1::ScopeLogs;
+
+    fn kv(k: &str, v: &str) -> KeyValue {
+        KeyValue { key: k.into(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }), ..Default::default() }
+    }
+
+    #[test]
+    fn formats_times() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339(1_795_606_961_369_700_700), "2026-11-25T11:42:41.369700Z");
+        assert_eq!(rfc3339(951_782_400_000_000_000), "2000-02-29T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn one_json_line_per_record() {
+        let rec = LogRecord {
+            time_unix_nano: 1_000_000_000,
+            severity_text: "INFO".into(),
+            event_name: "task.started".into(),
+            body: Some(AnyValue { value: Some(any_value::Value::StringValue("started".into())) }),
+            attributes: vec![kv("celery.task_id", "abc"), kv("level", "spoof")],
+            trace_id: vec![1; 16],
+            ..Default::default()
+        };
+        let rl = vec![ResourceLogs { scope_logs: vec![ScopeLogs { log_records: vec![rec.clone(), rec], ..Default::default() }], ..Default::default() }];
+        let mut buf = Vec::new();
+        assert_eq!(write_logs(&mut buf, &rl), 2);
+        let text = String::from_utf8(buf).unwrap();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let j: Json = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(j["event"], "task.started");
+        assert_eq!(j["level"], "info");
+        assert_eq!(j["celery.task_id"], "abc");
+        assert_eq!(j["ts"], "1970-01-01T00:00:01.000000Z");
+        assert_eq!(j["trace_id"], "01010101010101010101010101010101");
+    }
+
+    #[test]
+    fn rejects_unknown_settings() {
+        let v: Value = serde_yaml_ng::from_str("format: xml").unwrap();
+        assert_eq!(build(&v).err().unwrap().path, "format");
+    }
+}

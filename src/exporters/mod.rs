@@ -1,0 +1,4 @@
+//! Exporters: the ends of pipelines. One file per component.
+
+pub mod debug;
+pub mod logs;

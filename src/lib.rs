@@ -1,0 +1,23 @@
+//! celeriac: a telemetry pipeline agent for Celery.
+//!
+//! A YAML file declares receivers → processors → exporters and the pipelines that wire them,
+//! in the OpenTelemetry Collector's shape. The crate is laid out by role:
+//!
+//! * [`config`]: the file's shape, env expansion, diagnostics with `file:line:col`;
+//! * [`registry`]: config `type` names → builders;
+//! * [`pipeline`]: validation of the whole graph, wiring with bounded channels, lifecycle;
+//! * [`component`]: the three role traits and what the runtime hands them;
+//! * [`signal`]: the batches that flow (OTLP types and Celery events, behind `Arc`);
+//! * [`celery`]: the Celery domain (event model, envelope decoding);
+//! * [`receivers`], [`processors`], [`connectors`], [`exporters`]: one file per component;
+//! * [`telemetry`]: the agent's own `/metrics`, `/healthz` and logs.
+
+pub mod celery;
+pub mod component;
+pub mod config;
+pub mod exporters;
+pub mod pipeline;
+pub mod processors;
+pub mod registry;
+pub mod signal;
+pub mod telemetry;

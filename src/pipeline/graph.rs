@@ -1,0 +1,317 @@
+//! Config → validated graph of built components.
+//!
+//! The collector's rules: receivers, exporters and connectors run one instance per id and are
+//! shared by every pipeline that lists them; processors run one instance per (pipeline, id).
+//! Every problem is collected into the [`Diagnostics`] before anything starts.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::component::{Exporter, Processor, Receiver};
+use crate::config::{ComponentDecl, ComponentId, ComponentRef, Config, Diagnostics, Section};
+use crate::registry::{self, Factory};
+use crate::signal::SignalKind;
+
+/// A component a pipeline draws from or feeds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Node {
+    Receiver(ComponentId),
+    Connector(ComponentId),
+    Exporter(ComponentId),
+}
+
+impl Node {
+    /// `receiver/celery_redis` etc., used in logs and metric labels.
+    pub fn label(&self) -> String {
+        match self {
+            Node::Receiver(id) => format!("receiver/{id}"),
+            Node::Connector(id) => format!("connector/{id}"),
+            Node::Exporter(id) => format!("exporter/{id}"),
+        }
+    }
+}
+
+pub struct PipelinePlan {
+    pub id: String,
+    pub signal: SignalKind,
+    pub sources: Vec<Node>,
+    pub processors: Vec<(ComponentId, Box<dyn Processor>)>,
+    pub sinks: Vec<Node>,
+}
+
+/// Everything `run` needs, already built.
+pub struct Graph {
+    pub receivers: Vec<(ComponentId, Box<dyn Receiver>)>,
+    pub connectors: Vec<(ComponentId, Box<dyn Processor>)>,
+    pub exporters: Vec<(ComponentId, Box<dyn Exporter>)>,
+    pub pipelines: Vec<PipelinePlan>,
+}
+
+impl Graph {
+    /// Validate `config` and build its components. `None` when any error was found.
+    pub fn build(config: &Config, d: &mut Diagnostics) -> Option<Graph> {
+        // 1. Every declared component: known type, right section, settings decode.
+        let mut factories: BTreeMap<(Section, ComponentId), &'static Factory> = BTreeMap::new();
+        let mut receivers = Vec::new();
+        let mut connectors = Vec::new();
+        let mut exporters = Vec::new();
+        for decl in &config.components {
+            let Some(factory) = factory_for(decl, d) else {
+                continue;
+            };
+            factories.insert((decl.section, decl.id.clone()), factory);
+            let built = match factory {
+                Factory::Receiver { build, .. } => build(&decl.settings).map(|r| receivers.push((decl.id.clone(), r))),
+                Factory::Exporter { build, .. } => build(&decl.settings).map(|e| exporters.push((decl.id.clone(), e))),
+                Factory::Connector { build, .. } => build(&decl.settings).map(|c| connectors.push((decl.id.clone(), c))),
+                // Built per pipeline below; decode once here so errors are reported even when unused.
+                Factory::Processor { build, .. } => build(&decl.settings).map(drop),
+            };
+            if let Err(e) = built {
+                d.error(&e.full_path(&decl.path), format!("{} {}: {}", decl.section.noun(), decl.id, e.message));
+            }
+        }
+
+        // 2. Pipelines: references, signals, shape.
+        let mut used: BTreeSet<(Section, ComponentId)> = BTreeSet::new();
+        let mut connector_as_exporter: BTreeSet<ComponentId> = BTreeSet::new();
+        let mut connector_as_receiver: BTreeSet<ComponentId> = BTreeSet::new();
+        let mut pipelines = Vec::new();
+        for p in &config.pipelines {
+            let sig = p.signal;
+            if p.receivers.is_empty() {
+                d.error(&p.path, format!("pipeline `{}` has no receivers", p.id));
+            }
+            if p.exporters.is_empty() {
+                d.error(&p.path, format!("pipeline `{}` has no exporters", p.id));
+            }
+            let mut sources = Vec::new();
+            for r in &p.receivers {
+                let (section, f) = match resolve(&factories, r, &[Section::Receivers, Section::Connectors]) {
+                    Some(x) => x,
+                    None => {
+                        undeclared(d, r, "receiver", &p.id, config);
+                        continue;
+                    }
+                };
+                used.insert((section, r.id.clone()));
+                if !f.produces().contains(&sig) {
+                    d.error(&r.path, format!("{} {} cannot produce {sig}; pipeline `{}` needs {sig}", section.noun(), r.id, p.id));
+                }
+                sources.push(if section == Section::Connectors {
+                    connector_as_receiver.insert(r.id.clone());
+                    Node::Connector(r.id.clone())
+                } else {
+                    Node::Receiver(r.id.clone())
+                });
+            }
+            let mut processors = Vec::new();
+            for r in &p.processors {
+                let Some(decl) = config.component(Section::Processors, &r.id) else {
+                    undeclared(d, r, "processor", &p.id, config);
+                    continue;
+                };
+                used.insert((Section::Processors, r.id.clone()));
+                let Some(Factory::Processor { signals, build }) = factories.get(&(Section::Processors, r.id.clone())) else {
+                    continue;
+                };
+                if !signals.contains(&sig) {
+                    d.error(&r.path, format!("processor {} does not accept {sig}", r.id));
+                    continue;
+                }
+                if let Ok(proc_) = build(&decl.settings) {
+                    processors.push((r.id.clone(), proc_));
+                }
+            }
+            let mut sinks = Vec::new();
+            for r in &p.exporters {
+                let (section, f) = match resolve(&factories, r, &[Section::Exporters, Section::Connectors]) {
+                    Some(x) => x,
+                    None => {
+                        undeclared(d, r, "exporter", &p.id, config);
+                        continue;
+                    }
+                };
+                used.insert((section, r.id.clone()));
+                if !f.accepts().contains(&sig) {
+                    d.error(&r.path, format!("{} {} does not accept {sig}", section.noun(), r.id));
+                }
+                sinks.push(if section == Section::Connectors {
+                    connector_as_exporter.insert(r.id.clone());
+                    Node::Connector(r.id.clone())
+                } else {
+                    Node::Exporter(r.id.clone())
+                });
+            }
+            for dup in duplicates(&p.receivers).into_iter().chain(duplicates(&p.exporters)) {
+                d.error(&dup.path, format!("{} is listed twice in pipeline `{}`", dup.id, p.id));
+            }
+            pipelines.push(PipelinePlan {
+                id: p.id.clone(),
+                signal: sig,
+                sources,
+                processors,
+                sinks,
+            });
+        }
+
+        // 3. Declared but unused; connectors used on one side only.
+        for decl in &config.components {
+            if !used.contains(&(decl.section, decl.id.clone())) && factories.contains_key(&(decl.section, decl.id.clone())) {
+                d.warn(&decl.path, format!("{} {} is declared but no pipeline uses it", decl.section.noun(), decl.id));
+            }
+        }
+        for id in connector_as_exporter.symmetric_difference(&connector_as_receiver) {
+            let path = format!("connectors.{id}");
+            if connector_as_exporter.contains(id) {
+                d.warn(&path, format!("connector {id} is an exporter of a pipeline but no pipeline receives from it"));
+            } else {
+                d.error(&path, format!("connector {id} is a receiver of a pipeline but no pipeline exports to it"));
+            }
+        }
+
+        // 4. Cycles through connectors.
+        if let Some(cycle) = find_cycle(&pipelines) {
+            d.error("service.pipelines", format!("pipelines form a cycle through connectors: {}", cycle.join(" → ")));
+        }
+
+        if d.has_errors() {
+            return None;
+        }
+        Some(Graph {
+            receivers: keep_used(receivers, Section::Receivers, &used),
+            connectors: keep_used(connectors, Section::Connectors, &used),
+            exporters: keep_used(exporters, Section::Exporters, &used),
+            pipelines,
+        })
+    }
+}
+
+fn keep_used<T: ?Sized>(v: Vec<(ComponentId, Box<T>)>, s: Section, used: &BTreeSet<(Section, ComponentId)>) -> Vec<(ComponentId, Box<T>)> {
+    v.into_iter().filter(|(id, _)| used.contains(&(s, id.clone()))).collect()
+}
+
+fn factory_for(decl: &ComponentDecl, d: &mut Diagnostics) -> Option<&'static Factory> {
+    let t = &decl.id.type_name;
+    match registry::lookup(t) {
+        Some(reg) if reg.factory.section() == decl.section => Some(&reg.factory),
+        Some(reg) => {
+            d.error(&decl.path, format!("`{t}` is a {}, not a {}: declare it under `{}`", reg.factory.section().noun(), decl.section.noun(), reg.factory.section().key()));
+            None
+        }
+        None => {
+            let known = registry::names(decl.section);
+            d.error(&decl.path, format!("unknown {} type `{t}`; known {}s: {}", decl.section.noun(), decl.section.noun(), if known.is_empty() { "none".to_string() } else { known.join(", ") }));
+            None
+        }
+    }
+}
+
+fn resolve(
+    factories: &BTreeMap<(Section, ComponentId), &'static Factory>,
+    r: &ComponentRef,
+    sections: &[Section],
+) -> Option<(Section, &'static Factory)> {
+    sections
+        .iter()
+        .find_map(|s| factories.get(&(*s, r.id.clone())).map(|f| (*s, *f)))
+}
+
+fn undeclared(d: &mut Diagnostics, r: &ComponentRef, role: &str, pipeline: &str, config: &Config) {
+    // Declared but failed to build (already reported) → stay quiet.
+    if config.components.iter().any(|c| c.id == r.id) && registry::lookup(&r.id.type_name).is_none() {
+        return;
+    }
+    let section = if role == "receiver" { "receivers (or connectors)" } else if role == "exporter" { "exporters (or connectors)" } else { "processors" };
+    d.error(&r.path, format!("pipeline `{pipeline}` uses {role} {} which is not declared under {section}", r.id));
+}
+
+fn duplicates(refs: &[ComponentRef]) -> Vec<&ComponentRef> {
+    let mut seen = BTreeSet::new();
+    refs.iter().filter(|r| !seen.insert(&r.id)).collect()
+}
+
+/// A pipeline feeds another when it exports to a connector the other receives from.
+fn find_cycle(pipelines: &[PipelinePlan]) -> Option<Vec<String>> {
+    let edges: Vec<Vec<usize>> = pipelines
+        .iter()
+        .map(|p| {
+            pipelines
+                .iter()
+                .enumerate()
+                .filter(|(_, q)| p.sinks.iter().any(|s| matches!(s, Node::Connector(_)) && q.sources.contains(s)))
+                .map(|(j, _)| j)
+                .collect()
+        })
+        .collect();
+    // 0 = unvisited, 1 = on stack, 2 = done.
+    fn dfs(i: usize, edges: &[Vec<usize>], state: &mut [u8], stack: &mut Vec<usize>) -> Option<Vec<usize>> {
+        state[i] = 1;
+        stack.push(i);
+        for &j in &edges[i] {
+            if state[j] == 1 {
+                let start = stack.iter().position(|&x| x == j).unwrap_or(0);
+                let mut cyc = stack[start..].to_vec();
+                cyc.push(j);
+                return Some(cyc);
+            }
+            if state[j] == 0 {
+                if let Some(c) = dfs(j, edges, state, stack) {
+                    return Some(c);
+                }
+            }
+        }
+        stack.pop();
+        state[i] = 2;
+        None
+    }
+    let mut state = vec![0u8; pipelines.len()];
+    for i in 0..pipelines.len() {
+        if state[i] == 0 {
+            if let Some(c) = dfs(i, &edges, &mut state, &mut Vec::new()) {
+                return Some(c.into_iter().map(|k| pipelines[k].id.clone()).collect());
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    fn check(text: &str) -> (bool, String) {
+        let (cfg, mut d) = config::parse(text, "t.yaml");
+        let ok = match cfg {
+            Some(c) => Graph::build(&c, &mut d).is_some(),
+            None => false,
+        };
+        (ok, d.render())
+    }
+
+    #[test]
+    fn minimal_graph_is_valid() {
+        let (ok, out) = check("processors:\n  batch:\nexporters:\n  debug:\nreceivers: {}\nservice:\n  pipelines:\n    logs:\n      receivers: []\n      exporters: [debug]\n");
+        assert!(!ok);
+        assert!(out.contains("has no receivers"), "{out}");
+        assert!(out.contains("warning: processor batch is declared but no pipeline uses it"), "{out}");
+    }
+
+    #[test]
+    fn reports_every_problem_with_positions() {
+        let text = "exporters:\n  logs:\n    pth: stdout\n  debug/x:\n  nosuch: {}\nservice:\n  pipelines:\n    logs:\n      receivers: [debug/x]\n      exporters: [logs, missing]\n";
+        let (ok, out) = check(text);
+        assert!(!ok);
+        assert!(out.contains("t.yaml:3:5: error: exporter logs: unknown field `pth`"), "{out}");
+        assert!(out.contains("t.yaml:5:3: error: unknown exporter type `nosuch`"), "{out}");
+        assert!(out.contains("t.yaml:9:19: error: pipeline `logs` uses receiver debug/x which is not declared"), "{out}");
+        assert!(out.contains("t.yaml:10:25: error: pipeline `logs` uses exporter missing"), "{out}");
+    }
+
+    #[test]
+    fn signal_mismatch() {
+        let text = "exporters:\n  logs:\nprocessors:\n  batch:\nservice:\n  pipelines:\n    metrics:\n      receivers: []\n      processors: [batch]\n      exporters: [logs]\n";
+        let (_, out) = check(text);
+        assert!(out.contains("exporter logs does not accept metrics"), "{out}");
+    }
+}

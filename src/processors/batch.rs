@@ -1,0 +1,191 @@
+//! `batch` processor: groups items into larger batches, flushing at `send_batch_size` items or
+//! after `timeout`, whichever comes first, and flushing what it holds when its input closes.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use crate::component::{BoxRun, Context, Input, Output, Processor};
+use crate::config::{self, types, Value};
+use crate::registry::{BuildResult, Factory, Registration};
+use crate::signal::{unshare, Signal, SignalKind};
+use std::sync::Arc;
+
+pub const REGISTRATION: Registration = Registration {
+    type_name: "batch",
+    factory: Factory::Processor {
+        signals: &SignalKind::ALL,
+        build,
+    },
+};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Flush once this many items (spans, data points, log records, events) are held.
+    pub send_batch_size: usize,
+    /// Flush at most this long after the first item of a batch arrived.
+    #[serde(with = "types::duration")]
+    pub timeout: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            send_batch_size: 8192,
+            timeout: Duration::from_millis(200),
+        }
+    }
+}
+
+fn build(v: &Value) -> BuildResult<dyn Processor> {
+    let cfg: BatchConfig = config::decode(v)?;
+    if cfg.send_batch_size == 0 {
+        return Err(config::DecodeError::new("send_batch_size", "must be at least 1"));
+    }
+    Ok(Box::new(BatchProcessor { cfg }))
+}
+
+pub struct BatchProcessor {
+    cfg: BatchConfig,
+}
+
+/// The batch being built; one pipeline carries one signal, so only one vector is ever in use.
+#[derive(Default)]
+struct Pending {
+    traces: Vec<opentelemetry_proto::tonic::trace::v1::ResourceSpans>,
+    metrics: Vec<opentelemetry_proto::tonic::metrics::v1::ResourceMetrics>,
+    logs: Vec<opentelemetry_proto::tonic::logs::v1::ResourceLogs>,
+    celery: Vec<crate::celery::event::CeleryEvent>,
+    items: usize,
+}
+
+impl Pending {
+    fn push(&mut self, s: Signal) {
+        self.items += s.item_count();
+        match s {
+            Signal::Traces(v) => self.traces.extend(unshare(v)),
+            Signal::Metrics(v) => self.metrics.extend(unshare(v)),
+            Signal::Logs(v) => self.logs.extend(unshare(v)),
+            Signal::Celery(v) => self.celery.extend(unshare(v)),
+        }
+    }
+
+    fn take(&mut self) -> Vec<Signal> {
+        self.items = 0;
+        let mut out = Vec::new();
+        if !self.traces.is_empty() {
+            out.push(Signal::Traces(Arc::new(std::mem::take(&mut self.traces))));
+        }
+        if !self.metrics.is_empty() {
+            out.push(Signal::Metrics(Arc::new(std::mem::take(&mut self.metrics))));
+        }
+        if !self.logs.is_empty() {
+            out.push(Signal::Logs(Arc::new(std::mem::take(&mut self.logs))));
+        }
+        if !self.celery.is_empty() {
+            out.push(Signal::Celery(Arc::new(std::mem::take(&mut self.celery))));
+        }
+        out
+    }
+}
+
+impl Processor for BatchProcessor {
+    fn run(self: Box<Self>, _ctx: Context, input: Input, out: Output) -> BoxRun {
+        Box::pin(async move {
+            let mut pending = Pending::default();
+            let mut deadline: Option<Instant> = None;
+            loop {
+                let next = match deadline {
+                    Some(d) => tokio::select! {
+                        s = input.recv() => s.map(Some),
+                        _ = tokio::time::sleep_until(d) => Some(None),
+                    },
+                    None => input.recv().await.map(Some),
+                };
+                match next {
+                    // Input closed: flush and stop.
+                    None => break,
+                    // Timer fired.
+                    Some(None) => {
+                        deadline = None;
+                        for s in pending.take() {
+                            let _ = out.send(s).await;
+                        }
+                    }
+                    Some(Some(s)) => {
+                        pending.push(s);
+                        if pending.items >= self.cfg.send_batch_size {
+                            deadline = None;
+                            for s in pending.take() {
+                                let _ = out.send(s).await;
+                            }
+                        } else if deadline.is_none() {
+                            deadline = Some(Instant::now() + self.cfg.timeout);
+                        }
+                    }
+                }
+            }
+            for s in pending.take() {
+                let _ = out.send(s).await;
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::{Counter, Telemetry};
+    use tokio_util::sync::CancellationToken;
+
+    fn events(n: usize) -> Signal {
+        Signal::Celery(Arc::new(vec![Default::default(); n]))
+    }
+
+    async fn harness(cfg: BatchConfig) -> (async_channel::Sender<Signal>, async_channel::Receiver<Signal>, tokio::task::JoinHandle<()>) {
+        let (in_tx, in_rx) = async_channel::bounded(16);
+        let (out_tx, out_rx) = async_channel::bounded(16);
+        let ctx = Context {
+            id: "processor/batch".into(),
+            shutdown: CancellationToken::new(),
+            telemetry: Telemetry::new(),
+        };
+        let out = Output::new(vec![(SignalKind::Celery, vec![out_tx])], Counter::default(), Counter::default());
+        let p = Box::new(BatchProcessor { cfg });
+        let h = tokio::spawn(async move {
+            let _ = p.run(ctx, Input::new(in_rx, Counter::default()), out).await;
+        });
+        (in_tx, out_rx, h)
+    }
+
+    #[tokio::test]
+    async fn flushes_on_size() {
+        let (tx, rx, _h) = harness(BatchConfig { send_batch_size: 5, timeout: Duration::from_secs(3600) }).await;
+        for _ in 0..3 {
+            tx.send(events(2)).await.unwrap();
+        }
+        let b = rx.recv().await.unwrap();
+        assert_eq!(b.item_count(), 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn flushes_on_timeout() {
+        let (tx, rx, _h) = harness(BatchConfig { send_batch_size: 100, timeout: Duration::from_millis(200) }).await;
+        tx.send(events(3)).await.unwrap();
+        let b = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await.unwrap().unwrap();
+        assert_eq!(b.item_count(), 3);
+    }
+
+    #[tokio::test]
+    async fn flushes_when_input_closes() {
+        let (tx, rx, h) = harness(BatchConfig { send_batch_size: 100, timeout: Duration::from_secs(3600) }).await;
+        tx.send(events(4)).await.unwrap();
+        drop(tx);
+        h.await.unwrap();
+        assert_eq!(rx.recv().await.unwrap().item_count(), 4);
+        assert!(rx.recv().await.is_err(), "output closes after the flush");
+    }
+}

@@ -1,0 +1,3 @@
+//! Processors: per-pipeline stages between receivers and exporters. One file per component.
+
+pub mod batch;

@@ -1,0 +1,89 @@
+//! Config `type` name → builder. Adding a component is one file and one line in [`COMPONENTS`].
+//!
+//! A builder only decodes and checks settings; it performs no I/O, so `celeriac validate`
+//! builds every component to check it and `celeriac run` reuses what was built.
+
+use crate::component::{Exporter, Processor, Receiver};
+use crate::config::{DecodeError, Section, Value};
+use crate::signal::SignalKind;
+
+pub type BuildResult<T> = Result<Box<T>, DecodeError>;
+
+/// How to build one component type, and which signals it takes and gives.
+pub enum Factory {
+    Receiver {
+        produces: &'static [SignalKind],
+        build: fn(&Value) -> BuildResult<dyn Receiver>,
+    },
+    Processor {
+        signals: &'static [SignalKind],
+        build: fn(&Value) -> BuildResult<dyn Processor>,
+    },
+    Exporter {
+        accepts: &'static [SignalKind],
+        build: fn(&Value) -> BuildResult<dyn Exporter>,
+    },
+    /// Exporter of some pipelines, receiver of others; runs as a processor whose output
+    /// reaches every pipeline that lists it as a receiver.
+    Connector {
+        accepts: &'static [SignalKind],
+        produces: &'static [SignalKind],
+        build: fn(&Value) -> BuildResult<dyn Processor>,
+    },
+}
+
+impl Factory {
+    pub fn section(&self) -> Section {
+        match self {
+            Factory::Receiver { .. } => Section::Receivers,
+            Factory::Processor { .. } => Section::Processors,
+            Factory::Exporter { .. } => Section::Exporters,
+            Factory::Connector { .. } => Section::Connectors,
+        }
+    }
+
+    /// Signals this component can emit into a pipeline (receivers, connectors).
+    pub fn produces(&self) -> &'static [SignalKind] {
+        match self {
+            Factory::Receiver { produces, .. } | Factory::Connector { produces, .. } => produces,
+            Factory::Processor { signals, .. } => signals,
+            Factory::Exporter { .. } => &[],
+        }
+    }
+
+    /// Signals this component can take from a pipeline (processors, exporters, connectors).
+    pub fn accepts(&self) -> &'static [SignalKind] {
+        match self {
+            Factory::Exporter { accepts, .. } | Factory::Connector { accepts, .. } => accepts,
+            Factory::Processor { signals, .. } => signals,
+            Factory::Receiver { .. } => &[],
+        }
+    }
+}
+
+pub struct Registration {
+    pub type_name: &'static str,
+    pub factory: Factory,
+}
+
+/// Every component type celeriac knows.
+pub static COMPONENTS: &[Registration] = &[
+    crate::exporters::debug::REGISTRATION,
+    crate::exporters::logs::REGISTRATION,
+    crate::processors::batch::REGISTRATION,
+];
+
+pub fn lookup(type_name: &str) -> Option<&'static Registration> {
+    COMPONENTS.iter().find(|r| r.type_name == type_name)
+}
+
+/// Type names registered for `section`, for "expected one of" messages.
+pub fn names(section: Section) -> Vec<&'static str> {
+    let mut v: Vec<_> = COMPONENTS
+        .iter()
+        .filter(|r| r.factory.section() == section)
+        .map(|r| r.type_name)
+        .collect();
+    v.sort_unstable();
+    v
+}

@@ -1,0 +1,916 @@
+//! Harness for celeriac's end-to-end tests: a real `redis-server`, a real Celery 5 worker
+//! (tests/python/shopapp.py), the test client (tests/python/client.py), the celeriac binary,
+//! and small std-only HTTP / Prometheus-text helpers.
+//!
+//! Use from an integration test with `mod support;`. Run the tests through `scripts/test`:
+//! it installs redis-server/prometheus and the Python venv, and sets `CELERIAC_TEST_PYTHON`.
+//!
+//! Every process is started in its own process group and killed (with its children) on Drop,
+//! so a failing test leaves nothing running.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+// ---------------------------------------------------------------------------------------------
+// small helpers
+// ---------------------------------------------------------------------------------------------
+
+/// A TCP port that was free a moment ago (bound to 127.0.0.1:0 and released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// Polls `f` every 50 ms until it returns true (→ true) or `timeout` passes (→ false).
+pub fn wait_until<F: FnMut() -> bool>(timeout: Duration, mut f: F) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        sleep(Duration::from_millis(50));
+    }
+}
+
+/// The repository root (where Cargo.toml is).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// tests/python, the Celery app and client.
+pub fn python_dir() -> PathBuf {
+    repo_root().join("tests").join("python")
+}
+
+/// The venv Python that scripts/test prepared (`CELERIAC_TEST_PYTHON`).
+pub fn python() -> PathBuf {
+    match std::env::var_os("CELERIAC_TEST_PYTHON") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => panic!(
+            "CELERIAC_TEST_PYTHON is not set: run the tests through scripts/test \
+             (it installs the Python venv with Celery and sets it)"
+        ),
+    }
+}
+
+fn read_lossy(path: &Path) -> String {
+    fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let v: Vec<&str> = text.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Sends `sig` (e.g. "TERM", "KILL") to `pid`, or to the whole process group when `group`.
+fn send_signal(pid: u32, sig: &str, group: bool) {
+    let target = if group { format!("-{pid}") } else { pid.to_string() };
+    let _ = Command::new("kill")
+        .args(["-s", sig, "--", &target])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Waits for `child` to exit, up to `timeout`.
+fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => sleep(Duration::from_millis(20)),
+            _ => return None,
+        }
+    }
+}
+
+/// SIGKILLs the child's process group (it was spawned as a group leader) and reaps it.
+fn kill_group(child: &mut Child) {
+    send_signal(child.id(), "KILL", true);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn spawn_or_explain(cmd: &mut Command, what: &str) -> Child {
+    match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "{what} not found ({:?}): run the tests through scripts/test, which installs it",
+            cmd.get_program()
+        ),
+        Err(e) => panic!("could not start {what} ({:?}): {e}", cmd.get_program()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis
+// ---------------------------------------------------------------------------------------------
+
+/// A reply of [`RedisServer::cmd`] (minimal RESP2).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resp {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Option<Vec<Resp>>),
+}
+
+impl Resp {
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Resp::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+    pub fn as_string(&self) -> Option<String> {
+        match self {
+            Resp::Simple(s) => Some(s.clone()),
+            Resp::Bulk(Some(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        }
+    }
+}
+
+/// Options for [`RedisServer`]; `RedisServer::builder().pubsub_unlimited().start()`.
+#[derive(Debug, Clone, Default)]
+pub struct RedisBuilder {
+    port: Option<u16>,
+    args: Vec<String>,
+}
+
+impl RedisBuilder {
+    /// `--client-output-buffer-limit "pubsub 0 0 0"`: a slow subscriber falls behind instead of
+    /// being disconnected (as in the performance measurements).
+    pub fn pubsub_unlimited(self) -> Self {
+        self.arg("--client-output-buffer-limit").arg("pubsub 0 0 0")
+    }
+    /// Any extra redis-server argument (each call adds one argv element).
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+    /// A fixed port instead of a free one.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+    pub fn start(self) -> RedisServer {
+        let dir = tempfile::Builder::new().prefix("celeriac-redis-").tempdir().expect("tempdir");
+        let mut server = RedisServer {
+            child: None,
+            port: self.port.unwrap_or(0),
+            args: self.args,
+            dir,
+        };
+        // A port picked by free_port() can be taken by someone else before redis binds it: retry.
+        let tries = if self.port.is_some() { 1 } else { 5 };
+        for attempt in 1..=tries {
+            if self.port.is_none() {
+                server.port = free_port();
+            }
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(e) if attempt < tries => eprintln!("redis-server start failed, retrying: {e}"),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        unreachable!()
+    }
+}
+
+/// A private `redis-server` on 127.0.0.1 (no persistence, data dir in a tempdir), killed on Drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    args: Vec<String>,
+    dir: TempDir,
+}
+
+impl RedisServer {
+    /// `redis-server --port P --bind 127.0.0.1 --save "" --appendonly no` on a free port.
+    pub fn start() -> RedisServer {
+        RedisServer::builder().start()
+    }
+    /// Same with `--client-output-buffer-limit "pubsub 0 0 0"`.
+    pub fn start_pubsub_unlimited() -> RedisServer {
+        RedisServer::builder().pubsub_unlimited().start()
+    }
+    pub fn builder() -> RedisBuilder {
+        RedisBuilder::default()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+    /// `redis://127.0.0.1:PORT/0`
+    pub fn url(&self) -> String {
+        self.url_db(0)
+    }
+    pub fn url_db(&self, db: u32) -> String {
+        format!("redis://127.0.0.1:{}/{db}", self.port)
+    }
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+    pub fn log(&self) -> String {
+        read_lossy(&self.log_path())
+    }
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// SIGKILL (abrupt: clients see the connection drop). No-op when not running.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_group(&mut child);
+        }
+    }
+
+    /// Starts it again on the same port (killing it first if it still runs). Data is gone.
+    pub fn restart(&mut self) {
+        self.kill();
+        // Sockets of the old process can linger for a moment; retry the bind for a few seconds.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.spawn() {
+                Ok(()) => return,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("redis-server restart failed, retrying: {e}");
+                    sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let log = self.log_path();
+        let _ = fs::remove_file(&log);
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(&log)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        let mut child = spawn_or_explain(&mut cmd, "redis-server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if ping(self.port) {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "redis-server on port {} exited with {status}; log:\n{}",
+                    self.port,
+                    tail(&read_lossy(&log), 20)
+                ));
+            }
+            if Instant::now() >= deadline {
+                kill_group(&mut child);
+                return Err(format!(
+                    "redis-server on port {} did not answer PING within 10 s; log:\n{}",
+                    self.port,
+                    tail(&read_lossy(&log), 20)
+                ));
+            }
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs one command over a fresh connection, e.g. `cmd(&["LLEN", "celery"])`.
+    /// Panics on I/O errors (use it while the server runs).
+    pub fn cmd(&self, args: &[&str]) -> Resp {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to redis");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut req = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            req.extend_from_slice(a.as_bytes());
+            req.extend_from_slice(b"\r\n");
+        }
+        s.write_all(&req).expect("write to redis");
+        let mut r = std::io::BufReader::new(s);
+        read_resp(&mut r).expect("read redis reply")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Raw `PING\r\n` → `+PONG` on 127.0.0.1:port.
+fn ping(port: u16) -> bool {
+    let addr = ("127.0.0.1", port).to_socket_addrs().ok().and_then(|mut a| a.next());
+    let Some(addr) = addr else { return false };
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    let mut got = Vec::new();
+    while got.len() < 7 {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    got.starts_with(b"+PONG")
+}
+
+fn read_resp(r: &mut impl std::io::BufRead) -> std::io::Result<Resp> {
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let line = line.trim_end_matches("\r\n");
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad RESP: {line:?}"));
+    let (kind, rest) = line.split_at(1.min(line.len()));
+    match kind {
+        "+" => Ok(Resp::Simple(rest.to_string())),
+        "-" => Ok(Resp::Error(rest.to_string())),
+        ":" => rest.parse().map(Resp::Int).map_err(|_| bad()),
+        "$" => {
+            let n: i64 = rest.parse().map_err(|_| bad())?;
+            if n < 0 {
+                return Ok(Resp::Bulk(None));
+            }
+            let mut buf = vec![0u8; n as usize + 2];
+            r.read_exact(&mut buf)?;
+            buf.truncate(n as usize);
+            Ok(Resp::Bulk(Some(buf)))
+        }
+        "*" => {
+            let n: i64 = rest.parse().map_err(|_| bad())?;
+            if n < 0 {
+                return Ok(Resp::Array(None));
+            }
+            (0..n).map(|_| read_resp(r)).collect::<Result<_, _>>().map(|v| Resp::Array(Some(v)))
+        }
+        _ => Err(bad()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Celery worker and client
+// ---------------------------------------------------------------------------------------------
+
+/// Options for [`CeleryWorker::start`]. `WorkerOpts::default()` is the fixtures' worker:
+/// `-n w1@host1 --concurrency 2 --pool prefork -Q celery`, default heartbeat (2 s).
+#[derive(Debug, Clone)]
+pub struct WorkerOpts {
+    /// `-n`
+    pub hostname: String,
+    /// `-Q` (joined with commas)
+    pub queues: Vec<String>,
+    pub concurrency: u32,
+    /// `--heartbeat-interval` in whole seconds (Celery's option is an integer).
+    pub heartbeat_interval: Option<u32>,
+    /// Sets `CELERY_RESULT_BACKEND` (e.g. a redis URL on db 1).
+    pub result_backend: Option<String>,
+    /// Sets `CELERIAC_OTEL=1`: the pool children instrument Celery with OpenTelemetry and
+    /// export over OTLP; pass `OTEL_EXPORTER_OTLP_ENDPOINT` etc. in `env`.
+    pub otel: bool,
+    /// Extra environment, e.g. `("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")`,
+    /// `("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")`, `("TZ", "Asia/Kolkata")`.
+    pub env: Vec<(String, String)>,
+    /// Extra worker arguments, e.g. `--without-mingle`.
+    pub extra_args: Vec<String>,
+}
+
+impl Default for WorkerOpts {
+    fn default() -> Self {
+        WorkerOpts {
+            hostname: "w1@host1".into(),
+            queues: vec!["celery".into()],
+            concurrency: 2,
+            heartbeat_interval: None,
+            result_backend: None,
+            otel: false,
+            env: Vec::new(),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+impl WorkerOpts {
+    pub fn heartbeat(mut self, seconds: u32) -> Self {
+        self.heartbeat_interval = Some(seconds);
+        self
+    }
+    pub fn queues(mut self, queues: &[&str]) -> Self {
+        self.queues = queues.iter().map(|s| s.to_string()).collect();
+        self
+    }
+    pub fn hostname(mut self, hostname: &str) -> Self {
+        self.hostname = hostname.into();
+        self
+    }
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+    pub fn otel(mut self, endpoint: &str, protocol: &str) -> Self {
+        self.otel = true;
+        self.env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            endpoint,
+        )
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    }
+}
+
+fn celery_env(cmd: &mut Command, broker_url: &str) {
+    let pythonpath = match std::env::var_os("PYTHONPATH") {
+        Some(p) if !p.is_empty() => {
+            let mut v = python_dir().into_os_string();
+            v.push(":");
+            v.push(p);
+            v
+        }
+        _ => python_dir().into_os_string(),
+    };
+    cmd.current_dir(repo_root())
+        .env("PYTHONPATH", pythonpath)
+        .env("PYTHONUNBUFFERED", "1")
+        .env("CELERY_BROKER_URL", broker_url)
+        .env_remove("CELERY_RESULT_BACKEND")
+        .env_remove("CELERIAC_OTEL");
+}
+
+/// A real `celery -A shopapp worker` (prefork) in its own process group. Its stdout+stderr go
+/// to a log file. SIGKILLed (with its pool children) on Drop if still running.
+pub struct CeleryWorker {
+    child: Option<Child>,
+    dir: TempDir,
+    log: PathBuf,
+    status: Option<ExitStatus>,
+    pub opts: WorkerOpts,
+}
+
+impl CeleryWorker {
+    pub fn start(broker_url: &str, opts: WorkerOpts) -> CeleryWorker {
+        let dir = tempfile::Builder::new().prefix("celeriac-worker-").tempdir().expect("tempdir");
+        let log = dir.path().join("worker.log");
+        let out = File::create(&log).expect("worker log");
+        let mut cmd = Command::new(python());
+        cmd.args(["-m", "celery", "-A", "shopapp", "worker", "-E", "-n"])
+            .arg(&opts.hostname)
+            .args(["--concurrency", &opts.concurrency.to_string()])
+            .args(["--pool", "prefork", "--loglevel", "INFO", "-Q", &opts.queues.join(",")]);
+        if let Some(hb) = opts.heartbeat_interval {
+            cmd.args(["--heartbeat-interval", &hb.to_string()]);
+        }
+        cmd.args(&opts.extra_args);
+        celery_env(&mut cmd, broker_url);
+        if let Some(backend) = &opts.result_backend {
+            cmd.env("CELERY_RESULT_BACKEND", backend);
+        }
+        if opts.otel {
+            cmd.env("CELERIAC_OTEL", "1");
+        }
+        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup log"))
+            .stderr(out)
+            .process_group(0);
+        let child = spawn_or_explain(&mut cmd, "python (CELERIAC_TEST_PYTHON)");
+        CeleryWorker { child: Some(child), dir, log, status: None, opts }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+    /// Everything the worker logged so far.
+    pub fn log(&self) -> String {
+        read_lossy(&self.log)
+    }
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => true,
+            Some(Ok(Some(st))) => {
+                self.status = Some(st);
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Waits until the log contains `needle`; false on timeout or if the worker exited.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> bool {
+        wait_until(timeout, || self.log().contains(needle) || !self.is_running())
+            && self.log().contains(needle)
+    }
+
+    /// Waits for Celery's "<hostname> ready." line (typically 3–8 s on this machine).
+    pub fn wait_ready(&mut self, timeout: Duration) -> bool {
+        let needle = format!("{} ready.", self.opts.hostname);
+        self.wait_for_log(&needle, timeout)
+    }
+
+    /// Like `wait_ready` but panics with the log tail.
+    pub fn assert_ready(&mut self, timeout: Duration) {
+        if !self.wait_ready(timeout) {
+            panic!(
+                "celery worker not ready after {timeout:?} (running: {}); log:\n{}",
+                self.is_running(),
+                tail(&self.log(), 40)
+            );
+        }
+    }
+
+    /// Warm shutdown: SIGTERM to the main process, wait up to 30 s (then SIGKILL the group).
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        self.stop_timeout(Duration::from_secs(30))
+    }
+
+    pub fn stop_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        send_signal(child.id(), "TERM", false);
+        let status = wait_child(&mut child, timeout);
+        // Mop up pool children that might outlive the main process.
+        send_signal(child.id(), "KILL", true);
+        let status = status.or_else(|| {
+            let _ = child.kill();
+            child.wait().ok()
+        });
+        self.status = status;
+        status
+    }
+
+    /// SIGKILL the whole group (worker lost without warm shutdown: no worker-offline event).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_group(&mut child);
+            self.status = child.try_wait().ok().flatten();
+        }
+    }
+
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.status
+    }
+}
+
+impl Drop for CeleryWorker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `python tests/python/client.py ARGS...` against `broker_url` and returns the JSON line it
+/// prints (see the docstring of client.py for the actions and the exact output). Panics with the
+/// client's stderr if it fails or runs longer than 120 s.
+pub fn run_client(broker_url: &str, script_args: &[&str]) -> serde_json::Value {
+    run_client_env(broker_url, script_args, &[])
+}
+
+/// `run_client` with extra environment (e.g. `CELERIAC_OTEL=1`, `OTEL_EXPORTER_OTLP_ENDPOINT`).
+pub fn run_client_env(broker_url: &str, script_args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
+    let dir = tempfile::Builder::new().prefix("celeriac-client-").tempdir().expect("tempdir");
+    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut cmd = Command::new(python());
+    cmd.arg(python_dir().join("client.py")).args(script_args);
+    celery_env(&mut cmd, broker_url);
+    cmd.envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path).unwrap())
+        .stderr(File::create(&err_path).unwrap())
+        .process_group(0);
+    let mut child = spawn_or_explain(&mut cmd, "python (CELERIAC_TEST_PYTHON)");
+    let status = wait_child(&mut child, Duration::from_secs(120));
+    if status.is_none() {
+        kill_group(&mut child);
+    }
+    let (stdout, stderr) = (read_lossy(&out_path), read_lossy(&err_path));
+    match status {
+        Some(st) if st.success() => {}
+        _ => panic!(
+            "client.py {script_args:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
+            status.map(|s| s.to_string()).unwrap_or_else(|| "timed out after 120 s".into()),
+            tail(&stderr, 40)
+        ),
+    }
+    let line = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    serde_json::from_str(line).unwrap_or_else(|e| {
+        panic!("client.py {script_args:?} printed no JSON ({e}):\n{stdout}\nstderr:\n{}", tail(&stderr, 20))
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// the celeriac binary
+// ---------------------------------------------------------------------------------------------
+
+/// The celeriac binary running `run -c <dir>/config.yaml`, stdout/stderr in files in the same
+/// tempdir. SIGKILLed on Drop if still running.
+pub struct Agent {
+    child: Option<Child>,
+    dir: TempDir,
+    status: Option<ExitStatus>,
+}
+
+impl Agent {
+    /// `bin` is `Path::new(env!("CARGO_BIN_EXE_celeriac"))` in the calling test.
+    pub fn start(bin: &Path, config_yaml: &str) -> Agent {
+        Agent::start_with(bin, config_yaml, &[], &[])
+    }
+
+    /// With extra CLI arguments (after `run -c FILE`) and environment.
+    pub fn start_with(bin: &Path, config_yaml: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Agent {
+        let dir = tempfile::Builder::new().prefix("celeriac-agent-").tempdir().expect("tempdir");
+        let config = dir.path().join("config.yaml");
+        fs::write(&config, config_yaml).expect("write config");
+        let mut cmd = Command::new(bin);
+        cmd.arg("run")
+            .arg("-c")
+            .arg(&config)
+            .args(extra_args)
+            .current_dir(dir.path())
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(File::create(dir.path().join("stdout")).unwrap())
+            .stderr(File::create(dir.path().join("stderr")).unwrap())
+            .process_group(0);
+        let child = spawn_or_explain(&mut cmd, "celeriac");
+        Agent { child: Some(child), dir, status: None }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.yaml")
+    }
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+    pub fn stdout(&self) -> String {
+        read_lossy(&self.dir.path().join("stdout"))
+    }
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout().lines().map(str::to_owned).collect()
+    }
+    pub fn stderr(&self) -> String {
+        read_lossy(&self.dir.path().join("stderr"))
+    }
+    pub fn is_running(&mut self) -> bool {
+        self.status.is_none() && matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+    /// SIGTERM (graceful shutdown); see `wait_exit`.
+    pub fn terminate(&self) {
+        if let Some(c) = &self.child {
+            send_signal(c.id(), "TERM", false);
+        }
+    }
+    /// SIGINT.
+    pub fn interrupt(&self) {
+        if let Some(c) = &self.child {
+            send_signal(c.id(), "INT", false);
+        }
+    }
+    /// Waits up to `timeout` for the process to exit; None if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.as_mut().and_then(|c| wait_child(c, timeout));
+        }
+        self.status
+    }
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if self.status.is_none() {
+                kill_group(&mut c);
+                self.status = c.try_wait().ok().flatten();
+            }
+        }
+    }
+    /// A diagnostic dump for assertion messages.
+    pub fn output(&self) -> String {
+        format!("--- celeriac stdout (tail) ---\n{}\n--- celeriac stderr (tail) ---\n{}", tail(&self.stdout(), 40), tail(&self.stderr(), 60))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+// ---------------------------------------------------------------------------------------------
+
+/// A response of [`http_request`]; header names are lower-cased.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// `GET path` on `addr` ("127.0.0.1:9540"); (status, body) or None if it could not connect or
+/// the response was not HTTP.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    http_request(addr, "GET", path, &[], &[]).map(|r| (r.status, r.text()))
+}
+
+/// `POST path` with a body and content type.
+pub fn http_post(addr: &str, path: &str, content_type: &str, body: &[u8]) -> Option<HttpResponse> {
+    http_request(addr, "POST", path, &[("Content-Type", content_type)], body)
+}
+
+/// One HTTP/1.1 request with `Connection: close` (5 s connect, 10 s read timeouts). Handles
+/// Content-Length, chunked and read-to-close bodies.
+pub fn http_request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Option<HttpResponse> {
+    let sock = addr.to_socket_addrs().ok()?.next()?;
+    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(5)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.set_write_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: celeriac-tests\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" || method == "PUT" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    s.write_all(body).ok()?;
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw); // a timeout after a complete response is fine
+    parse_http_response(&raw)
+}
+
+fn parse_http_response(raw: &[u8]) -> Option<HttpResponse> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next()?;
+    if !status_line.starts_with("HTTP/") {
+        return None;
+    }
+    let status: u16 = status_line.split_whitespace().nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let rest = &raw[end + 4..];
+    let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let body = if get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+        dechunk(rest)?
+    } else if let Some(len) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        rest.get(..len)?.to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Some(HttpResponse { status, headers, body })
+}
+
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = data.windows(2).position(|w| w == b"\r\n")?;
+        let size_str = std::str::from_utf8(&data[..eol]).ok()?;
+        let size = usize::from_str_radix(size_str.split(';').next()?.trim(), 16).ok()?;
+        data = &data[eol + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(data.get(..size)?);
+        data = data.get(size + 2..)?;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prometheus text format
+// ---------------------------------------------------------------------------------------------
+
+/// One sample: (metric name, labels, value).
+pub type Sample = (String, BTreeMap<String, String>, f64);
+
+/// Parses the Prometheus text exposition format (0.0.4; OpenMetrics' `# EOF` is ignored too):
+/// comments and blank lines are skipped, label values are unescaped, timestamps ignored.
+/// Panics on a malformed sample line, quoting it.
+pub fn parse_prometheus_text(text: &str) -> Vec<Sample> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| parse_sample(l).unwrap_or_else(|| panic!("malformed Prometheus sample line: {l:?}")))
+        .collect()
+}
+
+fn parse_sample(line: &str) -> Option<Sample> {
+    let name_end = line.find(|c: char| c == '{' || c.is_whitespace()).unwrap_or(line.len());
+    let name = &line[..name_end];
+    if name.is_empty() {
+        return None;
+    }
+    let mut labels = BTreeMap::new();
+    let mut rest = &line[name_end..];
+    if let Some(r) = rest.strip_prefix('{') {
+        let mut chars = r.char_indices().peekable();
+        loop {
+            // skip separators
+            while let Some(&(_, c)) = chars.peek() {
+                if c == ',' || c.is_whitespace() {
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            let &(start, c) = chars.peek()?;
+            if c == '}' {
+                rest = &r[start + 1..];
+                break;
+            }
+            let eq = r[start..].find('=')? + start;
+            let key = r[start..eq].trim().to_string();
+            while chars.peek()?.0 <= eq {
+                chars.next();
+            }
+            if chars.next()?.1 != '"' {
+                return None;
+            }
+            let mut value = String::new();
+            loop {
+                match chars.next()?.1 {
+                    '"' => break,
+                    '\\' => match chars.next()?.1 {
+                        'n' => value.push('\n'),
+                        other => value.push(other),
+                    },
+                    ch => value.push(ch),
+                }
+            }
+            labels.insert(key, value);
+        }
+    }
+    let value_str = rest.split_whitespace().next()?;
+    let value = match value_str {
+        "+Inf" | "Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        "NaN" => f64::NAN,
+        v => v.parse().ok()?,
+    };
+    Some((name.to_string(), labels, value))
+}
+
+/// Sum of the samples named `name` whose labels include all of `labels` (other labels are
+/// ignored); None if no sample matches.
+pub fn metric_value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for (n, l, v) in samples {
+        if n == name && labels.iter().all(|(k, want)| l.get(*k).map(String::as_str) == Some(*want)) {
+            found = Some(found.unwrap_or(0.0) + v);
+        }
+    }
+    found
+}
+
+/// GET `http://addr/metrics` and parse it; None if the endpoint did not answer 200.
+pub fn scrape(addr: &str) -> Option<Vec<Sample>> {
+    match http_get(addr, "/metrics")? {
+        (200, body) => Some(parse_prometheus_text(&body)),
+        _ => None,
+    }
+}
