@@ -18,6 +18,7 @@ pub mod config;
 pub mod exporters;
 pub mod pipeline;
 pub mod processors;
+pub mod receivers;
 pub mod registry;
 pub mod signal;
 pub mod telemetry;

@@ -71,6 +71,7 @@ pub static COMPONENTS: &[Registration] = &[
     crate::exporters::debug::REGISTRATION,
     crate::exporters::logs::REGISTRATION,
     crate::processors::batch::REGISTRATION,
+    crate::receivers::celery_redis::REGISTRATION,
 ];
 
 pub fn lookup(type_name: &str) -> Option<&'static Registration> {

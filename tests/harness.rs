@@ -21,11 +21,18 @@ fn redis_celery_worker_and_client() {
     let port = redis.port();
     redis.kill();
     assert!(!redis.is_running());
-    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "port {port} still open after kill");
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "port {port} still open after kill"
+    );
     redis.restart();
     assert_eq!(redis.port(), port);
     assert!(redis.is_running());
-    assert_eq!(redis.cmd(&["GET", "k"]), Resp::Bulk(None), "no persistence expected");
+    assert_eq!(
+        redis.cmd(&["GET", "k"]),
+        Resp::Bulk(None),
+        "no persistence expected"
+    );
     assert_eq!(redis.url(), format!("redis://127.0.0.1:{port}/0"));
 
     // A real Celery worker.
@@ -34,7 +41,12 @@ fn redis_celery_worker_and_client() {
 
     // chain a -> b -> c: the worker logs each task's success.
     let out = run_client(&redis.url(), &["chain"]);
-    let ids: Vec<String> = out["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+    let ids: Vec<String> = out["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(ids.len(), 3, "{out}");
     for (id, name) in ids.iter().zip(["shop.a", "shop.b", "shop.c"]) {
         assert_eq!(out["names"][id], name, "{out}");
@@ -45,25 +57,69 @@ fn redis_celery_worker_and_client() {
             worker.log()
         );
     }
-    assert!(worker.log().contains("'total=30'"), "c's result; log:\n{}", worker.log());
+    assert!(
+        worker.log().contains("'total=30'"),
+        "c's result; log:\n{}",
+        worker.log()
+    );
 
     // A queue nobody consumes, with Celery's Redis priority sub-queues.
     let out = run_client(&redis.url(), &["fill_queue", "backlog", "10"]);
-    assert_eq!(out["sent"], serde_json::json!({"plain": 10, "priority_5": 3, "priority_9": 2}), "{out}");
+    assert_eq!(
+        out["sent"],
+        serde_json::json!({"plain": 10, "priority_5": 3, "priority_9": 2}),
+        "{out}"
+    );
     assert_eq!(out["keys"], out["expected_keys"], "{out}");
     assert_eq!(out["keys"]["backlog"], 10, "{out}");
     assert_eq!(out["keys"]["backlog\u{6}\u{16}3"], 3, "{out}");
     assert_eq!(out["keys"]["backlog\u{6}\u{16}9"], 2, "{out}");
     assert_eq!(redis.cmd(&["LLEN", "backlog"]).as_int(), Some(10));
-    assert_eq!(redis.cmd(&["LLEN", "backlog\u{6}\u{16}3"]).as_int(), Some(3));
-    assert_eq!(redis.cmd(&["LLEN", "backlog\u{6}\u{16}9"]).as_int(), Some(2));
+    assert_eq!(
+        redis.cmd(&["LLEN", "backlog\u{6}\u{16}3"]).as_int(),
+        Some(3)
+    );
+    assert_eq!(
+        redis.cmd(&["LLEN", "backlog\u{6}\u{16}9"]).as_int(),
+        Some(2)
+    );
     assert_eq!(out["ids"].as_array().unwrap().len(), 15);
+
+    // The mixed workload: the client's own event subscription must see exactly what it documents.
+    let out = run_client(&redis.url(), &["run_mix", "--timeout", "30"]);
+    assert_eq!(out["observed"], out["expected"], "{out}");
+    assert_eq!(out["match"], true, "{out}");
+    assert_eq!(out["expected_totals"]["sent"], 13, "{out}");
+    assert_eq!(out["names"].as_object().unwrap().len(), 11, "{out}");
+    let mut finals: BTreeMap<String, u64> = BTreeMap::new();
+    for state in out["final_states"].as_object().unwrap().values() {
+        *finals
+            .entry(state.as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        serde_json::to_value(&finals).unwrap(),
+        out["expected_final_states"],
+        "{out}"
+    );
 
     // Warm shutdown.
     let status = worker.stop().expect("worker exit status");
-    assert!(status.success(), "worker exited with {status}; log:\n{}", worker.log());
-    assert!(worker.log().contains("Warm shutdown"), "log:\n{}", worker.log());
-    assert!(started.elapsed() < Duration::from_secs(60), "harness test took {:?}", started.elapsed());
+    assert!(
+        status.success(),
+        "worker exited with {status}; log:\n{}",
+        worker.log()
+    );
+    assert!(
+        worker.log().contains("Warm shutdown"),
+        "log:\n{}",
+        worker.log()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "harness test took {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -76,18 +132,31 @@ fn agent_process_control() {
         "#!/bin/sh\ntrap 'echo got TERM; exit 3' TERM\necho \"args: $*\"\necho \"config: $(cat \"$3\")\"\necho oops >&2\nwhile :; do sleep 0.05; done\n",
     )
     .unwrap();
-    std::process::Command::new("chmod").arg("+x").arg(&bin).status().unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&bin)
+        .status()
+        .unwrap();
 
     let mut agent = Agent::start(Path::new(&bin), "receivers: {}\n");
-    assert!(wait_until(Duration::from_secs(5), || agent.stdout_lines().len() >= 2), "{}", agent.output());
+    assert!(
+        wait_until(Duration::from_secs(5), || agent.stdout_lines().len() >= 2),
+        "{}",
+        agent.output()
+    );
     let lines = agent.stdout_lines();
-    assert_eq!(lines[0], format!("args: run -c {}", agent.config_path().display()));
+    assert_eq!(
+        lines[0],
+        format!("args: run -c {}", agent.config_path().display())
+    );
     assert_eq!(lines[1], "config: receivers: {}");
     assert!(agent.stderr().contains("oops"));
     assert!(agent.is_running());
     assert!(agent.wait_exit(Duration::from_millis(200)).is_none());
     agent.terminate();
-    let status = agent.wait_exit(Duration::from_secs(5)).expect("exited after SIGTERM");
+    let status = agent
+        .wait_exit(Duration::from_secs(5))
+        .expect("exited after SIGTERM");
     assert_eq!(status.code(), Some(3));
     assert!(agent.stdout().contains("got TERM"));
 }
@@ -115,8 +184,13 @@ fn one_shot_server(response: &'static [u8]) -> (String, std::thread::JoinHandle<
 
 #[test]
 fn http_get_plain_and_chunked() {
-    let (addr, h) = one_shot_server(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello");
-    assert_eq!(http_get(&addr, "/healthz"), Some((200, "hello".to_string())));
+    let (addr, h) = one_shot_server(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello",
+    );
+    assert_eq!(
+        http_get(&addr, "/healthz"),
+        Some((200, "hello".to_string()))
+    );
     let req = h.join().unwrap();
     assert!(req.starts_with("GET /healthz HTTP/1.1\r\n"), "{req}");
     assert!(req.contains("Connection: close\r\n"), "{req}");
@@ -142,17 +216,48 @@ neg{k="v",} -Inf
 "#;
     let samples = parse_prometheus_text(text);
     assert_eq!(samples.len(), 7);
-    assert_eq!(metric_value(&samples, "celery_task_sent_total", &[]), Some(6.0));
-    assert_eq!(metric_value(&samples, "celery_task_sent_total", &[("name", "shop.a")]), Some(3.0));
-    assert_eq!(metric_value(&samples, "celery_task_sent_total", &[("queue_name", "celery")]), Some(5.0));
-    assert_eq!(metric_value(&samples, "celery_task_sent_total", &[("name", "shop.c")]), None);
-    assert_eq!(metric_value(&samples, "celery_task_sent_total", &[("name", "we\"ird,{x}")]), Some(1.0));
+    assert_eq!(
+        metric_value(&samples, "celery_task_sent_total", &[]),
+        Some(6.0)
+    );
+    assert_eq!(
+        metric_value(&samples, "celery_task_sent_total", &[("name", "shop.a")]),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric_value(
+            &samples,
+            "celery_task_sent_total",
+            &[("queue_name", "celery")]
+        ),
+        Some(5.0)
+    );
+    assert_eq!(
+        metric_value(&samples, "celery_task_sent_total", &[("name", "shop.c")]),
+        None
+    );
+    assert_eq!(
+        metric_value(
+            &samples,
+            "celery_task_sent_total",
+            &[("name", "we\"ird,{x}")]
+        ),
+        Some(1.0)
+    );
     assert_eq!(metric_value(&samples, "celery_worker_up", &[]), Some(1.0));
-    assert_eq!(metric_value(&samples, "celery_task_runtime_bucket", &[("le", "+Inf")]), Some(4.0));
+    assert_eq!(
+        metric_value(&samples, "celery_task_runtime_bucket", &[("le", "+Inf")]),
+        Some(4.0)
+    );
     assert!(metric_value(&samples, "odd_values", &[]).unwrap().is_nan());
-    assert_eq!(metric_value(&samples, "neg", &[("k", "v")]), Some(f64::NEG_INFINITY));
+    assert_eq!(
+        metric_value(&samples, "neg", &[("k", "v")]),
+        Some(f64::NEG_INFINITY)
+    );
     let weird = &samples[2];
-    let want: BTreeMap<String, String> =
-        [("name", "we\"ird,{x}"), ("queue_name", "a\\b\nc")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let want: BTreeMap<String, String> = [("name", "we\"ird,{x}"), ("queue_name", "a\\b\nc")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     assert_eq!(weird.1, want);
 }

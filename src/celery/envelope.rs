@@ -1,1 +1,1800 @@
+//! Decoding of kombu envelopes (the payload of one Redis pub/sub message) into [`CeleryEvent`]s.
+//!
+//! Pipeline, in order (each step's failure is one [`DecodeError`] variant):
+//!
+//! 1. parse the envelope JSON (borrowed, no `serde_json::Value`) → [`DecodeError::MalformedEnvelope`];
+//! 2. `properties.delivery_info.exchange` must be `"celeryev"` → else [`DecodeError::NotAnEvent`]
+//!    (pidbox, anything else);
+//! 3. a `compression` header → [`DecodeError::Compressed`] (Celery never compresses events);
+//! 4. `content-type`: JSON only; pickle / msgpack / yaml / anything else → their own variant
+//!    (pickle is never unpickled);
+//! 5. `properties.body_encoding`: `"base64"` → standard base64 (into a reusable per-thread buffer),
+//!    `null`/absent/`"utf-8"` → the body string as is;
+//! 6. the body is one event object or a list of them (`task.multi`); each object is parsed in one
+//!    streaming pass with typed, lenient field values and turned into an owned [`CeleryEvent`].
+//!
+//! ## Partially bad lists
+//!
+//! A list body is decoded element by element: a bad element (not an object, no `type`, a task
+//! event without `uuid`, a known field with the wrong JSON type, …) is **skipped**, the good
+//! elements are kept, and every skipped element is reported in [`Decoded::dropped`] as a
+//! [`DecodeError::MalformedEvent`] / [`DecodeError::MissingField`] carrying its list index.
+//! A body that is a single object (or a scalar) has nothing to keep, so a bad one is returned
+//! as `Err`. A JSON *syntax* error anywhere in the body fails the whole envelope
+//! ([`DecodeError::MalformedBody`]). On `Err`, nothing is appended to `out`.
+//!
+//! ## Leniency
+//!
+//! Tolerated: `freq`/`utcoffset`/`timestamp`/`runtime` as int or float; integer fields given as
+//! integral floats; `signum` int, string or null; `null` for any optional field (incl. `clock`);
+//! missing optional fields; unknown fields (ignored, whatever their content, including kombu's
+//! `{"__type__": …, "__value__": …}` wrappers); such a wrapper around a known string field
+//! (e.g. `eta`) is unwrapped. Only the fields relevant to the event's kind are type-checked
+//! (common fields always; task fields for `task-*`; worker fields for `worker-*`).
+//! Required: `type` (string), `timestamp` (number), and for `task-*` a non-empty string `uuid`.
 
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::fmt;
+use std::marker::PhantomData;
+
+use base64::Engine as _;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use crate::celery::event::{CeleryEvent, EventKind, TaskFields, WorkerFields};
+
+/// The exchange Celery publishes events to (`event_exchange` default).
+pub const EVENT_EXCHANGE: &str = "celeryev";
+
+/// Why a payload (or one element of a list body) could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The payload is not a kombu envelope (not JSON, truncated, missing `body`/`properties`, …).
+    #[error("malformed envelope: {0}")]
+    MalformedEnvelope(#[source] serde_json::Error),
+    /// A kombu envelope for another exchange (e.g. `celery.pidbox` remote control).
+    #[error("not a Celery event: exchange {} (expected \"celeryev\")", OptStr(.exchange))]
+    NotAnEvent { exchange: Option<String> },
+    /// The envelope has a `compression` header.
+    #[error("compressed body (compression {compression:?}) is not supported for events")]
+    Compressed { compression: String },
+    /// `properties.body_encoding` is neither `base64` nor `utf-8`/null.
+    #[error("unsupported body_encoding {0:?}")]
+    UnsupportedBodyEncoding(String),
+    /// `body_encoding` is base64 but the body is not valid standard base64.
+    #[error("body is not valid base64: {0}")]
+    BadBase64(#[source] base64::DecodeError),
+    /// Pickle-serialized events (`event_serializer='pickle'`); never unpickled.
+    #[error("pickle-serialized event body (content-type {content_type:?}) is not decoded; configure event_serializer='json'")]
+    Pickle { content_type: String },
+    /// msgpack-serialized events.
+    #[error("msgpack-serialized event body (content-type {content_type:?}) is not supported; configure event_serializer='json'")]
+    Msgpack { content_type: String },
+    /// YAML-serialized events.
+    #[error("yaml-serialized event body (content-type {content_type:?}) is not supported; configure event_serializer='json'")]
+    Yaml { content_type: String },
+    /// Any other (or a missing) content type.
+    #[error("unsupported content-type {}", OptStr(.content_type))]
+    UnsupportedContentType { content_type: Option<String> },
+    /// The (decoded) body is not valid JSON: syntax error, truncation, not UTF-8, nesting too deep.
+    #[error("malformed event body: {0}")]
+    MalformedBody(#[source] serde_json::Error),
+    /// One event (or list element) is not a valid event: not an object, or a field of the wrong type.
+    #[error("malformed event{}: {detail}", At(.index))]
+    MalformedEvent {
+        /// Index in a list body; `None` for a single-object body.
+        index: Option<usize>,
+        detail: String,
+    },
+    /// One event lacks a required field (`type`, `timestamp`, or `uuid` for task events).
+    #[error("event{}{}: missing required field `{field}`", At(.index), TypeSuffix(.event_type))]
+    MissingField {
+        /// Index in a list body; `None` for a single-object body.
+        index: Option<usize>,
+        field: &'static str,
+        /// The event's `type`, when known.
+        event_type: Option<String>,
+    },
+}
+
+impl DecodeError {
+    /// Short stable snake_case label, for a `reason` counter label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::MalformedEnvelope(_) => "malformed_envelope",
+            Self::NotAnEvent { .. } => "not_an_event",
+            Self::Compressed { .. } => "compressed",
+            Self::UnsupportedBodyEncoding(_) => "unsupported_body_encoding",
+            Self::BadBase64(_) => "bad_base64",
+            Self::Pickle { .. } => "pickle",
+            Self::Msgpack { .. } => "msgpack",
+            Self::Yaml { .. } => "yaml",
+            Self::UnsupportedContentType { .. } => "unsupported_content_type",
+            Self::MalformedBody(_) => "malformed_body",
+            Self::MalformedEvent { .. } => "malformed_event",
+            Self::MissingField { .. } => "missing_field",
+        }
+    }
+}
+
+struct OptStr<'a>(&'a Option<String>);
+impl fmt::Display for OptStr<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(s) => write!(f, "{s:?}"),
+            None => f.write_str("<missing>"),
+        }
+    }
+}
+
+struct At<'a>(&'a Option<usize>);
+impl fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(i) => write!(f, " (list element {i})"),
+            None => Ok(()),
+        }
+    }
+}
+
+struct TypeSuffix<'a>(&'a Option<String>);
+impl fmt::Display for TypeSuffix<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(t) => write!(f, " of type {t:?}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Outcome of decoding one envelope that was (at least partly) usable.
+#[derive(Debug, Default)]
+#[must_use = "`dropped` reports list elements that were skipped"]
+pub struct Decoded {
+    /// How many events were appended to `out`.
+    pub appended: usize,
+    /// List elements that were skipped, each a [`DecodeError::MalformedEvent`] or
+    /// [`DecodeError::MissingField`] with its index. Empty (no allocation) in the normal case.
+    pub dropped: Vec<DecodeError>,
+}
+
+impl Decoded {
+    /// `true` when nothing was dropped.
+    pub fn is_complete(&self) -> bool {
+        self.dropped.is_empty()
+    }
+}
+
+/// Decode one pub/sub payload (a kombu envelope) into events appended to `out`.
+///
+/// Returns how many were appended plus the list elements that were skipped (see the module
+/// docs, "Partially bad lists"). On `Err` nothing is appended. Never panics.
+pub fn decode_envelope(data: &[u8], out: &mut Vec<CeleryEvent>) -> Result<Decoded, DecodeError> {
+    let env: Envelope<'_> = serde_json::from_slice(data).map_err(DecodeError::MalformedEnvelope)?;
+
+    let exchange = env
+        .properties
+        .delivery_info
+        .as_ref()
+        .and_then(|d| d.exchange.as_deref());
+    if exchange != Some(EVENT_EXCHANGE) {
+        return Err(DecodeError::NotAnEvent {
+            exchange: exchange.map(str::to_owned),
+        });
+    }
+
+    let (header_host, compression) = match &env.headers {
+        Some(h) => (h.hostname.as_str(), &h.compression),
+        None => (None, &Val::Absent),
+    };
+    match compression {
+        Val::Absent | Val::Null => {}
+        other => {
+            return Err(DecodeError::Compressed {
+                compression: other
+                    .as_str()
+                    .map_or_else(|| other.kind().to_owned(), str::to_owned),
+            })
+        }
+    }
+
+    let base64 = match env.properties.body_encoding.as_deref() {
+        Some("base64") => true,
+        None => false,
+        Some(e) if e.eq_ignore_ascii_case("utf-8") || e.eq_ignore_ascii_case("utf8") => false,
+        Some(e) if e.eq_ignore_ascii_case("base64") => true,
+        Some(e) => return Err(DecodeError::UnsupportedBodyEncoding(e.to_owned())),
+    };
+
+    check_content_type(env.content_type.as_deref())?;
+
+    let start = out.len();
+    let result = if base64 {
+        with_buffer(|buf| {
+            base64::engine::general_purpose::STANDARD
+                .decode_vec(env.body.as_bytes(), buf)
+                .map_err(DecodeError::BadBase64)?;
+            decode_body(buf, header_host, out)
+        })
+    } else {
+        decode_body(env.body.as_bytes(), header_host, out)
+    };
+    if result.is_err() {
+        out.truncate(start);
+    }
+    result
+}
+
+fn check_content_type(ct: Option<&str>) -> Result<(), DecodeError> {
+    let Some(raw) = ct else {
+        return Err(DecodeError::UnsupportedContentType { content_type: None });
+    };
+    let mime = raw.split(';').next().unwrap_or("").trim();
+    if mime.eq_ignore_ascii_case("application/json") {
+        return Ok(());
+    }
+    let content_type = raw.to_owned();
+    let lower = mime.to_ascii_lowercase();
+    Err(match lower.as_str() {
+        "application/x-python-serialize" | "application/python-pickle" => {
+            DecodeError::Pickle { content_type }
+        }
+        "application/x-msgpack" | "application/msgpack" | "application/vnd.msgpack" => {
+            DecodeError::Msgpack { content_type }
+        }
+        "application/x-yaml" | "application/yaml" | "text/yaml" | "text/x-yaml" => {
+            DecodeError::Yaml { content_type }
+        }
+        _ => DecodeError::UnsupportedContentType {
+            content_type: Some(content_type),
+        },
+    })
+}
+
+thread_local! {
+    static BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// Above this capacity the per-thread buffer is released instead of kept.
+const MAX_KEPT_BUFFER: usize = 64 * 1024;
+
+/// Run `f` with a cleared, reusable per-thread byte buffer.
+fn with_buffer<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    let mut buf = BUF.with(Cell::take);
+    buf.clear();
+    let r = f(&mut buf);
+    if buf.capacity() <= MAX_KEPT_BUFFER {
+        BUF.with(|c| c.set(buf));
+    }
+    r
+}
+
+fn decode_body(
+    body: &[u8],
+    header_host: Option<&str>,
+    out: &mut Vec<CeleryEvent>,
+) -> Result<Decoded, DecodeError> {
+    let start = out.len();
+    let mut dropped = Vec::new();
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let single = BodySeed {
+        header_host,
+        out,
+        dropped: &mut dropped,
+    }
+    .deserialize(&mut de)
+    .and_then(|single| de.end().map(|()| single))
+    .map_err(DecodeError::MalformedBody)?;
+    if single {
+        if let Some(e) = dropped.pop() {
+            return Err(e);
+        }
+    }
+    Ok(Decoded {
+        appended: out.len() - start,
+        dropped,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Envelope (borrowed)
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    body: Cow<'a, str>,
+    #[serde(rename = "content-type", borrow, default)]
+    content_type: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    headers: Option<Headers<'a>>,
+    #[serde(borrow)]
+    properties: Properties<'a>,
+}
+
+#[derive(Deserialize)]
+struct Headers<'a> {
+    #[serde(borrow, default)]
+    hostname: Val<'a>,
+    #[serde(borrow, default)]
+    compression: Val<'a>,
+}
+
+#[derive(Deserialize)]
+struct Properties<'a> {
+    #[serde(borrow, default)]
+    body_encoding: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    delivery_info: Option<DeliveryInfo<'a>>,
+}
+
+#[derive(Deserialize)]
+struct DeliveryInfo<'a> {
+    #[serde(borrow, default)]
+    exchange: Option<Cow<'a, str>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lenient JSON values: accept any JSON value without erroring, remember what it was.
+
+/// One JSON value of a known field, captured without type errors (only syntax errors fail).
+#[derive(Debug, Default)]
+enum Val<'a> {
+    #[default]
+    Absent,
+    Null,
+    Bool(bool),
+    U64(u64),
+    I64(i64),
+    F64(f64),
+    Str(Cow<'a, str>),
+    /// An array of exactly three numbers (`loadavg`).
+    Floats3([f64; 3]),
+    /// Any other array or object; the payload is its kind for error messages.
+    Other(&'static str),
+}
+
+impl<'a> Val<'a> {
+    fn kind(&self) -> &'static str {
+        match self {
+            Val::Absent => "nothing",
+            Val::Null => "null",
+            Val::Bool(_) => "bool",
+            Val::U64(_) | Val::I64(_) => "integer",
+            Val::F64(_) => "float",
+            Val::Str(_) => "string",
+            Val::Floats3(_) => "array",
+            Val::Other(k) => k,
+        }
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Val::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Val::U64(n) => Some(n as f64),
+            Val::I64(n) => Some(n as f64),
+            Val::F64(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Val<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ValVisitor(PhantomData))
+    }
+}
+
+struct ValVisitor<'a>(PhantomData<Val<'a>>);
+
+impl<'de: 'a, 'a> Visitor<'de> for ValVisitor<'a> {
+    type Value = Val<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Val::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Val::I64(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Val::U64(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Val::F64(v))
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Val::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Val::Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Val::Str(Cow::Owned(v)))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Val::Null)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(Val::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut nums = [0.0; 3];
+        let mut n = 0usize;
+        let mut all_numbers = true;
+        while let Some(v) = seq.next_element::<Val<'a>>()? {
+            match v.as_f64() {
+                Some(x) if n < 3 => nums[n] = x,
+                _ => all_numbers = false,
+            }
+            n += 1;
+        }
+        Ok(if all_numbers && n == 3 {
+            Val::Floats3(nums)
+        } else {
+            Val::Other("array")
+        })
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        // kombu's JSON encoder wraps non-JSON types as {"__type__": .., "__value__": ..}.
+        let mut has_type = false;
+        let mut value = None;
+        let mut other_keys = false;
+        while let Some(k) = map.next_key::<WrapKey>()? {
+            match k {
+                WrapKey::Type => {
+                    has_type = true;
+                    map.next_value::<IgnoredAny>()?;
+                }
+                WrapKey::Value => value = Some(map.next_value::<Val<'a>>()?),
+                WrapKey::Other => {
+                    other_keys = true;
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(match value {
+            Some(v) if has_type && !other_keys => v,
+            _ => Val::Other("object"),
+        })
+    }
+}
+
+enum WrapKey {
+    Type,
+    Value,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for WrapKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = WrapKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<WrapKey, E> {
+                Ok(match v {
+                    "__type__" => WrapKey::Type,
+                    "__value__" => WrapKey::Value,
+                    _ => WrapKey::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Event fields
+
+macro_rules! event_keys {
+    ($($variant:ident => $name:literal / $field:ident,)*) => {
+        /// Known event field names.
+        #[derive(Clone, Copy)]
+        enum Key { $($variant,)* Other }
+
+        impl<'de> Deserialize<'de> for Key {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl Visitor<'_> for V {
+                    type Value = Key;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("a field name")
+                    }
+                    fn visit_str<E>(self, v: &str) -> Result<Key, E> {
+                        Ok(match v { $($name => Key::$variant,)* _ => Key::Other })
+                    }
+                }
+                d.deserialize_identifier(V)
+            }
+        }
+
+        /// Every known field of one event, as captured (not yet type-checked).
+        #[derive(Default)]
+        struct RawEvent<'a> { $($field: Val<'a>,)* }
+
+        impl<'a> RawEvent<'a> {
+            fn parse<A: MapAccess<'a>>(mut map: A) -> Result<Self, A::Error> {
+                let mut raw = RawEvent::default();
+                while let Some(k) = map.next_key::<Key>()? {
+                    match k {
+                        $(Key::$variant => raw.$field = map.next_value()?,)*
+                        Key::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(raw)
+            }
+        }
+    };
+}
+
+event_keys! {
+    Type => "type" / type_,
+    Hostname => "hostname" / hostname,
+    Timestamp => "timestamp" / timestamp,
+    Utcoffset => "utcoffset" / utcoffset,
+    Pid => "pid" / pid,
+    Clock => "clock" / clock,
+    Uuid => "uuid" / uuid,
+    Name => "name" / name,
+    Args => "args" / args,
+    Kwargs => "kwargs" / kwargs,
+    Retries => "retries" / retries,
+    Eta => "eta" / eta,
+    Expires => "expires" / expires,
+    RootId => "root_id" / root_id,
+    ParentId => "parent_id" / parent_id,
+    Queue => "queue" / queue,
+    Exchange => "exchange" / exchange,
+    RoutingKey => "routing_key" / routing_key,
+    Result => "result" / result,
+    Runtime => "runtime" / runtime,
+    Exception => "exception" / exception,
+    Traceback => "traceback" / traceback,
+    Terminated => "terminated" / terminated,
+    Signum => "signum" / signum,
+    Expired => "expired" / expired,
+    Requeue => "requeue" / requeue,
+    Freq => "freq" / freq,
+    Active => "active" / active,
+    Processed => "processed" / processed,
+    Loadavg => "loadavg" / loadavg,
+    SwIdent => "sw_ident" / sw_ident,
+    SwVer => "sw_ver" / sw_ver,
+    SwSys => "sw_sys" / sw_sys,
+}
+
+/// Why one event could not be built (turned into a [`DecodeError`] with its index).
+enum EventError {
+    NotAnObject(&'static str),
+    Missing(&'static str),
+    WrongType {
+        field: &'static str,
+        expected: &'static str,
+        got: &'static str,
+    },
+}
+
+fn wrong(field: &'static str, expected: &'static str, v: &Val<'_>) -> EventError {
+    EventError::WrongType {
+        field,
+        expected,
+        got: v.kind(),
+    }
+}
+
+fn opt_string(v: Val<'_>, field: &'static str) -> Result<Option<String>, EventError> {
+    match v {
+        Val::Absent | Val::Null => Ok(None),
+        Val::Str(s) => Ok(Some(s.into_owned())),
+        other => Err(wrong(field, "string", &other)),
+    }
+}
+
+fn opt_f64(v: &Val<'_>, field: &'static str) -> Result<Option<f64>, EventError> {
+    match v {
+        Val::Absent | Val::Null => Ok(None),
+        other => other
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| wrong(field, "number", other)),
+    }
+}
+
+/// Largest integer an f64 holds exactly.
+const F64_EXACT_INT: f64 = 9_007_199_254_740_992.0;
+
+fn opt_u64(v: &Val<'_>, field: &'static str) -> Result<Option<u64>, EventError> {
+    const EXPECTED: &str = "non-negative integer";
+    match *v {
+        Val::Absent | Val::Null => Ok(None),
+        Val::U64(n) => Ok(Some(n)),
+        // Integral floats (e.g. `7.0`) are accepted; the cast is exact below 2^53.
+        Val::F64(x) if x.fract() == 0.0 && (0.0..=F64_EXACT_INT).contains(&x) => Ok(Some(x as u64)),
+        _ => Err(wrong(field, EXPECTED, v)),
+    }
+}
+
+fn opt_u32(v: &Val<'_>, field: &'static str) -> Result<Option<u32>, EventError> {
+    match opt_u64(v, field)? {
+        None => Ok(None),
+        Some(n) => u32::try_from(n)
+            .map(Some)
+            .map_err(|_| EventError::WrongType {
+                field,
+                expected: "32-bit unsigned integer",
+                got: "larger integer",
+            }),
+    }
+}
+
+fn opt_bool(v: &Val<'_>, field: &'static str) -> Result<Option<bool>, EventError> {
+    match *v {
+        Val::Absent | Val::Null => Ok(None),
+        Val::Bool(b) => Ok(Some(b)),
+        _ => Err(wrong(field, "bool", v)),
+    }
+}
+
+fn opt_signum(v: Val<'_>) -> Result<Option<String>, EventError> {
+    match v {
+        Val::Absent | Val::Null => Ok(None),
+        Val::Str(s) => Ok(Some(s.into_owned())),
+        Val::U64(n) => Ok(Some(n.to_string())),
+        Val::I64(n) => Ok(Some(n.to_string())),
+        other => Err(wrong("signum", "integer or string", &other)),
+    }
+}
+
+fn opt_loadavg(v: &Val<'_>) -> Result<Option<[f64; 3]>, EventError> {
+    match *v {
+        Val::Absent | Val::Null => Ok(None),
+        Val::Floats3(a) => Ok(Some(a)),
+        _ => Err(wrong("loadavg", "array of 3 numbers", v)),
+    }
+}
+
+impl<'a> RawEvent<'a> {
+    /// Type-check and convert into an owned event. Returns the `type` (if it was readable)
+    /// alongside an error, for the error message.
+    fn build(self, header_host: Option<&str>) -> Result<CeleryEvent, (EventError, Option<String>)> {
+        let RawEvent {
+            type_,
+            hostname,
+            timestamp,
+            utcoffset,
+            pid,
+            clock,
+            uuid,
+            name,
+            args,
+            kwargs,
+            retries,
+            eta,
+            expires,
+            root_id,
+            parent_id,
+            queue,
+            exchange,
+            routing_key,
+            result,
+            runtime,
+            exception,
+            traceback,
+            terminated,
+            signum,
+            expired,
+            requeue,
+            freq,
+            active,
+            processed,
+            loadavg,
+            sw_ident,
+            sw_ver,
+            sw_sys,
+        } = self;
+
+        let type_name = match type_ {
+            Val::Str(s) => s,
+            Val::Absent | Val::Null => return Err((EventError::Missing("type"), None)),
+            other => return Err((wrong("type", "string", &other), None)),
+        };
+        let kind = EventKind::from_type(&type_name);
+        let with_type = |e: EventError| (e, Some(type_name.to_string()));
+
+        let build = || -> Result<CeleryEvent, EventError> {
+            let timestamp = match timestamp {
+                Val::Absent | Val::Null => return Err(EventError::Missing("timestamp")),
+                ref other => other
+                    .as_f64()
+                    .ok_or_else(|| wrong("timestamp", "number", other))?,
+            };
+            let hostname = match hostname {
+                Val::Str(s) => s.into_owned(),
+                Val::Absent | Val::Null => header_host.unwrap_or_default().to_owned(),
+                other => return Err(wrong("hostname", "string", &other)),
+            };
+            let utcoffset = opt_f64(&utcoffset, "utcoffset")?;
+            let pid = opt_u32(&pid, "pid")?;
+            let clock = opt_u64(&clock, "clock")?;
+
+            let task = if kind.is_task() {
+                let uuid = match uuid {
+                    Val::Str(s) if !s.is_empty() => s.into_owned(),
+                    Val::Absent | Val::Null | Val::Str(_) => {
+                        return Err(EventError::Missing("uuid"))
+                    }
+                    other => return Err(wrong("uuid", "string", &other)),
+                };
+                Some(TaskFields {
+                    uuid,
+                    name: opt_string(name, "name")?,
+                    args: opt_string(args, "args")?,
+                    kwargs: opt_string(kwargs, "kwargs")?,
+                    retries: opt_u32(&retries, "retries")?,
+                    eta: opt_string(eta, "eta")?,
+                    expires: opt_string(expires, "expires")?,
+                    root_id: opt_string(root_id, "root_id")?,
+                    parent_id: opt_string(parent_id, "parent_id")?,
+                    queue: opt_string(queue, "queue")?,
+                    exchange: opt_string(exchange, "exchange")?,
+                    routing_key: opt_string(routing_key, "routing_key")?,
+                    result: opt_string(result, "result")?,
+                    runtime: opt_f64(&runtime, "runtime")?,
+                    exception: opt_string(exception, "exception")?,
+                    traceback: opt_string(traceback, "traceback")?,
+                    terminated: opt_bool(&terminated, "terminated")?,
+                    signum: opt_signum(signum)?,
+                    expired: opt_bool(&expired, "expired")?,
+                    requeue: opt_bool(&requeue, "requeue")?,
+                })
+            } else {
+                None
+            };
+
+            let worker = if kind.is_worker() {
+                Some(WorkerFields {
+                    freq: opt_f64(&freq, "freq")?,
+                    active: opt_u64(&active, "active")?,
+                    processed: opt_u64(&processed, "processed")?,
+                    loadavg: opt_loadavg(&loadavg)?,
+                    sw_ident: opt_string(sw_ident, "sw_ident")?,
+                    sw_ver: opt_string(sw_ver, "sw_ver")?,
+                    sw_sys: opt_string(sw_sys, "sw_sys")?,
+                })
+            } else {
+                None
+            };
+
+            Ok(CeleryEvent {
+                kind,
+                type_name: String::new(),
+                hostname,
+                timestamp,
+                utcoffset,
+                pid,
+                clock,
+                task,
+                worker,
+            })
+        };
+
+        match build() {
+            Ok(mut ev) => {
+                ev.type_name = type_name.into_owned();
+                Ok(ev)
+            }
+            Err(e) => Err(with_type(e)),
+        }
+    }
+}
+
+fn to_decode_error(index: Option<usize>, e: EventError, event_type: Option<String>) -> DecodeError {
+    match e {
+        EventError::Missing(field) => DecodeError::MissingField {
+            index,
+            field,
+            event_type,
+        },
+        EventError::NotAnObject(got) => DecodeError::MalformedEvent {
+            index,
+            detail: format!("expected an event object, got {got}"),
+        },
+        EventError::WrongType {
+            field,
+            expected,
+            got,
+        } => DecodeError::MalformedEvent {
+            index,
+            detail: match event_type {
+                Some(t) => format!("{t:?}: field `{field}`: expected {expected}, got {got}"),
+                None => format!("field `{field}`: expected {expected}, got {got}"),
+            },
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Body: one event object, or a list of them. Streams straight into `out`.
+
+struct Sink<'s> {
+    header_host: Option<&'s str>,
+    out: &'s mut Vec<CeleryEvent>,
+    dropped: &'s mut Vec<DecodeError>,
+}
+
+impl Sink<'_> {
+    fn event<'de, A: MapAccess<'de>>(
+        &mut self,
+        index: Option<usize>,
+        map: A,
+    ) -> Result<(), A::Error> {
+        let raw = RawEvent::parse(map)?;
+        match raw.build(self.header_host) {
+            Ok(ev) => self.out.push(ev),
+            Err((e, t)) => self.dropped.push(to_decode_error(index, e, t)),
+        }
+        Ok(())
+    }
+
+    fn not_an_object(&mut self, index: Option<usize>, got: &'static str) {
+        self.dropped
+            .push(to_decode_error(index, EventError::NotAnObject(got), None));
+    }
+}
+
+/// Deserializes the whole body; yields `true` when the body was a single value (not a list).
+struct BodySeed<'s> {
+    header_host: Option<&'s str>,
+    out: &'s mut Vec<CeleryEvent>,
+    dropped: &'s mut Vec<DecodeError>,
+}
+
+impl<'de> DeserializeSeed<'de> for BodySeed<'_> {
+    type Value = bool;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(BodyVisitor(Sink {
+            header_host: self.header_host,
+            out: self.out,
+            dropped: self.dropped,
+        }))
+    }
+}
+
+struct BodyVisitor<'s>(Sink<'s>);
+
+/// Scalars where an event was expected: recorded as "not an object", not a serde error.
+macro_rules! scalar_not_object {
+    ($ret:expr) => {
+        fn visit_bool<E>(mut self, _: bool) -> Result<Self::Value, E> {
+            self.not_object("bool");
+            Ok($ret)
+        }
+        fn visit_i64<E>(mut self, _: i64) -> Result<Self::Value, E> {
+            self.not_object("integer");
+            Ok($ret)
+        }
+        fn visit_u64<E>(mut self, _: u64) -> Result<Self::Value, E> {
+            self.not_object("integer");
+            Ok($ret)
+        }
+        fn visit_f64<E>(mut self, _: f64) -> Result<Self::Value, E> {
+            self.not_object("float");
+            Ok($ret)
+        }
+        fn visit_str<E>(mut self, _: &str) -> Result<Self::Value, E> {
+            self.not_object("string");
+            Ok($ret)
+        }
+        fn visit_unit<E>(mut self) -> Result<Self::Value, E> {
+            self.not_object("null");
+            Ok($ret)
+        }
+    };
+}
+
+impl BodyVisitor<'_> {
+    fn not_object(&mut self, got: &'static str) {
+        self.0.not_an_object(None, got);
+    }
+}
+
+impl<'de> Visitor<'de> for BodyVisitor<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an event object or a list of event objects")
+    }
+
+    scalar_not_object!(true);
+
+    fn visit_map<A: MapAccess<'de>>(mut self, map: A) -> Result<bool, A::Error> {
+        self.0.event(None, map)?;
+        Ok(true)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<bool, A::Error> {
+        if let Some(n) = seq.size_hint() {
+            self.0.out.reserve(n);
+        }
+        let mut index = 0usize;
+        while seq
+            .next_element_seed(ElementSeed {
+                sink: &mut self.0,
+                index,
+            })?
+            .is_some()
+        {
+            index += 1;
+        }
+        Ok(false)
+    }
+}
+
+struct ElementSeed<'a, 's> {
+    sink: &'a mut Sink<'s>,
+    index: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for ElementSeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl ElementSeed<'_, '_> {
+    fn not_object(&mut self, got: &'static str) {
+        self.sink.not_an_object(Some(self.index), got);
+    }
+}
+
+impl<'de> Visitor<'de> for ElementSeed<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an event object")
+    }
+
+    scalar_not_object!(());
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        self.sink.event(Some(self.index), map)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        self.not_object("array");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    use base64::engine::general_purpose::STANDARD;
+    use serde_json::{json, Value};
+
+    const MAIN: &str = "celery-events-redis.jsonl";
+    const PICKLE: &str = "celery-events-redis-pickle.jsonl";
+    const LEGACY: &str = "celery-events-redis-legacy.jsonl";
+
+    /// (channel, data) of every line of a fixture.
+    fn fixture(name: &str) -> Vec<(String, String)> {
+        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        text.lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).expect("fixture line is JSON");
+                (
+                    v["channel"].as_str().expect("channel").to_owned(),
+                    v["data"].as_str().expect("data").to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    fn decode_all(name: &str) -> (Vec<CeleryEvent>, BTreeMap<&'static str, usize>) {
+        let mut out = Vec::new();
+        let mut errors = BTreeMap::new();
+        for (channel, data) in fixture(name) {
+            match decode_envelope(data.as_bytes(), &mut out) {
+                Ok(d) => assert!(d.is_complete(), "{channel}: dropped {:?}", d.dropped),
+                Err(e) => *errors.entry(e.reason()).or_insert(0) += 1,
+            }
+        }
+        (out, errors)
+    }
+
+    fn counts(events: &[CeleryEvent]) -> BTreeMap<&str, usize> {
+        let mut m = BTreeMap::new();
+        for e in events {
+            assert_eq!(e.kind.as_str(), e.type_name, "all fixture types are known");
+            *m.entry(e.type_name.as_str()).or_insert(0) += 1;
+        }
+        m
+    }
+
+    /// A kombu envelope around `body` (JSON text), base64-encoded like the Redis transport.
+    fn envelope(body: &str) -> Vec<u8> {
+        envelope_with(body, |_| {})
+    }
+
+    fn envelope_with(body: &str, edit: impl FnOnce(&mut Value)) -> Vec<u8> {
+        let mut env = json!({
+            "body": STANDARD.encode(body),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": {"hostname": "hdr@host"},
+            "properties": {
+                "delivery_mode": 1,
+                "delivery_info": {"exchange": "celeryev", "routing_key": "task.multi"},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": "d2249b3a-6994-434f-9b9b-403a56511470"
+            }
+        });
+        edit(&mut env);
+        serde_json::to_vec(&env).expect("serialize")
+    }
+
+    fn one(data: &[u8]) -> CeleryEvent {
+        let mut out = Vec::new();
+        let d = decode_envelope(data, &mut out).expect("decodes");
+        assert!(d.is_complete(), "{:?}", d.dropped);
+        assert_eq!((d.appended, out.len()), (1, 1));
+        out.pop().expect("one event")
+    }
+
+    fn err(data: &[u8]) -> DecodeError {
+        let mut out = Vec::new();
+        let e = decode_envelope(data, &mut out).expect_err("must fail");
+        assert!(out.is_empty(), "nothing appended on Err");
+        // Display must not panic and must say something.
+        assert!(!e.to_string().is_empty());
+        e
+    }
+
+    const STARTED: &str = r#"{"hostname":"w1@host1","utcoffset":0.0,"pid":20320,"clock":9,"uuid":"u-1","timestamp":1795606961.5,"type":"task-started"}"#;
+
+    // ---- fixtures --------------------------------------------------------------------------
+
+    #[test]
+    fn main_fixture_counts() {
+        let (events, errors) = decode_all(MAIN);
+        assert_eq!(events.len(), 88);
+        let expected: BTreeMap<&str, usize> = [
+            ("worker-online", 1),
+            ("worker-heartbeat", 11),
+            ("worker-offline", 1),
+            ("task-sent", 19),
+            ("task-received", 19),
+            ("task-started", 17),
+            ("task-succeeded", 12),
+            ("task-failed", 2),
+            ("task-retried", 2),
+            ("task-revoked", 3),
+            ("task-rejected", 1),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(counts(&events), expected);
+        // 4 pidbox envelopes, 20 celery-task-meta payloads (not kombu envelopes).
+        let expected_errors: BTreeMap<&str, usize> =
+            [("not_an_event", 4), ("malformed_envelope", 20)]
+                .into_iter()
+                .collect();
+        assert_eq!(errors, expected_errors);
+        for e in &events {
+            assert_eq!(e.task.is_some(), e.kind.is_task());
+            assert_eq!(e.worker.is_some(), e.kind.is_worker());
+            assert!(e.timestamp > 1.79e9 && e.timestamp < 1.80e9);
+            assert!(!e.hostname.is_empty());
+            assert_eq!(e.utcoffset, Some(0.0));
+            assert!(e.pid.is_some() && e.clock.is_some());
+        }
+    }
+
+    #[test]
+    fn main_fixture_per_channel() {
+        for (channel, data) in fixture(MAIN) {
+            let mut out = Vec::new();
+            let r = decode_envelope(data.as_bytes(), &mut out);
+            if channel.ends_with("celery.pidbox") {
+                assert_eq!(r.expect_err("pidbox").reason(), "not_an_event");
+            } else if channel.starts_with("celery-task-meta-") {
+                assert_eq!(r.expect_err("meta").reason(), "malformed_envelope");
+            } else {
+                let routing = channel.rsplit('/').next().expect("routing key");
+                let d = r.expect("event envelope");
+                assert!(d.appended >= 1 && d.appended <= 2, "{channel}");
+                if routing != "task.multi" {
+                    assert_eq!(d.appended, 1);
+                    assert_eq!(out[0].type_name.replace('-', "."), routing);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pickle_fixture_is_refused() {
+        let mut pickle = 0;
+        for (channel, data) in fixture(PICKLE) {
+            let mut out = Vec::new();
+            let e = decode_envelope(data.as_bytes(), &mut out).expect_err("nothing decodes");
+            assert!(out.is_empty());
+            if channel.contains(".celeryev/") {
+                assert_eq!(e.reason(), "pickle", "{channel}: {e}");
+                assert!(matches!(e, DecodeError::Pickle { .. }));
+                pickle += 1;
+            } else if channel.ends_with("celery.pidbox") {
+                assert_eq!(e.reason(), "not_an_event");
+            } else {
+                assert_eq!(e.reason(), "malformed_envelope");
+            }
+        }
+        assert_eq!(pickle, 14);
+    }
+
+    #[test]
+    fn legacy_fixture_counts() {
+        let (events, errors) = decode_all(LEGACY);
+        assert_eq!(events.len(), 14);
+        let expected: BTreeMap<&str, usize> = [
+            ("worker-online", 1),
+            ("worker-heartbeat", 4),
+            ("worker-offline", 1),
+            ("task-sent", 2),
+            ("task-received", 2),
+            ("task-started", 2),
+            ("task-succeeded", 1),
+            ("task-failed", 1),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(counts(&events), expected);
+        let expected_errors: BTreeMap<&str, usize> =
+            [("not_an_event", 1), ("malformed_envelope", 2)]
+                .into_iter()
+                .collect();
+        assert_eq!(errors, expected_errors);
+        // Worker in America/New_York (EST): 5 hours west of UTC; the client sends 0.0.
+        for e in &events {
+            let want = if e.kind == EventKind::TaskSent {
+                0.0
+            } else {
+                5.0
+            };
+            assert_eq!(e.utcoffset, Some(want), "{}", e.type_name);
+        }
+    }
+
+    // ---- fixture field checks --------------------------------------------------------------
+
+    fn main_events() -> Vec<CeleryEvent> {
+        decode_all(MAIN).0
+    }
+
+    fn task<'e>(events: &'e [CeleryEvent], uuid: &str, kind: EventKind) -> Vec<&'e TaskFields> {
+        events
+            .iter()
+            .filter(|e| e.kind == kind && e.task_uuid() == Some(uuid))
+            .filter_map(|e| e.task.as_ref())
+            .collect()
+    }
+
+    #[test]
+    fn wakeup_heartbeat_has_int_freq_and_no_counters() {
+        let lines = fixture(MAIN);
+        let ev = one(lines[3].1.as_bytes());
+        assert_eq!(ev.kind, EventKind::WorkerHeartbeat);
+        let w = ev.worker.expect("worker fields");
+        assert_eq!(w.freq, Some(5.0));
+        assert_eq!((w.active, w.processed, w.loadavg), (None, None, None));
+        assert_eq!(w.sw_ident.as_deref(), Some("py-celery"));
+        assert_eq!(w.sw_ver.as_deref(), Some("5.7.0"));
+        assert_eq!(w.sw_sys.as_deref(), Some("Linux"));
+        assert_eq!(ev.hostname, "w1@host1");
+        assert_eq!((ev.pid, ev.clock), (Some(20320), Some(3)));
+        assert!(ev.task.is_none());
+    }
+
+    #[test]
+    fn worker_fields() {
+        let events = main_events();
+        let online = events
+            .iter()
+            .find(|e| e.kind == EventKind::WorkerOnline)
+            .expect("online");
+        let w = online.worker.as_ref().expect("fields");
+        assert_eq!(w.freq, Some(2.0));
+        assert_eq!(w.loadavg, Some([0.61, 0.97, 0.54]));
+        assert_eq!((w.active, w.processed), (Some(0), Some(0)));
+        let offline = events.last().expect("events");
+        assert_eq!(offline.kind, EventKind::WorkerOffline);
+        assert_eq!(offline.worker.as_ref().and_then(|w| w.processed), Some(17));
+        // Periodic heartbeats: freq 2.0, increasing clocks.
+        let clocks: Vec<u64> = events
+            .iter()
+            .filter(|e| {
+                e.kind == EventKind::WorkerHeartbeat
+                    && e.worker.as_ref().and_then(|w| w.freq) == Some(2.0)
+            })
+            .filter_map(|e| e.clock)
+            .collect();
+        assert_eq!(clocks.len(), 10);
+        assert!(clocks.windows(2).all(|w| w[0] < w[1]), "{clocks:?}");
+    }
+
+    #[test]
+    fn revoked_terminated_signum() {
+        let events = main_events();
+        let r = task(
+            &events,
+            "602e5864-f010-4ab8-a5d6-873e6243241a",
+            EventKind::TaskRevoked,
+        );
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].signum.as_deref(), Some("15"));
+        assert_eq!((r[0].terminated, r[0].expired), (Some(true), Some(false)));
+        let eta = task(
+            &events,
+            "7b0d1eb5-036c-4697-920a-ac4d80f6a593",
+            EventKind::TaskRevoked,
+        );
+        assert_eq!(eta[0].signum, None);
+        assert_eq!(
+            (eta[0].terminated, eta[0].expired),
+            (Some(false), Some(false))
+        );
+        let exp = task(
+            &events,
+            "e7d6ea60-8ec6-4993-8054-f414c2cf5d2e",
+            EventKind::TaskRevoked,
+        );
+        assert_eq!(
+            (exp[0].terminated, exp[0].expired),
+            (Some(false), Some(true))
+        );
+        let rec = task(
+            &events,
+            "e7d6ea60-8ec6-4993-8054-f414c2cf5d2e",
+            EventKind::TaskReceived,
+        );
+        assert!(rec[0].eta.is_some() && rec[0].expires.is_some());
+        let rej = task(
+            &events,
+            "75d0455a-7cc4-4193-818f-a3794f1a3b1f",
+            EventKind::TaskRejected,
+        );
+        assert_eq!(rej[0].requeue, Some(false));
+    }
+
+    #[test]
+    fn succeeded_failed_retried_fields() {
+        let events = main_events();
+        for e in &events {
+            let t = e.task.as_ref();
+            match e.kind {
+                EventKind::TaskSucceeded => {
+                    let t = t.expect("task");
+                    assert!(t.runtime.is_some_and(|r| r > 0.0));
+                    assert!(t.result.is_some());
+                }
+                EventKind::TaskFailed | EventKind::TaskRetried => {
+                    let t = t.expect("task");
+                    assert!(t
+                        .traceback
+                        .as_deref()
+                        .is_some_and(|tb| tb.starts_with("Traceback (most recent call last):")
+                            && tb.contains('\n')));
+                    assert!(t.exception.is_some());
+                }
+                EventKind::TaskStarted => {
+                    let t = t.expect("task");
+                    let only_uuid = TaskFields {
+                        uuid: t.uuid.clone(),
+                        ..TaskFields::default()
+                    };
+                    assert_eq!(t, &only_uuid, "task-started carries only uuid");
+                }
+                _ => {}
+            }
+        }
+        let c = task(
+            &events,
+            "d459bbcf-b346-428a-b844-9a99554b25bf",
+            EventKind::TaskSucceeded,
+        );
+        assert_eq!(c[0].result.as_deref(), Some("'total=30'"));
+        let f = task(
+            &events,
+            "7b6d40a3-42e1-4881-88df-f1cc451101fd",
+            EventKind::TaskFailed,
+        );
+        assert_eq!(
+            f[0].exception.as_deref(),
+            Some("ValueError('no email on file for order 1001')")
+        );
+        let r = task(
+            &events,
+            "3412ec4d-4465-4e27-8b5d-6da8c5060c6b",
+            EventKind::TaskRetried,
+        );
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            r[0].exception.as_deref(),
+            Some("ConnectionError('warehouse API timeout')")
+        );
+    }
+
+    #[test]
+    fn sent_fields_and_chain_ids() {
+        let events = main_events();
+        let a = "cbac63a6-0853-4c3c-a950-0f9bdcab267d";
+        let b = "26c6da41-5553-4b92-b76c-85b9c9838f0a";
+        let c = "d459bbcf-b346-428a-b844-9a99554b25bf";
+        let ids = |uuid: &str| {
+            let s = task(&events, uuid, EventKind::TaskSent);
+            assert_eq!(s.len(), 1);
+            (s[0].root_id.clone(), s[0].parent_id.clone())
+        };
+        assert_eq!(ids(a), (Some(a.to_owned()), None));
+        assert_eq!(ids(b), (Some(a.to_owned()), Some(a.to_owned())));
+        assert_eq!(ids(c), (Some(a.to_owned()), Some(b.to_owned())));
+        let rec = task(&events, b, EventKind::TaskReceived);
+        assert_eq!(rec[0].root_id.as_deref(), Some(a));
+        assert_eq!(rec[0].parent_id.as_deref(), Some(a));
+
+        let sent = task(
+            &events,
+            "d1ec4bb6-d942-4613-b166-064acf3a9861",
+            EventKind::TaskSent,
+        );
+        let s = sent[0];
+        assert_eq!(s.name.as_deref(), Some("shop.charge_card"));
+        assert_eq!(s.args.as_deref(), Some("(1001, 42.5)"));
+        assert_eq!(s.kwargs.as_deref(), Some("{}"));
+        assert_eq!(s.retries, Some(0));
+        assert_eq!(s.queue.as_deref(), Some("celery"));
+        assert_eq!(s.exchange.as_deref(), Some(""));
+        assert_eq!(s.routing_key.as_deref(), Some("celery"));
+        assert_eq!((s.eta.as_deref(), s.expires.as_deref()), (None, None));
+        // Retries: sent with retries 1 and 2, parent_id == own uuid.
+        let inv = "3412ec4d-4465-4e27-8b5d-6da8c5060c6b";
+        let sent = task(&events, inv, EventKind::TaskSent);
+        let retries: Vec<_> = sent.iter().map(|t| t.retries).collect();
+        assert_eq!(retries, [Some(0), Some(1), Some(2)]);
+        assert_eq!(sent[2].parent_id.as_deref(), Some(inv));
+        assert!(sent[2].eta.is_some());
+    }
+
+    #[test]
+    fn task_multi_of_two() {
+        let lines = fixture(MAIN);
+        let (_, data) = lines
+            .iter()
+            .find(|(c, d)| {
+                c.ends_with("task.multi") && {
+                    let mut out = Vec::new();
+                    matches!(decode_envelope(d.as_bytes(), &mut out), Ok(r) if r.appended == 2)
+                }
+            })
+            .expect("a task.multi list of 2");
+        let mut out = vec![CeleryEvent::default()];
+        let d = decode_envelope(data.as_bytes(), &mut out).expect("ok");
+        assert_eq!(d.appended, 2);
+        assert_eq!(out.len(), 3, "appends, does not clear");
+        assert!(out[1].timestamp <= out[2].timestamp);
+    }
+
+    // ---- synthetic: tolerance --------------------------------------------------------------
+
+    #[test]
+    fn single_object_body_and_header_hostname_fallback() {
+        let ev = one(&envelope(
+            r#"{"type":"task-started","uuid":"u-9","timestamp":1}"#,
+        ));
+        assert_eq!(ev.kind, EventKind::TaskStarted);
+        assert_eq!(ev.hostname, "hdr@host");
+        assert_eq!(ev.timestamp, 1.0);
+        assert_eq!((ev.utcoffset, ev.pid, ev.clock), (None, None, None));
+        let ev = one(&envelope_with(
+            r#"{"type":"task-started","uuid":"u-9","timestamp":1,"hostname":null}"#,
+            |e| e["headers"] = json!(null),
+        ));
+        assert_eq!(ev.hostname, "");
+        let ev = one(&envelope(STARTED));
+        assert_eq!(ev.hostname, "w1@host1", "body hostname wins");
+    }
+
+    #[test]
+    fn tolerated_variants() {
+        let ev = one(&envelope(
+            r#"[{"type":"task-revoked","uuid":"u","timestamp":1.5,"clock":null,"signum":"SIGTERM",
+                 "terminated":true,"expired":null,"utcoffset":-5,"pid":7.0,
+                 "custom":{"__type__":"datetime","__value__":"2026-11-25T10:00:00"},
+                 "nested":{"a":[1,{"b":null}]},
+                 "eta":{"__type__":"datetime","__value__":"2026-11-25T10:00:01"},
+                 "freq":"not checked for task events"}]"#,
+        ));
+        let t = ev.task.as_ref().expect("task");
+        assert_eq!(ev.clock, None);
+        assert_eq!(ev.utcoffset, Some(-5.0));
+        assert_eq!(ev.pid, Some(7));
+        assert_eq!(t.signum.as_deref(), Some("SIGTERM"));
+        assert_eq!((t.terminated, t.expired), (Some(true), None));
+        assert_eq!(t.eta.as_deref(), Some("2026-11-25T10:00:01"));
+        assert!(ev.worker.is_none());
+
+        let ev = one(&envelope(
+            r#"{"type":"worker-heartbeat","hostname":"w","timestamp":2,"freq":5,"loadavg":[0,1,2.5],"active":null}"#,
+        ));
+        let w = ev.worker.expect("worker");
+        assert_eq!(w.freq, Some(5.0));
+        assert_eq!(w.loadavg, Some([0.0, 1.0, 2.5]));
+        assert_eq!(w.active, None);
+    }
+
+    #[test]
+    fn other_kinds() {
+        let ev = one(&envelope(
+            r#"{"type":"task-progress","uuid":"u","timestamp":1,"current":3}"#,
+        ));
+        assert_eq!(ev.kind, EventKind::TaskOther);
+        assert_eq!(ev.type_name, "task-progress");
+        assert_eq!(ev.task_uuid(), Some("u"));
+        let ev = one(&envelope(
+            r#"{"type":"worker-elect","timestamp":1,"id":"x","topic":"t","action":"a"}"#,
+        ));
+        assert_eq!(ev.kind, EventKind::WorkerOther);
+        assert!(ev.worker.is_some() && ev.task.is_none());
+        let ev = one(&envelope(
+            r#"{"type":"custom-thing","timestamp":1,"uuid":5}"#,
+        ));
+        assert_eq!(ev.kind, EventKind::Unknown);
+        assert!(ev.worker.is_none() && ev.task.is_none());
+    }
+
+    #[test]
+    fn raw_utf8_body_encoding() {
+        for enc in [json!(null), json!("utf-8")] {
+            let data = envelope_with(STARTED, |e| {
+                e["body"] = json!(STARTED);
+                e["properties"]["body_encoding"] = enc.clone();
+            });
+            assert_eq!(one(&data).task_uuid(), Some("u-1"));
+        }
+        let data = envelope_with(STARTED, |e| {
+            e["body"] = json!(STARTED);
+            e["properties"]
+                .as_object_mut()
+                .expect("object")
+                .remove("body_encoding");
+        });
+        assert_eq!(one(&data).task_uuid(), Some("u-1"));
+        let data = envelope_with(STARTED, |e| {
+            e["properties"]["body_encoding"] = json!("gzip")
+        });
+        assert_eq!(err(&data).reason(), "unsupported_body_encoding");
+    }
+
+    #[test]
+    fn escaped_base64_body() {
+        // `\/` is a legal JSON escape; the body string is then not borrowable.
+        let b64 = STANDARD.encode(STARTED);
+        let escaped = b64.replace('/', "\\/");
+        let data = String::from_utf8(envelope(STARTED))
+            .expect("utf8")
+            .replace(&b64, &escaped);
+        assert_eq!(one(data.as_bytes()).task_uuid(), Some("u-1"));
+    }
+
+    // ---- synthetic: errors -----------------------------------------------------------------
+
+    #[test]
+    fn malformed_envelopes() {
+        assert_eq!(err(b"").reason(), "malformed_envelope");
+        assert_eq!(err(b"   ").reason(), "malformed_envelope");
+        assert_eq!(err(b"not json").reason(), "malformed_envelope");
+        assert_eq!(err(b"[1,2]").reason(), "malformed_envelope");
+        assert_eq!(err(b"null").reason(), "malformed_envelope");
+        assert_eq!(err(&[0xff, 0xfe, 0x80]).reason(), "malformed_envelope");
+        assert_eq!(err(br#"{"body":"eA=="}"#).reason(), "malformed_envelope");
+        let full = envelope(STARTED);
+        for cut in [1, full.len() / 3, full.len() / 2, full.len() - 1] {
+            assert_eq!(
+                err(&full[..cut]).reason(),
+                "malformed_envelope",
+                "cut {cut}"
+            );
+        }
+        let mut trailing = full.clone();
+        trailing.extend_from_slice(b" x");
+        assert_eq!(err(&trailing).reason(), "malformed_envelope");
+        // Deep nesting in an ignored envelope field is skipped iteratively by serde_json (the
+        // envelope is then judged on its merits); in a captured field it hits serde_json's
+        // recursion limit. Neither overflows the stack.
+        let n = 100_000;
+        let deep = format!(
+            r#"{{"body":"","properties":{{"x":{}{}}}}}"#,
+            "[".repeat(n),
+            "]".repeat(n)
+        );
+        assert_eq!(err(deep.as_bytes()).reason(), "not_an_event");
+        let deep = String::from_utf8(envelope(STARTED)).expect("utf8").replace(
+            r#""hdr@host""#,
+            &format!("{}{}", "[".repeat(n), "]".repeat(n)),
+        );
+        assert_eq!(err(deep.as_bytes()).reason(), "malformed_envelope");
+    }
+
+    #[test]
+    fn not_events() {
+        let data = envelope_with(STARTED, |e| {
+            e["properties"]["delivery_info"]["exchange"] = json!("celery.pidbox")
+        });
+        let e = err(&data);
+        assert_eq!(e.reason(), "not_an_event");
+        assert!(e.to_string().contains("celery.pidbox"), "{e}");
+        let data = envelope_with(STARTED, |e| {
+            e["properties"]
+                .as_object_mut()
+                .expect("obj")
+                .remove("delivery_info");
+        });
+        assert_eq!(err(&data).reason(), "not_an_event");
+    }
+
+    #[test]
+    fn content_types_and_compression() {
+        let ct = |ct: Value| envelope_with(STARTED, |e| e["content-type"] = ct);
+        assert_eq!(
+            err(&ct(json!("application/x-python-serialize"))).reason(),
+            "pickle"
+        );
+        assert_eq!(err(&ct(json!("application/x-msgpack"))).reason(), "msgpack");
+        assert_eq!(err(&ct(json!("application/x-yaml"))).reason(), "yaml");
+        assert_eq!(
+            err(&ct(json!("text/plain"))).reason(),
+            "unsupported_content_type"
+        );
+        assert_eq!(err(&ct(json!(null))).reason(), "unsupported_content_type");
+        assert_eq!(
+            one(&ct(json!("application/json; charset=utf-8"))).task_uuid(),
+            Some("u-1")
+        );
+        let data = envelope_with(STARTED, |e| {
+            e["headers"]["compression"] = json!("application/x-gzip")
+        });
+        let e = err(&data);
+        assert_eq!(e.reason(), "compressed");
+        assert!(e.to_string().contains("gzip"));
+        let data = envelope_with(STARTED, |e| e["headers"]["compression"] = json!(null));
+        one(&data);
+    }
+
+    #[test]
+    fn bad_bodies() {
+        let data = envelope_with(STARTED, |e| e["body"] = json!("not base64 !!"));
+        assert_eq!(err(&data).reason(), "bad_base64");
+        let data = envelope_with(STARTED, |e| e["body"] = json!("eyJ0eXBlIjoid"));
+        assert_eq!(err(&data).reason(), "bad_base64");
+        let data = envelope_with(STARTED, |e| e["body"] = json!(5));
+        assert_eq!(err(&data).reason(), "malformed_envelope");
+
+        for (body, reason) in [
+            ("", "malformed_body"),
+            ("{", "malformed_body"),
+            (&STARTED[..STARTED.len() - 1], "malformed_body"),
+            ("[{}, ", "malformed_body"),
+            ("{} {}", "malformed_body"),
+            ("5", "malformed_event"),
+            ("\"task-sent\"", "malformed_event"),
+            ("null", "malformed_event"),
+            ("true", "malformed_event"),
+            ("{}", "missing_field"),
+        ] {
+            let e = err(&envelope(body));
+            assert_eq!(e.reason(), reason, "{body:?}: {e}");
+        }
+        // Not UTF-8 after base64.
+        let data = envelope_with(STARTED, |e| {
+            e["body"] = json!(STANDARD.encode([b'"', 0xff, b'"']))
+        });
+        assert_eq!(err(&data).reason(), "malformed_body");
+        // Huge nesting in the body. In a captured (known) field: serde_json's recursion limit.
+        let n = 100_000;
+        for body in [
+            format!(
+                r#"{{"type":"task-sent","args":{}1{}}}"#,
+                "{\"__value__\":".repeat(n),
+                "}".repeat(n)
+            ),
+            format!(
+                r#"{{"type":"worker-online","loadavg":{}{}}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            ),
+            format!(
+                r#"[{{"type":"task-sent","eta":{}{}}}]"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            ),
+        ] {
+            assert_eq!(err(&envelope(&body)).reason(), "malformed_body");
+        }
+        // As a list element, or in an unknown field: skipped iteratively, no limit needed.
+        let mut out = Vec::new();
+        let body = format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let d = decode_envelope(&envelope(&body), &mut out).expect("one bad element");
+        assert_eq!((d.appended, d.dropped.len()), (0, 1));
+        assert_eq!(d.dropped[0].reason(), "malformed_event");
+        let body = format!(
+            r#"{{"type":"task-started","uuid":"u","timestamp":1,"x":{}{}}}"#,
+            "[".repeat(n),
+            "]".repeat(n)
+        );
+        assert_eq!(one(&envelope(&body)).task_uuid(), Some("u"));
+    }
+
+    #[test]
+    fn single_event_errors() {
+        let e = err(&envelope(
+            r#"{"type":"task-succeeded","timestamp":1,"result":"3"}"#,
+        ));
+        assert!(
+            matches!(&e, DecodeError::MissingField { field: "uuid", index: None, event_type: Some(t) } if t == "task-succeeded"),
+            "{e:?}"
+        );
+        assert_eq!(e.reason(), "missing_field");
+        assert!(e.to_string().contains("uuid"));
+        let e = err(&envelope(
+            r#"{"type":"task-started","uuid":"","timestamp":1}"#,
+        ));
+        assert_eq!(e.reason(), "missing_field");
+        let e = err(&envelope(r#"{"type":"task-started","uuid":"u"}"#));
+        assert!(matches!(
+            e,
+            DecodeError::MissingField {
+                field: "timestamp",
+                ..
+            }
+        ));
+        let e = err(&envelope(r#"{"uuid":"u","timestamp":1}"#));
+        assert!(matches!(e, DecodeError::MissingField { field: "type", .. }));
+        for body in [
+            r#"{"type":5,"timestamp":1}"#,
+            r#"{"type":"task-started","uuid":7,"timestamp":1}"#,
+            r#"{"type":"task-started","uuid":"u","timestamp":"1"}"#,
+            r#"{"type":"task-started","uuid":"u","timestamp":1,"pid":-1}"#,
+            r#"{"type":"task-started","uuid":"u","timestamp":1,"pid":5000000000}"#,
+            r#"{"type":"task-started","uuid":"u","timestamp":1,"clock":1.5}"#,
+            r#"{"type":"task-started","uuid":"u","timestamp":1,"hostname":["a"]}"#,
+            r#"{"type":"task-sent","uuid":"u","timestamp":1,"retries":"1"}"#,
+            r#"{"type":"task-sent","uuid":"u","timestamp":1,"args":[1,2]}"#,
+            r#"{"type":"task-revoked","uuid":"u","timestamp":1,"terminated":1}"#,
+            r#"{"type":"task-revoked","uuid":"u","timestamp":1,"signum":1.5}"#,
+            r#"{"type":"worker-heartbeat","timestamp":1,"freq":"2"}"#,
+            r#"{"type":"worker-heartbeat","timestamp":1,"loadavg":[1,2]}"#,
+            r#"{"type":"worker-heartbeat","timestamp":1,"loadavg":[1,2,"3"]}"#,
+            r#"{"type":"worker-heartbeat","timestamp":1,"active":-3}"#,
+        ] {
+            let e = err(&envelope(body));
+            assert_eq!(e.reason(), "malformed_event", "{body}: {e}");
+        }
+        let e = err(&envelope(
+            r#"{"type":"task-sent","uuid":"u","timestamp":1,"retries":"1"}"#,
+        ));
+        let msg = e.to_string();
+        assert!(
+            msg.contains("retries") && msg.contains("task-sent"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn list_keeps_good_elements() {
+        let body = format!(
+            r#"[{STARTED}, 5, {{"type":"task-failed","timestamp":2}}, [{STARTED}], {{"timestamp":3}},
+                {{"type":"task-started","uuid":"u","timestamp":1,"pid":"x"}}, {STARTED}]"#
+        );
+        let mut out = vec![CeleryEvent::default()];
+        let d = decode_envelope(&envelope(&body), &mut out).expect("partial success");
+        assert_eq!(d.appended, 2);
+        assert_eq!(out.len(), 3);
+        assert!(!d.is_complete());
+        let got: Vec<(&str, Option<usize>)> = d
+            .dropped
+            .iter()
+            .map(|e| match e {
+                DecodeError::MalformedEvent { index, .. }
+                | DecodeError::MissingField { index, .. } => (e.reason(), *index),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("malformed_event", Some(1)),
+                ("missing_field", Some(2)),
+                ("malformed_event", Some(3)),
+                ("missing_field", Some(4)),
+                ("malformed_event", Some(5)),
+            ]
+        );
+        assert!(
+            d.dropped[1].to_string().contains("list element 2"),
+            "{}",
+            d.dropped[1]
+        );
+
+        // All bad: Ok with nothing appended, everything reported.
+        let d = decode_envelope(&envelope("[1, {}]"), &mut out).expect("ok");
+        assert_eq!((d.appended, d.dropped.len()), (0, 2));
+        // Empty list.
+        let d = decode_envelope(&envelope("[]"), &mut out).expect("ok");
+        assert_eq!((d.appended, d.dropped.len()), (0, 0));
+        // A syntax error after good elements: nothing kept.
+        let before = out.len();
+        let body = format!("[{STARTED}, {STARTED}, {{");
+        assert_eq!(
+            decode_envelope(&envelope(&body), &mut out)
+                .expect_err("syntax")
+                .reason(),
+            "malformed_body"
+        );
+        assert_eq!(out.len(), before);
+    }
+
+    #[test]
+    fn buffer_reuse_across_sizes() {
+        let big = format!(
+            r#"{{"type":"task-failed","uuid":"u","timestamp":1,"traceback":"{}"}}"#,
+            "x".repeat(200_000)
+        );
+        let ev = one(&envelope(&big));
+        assert_eq!(
+            ev.task.and_then(|t| t.traceback).map(|t| t.len()),
+            Some(200_000)
+        );
+        assert_eq!(one(&envelope(STARTED)).task_uuid(), Some("u-1"));
+    }
+
+    #[test]
+    fn never_panics_on_mutations() {
+        // Every truncation and single-byte corruption of a real envelope: errors, no panics.
+        let lines = fixture(MAIN);
+        let data = lines[1].1.as_bytes();
+        let mut out = Vec::new();
+        for cut in 0..data.len() {
+            let _ = decode_envelope(&data[..cut], &mut out);
+        }
+        let mut buf = data.to_vec();
+        for i in 0..buf.len() {
+            for b in [b'"', b'\\', b'{', b'[', 0xff, b'A', b'0'] {
+                let orig = buf[i];
+                buf[i] = b;
+                let _ = decode_envelope(&buf, &mut out);
+                buf[i] = orig;
+            }
+        }
+    }
+}

@@ -69,7 +69,9 @@ pub fn python() -> PathBuf {
 }
 
 fn read_lossy(path: &Path) -> String {
-    fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }
 
 fn tail(text: &str, lines: usize) -> String {
@@ -79,7 +81,11 @@ fn tail(text: &str, lines: usize) -> String {
 
 /// Sends `sig` (e.g. "TERM", "KILL") to `pid`, or to the whole process group when `group`.
 fn send_signal(pid: u32, sig: &str, group: bool) {
-    let target = if group { format!("-{pid}") } else { pid.to_string() };
+    let target = if group {
+        format!("-{pid}")
+    } else {
+        pid.to_string()
+    };
     let _ = Command::new("kill")
         .args(["-s", sig, "--", &target])
         .stdout(Stdio::null())
@@ -171,7 +177,10 @@ impl RedisBuilder {
         self
     }
     pub fn start(self) -> RedisServer {
-        let dir = tempfile::Builder::new().prefix("celeriac-redis-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("celeriac-redis-")
+            .tempdir()
+            .expect("tempdir");
         let mut server = RedisServer {
             child: None,
             port: self.port.unwrap_or(0),
@@ -329,7 +338,10 @@ impl Drop for RedisServer {
 
 /// Raw `PING\r\n` → `+PONG` on 127.0.0.1:port.
 fn ping(port: u16) -> bool {
-    let addr = ("127.0.0.1", port).to_socket_addrs().ok().and_then(|mut a| a.next());
+    let addr = ("127.0.0.1", port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next());
     let Some(addr) = addr else { return false };
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
@@ -353,7 +365,12 @@ fn read_resp(r: &mut impl std::io::BufRead) -> std::io::Result<Resp> {
     let mut line = String::new();
     r.read_line(&mut line)?;
     let line = line.trim_end_matches("\r\n");
-    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad RESP: {line:?}"));
+    let bad = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("bad RESP: {line:?}"),
+        )
+    };
     let (kind, rest) = line.split_at(1.min(line.len()));
     match kind {
         "+" => Ok(Resp::Simple(rest.to_string())),
@@ -374,7 +391,10 @@ fn read_resp(r: &mut impl std::io::BufRead) -> std::io::Result<Resp> {
             if n < 0 {
                 return Ok(Resp::Array(None));
             }
-            (0..n).map(|_| read_resp(r)).collect::<Result<_, _>>().map(|v| Resp::Array(Some(v)))
+            (0..n)
+                .map(|_| read_resp(r))
+                .collect::<Result<_, _>>()
+                .map(|v| Resp::Array(Some(v)))
         }
         _ => Err(bad()),
     }
@@ -441,11 +461,8 @@ impl WorkerOpts {
     }
     pub fn otel(mut self, endpoint: &str, protocol: &str) -> Self {
         self.otel = true;
-        self.env(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            endpoint,
-        )
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+        self.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
     }
 }
 
@@ -479,14 +496,24 @@ pub struct CeleryWorker {
 
 impl CeleryWorker {
     pub fn start(broker_url: &str, opts: WorkerOpts) -> CeleryWorker {
-        let dir = tempfile::Builder::new().prefix("celeriac-worker-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("celeriac-worker-")
+            .tempdir()
+            .expect("tempdir");
         let log = dir.path().join("worker.log");
         let out = File::create(&log).expect("worker log");
         let mut cmd = Command::new(python());
         cmd.args(["-m", "celery", "-A", "shopapp", "worker", "-E", "-n"])
             .arg(&opts.hostname)
             .args(["--concurrency", &opts.concurrency.to_string()])
-            .args(["--pool", "prefork", "--loglevel", "INFO", "-Q", &opts.queues.join(",")]);
+            .args([
+                "--pool",
+                "prefork",
+                "--loglevel",
+                "INFO",
+                "-Q",
+                &opts.queues.join(","),
+            ]);
         if let Some(hb) = opts.heartbeat_interval {
             cmd.args(["--heartbeat-interval", &hb.to_string()]);
         }
@@ -504,7 +531,13 @@ impl CeleryWorker {
             .stderr(out)
             .process_group(0);
         let child = spawn_or_explain(&mut cmd, "python (CELERIAC_TEST_PYTHON)");
-        CeleryWorker { child: Some(child), dir, log, status: None, opts }
+        CeleryWorker {
+            child: Some(child),
+            dir,
+            log,
+            status: None,
+            opts,
+        }
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -530,8 +563,9 @@ impl CeleryWorker {
 
     /// Waits until the log contains `needle`; false on timeout or if the worker exited.
     pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> bool {
-        wait_until(timeout, || self.log().contains(needle) || !self.is_running())
-            && self.log().contains(needle)
+        wait_until(timeout, || {
+            self.log().contains(needle) || !self.is_running()
+        }) && self.log().contains(needle)
     }
 
     /// Waits for Celery's "<hostname> ready." line (typically 3–8 s on this machine).
@@ -597,8 +631,15 @@ pub fn run_client(broker_url: &str, script_args: &[&str]) -> serde_json::Value {
 }
 
 /// `run_client` with extra environment (e.g. `CELERIAC_OTEL=1`, `OTEL_EXPORTER_OTLP_ENDPOINT`).
-pub fn run_client_env(broker_url: &str, script_args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
-    let dir = tempfile::Builder::new().prefix("celeriac-client-").tempdir().expect("tempdir");
+pub fn run_client_env(
+    broker_url: &str,
+    script_args: &[&str],
+    env: &[(&str, &str)],
+) -> serde_json::Value {
+    let dir = tempfile::Builder::new()
+        .prefix("celeriac-client-")
+        .tempdir()
+        .expect("tempdir");
     let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
     let mut cmd = Command::new(python());
     cmd.arg(python_dir().join("client.py")).args(script_args);
@@ -618,13 +659,22 @@ pub fn run_client_env(broker_url: &str, script_args: &[&str], env: &[(&str, &str
         Some(st) if st.success() => {}
         _ => panic!(
             "client.py {script_args:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
-            status.map(|s| s.to_string()).unwrap_or_else(|| "timed out after 120 s".into()),
+            status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "timed out after 120 s".into()),
             tail(&stderr, 40)
         ),
     }
-    let line = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
     serde_json::from_str(line).unwrap_or_else(|e| {
-        panic!("client.py {script_args:?} printed no JSON ({e}):\n{stdout}\nstderr:\n{}", tail(&stderr, 20))
+        panic!(
+            "client.py {script_args:?} printed no JSON ({e}):\n{stdout}\nstderr:\n{}",
+            tail(&stderr, 20)
+        )
     })
 }
 
@@ -647,8 +697,16 @@ impl Agent {
     }
 
     /// With extra CLI arguments (after `run -c FILE`) and environment.
-    pub fn start_with(bin: &Path, config_yaml: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Agent {
-        let dir = tempfile::Builder::new().prefix("celeriac-agent-").tempdir().expect("tempdir");
+    pub fn start_with(
+        bin: &Path,
+        config_yaml: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Agent {
+        let dir = tempfile::Builder::new()
+            .prefix("celeriac-agent-")
+            .tempdir()
+            .expect("tempdir");
         let config = dir.path().join("config.yaml");
         fs::write(&config, config_yaml).expect("write config");
         let mut cmd = Command::new(bin);
@@ -663,7 +721,11 @@ impl Agent {
             .stderr(File::create(dir.path().join("stderr")).unwrap())
             .process_group(0);
         let child = spawn_or_explain(&mut cmd, "celeriac");
-        Agent { child: Some(child), dir, status: None }
+        Agent {
+            child: Some(child),
+            dir,
+            status: None,
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -716,7 +778,11 @@ impl Agent {
     }
     /// A diagnostic dump for assertion messages.
     pub fn output(&self) -> String {
-        format!("--- celeriac stdout (tail) ---\n{}\n--- celeriac stderr (tail) ---\n{}", tail(&self.stdout(), 40), tail(&self.stderr(), 60))
+        format!(
+            "--- celeriac stdout (tail) ---\n{}\n--- celeriac stderr (tail) ---\n{}",
+            tail(&self.stdout(), 40),
+            tail(&self.stderr(), 60)
+        )
     }
 }
 
@@ -741,7 +807,10 @@ pub struct HttpResponse {
 impl HttpResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -761,7 +830,13 @@ pub fn http_post(addr: &str, path: &str, content_type: &str, body: &[u8]) -> Opt
 
 /// One HTTP/1.1 request with `Connection: close` (5 s connect, 10 s read timeouts). Handles
 /// Content-Length, chunked and read-to-close bodies.
-pub fn http_request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Option<HttpResponse> {
+pub fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<HttpResponse> {
     let sock = addr.to_socket_addrs().ok()?.next()?;
     let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(5)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
@@ -796,14 +871,19 @@ fn parse_http_response(raw: &[u8]) -> Option<HttpResponse> {
         .collect();
     let rest = &raw[end + 4..];
     let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-    let body = if get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
-        dechunk(rest)?
-    } else if let Some(len) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
-        rest.get(..len)?.to_vec()
-    } else {
-        rest.to_vec()
-    };
-    Some(HttpResponse { status, headers, body })
+    let body =
+        if get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+            dechunk(rest)?
+        } else if let Some(len) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            rest.get(..len)?.to_vec()
+        } else {
+            rest.to_vec()
+        };
+    Some(HttpResponse {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
@@ -835,12 +915,16 @@ pub fn parse_prometheus_text(text: &str) -> Vec<Sample> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| parse_sample(l).unwrap_or_else(|| panic!("malformed Prometheus sample line: {l:?}")))
+        .map(|l| {
+            parse_sample(l).unwrap_or_else(|| panic!("malformed Prometheus sample line: {l:?}"))
+        })
         .collect()
 }
 
 fn parse_sample(line: &str) -> Option<Sample> {
-    let name_end = line.find(|c: char| c == '{' || c.is_whitespace()).unwrap_or(line.len());
+    let name_end = line
+        .find(|c: char| c == '{' || c.is_whitespace())
+        .unwrap_or(line.len());
     let name = &line[..name_end];
     if name.is_empty() {
         return None;
@@ -900,7 +984,11 @@ fn parse_sample(line: &str) -> Option<Sample> {
 pub fn metric_value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let mut found = None;
     for (n, l, v) in samples {
-        if n == name && labels.iter().all(|(k, want)| l.get(*k).map(String::as_str) == Some(*want)) {
+        if n == name
+            && labels
+                .iter()
+                .all(|(k, want)| l.get(*k).map(String::as_str) == Some(*want))
+        {
             found = Some(found.unwrap_or(0.0) + v);
         }
     }

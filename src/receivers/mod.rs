@@ -1,0 +1,4 @@
+//! Receivers: where data enters the agent. One file per component.
+
+pub mod celery_redis;
+mod pubsub;

@@ -1,0 +1,296 @@
+//! A minimal Redis pub/sub subscriber speaking RESP2 over TCP, for [`super::celery_redis`].
+//!
+//! Why not the `redis` crate's `PubSub`: it moves every message into an unbounded channel, so a
+//! subscriber that falls behind grows without limit instead of letting Redis apply its
+//! `client-output-buffer-limit`. Here messages are parsed straight out of one read buffer and
+//! handed to the caller as slices; if the caller is slow the socket is simply read later, memory
+//! stays bounded, and Redis cuts the connection when its limit is hit, which the receiver sees
+//! and counts as a gap.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Where and how to connect, parsed from a `redis://` URL.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub db: i64,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.redacted())
+    }
+}
+
+impl Endpoint {
+    /// Parse `redis://[user[:password]@]host[:port][/db]`.
+    pub fn parse(url: &str) -> Result<Endpoint, String> {
+        use redis::IntoConnectionInfo;
+        let info = url
+            .into_connection_info()
+            .map_err(|e| format!("invalid Redis URL: {}", e.detail().unwrap_or("cannot parse")))?;
+        let (host, port) = match info.addr() {
+            redis::ConnectionAddr::Tcp(h, p) => (h.clone(), *p),
+            _ => return Err("only redis:// (plain TCP) URLs are supported for now; rediss:// and unix sockets are not".into()),
+        };
+        let r = info.redis_settings();
+        Ok(Endpoint {
+            host,
+            port,
+            db: r.db(),
+            username: r.username().map(str::to_string),
+            password: r.password().map(str::to_string),
+        })
+    }
+
+    /// `host:port/db`, never the credentials.
+    pub fn redacted(&self) -> String {
+        format!("redis://{}{}:{}/{}", if self.password.is_some() { "***@" } else { "" }, self.host, self.port, self.db)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PubSubError {
+    #[error("connect: {0}")]
+    Io(#[from] io::Error),
+    #[error("Redis refused: {0}")]
+    Server(String),
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+    #[error("connection closed by the server")]
+    Closed,
+    #[error("no data for {0:?}; the connection is presumed dead")]
+    Idle(Duration),
+}
+
+/// One RESP2 value, borrowing bulk strings from the read buffer.
+#[derive(Debug, PartialEq)]
+enum Frame<'a> {
+    Simple(&'a [u8]),
+    Error(&'a [u8]),
+    Int(i64),
+    Bulk(Option<&'a [u8]>),
+    Array(Vec<Frame<'a>>),
+}
+
+/// Parse one frame from `buf`; `Ok(None)` when incomplete. Returns the frame and its length.
+fn parse(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, PubSubError> {
+    fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
+        let rest = buf.get(at..)?;
+        let i = rest.windows(2).position(|w| w == b"\r\n")?;
+        Some((&rest[..i], at + i + 2))
+    }
+    fn int(s: &[u8]) -> Result<i64, PubSubError> {
+        std::str::from_utf8(s).ok().and_then(|s| s.parse().ok()).ok_or(PubSubError::Protocol("bad integer"))
+    }
+    fn frame(buf: &[u8], at: usize, depth: usize) -> Result<Option<(Frame<'_>, usize)>, PubSubError> {
+        if depth > 8 {
+            return Err(PubSubError::Protocol("nesting too deep"));
+        }
+        let Some(&tag) = buf.get(at) else { return Ok(None) };
+        let Some((l, next)) = line(buf, at + 1) else { return Ok(None) };
+        Ok(Some(match tag {
+            b'+' => (Frame::Simple(l), next),
+            b'-' => (Frame::Error(l), next),
+            b':' => (Frame::Int(int(l)?), next),
+            b'$' => {
+                let n = int(l)?;
+                if n < 0 {
+                    return Ok(Some((Frame::Bulk(None), next)));
+                }
+                let end = next + n as usize;
+                if buf.len() < end + 2 {
+                    return Ok(None);
+                }
+                (Frame::Bulk(Some(&buf[next..end])), end + 2)
+            }
+            b'*' => {
+                let n = int(l)?;
+                if !(0..=64).contains(&n) {
+                    return Ok(Some((Frame::Array(Vec::new()), next)));
+                }
+                let mut items = Vec::with_capacity(n as usize);
+                let mut pos = next;
+                for _ in 0..n {
+                    match frame(buf, pos, depth + 1)? {
+                        Some((f, p)) => {
+                            items.push(f);
+                            pos = p;
+                        }
+                        None => return Ok(None),
+                    }
+                }
+                (Frame::Array(items), pos)
+            }
+            _ => return Err(PubSubError::Protocol("unknown frame type")),
+        }))
+    }
+    frame(buf, 0, 0)
+}
+
+fn command(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// A subscribed connection.
+pub struct Subscriber {
+    stream: TcpStream,
+    buf: BytesMut,
+    idle_limit: Duration,
+    ping_every: Duration,
+}
+
+/// A message delivered on a pattern subscription.
+pub struct Message<'a> {
+    pub payload: &'a [u8],
+}
+
+impl Subscriber {
+    /// Connect, authenticate and PSUBSCRIBE to `patterns`.
+    pub async fn connect(ep: &Endpoint, patterns: &[String], timeout: Duration) -> Result<Subscriber, PubSubError> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect((ep.host.as_str(), ep.port)))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        stream.set_nodelay(true)?;
+        let mut s = Subscriber { stream, buf: BytesMut::with_capacity(256 * 1024), idle_limit: Duration::from_secs(45), ping_every: Duration::from_secs(15) };
+        if let Some(pass) = &ep.password {
+            let mut args: Vec<&[u8]> = vec![b"AUTH"];
+            if let Some(u) = &ep.username {
+                args.push(u.as_bytes());
+            }
+            args.push(pass.as_bytes());
+            s.stream.write_all(&command(&args)).await?;
+            match tokio::time::timeout(timeout, s.reply()).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(msg))) => return Err(PubSubError::Server(format!("AUTH failed: {msg}"))),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(PubSubError::Server("AUTH timed out".into())),
+            }
+        }
+        let mut args: Vec<&[u8]> = vec![b"PSUBSCRIBE"];
+        args.extend(patterns.iter().map(|p| p.as_bytes()));
+        s.stream.write_all(&command(&args)).await?;
+        Ok(s)
+    }
+
+    /// Read one simple reply (for AUTH): Ok(Ok) on +OK, Ok(Err(msg)) on -ERR.
+    async fn reply(&mut self) -> Result<Result<(), String>, PubSubError> {
+        loop {
+            if let Some((f, n)) = parse(&self.buf)? {
+                let out = match f {
+                    Frame::Simple(_) => Ok(()),
+                    Frame::Error(e) => Err(String::from_utf8_lossy(e).into_owned()),
+                    _ => Err("unexpected reply".into()),
+                };
+                self.buf.advance(n);
+                return Ok(out);
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(PubSubError::Closed);
+            }
+        }
+    }
+
+    /// Wait for data, then call `f` for every complete message now in the buffer. Returns the
+    /// number of messages handled. Subscribe confirmations and pongs are consumed silently; an
+    /// error reply from the server is returned as an error.
+    pub async fn read_batch<F: FnMut(Message<'_>)>(&mut self, mut f: F) -> Result<usize, PubSubError> {
+        let mut waited = Duration::ZERO;
+        loop {
+            let mut handled = 0;
+            let mut consumed = 0;
+            loop {
+                match parse(&self.buf[consumed..])? {
+                    None => break,
+                    Some((frame, n)) => {
+                        consumed += n;
+                        match frame {
+                            Frame::Array(items) => {
+                                if let [Frame::Bulk(Some(kind)), rest @ ..] = items.as_slice() {
+                                    match (*kind, rest) {
+                                        (b"pmessage", [_, _, Frame::Bulk(Some(p))]) => {
+                                            f(Message { payload: p });
+                                            handled += 1;
+                                        }
+                                        (b"message", [_, Frame::Bulk(Some(p))]) => {
+                                            f(Message { payload: p });
+                                            handled += 1;
+                                        }
+                                        _ => {}
+                                    }
+                                }
+                            }
+                            Frame::Error(e) => return Err(PubSubError::Server(String::from_utf8_lossy(e).into_owned())),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            self.buf.advance(consumed);
+            if handled > 0 {
+                return Ok(handled);
+            }
+            if self.buf.capacity() - self.buf.len() < 64 * 1024 {
+                self.buf.reserve(256 * 1024);
+            }
+            match tokio::time::timeout(self.ping_every, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) => return Err(PubSubError::Closed),
+                Ok(Ok(_)) => waited = Duration::ZERO,
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => {
+                    waited += self.ping_every;
+                    if waited >= self.idle_limit {
+                        return Err(PubSubError::Idle(waited));
+                    }
+                    self.stream.write_all(&command(&[b"PING"])).await?;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_pmessage_and_partial_frames() {
+        let msg = b"*4\r\n$8\r\npmessage\r\n$3\r\na/*\r\n$3\r\na/b\r\n$5\r\nhello\r\n";
+        let (f, n) = parse(msg).unwrap().unwrap();
+        assert_eq!(n, msg.len());
+        assert_eq!(
+            f,
+            Frame::Array(vec![Frame::Bulk(Some(b"pmessage")), Frame::Bulk(Some(b"a/*")), Frame::Bulk(Some(b"a/b")), Frame::Bulk(Some(b"hello"))])
+        );
+        for cut in 0..msg.len() {
+            assert!(parse(&msg[..cut]).unwrap().is_none(), "cut at {cut}");
+        }
+        assert_eq!(parse(b":3\r\n").unwrap().unwrap().0, Frame::Int(3));
+        assert!(parse(b"?x\r\n").is_err());
+        assert!(parse(b"$x\r\n").is_err());
+    }
+
+    #[test]
+    fn endpoint_redacts_password() {
+        let ep = Endpoint::parse("redis://user:s3cret@127.0.0.1:6380/2").unwrap();
+        assert_eq!(ep.port, 6380);
+        assert_eq!(ep.db, 2);
+        assert_eq!(ep.password.as_deref(), Some("s3cret"));
+        assert!(!format!("{ep:?}").contains("s3cret"));
+        assert!(Endpoint::parse("http://x").is_err());
+    }
+}
