@@ -15,6 +15,7 @@
 pub mod celery;
 pub mod component;
 pub mod config;
+pub mod connectors;
 pub mod exporters;
 pub mod pipeline;
 pub mod processors;

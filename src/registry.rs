@@ -68,10 +68,13 @@ pub struct Registration {
 
 /// Every component type celeriac knows.
 pub static COMPONENTS: &[Registration] = &[
+    crate::connectors::celery_correlate::REGISTRATION,
     crate::exporters::debug::REGISTRATION,
     crate::exporters::logs::REGISTRATION,
+    crate::exporters::prometheus::REGISTRATION,
     crate::processors::batch::REGISTRATION,
     crate::receivers::celery_redis::REGISTRATION,
+    crate::receivers::redis_queues::REGISTRATION,
 ];
 
 pub fn lookup(type_name: &str) -> Option<&'static Registration> {

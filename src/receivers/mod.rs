@@ -2,3 +2,4 @@
 
 pub mod celery_redis;
 mod pubsub;
+pub mod redis_queues;

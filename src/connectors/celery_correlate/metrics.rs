@@ -1,0 +1,314 @@
+//! Cumulative task metrics with celery-exporter's names and labels, and their OTLP form.
+//!
+//! Counters `celery_task_<state>_total{name,hostname,queue_name}` (`exception` too on failures),
+//! histograms `celery_task_runtime` and `celery_task_queue_wait_time` (seconds), worker gauges
+//! `celery_worker_up` and `celery_worker_tasks_active`, and `celeriac_celery_events_missed_total`.
+//! Label sets are capped at `max_series`; beyond it new task names are folded into
+//! `name="__other__"` and the fold is counted.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::{
+    metric, number_data_point, AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+
+/// The per-state task counters, in celery-exporter's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Count {
+    Sent,
+    Received,
+    Started,
+    Succeeded,
+    Failed,
+    Retried,
+    Revoked,
+    Rejected,
+}
+
+impl Count {
+    pub const ALL: [Count; 8] = [Count::Sent, Count::Received, Count::Started, Count::Succeeded, Count::Failed, Count::Retried, Count::Revoked, Count::Rejected];
+
+    pub fn metric_name(self) -> &'static str {
+        match self {
+            Count::Sent => "celery_task_sent_total",
+            Count::Received => "celery_task_received_total",
+            Count::Started => "celery_task_started_total",
+            Count::Succeeded => "celery_task_succeeded_total",
+            Count::Failed => "celery_task_failed_total",
+            Count::Retried => "celery_task_retried_total",
+            Count::Revoked => "celery_task_revoked_total",
+            Count::Rejected => "celery_task_rejected_total",
+        }
+    }
+
+    fn help(self) -> &'static str {
+        match self {
+            Count::Sent => "Tasks sent (task-sent events; needs task_send_sent_event).",
+            Count::Received => "Tasks received by a worker.",
+            Count::Started => "Tasks started by a worker.",
+            Count::Succeeded => "Tasks that succeeded.",
+            Count::Failed => "Tasks that failed, by exception class.",
+            Count::Retried => "Task retries.",
+            Count::Revoked => "Tasks revoked.",
+            Count::Rejected => "Tasks rejected by a worker.",
+        }
+    }
+}
+
+/// `(name, hostname, queue_name)`.
+pub type Labels = (Arc<str>, Arc<str>, Arc<str>);
+
+#[derive(Debug, Clone)]
+pub struct Hist {
+    /// Per-bucket counts, `bounds.len() + 1` of them (the last is +Inf).
+    pub counts: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Hist {
+    fn new(n_bounds: usize) -> Self {
+        Hist { counts: vec![0; n_bounds + 1], sum: 0.0, count: 0 }
+    }
+    fn observe(&mut self, bounds: &[f64], v: f64) {
+        let i = bounds.partition_point(|b| *b < v);
+        self.counts[i] += 1;
+        self.sum += v;
+        self.count += 1;
+    }
+}
+
+pub struct TaskMetrics {
+    counters: HashMap<(Count, Labels, Option<Arc<str>>), u64>,
+    runtime: HashMap<Labels, Hist>,
+    queue_wait: HashMap<Labels, Hist>,
+    pub runtime_bounds: Vec<f64>,
+    pub queue_wait_bounds: Vec<f64>,
+    series: HashSet<Labels>,
+    max_series: usize,
+    other: Arc<str>,
+    strings: HashSet<Arc<str>>,
+    /// Events whose labels were folded into `__other__`.
+    pub overflowed: u64,
+}
+
+impl TaskMetrics {
+    pub fn new(runtime_bounds: Vec<f64>, queue_wait_bounds: Vec<f64>, max_series: usize) -> Self {
+        TaskMetrics {
+            counters: HashMap::new(),
+            runtime: HashMap::new(),
+            queue_wait: HashMap::new(),
+            runtime_bounds,
+            queue_wait_bounds,
+            series: HashSet::new(),
+            max_series,
+            other: Arc::from("__other__"),
+            strings: HashSet::new(),
+            overflowed: 0,
+        }
+    }
+
+    /// An interned copy of `s` (label values repeat endlessly; store each once).
+    pub fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.strings.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        // Interned strings are bounded by the series cap (plus hostnames and queues).
+        if self.strings.len() < self.max_series.saturating_mul(4) + 1024 {
+            self.strings.insert(a.clone());
+        }
+        a
+    }
+
+    /// The label set to use, after the cardinality cap.
+    pub fn labels(&mut self, name: Arc<str>, host: Arc<str>, queue: Arc<str>) -> Labels {
+        let l = (name, host, queue);
+        if self.series.contains(&l) {
+            return l;
+        }
+        if self.series.len() < self.max_series {
+            self.series.insert(l.clone());
+            return l;
+        }
+        self.overflowed += 1;
+        let folded = (self.other.clone(), l.1, l.2);
+        self.series.insert(folded.clone());
+        folded
+    }
+
+    pub fn inc(&mut self, c: Count, labels: &Labels, exception: Option<Arc<str>>) {
+        if c != Count::Failed {
+            // Like celery-exporter: a task event makes every state series exist (at 0), so
+            // dashboards can compute ratios before the first failure. Failures carry an
+            // exception label, so they appear with their first occurrence.
+            for other in Count::ALL {
+                if !matches!(other, Count::Sent | Count::Failed) && other != c {
+                    self.counters.entry((other, labels.clone(), None)).or_insert(0);
+                }
+            }
+        }
+        *self.counters.entry((c, labels.clone(), exception)).or_insert(0) += 1;
+    }
+
+    pub fn observe_runtime(&mut self, labels: &Labels, secs: f64) {
+        let n = self.runtime_bounds.len();
+        let h = self.runtime.entry(labels.clone()).or_insert_with(|| Hist::new(n));
+        h.observe(&self.runtime_bounds, secs);
+    }
+
+    pub fn observe_queue_wait(&mut self, labels: &Labels, secs: f64) {
+        let n = self.queue_wait_bounds.len();
+        let h = self.queue_wait.entry(labels.clone()).or_insert_with(|| Hist::new(n));
+        h.observe(&self.queue_wait_bounds, secs);
+    }
+
+    /// Current value of a counter (tests, debugging).
+    pub fn counter(&self, c: Count, name: &str, host: &str, queue: &str) -> u64 {
+        self.counters
+            .iter()
+            .filter(|((k, l, _), _)| *k == c && &*l.0 == name && &*l.1 == host && &*l.2 == queue)
+            .map(|(_, v)| *v)
+            .sum()
+    }
+
+    pub fn runtime_hist(&self, name: &str) -> Option<&Hist> {
+        self.runtime.iter().find(|(l, _)| &*l.0 == name).map(|(_, h)| h)
+    }
+}
+
+fn kv(k: &str, v: &str) -> KeyValue {
+    KeyValue { key: k.to_string(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.to_string())) }), ..Default::default() }
+}
+
+fn label_kvs(l: &Labels) -> Vec<KeyValue> {
+    vec![kv("name", &l.0), kv("hostname", &l.1), kv("queue_name", &l.2)]
+}
+
+/// Gauges for workers: `(label, up, active, missed)`.
+pub type WorkerRow = (Arc<str>, bool, u64, u64);
+
+/// Build one OTLP batch with every series, cumulative since `start_ns`.
+pub fn to_otlp(m: &TaskMetrics, workers: &[WorkerRow], service_name: &str, start_ns: u64, now_ns: u64) -> ResourceMetrics {
+    let mut metrics = Vec::with_capacity(16);
+    let point = |attributes: Vec<KeyValue>, v: i64| NumberDataPoint {
+        attributes,
+        start_time_unix_nano: start_ns,
+        time_unix_nano: now_ns,
+        value: Some(number_data_point::Value::AsInt(v)),
+        ..Default::default()
+    };
+    let mut by_kind: HashMap<Count, Vec<NumberDataPoint>> = HashMap::new();
+    for ((c, l, exc), v) in &m.counters {
+        let mut attrs = label_kvs(l);
+        if let Some(e) = exc {
+            attrs.push(kv("exception", e));
+        }
+        by_kind.entry(*c).or_default().push(point(attrs, *v as i64));
+    }
+    for c in Count::ALL {
+        if let Some(points) = by_kind.remove(&c) {
+            metrics.push(Metric {
+                name: c.metric_name().to_string(),
+                description: c.help().to_string(),
+                data: Some(metric::Data::Sum(Sum { data_points: points, aggregation_temporality: AggregationTemporality::Cumulative as i32, is_monotonic: true })),
+                ..Default::default()
+            });
+        }
+    }
+    for (name, help, hists, bounds) in [
+        ("celery_task_runtime", "Task runtime in seconds (task-succeeded `runtime`).", &m.runtime, &m.runtime_bounds),
+        ("celery_task_queue_wait_time", "Seconds from sent (or ETA) to started.", &m.queue_wait, &m.queue_wait_bounds),
+    ] {
+        if hists.is_empty() {
+            continue;
+        }
+        let points = hists
+            .iter()
+            .map(|(l, h)| HistogramDataPoint {
+                attributes: label_kvs(l),
+                start_time_unix_nano: start_ns,
+                time_unix_nano: now_ns,
+                count: h.count,
+                sum: Some(h.sum),
+                bucket_counts: h.counts.clone(),
+                explicit_bounds: bounds.clone(),
+                ..Default::default()
+            })
+            .collect();
+        metrics.push(Metric {
+            name: name.to_string(),
+            description: help.to_string(),
+            unit: "s".to_string(),
+            data: Some(metric::Data::Histogram(Histogram { data_points: points, aggregation_temporality: AggregationTemporality::Cumulative as i32 })),
+            ..Default::default()
+        });
+    }
+    if !workers.is_empty() {
+        let gauge = |name: &str, help: &str, f: &dyn Fn(&WorkerRow) -> i64| Metric {
+            name: name.to_string(),
+            description: help.to_string(),
+            data: Some(metric::Data::Gauge(Gauge {
+                data_points: workers
+                    .iter()
+                    .map(|w| NumberDataPoint { attributes: vec![kv("hostname", &w.0)], time_unix_nano: now_ns, value: Some(number_data_point::Value::AsInt(f(w))), ..Default::default() })
+                    .collect(),
+            })),
+            ..Default::default()
+        };
+        metrics.push(gauge("celery_worker_up", "1 while the worker's heartbeats are current (Celery's 2 × freq expiry), 0 after worker-offline or expiry.", &|w| i64::from(w.1)));
+        metrics.push(gauge("celery_worker_tasks_active", "Tasks the worker is executing (last heartbeat).", &|w| w.2 as i64));
+        metrics.push(Metric {
+            name: "celeriac_celery_events_missed_total".to_string(),
+            description: "Estimated task-started events lost in transit (heartbeat `processed` minus task-started seen).".to_string(),
+            data: Some(metric::Data::Sum(Sum {
+                data_points: workers.iter().map(|w| point(vec![kv("hostname", &w.0)], w.3 as i64)).collect(),
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                is_monotonic: true,
+            })),
+            ..Default::default()
+        });
+    }
+    ResourceMetrics {
+        resource: Some(Resource { attributes: vec![kv("service.name", service_name)], ..Default::default() }),
+        scope_metrics: vec![ScopeMetrics {
+            scope: Some(InstrumentationScope { name: "celeriac.celery_correlate".into(), version: env!("CARGO_PKG_VERSION").into(), ..Default::default() }),
+            metrics,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_upper_inclusive() {
+        let bounds = vec![0.1, 1.0];
+        let mut h = Hist::new(2);
+        for v in [0.05, 0.1, 0.5, 1.0, 3.0] {
+            h.observe(&bounds, v);
+        }
+        assert_eq!(h.counts, vec![2, 2, 1]);
+        assert_eq!(h.count, 5);
+    }
+
+    #[test]
+    fn cardinality_cap_folds_names() {
+        let mut m = TaskMetrics::new(vec![], vec![], 2);
+        let h = m.intern("h");
+        let q = m.intern("q");
+        for n in ["a", "b", "c", "d"] {
+            let name = m.intern(n);
+            let l = m.labels(name, h.clone(), q.clone());
+            m.inc(Count::Received, &l, None);
+        }
+        assert_eq!(m.counter(Count::Received, "__other__", "h", "q"), 2);
+        assert_eq!(m.overflowed, 2);
+    }
+}

@@ -1,0 +1,399 @@
+//! `celery_correlate` connector: Celery events in; task metrics and task logs out.
+//!
+//! It ends a `celery` pipeline and feeds `metrics` and `logs` pipelines. Per task it keeps one
+//! small record (the name arrives only with `task-sent`/`task-received`, so it is carried to
+//! later events), bounded by `max_tasks` (least recently touched evicted first) and `task_ttl`.
+//! Per worker it tracks liveness and estimates lost events (see [`workers`]).
+//!
+//! Settings:
+//! ```yaml
+//! celery_correlate:
+//!   max_tasks: 100000          # task records kept; evictions are counted
+//!   task_ttl: 1h               # a record with no event for this long is dropped
+//!   metrics_interval: 1s       # how often cumulative metrics are emitted
+//!   max_series: 10000          # label-set cap; beyond it names fold into "__other__"
+//!   hostname_label: host       # host: part after "@" (as celery-exporter); node: full node name
+//!   default_queue: celery      # queue_name when no task-sent told us the queue
+//!   forget_workers_after: 10m  # a silent worker's series are removed after this
+//!   service_name: celery       # resource service.name of the emitted metrics and logs
+//!   runtime_buckets: [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]
+//!   queue_wait_buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800]
+//! ```
+
+mod logs;
+pub mod metrics;
+pub mod tasks;
+pub mod workers;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use opentelemetry_proto::tonic::metrics::v1::ResourceMetrics;
+use serde::Deserialize;
+
+use crate::celery::event::{CeleryEvent, EventKind};
+use crate::component::{BoxRun, Context, Input, Output, Processor};
+use crate::config::{self, types, DecodeError, Value};
+use crate::registry::{BuildResult, Factory, Registration};
+use crate::signal::{Signal, SignalKind};
+use metrics::{Count, TaskMetrics};
+use tasks::{TaskState, TaskTable};
+use workers::Workers;
+
+pub const REGISTRATION: Registration = Registration {
+    type_name: "celery_correlate",
+    factory: Factory::Connector { accepts: &[SignalKind::Celery], produces: &[SignalKind::Metrics, SignalKind::Logs], build },
+};
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HostnameLabel {
+    Host,
+    Node,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorrelateConfig {
+    pub max_tasks: usize,
+    #[serde(with = "types::duration")]
+    pub task_ttl: Duration,
+    #[serde(with = "types::duration")]
+    pub metrics_interval: Duration,
+    pub max_series: usize,
+    pub hostname_label: HostnameLabel,
+    pub default_queue: String,
+    #[serde(with = "types::duration")]
+    pub forget_workers_after: Duration,
+    pub service_name: String,
+    pub runtime_buckets: Vec<f64>,
+    pub queue_wait_buckets: Vec<f64>,
+}
+
+impl Default for CorrelateConfig {
+    fn default() -> Self {
+        CorrelateConfig {
+            max_tasks: 100_000,
+            task_ttl: Duration::from_secs(3600),
+            metrics_interval: Duration::from_secs(1),
+            max_series: 10_000,
+            hostname_label: HostnameLabel::Host,
+            default_queue: "celery".into(),
+            forget_workers_after: Duration::from_secs(600),
+            service_name: "celery".into(),
+            runtime_buckets: vec![0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0],
+            queue_wait_buckets: vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0],
+        }
+    }
+}
+
+fn check_buckets(key: &str, b: &[f64]) -> Result<(), DecodeError> {
+    if b.iter().any(|x| !x.is_finite()) || b.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(DecodeError::new(key, "buckets must be finite and strictly increasing"));
+    }
+    Ok(())
+}
+
+fn build(v: &Value) -> BuildResult<dyn Processor> {
+    let cfg: CorrelateConfig = config::decode(v)?;
+    if cfg.max_tasks == 0 {
+        return Err(DecodeError::new("max_tasks", "must be at least 1"));
+    }
+    if cfg.metrics_interval.is_zero() {
+        return Err(DecodeError::new("metrics_interval", "must be greater than 0"));
+    }
+    check_buckets("runtime_buckets", &cfg.runtime_buckets)?;
+    check_buckets("queue_wait_buckets", &cfg.queue_wait_buckets)?;
+    Ok(Box::new(CeleryCorrelate { cfg }))
+}
+
+/// Counts of what the correlator had to give up, for the agent's own telemetry.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub evicted_unfinished: u64,
+    pub evicted_finished: u64,
+    pub expired_unfinished: u64,
+    pub label_overflow: u64,
+    pub unknown_event_types: u64,
+}
+
+/// The correlation state machine: no I/O, so it can be tested and benchmarked directly.
+pub struct Correlator {
+    cfg: CorrelateConfig,
+    tasks: TaskTable,
+    workers: Workers,
+    pub metrics: TaskMetrics,
+    default_queue: Arc<str>,
+    unknown_name: Arc<str>,
+    emit_logs: bool,
+    logs: Vec<LogRecord>,
+    start_ns: u64,
+    unknown_types: u64,
+    /// Worker labels with newly detected lost events (drained by the caller for warnings).
+    pub newly_missed: Vec<(String, u64)>,
+}
+
+pub fn now_secs() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+impl Correlator {
+    pub fn new(cfg: CorrelateConfig, emit_logs: bool) -> Self {
+        let mut metrics = TaskMetrics::new(cfg.runtime_buckets.clone(), cfg.queue_wait_buckets.clone(), cfg.max_series);
+        let default_queue = metrics.intern(&cfg.default_queue);
+        let unknown_name = metrics.intern("unknown");
+        Correlator {
+            tasks: TaskTable::new(cfg.max_tasks),
+            workers: Workers::new(cfg.hostname_label == HostnameLabel::Host),
+            metrics,
+            default_queue,
+            unknown_name,
+            emit_logs,
+            logs: Vec::new(),
+            start_ns: (now_secs() * 1e9) as u64,
+            unknown_types: 0,
+            newly_missed: Vec::new(),
+            cfg,
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        let e = self.tasks.evictions;
+        Stats {
+            evicted_unfinished: e.unfinished,
+            evicted_finished: e.finished,
+            expired_unfinished: e.expired_unfinished,
+            label_overflow: self.metrics.overflowed,
+            unknown_event_types: self.unknown_types,
+        }
+    }
+
+    pub fn tasks_tracked(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Apply one event; `now` is the agent's clock (Unix seconds) at receipt.
+    pub fn apply(&mut self, ev: &CeleryEvent, now: f64) {
+        if ev.kind.is_worker() {
+            let o = self.workers.observe(ev, now);
+            if o.newly_missed > 0 {
+                self.newly_missed.push((ev.hostname.clone(), o.newly_missed));
+            }
+            return;
+        }
+        let Some(tf) = ev.task.as_ref() else {
+            self.unknown_types += 1;
+            return;
+        };
+        if ev.kind != EventKind::TaskSent {
+            let o = self.workers.observe(ev, now);
+            if o.newly_missed > 0 {
+                self.newly_missed.push((ev.hostname.clone(), o.newly_missed));
+            }
+        }
+        let host_only = self.cfg.hostname_label == HostnameLabel::Host;
+        let host = self.metrics.intern(workers::host_label(&ev.hostname, host_only));
+        let t = self.tasks.touch(&tf.uuid, now);
+        if let Some(n) = &tf.name {
+            if t.name.as_deref() != Some(n.as_str()) {
+                t.name = Some(self.metrics.intern(n));
+            }
+        }
+        if let Some(q) = tf.queue.as_ref().or(tf.routing_key.as_ref()).filter(|q| !q.is_empty()) {
+            if t.queue.as_deref() != Some(q.as_str()) {
+                t.queue = Some(self.metrics.intern(q));
+            }
+        }
+        if let Some(r) = tf.retries {
+            t.retries = t.retries.max(r);
+        }
+        let name = t.name.clone().unwrap_or_else(|| self.unknown_name.clone());
+        let queue = t.queue.clone().unwrap_or_else(|| self.default_queue.clone());
+        let labels = self.metrics.labels(name, host, queue);
+        let mut runtime = None;
+        let mut queue_wait = None;
+        let (count, state) = match ev.kind {
+            EventKind::TaskSent => {
+                t.sent_ts = Some(ev.timestamp);
+                t.eta_ts = tf.eta.as_deref().and_then(parse_iso8601);
+                t.started_ts = None;
+                (Some(Count::Sent), TaskState::Pending)
+            }
+            EventKind::TaskReceived => {
+                t.received_ts = Some(ev.timestamp);
+                if let Some(eta) = tf.eta.as_deref().and_then(parse_iso8601) {
+                    t.eta_ts = Some(eta);
+                }
+                (Some(Count::Received), TaskState::Received)
+            }
+            EventKind::TaskStarted => {
+                t.started_ts = Some(ev.timestamp);
+                // celery-exporter: max(0, started − max(sent, eta)); received when sent is off.
+                let from = t.sent_ts.or(t.received_ts).map(|s| t.eta_ts.map_or(s, |e| s.max(e)));
+                queue_wait = from.map(|f| (ev.timestamp - f).max(0.0));
+                (Some(Count::Started), TaskState::Started)
+            }
+            EventKind::TaskSucceeded => {
+                runtime = tf.runtime.filter(|r| r.is_finite() && *r >= 0.0);
+                (Some(Count::Succeeded), TaskState::Success)
+            }
+            EventKind::TaskFailed => (Some(Count::Failed), TaskState::Failure),
+            EventKind::TaskRetried => (Some(Count::Retried), TaskState::Retry),
+            EventKind::TaskRevoked => (Some(Count::Revoked), TaskState::Revoked),
+            EventKind::TaskRejected => (Some(Count::Rejected), TaskState::Rejected),
+            _ => (None, t.state),
+        };
+        t.state = t.state.merge(state);
+        let snapshot = if self.emit_logs { Some(t.clone()) } else { None };
+        if let Some(c) = count {
+            let exc = (c == Count::Failed).then(|| self.metrics.intern(exception_class(tf.exception.as_deref())));
+            self.metrics.inc(c, &labels, exc);
+        }
+        if let Some(r) = runtime {
+            self.metrics.observe_runtime(&labels, r);
+        }
+        if let Some(w) = queue_wait {
+            self.metrics.observe_queue_wait(&labels, w);
+        }
+        if let Some(task) = snapshot {
+            if let Some(rec) = logs::record(ev, tf, &task, queue_wait) {
+                self.logs.push(rec);
+            }
+        }
+    }
+
+    /// Log records produced since the last call.
+    pub fn take_logs(&mut self) -> Vec<LogRecord> {
+        std::mem::take(&mut self.logs)
+    }
+
+    /// Housekeeping on the agent clock: TTL and forgotten workers.
+    pub fn expire(&mut self, now: f64) {
+        self.tasks.expire(now - self.cfg.task_ttl.as_secs_f64());
+        self.workers.forget_before(now - self.cfg.forget_workers_after.as_secs_f64());
+    }
+
+    /// Every series, cumulative.
+    pub fn metrics_batch(&self, now: f64) -> ResourceMetrics {
+        let rows = self.workers.by_label(now);
+        metrics::to_otlp(&self.metrics, &rows, &self.cfg.service_name, self.start_ns, (now * 1e9) as u64)
+    }
+
+    pub fn logs_batch(&self, records: Vec<LogRecord>) -> opentelemetry_proto::tonic::logs::v1::ResourceLogs {
+        logs::resource_logs(&self.cfg.service_name, records)
+    }
+}
+
+/// celery-exporter's exception label: the class name before `(`, else `UnknownException`.
+pub fn exception_class(repr: Option<&str>) -> &str {
+    let Some(r) = repr else { return "UnknownException" };
+    match r.find('(') {
+        Some(i) if i > 0 && r[..i].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.') => &r[..i],
+        _ => "UnknownException",
+    }
+}
+
+/// `2026-11-25T11:42:43.123456+00:00` (or `Z`, or no offset = UTC) → Unix seconds.
+pub fn parse_iso8601(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let (date, rest) = s.split_once(['T', ' '])?;
+    let mut d = date.splitn(3, '-');
+    let (y, m, day): (i64, i64, i64) = (d.next()?.parse().ok()?, d.next()?.parse().ok()?, d.next()?.parse().ok()?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let (time, offset) = match rest.find(['+', '-', 'Z']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let mut t = time.splitn(3, ':');
+    let hh: f64 = t.next()?.parse().ok()?;
+    let mm: f64 = t.next()?.parse().ok()?;
+    let ss: f64 = t.next().unwrap_or("0").parse().ok()?;
+    let off_secs = match offset {
+        "" | "Z" => 0.0,
+        o => {
+            let sign = if o.starts_with('-') { -1.0 } else { 1.0 };
+            let body = &o[1..];
+            let (oh, om) = body.split_once(':').unwrap_or((body.get(..2)?, body.get(2..).unwrap_or("0")));
+            sign * (oh.parse::<f64>().ok()? * 3600.0 + om.parse::<f64>().unwrap_or(0.0) * 60.0)
+        }
+    };
+    // days_from_civil (Howard Hinnant).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days as f64 * 86_400.0 + hh * 3600.0 + mm * 60.0 + ss - off_secs)
+}
+
+pub struct CeleryCorrelate {
+    cfg: CorrelateConfig,
+}
+
+impl Processor for CeleryCorrelate {
+    fn run(self: Box<Self>, ctx: Context, input: Input, out: Output) -> BoxRun {
+        Box::pin(async move {
+            let want_logs = out.wants(SignalKind::Logs);
+            let want_metrics = out.wants(SignalKind::Metrics);
+            let mut c = Correlator::new(self.cfg.clone(), want_logs);
+            let label = [("component", &*ctx.id)];
+            let t = &ctx.telemetry;
+            let tracked = t.gauge("celeriac_correlate_tasks_tracked", "Task records held.", &label);
+            let evicted = t.counter("celeriac_correlate_tasks_evicted_total", "Unfinished task records evicted by max_tasks.", &label);
+            let expired = t.counter("celeriac_correlate_tasks_expired_total", "Unfinished task records dropped by task_ttl.", &label);
+            let overflow = t.counter("celeriac_correlate_label_overflow_total", "Events whose task name was folded into __other__ by max_series.", &label);
+            let unknown = t.counter("celeriac_correlate_unknown_events_total", "Events that are neither task-* nor worker-* (passed over).", &label);
+            let mut last = Stats::default();
+            let mut tick = tokio::time::interval(self.cfg.metrics_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    batch = input.recv() => {
+                        let Some(batch) = batch else { break };
+                        let Signal::Celery(events) = batch else { continue };
+                        let now = now_secs();
+                        for ev in events.iter() {
+                            c.apply(ev, now);
+                        }
+                        for (host, n) in c.newly_missed.drain(..) {
+                            tracing::warn!(component = %ctx.id, worker = %host, missed = n, "Celery events were lost in transit (heartbeat processed count is ahead of task-started events seen).");
+                        }
+                        if want_logs {
+                            let records = c.take_logs();
+                            if !records.is_empty() {
+                                let _ = out.send(Signal::Logs(Arc::new(vec![c.logs_batch(records)]))).await;
+                            }
+                        }
+                    }
+                    _ = tick.tick() => {
+                        let now = now_secs();
+                        c.expire(now);
+                        let s = c.stats();
+                        evicted.add(s.evicted_unfinished - last.evicted_unfinished);
+                        expired.add(s.expired_unfinished - last.expired_unfinished);
+                        overflow.add(s.label_overflow - last.label_overflow);
+                        unknown.add(s.unknown_event_types - last.unknown_event_types);
+                        last = s;
+                        tracked.set(c.tasks_tracked() as i64);
+                        if want_metrics {
+                            let _ = out.send(Signal::Metrics(Arc::new(vec![c.metrics_batch(now)]))).await;
+                        }
+                    }
+                }
+            }
+            // Input closed: one last emission so exporters flush the final values.
+            if want_metrics {
+                let _ = out.send(Signal::Metrics(Arc::new(vec![c.metrics_batch(now_secs())]))).await;
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

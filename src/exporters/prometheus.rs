@@ -1,0 +1,1517 @@
+//! `prometheus` exporter: a Prometheus scrape endpoint holding the latest value of every series.
+//!
+//! It owns the conversion of OTLP metrics into the Prometheus text exposition format 0.0.4, the
+//! store of latest values (shared between the exporter loop, which writes it, and the HTTP
+//! handler, which renders it), series expiry, and the HTTP listener serving `/metrics`.
+//!
+//! Conversion follows the collector's `prometheus` exporter, except that unit suffixes are never
+//! added: celeriac's metric names already match celery-exporter's (`celery_task_runtime` is a
+//! histogram in seconds, with no `_seconds`).
+//!
+//! * names are sanitized to `[a-zA-Z_:][a-zA-Z0-9_:]*` (invalid characters become `_`, a leading
+//!   digit gets a `_` prefix);
+//! * a monotonic cumulative Sum is a `counter` named with `_total` (appended only if missing);
+//!   a non-monotonic Sum and a Gauge are `gauge`s;
+//! * an explicit-bucket Histogram is `_bucket{le=...}` (cumulative counts, `le="+Inf"` = count),
+//!   `_sum` (when the point has one) and `_count`; a Summary is `{quantile=...}`, `_sum`, `_count`;
+//! * exponential histograms and delta temporality are not supported: their points are dropped
+//!   and counted in `celeriac_exporter_dropped_items_total{component, reason="unsupported"}`;
+//! * data point attributes become labels (names sanitized to `[a-zA-Z_][a-zA-Z0-9_]*`, values
+//!   rendered as strings, empty values left out, keys that collide after sanitizing joined with
+//!   `;` in the order of the original keys). A point attribute named `le` on a histogram or
+//!   `quantile` on a summary is exposed as `exported_le` / `exported_quantile`;
+//! * a point flagged `NO_RECORDED_VALUE` removes its series;
+//! * a point older than the stored one for the same series is ignored.
+//!
+//! Label precedence when names collide: data point attributes, then resource attributes (with
+//! `resource_to_telemetry_conversion`), then `const_labels`.
+//!
+//! # Configuration
+//!
+//! ```yaml
+//! exporters:
+//!   prometheus:
+//!     endpoint: 127.0.0.1:9540        # listen address; /metrics is the page, / links to it
+//!     metric_expiration: 5m           # a series not updated for this long leaves the page
+//!     const_labels: { env: prod }     # added to every series (valid label names only)
+//!     resource_to_telemetry_conversion: false
+//!       # true: resource attributes become labels; service.name → job (prefixed with
+//!       # `service.namespace/` when set), service.instance.id → instance.
+//!       # The collector's form `{ enabled: true }` is accepted too.
+//! ```
+//!
+//! A series is identified by its exposed metric name and its sorted labels; every batch replaces
+//! the value of each series it carries (the input is cumulative). Timestamps are not exposed:
+//! Prometheus stamps samples at scrape time.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::{
+    metric, number_data_point, AggregationTemporality, HistogramDataPoint, Metric, NumberDataPoint,
+    ResourceMetrics, SummaryDataPoint,
+};
+use serde::{Deserialize, Deserializer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::component::{BoxRun, ComponentError, Context, Exporter, Input};
+use crate::config::{self, types, Value};
+use crate::registry::{BuildResult, Factory, Registration};
+use crate::signal::{Signal, SignalKind};
+use crate::telemetry::escape_label;
+
+pub const REGISTRATION: Registration = Registration {
+    type_name: "prometheus",
+    factory: Factory::Exporter {
+        accepts: &[SignalKind::Metrics],
+        build,
+    },
+};
+
+/// The content type of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// `DataPointFlags::NoRecordedValueMask`.
+const NO_RECORDED_VALUE: u32 = 1;
+
+/// How often the exporter loop removes expired series (they are already hidden from the page).
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrometheusConfig {
+    /// Listen address of the scrape endpoint.
+    #[serde(deserialize_with = "types::addr::deserialize")]
+    pub endpoint: SocketAddr,
+    /// A series not updated for this long disappears from the page.
+    #[serde(with = "types::duration")]
+    pub metric_expiration: Duration,
+    /// Labels added to every series.
+    pub const_labels: BTreeMap<String, String>,
+    /// Resource attributes become labels (`service.name` → `job`, `service.instance.id` →
+    /// `instance`); by default they are ignored.
+    #[serde(deserialize_with = "bool_or_enabled")]
+    pub resource_to_telemetry_conversion: bool,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        PrometheusConfig {
+            endpoint: SocketAddr::from(([127, 0, 0, 1], 9540)),
+            metric_expiration: Duration::from_secs(300),
+            const_labels: BTreeMap::new(),
+            resource_to_telemetry_conversion: false,
+        }
+    }
+}
+
+/// `true` or the collector's `{ enabled: true }`.
+fn bool_or_enabled<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Enabled {
+        #[serde(default)]
+        enabled: bool,
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Bool(bool),
+        Struct(Enabled),
+    }
+    match Form::deserialize(d) {
+        Ok(Form::Bool(b)) => Ok(b),
+        Ok(Form::Struct(e)) => Ok(e.enabled),
+        Err(_) => Err(serde::de::Error::custom(
+            "expected true, false or { enabled: true|false }",
+        )),
+    }
+}
+
+fn build(v: &Value) -> BuildResult<dyn Exporter> {
+    let cfg: PrometheusConfig = config::decode(v)?;
+    if cfg.metric_expiration.is_zero() {
+        return Err(config::DecodeError::new(
+            "metric_expiration",
+            "must be greater than 0",
+        ));
+    }
+    for key in cfg.const_labels.keys() {
+        if !is_label_name(key) {
+            return Err(config::DecodeError::new(
+                format!("const_labels.{key}"),
+                "not a valid label name: expected [a-zA-Z_][a-zA-Z0-9_]*",
+            ));
+        }
+    }
+    Ok(Box::new(PrometheusExporter { cfg, bound: None }))
+}
+
+pub struct PrometheusExporter {
+    cfg: PrometheusConfig,
+    /// Told the bound address once listening (tests bind port 0).
+    bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+}
+
+impl Exporter for PrometheusExporter {
+    fn run(mut self: Box<Self>, ctx: Context, input: Input) -> BoxRun {
+        Box::pin(async move {
+            let addr = self.cfg.endpoint;
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ComponentError::Bind { addr, source })?;
+            let local = listener.local_addr().unwrap_or(addr);
+            if let Some(tx) = self.bound.take() {
+                let _ = tx.send(local);
+            }
+            tracing::info!(component = %ctx.id, address = %local, "Serving Prometheus metrics.");
+
+            let store = Arc::new(RwLock::new(Store::new(self.cfg.metric_expiration)));
+            let handler_store = store.clone();
+            let size_hint = Arc::new(AtomicUsize::new(4096));
+            let handler =
+                move |method: &Method, path: &str| handle(&handler_store, &size_hint, method, path);
+            let stop = CancellationToken::new();
+            let server = tokio::spawn(crate::telemetry::serve(listener, handler, stop.clone()));
+
+            let converter = Converter::new(&self.cfg);
+            let dropped = ctx.telemetry.counter(
+                "celeriac_exporter_dropped_items_total",
+                "Items an exporter dropped, by reason.",
+                &[("component", &ctx.id), ("reason", "unsupported")],
+            );
+            let invalid = ctx.telemetry.counter(
+                "celeriac_exporter_dropped_items_total",
+                "Items an exporter dropped, by reason.",
+                &[("component", &ctx.id), ("reason", "invalid")],
+            );
+            let mut sweep = tokio::time::interval(SWEEP_EVERY.min(self.cfg.metric_expiration));
+            sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    batch = input.recv() => match batch {
+                        Some(Signal::Metrics(rm)) => {
+                            let now = Instant::now();
+                            let mut store = store.write().unwrap_or_else(|e| e.into_inner());
+                            let stats = converter.apply(&mut store, &rm, now);
+                            drop(store);
+                            dropped.add(stats.unsupported);
+                            invalid.add(stats.invalid);
+                        }
+                        Some(_) => {}
+                        None => break,
+                    },
+                    _ = sweep.tick() => {
+                        let now = Instant::now();
+                        store.write().unwrap_or_else(|e| e.into_inner()).sweep(now);
+                    }
+                }
+            }
+            stop.cancel();
+            let _ = server.await;
+            Ok(())
+        })
+    }
+}
+
+fn handle(
+    store: &RwLock<Store>,
+    size_hint: &AtomicUsize,
+    method: &Method,
+    path: &str,
+) -> crate::telemetry::Reply {
+    if method != Method::GET && method != Method::HEAD {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(b"method not allowed\n"),
+        );
+    }
+    match path {
+        "/metrics" => {
+            let mut page = String::with_capacity(size_hint.load(Ordering::Relaxed) + 1024);
+            store
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .render(&mut page, Instant::now());
+            size_hint.store(page.len(), Ordering::Relaxed);
+            (StatusCode::OK, CONTENT_TYPE, Bytes::from(page))
+        }
+        "/" => (
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            Bytes::from_static(
+                b"<!doctype html><html><head><title>celeriac</title></head><body>\
+<h1>celeriac</h1><p><a href=\"/metrics\">Metrics</a></p></body></html>\n",
+            ),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(b"not found\n"),
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Store
+
+/// Sorted `(name, value)` pairs.
+pub type Labels = Vec<(String, String)>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+    Summary,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+            Kind::Summary => "summary",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sample {
+    Number(f64),
+    Histogram {
+        /// `(upper bound, cumulative count)` for the finite bounds.
+        buckets: Vec<(f64, u64)>,
+        sum: Option<f64>,
+        count: u64,
+    },
+    Summary {
+        /// `(quantile, value)`.
+        quantiles: Vec<(f64, f64)>,
+        sum: f64,
+        count: u64,
+    },
+}
+
+#[derive(Debug)]
+struct Series {
+    sample: Sample,
+    /// The point's own timestamp, to ignore out-of-order points.
+    time_unix_nano: u64,
+    updated: Instant,
+}
+
+#[derive(Debug)]
+struct Family {
+    kind: Kind,
+    help: String,
+    series: BTreeMap<Labels, Series>,
+}
+
+/// What identifies a metric family: exposed name, type and help text.
+#[derive(Debug, Clone, Copy)]
+pub struct Meta<'a> {
+    pub name: &'a str,
+    pub kind: Kind,
+    pub help: &'a str,
+}
+
+/// Latest value of every series, grouped by metric family (sorted by name).
+#[derive(Debug)]
+pub struct Store {
+    expiration: Duration,
+    families: BTreeMap<String, Family>,
+}
+
+impl Store {
+    pub fn new(expiration: Duration) -> Self {
+        Store {
+            expiration,
+            families: BTreeMap::new(),
+        }
+    }
+
+    /// Set the latest value of `name{labels}`. A family whose type changes starts over.
+    pub fn update(
+        &mut self,
+        meta: Meta<'_>,
+        labels: Labels,
+        sample: Sample,
+        time_unix_nano: u64,
+        now: Instant,
+    ) {
+        let Meta { name, kind, help } = meta;
+        let family = match self.families.get_mut(name) {
+            Some(f) => f,
+            None => self.families.entry(name.to_string()).or_insert(Family {
+                kind,
+                help: String::new(),
+                series: BTreeMap::new(),
+            }),
+        };
+        if family.kind != kind {
+            tracing::debug!(
+                metric = name,
+                from = family.kind.as_str(),
+                to = kind.as_str(),
+                "Metric type changed, dropping its old series."
+            );
+            family.kind = kind;
+            family.series.clear();
+        }
+        if !help.is_empty() && family.help != help {
+            family.help = help.to_string();
+        }
+        match family.series.get_mut(&labels) {
+            Some(s) => {
+                if time_unix_nano != 0 && time_unix_nano < s.time_unix_nano {
+                    return;
+                }
+                s.sample = sample;
+                s.time_unix_nano = time_unix_nano;
+                s.updated = now;
+            }
+            None => {
+                family.series.insert(
+                    labels,
+                    Series {
+                        sample,
+                        time_unix_nano,
+                        updated: now,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Forget `name{labels}` (a `NO_RECORDED_VALUE` point).
+    pub fn remove(&mut self, name: &str, labels: &Labels) {
+        if let Some(f) = self.families.get_mut(name) {
+            f.series.remove(labels);
+            if f.series.is_empty() {
+                self.families.remove(name);
+            }
+        }
+    }
+
+    /// Drop series not updated within the expiration, and families left empty.
+    pub fn sweep(&mut self, now: Instant) {
+        let exp = self.expiration;
+        self.families.retain(|_, f| {
+            f.series
+                .retain(|_, s| now.saturating_duration_since(s.updated) <= exp);
+            !f.series.is_empty()
+        });
+    }
+
+    /// Number of series held (expired ones included until the next sweep).
+    pub fn len(&self) -> usize {
+        self.families.values().map(|f| f.series.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.families.is_empty()
+    }
+
+    /// Append the page to `out`; series past their expiration are left out.
+    pub fn render(&self, out: &mut String, now: Instant) {
+        for (name, fam) in &self.families {
+            let live = |s: &&Series| now.saturating_duration_since(s.updated) <= self.expiration;
+            if !fam.series.values().any(|s| live(&s)) {
+                continue;
+            }
+            if !fam.help.is_empty() {
+                out.push_str("# HELP ");
+                out.push_str(name);
+                out.push(' ');
+                escape_help(out, &fam.help);
+                out.push('\n');
+            }
+            let _ = writeln!(out, "# TYPE {name} {}", fam.kind.as_str());
+            for (labels, s) in fam.series.iter().filter(|(_, s)| live(s)) {
+                match &s.sample {
+                    Sample::Number(v) => line(out, name, "", labels, None, *v),
+                    Sample::Histogram {
+                        buckets,
+                        sum,
+                        count,
+                    } => {
+                        let mut bound = String::new();
+                        for (le, c) in buckets {
+                            bound.clear();
+                            format_bound(&mut bound, *le);
+                            line(
+                                out,
+                                name,
+                                "_bucket",
+                                labels,
+                                Some(("le", &bound)),
+                                *c as f64,
+                            );
+                        }
+                        line(
+                            out,
+                            name,
+                            "_bucket",
+                            labels,
+                            Some(("le", "+Inf")),
+                            *count as f64,
+                        );
+                        if let Some(sum) = sum {
+                            line(out, name, "_sum", labels, None, *sum);
+                        }
+                        line(out, name, "_count", labels, None, *count as f64);
+                    }
+                    Sample::Summary {
+                        quantiles,
+                        sum,
+                        count,
+                    } => {
+                        let mut q = String::new();
+                        for (quantile, v) in quantiles {
+                            q.clear();
+                            format_bound(&mut q, *quantile);
+                            line(out, name, "", labels, Some(("quantile", &q)), *v);
+                        }
+                        line(out, name, "_sum", labels, None, *sum);
+                        line(out, name, "_count", labels, None, *count as f64);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One sample line; `extra` (`le`, `quantile`) is merged into the sorted labels.
+fn line(
+    out: &mut String,
+    name: &str,
+    suffix: &str,
+    labels: &Labels,
+    extra: Option<(&str, &str)>,
+    v: f64,
+) {
+    out.push_str(name);
+    out.push_str(suffix);
+    if !labels.is_empty() || extra.is_some() {
+        out.push('{');
+        let mut first = true;
+        let mut extra = extra;
+        let mut pair = |out: &mut String, k: &str, v: &str| {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            out.push_str(k);
+            out.push_str("=\"");
+            out.push_str(&escape_label(v));
+            out.push('"');
+        };
+        for (k, v) in labels {
+            if let Some((ek, ev)) = extra {
+                if ek < k.as_str() {
+                    pair(out, ek, ev);
+                    extra = None;
+                }
+            }
+            pair(out, k, v);
+        }
+        if let Some((ek, ev)) = extra {
+            pair(out, ek, ev);
+        }
+        out.push('}');
+    }
+    out.push(' ');
+    format_value(out, v);
+    out.push('\n');
+}
+
+/// `# HELP` text: `\` and newline escaped.
+fn escape_help(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// A bucket bound or quantile the way Prometheus writes it: `0.005`, `1`, `2.5`, `+Inf`.
+fn format_bound(out: &mut String, v: f64) {
+    if v.is_nan() {
+        out.push_str("NaN");
+    } else if v == f64::INFINITY {
+        out.push_str("+Inf");
+    } else if v == f64::NEG_INFINITY {
+        out.push_str("-Inf");
+    } else {
+        let _ = write!(out, "{v}");
+    }
+}
+
+/// A sample value: integers without a fraction, very large or small magnitudes in exponent form.
+fn format_value(out: &mut String, v: f64) {
+    if !v.is_finite() {
+        return format_bound(out, v);
+    }
+    let a = v.abs();
+    if v.fract() == 0.0 && a < 1e15 {
+        let _ = write!(out, "{}", v as i64);
+    } else if a != 0.0 && !(1e-4..1e15).contains(&a) {
+        let _ = write!(out, "{v:e}");
+    } else {
+        let _ = write!(out, "{v}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// OTLP → store
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// Points of unsupported types or temporalities.
+    pub unsupported: u64,
+    /// Points of metrics whose name sanitizes to nothing.
+    pub invalid: u64,
+}
+
+/// Turns OTLP metrics into store updates, per the exporter's settings.
+pub struct Converter {
+    const_labels: Vec<(String, String)>,
+    resource_labels: bool,
+}
+
+impl Converter {
+    pub fn new(cfg: &PrometheusConfig) -> Self {
+        Converter {
+            const_labels: cfg
+                .const_labels
+                .iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            resource_labels: cfg.resource_to_telemetry_conversion,
+        }
+    }
+
+    /// Apply one batch of cumulative metrics to `store`.
+    pub fn apply(&self, store: &mut Store, batch: &[ResourceMetrics], now: Instant) -> ApplyStats {
+        let mut stats = ApplyStats::default();
+        for rm in batch {
+            // Labels every point of this resource starts from.
+            let mut base: BTreeMap<String, String> = self.const_labels.iter().cloned().collect();
+            if self.resource_labels {
+                if let Some(res) = &rm.resource {
+                    base.extend(resource_labels(&res.attributes));
+                }
+            }
+            for sm in &rm.scope_metrics {
+                for m in &sm.metrics {
+                    self.apply_metric(store, m, &base, now, &mut stats);
+                }
+            }
+        }
+        stats
+    }
+
+    fn apply_metric(
+        &self,
+        store: &mut Store,
+        m: &Metric,
+        base: &BTreeMap<String, String>,
+        now: Instant,
+        stats: &mut ApplyStats,
+    ) {
+        let cumulative = AggregationTemporality::Cumulative as i32;
+        let Some(data) = &m.data else { return };
+        let mut name = sanitize_metric_name(&m.name);
+        if name.is_empty() {
+            stats.invalid += points(data);
+            return;
+        }
+        match data {
+            metric::Data::Gauge(g) => {
+                for p in &g.data_points {
+                    let meta = Meta {
+                        name: &name,
+                        kind: Kind::Gauge,
+                        help: &m.description,
+                    };
+                    self.number(store, meta, p, base, now);
+                }
+            }
+            metric::Data::Sum(s) => {
+                if s.aggregation_temporality != cumulative {
+                    stats.unsupported += s.data_points.len() as u64;
+                    return;
+                }
+                let kind = if s.is_monotonic {
+                    if !name.ends_with("_total") {
+                        name.push_str("_total");
+                    }
+                    Kind::Counter
+                } else {
+                    Kind::Gauge
+                };
+                for p in &s.data_points {
+                    let meta = Meta {
+                        name: &name,
+                        kind,
+                        help: &m.description,
+                    };
+                    self.number(store, meta, p, base, now);
+                }
+            }
+            metric::Data::Histogram(h) => {
+                if h.aggregation_temporality != cumulative {
+                    stats.unsupported += h.data_points.len() as u64;
+                    return;
+                }
+                for p in &h.data_points {
+                    let meta = Meta {
+                        name: &name,
+                        kind: Kind::Histogram,
+                        help: &m.description,
+                    };
+                    self.histogram(store, meta, p, base, now);
+                }
+            }
+            metric::Data::Summary(s) => {
+                for p in &s.data_points {
+                    let meta = Meta {
+                        name: &name,
+                        kind: Kind::Summary,
+                        help: &m.description,
+                    };
+                    self.summary(store, meta, p, base, now);
+                }
+            }
+            metric::Data::ExponentialHistogram(h) => {
+                stats.unsupported += h.data_points.len() as u64;
+            }
+        }
+    }
+
+    fn number(
+        &self,
+        store: &mut Store,
+        meta: Meta<'_>,
+        p: &NumberDataPoint,
+        base: &BTreeMap<String, String>,
+        now: Instant,
+    ) {
+        let labels = point_labels(base, &p.attributes, None);
+        if p.flags & NO_RECORDED_VALUE != 0 {
+            return store.remove(meta.name, &labels);
+        }
+        let v = match p.value {
+            Some(number_data_point::Value::AsDouble(d)) => d,
+            Some(number_data_point::Value::AsInt(i)) => i as f64,
+            None => return,
+        };
+        store.update(meta, labels, Sample::Number(v), p.time_unix_nano, now);
+    }
+
+    fn histogram(
+        &self,
+        store: &mut Store,
+        meta: Meta<'_>,
+        p: &HistogramDataPoint,
+        base: &BTreeMap<String, String>,
+        now: Instant,
+    ) {
+        let labels = point_labels(base, &p.attributes, Some("le"));
+        if p.flags & NO_RECORDED_VALUE != 0 {
+            return store.remove(meta.name, &labels);
+        }
+        let mut cumulative = 0u64;
+        let buckets = p
+            .explicit_bounds
+            .iter()
+            .zip(&p.bucket_counts)
+            .map(|(b, c)| {
+                cumulative = cumulative.saturating_add(*c);
+                (*b, cumulative)
+            })
+            // A +Inf or NaN bound is invalid in OTLP; `+Inf` is written from `count`.
+            .filter(|(b, _)| b.is_finite() || *b == f64::NEG_INFINITY)
+            .collect();
+        let sample = Sample::Histogram {
+            buckets,
+            sum: p.sum,
+            count: p.count,
+        };
+        store.update(meta, labels, sample, p.time_unix_nano, now);
+    }
+
+    fn summary(
+        &self,
+        store: &mut Store,
+        meta: Meta<'_>,
+        p: &SummaryDataPoint,
+        base: &BTreeMap<String, String>,
+        now: Instant,
+    ) {
+        let labels = point_labels(base, &p.attributes, Some("quantile"));
+        if p.flags & NO_RECORDED_VALUE != 0 {
+            return store.remove(meta.name, &labels);
+        }
+        let sample = Sample::Summary {
+            quantiles: p
+                .quantile_values
+                .iter()
+                .map(|q| (q.quantile, q.value))
+                .collect(),
+            sum: p.sum,
+            count: p.count,
+        };
+        store.update(meta, labels, sample, p.time_unix_nano, now);
+    }
+}
+
+fn points(data: &metric::Data) -> u64 {
+    (match data {
+        metric::Data::Gauge(g) => g.data_points.len(),
+        metric::Data::Sum(s) => s.data_points.len(),
+        metric::Data::Histogram(h) => h.data_points.len(),
+        metric::Data::ExponentialHistogram(h) => h.data_points.len(),
+        metric::Data::Summary(s) => s.data_points.len(),
+    }) as u64
+}
+
+/// Resource attributes as labels: `service.name` → `job` (`namespace/name` when
+/// `service.namespace` is set), `service.instance.id` → `instance`, the rest sanitized.
+fn resource_labels(attrs: &[KeyValue]) -> BTreeMap<String, String> {
+    let mut namespace = None;
+    let mut service = None;
+    let mut rest: Vec<(&str, String)> = Vec::with_capacity(attrs.len());
+    for kv in attrs {
+        let Some(v) = kv.value.as_ref().map(any_to_string) else {
+            continue;
+        };
+        match kv.key.as_str() {
+            "service.name" => service = Some(v),
+            "service.namespace" => namespace = Some(v),
+            "service.instance.id" => rest.push(("instance", v)),
+            k => rest.push((k, v)),
+        }
+    }
+    let mut out = join_labels(rest);
+    match (namespace, service) {
+        (Some(ns), Some(svc)) if !ns.is_empty() => {
+            out.insert("job".to_string(), format!("{ns}/{svc}"));
+        }
+        (ns, Some(svc)) => {
+            out.insert("job".to_string(), svc);
+            if let Some(ns) = ns.filter(|ns| !ns.is_empty()) {
+                out.insert("service_namespace".to_string(), ns);
+            }
+        }
+        (Some(ns), None) => {
+            out.insert("service_namespace".to_string(), ns);
+        }
+        (None, None) => {}
+    }
+    out.retain(|_, v| !v.is_empty());
+    out
+}
+
+/// Sanitize keys; keys colliding after sanitizing get their values joined with `;`, in the
+/// order of the original keys.
+fn join_labels(mut pairs: Vec<(&str, String)>) -> BTreeMap<String, String> {
+    pairs.sort_by(|a, b| a.0.cmp(b.0));
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in pairs {
+        if v.is_empty() {
+            continue;
+        }
+        let Some(k) = sanitize_label_name(k) else {
+            continue;
+        };
+        match out.get_mut(&k) {
+            Some(existing) => {
+                existing.push(';');
+                existing.push_str(&v);
+            }
+            None => {
+                out.insert(k, v);
+            }
+        }
+    }
+    out
+}
+
+/// The sorted labels of one point: `base` overridden by the point's attributes. `reserved`
+/// (`le`, `quantile`) is renamed `exported_<reserved>`.
+fn point_labels(
+    base: &BTreeMap<String, String>,
+    attrs: &[KeyValue],
+    reserved: Option<&str>,
+) -> Labels {
+    let pairs: Vec<(&str, String)> = attrs
+        .iter()
+        .filter_map(|kv| Some((kv.key.as_str(), any_to_string(kv.value.as_ref()?))))
+        .collect();
+    let own = join_labels(pairs);
+    if own.is_empty() && reserved.is_none_or(|r| !base.contains_key(r)) {
+        return base.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    }
+    let mut all = base.clone();
+    all.extend(own);
+    if let Some(r) = reserved {
+        if let Some(v) = all.remove(r) {
+            all.insert(format!("exported_{r}"), v);
+        }
+    }
+    all.into_iter().collect()
+}
+
+/// An attribute value as a label value.
+fn any_to_string(v: &AnyValue) -> String {
+    match &v.value {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
+        Some(any_value::Value::BoolValue(b)) => b.to_string(),
+        Some(_) => crate::exporters::logs::any_to_json(v).to_string(),
+        None => String::new(),
+    }
+}
+
+/// `[a-zA-Z_:][a-zA-Z0-9_:]*`: invalid characters become `_`, a leading digit gets a `_`.
+pub fn sanitize_metric_name(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 1);
+    if s.starts_with(|c: char| c.is_ascii_digit()) {
+        out.push('_');
+    }
+    out.extend(s.chars().map(|c| {
+        if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+            c
+        } else {
+            '_'
+        }
+    }));
+    out
+}
+
+/// `[a-zA-Z_][a-zA-Z0-9_]*`: invalid characters become `_`, a leading digit gets `key_`.
+/// `None` for an empty key.
+pub fn sanitize_label_name(s: &str) -> Option<String> {
+    if s.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(s.len() + 4);
+    if s.starts_with(|c: char| c.is_ascii_digit()) {
+        out.push_str("key_");
+    }
+    out.extend(s.chars().map(|c| {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            c
+        } else {
+            '_'
+        }
+    }));
+    Some(out)
+}
+
+fn is_label_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::Counter;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        summary_data_point::ValueAtQuantile, ExponentialHistogram, ExponentialHistogramDataPoint,
+        Gauge, Histogram, ScopeMetrics, Sum, Summary,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+
+    fn kv(k: &str, v: any_value::Value) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue { value: Some(v) }),
+            ..Default::default()
+        }
+    }
+
+    fn s(k: &str, v: &str) -> KeyValue {
+        kv(k, any_value::Value::StringValue(v.into()))
+    }
+
+    fn num(attrs: Vec<KeyValue>, v: f64) -> NumberDataPoint {
+        NumberDataPoint {
+            attributes: attrs,
+            time_unix_nano: 1,
+            value: Some(number_data_point::Value::AsDouble(v)),
+            ..Default::default()
+        }
+    }
+
+    fn metric(name: &str, help: &str, data: metric::Data) -> Metric {
+        Metric {
+            name: name.into(),
+            description: help.into(),
+            data: Some(data),
+            ..Default::default()
+        }
+    }
+
+    fn batch(resource: Vec<KeyValue>, metrics: Vec<Metric>) -> Vec<ResourceMetrics> {
+        vec![ResourceMetrics {
+            resource: Some(Resource {
+                attributes: resource,
+                ..Default::default()
+            }),
+            scope_metrics: vec![ScopeMetrics {
+                metrics,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }]
+    }
+
+    fn sum(
+        monotonic: bool,
+        temporality: AggregationTemporality,
+        pts: Vec<NumberDataPoint>,
+    ) -> metric::Data {
+        metric::Data::Sum(Sum {
+            data_points: pts,
+            aggregation_temporality: temporality as i32,
+            is_monotonic: monotonic,
+        })
+    }
+
+    fn page(cfg: &PrometheusConfig, metrics: Vec<Metric>) -> (String, ApplyStats) {
+        page_with_resource(cfg, vec![], metrics)
+    }
+
+    fn page_with_resource(
+        cfg: &PrometheusConfig,
+        resource: Vec<KeyValue>,
+        metrics: Vec<Metric>,
+    ) -> (String, ApplyStats) {
+        let mut store = Store::new(cfg.metric_expiration);
+        let now = Instant::now();
+        let stats = Converter::new(cfg).apply(&mut store, &batch(resource, metrics), now);
+        let mut out = String::new();
+        store.render(&mut out, now);
+        (out, stats)
+    }
+
+    #[test]
+    fn counter_gets_total_once() {
+        let cfg = PrometheusConfig::default();
+        let (text, _) = page(
+            &cfg,
+            vec![
+                metric(
+                    "celery_task_succeeded",
+                    "Tasks that succeeded.",
+                    sum(
+                        true,
+                        AggregationTemporality::Cumulative,
+                        vec![num(vec![s("name", "add"), s("hostname", "w1")], 3.0)],
+                    ),
+                ),
+                metric(
+                    "already_total",
+                    "",
+                    sum(
+                        true,
+                        AggregationTemporality::Cumulative,
+                        vec![num(vec![], 1.5)],
+                    ),
+                ),
+            ],
+        );
+        assert_eq!(
+            text,
+            "# TYPE already_total counter\n\
+             already_total 1.5\n\
+             # HELP celery_task_succeeded_total Tasks that succeeded.\n\
+             # TYPE celery_task_succeeded_total counter\n\
+             celery_task_succeeded_total{hostname=\"w1\",name=\"add\"} 3\n"
+        );
+    }
+
+    #[test]
+    fn gauges_and_non_monotonic_sums() {
+        let cfg = PrometheusConfig::default();
+        let (text, _) = page(
+            &cfg,
+            vec![
+                metric(
+                    "celery_queue_length",
+                    "Messages waiting.",
+                    metric::Data::Gauge(Gauge {
+                        data_points: vec![NumberDataPoint {
+                            attributes: vec![s("queue_name", "celery")],
+                            value: Some(number_data_point::Value::AsInt(7)),
+                            ..Default::default()
+                        }],
+                    }),
+                ),
+                metric(
+                    "celery.worker.tasks-active",
+                    "",
+                    sum(
+                        false,
+                        AggregationTemporality::Cumulative,
+                        vec![num(vec![], -2.0)],
+                    ),
+                ),
+            ],
+        );
+        assert_eq!(
+            text,
+            "# HELP celery_queue_length Messages waiting.\n\
+             # TYPE celery_queue_length gauge\n\
+             celery_queue_length{queue_name=\"celery\"} 7\n\
+             # TYPE celery_worker_tasks_active gauge\n\
+             celery_worker_tasks_active -2\n"
+        );
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let cfg = PrometheusConfig::default();
+        let h = metric::Data::Histogram(Histogram {
+            data_points: vec![HistogramDataPoint {
+                attributes: vec![s("name", "add"), s("le", "x")],
+                count: 6,
+                sum: Some(4.25),
+                bucket_counts: vec![1, 2, 0, 3],
+                explicit_bounds: vec![0.005, 1.0, 2.5],
+                ..Default::default()
+            }],
+            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+        });
+        let (text, _) = page(
+            &cfg,
+            vec![metric("celery_task_runtime", "Task runtime.", h)],
+        );
+        assert_eq!(
+            text,
+            "# HELP celery_task_runtime Task runtime.\n\
+             # TYPE celery_task_runtime histogram\n\
+             celery_task_runtime_bucket{exported_le=\"x\",le=\"0.005\",name=\"add\"} 1\n\
+             celery_task_runtime_bucket{exported_le=\"x\",le=\"1\",name=\"add\"} 3\n\
+             celery_task_runtime_bucket{exported_le=\"x\",le=\"2.5\",name=\"add\"} 3\n\
+             celery_task_runtime_bucket{exported_le=\"x\",le=\"+Inf\",name=\"add\"} 6\n\
+             celery_task_runtime_sum{exported_le=\"x\",name=\"add\"} 4.25\n\
+             celery_task_runtime_count{exported_le=\"x\",name=\"add\"} 6\n"
+        );
+    }
+
+    #[test]
+    fn summary_quantiles() {
+        let cfg = PrometheusConfig::default();
+        let sm = metric::Data::Summary(Summary {
+            data_points: vec![SummaryDataPoint {
+                count: 10,
+                sum: 12.5,
+                quantile_values: vec![
+                    ValueAtQuantile {
+                        quantile: 0.5,
+                        value: 1.0,
+                    },
+                    ValueAtQuantile {
+                        quantile: 0.99,
+                        value: 3.5,
+                    },
+                ],
+                ..Default::default()
+            }],
+        });
+        let (text, _) = page(&cfg, vec![metric("rpc_latency", "", sm)]);
+        assert_eq!(
+            text,
+            "# TYPE rpc_latency summary\n\
+             rpc_latency{quantile=\"0.5\"} 1\n\
+             rpc_latency{quantile=\"0.99\"} 3.5\n\
+             rpc_latency_sum 12.5\n\
+             rpc_latency_count 10\n"
+        );
+    }
+
+    #[test]
+    fn unsupported_points_are_counted() {
+        let cfg = PrometheusConfig::default();
+        let (text, stats) = page(
+            &cfg,
+            vec![
+                metric(
+                    "d",
+                    "",
+                    sum(
+                        true,
+                        AggregationTemporality::Delta,
+                        vec![num(vec![], 1.0), num(vec![], 2.0)],
+                    ),
+                ),
+                metric(
+                    "e",
+                    "",
+                    metric::Data::ExponentialHistogram(ExponentialHistogram {
+                        data_points: vec![ExponentialHistogramDataPoint::default()],
+                        aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                    }),
+                ),
+                metric(
+                    "h",
+                    "",
+                    metric::Data::Histogram(Histogram {
+                        data_points: vec![HistogramDataPoint::default()],
+                        aggregation_temporality: AggregationTemporality::Delta as i32,
+                    }),
+                ),
+            ],
+        );
+        assert_eq!(text, "");
+        assert_eq!(
+            stats,
+            ApplyStats {
+                unsupported: 4,
+                invalid: 0
+            }
+        );
+    }
+
+    #[test]
+    fn labels_are_sanitized_escaped_and_joined() {
+        let cfg = PrometheusConfig {
+            const_labels: [("env".to_string(), "prod".to_string())].into(),
+            ..Default::default()
+        };
+        let (text, _) = page(
+            &cfg,
+            vec![metric(
+                "9lives.x",
+                "Line one\nback\\slash",
+                metric::Data::Gauge(Gauge {
+                    data_points: vec![num(
+                        vec![
+                            s("a.b", "dot"),
+                            s("a-b", "dash"),
+                            s("quote", "say \"hi\"\\\n"),
+                            kv("int", any_value::Value::IntValue(-3)),
+                            kv("dbl", any_value::Value::DoubleValue(0.25)),
+                            kv("ok", any_value::Value::BoolValue(true)),
+                            s("1st", "x"),
+                            s("empty", ""),
+                            s("env", "dev"),
+                        ],
+                        1.0,
+                    )],
+                }),
+            )],
+        );
+        assert_eq!(
+            text,
+            "# HELP _9lives_x Line one\\nback\\\\slash\n\
+             # TYPE _9lives_x gauge\n\
+             _9lives_x{a_b=\"dash;dot\",dbl=\"0.25\",env=\"dev\",int=\"-3\",key_1st=\"x\",ok=\"true\",quote=\"say \\\"hi\\\"\\\\\\n\"} 1\n"
+        );
+    }
+
+    #[test]
+    fn resource_attributes_only_when_enabled() {
+        let res = vec![
+            s("service.name", "shop"),
+            s("service.instance.id", "w1:42"),
+            s("host.name", "h"),
+        ];
+        let g = || {
+            metric(
+                "g",
+                "",
+                metric::Data::Gauge(Gauge {
+                    data_points: vec![num(vec![], 1.0)],
+                }),
+            )
+        };
+        let (off, _) = page_with_resource(&PrometheusConfig::default(), res.clone(), vec![g()]);
+        assert_eq!(off, "# TYPE g gauge\ng 1\n");
+        let on_cfg = PrometheusConfig {
+            resource_to_telemetry_conversion: true,
+            ..Default::default()
+        };
+        let (on, _) = page_with_resource(&on_cfg, res, vec![g()]);
+        assert_eq!(
+            on,
+            "# TYPE g gauge\ng{host_name=\"h\",instance=\"w1:42\",job=\"shop\"} 1\n"
+        );
+    }
+
+    #[test]
+    fn no_recorded_value_removes_the_series() {
+        let cfg = PrometheusConfig::default();
+        let mut store = Store::new(cfg.metric_expiration);
+        let conv = Converter::new(&cfg);
+        let now = Instant::now();
+        let g = |flags: u32| {
+            let mut p = num(vec![s("q", "a")], 5.0);
+            p.flags = flags;
+            batch(
+                vec![],
+                vec![metric(
+                    "g",
+                    "",
+                    metric::Data::Gauge(Gauge {
+                        data_points: vec![p, num(vec![s("q", "b")], 1.0)],
+                    }),
+                )],
+            )
+        };
+        conv.apply(&mut store, &g(0), now);
+        assert_eq!(store.len(), 2);
+        conv.apply(&mut store, &g(NO_RECORDED_VALUE), now);
+        let mut out = String::new();
+        store.render(&mut out, now);
+        assert_eq!(out, "# TYPE g gauge\ng{q=\"b\"} 1\n");
+    }
+
+    fn g(name: &str) -> Meta<'_> {
+        Meta {
+            name,
+            kind: Kind::Gauge,
+            help: "",
+        }
+    }
+
+    #[test]
+    fn series_expire() {
+        let mut store = Store::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        store.update(g("a"), vec![], Sample::Number(1.0), 1, t0);
+        store.update(
+            g("b"),
+            vec![],
+            Sample::Number(2.0),
+            1,
+            t0 + Duration::from_secs(30),
+        );
+        let at = |store: &Store, t: Instant| {
+            let mut out = String::new();
+            store.render(&mut out, t);
+            out
+        };
+        assert_eq!(
+            at(&store, t0 + Duration::from_secs(60)),
+            "# TYPE a gauge\na 1\n# TYPE b gauge\nb 2\n"
+        );
+        // `a` is past its expiration: hidden at once, removed by the sweep.
+        assert_eq!(
+            at(&store, t0 + Duration::from_secs(61)),
+            "# TYPE b gauge\nb 2\n"
+        );
+        store.sweep(t0 + Duration::from_secs(61));
+        assert_eq!(store.len(), 1);
+        // An update keeps a series alive.
+        store.update(
+            g("b"),
+            vec![],
+            Sample::Number(3.0),
+            2,
+            t0 + Duration::from_secs(80),
+        );
+        store.sweep(t0 + Duration::from_secs(130));
+        assert_eq!(
+            at(&store, t0 + Duration::from_secs(130)),
+            "# TYPE b gauge\nb 3\n"
+        );
+        store.sweep(t0 + Duration::from_secs(141));
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn older_points_do_not_overwrite_newer_ones() {
+        let mut store = Store::new(Duration::from_secs(60));
+        let t = Instant::now();
+        store.update(g("a"), vec![], Sample::Number(2.0), 20, t);
+        store.update(g("a"), vec![], Sample::Number(1.0), 10, t);
+        let mut out = String::new();
+        store.render(&mut out, t);
+        assert_eq!(out, "# TYPE a gauge\na 2\n");
+    }
+
+    #[test]
+    fn value_and_bound_formatting() {
+        let f = |v: f64| {
+            let mut s = String::new();
+            format_value(&mut s, v);
+            s
+        };
+        assert_eq!(f(3.0), "3");
+        assert_eq!(f(-0.5), "-0.5");
+        assert_eq!(f(1e20), "1e20");
+        assert_eq!(f(1.5e-7), "1.5e-7");
+        assert_eq!(f(f64::NAN), "NaN");
+        assert_eq!(f(f64::NEG_INFINITY), "-Inf");
+        let b = |v: f64| {
+            let mut s = String::new();
+            format_bound(&mut s, v);
+            s
+        };
+        assert_eq!(b(0.005), "0.005");
+        assert_eq!(b(10.0), "10");
+        assert_eq!(b(f64::INFINITY), "+Inf");
+    }
+
+    #[test]
+    fn config() {
+        let v: Value = serde_yaml_ng::from_str(
+            "endpoint: 0.0.0.0:9999\nmetric_expiration: 1m\nconst_labels: {env: prod}\nresource_to_telemetry_conversion: {enabled: true}\n",
+        )
+        .unwrap();
+        let cfg: PrometheusConfig = config::decode(&v).unwrap();
+        assert_eq!(cfg.endpoint.port(), 9999);
+        assert_eq!(cfg.metric_expiration, Duration::from_secs(60));
+        assert!(cfg.resource_to_telemetry_conversion);
+        assert!(build(&Value::Null).is_ok());
+        let bad = |y: &str| {
+            build(&serde_yaml_ng::from_str(y).unwrap())
+                .err()
+                .map(|e| e.path)
+        };
+        assert_eq!(
+            bad("const_labels: {\"a-b\": x}").as_deref(),
+            Some("const_labels.a-b")
+        );
+        assert_eq!(
+            bad("metric_expiration: 0s").as_deref(),
+            Some("metric_expiration")
+        );
+        assert_eq!(bad("nope: 1").as_deref(), Some("nope"));
+        assert_eq!(
+            bad("resource_to_telemetry_conversion: 3").as_deref(),
+            Some("resource_to_telemetry_conversion")
+        );
+    }
+
+    async fn http_get(addr: SocketAddr, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut resp = String::new();
+        stream.read_to_string(&mut resp).await.unwrap();
+        resp
+    }
+
+    #[tokio::test]
+    async fn serves_the_page_over_http() {
+        use crate::telemetry::Telemetry;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let exporter = Box::new(PrometheusExporter {
+            cfg: PrometheusConfig {
+                endpoint: SocketAddr::from(([127, 0, 0, 1], 0)),
+                ..Default::default()
+            },
+            bound: Some(tx),
+        });
+        let ctx = Context {
+            id: "exporters/prometheus".into(),
+            shutdown: CancellationToken::new(),
+            telemetry: Telemetry::new(),
+        };
+        let telemetry = ctx.telemetry.clone();
+        let (in_tx, in_rx) = async_channel::bounded(4);
+        let run = tokio::spawn(exporter.run(ctx, Input::new(in_rx, Counter::default())));
+        let addr = rx.await.unwrap();
+
+        let g = metric(
+            "celery_queue_length",
+            "Messages waiting.",
+            metric::Data::Gauge(Gauge {
+                data_points: vec![num(vec![s("queue_name", "celery")], 4.0)],
+            }),
+        );
+        let e = metric(
+            "e",
+            "",
+            metric::Data::ExponentialHistogram(ExponentialHistogram {
+                data_points: vec![ExponentialHistogramDataPoint::default()],
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            }),
+        );
+        in_tx
+            .send(Signal::Metrics(Arc::new(batch(vec![], vec![g, e]))))
+            .await
+            .unwrap();
+
+        let mut resp = String::new();
+        for _ in 0..100 {
+            resp = http_get(addr, "/metrics").await;
+            if resp.contains("celery_queue_length{") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        assert!(
+            resp.to_ascii_lowercase()
+                .contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
+            "{resp}"
+        );
+        assert!(
+            resp.ends_with(
+                "# HELP celery_queue_length Messages waiting.\n\
+             # TYPE celery_queue_length gauge\n\
+             celery_queue_length{queue_name=\"celery\"} 4\n"
+            ),
+            "{resp}"
+        );
+        assert!(telemetry.render().contains(
+            "celeriac_exporter_dropped_items_total{component=\"exporters/prometheus\",reason=\"unsupported\"} 1\n"
+        ));
+        assert!(http_get(addr, "/").await.contains("href=\"/metrics\""));
+        assert!(http_get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+
+        // Input closed: the exporter returns and stops serving.
+        drop(in_tx);
+        tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn bind_failure_is_reported() {
+        use crate::telemetry::Telemetry;
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let exporter = Box::new(PrometheusExporter {
+            cfg: PrometheusConfig {
+                endpoint: taken.local_addr().unwrap(),
+                ..Default::default()
+            },
+            bound: None,
+        });
+        let ctx = Context {
+            id: "exporters/prometheus".into(),
+            shutdown: CancellationToken::new(),
+            telemetry: Telemetry::new(),
+        };
+        let (_tx, rx) = async_channel::bounded(1);
+        let res = exporter.run(ctx, Input::new(rx, Counter::default())).await;
+        assert!(matches!(res, Err(ComponentError::Bind { .. })), "{res:?}");
+    }
+}

@@ -1,0 +1,714 @@
+//! `redis_queues` receiver: the length of Celery queues on a Redis broker, polled with `LLEN`.
+//!
+//! It owns the naming of kombu's Redis lists and the polling loop. Every `interval` it sends one
+//! pipelined round trip of `LLEN` over every queue and its priority sub-queues, and emits the
+//! OTLP Gauge `celery_queue_length{queue_name}` whose value is the sum over all priorities
+//! (celery-exporter counts the priority-0 list only, celery-exporter#272).
+//!
+//! kombu's Redis transport keeps a message of priority `p` in the list `<queue><sep><p>` when
+//! `p` maps to a non-zero priority step, and in `<queue>` itself for step 0 (`_q_for_pri` in
+//! `kombu/transport/redis.py`), every key prefixed with the `global_keyprefix` transport option.
+//! With the defaults, `celery` is measured as `LLEN celery` + `LLEN celery\x06\x163` +
+//! `LLEN celery\x06\x166` + `LLEN celery\x06\x169`.
+//!
+//! When Redis is unreachable or answers with an error the receiver keeps running: it counts
+//! `celeriac_receiver_errors_total{component, reason}` (`connect`, `io`, `timeout`, `server`),
+//! warns at most once per 30 s, reconnects with exponential backoff (100 ms to 5 s, reset after a
+//! successful poll) and emits nothing for what it could not measure (never a made-up zero).
+//!
+//! # Configuration
+//!
+//! ```yaml
+//! receivers:
+//!   redis_queues:
+//!     endpoint: redis://127.0.0.1:6379/0   # the broker URL (user/password allowed, never logged)
+//!     queues: [celery]                     # queue names to measure
+//!     interval: 5s                         # time between polls
+//!     priority_steps: [0, 3, 6, 9]         # kombu's `priority_steps` transport option
+//!     priority_separator: "\x06\x16"       # kombu's `sep` (`<queue><sep><priority>`)
+//!     global_keyprefix: ""                 # kombu's `global_keyprefix` transport option
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::{
+    metric, number_data_point, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
+};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, RedisError, RedisResult};
+use serde::Deserialize;
+
+use crate::component::{BoxRun, Context, Output, Receiver};
+use crate::config::{self, types, DecodeError, Value};
+use crate::registry::{BuildResult, Factory, Registration};
+use crate::signal::{Signal, SignalKind};
+use crate::telemetry::Telemetry;
+
+pub const REGISTRATION: Registration = Registration {
+    type_name: "redis_queues",
+    factory: Factory::Receiver {
+        produces: &[SignalKind::Metrics],
+        build,
+    },
+};
+
+/// The metric this receiver emits.
+pub const METRIC_NAME: &str = "celery_queue_length";
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const WARN_EVERY: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisQueuesConfig {
+    /// Redis URL of the broker.
+    pub endpoint: String,
+    /// Queue names to measure.
+    pub queues: Vec<String>,
+    /// Time between polls.
+    #[serde(with = "types::duration")]
+    pub interval: Duration,
+    /// kombu's `priority_steps`: one list per step, step 0 being the queue's own list.
+    pub priority_steps: Vec<u32>,
+    /// kombu's separator between a queue name and its priority.
+    pub priority_separator: String,
+    /// kombu's `global_keyprefix`, prepended to every key.
+    pub global_keyprefix: String,
+}
+
+impl Default for RedisQueuesConfig {
+    fn default() -> Self {
+        RedisQueuesConfig {
+            endpoint: "redis://127.0.0.1:6379/0".into(),
+            queues: vec!["celery".into()],
+            interval: Duration::from_secs(5),
+            priority_steps: vec![0, 3, 6, 9],
+            priority_separator: "\x06\x16".into(),
+            global_keyprefix: String::new(),
+        }
+    }
+}
+
+fn build(v: &Value) -> BuildResult<dyn Receiver> {
+    let cfg: RedisQueuesConfig = config::decode(v)?;
+    // The redis crate's messages never repeat the URL, so the password cannot leak through them.
+    let client = redis::Client::open(cfg.endpoint.as_str())
+        .map_err(|e| DecodeError::new("endpoint", format!("invalid Redis URL: {e}")))?;
+    if cfg.queues.is_empty() {
+        return Err(DecodeError::new("queues", "must name at least one queue"));
+    }
+    if let Some(i) = cfg.queues.iter().position(|q| q.is_empty()) {
+        return Err(DecodeError::new(
+            format!("queues[{i}]"),
+            "must not be empty",
+        ));
+    }
+    if cfg.interval.is_zero() {
+        return Err(DecodeError::new("interval", "must be greater than 0"));
+    }
+    if cfg.priority_steps.is_empty() {
+        return Err(DecodeError::new(
+            "priority_steps",
+            "must list at least one step, e.g. [0, 3, 6, 9]",
+        ));
+    }
+    if cfg.priority_separator.is_empty() && cfg.priority_steps.iter().any(|p| *p != 0) {
+        return Err(DecodeError::new("priority_separator", "must not be empty"));
+    }
+    let queues = cfg
+        .queues
+        .iter()
+        .map(|q| QueueKeys {
+            name: q.clone(),
+            keys: queue_keys(
+                &cfg.global_keyprefix,
+                q,
+                &cfg.priority_separator,
+                &cfg.priority_steps,
+            ),
+        })
+        .collect();
+    let endpoint = display_endpoint(&client);
+    Ok(Box::new(RedisQueues {
+        interval: cfg.interval,
+        client,
+        endpoint,
+        queues,
+    }))
+}
+
+/// `host:port/db` of the broker, for logs: never the user name or password.
+fn display_endpoint(client: &redis::Client) -> String {
+    let info = client.get_connection_info();
+    format!("{}/{}", info.addr(), info.redis_settings().db())
+}
+
+/// The Redis keys holding `queue`'s messages, one per distinct priority step (kombu's
+/// `_q_for_pri`): `<prefix><queue>` for step 0, `<prefix><queue><sep><step>` for the others.
+pub fn queue_keys(prefix: &str, queue: &str, sep: &str, steps: &[u32]) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::with_capacity(steps.len());
+    for &p in steps {
+        let key = if p == 0 {
+            format!("{prefix}{queue}")
+        } else {
+            format!("{prefix}{queue}{sep}{p}")
+        };
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys
+}
+
+struct QueueKeys {
+    name: String,
+    keys: Vec<String>,
+}
+
+pub struct RedisQueues {
+    interval: Duration,
+    client: redis::Client,
+    /// `host:port/db`, for logs (no credentials).
+    endpoint: String,
+    queues: Vec<QueueKeys>,
+}
+
+/// Why a poll or a connection failed, as the `reason` label.
+fn reason(e: &RedisError) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+        "io"
+    } else {
+        "server"
+    }
+}
+
+/// Error accounting with one warning per [`WARN_EVERY`].
+struct Errors<'a> {
+    ctx: &'a Context,
+    endpoint: &'a str,
+    last_warn: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Errors<'_> {
+    fn record(
+        &mut self,
+        telemetry: &Telemetry,
+        reason: &'static str,
+        error: &RedisError,
+        what: &str,
+    ) {
+        telemetry
+            .counter(
+                "celeriac_receiver_errors_total",
+                "Receiver errors (connect, protocol).",
+                &[("component", &self.ctx.id), ("reason", reason)],
+            )
+            .inc();
+        let now = Instant::now();
+        if self
+            .last_warn
+            .is_none_or(|t| now.duration_since(t) >= WARN_EVERY)
+        {
+            tracing::warn!(component = %self.ctx.id, endpoint = %self.endpoint, reason, error = %error, suppressed = self.suppressed, "{what}");
+            self.last_warn = Some(now);
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+        }
+    }
+}
+
+impl RedisQueues {
+    /// One pipelined round trip; per queue the summed length, or `None` when one of its keys
+    /// answered with an error (e.g. WRONGTYPE), together with that error.
+    async fn poll(
+        &self,
+        conn: &mut MultiplexedConnection,
+    ) -> RedisResult<(Vec<Option<i64>>, Option<RedisError>)> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for q in &self.queues {
+            for k in &q.keys {
+                pipe.cmd("LLEN").arg(k);
+            }
+        }
+        let replies: Vec<RedisResult<i64>> = pipe.query_async(conn).await?;
+        let mut replies = replies.into_iter();
+        let mut first_error = None;
+        let lengths = self
+            .queues
+            .iter()
+            .map(|q| {
+                let mut total: Option<i64> = Some(0);
+                for _ in &q.keys {
+                    match replies.next() {
+                        Some(Ok(n)) => total = total.map(|t| t.saturating_add(n)),
+                        Some(Err(e)) => {
+                            total = None;
+                            first_error.get_or_insert(e);
+                        }
+                        None => total = None,
+                    }
+                }
+                total
+            })
+            .collect();
+        Ok((lengths, first_error))
+    }
+}
+
+/// The `celery_queue_length` gauge for the queues measured.
+fn queue_length_metrics(queues: &[(&str, i64)], now_unix_nano: u64) -> ResourceMetrics {
+    let data_points = queues
+        .iter()
+        .map(|(name, len)| NumberDataPoint {
+            attributes: vec![KeyValue {
+                key: "queue_name".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue((*name).to_string())),
+                }),
+                ..Default::default()
+            }],
+            time_unix_nano: now_unix_nano,
+            value: Some(number_data_point::Value::AsInt(*len)),
+            ..Default::default()
+        })
+        .collect();
+    ResourceMetrics {
+        scope_metrics: vec![ScopeMetrics {
+            scope: Some(InstrumentationScope {
+                name: "celeriac.redis_queues".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                ..Default::default()
+            }),
+            metrics: vec![Metric {
+                name: METRIC_NAME.into(),
+                description: "Messages waiting in the queue, all priorities.".into(),
+                unit: "{message}".into(),
+                data: Some(metric::Data::Gauge(Gauge { data_points })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Receiver for RedisQueues {
+    fn run(self: Box<Self>, ctx: Context, out: Output) -> BoxRun {
+        Box::pin(async move {
+            let conn_cfg = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(
+                    self.interval.clamp(Duration::from_secs(1), CONNECT_TIMEOUT),
+                ));
+            let mut errors = Errors {
+                ctx: &ctx,
+                endpoint: &self.endpoint,
+                last_warn: None,
+                suppressed: 0,
+            };
+            let mut conn: Option<MultiplexedConnection> = None;
+            let mut backoff = BACKOFF_MIN;
+            let mut failing = false;
+            let mut ticker = tokio::time::interval(self.interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tracing::info!(component = %ctx.id, endpoint = %self.endpoint, queues = self.queues.len(), interval = ?self.interval, "Polling Celery queue lengths.");
+            loop {
+                let mut c = match conn.take() {
+                    Some(c) => c,
+                    None => {
+                        let r = tokio::select! {
+                            _ = ctx.shutdown.cancelled() => break,
+                            r = self.client.get_multiplexed_async_connection_with_config(&conn_cfg) => r,
+                        };
+                        match r {
+                            Ok(c) => c,
+                            Err(e) => {
+                                failing = true;
+                                errors.record(
+                                    &ctx.telemetry,
+                                    "connect",
+                                    &e,
+                                    "Cannot connect to Redis to read queue lengths; retrying.",
+                                );
+                                tokio::select! {
+                                    _ = ctx.shutdown.cancelled() => break,
+                                    _ = tokio::time::sleep(backoff) => {}
+                                }
+                                backoff = (backoff * 2).min(BACKOFF_MAX);
+                                continue;
+                            }
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => break,
+                    _ = ticker.tick() => {}
+                }
+                let polled = tokio::select! {
+                    _ = ctx.shutdown.cancelled() => break,
+                    r = self.poll(&mut c) => r,
+                };
+                let lengths = match polled {
+                    Ok((lengths, partial)) => {
+                        if let Some(e) = partial {
+                            errors.record(
+                                &ctx.telemetry,
+                                "server",
+                                &e,
+                                "Redis refused to report some queue lengths.",
+                            );
+                        }
+                        conn = Some(c);
+                        lengths
+                    }
+                    Err(e) => {
+                        failing = true;
+                        let reason = reason(&e);
+                        errors.record(
+                            &ctx.telemetry,
+                            reason,
+                            &e,
+                            "Cannot read queue lengths from Redis; reconnecting.",
+                        );
+                        if reason == "server" {
+                            // The connection itself is fine (e.g. NOAUTH, READONLY): keep it.
+                            conn = Some(c);
+                        } else {
+                            tokio::select! {
+                                _ = ctx.shutdown.cancelled() => break,
+                                _ = tokio::time::sleep(backoff) => {}
+                            }
+                            backoff = (backoff * 2).min(BACKOFF_MAX);
+                        }
+                        continue;
+                    }
+                };
+                if failing {
+                    tracing::info!(component = %ctx.id, endpoint = %self.endpoint, "Reading queue lengths from Redis again.");
+                    failing = false;
+                }
+                backoff = BACKOFF_MIN;
+                let measured: Vec<(&str, i64)> = self
+                    .queues
+                    .iter()
+                    .zip(lengths)
+                    .filter_map(|(q, n)| Some((q.name.as_str(), n?)))
+                    .collect();
+                if measured.is_empty() {
+                    continue;
+                }
+                let batch = Signal::Metrics(Arc::new(vec![queue_length_metrics(
+                    &measured,
+                    unix_nanos(),
+                )]));
+                let sent = tokio::select! {
+                    _ = ctx.shutdown.cancelled() => break,
+                    r = out.send(batch) => r,
+                };
+                if sent.is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::component::Output;
+    use crate::telemetry::Counter;
+    use tokio_util::sync::CancellationToken;
+
+    fn cfg(yaml: &str) -> Result<RedisQueuesConfig, DecodeError> {
+        let v: Value = serde_yaml_ng::from_str(yaml).unwrap();
+        build(&v)?;
+        config::decode(&v)
+    }
+
+    #[test]
+    fn key_naming_follows_kombu() {
+        assert_eq!(
+            queue_keys("", "celery", "\x06\x16", &[0, 3, 6, 9]),
+            [
+                "celery",
+                "celery\x06\x163",
+                "celery\x06\x166",
+                "celery\x06\x169"
+            ]
+        );
+        assert_eq!(
+            queue_keys("app:", "q", ":", &[0, 0, 5]),
+            ["app:q", "app:q:5"]
+        );
+        // Without a step 0 the queue's own list is not read (kombu never writes it then).
+        assert_eq!(
+            queue_keys("", "q", "\x06\x16", &[1, 2]),
+            ["q\x06\x161", "q\x06\x162"]
+        );
+    }
+
+    #[test]
+    fn config_defaults_and_errors() {
+        let c = cfg("{}").unwrap();
+        assert_eq!(c.endpoint, "redis://127.0.0.1:6379/0");
+        assert_eq!(c.queues, ["celery"]);
+        assert_eq!(c.interval, Duration::from_secs(5));
+        assert_eq!(c.priority_steps, [0, 3, 6, 9]);
+        assert_eq!(c.priority_separator, "\x06\x16");
+        assert_eq!(c.global_keyprefix, "");
+        assert!(build(&Value::Null).is_ok());
+        let c = cfg("endpoint: redis://:pw@h:1/2\nqueues: [a, b]\ninterval: 250ms\npriority_steps: [0, 5]\npriority_separator: ':'\nglobal_keyprefix: 'x:'").unwrap();
+        assert_eq!(c.queues, ["a", "b"]);
+        assert_eq!(c.interval, Duration::from_millis(250));
+
+        let err = |y: &str| cfg(y).err().unwrap();
+        let e = err("endpoint: http://user:s3cret@host/0");
+        assert_eq!(e.path, "endpoint");
+        assert!(!e.message.contains("s3cret"), "{e}");
+        assert_eq!(err("queues: []").path, "queues");
+        assert_eq!(err("queues: [a, '']").path, "queues[1]");
+        assert_eq!(err("interval: 0s").path, "interval");
+        assert_eq!(err("priority_steps: []").path, "priority_steps");
+        assert_eq!(err("bogus: 1").path, "bogus");
+    }
+
+    #[test]
+    fn endpoint_for_logs_has_no_password() {
+        let client = redis::Client::open("redis://user:s3cret@example.com:6380/3").unwrap();
+        assert_eq!(display_endpoint(&client), "example.com:6380/3");
+    }
+
+    #[test]
+    fn gauge_shape() {
+        let rm = queue_length_metrics(&[("celery", 7), ("low", 0)], 42);
+        let m = &rm.scope_metrics[0].metrics[0];
+        assert_eq!(m.name, "celery_queue_length");
+        let Some(metric::Data::Gauge(g)) = &m.data else {
+            panic!("not a gauge")
+        };
+        assert_eq!(g.data_points.len(), 2);
+        assert_eq!(g.data_points[0].time_unix_nano, 42);
+        assert_eq!(
+            g.data_points[0].value,
+            Some(number_data_point::Value::AsInt(7))
+        );
+        assert_eq!(g.data_points[0].attributes[0].key, "queue_name");
+    }
+
+    // --- against a real redis-server -----------------------------------------------------
+
+    struct RedisServer {
+        child: std::process::Child,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for RedisServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn redis_server_available() -> bool {
+        std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    async fn start_redis(port: u16) -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        RedisServer { child, _dir: dir }
+    }
+
+    fn errors_counted(t: &Telemetry) -> u64 {
+        t.render()
+            .lines()
+            .filter(|l| {
+                l.starts_with("celeriac_receiver_errors_total{component=\"receivers/redis_queues\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    fn celery_length(s: &Signal) -> Option<i64> {
+        let Signal::Metrics(rm) = s else { return None };
+        let m = &rm.first()?.scope_metrics.first()?.metrics.first()?;
+        let Some(metric::Data::Gauge(g)) = &m.data else {
+            return None;
+        };
+        let p = g.data_points.iter().find(|p| {
+            p.attributes.iter().any(|a| {
+                a.key == "queue_name"
+                    && a.value.as_ref().and_then(|v| v.value.as_ref())
+                        == Some(&any_value::Value::StringValue("celery".into()))
+            })
+        })?;
+        match p.value {
+            Some(number_data_point::Value::AsInt(n)) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// The next batch reporting `celery` at `want`, within `within`.
+    async fn wait_for(rx: &async_channel::Receiver<Signal>, want: i64, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while let Ok(Ok(s)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            if celery_length(&s) == Some(want) {
+                return true;
+            }
+        }
+        false
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn polls_a_real_redis_and_survives_its_loss() {
+        if !redis_server_available() {
+            println!("skipping: redis-server is not on PATH");
+            return;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("redis://127.0.0.1:{port}/0");
+        let server = start_redis(port).await;
+        {
+            let client = redis::Client::open(url.as_str()).unwrap();
+            let mut c = client.get_multiplexed_async_connection().await.unwrap();
+            let _: () = redis::pipe()
+                .cmd("RPUSH")
+                .arg("celery")
+                .arg("a")
+                .arg("b")
+                .ignore()
+                .cmd("RPUSH")
+                .arg("celery\x06\x163")
+                .arg("c")
+                .ignore()
+                .cmd("RPUSH")
+                .arg("celery\x06\x169")
+                .arg("d")
+                .arg("e")
+                .arg("f")
+                .ignore()
+                .cmd("RPUSH")
+                .arg("other")
+                .arg("x")
+                .ignore()
+                .query_async(&mut c)
+                .await
+                .unwrap();
+        }
+
+        let v: Value = serde_yaml_ng::from_str(&format!(
+            "endpoint: {url}\ninterval: 100ms\nqueues: [celery, other, empty]"
+        ))
+        .unwrap();
+        let receiver = build(&v).ok().unwrap();
+        let (tx, rx) = async_channel::bounded(64);
+        let ctx = Context {
+            id: "receivers/redis_queues".into(),
+            shutdown: CancellationToken::new(),
+            telemetry: Telemetry::new(),
+        };
+        let telemetry = ctx.telemetry.clone();
+        let shutdown = ctx.shutdown.clone();
+        let out = Output::new(
+            vec![(SignalKind::Metrics, vec![tx])],
+            Counter::default(),
+            Counter::default(),
+        );
+        let run = tokio::spawn(receiver.run(ctx, out));
+
+        let first = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(celery_length(&first), Some(6), "{first:?}");
+        let Signal::Metrics(rm) = &first else {
+            unreachable!()
+        };
+        let Some(metric::Data::Gauge(g)) = &rm[0].scope_metrics[0].metrics[0].data else {
+            panic!()
+        };
+        let values: Vec<_> = g.data_points.iter().map(|p| p.value.clone()).collect();
+        assert_eq!(
+            values,
+            [6, 1, 0].map(|n| Some(number_data_point::Value::AsInt(n)))
+        );
+
+        // Redis goes away: the receiver keeps running, counts errors and emits nothing.
+        drop(server);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        while rx.try_recv().is_ok() {}
+        assert!(
+            !run.is_finished(),
+            "receiver must keep running without Redis"
+        );
+        assert!(errors_counted(&telemetry) > 0, "{}", telemetry.render());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            rx.try_recv().is_err(),
+            "nothing is emitted while Redis is down"
+        );
+
+        // Redis comes back (empty, no persistence): values flow again.
+        let _server = start_redis(port).await;
+        assert!(
+            wait_for(&rx, 0, Duration::from_secs(10)).await,
+            "no value after Redis came back"
+        );
+
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(2), run)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
