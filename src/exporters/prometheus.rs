@@ -1484,14 +1484,14 @@ mod tests {
         assert!(http_get(addr, "/").await.contains("href=\"/metrics\""));
         assert!(http_get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
 
-        // Input closed: the exporter returns and stops serving.
+        // Input closed: the exporter stops its server, waits for it, and returns. (Connecting
+        // afterwards proves nothing: a parallel test may have been given the freed port.)
         drop(in_tx);
         tokio::time::timeout(Duration::from_secs(5), run)
             .await
             .unwrap()
             .unwrap()
             .unwrap();
-        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     }
 
     #[tokio::test]

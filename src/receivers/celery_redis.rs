@@ -131,7 +131,8 @@ impl Receiver for CeleryRedis {
             let events_in = t.counter("celeriac_celery_events_received_total", "Celery events decoded.", &label);
             let reconnects = t.counter("celeriac_celery_redis_reconnects_total", "Times the subscription was re-established after a loss.", &label);
             let gap_ms = t.counter("celeriac_celery_redis_gap_milliseconds_total", "Time without a subscription after a loss (events published then are lost).", &label);
-            let connect_errors = t.counter("celeriac_receiver_errors_total", "Receiver errors (connect, protocol).", &label);
+            let connect_errors = t.counter("celeriac_receiver_errors_total", "Receiver errors, by reason.", &[("component", &*ctx.id), ("reason", "connect")]);
+            let read_errors = t.counter("celeriac_receiver_errors_total", "Receiver errors, by reason.", &[("component", &*ctx.id), ("reason", "connection_lost")]);
             let connected = t.gauge("celeriac_celery_redis_connected", "1 while subscribed to the broker.", &label);
             let mut drops = Drops { ctx: ctx.clone(), counters: HashMap::new(), last_warn: HashMap::new() };
 
@@ -199,7 +200,7 @@ impl Receiver for CeleryRedis {
                         }
                         Err(e) => {
                             connected.set(0);
-                            connect_errors.inc();
+                            read_errors.inc();
                             tracing::warn!(component = %ctx.id, endpoint = %self.endpoint.redacted(), error = %e, "Lost the Celery event subscription; reconnecting.");
                             lost_at = Some(Instant::now());
                             if session_start.elapsed() >= HEALTHY_SESSION {
