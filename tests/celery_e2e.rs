@@ -124,18 +124,6 @@ fn real_worker_counts_queues_workers_and_logs() {
     assert_eq!(waits, 12.0);
     assert_eq!(metric_value(&samples, "celeriac_celery_events_missed_total", &[("hostname", "host1")]), Some(0.0));
 
-    // A queue nobody consumes, with priority sub-queues.
-    let fill = run_client(&redis.url(), &["fill_queue", "backlog", "10"]);
-    let total = fill["total"].as_f64().unwrap();
-    assert_eq!(total, 15.0);
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            scrape(&prom_addr).and_then(|s| metric_value(&s, "celery_queue_length", &[("queue_name", "backlog")])) == Some(total)
-        }),
-        "queue length of backlog\n{}",
-        agent.output()
-    );
-
     // One log line per lifecycle step.
     let text = std::fs::read_to_string(&log_path).unwrap();
     let mut per_event: BTreeMap<String, u64> = BTreeMap::new();
@@ -156,6 +144,18 @@ fn real_worker_counts_queues_workers_and_logs() {
     assert_eq!(failed["exception.type"], "ValueError");
     assert!(failed["exception.stacktrace"].as_str().unwrap().starts_with("Traceback"));
     assert_eq!(failed["level"], "error");
+
+    // A queue nobody consumes, with priority sub-queues.
+    let fill = run_client(&redis.url(), &["fill_queue", "backlog", "10"]);
+    let total = fill["total"].as_f64().unwrap();
+    assert_eq!(total, 15.0);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            scrape(&prom_addr).and_then(|s| metric_value(&s, "celery_queue_length", &[("queue_name", "backlog")])) == Some(total)
+        }),
+        "queue length of backlog\n{}",
+        agent.output()
+    );
 
     // Worker stops (warm shutdown sends worker-offline): down.
     worker.stop();
