@@ -118,7 +118,9 @@ impl Output {
 
     /// Does any pipeline take `kind` from this producer?
     pub fn wants(&self, kind: SignalKind) -> bool {
-        self.targets.iter().any(|(k, t)| *k == kind && !t.is_empty())
+        self.targets
+            .iter()
+            .any(|(k, t)| *k == kind && !t.is_empty())
     }
 
     fn senders(&self, kind: SignalKind) -> &[async_channel::Sender<Signal>] {

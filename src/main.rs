@@ -11,7 +11,11 @@ use celeriac::pipeline::{self, Graph};
 use celeriac::telemetry::{self, Telemetry};
 
 #[derive(Parser)]
-#[command(name = "celeriac", version, about = "Telemetry pipeline agent for Celery")]
+#[command(
+    name = "celeriac",
+    version,
+    about = "Telemetry pipeline agent for Celery"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,7 +38,10 @@ enum Command {
 fn load(path: Option<&PathBuf>) -> (Option<(Config, Graph)>, Diagnostics) {
     let (cfg, mut d) = match path {
         Some(p) => config::load(p),
-        None => config::parse(config::DEFAULT_PIPELINE, "<built-in pipelines/default.yaml>"),
+        None => config::parse(
+            config::DEFAULT_PIPELINE,
+            "<built-in pipelines/default.yaml>",
+        ),
     };
     let built = cfg.and_then(|c| Graph::build(&c, &mut d).map(|g| (c, g)));
     (built, d)
@@ -47,7 +54,11 @@ fn main() -> ExitCode {
             let (built, d) = load(config.as_ref());
             eprint!("{}", d.render());
             if built.is_some() {
-                let name = config.as_ref().map_or("built-in default pipeline".to_string(), |p| p.display().to_string());
+                let name = config
+                    .as_ref()
+                    .map_or("built-in default pipeline".to_string(), |p| {
+                        p.display().to_string()
+                    });
                 println!("{name}: valid");
                 ExitCode::SUCCESS
             } else {
@@ -63,7 +74,10 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             };
             telemetry::init_logging(&cfg.service.telemetry.log_level);
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the async runtime: {e}");
@@ -89,7 +103,11 @@ async fn run(cfg: Config, graph: Graph) -> ExitCode {
             }
         };
         let t = telemetry.clone();
-        tokio::spawn(telemetry::serve(listener, move |_, path| telemetry_page(&t, path), server_stop.clone()));
+        tokio::spawn(telemetry::serve(
+            listener,
+            move |_, path| telemetry_page(&t, path),
+            server_stop.clone(),
+        ));
         tracing::info!(%addr, "Serving /metrics and /healthz.");
     }
 
@@ -114,10 +132,22 @@ async fn run(cfg: Config, graph: Graph) -> ExitCode {
 fn telemetry_page(t: &Telemetry, path: &str) -> telemetry::Reply {
     use hyper::StatusCode;
     match path {
-        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", t.render().into()),
+        "/metrics" => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            t.render().into(),
+        ),
         "/healthz" if t.healthy() => (StatusCode::OK, "text/plain", "ok\n".into()),
-        "/healthz" => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".into()),
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics or /healthz\n".into()),
+        "/healthz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready\n".into(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics or /healthz\n".into(),
+        ),
     }
 }
 

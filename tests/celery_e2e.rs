@@ -51,7 +51,15 @@ service:
     )
 }
 
-const EVENTS: [&str; 7] = ["sent", "received", "started", "succeeded", "failed", "retried", "revoked"];
+const EVENTS: [&str; 7] = [
+    "sent",
+    "received",
+    "started",
+    "succeeded",
+    "failed",
+    "retried",
+    "revoked",
+];
 
 /// `{event: {task name: count}}` from celeriac's scrape.
 fn scraped_counts(samples: &[Sample]) -> BTreeMap<String, BTreeMap<String, u64>> {
@@ -60,7 +68,10 @@ fn scraped_counts(samples: &[Sample]) -> BTreeMap<String, BTreeMap<String, u64>>
         let name = format!("celery_task_{ev}_total");
         for (n, labels, v) in samples {
             if *n == name && *v > 0.0 {
-                *out.entry(ev.to_string()).or_default().entry(labels["name"].clone()).or_default() += *v as u64;
+                *out.entry(ev.to_string())
+                    .or_default()
+                    .entry(labels["name"].clone())
+                    .or_default() += *v as u64;
             }
         }
     }
@@ -87,62 +98,128 @@ fn real_worker_counts_queues_workers_and_logs() {
     let prom_addr = format!("127.0.0.1:{prom}");
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("tasks.jsonl");
-    let mut agent = Agent::start(bin(), &config(&redis.url(), prom, tel, &log_path.display().to_string()));
-    assert!(wait_until(Duration::from_secs(15), || scrape(&prom_addr).is_some()), "agent up\n{}", agent.output());
+    let mut agent = Agent::start(
+        bin(),
+        &config(&redis.url(), prom, tel, &log_path.display().to_string()),
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || scrape(&prom_addr).is_some()),
+        "agent up\n{}",
+        agent.output()
+    );
 
     let mut worker = CeleryWorker::start(&redis.url(), WorkerOpts::default().heartbeat(1));
     worker.assert_ready(Duration::from_secs(60));
     let worker_up = |want: f64| {
         wait_until(Duration::from_secs(15), || {
-            scrape(&prom_addr).and_then(|s| metric_value(&s, "celery_worker_up", &[("hostname", "host1")])) == Some(want)
+            scrape(&prom_addr)
+                .and_then(|s| metric_value(&s, "celery_worker_up", &[("hostname", "host1")]))
+                == Some(want)
         })
     };
     assert!(worker_up(1.0), "worker up\n{}", agent.output());
 
     let mix = run_client(&redis.url(), &["run_mix"]);
-    assert_eq!(mix["match"], Value::Bool(true), "the client saw the events it expected: {mix}");
+    assert_eq!(
+        mix["match"],
+        Value::Bool(true),
+        "the client saw the events it expected: {mix}"
+    );
     let want = expected_counts(&mix);
     let mut last = BTreeMap::new();
     let converged = wait_until(Duration::from_secs(15), || {
-        last = scrape(&prom_addr).map(|s| scraped_counts(&s)).unwrap_or_default();
+        last = scrape(&prom_addr)
+            .map(|s| scraped_counts(&s))
+            .unwrap_or_default();
         last == want
     });
-    assert!(converged, "counters\n got {last:?}\nwant {want:?}\n{}", agent.output());
+    assert!(
+        converged,
+        "counters\n got {last:?}\nwant {want:?}\n{}",
+        agent.output()
+    );
 
     let samples = scrape(&prom_addr).unwrap();
     // Runtime histogram: one observation per success, per task name.
     for (name, n) in &want["succeeded"] {
         let count = metric_value(&samples, "celery_task_runtime_count", &[("name", name)]);
         assert_eq!(count, Some(*n as f64), "runtime count for {name}");
-        let inf = metric_value(&samples, "celery_task_runtime_bucket", &[("name", name), ("le", "+Inf")]);
+        let inf = metric_value(
+            &samples,
+            "celery_task_runtime_bucket",
+            &[("name", name), ("le", "+Inf")],
+        );
         assert_eq!(inf, Some(*n as f64), "+Inf bucket for {name}");
     }
     // Failures carry the exception class.
-    assert_eq!(metric_value(&samples, "celery_task_failed_total", &[("name", "shop.send_receipt"), ("exception", "ValueError")]), Some(2.0));
+    assert_eq!(
+        metric_value(
+            &samples,
+            "celery_task_failed_total",
+            &[("name", "shop.send_receipt"), ("exception", "ValueError")]
+        ),
+        Some(2.0)
+    );
     // Queue wait is observed at every start.
     let waits = metric_value(&samples, "celery_task_queue_wait_time_count", &[]).unwrap_or(0.0);
     assert_eq!(waits, 12.0);
-    assert_eq!(metric_value(&samples, "celeriac_celery_events_missed_total", &[("hostname", "host1")]), Some(0.0));
+    assert_eq!(
+        metric_value(
+            &samples,
+            "celeriac_celery_events_missed_total",
+            &[("hostname", "host1")]
+        ),
+        Some(0.0)
+    );
 
     // One log line per lifecycle step.
     let text = std::fs::read_to_string(&log_path).unwrap();
     let mut per_event: BTreeMap<String, u64> = BTreeMap::new();
     for line in text.lines() {
         let v: Value = serde_json::from_str(line).expect("JSON line");
-        *per_event.entry(v["event"].as_str().unwrap_or("").to_string()).or_default() += 1;
+        *per_event
+            .entry(v["event"].as_str().unwrap_or("").to_string())
+            .or_default() += 1;
     }
     let total_of = |ev: &str| want.get(ev).map_or(0, |m| m.values().sum::<u64>());
-    assert_eq!(per_event.get("task.sent").copied().unwrap_or(0), total_of("sent"));
-    assert_eq!(per_event.get("task.received").copied().unwrap_or(0), total_of("received"));
-    assert_eq!(per_event.get("task.started").copied().unwrap_or(0), total_of("started"));
-    assert_eq!(per_event.get("task.completed").copied().unwrap_or(0), total_of("succeeded"));
-    assert_eq!(per_event.get("task.failed").copied().unwrap_or(0), total_of("failed"));
-    assert_eq!(per_event.get("task.retried").copied().unwrap_or(0), total_of("retried"));
-    assert_eq!(per_event.get("task.revoked").copied().unwrap_or(0), total_of("revoked"));
-    let failed = text.lines().find(|l| l.contains("\"task.failed\"")).unwrap();
+    assert_eq!(
+        per_event.get("task.sent").copied().unwrap_or(0),
+        total_of("sent")
+    );
+    assert_eq!(
+        per_event.get("task.received").copied().unwrap_or(0),
+        total_of("received")
+    );
+    assert_eq!(
+        per_event.get("task.started").copied().unwrap_or(0),
+        total_of("started")
+    );
+    assert_eq!(
+        per_event.get("task.completed").copied().unwrap_or(0),
+        total_of("succeeded")
+    );
+    assert_eq!(
+        per_event.get("task.failed").copied().unwrap_or(0),
+        total_of("failed")
+    );
+    assert_eq!(
+        per_event.get("task.retried").copied().unwrap_or(0),
+        total_of("retried")
+    );
+    assert_eq!(
+        per_event.get("task.revoked").copied().unwrap_or(0),
+        total_of("revoked")
+    );
+    let failed = text
+        .lines()
+        .find(|l| l.contains("\"task.failed\""))
+        .unwrap();
     let failed: Value = serde_json::from_str(failed).unwrap();
     assert_eq!(failed["exception.type"], "ValueError");
-    assert!(failed["exception.stacktrace"].as_str().unwrap().starts_with("Traceback"));
+    assert!(failed["exception.stacktrace"]
+        .as_str()
+        .unwrap()
+        .starts_with("Traceback"));
     assert_eq!(failed["level"], "error");
 
     // A queue nobody consumes, with priority sub-queues.
@@ -151,7 +228,9 @@ fn real_worker_counts_queues_workers_and_logs() {
     assert_eq!(total, 15.0);
     assert!(
         wait_until(Duration::from_secs(10), || {
-            scrape(&prom_addr).and_then(|s| metric_value(&s, "celery_queue_length", &[("queue_name", "backlog")])) == Some(total)
+            scrape(&prom_addr)
+                .and_then(|s| metric_value(&s, "celery_queue_length", &[("queue_name", "backlog")]))
+                == Some(total)
         }),
         "queue length of backlog\n{}",
         agent.output()
@@ -162,7 +241,13 @@ fn real_worker_counts_queues_workers_and_logs() {
     assert!(worker_up(0.0), "worker down\n{}", agent.output());
 
     agent.terminate();
-    assert!(agent.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", agent.output());
+    assert!(
+        agent
+            .wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success()),
+        "{}",
+        agent.output()
+    );
 }
 
 #[test]
@@ -172,10 +257,18 @@ fn bad_envelopes_are_counted_and_nothing_else_is_lost() {
     let (prom_addr, tel_addr) = (format!("127.0.0.1:{prom}"), format!("127.0.0.1:{tel}"));
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("tasks.jsonl");
-    let agent = Agent::start(bin(), &config(&redis.url(), prom, tel, &log_path.display().to_string()));
-    assert!(wait_until(Duration::from_secs(15), || {
-        scrape(&tel_addr).and_then(|s| metric_value(&s, "celeriac_celery_redis_connected", &[])) == Some(1.0)
-    }), "{}", agent.output());
+    let agent = Agent::start(
+        bin(),
+        &config(&redis.url(), prom, tel, &log_path.display().to_string()),
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            scrape(&tel_addr).and_then(|s| metric_value(&s, "celeriac_celery_redis_connected", &[]))
+                == Some(1.0)
+        }),
+        "{}",
+        agent.output()
+    );
 
     let fixtures = repo_root().join("tests/fixtures");
     let lines = |f: &str| -> Vec<(String, String)> {
@@ -184,7 +277,10 @@ fn bad_envelopes_are_counted_and_nothing_else_is_lost() {
             .lines()
             .map(|l| {
                 let v: Value = serde_json::from_str(l).unwrap();
-                (v["channel"].as_str().unwrap().to_string(), v["data"].as_str().unwrap().to_string())
+                (
+                    v["channel"].as_str().unwrap().to_string(),
+                    v["data"].as_str().unwrap().to_string(),
+                )
             })
             .collect()
     };
@@ -213,21 +309,40 @@ fn bad_envelopes_are_counted_and_nothing_else_is_lost() {
             redis.cmd(&["PUBLISH", &ch, &data]);
         }
     }
-    let dropped = |s: &[Sample], reason: &str| metric_value(s, "celeriac_celery_events_dropped_total", &[("reason", reason)]).unwrap_or(0.0);
+    let dropped = |s: &[Sample], reason: &str| {
+        metric_value(
+            s,
+            "celeriac_celery_events_dropped_total",
+            &[("reason", reason)],
+        )
+        .unwrap_or(0.0)
+    };
     let mut t = Vec::new();
     let ok = wait_until(Duration::from_secs(10), || {
         t = scrape(&tel_addr).unwrap_or_default();
         dropped(&t, "pickle") == pickles as f64
             && metric_value(&t, "celeriac_celery_events_received_total", &[]) == Some(88.0)
     });
-    assert!(ok, "telemetry:\n{:?}\n{}", t.iter().filter(|s| s.0.starts_with("celeriac_celery")).collect::<Vec<_>>(), agent.output());
-    let total_dropped = metric_value(&t, "celeriac_celery_events_dropped_total", &[]).unwrap_or(0.0);
+    assert!(
+        ok,
+        "telemetry:\n{:?}\n{}",
+        t.iter()
+            .filter(|s| s.0.starts_with("celeriac_celery"))
+            .collect::<Vec<_>>(),
+        agent.output()
+    );
+    let total_dropped =
+        metric_value(&t, "celeriac_celery_events_dropped_total", &[]).unwrap_or(0.0);
     assert_eq!(total_dropped, (pickles + garbage.len()) as f64, "{t:?}");
     assert_eq!(dropped(&t, "msgpack"), 1.0);
     assert_eq!(dropped(&t, "bad_base64"), 1.0);
     let ok = wait_until(Duration::from_secs(10), || {
-        scrape(&prom_addr).and_then(|s| metric_value(&s, "celery_task_succeeded_total", &[("name", "shop.a")])) == Some(7.0)
+        scrape(&prom_addr)
+            .and_then(|s| metric_value(&s, "celery_task_succeeded_total", &[("name", "shop.a")]))
+            == Some(7.0)
     });
     assert!(ok, "{}", agent.output());
-    assert!(agent.stderr().contains("Dropping undecodable Celery input."));
+    assert!(agent
+        .stderr()
+        .contains("Dropping undecodable Celery input."));
 }

@@ -13,8 +13,16 @@ fn bin() -> &'static Path {
 }
 
 fn validate(path: &Path) -> (i32, String, String) {
-    let out = Command::new(bin()).args(["validate", "-c"]).arg(path).output().expect("run celeriac");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(bin())
+        .args(["validate", "-c"])
+        .arg(path)
+        .output()
+        .expect("run celeriac");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -27,7 +35,11 @@ fn shipped_pipelines_are_valid() {
     }
     // No -c: the built-in copy of pipelines/default.yaml.
     let out = Command::new(bin()).arg("validate").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -50,7 +62,11 @@ fn validate_reports_every_mistake_with_its_line() {
     ] {
         assert!(stderr.contains(&want), "missing {want:?} in:\n{stderr}");
     }
-    assert!(stderr.contains("warning: exporter prometheus is declared but no pipeline uses it") || stderr.contains("error"), "{stderr}");
+    assert!(
+        stderr.contains("warning: exporter prometheus is declared but no pipeline uses it")
+            || stderr.contains("error"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -70,26 +86,45 @@ fn invalid_yaml_is_a_clear_error() {
 fn default_pipeline_runs_and_stops_on_sigterm() {
     let redis = RedisServer::start();
     let mut cmd = Command::new(bin());
-    cmd.arg("run").env("CELERIAC_REDIS_URL", redis.url()).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.arg("run")
+        .env("CELERIAC_REDIS_URL", redis.url())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn celeriac");
-    let up = wait_until(Duration::from_secs(15), || matches!(http_get("127.0.0.1:8888", "/healthz"), Some((200, _))));
+    let up = wait_until(Duration::from_secs(15), || {
+        matches!(http_get("127.0.0.1:8888", "/healthz"), Some((200, _)))
+    });
     assert!(up, "healthz never became ready");
     let (status, body) = http_get("127.0.0.1:8888", "/metrics").unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("celeriac_celery_redis_connected"), "{body}");
-    assert!(matches!(http_get("127.0.0.1:9540", "/metrics"), Some((200, _))), "prometheus exporter on 9540");
+    assert!(
+        matches!(http_get("127.0.0.1:9540", "/metrics"), Some((200, _))),
+        "prometheus exporter on 9540"
+    );
     let t0 = Instant::now();
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "did not exit within the shutdown deadline");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "did not exit within the shutdown deadline"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut err = String::new();
     use std::io::Read;
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(status.success(), "exit {status:?}\n{err}");
     assert!(err.contains("Shutdown complete."), "{err}");
 }

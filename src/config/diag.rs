@@ -53,7 +53,13 @@ impl Diagnostics {
         self.push_at(severity, path, pos, message);
     }
 
-    pub fn push_at(&mut self, severity: Severity, path: &str, pos: Option<Pos>, message: impl Into<String>) {
+    pub fn push_at(
+        &mut self,
+        severity: Severity,
+        path: &str,
+        pos: Option<Pos>,
+        message: impl Into<String>,
+    ) {
         self.items.push(Diagnostic {
             severity,
             path: path.to_string(),
@@ -93,7 +99,11 @@ impl Diagnostics {
                 Severity::Warning => "warning",
             };
             let _ = match d.pos {
-                Some(p) => writeln!(out, "{}:{}:{}: {sev}: {}", self.file, p.line, p.col, d.message),
+                Some(p) => writeln!(
+                    out,
+                    "{}:{}:{}: {sev}: {}",
+                    self.file, p.line, p.col, d.message
+                ),
                 None => writeln!(out, "{}: {sev}: {}", self.file, d.message),
             };
         }

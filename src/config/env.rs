@@ -14,13 +14,25 @@ fn expand_at(v: Value, path: &str, d: &mut Diagnostics) -> Value {
         Value::String(s) if s.contains('$') => match expand_str(&s) {
             Ok((out, missing, whole)) => {
                 for var in missing {
-                    d.warn(path, format!("environment variable {var} is not set; using an empty string"));
+                    d.warn(
+                        path,
+                        format!("environment variable {var} is not set; using an empty string"),
+                    );
                 }
                 if whole {
                     serde_yaml_ng::from_str::<Value>(&out)
                         .ok()
-                        .filter(|v| !matches!(v, Value::Mapping(_) | Value::Sequence(_) | Value::Null) || out.trim().is_empty())
-                        .map(|v| if matches!(v, Value::Null) { Value::String(out.clone()) } else { v })
+                        .filter(|v| {
+                            !matches!(v, Value::Mapping(_) | Value::Sequence(_) | Value::Null)
+                                || out.trim().is_empty()
+                        })
+                        .map(|v| {
+                            if matches!(v, Value::Null) {
+                                Value::String(out.clone())
+                            } else {
+                                v
+                            }
+                        })
                         .unwrap_or(Value::String(out))
                 } else {
                     Value::String(out)
@@ -74,18 +86,18 @@ fn expand_str(s: &str) -> Result<(String, Vec<String>, bool), String> {
                 .ok_or_else(|| format!("unterminated `${{` in `{s}`"))?;
             let inner = &body[..end];
             let spec = inner.strip_prefix("env:").ok_or_else(|| {
-                format!("`${{{inner}}}`: only `${{env:VAR}}` and `${{env:VAR:-default}}` are supported")
+                format!(
+                    "`${{{inner}}}`: only `${{env:VAR}}` and `${{env:VAR:-default}}` are supported"
+                )
             })?;
             let (name, default) = match spec.split_once(":-") {
                 Some((n, dflt)) => (n, Some(dflt)),
                 None => (spec, None),
             };
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            {
-                return Err(format!("`${{{inner}}}`: `{name}` is not a valid environment variable name"));
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(format!(
+                    "`${{{inner}}}`: `{name}` is not a valid environment variable name"
+                ));
             }
             match std::env::var(name) {
                 Ok(val) if !val.is_empty() || default.is_none() => out.push_str(&val),

@@ -51,8 +51,12 @@ impl Marks {
 
 enum Frame {
     /// In a mapping; `key` is the pending key (None while waiting for one).
-    Map { key: Option<String> },
-    Seq { next: usize },
+    Map {
+        key: Option<String>,
+    },
+    Seq {
+        next: usize,
+    },
 }
 
 #[derive(Default)]
@@ -113,12 +117,8 @@ impl Builder {
 impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         match ev {
-            Event::Scalar(s, ..) => {
-                if !self.key(s, &mark) {
-                    self.value_path(&mark);
-                }
-            }
-            Event::Alias(_) => {
+            Event::Scalar(s, ..) if self.key(s, &mark) => {}
+            Event::Scalar(..) | Event::Alias(_) => {
                 self.value_path(&mark);
             }
             Event::MappingStart(..) => {

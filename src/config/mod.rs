@@ -40,8 +40,7 @@ impl ComponentId {
             None => (s, None),
         };
         let valid_type = !t.is_empty()
-            && t
-                .bytes()
+            && t.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if !valid_type {
             return Err(format!(
@@ -223,7 +222,10 @@ pub fn parse(text: &str, file: &str) -> (Option<Config>, Diagnostics) {
         Value::Mapping(m) => m,
         Value::Null => Default::default(),
         _ => {
-            d.error("", "the config must be a mapping with `receivers`, `exporters` and `service`");
+            d.error(
+                "",
+                "the config must be a mapping with `receivers`, `exporters` and `service`",
+            );
             return (None, d);
         }
     };
@@ -250,7 +252,10 @@ pub fn parse(text: &str, file: &str) -> (Option<Config>, Diagnostics) {
         }
     }
     if !root.contains_key("service") {
-        d.error("", "the config has no `service` section, so no pipeline runs");
+        d.error(
+            "",
+            "the config has no `service` section, so no pipeline runs",
+        );
     }
     let config = Config {
         components,
@@ -270,7 +275,10 @@ fn read_section(section: Section, v: &Value, out: &mut Vec<ComponentDecl>, d: &m
         Value::Mapping(m) => m,
         Value::Null => return,
         _ => {
-            d.error(key, format!("`{key}` must be a mapping of component ids to settings"));
+            d.error(
+                key,
+                format!("`{key}` must be a mapping of component ids to settings"),
+            );
             return;
         }
     };
@@ -324,7 +332,10 @@ fn read_service(
         return;
     };
     let Value::Mapping(pipes) = pipes else {
-        d.error("service.pipelines", "`pipelines` must be a mapping of pipeline ids");
+        d.error(
+            "service.pipelines",
+            "`pipelines` must be a mapping of pipeline ids",
+        );
         return;
     };
     for (k, p) in &pipes {
@@ -482,7 +493,10 @@ mod tests {
         assert!(cfg.is_none());
         let out = d.render();
         assert!(out.contains("t.yaml:2:3: error:"), "{out}");
-        assert!(out.contains("t.yaml:3:1: error: unknown top-level key `foo`"), "{out}");
+        assert!(
+            out.contains("t.yaml:3:1: error: unknown top-level key `foo`"),
+            "{out}"
+        );
         assert!(out.contains("t.yaml:6:5: error: pipeline `spans`"), "{out}");
     }
 

@@ -50,7 +50,9 @@ pub mod opt_addr {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
         match Option::<String>::deserialize(d)? {
             None => Ok(None),
-            Some(s) => super::parse_addr(&s).map(Some).map_err(serde::de::Error::custom),
+            Some(s) => super::parse_addr(&s)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
         }
     }
 }

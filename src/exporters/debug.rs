@@ -50,7 +50,11 @@ pub fn summary(s: &Signal) -> String {
     };
     match s {
         Signal::Celery(ev) => format!("celery: {} events", ev.len()),
-        _ => format!("{}: {resources} resources, {} items", s.kind(), s.item_count()),
+        _ => format!(
+            "{}: {resources} resources, {} items",
+            s.kind(),
+            s.item_count()
+        ),
     }
 }
 

@@ -56,7 +56,10 @@ impl Default for LogsConfig {
 fn build(v: &Value) -> BuildResult<dyn Exporter> {
     let cfg: LogsConfig = config::decode(v)?;
     if cfg.path.trim().is_empty() {
-        return Err(config::DecodeError::new("path", "must be stdout, stderr or a file path"));
+        return Err(config::DecodeError::new(
+            "path",
+            "must be stdout, stderr or a file path",
+        ));
     }
     Ok(Box::new(LogsExporter { cfg }))
 }
@@ -76,7 +79,9 @@ impl LogsExporter {
                     .create(true)
                     .append(true)
                     .open(&path)
-                    .map_err(|e| ComponentError::Other(format!("cannot open {}: {e}", path.display())))?;
+                    .map_err(|e| {
+                        ComponentError::Other(format!("cannot open {}: {e}", path.display()))
+                    })?;
                 Box::new(f)
             }
         })
@@ -87,8 +92,16 @@ impl Exporter for LogsExporter {
     fn run(self: Box<Self>, ctx: Context, input: Input) -> BoxRun {
         Box::pin(async move {
             let mut out = BufWriter::with_capacity(64 * 1024, self.open()?);
-            let written = ctx.telemetry.counter("celeriac_exporter_sent_items_total", "Items an exporter delivered.", &[("component", &ctx.id)]);
-            let failed = ctx.telemetry.counter("celeriac_exporter_failed_items_total", "Items an exporter could not deliver.", &[("component", &ctx.id)]);
+            let written = ctx.telemetry.counter(
+                "celeriac_exporter_sent_items_total",
+                "Items an exporter delivered.",
+                &[("component", &ctx.id)],
+            );
+            let failed = ctx.telemetry.counter(
+                "celeriac_exporter_failed_items_total",
+                "Items an exporter could not deliver.",
+                &[("component", &ctx.id)],
+            );
             let mut buf = Vec::with_capacity(64 * 1024);
             while let Some(batch) = input.recv().await {
                 buf.clear();
@@ -98,7 +111,8 @@ impl Exporter for LogsExporter {
                     _ => 0,
                 };
                 // Writing to a pipe or file can block; keep it off the async workers.
-                let res = tokio::task::block_in_place(|| out.write_all(&buf).and_then(|_| out.flush()));
+                let res =
+                    tokio::task::block_in_place(|| out.write_all(&buf).and_then(|_| out.flush()));
                 match res {
                     Ok(()) => written.add(n as u64),
                     Err(e) => {
@@ -132,9 +146,17 @@ pub fn write_logs(buf: &mut Vec<u8>, rl: &[ResourceLogs]) -> usize {
 
 fn log_line(rec: &LogRecord) -> Map<String, Json> {
     let mut m = Map::new();
-    let ts = if rec.time_unix_nano != 0 { rec.time_unix_nano } else { rec.observed_time_unix_nano };
+    let ts = if rec.time_unix_nano != 0 {
+        rec.time_unix_nano
+    } else {
+        rec.observed_time_unix_nano
+    };
     m.insert("ts".into(), Json::String(rfc3339(ts)));
-    let level = if rec.severity_text.is_empty() { severity_name(rec.severity_number) } else { rec.severity_text.to_ascii_lowercase() };
+    let level = if rec.severity_text.is_empty() {
+        severity_name(rec.severity_number)
+    } else {
+        rec.severity_text.to_ascii_lowercase()
+    };
     m.insert("level".into(), Json::String(level));
     if !rec.event_name.is_empty() {
         m.insert("event".into(), Json::String(rec.event_name.clone()));
@@ -170,17 +192,31 @@ pub fn write_spans(buf: &mut Vec<u8>, rs: &[ResourceSpans]) -> usize {
 
 fn span_line(span: &Span) -> Map<String, Json> {
     let mut m = Map::new();
-    m.insert("ts".into(), Json::String(rfc3339(span.start_time_unix_nano)));
-    let error = span.status.as_ref().is_some_and(|s| s.code == status::StatusCode::Error as i32);
-    m.insert("level".into(), Json::String(if error { "error" } else { "info" }.into()));
+    m.insert(
+        "ts".into(),
+        Json::String(rfc3339(span.start_time_unix_nano)),
+    );
+    let error = span
+        .status
+        .as_ref()
+        .is_some_and(|s| s.code == status::StatusCode::Error as i32);
+    m.insert(
+        "level".into(),
+        Json::String(if error { "error" } else { "info" }.into()),
+    );
     m.insert("event".into(), Json::String("span".into()));
     m.insert("msg".into(), Json::String(span.name.clone()));
     m.insert("trace_id".into(), Json::String(hex(&span.trace_id)));
     m.insert("span_id".into(), Json::String(hex(&span.span_id)));
     if !span.parent_span_id.is_empty() {
-        m.insert("parent_span_id".into(), Json::String(hex(&span.parent_span_id)));
+        m.insert(
+            "parent_span_id".into(),
+            Json::String(hex(&span.parent_span_id)),
+        );
     }
-    let dur = span.end_time_unix_nano.saturating_sub(span.start_time_unix_nano);
+    let dur = span
+        .end_time_unix_nano
+        .saturating_sub(span.start_time_unix_nano);
     m.insert("duration_ms".into(), serde_json::json!(dur as f64 / 1e6));
     if let Some(st) = &span.status {
         if !st.message.is_empty() {
@@ -191,7 +227,16 @@ fn span_line(span: &Span) -> Map<String, Json> {
     m
 }
 
-const RESERVED: &[&str] = &["ts", "level", "event", "msg", "trace_id", "span_id", "parent_span_id", "duration_ms"];
+const RESERVED: &[&str] = &[
+    "ts",
+    "level",
+    "event",
+    "msg",
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "duration_ms",
+];
 
 fn put_attributes(m: &mut Map<String, Json>, attrs: &[KeyValue]) {
     for kv in attrs {
@@ -209,8 +254,12 @@ pub fn any_to_json(v: &AnyValue) -> Json {
         Some(any_value::Value::StringValue(s)) => Json::String(s.clone()),
         Some(any_value::Value::BoolValue(b)) => Json::Bool(*b),
         Some(any_value::Value::IntValue(i)) => Json::from(*i),
-        Some(any_value::Value::DoubleValue(d)) => serde_json::Number::from_f64(*d).map_or(Json::Null, Json::Number),
-        Some(any_value::Value::ArrayValue(a)) => Json::Array(a.values.iter().map(any_to_json).collect()),
+        Some(any_value::Value::DoubleValue(d)) => {
+            serde_json::Number::from_f64(*d).map_or(Json::Null, Json::Number)
+        }
+        Some(any_value::Value::ArrayValue(a)) => {
+            Json::Array(a.values.iter().map(any_to_json).collect())
+        }
         Some(any_value::Value::KvlistValue(kv)) => {
             let mut m = Map::new();
             put_attributes(&mut m, &kv.values);
@@ -261,7 +310,12 @@ pub fn rfc3339(nanos: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]
@@ -270,14 +324,26 @@ mod tests {
     use opentelemetry_proto::tonic::logs::v1::ScopeLogs;
 
     fn kv(k: &str, v: &str) -> KeyValue {
-        KeyValue { key: k.into(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }), ..Default::default() }
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(v.into())),
+            }),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn formats_times() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(rfc3339(1_795_606_961_369_700_700), "2026-11-25T11:42:41.369700Z");
-        assert_eq!(rfc3339(951_782_400_000_000_000), "2000-02-29T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339(1_795_606_961_369_700_700),
+            "2026-11-25T11:42:41.369700Z"
+        );
+        assert_eq!(
+            rfc3339(951_782_400_000_000_000),
+            "2000-02-29T00:00:00.000000Z"
+        );
     }
 
     #[test]
@@ -286,12 +352,20 @@ mod tests {
             time_unix_nano: 1_000_000_000,
             severity_text: "INFO".into(),
             event_name: "task.started".into(),
-            body: Some(AnyValue { value: Some(any_value::Value::StringValue("started".into())) }),
+            body: Some(AnyValue {
+                value: Some(any_value::Value::StringValue("started".into())),
+            }),
             attributes: vec![kv("celery.task_id", "abc"), kv("level", "spoof")],
             trace_id: vec![1; 16],
             ..Default::default()
         };
-        let rl = vec![ResourceLogs { scope_logs: vec![ScopeLogs { log_records: vec![rec.clone(), rec], ..Default::default() }], ..Default::default() }];
+        let rl = vec![ResourceLogs {
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![rec.clone(), rec],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }];
         let mut buf = Vec::new();
         assert_eq!(write_logs(&mut buf, &rl), 2);
         let text = String::from_utf8(buf).unwrap();

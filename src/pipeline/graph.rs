@@ -60,14 +60,23 @@ impl Graph {
             };
             factories.insert((decl.section, decl.id.clone()), factory);
             let built = match factory {
-                Factory::Receiver { build, .. } => build(&decl.settings).map(|r| receivers.push((decl.id.clone(), r))),
-                Factory::Exporter { build, .. } => build(&decl.settings).map(|e| exporters.push((decl.id.clone(), e))),
-                Factory::Connector { build, .. } => build(&decl.settings).map(|c| connectors.push((decl.id.clone(), c))),
+                Factory::Receiver { build, .. } => {
+                    build(&decl.settings).map(|r| receivers.push((decl.id.clone(), r)))
+                }
+                Factory::Exporter { build, .. } => {
+                    build(&decl.settings).map(|e| exporters.push((decl.id.clone(), e)))
+                }
+                Factory::Connector { build, .. } => {
+                    build(&decl.settings).map(|c| connectors.push((decl.id.clone(), c)))
+                }
                 // Built per pipeline below; decode once here so errors are reported even when unused.
                 Factory::Processor { build, .. } => build(&decl.settings).map(drop),
             };
             if let Err(e) = built {
-                d.error(&e.full_path(&decl.path), format!("{} {}: {}", decl.section.noun(), decl.id, e.message));
+                d.error(
+                    &e.full_path(&decl.path),
+                    format!("{} {}: {}", decl.section.noun(), decl.id, e.message),
+                );
             }
         }
 
@@ -86,16 +95,25 @@ impl Graph {
             }
             let mut sources = Vec::new();
             for r in &p.receivers {
-                let (section, f) = match resolve(&factories, r, &[Section::Receivers, Section::Connectors]) {
-                    Some(x) => x,
-                    None => {
-                        undeclared(d, r, "receiver", &p.id, config);
-                        continue;
-                    }
-                };
+                let (section, f) =
+                    match resolve(&factories, r, &[Section::Receivers, Section::Connectors]) {
+                        Some(x) => x,
+                        None => {
+                            undeclared(d, r, "receiver", &p.id, config);
+                            continue;
+                        }
+                    };
                 used.insert((section, r.id.clone()));
                 if !f.produces().contains(&sig) {
-                    d.error(&r.path, format!("{} {} cannot produce {sig}; pipeline `{}` needs {sig}", section.noun(), r.id, p.id));
+                    d.error(
+                        &r.path,
+                        format!(
+                            "{} {} cannot produce {sig}; pipeline `{}` needs {sig}",
+                            section.noun(),
+                            r.id,
+                            p.id
+                        ),
+                    );
                 }
                 sources.push(if section == Section::Connectors {
                     connector_as_receiver.insert(r.id.clone());
@@ -111,7 +129,9 @@ impl Graph {
                     continue;
                 };
                 used.insert((Section::Processors, r.id.clone()));
-                let Some(Factory::Processor { signals, build }) = factories.get(&(Section::Processors, r.id.clone())) else {
+                let Some(Factory::Processor { signals, build }) =
+                    factories.get(&(Section::Processors, r.id.clone()))
+                else {
                     continue;
                 };
                 if !signals.contains(&sig) {
@@ -124,16 +144,20 @@ impl Graph {
             }
             let mut sinks = Vec::new();
             for r in &p.exporters {
-                let (section, f) = match resolve(&factories, r, &[Section::Exporters, Section::Connectors]) {
-                    Some(x) => x,
-                    None => {
-                        undeclared(d, r, "exporter", &p.id, config);
-                        continue;
-                    }
-                };
+                let (section, f) =
+                    match resolve(&factories, r, &[Section::Exporters, Section::Connectors]) {
+                        Some(x) => x,
+                        None => {
+                            undeclared(d, r, "exporter", &p.id, config);
+                            continue;
+                        }
+                    };
                 used.insert((section, r.id.clone()));
                 if !f.accepts().contains(&sig) {
-                    d.error(&r.path, format!("{} {} does not accept {sig}", section.noun(), r.id));
+                    d.error(
+                        &r.path,
+                        format!("{} {} does not accept {sig}", section.noun(), r.id),
+                    );
                 }
                 sinks.push(if section == Section::Connectors {
                     connector_as_exporter.insert(r.id.clone());
@@ -142,8 +166,14 @@ impl Graph {
                     Node::Exporter(r.id.clone())
                 });
             }
-            for dup in duplicates(&p.receivers).into_iter().chain(duplicates(&p.exporters)) {
-                d.error(&dup.path, format!("{} is listed twice in pipeline `{}`", dup.id, p.id));
+            for dup in duplicates(&p.receivers)
+                .into_iter()
+                .chain(duplicates(&p.exporters))
+            {
+                d.error(
+                    &dup.path,
+                    format!("{} is listed twice in pipeline `{}`", dup.id, p.id),
+                );
             }
             pipelines.push(PipelinePlan {
                 id: p.id.clone(),
@@ -156,8 +186,17 @@ impl Graph {
 
         // 3. Declared but unused; connectors used on one side only.
         for decl in &config.components {
-            if !used.contains(&(decl.section, decl.id.clone())) && factories.contains_key(&(decl.section, decl.id.clone())) {
-                d.warn(&decl.path, format!("{} {} is declared but no pipeline uses it", decl.section.noun(), decl.id));
+            if !used.contains(&(decl.section, decl.id.clone()))
+                && factories.contains_key(&(decl.section, decl.id.clone()))
+            {
+                d.warn(
+                    &decl.path,
+                    format!(
+                        "{} {} is declared but no pipeline uses it",
+                        decl.section.noun(),
+                        decl.id
+                    ),
+                );
             }
         }
         for id in connector_as_exporter.symmetric_difference(&connector_as_receiver) {
@@ -165,13 +204,24 @@ impl Graph {
             if connector_as_exporter.contains(id) {
                 d.warn(&path, format!("connector {id} is an exporter of a pipeline but no pipeline receives from it"));
             } else {
-                d.error(&path, format!("connector {id} is a receiver of a pipeline but no pipeline exports to it"));
+                d.error(
+                    &path,
+                    format!(
+                        "connector {id} is a receiver of a pipeline but no pipeline exports to it"
+                    ),
+                );
             }
         }
 
         // 4. Cycles through connectors.
         if let Some(cycle) = find_cycle(&pipelines) {
-            d.error("service.pipelines", format!("pipelines form a cycle through connectors: {}", cycle.join(" → ")));
+            d.error(
+                "service.pipelines",
+                format!(
+                    "pipelines form a cycle through connectors: {}",
+                    cycle.join(" → ")
+                ),
+            );
         }
 
         if d.has_errors() {
@@ -186,8 +236,14 @@ impl Graph {
     }
 }
 
-fn keep_used<T: ?Sized>(v: Vec<(ComponentId, Box<T>)>, s: Section, used: &BTreeSet<(Section, ComponentId)>) -> Vec<(ComponentId, Box<T>)> {
-    v.into_iter().filter(|(id, _)| used.contains(&(s, id.clone()))).collect()
+fn keep_used<T: ?Sized>(
+    v: Vec<(ComponentId, Box<T>)>,
+    s: Section,
+    used: &BTreeSet<(Section, ComponentId)>,
+) -> Vec<(ComponentId, Box<T>)> {
+    v.into_iter()
+        .filter(|(id, _)| used.contains(&(s, id.clone())))
+        .collect()
 }
 
 fn factory_for(decl: &ComponentDecl, d: &mut Diagnostics) -> Option<&'static Factory> {
@@ -195,12 +251,32 @@ fn factory_for(decl: &ComponentDecl, d: &mut Diagnostics) -> Option<&'static Fac
     match registry::lookup(t) {
         Some(reg) if reg.factory.section() == decl.section => Some(&reg.factory),
         Some(reg) => {
-            d.error(&decl.path, format!("`{t}` is a {}, not a {}: declare it under `{}`", reg.factory.section().noun(), decl.section.noun(), reg.factory.section().key()));
+            d.error(
+                &decl.path,
+                format!(
+                    "`{t}` is a {}, not a {}: declare it under `{}`",
+                    reg.factory.section().noun(),
+                    decl.section.noun(),
+                    reg.factory.section().key()
+                ),
+            );
             None
         }
         None => {
             let known = registry::names(decl.section);
-            d.error(&decl.path, format!("unknown {} type `{t}`; known {}s: {}", decl.section.noun(), decl.section.noun(), if known.is_empty() { "none".to_string() } else { known.join(", ") }));
+            d.error(
+                &decl.path,
+                format!(
+                    "unknown {} type `{t}`; known {}s: {}",
+                    decl.section.noun(),
+                    decl.section.noun(),
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            );
             None
         }
     }
@@ -218,11 +294,24 @@ fn resolve(
 
 fn undeclared(d: &mut Diagnostics, r: &ComponentRef, role: &str, pipeline: &str, config: &Config) {
     // Declared but failed to build (already reported) → stay quiet.
-    if config.components.iter().any(|c| c.id == r.id) && registry::lookup(&r.id.type_name).is_none() {
+    if config.components.iter().any(|c| c.id == r.id) && registry::lookup(&r.id.type_name).is_none()
+    {
         return;
     }
-    let section = if role == "receiver" { "receivers (or connectors)" } else if role == "exporter" { "exporters (or connectors)" } else { "processors" };
-    d.error(&r.path, format!("pipeline `{pipeline}` uses {role} {} which is not declared under {section}", r.id));
+    let section = if role == "receiver" {
+        "receivers (or connectors)"
+    } else if role == "exporter" {
+        "exporters (or connectors)"
+    } else {
+        "processors"
+    };
+    d.error(
+        &r.path,
+        format!(
+            "pipeline `{pipeline}` uses {role} {} which is not declared under {section}",
+            r.id
+        ),
+    );
 }
 
 fn duplicates(refs: &[ComponentRef]) -> Vec<&ComponentRef> {
@@ -238,13 +327,22 @@ fn find_cycle(pipelines: &[PipelinePlan]) -> Option<Vec<String>> {
             pipelines
                 .iter()
                 .enumerate()
-                .filter(|(_, q)| p.sinks.iter().any(|s| matches!(s, Node::Connector(_)) && q.sources.contains(s)))
+                .filter(|(_, q)| {
+                    p.sinks
+                        .iter()
+                        .any(|s| matches!(s, Node::Connector(_)) && q.sources.contains(s))
+                })
                 .map(|(j, _)| j)
                 .collect()
         })
         .collect();
     // 0 = unvisited, 1 = on stack, 2 = done.
-    fn dfs(i: usize, edges: &[Vec<usize>], state: &mut [u8], stack: &mut Vec<usize>) -> Option<Vec<usize>> {
+    fn dfs(
+        i: usize,
+        edges: &[Vec<usize>],
+        state: &mut [u8],
+        stack: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
         state[i] = 1;
         stack.push(i);
         for &j in &edges[i] {
@@ -294,7 +392,10 @@ mod tests {
         let (ok, out) = check("processors:\n  batch:\nexporters:\n  debug:\nreceivers: {}\nservice:\n  pipelines:\n    logs:\n      receivers: []\n      exporters: [debug]\n");
         assert!(!ok);
         assert!(out.contains("has no receivers"), "{out}");
-        assert!(out.contains("warning: processor batch is declared but no pipeline uses it"), "{out}");
+        assert!(
+            out.contains("warning: processor batch is declared but no pipeline uses it"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -302,16 +403,33 @@ mod tests {
         let text = "exporters:\n  logs:\n    pth: stdout\n  debug/x:\n  nosuch: {}\nservice:\n  pipelines:\n    logs:\n      receivers: [debug/x]\n      exporters: [logs, missing]\n";
         let (ok, out) = check(text);
         assert!(!ok);
-        assert!(out.contains("t.yaml:3:5: error: exporter logs: unknown field `pth`"), "{out}");
-        assert!(out.contains("t.yaml:5:3: error: unknown exporter type `nosuch`"), "{out}");
-        assert!(out.contains("t.yaml:9:19: error: pipeline `logs` uses receiver debug/x which is not declared"), "{out}");
-        assert!(out.contains("t.yaml:10:25: error: pipeline `logs` uses exporter missing"), "{out}");
+        assert!(
+            out.contains("t.yaml:3:5: error: exporter logs: unknown field `pth`"),
+            "{out}"
+        );
+        assert!(
+            out.contains("t.yaml:5:3: error: unknown exporter type `nosuch`"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "t.yaml:9:19: error: pipeline `logs` uses receiver debug/x which is not declared"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("t.yaml:10:25: error: pipeline `logs` uses exporter missing"),
+            "{out}"
+        );
     }
 
     #[test]
     fn signal_mismatch() {
         let text = "exporters:\n  logs:\nprocessors:\n  batch:\nservice:\n  pipelines:\n    metrics:\n      receivers: []\n      processors: [batch]\n      exporters: [logs]\n";
         let (_, out) = check(text);
-        assert!(out.contains("exporter logs does not accept metrics"), "{out}");
+        assert!(
+            out.contains("exporter logs does not accept metrics"),
+            "{out}"
+        );
     }
 }

@@ -33,7 +33,12 @@ pub enum RunError {
 }
 
 /// Run `graph` until `stop` is cancelled (or a component fails), then shut down in order.
-pub async fn run(graph: Graph, settings: &ServiceSettings, telemetry: Telemetry, stop: CancellationToken) -> Result<(), RunError> {
+pub async fn run(
+    graph: Graph,
+    settings: &ServiceSettings,
+    telemetry: Telemetry,
+    stop: CancellationToken,
+) -> Result<(), RunError> {
     let cap = settings.channel_capacity.max(1);
     let receivers_stop = CancellationToken::new();
     let ctx = |label: String| Context {
@@ -65,7 +70,11 @@ pub async fn run(graph: Graph, settings: &ServiceSettings, telemetry: Telemetry,
 
     let mut processor_runs = Vec::new();
     for p in graph.pipelines {
-        let sinks: Vec<Tx> = p.sinks.iter().filter_map(|n| inputs.get(n).map(|(tx, _)| tx.clone())).collect();
+        let sinks: Vec<Tx> = p
+            .sinks
+            .iter()
+            .filter_map(|n| inputs.get(n).map(|(tx, _)| tx.clone()))
+            .collect();
         let entry = if p.processors.is_empty() {
             sinks
         } else {
@@ -89,7 +98,12 @@ pub async fn run(graph: Graph, settings: &ServiceSettings, telemetry: Telemetry,
             vec![head_tx]
         };
         for src in &p.sources {
-            producer_targets.entry(src.clone()).or_default().entry(p.signal).or_default().extend(entry.iter().cloned());
+            producer_targets
+                .entry(src.clone())
+                .or_default()
+                .entry(p.signal)
+                .or_default()
+                .extend(entry.iter().cloned());
         }
     }
 
@@ -97,16 +111,30 @@ pub async fn run(graph: Graph, settings: &ServiceSettings, telemetry: Telemetry,
     for (id, exp) in graph.exporters {
         let node = Node::Exporter(id);
         let label = node.label();
-        let rx = inputs.get(&node).map(|(_, rx)| rx.clone()).unwrap_or_else(|| async_channel::bounded(1).1);
+        let rx = inputs
+            .get(&node)
+            .map(|(_, rx)| rx.clone())
+            .unwrap_or_else(|| async_channel::bounded(1).1);
         let fut = exp.run(ctx(label.clone()), input(&label, rx));
         spawn(&mut tasks, label, fut);
     }
     for (id, con) in graph.connectors {
         let node = Node::Connector(id);
         let label = node.label();
-        let rx = inputs.get(&node).map(|(_, rx)| rx.clone()).unwrap_or_else(|| async_channel::bounded(1).1);
-        let targets = producer_targets.remove(&node).unwrap_or_default().into_iter().collect();
-        let fut = con.run(ctx(label.clone()), input(&label, rx), output(&telemetry, &label, targets));
+        let rx = inputs
+            .get(&node)
+            .map(|(_, rx)| rx.clone())
+            .unwrap_or_else(|| async_channel::bounded(1).1);
+        let targets = producer_targets
+            .remove(&node)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let fut = con.run(
+            ctx(label.clone()),
+            input(&label, rx),
+            output(&telemetry, &label, targets),
+        );
         spawn(&mut tasks, label, fut);
     }
     for (label, fut) in processor_runs {
@@ -117,7 +145,11 @@ pub async fn run(graph: Graph, settings: &ServiceSettings, telemetry: Telemetry,
     for (id, rec) in graph.receivers {
         let node = Node::Receiver(id);
         let label = node.label();
-        let targets = producer_targets.remove(&node).unwrap_or_default().into_iter().collect();
+        let targets = producer_targets
+            .remove(&node)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         let fut = rec.run(ctx(label.clone()), output(&telemetry, &label, targets));
         spawn(&mut tasks, label, fut);
     }
@@ -164,15 +196,23 @@ pub async fn run(graph: Graph, settings: &ServiceSettings, telemetry: Telemetry,
                 running.remove(&label);
                 if let Err(e) = res {
                     tracing::error!(component = %label, error = %e, "Component failed during shutdown.");
-                    failure.get_or_insert(RunError::Component { id: label, source: e });
+                    failure.get_or_insert(RunError::Component {
+                        id: label,
+                        source: e,
+                    });
                 }
             }
-            Ok(Some(Err(join))) => tracing::error!(error = %join, "Component task panicked during shutdown."),
+            Ok(Some(Err(join))) => {
+                tracing::error!(error = %join, "Component task panicked during shutdown.")
+            }
             Err(_) => {
                 let mut pending: Vec<_> = running.iter().cloned().collect();
                 pending.sort();
                 tasks.abort_all();
-                return Err(RunError::Deadline { timeout: settings.shutdown_timeout, pending: pending.join(", ") });
+                return Err(RunError::Deadline {
+                    timeout: settings.shutdown_timeout,
+                    pending: pending.join(", "),
+                });
             }
         }
     }

@@ -42,7 +42,10 @@ impl Default for BatchConfig {
 fn build(v: &Value) -> BuildResult<dyn Processor> {
     let cfg: BatchConfig = config::decode(v)?;
     if cfg.send_batch_size == 0 {
-        return Err(config::DecodeError::new("send_batch_size", "must be at least 1"));
+        return Err(config::DecodeError::new(
+            "send_batch_size",
+            "must be at least 1",
+        ));
     }
     Ok(Box::new(BatchProcessor { cfg }))
 }
@@ -145,7 +148,13 @@ mod tests {
         Signal::Celery(Arc::new(vec![Default::default(); n]))
     }
 
-    async fn harness(cfg: BatchConfig) -> (async_channel::Sender<Signal>, async_channel::Receiver<Signal>, tokio::task::JoinHandle<()>) {
+    async fn harness(
+        cfg: BatchConfig,
+    ) -> (
+        async_channel::Sender<Signal>,
+        async_channel::Receiver<Signal>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let (in_tx, in_rx) = async_channel::bounded(16);
         let (out_tx, out_rx) = async_channel::bounded(16);
         let ctx = Context {
@@ -153,7 +162,11 @@ mod tests {
             shutdown: CancellationToken::new(),
             telemetry: Telemetry::new(),
         };
-        let out = Output::new(vec![(SignalKind::Celery, vec![out_tx])], Counter::default(), Counter::default());
+        let out = Output::new(
+            vec![(SignalKind::Celery, vec![out_tx])],
+            Counter::default(),
+            Counter::default(),
+        );
         let p = Box::new(BatchProcessor { cfg });
         let h = tokio::spawn(async move {
             let _ = p.run(ctx, Input::new(in_rx, Counter::default()), out).await;
@@ -163,7 +176,11 @@ mod tests {
 
     #[tokio::test]
     async fn flushes_on_size() {
-        let (tx, rx, _h) = harness(BatchConfig { send_batch_size: 5, timeout: Duration::from_secs(3600) }).await;
+        let (tx, rx, _h) = harness(BatchConfig {
+            send_batch_size: 5,
+            timeout: Duration::from_secs(3600),
+        })
+        .await;
         for _ in 0..3 {
             tx.send(events(2)).await.unwrap();
         }
@@ -173,15 +190,26 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn flushes_on_timeout() {
-        let (tx, rx, _h) = harness(BatchConfig { send_batch_size: 100, timeout: Duration::from_millis(200) }).await;
+        let (tx, rx, _h) = harness(BatchConfig {
+            send_batch_size: 100,
+            timeout: Duration::from_millis(200),
+        })
+        .await;
         tx.send(events(3)).await.unwrap();
-        let b = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await.unwrap().unwrap();
+        let b = tokio::time::timeout(Duration::from_secs(1), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(b.item_count(), 3);
     }
 
     #[tokio::test]
     async fn flushes_when_input_closes() {
-        let (tx, rx, h) = harness(BatchConfig { send_batch_size: 100, timeout: Duration::from_secs(3600) }).await;
+        let (tx, rx, h) = harness(BatchConfig {
+            send_batch_size: 100,
+            timeout: Duration::from_secs(3600),
+        })
+        .await;
         tx.send(events(4)).await.unwrap();
         drop(tx);
         h.await.unwrap();

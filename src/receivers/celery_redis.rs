@@ -40,7 +40,10 @@ use crate::telemetry::Counter;
 
 pub const REGISTRATION: Registration = Registration {
     type_name: "celery_redis",
-    factory: Factory::Receiver { produces: &[SignalKind::Celery], build },
+    factory: Factory::Receiver {
+        produces: &[SignalKind::Celery],
+        build,
+    },
 };
 
 #[derive(Debug, Clone, Deserialize)]
@@ -77,8 +80,16 @@ pub fn default_patterns(db: i64, prefix: &str) -> Vec<String> {
 fn build(v: &Value) -> BuildResult<dyn Receiver> {
     let cfg: CeleryRedisConfig = config::decode(v)?;
     let endpoint = Endpoint::parse(&cfg.endpoint).map_err(|m| ConfigError::new("endpoint", m))?;
-    let patterns = if cfg.patterns.is_empty() { default_patterns(endpoint.db, &cfg.global_keyprefix) } else { cfg.patterns.clone() };
-    Ok(Box::new(CeleryRedis { endpoint, patterns, connect_timeout: cfg.connect_timeout }))
+    let patterns = if cfg.patterns.is_empty() {
+        default_patterns(endpoint.db, &cfg.global_keyprefix)
+    } else {
+        cfg.patterns.clone()
+    };
+    Ok(Box::new(CeleryRedis {
+        endpoint,
+        patterns,
+        connect_timeout: cfg.connect_timeout,
+    }))
 }
 
 pub struct CeleryRedis {
@@ -113,7 +124,10 @@ impl Drops {
         });
         counter.add(n);
         let now = Instant::now();
-        let entry = self.last_warn.entry(reason).or_insert((now - WARN_EVERY * 2, 0));
+        let entry = self
+            .last_warn
+            .entry(reason)
+            .or_insert((now - WARN_EVERY * 2, 0));
         entry.1 += n;
         if now.duration_since(entry.0) >= WARN_EVERY {
             tracing::warn!(component = %self.ctx.id, reason, dropped = entry.1, error = %e, "Dropping undecodable Celery input.");
@@ -127,14 +141,46 @@ impl Receiver for CeleryRedis {
         Box::pin(async move {
             let label = [("component", &*ctx.id)];
             let t = &ctx.telemetry;
-            let messages = t.counter("celeriac_celery_messages_total", "Pub/sub messages read from the broker.", &label);
-            let events_in = t.counter("celeriac_celery_events_received_total", "Celery events decoded.", &label);
-            let reconnects = t.counter("celeriac_celery_redis_reconnects_total", "Times the subscription was re-established after a loss.", &label);
-            let gap_ms = t.counter("celeriac_celery_redis_gap_milliseconds_total", "Time without a subscription after a loss (events published then are lost).", &label);
-            let connect_errors = t.counter("celeriac_receiver_errors_total", "Receiver errors, by reason.", &[("component", &*ctx.id), ("reason", "connect")]);
-            let read_errors = t.counter("celeriac_receiver_errors_total", "Receiver errors, by reason.", &[("component", &*ctx.id), ("reason", "connection_lost")]);
-            let connected = t.gauge("celeriac_celery_redis_connected", "1 while subscribed to the broker.", &label);
-            let mut drops = Drops { ctx: ctx.clone(), counters: HashMap::new(), last_warn: HashMap::new() };
+            let messages = t.counter(
+                "celeriac_celery_messages_total",
+                "Pub/sub messages read from the broker.",
+                &label,
+            );
+            let events_in = t.counter(
+                "celeriac_celery_events_received_total",
+                "Celery events decoded.",
+                &label,
+            );
+            let reconnects = t.counter(
+                "celeriac_celery_redis_reconnects_total",
+                "Times the subscription was re-established after a loss.",
+                &label,
+            );
+            let gap_ms = t.counter(
+                "celeriac_celery_redis_gap_milliseconds_total",
+                "Time without a subscription after a loss (events published then are lost).",
+                &label,
+            );
+            let connect_errors = t.counter(
+                "celeriac_receiver_errors_total",
+                "Receiver errors, by reason.",
+                &[("component", &*ctx.id), ("reason", "connect")],
+            );
+            let read_errors = t.counter(
+                "celeriac_receiver_errors_total",
+                "Receiver errors, by reason.",
+                &[("component", &*ctx.id), ("reason", "connection_lost")],
+            );
+            let connected = t.gauge(
+                "celeriac_celery_redis_connected",
+                "1 while subscribed to the broker.",
+                &label,
+            );
+            let mut drops = Drops {
+                ctx: ctx.clone(),
+                counters: HashMap::new(),
+                last_warn: HashMap::new(),
+            };
 
             let mut backoff = BACKOFF_MIN;
             let mut lost_at: Option<Instant> = None;
@@ -189,7 +235,10 @@ impl Receiver for CeleryRedis {
                             messages.add(n as u64);
                             if !events.is_empty() {
                                 events_in.add(events.len() as u64);
-                                let batch = Signal::Celery(Arc::new(std::mem::replace(&mut events, Vec::with_capacity(256))));
+                                let batch = Signal::Celery(Arc::new(std::mem::replace(
+                                    &mut events,
+                                    Vec::with_capacity(256),
+                                )));
                                 // Waiting here lets Redis buffer for us (up to its pub/sub output
                                 // limit) instead of dropping during a short burst.
                                 tokio::select! {
@@ -224,7 +273,10 @@ mod tests {
     #[test]
     fn patterns_cover_every_kombu_naming() {
         let p = default_patterns(3, "");
-        assert_eq!(p, vec!["/3.celeryev/*", "/3.celeryev", "celeryev/*", "celeryev"]);
+        assert_eq!(
+            p,
+            vec!["/3.celeryev/*", "/3.celeryev", "celeryev/*", "celeryev"]
+        );
         assert_eq!(default_patterns(0, "acme:")[0], "acme:/0.celeryev/*");
     }
 

@@ -34,9 +34,12 @@ impl Endpoint {
     /// Parse `redis://[user[:password]@]host[:port][/db]`.
     pub fn parse(url: &str) -> Result<Endpoint, String> {
         use redis::IntoConnectionInfo;
-        let info = url
-            .into_connection_info()
-            .map_err(|e| format!("invalid Redis URL: {}", e.detail().unwrap_or("cannot parse")))?;
+        let info = url.into_connection_info().map_err(|e| {
+            format!(
+                "invalid Redis URL: {}",
+                e.detail().unwrap_or("cannot parse")
+            )
+        })?;
         let (host, port) = match info.addr() {
             redis::ConnectionAddr::Tcp(h, p) => (h.clone(), *p),
             _ => return Err("only redis:// (plain TCP) URLs are supported for now; rediss:// and unix sockets are not".into()),
@@ -53,7 +56,13 @@ impl Endpoint {
 
     /// `host:port/db`, never the credentials.
     pub fn redacted(&self) -> String {
-        format!("redis://{}{}:{}/{}", if self.password.is_some() { "***@" } else { "" }, self.host, self.port, self.db)
+        format!(
+            "redis://{}{}:{}/{}",
+            if self.password.is_some() { "***@" } else { "" },
+            self.host,
+            self.port,
+            self.db
+        )
     }
 }
 
@@ -89,14 +98,25 @@ fn parse(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, PubSubError> {
         Some((&rest[..i], at + i + 2))
     }
     fn int(s: &[u8]) -> Result<i64, PubSubError> {
-        std::str::from_utf8(s).ok().and_then(|s| s.parse().ok()).ok_or(PubSubError::Protocol("bad integer"))
+        std::str::from_utf8(s)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or(PubSubError::Protocol("bad integer"))
     }
-    fn frame(buf: &[u8], at: usize, depth: usize) -> Result<Option<(Frame<'_>, usize)>, PubSubError> {
+    fn frame(
+        buf: &[u8],
+        at: usize,
+        depth: usize,
+    ) -> Result<Option<(Frame<'_>, usize)>, PubSubError> {
         if depth > 8 {
             return Err(PubSubError::Protocol("nesting too deep"));
         }
-        let Some(&tag) = buf.get(at) else { return Ok(None) };
-        let Some((l, next)) = line(buf, at + 1) else { return Ok(None) };
+        let Some(&tag) = buf.get(at) else {
+            return Ok(None);
+        };
+        let Some((l, next)) = line(buf, at + 1) else {
+            return Ok(None);
+        };
         Ok(Some(match tag {
             b'+' => (Frame::Simple(l), next),
             b'-' => (Frame::Error(l), next),
@@ -161,12 +181,21 @@ pub struct Message<'a> {
 
 impl Subscriber {
     /// Connect, authenticate and PSUBSCRIBE to `patterns`.
-    pub async fn connect(ep: &Endpoint, patterns: &[String], timeout: Duration) -> Result<Subscriber, PubSubError> {
+    pub async fn connect(
+        ep: &Endpoint,
+        patterns: &[String],
+        timeout: Duration,
+    ) -> Result<Subscriber, PubSubError> {
         let stream = tokio::time::timeout(timeout, TcpStream::connect((ep.host.as_str(), ep.port)))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
         stream.set_nodelay(true)?;
-        let mut s = Subscriber { stream, buf: BytesMut::with_capacity(256 * 1024), idle_limit: Duration::from_secs(45), ping_every: Duration::from_secs(15) };
+        let mut s = Subscriber {
+            stream,
+            buf: BytesMut::with_capacity(256 * 1024),
+            idle_limit: Duration::from_secs(45),
+            ping_every: Duration::from_secs(15),
+        };
         if let Some(pass) = &ep.password {
             let mut args: Vec<&[u8]> = vec![b"AUTH"];
             if let Some(u) = &ep.username {
@@ -208,7 +237,10 @@ impl Subscriber {
     /// Wait for data, then call `f` for every complete message now in the buffer. Returns the
     /// number of messages handled. Subscribe confirmations and pongs are consumed silently; an
     /// error reply from the server is returned as an error.
-    pub async fn read_batch<F: FnMut(Message<'_>)>(&mut self, mut f: F) -> Result<usize, PubSubError> {
+    pub async fn read_batch<F: FnMut(Message<'_>)>(
+        &mut self,
+        mut f: F,
+    ) -> Result<usize, PubSubError> {
         let mut waited = Duration::ZERO;
         loop {
             let mut handled = 0;
@@ -234,7 +266,11 @@ impl Subscriber {
                                     }
                                 }
                             }
-                            Frame::Error(e) => return Err(PubSubError::Server(String::from_utf8_lossy(e).into_owned())),
+                            Frame::Error(e) => {
+                                return Err(PubSubError::Server(
+                                    String::from_utf8_lossy(e).into_owned(),
+                                ))
+                            }
                             _ => {}
                         }
                     }
@@ -274,7 +310,12 @@ mod tests {
         assert_eq!(n, msg.len());
         assert_eq!(
             f,
-            Frame::Array(vec![Frame::Bulk(Some(b"pmessage")), Frame::Bulk(Some(b"a/*")), Frame::Bulk(Some(b"a/b")), Frame::Bulk(Some(b"hello"))])
+            Frame::Array(vec![
+                Frame::Bulk(Some(b"pmessage")),
+                Frame::Bulk(Some(b"a/*")),
+                Frame::Bulk(Some(b"a/b")),
+                Frame::Bulk(Some(b"hello"))
+            ])
         );
         for cut in 0..msg.len() {
             assert!(parse(&msg[..cut]).unwrap().is_none(), "cut at {cut}");

@@ -77,9 +77,19 @@ impl Telemetry {
         Self::default()
     }
 
-    fn cell(&self, name: &'static str, help: &'static str, labels: &[(&'static str, &str)], gauge: bool) -> Cell {
+    fn cell(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+        gauge: bool,
+    ) -> Cell {
         let key: Labels = labels.iter().map(|(k, v)| (*k, (*v).to_string())).collect();
-        let mut families = self.inner.families.lock().unwrap_or_else(|e| e.into_inner());
+        let mut families = self
+            .inner
+            .families
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let family = families.entry(name).or_insert_with(|| Family {
             help,
             series: BTreeMap::new(),
@@ -98,14 +108,24 @@ impl Telemetry {
     }
 
     /// The counter `name{labels}`, created at 0 on first use. `name` should end in `_total`.
-    pub fn counter(&self, name: &'static str, help: &'static str, labels: &[(&'static str, &str)]) -> Counter {
+    pub fn counter(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+    ) -> Counter {
         match self.cell(name, help, labels, false) {
             Cell::Counter(c) => c,
             Cell::Gauge(_) => Counter::default(),
         }
     }
 
-    pub fn gauge(&self, name: &'static str, help: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
+    pub fn gauge(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+    ) -> Gauge {
         match self.cell(name, help, labels, true) {
             Cell::Gauge(g) => g,
             Cell::Counter(_) => Gauge::default(),
@@ -114,7 +134,11 @@ impl Telemetry {
 
     /// All series in the Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
-        let families = self.inner.families.lock().unwrap_or_else(|e| e.into_inner());
+        let families = self
+            .inner
+            .families
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let mut out = String::with_capacity(4096);
         for (name, fam) in families.iter() {
             let kind = match fam.series.values().next() {
@@ -197,11 +221,18 @@ mod tests {
         let t = Telemetry::new();
         let c = t.counter("celeriac_x_total", "Things.", &[("component", "a\"b")]);
         c.add(3);
-        t.counter("celeriac_x_total", "Things.", &[("component", "a\"b")]).inc();
+        t.counter("celeriac_x_total", "Things.", &[("component", "a\"b")])
+            .inc();
         t.gauge("celeriac_q", "Queue.", &[]).set(-2);
         let text = t.render();
         assert!(text.contains("# TYPE celeriac_x_total counter\n"), "{text}");
-        assert!(text.contains("celeriac_x_total{component=\"a\\\"b\"} 4\n"), "{text}");
-        assert!(text.contains("# TYPE celeriac_q gauge\nceleriac_q -2\n"), "{text}");
+        assert!(
+            text.contains("celeriac_x_total{component=\"a\\\"b\"} 4\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE celeriac_q gauge\nceleriac_q -2\n"),
+            "{text}"
+        );
     }
 }

@@ -13,16 +13,40 @@ use super::tasks::Task;
 use crate::celery::event::{CeleryEvent, EventKind, TaskFields};
 
 fn s(k: &str, v: impl Into<String>) -> KeyValue {
-    KeyValue { key: k.into(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }), ..Default::default() }
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.into())),
+        }),
+        ..Default::default()
+    }
 }
 fn f(k: &str, v: f64) -> KeyValue {
-    KeyValue { key: k.into(), value: Some(AnyValue { value: Some(any_value::Value::DoubleValue(v)) }), ..Default::default() }
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::DoubleValue(v)),
+        }),
+        ..Default::default()
+    }
 }
 fn i(k: &str, v: i64) -> KeyValue {
-    KeyValue { key: k.into(), value: Some(AnyValue { value: Some(any_value::Value::IntValue(v)) }), ..Default::default() }
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::IntValue(v)),
+        }),
+        ..Default::default()
+    }
 }
 fn b(k: &str, v: bool) -> KeyValue {
-    KeyValue { key: k.into(), value: Some(AnyValue { value: Some(any_value::Value::BoolValue(v)) }), ..Default::default() }
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::BoolValue(v)),
+        }),
+        ..Default::default()
+    }
 }
 
 /// Split `ValueError('no email')` into (`ValueError`, `no email`).
@@ -31,12 +55,23 @@ fn split_exception(repr: &str) -> (&str, &str) {
     if class == "UnknownException" {
         return (class, repr);
     }
-    let inner = repr[class.len()..].trim_start_matches('(').trim_end_matches(')');
-    let msg = inner.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')).or_else(|| inner.strip_prefix('"').and_then(|x| x.strip_suffix('"'))).unwrap_or(inner);
+    let inner = repr[class.len()..]
+        .trim_start_matches('(')
+        .trim_end_matches(')');
+    let msg = inner
+        .strip_prefix('\'')
+        .and_then(|x| x.strip_suffix('\''))
+        .or_else(|| inner.strip_prefix('"').and_then(|x| x.strip_suffix('"')))
+        .unwrap_or(inner);
     (class, msg)
 }
 
-pub fn record(ev: &CeleryEvent, tf: &TaskFields, task: &Task, queue_wait: Option<f64>) -> Option<LogRecord> {
+pub fn record(
+    ev: &CeleryEvent,
+    tf: &TaskFields,
+    task: &Task,
+    queue_wait: Option<f64>,
+) -> Option<LogRecord> {
     let (event, sev) = match ev.kind {
         EventKind::TaskSent => ("task.sent", SeverityNumber::Info),
         EventKind::TaskReceived => ("task.received", SeverityNumber::Info),
@@ -104,7 +139,11 @@ pub fn record(ev: &CeleryEvent, tf: &TaskFields, task: &Task, queue_wait: Option
         }
         _ => format!("{name}[{short}] rejected"),
     };
-    let ts = if ev.timestamp.is_finite() && ev.timestamp > 0.0 { (ev.timestamp * 1e9) as u64 } else { 0 };
+    let ts = if ev.timestamp.is_finite() && ev.timestamp > 0.0 {
+        (ev.timestamp * 1e9) as u64
+    } else {
+        0
+    };
     Some(LogRecord {
         time_unix_nano: ts,
         observed_time_unix_nano: (super::now_secs() * 1e9) as u64,
@@ -116,7 +155,9 @@ pub fn record(ev: &CeleryEvent, tf: &TaskFields, task: &Task, queue_wait: Option
         }
         .into(),
         event_name: event.into(),
-        body: Some(AnyValue { value: Some(any_value::Value::StringValue(body)) }),
+        body: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(body)),
+        }),
         attributes: attrs,
         ..Default::default()
     })
@@ -124,9 +165,16 @@ pub fn record(ev: &CeleryEvent, tf: &TaskFields, task: &Task, queue_wait: Option
 
 pub fn resource_logs(service_name: &str, records: Vec<LogRecord>) -> ResourceLogs {
     ResourceLogs {
-        resource: Some(Resource { attributes: vec![s("service.name", service_name)], ..Default::default() }),
+        resource: Some(Resource {
+            attributes: vec![s("service.name", service_name)],
+            ..Default::default()
+        }),
         scope_logs: vec![ScopeLogs {
-            scope: Some(InstrumentationScope { name: "celeriac.celery_correlate".into(), version: env!("CARGO_PKG_VERSION").into(), ..Default::default() }),
+            scope: Some(InstrumentationScope {
+                name: "celeriac.celery_correlate".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                ..Default::default()
+            }),
             log_records: records,
             ..Default::default()
         }],
@@ -140,7 +188,10 @@ mod tests {
 
     #[test]
     fn exception_split() {
-        assert_eq!(split_exception("ValueError('no email on file')"), ("ValueError", "no email on file"));
+        assert_eq!(
+            split_exception("ValueError('no email on file')"),
+            ("ValueError", "no email on file")
+        );
         assert_eq!(split_exception("Reject()"), ("Reject", ""));
         assert_eq!(split_exception("weird"), ("UnknownException", "weird"));
     }

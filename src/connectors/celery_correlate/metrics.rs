@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
-    metric, number_data_point, AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+    metric, number_data_point, AggregationTemporality, Gauge, Histogram, HistogramDataPoint,
+    Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
@@ -29,7 +30,16 @@ pub enum Count {
 }
 
 impl Count {
-    pub const ALL: [Count; 8] = [Count::Sent, Count::Received, Count::Started, Count::Succeeded, Count::Failed, Count::Retried, Count::Revoked, Count::Rejected];
+    pub const ALL: [Count; 8] = [
+        Count::Sent,
+        Count::Received,
+        Count::Started,
+        Count::Succeeded,
+        Count::Failed,
+        Count::Retried,
+        Count::Revoked,
+        Count::Rejected,
+    ];
 
     pub fn metric_name(self) -> &'static str {
         match self {
@@ -71,7 +81,11 @@ pub struct Hist {
 
 impl Hist {
     fn new(n_bounds: usize) -> Self {
-        Hist { counts: vec![0; n_bounds + 1], sum: 0.0, count: 0 }
+        Hist {
+            counts: vec![0; n_bounds + 1],
+            sum: 0.0,
+            count: 0,
+        }
     }
     fn observe(&mut self, bounds: &[f64], v: f64) {
         let i = bounds.partition_point(|b| *b < v);
@@ -147,22 +161,33 @@ impl TaskMetrics {
             // exception label, so they appear with their first occurrence.
             for other in Count::ALL {
                 if !matches!(other, Count::Sent | Count::Failed) && other != c {
-                    self.counters.entry((other, labels.clone(), None)).or_insert(0);
+                    self.counters
+                        .entry((other, labels.clone(), None))
+                        .or_insert(0);
                 }
             }
         }
-        *self.counters.entry((c, labels.clone(), exception)).or_insert(0) += 1;
+        *self
+            .counters
+            .entry((c, labels.clone(), exception))
+            .or_insert(0) += 1;
     }
 
     pub fn observe_runtime(&mut self, labels: &Labels, secs: f64) {
         let n = self.runtime_bounds.len();
-        let h = self.runtime.entry(labels.clone()).or_insert_with(|| Hist::new(n));
+        let h = self
+            .runtime
+            .entry(labels.clone())
+            .or_insert_with(|| Hist::new(n));
         h.observe(&self.runtime_bounds, secs);
     }
 
     pub fn observe_queue_wait(&mut self, labels: &Labels, secs: f64) {
         let n = self.queue_wait_bounds.len();
-        let h = self.queue_wait.entry(labels.clone()).or_insert_with(|| Hist::new(n));
+        let h = self
+            .queue_wait
+            .entry(labels.clone())
+            .or_insert_with(|| Hist::new(n));
         h.observe(&self.queue_wait_bounds, secs);
     }
 
@@ -176,23 +201,42 @@ impl TaskMetrics {
     }
 
     pub fn runtime_hist(&self, name: &str) -> Option<&Hist> {
-        self.runtime.iter().find(|(l, _)| &*l.0 == name).map(|(_, h)| h)
+        self.runtime
+            .iter()
+            .find(|(l, _)| &*l.0 == name)
+            .map(|(_, h)| h)
     }
 }
 
 fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue { key: k.to_string(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.to_string())) }), ..Default::default() }
+    KeyValue {
+        key: k.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.to_string())),
+        }),
+        ..Default::default()
+    }
 }
 
 fn label_kvs(l: &Labels) -> Vec<KeyValue> {
-    vec![kv("name", &l.0), kv("hostname", &l.1), kv("queue_name", &l.2)]
+    vec![
+        kv("name", &l.0),
+        kv("hostname", &l.1),
+        kv("queue_name", &l.2),
+    ]
 }
 
 /// Gauges for workers: `(label, up, active, missed)`.
 pub type WorkerRow = (Arc<str>, bool, u64, u64);
 
 /// Build one OTLP batch with every series, cumulative since `start_ns`.
-pub fn to_otlp(m: &TaskMetrics, workers: &[WorkerRow], service_name: &str, start_ns: u64, now_ns: u64) -> ResourceMetrics {
+pub fn to_otlp(
+    m: &TaskMetrics,
+    workers: &[WorkerRow],
+    service_name: &str,
+    start_ns: u64,
+    now_ns: u64,
+) -> ResourceMetrics {
     let mut metrics = Vec::with_capacity(16);
     let point = |attributes: Vec<KeyValue>, v: i64| NumberDataPoint {
         attributes,
@@ -214,14 +258,28 @@ pub fn to_otlp(m: &TaskMetrics, workers: &[WorkerRow], service_name: &str, start
             metrics.push(Metric {
                 name: c.metric_name().to_string(),
                 description: c.help().to_string(),
-                data: Some(metric::Data::Sum(Sum { data_points: points, aggregation_temporality: AggregationTemporality::Cumulative as i32, is_monotonic: true })),
+                data: Some(metric::Data::Sum(Sum {
+                    data_points: points,
+                    aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                    is_monotonic: true,
+                })),
                 ..Default::default()
             });
         }
     }
     for (name, help, hists, bounds) in [
-        ("celery_task_runtime", "Task runtime in seconds (task-succeeded `runtime`).", &m.runtime, &m.runtime_bounds),
-        ("celery_task_queue_wait_time", "Seconds from sent (or ETA) to started.", &m.queue_wait, &m.queue_wait_bounds),
+        (
+            "celery_task_runtime",
+            "Task runtime in seconds (task-succeeded `runtime`).",
+            &m.runtime,
+            &m.runtime_bounds,
+        ),
+        (
+            "celery_task_queue_wait_time",
+            "Seconds from sent (or ETA) to started.",
+            &m.queue_wait,
+            &m.queue_wait_bounds,
+        ),
     ] {
         if hists.is_empty() {
             continue;
@@ -243,7 +301,10 @@ pub fn to_otlp(m: &TaskMetrics, workers: &[WorkerRow], service_name: &str, start
             name: name.to_string(),
             description: help.to_string(),
             unit: "s".to_string(),
-            data: Some(metric::Data::Histogram(Histogram { data_points: points, aggregation_temporality: AggregationTemporality::Cumulative as i32 })),
+            data: Some(metric::Data::Histogram(Histogram {
+                data_points: points,
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            })),
             ..Default::default()
         });
     }
@@ -254,13 +315,22 @@ pub fn to_otlp(m: &TaskMetrics, workers: &[WorkerRow], service_name: &str, start
             data: Some(metric::Data::Gauge(Gauge {
                 data_points: workers
                     .iter()
-                    .map(|w| NumberDataPoint { attributes: vec![kv("hostname", &w.0)], time_unix_nano: now_ns, value: Some(number_data_point::Value::AsInt(f(w))), ..Default::default() })
+                    .map(|w| NumberDataPoint {
+                        attributes: vec![kv("hostname", &w.0)],
+                        time_unix_nano: now_ns,
+                        value: Some(number_data_point::Value::AsInt(f(w))),
+                        ..Default::default()
+                    })
                     .collect(),
             })),
             ..Default::default()
         };
         metrics.push(gauge("celery_worker_up", "1 while the worker's heartbeats are current (Celery's 2 × freq expiry), 0 after worker-offline or expiry.", &|w| i64::from(w.1)));
-        metrics.push(gauge("celery_worker_tasks_active", "Tasks the worker is executing (last heartbeat).", &|w| w.2 as i64));
+        metrics.push(gauge(
+            "celery_worker_tasks_active",
+            "Tasks the worker is executing (last heartbeat).",
+            &|w| w.2 as i64,
+        ));
         metrics.push(Metric {
             name: "celeriac_celery_events_missed_total".to_string(),
             description: "Estimated task-started events lost in transit (heartbeat `processed` minus task-started seen).".to_string(),
@@ -273,9 +343,16 @@ pub fn to_otlp(m: &TaskMetrics, workers: &[WorkerRow], service_name: &str, start
         });
     }
     ResourceMetrics {
-        resource: Some(Resource { attributes: vec![kv("service.name", service_name)], ..Default::default() }),
+        resource: Some(Resource {
+            attributes: vec![kv("service.name", service_name)],
+            ..Default::default()
+        }),
         scope_metrics: vec![ScopeMetrics {
-            scope: Some(InstrumentationScope { name: "celeriac.celery_correlate".into(), version: env!("CARGO_PKG_VERSION").into(), ..Default::default() }),
+            scope: Some(InstrumentationScope {
+                name: "celeriac.celery_correlate".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                ..Default::default()
+            }),
             metrics,
             ..Default::default()
         }],

@@ -43,7 +43,11 @@ use workers::Workers;
 
 pub const REGISTRATION: Registration = Registration {
     type_name: "celery_correlate",
-    factory: Factory::Connector { accepts: &[SignalKind::Celery], produces: &[SignalKind::Metrics, SignalKind::Logs], build },
+    factory: Factory::Connector {
+        accepts: &[SignalKind::Celery],
+        produces: &[SignalKind::Metrics, SignalKind::Logs],
+        build,
+    },
 };
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -82,15 +86,22 @@ impl Default for CorrelateConfig {
             default_queue: "celery".into(),
             forget_workers_after: Duration::from_secs(600),
             service_name: "celery".into(),
-            runtime_buckets: vec![0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0],
-            queue_wait_buckets: vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0],
+            runtime_buckets: vec![
+                0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+            ],
+            queue_wait_buckets: vec![
+                0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+            ],
         }
     }
 }
 
 fn check_buckets(key: &str, b: &[f64]) -> Result<(), DecodeError> {
     if b.iter().any(|x| !x.is_finite()) || b.windows(2).any(|w| w[0] >= w[1]) {
-        return Err(DecodeError::new(key, "buckets must be finite and strictly increasing"));
+        return Err(DecodeError::new(
+            key,
+            "buckets must be finite and strictly increasing",
+        ));
     }
     Ok(())
 }
@@ -101,7 +112,10 @@ fn build(v: &Value) -> BuildResult<dyn Processor> {
         return Err(DecodeError::new("max_tasks", "must be at least 1"));
     }
     if cfg.metrics_interval.is_zero() {
-        return Err(DecodeError::new("metrics_interval", "must be greater than 0"));
+        return Err(DecodeError::new(
+            "metrics_interval",
+            "must be greater than 0",
+        ));
     }
     check_buckets("runtime_buckets", &cfg.runtime_buckets)?;
     check_buckets("queue_wait_buckets", &cfg.queue_wait_buckets)?;
@@ -135,12 +149,19 @@ pub struct Correlator {
 }
 
 pub fn now_secs() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 impl Correlator {
     pub fn new(cfg: CorrelateConfig, emit_logs: bool) -> Self {
-        let mut metrics = TaskMetrics::new(cfg.runtime_buckets.clone(), cfg.queue_wait_buckets.clone(), cfg.max_series);
+        let mut metrics = TaskMetrics::new(
+            cfg.runtime_buckets.clone(),
+            cfg.queue_wait_buckets.clone(),
+            cfg.max_series,
+        );
         let default_queue = metrics.intern(&cfg.default_queue);
         let unknown_name = metrics.intern("unknown");
         Correlator {
@@ -178,7 +199,8 @@ impl Correlator {
         if ev.kind.is_worker() {
             let o = self.workers.observe(ev, now);
             if o.newly_missed > 0 {
-                self.newly_missed.push((ev.hostname.clone(), o.newly_missed));
+                self.newly_missed
+                    .push((ev.hostname.clone(), o.newly_missed));
             }
             return;
         }
@@ -189,18 +211,26 @@ impl Correlator {
         if ev.kind != EventKind::TaskSent {
             let o = self.workers.observe(ev, now);
             if o.newly_missed > 0 {
-                self.newly_missed.push((ev.hostname.clone(), o.newly_missed));
+                self.newly_missed
+                    .push((ev.hostname.clone(), o.newly_missed));
             }
         }
         let host_only = self.cfg.hostname_label == HostnameLabel::Host;
-        let host = self.metrics.intern(workers::host_label(&ev.hostname, host_only));
+        let host = self
+            .metrics
+            .intern(workers::host_label(&ev.hostname, host_only));
         let t = self.tasks.touch(&tf.uuid, now);
         if let Some(n) = &tf.name {
             if t.name.as_deref() != Some(n.as_str()) {
                 t.name = Some(self.metrics.intern(n));
             }
         }
-        if let Some(q) = tf.queue.as_ref().or(tf.routing_key.as_ref()).filter(|q| !q.is_empty()) {
+        if let Some(q) = tf
+            .queue
+            .as_ref()
+            .or(tf.routing_key.as_ref())
+            .filter(|q| !q.is_empty())
+        {
             if t.queue.as_deref() != Some(q.as_str()) {
                 t.queue = Some(self.metrics.intern(q));
             }
@@ -209,7 +239,10 @@ impl Correlator {
             t.retries = t.retries.max(r);
         }
         let name = t.name.clone().unwrap_or_else(|| self.unknown_name.clone());
-        let queue = t.queue.clone().unwrap_or_else(|| self.default_queue.clone());
+        let queue = t
+            .queue
+            .clone()
+            .unwrap_or_else(|| self.default_queue.clone());
         let labels = self.metrics.labels(name, host, queue);
         let mut runtime = None;
         let mut queue_wait = None;
@@ -230,7 +263,10 @@ impl Correlator {
             EventKind::TaskStarted => {
                 t.started_ts = Some(ev.timestamp);
                 // celery-exporter: max(0, started − max(sent, eta)); received when sent is off.
-                let from = t.sent_ts.or(t.received_ts).map(|s| t.eta_ts.map_or(s, |e| s.max(e)));
+                let from = t
+                    .sent_ts
+                    .or(t.received_ts)
+                    .map(|s| t.eta_ts.map_or(s, |e| s.max(e)));
                 queue_wait = from.map(|f| (ev.timestamp - f).max(0.0));
                 (Some(Count::Started), TaskState::Started)
             }
@@ -245,9 +281,16 @@ impl Correlator {
             _ => (None, t.state),
         };
         t.state = t.state.merge(state);
-        let snapshot = if self.emit_logs { Some(t.clone()) } else { None };
+        let snapshot = if self.emit_logs {
+            Some(t.clone())
+        } else {
+            None
+        };
         if let Some(c) = count {
-            let exc = (c == Count::Failed).then(|| self.metrics.intern(exception_class(tf.exception.as_deref())));
+            let exc = (c == Count::Failed).then(|| {
+                self.metrics
+                    .intern(exception_class(tf.exception.as_deref()))
+            });
             self.metrics.inc(c, &labels, exc);
         }
         if let Some(r) = runtime {
@@ -271,25 +314,44 @@ impl Correlator {
     /// Housekeeping on the agent clock: TTL and forgotten workers.
     pub fn expire(&mut self, now: f64) {
         self.tasks.expire(now - self.cfg.task_ttl.as_secs_f64());
-        self.workers.forget_before(now - self.cfg.forget_workers_after.as_secs_f64());
+        self.workers
+            .forget_before(now - self.cfg.forget_workers_after.as_secs_f64());
     }
 
     /// Every series, cumulative.
     pub fn metrics_batch(&self, now: f64) -> ResourceMetrics {
         let rows = self.workers.by_label(now);
-        metrics::to_otlp(&self.metrics, &rows, &self.cfg.service_name, self.start_ns, (now * 1e9) as u64)
+        metrics::to_otlp(
+            &self.metrics,
+            &rows,
+            &self.cfg.service_name,
+            self.start_ns,
+            (now * 1e9) as u64,
+        )
     }
 
-    pub fn logs_batch(&self, records: Vec<LogRecord>) -> opentelemetry_proto::tonic::logs::v1::ResourceLogs {
+    pub fn logs_batch(
+        &self,
+        records: Vec<LogRecord>,
+    ) -> opentelemetry_proto::tonic::logs::v1::ResourceLogs {
         logs::resource_logs(&self.cfg.service_name, records)
     }
 }
 
 /// celery-exporter's exception label: the class name before `(`, else `UnknownException`.
 pub fn exception_class(repr: Option<&str>) -> &str {
-    let Some(r) = repr else { return "UnknownException" };
+    let Some(r) = repr else {
+        return "UnknownException";
+    };
     match r.find('(') {
-        Some(i) if i > 0 && r[..i].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.') => &r[..i],
+        Some(i)
+            if i > 0
+                && r[..i]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.') =>
+        {
+            &r[..i]
+        }
         _ => "UnknownException",
     }
 }
@@ -299,7 +361,11 @@ pub fn parse_iso8601(s: &str) -> Option<f64> {
     let s = s.trim();
     let (date, rest) = s.split_once(['T', ' '])?;
     let mut d = date.splitn(3, '-');
-    let (y, m, day): (i64, i64, i64) = (d.next()?.parse().ok()?, d.next()?.parse().ok()?, d.next()?.parse().ok()?);
+    let (y, m, day): (i64, i64, i64) = (
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+    );
     if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
         return None;
     }
@@ -316,7 +382,9 @@ pub fn parse_iso8601(s: &str) -> Option<f64> {
         o => {
             let sign = if o.starts_with('-') { -1.0 } else { 1.0 };
             let body = &o[1..];
-            let (oh, om) = body.split_once(':').unwrap_or((body.get(..2)?, body.get(2..).unwrap_or("0")));
+            let (oh, om) = body
+                .split_once(':')
+                .unwrap_or((body.get(..2)?, body.get(2..).unwrap_or("0")));
             sign * (oh.parse::<f64>().ok()? * 3600.0 + om.parse::<f64>().unwrap_or(0.0) * 60.0)
         }
     };
@@ -343,11 +411,31 @@ impl Processor for CeleryCorrelate {
             let mut c = Correlator::new(self.cfg.clone(), want_logs);
             let label = [("component", &*ctx.id)];
             let t = &ctx.telemetry;
-            let tracked = t.gauge("celeriac_correlate_tasks_tracked", "Task records held.", &label);
-            let evicted = t.counter("celeriac_correlate_tasks_evicted_total", "Unfinished task records evicted by max_tasks.", &label);
-            let expired = t.counter("celeriac_correlate_tasks_expired_total", "Unfinished task records dropped by task_ttl.", &label);
-            let overflow = t.counter("celeriac_correlate_label_overflow_total", "Events whose task name was folded into __other__ by max_series.", &label);
-            let unknown = t.counter("celeriac_correlate_unknown_events_total", "Events that are neither task-* nor worker-* (passed over).", &label);
+            let tracked = t.gauge(
+                "celeriac_correlate_tasks_tracked",
+                "Task records held.",
+                &label,
+            );
+            let evicted = t.counter(
+                "celeriac_correlate_tasks_evicted_total",
+                "Unfinished task records evicted by max_tasks.",
+                &label,
+            );
+            let expired = t.counter(
+                "celeriac_correlate_tasks_expired_total",
+                "Unfinished task records dropped by task_ttl.",
+                &label,
+            );
+            let overflow = t.counter(
+                "celeriac_correlate_label_overflow_total",
+                "Events whose task name was folded into __other__ by max_series.",
+                &label,
+            );
+            let unknown = t.counter(
+                "celeriac_correlate_unknown_events_total",
+                "Events that are neither task-* nor worker-* (passed over).",
+                &label,
+            );
             let mut last = Stats::default();
             let mut tick = tokio::time::interval(self.cfg.metrics_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -388,7 +476,9 @@ impl Processor for CeleryCorrelate {
             }
             // Input closed: one last emission so exporters flush the final values.
             if want_metrics {
-                let _ = out.send(Signal::Metrics(Arc::new(vec![c.metrics_batch(now_secs())]))).await;
+                let _ = out
+                    .send(Signal::Metrics(Arc::new(vec![c.metrics_batch(now_secs())])))
+                    .await;
             }
             Ok(())
         })

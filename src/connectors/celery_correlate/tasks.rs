@@ -47,7 +47,10 @@ impl TaskState {
     }
 
     pub fn is_final(self) -> bool {
-        matches!(self, TaskState::Success | TaskState::Failure | TaskState::Revoked | TaskState::Rejected)
+        matches!(
+            self,
+            TaskState::Success | TaskState::Failure | TaskState::Revoked | TaskState::Rejected
+        )
     }
 
     /// Celery's rule: a new state wins unless it ranks lower and neither side is RETRY.
@@ -114,7 +117,13 @@ pub struct TaskTable {
 
 impl TaskTable {
     pub fn new(max: usize) -> Self {
-        TaskTable { map: HashMap::new(), order: VecDeque::new(), next_gen: 0, max: max.max(1), evictions: Evictions::default() }
+        TaskTable {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            next_gen: 0,
+            max: max.max(1),
+            evictions: Evictions::default(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -147,9 +156,13 @@ impl TaskTable {
         }
         if self.order.len() > 2 * self.map.len() + 1024 {
             let map = &self.map;
-            self.order.retain(|(k, g)| map.get(k).is_some_and(|t| t.generation == *g));
+            self.order
+                .retain(|(k, g)| map.get(k).is_some_and(|t| t.generation == *g));
         }
-        let t = self.map.get_mut(&key).expect("present: just inserted or found");
+        let t = self
+            .map
+            .get_mut(&key)
+            .expect("present: just inserted or found");
         t.generation = generation;
         t.last_seen = now;
         t

@@ -28,23 +28,57 @@ fn counts_match_the_capture() {
     let c = run("celery-events-redis.jsonl");
     let m = &c.metrics;
     let w = "host1";
-    assert_eq!(m.counter(Count::Received, "shop.charge_card", w, "celery"), 3);
-    assert_eq!(m.counter(Count::Succeeded, "shop.charge_card", w, "celery"), 1);
-    assert_eq!(m.counter(Count::Revoked, "shop.charge_card", w, "celery"), 2);
-    assert_eq!(m.counter(Count::Failed, "shop.send_receipt", w, "celery"), 1);
-    assert_eq!(m.counter(Count::Failed, "shop.reject_order", w, "celery"), 1);
-    assert_eq!(m.counter(Count::Rejected, "shop.reject_order", w, "celery"), 1);
-    assert_eq!(m.counter(Count::Retried, "shop.sync_inventory", w, "celery"), 2);
-    assert_eq!(m.counter(Count::Started, "shop.sync_inventory", w, "celery"), 3);
+    assert_eq!(
+        m.counter(Count::Received, "shop.charge_card", w, "celery"),
+        3
+    );
+    assert_eq!(
+        m.counter(Count::Succeeded, "shop.charge_card", w, "celery"),
+        1
+    );
+    assert_eq!(
+        m.counter(Count::Revoked, "shop.charge_card", w, "celery"),
+        2
+    );
+    assert_eq!(
+        m.counter(Count::Failed, "shop.send_receipt", w, "celery"),
+        1
+    );
+    assert_eq!(
+        m.counter(Count::Failed, "shop.reject_order", w, "celery"),
+        1
+    );
+    assert_eq!(
+        m.counter(Count::Rejected, "shop.reject_order", w, "celery"),
+        1
+    );
+    assert_eq!(
+        m.counter(Count::Retried, "shop.sync_inventory", w, "celery"),
+        2
+    );
+    assert_eq!(
+        m.counter(Count::Started, "shop.sync_inventory", w, "celery"),
+        3
+    );
     assert_eq!(m.counter(Count::Succeeded, "shop.a", w, "celery"), 7);
-    assert_eq!(m.counter(Count::Revoked, "shop.slow_report", w, "celery"), 1);
+    assert_eq!(
+        m.counter(Count::Revoked, "shop.slow_report", w, "celery"),
+        1
+    );
     // Every task-sent comes from a client named gen<pid>@vm.
     assert_eq!(m.counter(Count::Sent, "shop.a", "vm", "celery"), 7);
     // Runtime observed for each success (12), each with a name carried from sent/received.
-    let total: u64 = ["shop.charge_card", "shop.sync_inventory", "shop.a", "shop.b", "shop.c", "shop.tally"]
-        .iter()
-        .map(|n| m.runtime_hist(n).map_or(0, |h| h.count))
-        .sum();
+    let total: u64 = [
+        "shop.charge_card",
+        "shop.sync_inventory",
+        "shop.a",
+        "shop.b",
+        "shop.c",
+        "shop.tally",
+    ]
+    .iter()
+    .map(|n| m.runtime_hist(n).map_or(0, |h| h.count))
+    .sum();
     assert_eq!(total, 12);
     assert!(m.runtime_hist("unknown").is_none());
 }
@@ -55,11 +89,22 @@ fn one_log_record_per_lifecycle_step() {
     let logs = c.take_logs();
     // 75 task events in the capture (88 minus 13 worker events).
     assert_eq!(logs.len(), 75);
-    let failed: Vec<_> = logs.iter().filter(|r| r.event_name == "task.failed").collect();
+    let failed: Vec<_> = logs
+        .iter()
+        .filter(|r| r.event_name == "task.failed")
+        .collect();
     assert_eq!(failed.len(), 2);
-    let attr = |r: &LogRecord, k: &str| r.attributes.iter().find(|a| a.key == k).and_then(|a| a.value.clone());
+    let attr = |r: &LogRecord, k: &str| {
+        r.attributes
+            .iter()
+            .find(|a| a.key == k)
+            .and_then(|a| a.value.clone())
+    };
     assert!(failed.iter().any(|r| matches!(attr(r, "exception.type").and_then(|v| v.value), Some(any_value::Value::StringValue(s)) if s == "ValueError")));
-    let completed = logs.iter().filter(|r| r.event_name == "task.completed").count();
+    let completed = logs
+        .iter()
+        .filter(|r| r.event_name == "task.completed")
+        .count();
     assert_eq!(completed, 12);
     use opentelemetry_proto::tonic::common::v1::any_value;
 }
@@ -68,15 +113,21 @@ fn one_log_record_per_lifecycle_step() {
 fn worker_goes_up_then_down() {
     let events = fixture_events("celery-events-redis.jsonl");
     let mut c = Correlator::new(CorrelateConfig::default(), false);
-    let online = events.iter().position(|e| e.kind == EventKind::WorkerOnline).unwrap();
+    let online = events
+        .iter()
+        .position(|e| e.kind == EventKind::WorkerOnline)
+        .unwrap();
     c.apply(&events[online], 100.0);
-    assert_eq!(c.workers.by_label(101.0)[0].1, true);
+    assert!(c.workers.by_label(101.0)[0].1);
     // Expired after 2 × freq (2 s) with no heartbeat.
-    assert_eq!(c.workers.by_label(104.5)[0].1, false);
-    let offline = events.iter().position(|e| e.kind == EventKind::WorkerOffline).unwrap();
+    assert!(!c.workers.by_label(104.5)[0].1);
+    let offline = events
+        .iter()
+        .position(|e| e.kind == EventKind::WorkerOffline)
+        .unwrap();
     c.apply(&events[online], 200.0);
     c.apply(&events[offline], 200.5);
-    assert_eq!(c.workers.by_label(200.6)[0].1, false);
+    assert!(!c.workers.by_label(200.6)[0].1);
 }
 
 #[test]
@@ -104,14 +155,23 @@ fn dropped_events_are_estimated() {
     }
     let missed: u64 = c.workers.by_label(0.0).iter().map(|w| w.3).sum();
     // Started events after the baseline heartbeat and before the last settled one are counted.
-    assert!(missed > 0 && missed <= dropped, "missed {missed}, dropped {dropped}");
+    assert!(
+        missed > 0 && missed <= dropped,
+        "missed {missed}, dropped {dropped}"
+    );
 }
 
 #[test]
 fn memory_is_bounded_by_max_tasks() {
-    let cfg = CorrelateConfig { max_tasks: 1000, ..Default::default() };
+    let cfg = CorrelateConfig {
+        max_tasks: 1000,
+        ..Default::default()
+    };
     let mut c = Correlator::new(cfg, false);
-    let template = fixture_events("celery-events-redis.jsonl").into_iter().find(|e| e.kind == EventKind::TaskReceived).unwrap();
+    let template = fixture_events("celery-events-redis.jsonl")
+        .into_iter()
+        .find(|e| e.kind == EventKind::TaskReceived)
+        .unwrap();
     for i in 0..20_000 {
         let mut ev = template.clone();
         if let Some(t) = ev.task.as_mut() {
@@ -126,8 +186,14 @@ fn memory_is_bounded_by_max_tasks() {
 #[test]
 fn iso_timestamps() {
     assert_eq!(parse_iso8601("1970-01-01T00:00:00+00:00"), Some(0.0));
-    assert_eq!(parse_iso8601("2026-11-25T11:42:41.5Z"), Some(1_795_606_961.5));
-    assert_eq!(parse_iso8601("2026-11-25T13:42:41.5+02:00"), Some(1_795_606_961.5));
+    assert_eq!(
+        parse_iso8601("2026-11-25T11:42:41.5Z"),
+        Some(1_795_606_961.5)
+    );
+    assert_eq!(
+        parse_iso8601("2026-11-25T13:42:41.5+02:00"),
+        Some(1_795_606_961.5)
+    );
     assert_eq!(parse_iso8601("nope"), None);
 }
 

@@ -50,11 +50,16 @@ struct Lost {
 impl Lost {
     fn reset(&mut self) {
         let missed = self.missed;
-        *self = Lost { missed, ..Lost::default() };
+        *self = Lost {
+            missed,
+            ..Lost::default()
+        };
     }
 
     fn on_started(&mut self, ts: f64) {
-        let Some((base_ts, _)) = self.base else { return };
+        let Some((base_ts, _)) = self.base else {
+            return;
+        };
         if ts <= base_ts + SETTLE_SLACK {
             return;
         }
@@ -112,7 +117,10 @@ pub fn host_label(node: &str, host_only: bool) -> &str {
 
 impl Workers {
     pub fn new(host_only: bool) -> Self {
-        Workers { map: HashMap::new(), host_only }
+        Workers {
+            map: HashMap::new(),
+            host_only,
+        }
     }
 
     fn entry(&mut self, node: &str, now: f64) -> &mut Worker {
@@ -120,7 +128,17 @@ impl Workers {
             let label: Arc<str> = Arc::from(host_label(node, self.host_only));
             self.map.insert(
                 Arc::from(node),
-                Worker { label, last_seen: now, freq: 2.0, offline: false, active: 0, processed: None, pid: None, sw: None, lost: Lost::default() },
+                Worker {
+                    label,
+                    last_seen: now,
+                    freq: 2.0,
+                    offline: false,
+                    active: 0,
+                    processed: None,
+                    pid: None,
+                    sw: None,
+                    lost: Lost::default(),
+                },
             );
         }
         self.map.get_mut(node).expect("inserted above")
