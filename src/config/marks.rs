@@ -96,17 +96,17 @@ impl Builder {
     }
 
     /// A scalar in key position: record the key and its position.
-    fn key(&mut self, k: String, mark: &Marker) -> bool {
+    fn key(&mut self, k: &str, mark: &Marker) -> bool {
         let base = self.paths.last().cloned().unwrap_or_default();
         if let Some(Frame::Map { key }) = self.stack.last_mut() {
             if key.is_none() {
                 let path = if base.is_empty() {
-                    k.clone()
+                    k.to_string()
                 } else {
                     format!("{base}.{k}")
                 };
                 self.index.insert(path, Self::pos(mark));
-                *key = Some(k);
+                *key = Some(k.to_string());
                 return true;
             }
         }
@@ -117,7 +117,7 @@ impl Builder {
 impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         match ev {
-            Event::Scalar(s, ..) if self.key(s, &mark) => {}
+            Event::Scalar(ref s, ..) if self.key(s, &mark) => {}
             Event::Scalar(..) | Event::Alias(_) => {
                 self.value_path(&mark);
             }
