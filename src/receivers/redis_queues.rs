@@ -676,7 +676,7 @@ mod tests {
         let Some(metric::Data::Gauge(g)) = &rm[0].scope_metrics[0].metrics[0].data else {
             panic!()
         };
-        let values: Vec<_> = g.data_points.iter().map(|p| p.value.clone()).collect();
+        let values: Vec<_> = g.data_points.iter().map(|p| p.value).collect();
         assert_eq!(
             values,
             [6, 1, 0].map(|n| Some(number_data_point::Value::AsInt(n)))
