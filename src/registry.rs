@@ -74,6 +74,7 @@ pub static COMPONENTS: &[Registration] = &[
     crate::exporters::prometheus::REGISTRATION,
     crate::processors::batch::REGISTRATION,
     crate::receivers::celery_redis::REGISTRATION,
+    crate::receivers::otlp::REGISTRATION,
     crate::receivers::redis_queues::REGISTRATION,
 ];
 

@@ -1,5 +1,6 @@
 //! Receivers: where data enters the agent. One file per component.
 
 pub mod celery_redis;
+pub mod otlp;
 mod pubsub;
 pub mod redis_queues;

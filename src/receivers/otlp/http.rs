@@ -1,0 +1,355 @@
+//! OTLP/HTTP front end: `POST /v1/traces|metrics|logs`, `application/x-protobuf` or
+//! `application/json`, optional `Content-Encoding: gzip`, answers in the request's format with
+//! a `google.rpc.Status` body on errors (OTLP spec "OTLP/HTTP Response").
+
+use std::convert::Infallible;
+use std::io::Read;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::{Ingest, Refusal};
+use crate::signal::{Signal, SignalKind};
+
+/// `google.rpc.Status`, the error body of OTLP/HTTP.
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Protobuf,
+    Json,
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, format: Format, body: Bytes) -> Reply {
+    let ctype = match format {
+        Format::Protobuf => "application/x-protobuf",
+        Format::Json => "application/json",
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", ctype)
+        .body(Full::new(body))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+/// An error answer: `grpc_code` is the matching gRPC code for the Status body.
+fn error(status: StatusCode, format: Format, grpc_code: i32, message: impl Into<String>) -> Reply {
+    let st = RpcStatus {
+        code: grpc_code,
+        message: message.into(),
+    };
+    let body = match format {
+        Format::Protobuf => Bytes::from(st.encode_to_vec()),
+        Format::Json => Bytes::from(serde_json::to_vec(&st).unwrap_or_default()),
+    };
+    reply(status, format, body)
+}
+
+fn plain(status: StatusCode, msg: &'static str) -> Reply {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from_static(msg.as_bytes())))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+fn decode(kind: SignalKind, format: Format, body: &[u8]) -> Result<Signal, String> {
+    fn json<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+        serde_json::from_slice(b).map_err(|e| format!("invalid OTLP JSON: {e}"))
+    }
+    fn proto<T: Message + Default>(b: &[u8]) -> Result<T, String> {
+        T::decode(b).map_err(|e| format!("invalid OTLP protobuf: {e}"))
+    }
+    Ok(match (kind, format) {
+        (SignalKind::Traces, Format::Protobuf) => Signal::Traces(Arc::new(
+            proto::<ExportTraceServiceRequest>(body)?.resource_spans,
+        )),
+        (SignalKind::Traces, Format::Json) => Signal::Traces(Arc::new(
+            json::<ExportTraceServiceRequest>(body)?.resource_spans,
+        )),
+        (SignalKind::Metrics, Format::Protobuf) => Signal::Metrics(Arc::new(
+            proto::<ExportMetricsServiceRequest>(body)?.resource_metrics,
+        )),
+        (SignalKind::Metrics, Format::Json) => Signal::Metrics(Arc::new(
+            json::<ExportMetricsServiceRequest>(body)?.resource_metrics,
+        )),
+        (SignalKind::Logs, Format::Protobuf) => Signal::Logs(Arc::new(
+            proto::<ExportLogsServiceRequest>(body)?.resource_logs,
+        )),
+        (SignalKind::Logs, Format::Json) => Signal::Logs(Arc::new(
+            json::<ExportLogsServiceRequest>(body)?.resource_logs,
+        )),
+        (SignalKind::Celery, _) => return Err("not an OTLP signal".into()),
+    })
+}
+
+fn success(kind: SignalKind, format: Format) -> Reply {
+    let body = match format {
+        Format::Protobuf => Bytes::from(match kind {
+            SignalKind::Traces => ExportTraceServiceResponse {
+                partial_success: None,
+            }
+            .encode_to_vec(),
+            SignalKind::Metrics => ExportMetricsServiceResponse {
+                partial_success: None,
+            }
+            .encode_to_vec(),
+            _ => ExportLogsServiceResponse {
+                partial_success: None,
+            }
+            .encode_to_vec(),
+        }),
+        Format::Json => Bytes::from_static(b"{}"),
+    };
+    reply(StatusCode::OK, format, body)
+}
+
+/// Inflate gzip, refusing to produce more than `max` bytes (gzip bombs).
+fn gunzip(data: &[u8], max: usize) -> Result<Vec<u8>, &'static str> {
+    let mut out = Vec::with_capacity(data.len().saturating_mul(4).min(max));
+    let mut dec = flate2::read::GzDecoder::new(data).take(max as u64 + 1);
+    dec.read_to_end(&mut out).map_err(|_| "corrupt gzip body")?;
+    if out.len() > max {
+        return Err("too_large");
+    }
+    Ok(out)
+}
+
+async fn handle(req: Request<Incoming>, ingest: Arc<Ingest>, max_body: usize) -> Reply {
+    let kind = match req.uri().path() {
+        "/v1/traces" => SignalKind::Traces,
+        "/v1/metrics" => SignalKind::Metrics,
+        "/v1/logs" => SignalKind::Logs,
+        _ => {
+            return plain(
+                StatusCode::NOT_FOUND,
+                "404 page not found: OTLP/HTTP paths are /v1/traces, /v1/metrics, /v1/logs\n",
+            )
+        }
+    };
+    if req.method() != Method::POST {
+        return plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "405 method not allowed, supported: [POST]\n",
+        );
+    }
+    let ctype = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let format = match ctype.split(';').next().map(str::trim).unwrap_or("") {
+        "application/x-protobuf" => Format::Protobuf,
+        "application/json" => Format::Json,
+        _ => {
+            ingest.refuse("http", "unsupported_content_type");
+            return plain(StatusCode::UNSUPPORTED_MEDIA_TYPE, "415 unsupported media type, supported: [application/json, application/x-protobuf]\n");
+        }
+    };
+    if !ingest.authorized(req.headers().get("authorization").map(|v| v.as_bytes())) {
+        ingest.refuse("http", "unauthenticated");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            format,
+            16,
+            "missing or wrong bearer token",
+        );
+    }
+    if !ingest.wants(kind) {
+        ingest.refuse("http", "no_pipeline");
+        return error(
+            StatusCode::NOT_FOUND,
+            format,
+            12,
+            "no pipeline takes this signal from this receiver",
+        );
+    }
+    let gzip = match req
+        .headers()
+        .get("content-encoding")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+    {
+        None | Some("") | Some("identity") => false,
+        Some("gzip") => true,
+        Some(_) => {
+            ingest.refuse("http", "unsupported_encoding");
+            return error(
+                StatusCode::BAD_REQUEST,
+                format,
+                3,
+                "unsupported content-encoding; use gzip or none",
+            );
+        }
+    };
+    let body = match Limited::new(req.into_body(), max_body).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                ingest.refuse("http", "too_large");
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format,
+                    8,
+                    format!("request body larger than {max_body} bytes"),
+                );
+            }
+            ingest.refuse("http", "read_error");
+            return error(
+                StatusCode::BAD_REQUEST,
+                format,
+                3,
+                "cannot read the request body",
+            );
+        }
+    };
+    let body = if gzip {
+        match gunzip(&body, max_body) {
+            Ok(b) => Bytes::from(b),
+            Err("too_large") => {
+                ingest.refuse("http", "too_large");
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format,
+                    8,
+                    format!("decompressed body larger than {max_body} bytes"),
+                );
+            }
+            Err(msg) => {
+                ingest.refuse("http", "corrupt");
+                return error(StatusCode::BAD_REQUEST, format, 3, msg);
+            }
+        }
+    } else {
+        body
+    };
+    let signal = match decode(kind, format, &body) {
+        Ok(s) => s,
+        Err(msg) => {
+            ingest.refuse("http", "corrupt");
+            return error(StatusCode::BAD_REQUEST, format, 3, msg);
+        }
+    };
+    if signal.is_empty() {
+        return success(kind, format);
+    }
+    match ingest.push(signal) {
+        Ok(()) => success(kind, format),
+        Err(Refusal::Full) => {
+            ingest.refuse("http", "pipeline_full");
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format,
+                14,
+                "celeriac's pipeline is full; retry with backoff",
+            );
+            r.headers_mut()
+                .insert("retry-after", hyper::header::HeaderValue::from_static("1"));
+            r
+        }
+        Err(Refusal::NoPipeline) => error(
+            StatusCode::NOT_FOUND,
+            format,
+            12,
+            "no pipeline takes this signal",
+        ),
+        Err(Refusal::Closed) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format,
+            14,
+            "celeriac is shutting down",
+        ),
+    }
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    ingest: Arc<Ingest>,
+    max_body: usize,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "OTLP/HTTP accept failed.");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let ingest = ingest.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let ingest = ingest.clone();
+                async move { Ok::<_, Infallible>(handle(req, ingest, max_body).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+            }
+            let _ = conn.await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gzip_bombs_are_refused() {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&vec![0u8; 10 << 20]).unwrap();
+        let bomb = enc.finish().unwrap();
+        assert!(bomb.len() < 64 << 10);
+        assert_eq!(gunzip(&bomb, 1 << 20), Err("too_large"));
+        assert_eq!(gunzip(b"not gzip", 1 << 20), Err("corrupt gzip body"));
+        assert_eq!(gunzip(&bomb, 20 << 20).map(|v| v.len()), Ok(10 << 20));
+    }
+
+    #[test]
+    fn decodes_json_with_hex_ids() {
+        let body = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"x","kind":2,"startTimeUnixNano":"1544712660000000000","endTimeUnixNano":"1544712661000000000"}]}]}]}"#;
+        let s = decode(SignalKind::Traces, Format::Json, body).unwrap();
+        let Signal::Traces(rs) = s else { panic!() };
+        let span = &rs[0].scope_spans[0].spans[0];
+        assert_eq!(span.trace_id[0], 0x5b);
+        assert_eq!(span.start_time_unix_nano, 1_544_712_660_000_000_000);
+        assert!(decode(SignalKind::Traces, Format::Json, b"{\"resourceSpans\": 5}").is_err());
+        assert!(decode(SignalKind::Traces, Format::Protobuf, b"\xff\xff\xff").is_err());
+    }
+}

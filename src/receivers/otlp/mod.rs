@@ -1,0 +1,314 @@
+//! `otlp` receiver: OTLP/gRPC on `grpc.endpoint` (TraceService, MetricsService, LogsService) and
+//! OTLP/HTTP on `http.endpoint` (`POST /v1/traces`, `/v1/metrics`, `/v1/logs`, protobuf or JSON,
+//! optionally gzip), so applications point their OTLP exporters at celeriac exactly as at an
+//! OpenTelemetry Collector. What arrives is passed on unchanged.
+//!
+//! Backpressure: a request is handed to the pipeline without waiting; when the pipeline is full
+//! the client gets the retryable answer the OTLP spec prescribes (gRPC `UNAVAILABLE`, HTTP 503
+//! with `Retry-After`), so it backs off and memory stays bounded. Oversized, corrupt or
+//! undecodable payloads get a clear non-retryable error (`RESOURCE_EXHAUSTED`/`INVALID_ARGUMENT`,
+//! HTTP 413/400/415) and are counted in `celeriac_receiver_refused_requests_total{reason}`.
+//! A signal that no pipeline takes from this receiver is answered `UNIMPLEMENTED` / 404.
+//!
+//! Settings:
+//! ```yaml
+//! otlp:
+//!   grpc:
+//!     enabled: true
+//!     endpoint: 127.0.0.1:4317        # 0.0.0.0:4317 to accept other hosts
+//!     max_recv_msg_size_mib: 4
+//!   http:
+//!     enabled: true
+//!     endpoint: 127.0.0.1:4318
+//!     max_request_body_size_mib: 20   # after decompression
+//!   auth:
+//!     bearer_token: ${env:OTLP_TOKEN} # optional: require `authorization: Bearer <token>`
+//! ```
+
+mod grpc;
+mod http;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::component::{BoxRun, ComponentError, Context, Output, Receiver, SendError};
+use crate::config::{self, types, DecodeError, Value};
+use crate::registry::{BuildResult, Factory, Registration};
+use crate::signal::{Signal, SignalKind};
+use crate::telemetry::{Counter, Telemetry};
+
+pub const REGISTRATION: Registration = Registration {
+    type_name: "otlp",
+    factory: Factory::Receiver {
+        produces: &[SignalKind::Traces, SignalKind::Metrics, SignalKind::Logs],
+        build,
+    },
+};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    pub enabled: bool,
+    #[serde(with = "types::addr")]
+    pub endpoint: SocketAddr,
+    pub max_recv_msg_size_mib: usize,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            enabled: true,
+            endpoint: SocketAddr::from(([127, 0, 0, 1], 4317)),
+            max_recv_msg_size_mib: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    #[serde(with = "types::addr")]
+    pub endpoint: SocketAddr,
+    pub max_request_body_size_mib: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            endpoint: SocketAddr::from(([127, 0, 0, 1], 4318)),
+            max_request_body_size_mib: 20,
+        }
+    }
+}
+
+#[derive(Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub bearer_token: Option<String>,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field(
+                "bearer_token",
+                &self.bearer_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    pub grpc: GrpcConfig,
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
+}
+
+fn build(v: &Value) -> BuildResult<dyn Receiver> {
+    let cfg: OtlpConfig = config::decode(v)?;
+    if !cfg.grpc.enabled && !cfg.http.enabled {
+        return Err(DecodeError::new("", "enable at least one of grpc and http"));
+    }
+    if cfg.grpc.enabled && cfg.http.enabled && cfg.grpc.endpoint == cfg.http.endpoint {
+        return Err(DecodeError::new(
+            "http.endpoint",
+            "grpc and http cannot share an address",
+        ));
+    }
+    if cfg.grpc.max_recv_msg_size_mib == 0 {
+        return Err(DecodeError::new(
+            "grpc.max_recv_msg_size_mib",
+            "must be at least 1",
+        ));
+    }
+    if cfg.http.max_request_body_size_mib == 0 {
+        return Err(DecodeError::new(
+            "http.max_request_body_size_mib",
+            "must be at least 1",
+        ));
+    }
+    if cfg.auth.bearer_token.as_deref().is_some_and(str::is_empty) {
+        return Err(DecodeError::new(
+            "auth.bearer_token",
+            "is empty (is the environment variable set?)",
+        ));
+    }
+    Ok(Box::new(OtlpReceiver { cfg }))
+}
+
+pub struct OtlpReceiver {
+    cfg: OtlpConfig,
+}
+
+/// Why a request was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No pipeline takes this signal from this receiver.
+    NoPipeline,
+    /// The pipeline is full: retry later.
+    Full,
+    /// Shutting down.
+    Closed,
+}
+
+/// What the gRPC and HTTP front ends share: the pipeline output, auth and counters.
+pub struct Ingest {
+    out: Output,
+    token: Option<String>,
+    telemetry: Telemetry,
+    component: Arc<str>,
+    accepted: [Counter; 3],
+}
+
+impl Ingest {
+    fn new(ctx: &Context, out: Output, token: Option<String>) -> Self {
+        let c = |signal: &str| {
+            ctx.telemetry.counter(
+                "celeriac_receiver_accepted_items_total",
+                "Items a receiver accepted into the pipeline.",
+                &[("component", &ctx.id), ("signal", signal)],
+            )
+        };
+        Ingest {
+            accepted: [c("traces"), c("metrics"), c("logs")],
+            out,
+            token,
+            telemetry: ctx.telemetry.clone(),
+            component: ctx.id.clone(),
+        }
+    }
+
+    /// Count a refused request under `reason`.
+    pub fn refuse(&self, protocol: &'static str, reason: &'static str) {
+        self.telemetry
+            .counter(
+                "celeriac_receiver_refused_requests_total",
+                "Requests a receiver refused, by reason.",
+                &[
+                    ("component", &self.component),
+                    ("protocol", protocol),
+                    ("reason", reason),
+                ],
+            )
+            .inc();
+    }
+
+    /// `true` when the presented `authorization` header value is acceptable.
+    pub fn authorized(&self, header: Option<&[u8]>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let Some(h) = header else { return false };
+        let Some(presented) = h
+            .strip_prefix(b"Bearer ")
+            .or_else(|| h.strip_prefix(b"bearer "))
+        else {
+            return false;
+        };
+        constant_time_eq(presented, token.as_bytes())
+    }
+
+    pub fn wants(&self, kind: SignalKind) -> bool {
+        self.out.wants(kind)
+    }
+
+    /// Hand a decoded batch to the pipeline without waiting.
+    pub fn push(&self, signal: Signal) -> Result<(), Refusal> {
+        let kind = signal.kind();
+        if !self.out.wants(kind) {
+            return Err(Refusal::NoPipeline);
+        }
+        let n = signal.item_count() as u64;
+        match self.out.try_send(signal) {
+            Ok(()) => {
+                let i = match kind {
+                    SignalKind::Traces => 0,
+                    SignalKind::Metrics => 1,
+                    _ => 2,
+                };
+                self.accepted[i].add(n);
+                Ok(())
+            }
+            Err(SendError::Full) => Err(Refusal::Full),
+            Err(SendError::Closed) => Err(Refusal::Closed),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Receiver for OtlpReceiver {
+    fn run(self: Box<Self>, ctx: Context, out: Output) -> BoxRun {
+        Box::pin(async move {
+            let ingest = Arc::new(Ingest::new(&ctx, out, self.cfg.auth.bearer_token.clone()));
+            let mut servers = tokio::task::JoinSet::new();
+            if self.cfg.grpc.enabled {
+                let addr = self.cfg.grpc.endpoint;
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ComponentError::Bind { addr, source })?;
+                tracing::info!(component = %ctx.id, %addr, "OTLP/gRPC listening.");
+                servers.spawn(grpc::serve(
+                    listener,
+                    ingest.clone(),
+                    self.cfg.grpc.max_recv_msg_size_mib << 20,
+                    ctx.shutdown.clone(),
+                ));
+            }
+            if self.cfg.http.enabled {
+                let addr = self.cfg.http.endpoint;
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ComponentError::Bind { addr, source })?;
+                tracing::info!(component = %ctx.id, %addr, "OTLP/HTTP listening.");
+                servers.spawn(http::serve(
+                    listener,
+                    ingest.clone(),
+                    self.cfg.http.max_request_body_size_mib << 20,
+                    ctx.shutdown.clone(),
+                ));
+            }
+            drop(ingest);
+            while servers.join_next().await.is_some() {}
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_checks() {
+        assert!(build(&Value::Null).is_ok());
+        let v: Value =
+            serde_yaml_ng::from_str("grpc: {enabled: false}\nhttp: {enabled: false}").unwrap();
+        assert!(build(&v).is_err());
+        let v: Value =
+            serde_yaml_ng::from_str("grpc: {endpoint: 127.0.0.1:9}\nhttp: {endpoint: 127.0.0.1:9}")
+                .unwrap();
+        assert_eq!(build(&v).err().unwrap().path, "http.endpoint");
+        let v: Value = serde_yaml_ng::from_str("auth: {bearer_token: s3cret}").unwrap();
+        let cfg: OtlpConfig = config::decode(&v).unwrap();
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,312 @@
+//! The `otlp` receiver as a drop-in collector: spans from the real OpenTelemetry Python SDK
+//! (gRPC and HTTP exporters) pass through unchanged; JSON and gzip bodies work; bad requests get
+//! clear, counted errors; a full pipeline answers with the retryable code instead of buffering.
+
+mod support;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_celeriac"))
+}
+
+fn send(proto: &str, endpoint: &str, n: usize, token: Option<&str>) -> Value {
+    let mut cmd = Command::new(python());
+    cmd.arg(python_dir().join("otlp_send.py"))
+        .args([proto, endpoint, &n.to_string()]);
+    if let Some(t) = token {
+        cmd.args(["--token", t]);
+    }
+    let out = cmd.output().expect("python");
+    assert!(
+        out.status.success(),
+        "otlp_send.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("JSON line")
+}
+
+fn spans_in(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn python_sdk_spans_pass_through_and_bad_requests_are_refused() {
+    let (grpc, http, tel) = (free_port(), free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let spans = dir.path().join("spans.jsonl");
+    let cfg = format!(
+        r#"
+receivers:
+  otlp:
+    grpc: {{ endpoint: 127.0.0.1:{grpc} }}
+    http: {{ endpoint: 127.0.0.1:{http}, max_request_body_size_mib: 1 }}
+    auth: {{ bearer_token: s3cret-token }}
+exporters:
+  logs: {{ path: "{}" }}
+service:
+  telemetry: {{ endpoint: 127.0.0.1:{tel} }}
+  pipelines:
+    traces: {{ receivers: [otlp], exporters: [logs] }}
+"#,
+        spans.display()
+    );
+    let agent = Agent::start(bin(), &cfg);
+    let http_addr = format!("127.0.0.1:{http}");
+    assert!(
+        wait_until(Duration::from_secs(15), || http_get(
+            &http_addr,
+            "/v1/traces"
+        )
+        .is_some()),
+        "{}",
+        agent.output()
+    );
+
+    let g = send(
+        "grpc",
+        &format!("http://127.0.0.1:{grpc}"),
+        5,
+        Some("s3cret-token"),
+    );
+    let h = send(
+        "http",
+        &format!("http://127.0.0.1:{http}"),
+        5,
+        Some("s3cret-token"),
+    );
+    let mut want: Vec<String> = Vec::new();
+    for v in [&g, &h] {
+        for id in v["span_ids"].as_array().unwrap() {
+            want.push(id.as_str().unwrap().to_string());
+        }
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || spans_in(&spans).len() >= 10),
+        "{}",
+        agent.output()
+    );
+    let got = spans_in(&spans);
+    assert_eq!(got.len(), 10, "no duplicates");
+    for (i, id) in g["span_ids"].as_array().unwrap().iter().enumerate() {
+        let line = got
+            .iter()
+            .find(|s| s["span_id"] == *id)
+            .unwrap_or_else(|| panic!("span {id} missing"));
+        assert_eq!(line["trace_id"], g["trace_ids"][i], "trace id unchanged");
+        assert_eq!(line["msg"], g["names"][i]);
+        assert_eq!(line["test.index"], i as i64);
+    }
+
+    // Without the token: refused, nothing exported.
+    let unauth = http_post(&http_addr, "/v1/traces", "application/x-protobuf", b"").unwrap();
+    assert_eq!(unauth.status, 401);
+
+    let post = |ctype: &str, body: &[u8], extra: &[(&str, &str)]| {
+        let mut headers = vec![
+            ("content-type", ctype),
+            ("authorization", "Bearer s3cret-token"),
+        ];
+        headers.extend_from_slice(extra);
+        http_request(&http_addr, "POST", "/v1/traces", &headers, body).unwrap()
+    };
+    // OTLP/JSON, hex ids, as the spec writes them.
+    let json = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"json-span","kind":2,"startTimeUnixNano":"1544712660000000000","endTimeUnixNano":"1544712661000000000"}]}]}]}"#;
+    let r = post("application/json", json, &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    // The same, gzip-compressed.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(
+        String::from_utf8_lossy(json)
+            .replace("eee19b7ec3c1b174", "eee19b7ec3c1b175")
+            .as_bytes(),
+    )
+    .unwrap();
+    let r = post(
+        "application/json",
+        &gz.finish().unwrap(),
+        &[("content-encoding", "gzip")],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(wait_until(Duration::from_secs(5), || spans_in(&spans)
+        .len()
+        == 12));
+    let j = spans_in(&spans)
+        .into_iter()
+        .find(|s| s["span_id"] == "eee19b7ec3c1b174")
+        .unwrap();
+    assert_eq!(j["trace_id"], "5b8efff798038103d269b633813fc60c");
+
+    // Corrupt protobuf, wrong type, wrong method, too large, gzip bomb.
+    assert_eq!(
+        post("application/x-protobuf", b"\xff\xff\xff\xff", &[]).status,
+        400
+    );
+    assert_eq!(post("text/plain", b"hi", &[]).status, 415);
+    assert_eq!(http_get(&http_addr, "/v1/traces").unwrap().0, 405);
+    assert_eq!(
+        post("application/x-protobuf", &vec![0u8; 2 << 20], &[]).status,
+        413
+    );
+    let mut bomb = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    bomb.write_all(&vec![b' '; 8 << 20]).unwrap();
+    let r = post(
+        "application/json",
+        &bomb.finish().unwrap(),
+        &[("content-encoding", "gzip")],
+    );
+    assert_eq!(r.status, 413);
+    // Metrics: no pipeline takes them from this receiver.
+    let r = http_request(
+        &http_addr,
+        "POST",
+        "/v1/metrics",
+        &[
+            ("content-type", "application/x-protobuf"),
+            ("authorization", "Bearer s3cret-token"),
+        ],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 404);
+
+    let t = scrape(&format!("127.0.0.1:{tel}")).unwrap();
+    let refused = |reason: &str| {
+        metric_value(
+            &t,
+            "celeriac_receiver_refused_requests_total",
+            &[("reason", reason)],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(refused("unauthenticated"), 1.0);
+    assert_eq!(refused("corrupt"), 1.0);
+    assert_eq!(refused("too_large"), 2.0);
+    assert_eq!(refused("unsupported_content_type"), 1.0);
+    assert_eq!(refused("no_pipeline"), 1.0);
+    assert_eq!(spans_in(&spans).len(), 12, "nothing else was exported");
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_full_pipeline_answers_503_and_memory_stays_flat() {
+    let (http, tel) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    // A backend that stops reading: a FIFO whose reader never reads.
+    let fifo = dir.path().join("stalled");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    let cfg = format!(
+        "receivers:\n  otlp:\n    grpc: {{ enabled: false }}\n    http: {{ endpoint: 127.0.0.1:{http} }}\nexporters:\n  logs: {{ path: \"{}\" }}\nservice:\n  telemetry: {{ endpoint: 127.0.0.1:{tel} }}\n  channel_capacity: 4\n  pipelines:\n    traces: {{ receivers: [otlp], exporters: [logs] }}\n",
+        fifo.display()
+    );
+    let agent = Agent::start(bin(), &cfg);
+    let addr = format!("127.0.0.1:{http}");
+    assert!(
+        wait_until(Duration::from_secs(15), || http_get(&addr, "/v1/traces")
+            .is_some()),
+        "{}",
+        agent.output()
+    );
+    // ~40 KiB of spans per request.
+    let mut spans = String::new();
+    for i in 0..100 {
+        if i > 0 {
+            spans.push(',');
+        }
+        spans.push_str(&format!(r#"{{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"{i:016x}","name":"{}","kind":1,"startTimeUnixNano":"1","endTimeUnixNano":"2"}}"#, "x".repeat(300)));
+    }
+    let body = format!(r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{spans}]}}]}}]}}"#);
+    let (mut ok, mut busy) = (0, 0);
+    let mut peak = 0;
+    for _ in 0..400 {
+        let r = http_request(
+            &addr,
+            "POST",
+            "/v1/traces",
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        )
+        .unwrap();
+        match r.status {
+            200 => ok += 1,
+            503 => {
+                assert_eq!(r.header("retry-after"), Some("1"));
+                busy += 1;
+            }
+            s => panic!("unexpected status {s}: {}", r.text()),
+        }
+        peak = peak.max(rss_kib(agent.pid().unwrap()));
+    }
+    assert!(
+        busy > 300,
+        "the pipeline filled up and the receiver pushed back: ok {ok}, 503 {busy}"
+    );
+    assert!(peak < 100 * 1024, "RSS stayed bounded: {peak} KiB");
+    let t = scrape(&format!("127.0.0.1:{tel}")).unwrap();
+    assert_eq!(
+        metric_value(
+            &t,
+            "celeriac_receiver_refused_requests_total",
+            &[("reason", "pipeline_full")]
+        ),
+        Some(busy as f64)
+    );
+    // The backend recovers: drain the FIFO in the background; requests are accepted again.
+    // Detached: the FIFO never reports end of file (the reader also holds a write end).
+    std::thread::spawn(move || {
+        let mut r = reader;
+        let mut buf = vec![0u8; 1 << 16];
+        use std::io::Read;
+        while let Ok(n) = r.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    assert!(
+        wait_until(Duration::from_secs(10), || http_request(
+            &addr,
+            "POST",
+            "/v1/traces",
+            &[("content-type", "application/json")],
+            body.as_bytes()
+        )
+        .map(|r| r.status)
+            == Some(200)),
+        "{}",
+        agent.output()
+    );
+    drop(agent);
+}
