@@ -236,13 +236,13 @@ fn real_prometheus_holds_exactly_what_celeriac_computed() {
     let drops = metric_value(
         &own,
         "celeriac_exporter_dropped_items_total",
-        &[("component", "exporters/prometheus_remote_write")],
+        &[("component", "exporter/prometheus_remote_write")],
     );
     assert_eq!(drops, Some(0.0), "{own:?}");
     let sent = metric_value(
         &own,
         "celeriac_exporter_sent_items_total",
-        &[("component", "exporters/prometheus_remote_write")],
+        &[("component", "exporter/prometheus_remote_write")],
     )
     .unwrap_or(0.0);
     assert!(sent > 0.0);
@@ -448,7 +448,7 @@ fn start_exporter(yaml: &str) -> Running {
     let exporter = build(&v).unwrap_or_else(|e| panic!("{}: {}", e.path, e.message));
     let telemetry = Telemetry::new();
     let ctx = Context {
-        id: "exporters/prometheus_remote_write".into(),
+        id: "exporter/prometheus_remote_write".into(),
         shutdown: CancellationToken::new(),
         telemetry: telemetry.clone(),
     };
@@ -581,7 +581,7 @@ async fn retries_after_503_lose_nothing() {
     fed.sort_by(|a, b| a.partial_cmp(b).unwrap());
     assert_eq!(delivered, fed, "every sample exactly once");
     assert!(stale.contains(&"task9".to_string()));
-    let component = ("component", "exporters/prometheus_remote_write");
+    let component = ("component", "exporter/prometheus_remote_write");
     assert_eq!(
         own(
             &telemetry,
@@ -638,7 +638,7 @@ async fn rejected_requests_are_counted_not_retried() {
     assert!(got.iter().all(|r| !r.headers.contains_key("retry-attempt")));
     let samples: usize = got.iter().map(|r| r.decode().timeseries.len()).sum();
     assert_eq!(samples as u64, batches * names.len() as u64);
-    let component = ("component", "exporters/prometheus_remote_write");
+    let component = ("component", "exporter/prometheus_remote_write");
     assert_eq!(
         own(
             &telemetry,

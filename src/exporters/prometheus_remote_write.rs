@@ -870,6 +870,10 @@ impl Exporter for RemoteWriteExporter {
             let mut out: Vec<Vec<Queued>> = (0..n_shards).map(|_| Vec::new()).collect();
             let mut reported = TableStats::default();
             let queue_full = dropped_counter(t, &ctx.id, "queue_full");
+            // Senders look these up when they drop (rare); register them at 0 now.
+            for reason in ["rejected", "retries_exhausted", "shutdown"] {
+                dropped_counter(t, &ctx.id, reason);
+            }
             let counters = [
                 dropped_counter(t, &ctx.id, "unsupported"),
                 dropped_counter(t, &ctx.id, "invalid"),
