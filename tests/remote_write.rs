@@ -9,6 +9,8 @@
 //!   sample arrives exactly once, in timestamp order per series, with the protocol's headers.
 //! * `rejected_requests_are_counted_not_retried`: a fake endpoint answering 400 gets each request
 //!   once; every sample is counted as dropped.
+//! * `unreachable_endpoint_is_retried_until_max_elapsed_time`: connection errors are retried with
+//!   backoff, then the samples are dropped and counted (`reason="retries_exhausted"`).
 
 mod support;
 
@@ -672,4 +674,31 @@ async fn wait_until_async(timeout: Duration, mut f: impl FnMut() -> bool) -> boo
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_endpoint_is_retried_until_max_elapsed_time() {
+    // A port nobody listens on: connection errors are retryable, until max_elapsed_time.
+    let port = free_port();
+    let rw = start_exporter(&format!(
+        "endpoint: http://127.0.0.1:{port}/api/v1/write\ntimeout: 1s\n\
+         retry_on_failure: {{ initial_interval: 20ms, max_interval: 50ms, max_elapsed_time: 400ms }}\n"
+    ));
+    let names: Vec<String> = (0..4).map(|i| format!("task{i}")).collect();
+    rw.tx.send(counters(&names, 1.0, now_ms())).await.unwrap();
+    let t = rw.telemetry.clone();
+    let component = ("component", "exporter/prometheus_remote_write");
+    let gave_up = wait_until_async(Duration::from_secs(10), || {
+        own(
+            &t,
+            "celeriac_exporter_dropped_items_total",
+            &[component, ("reason", "retries_exhausted")],
+        ) == 4.0
+    })
+    .await;
+    assert!(gave_up, "{}", t.render());
+    let retries = own(&t, "celeriac_exporter_retries_total", &[component]);
+    // 400 ms of 20..50 ms (±50 %) backoff: a handful of retries per shard used, not a storm.
+    assert!((1.0..=100.0).contains(&retries), "{retries} retries");
+    rw.finish().await;
 }

@@ -245,6 +245,12 @@ fn build(v: &Value) -> BuildResult<dyn Exporter> {
     if uri.host().is_none_or(str::is_empty) {
         return Err(DecodeError::new("endpoint", "the URL has no host"));
     }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(DecodeError::new(
+            "endpoint",
+            "put credentials in basic_auth or bearer_token, not in the URL",
+        ));
+    }
     let positive = |key: &str, d: Duration| {
         if d.is_zero() {
             Err(DecodeError::new(key, "must be greater than 0"))
@@ -628,7 +634,7 @@ enum SendError {
     Rejected { status: StatusCode, body: String },
     #[error("request timed out after {0:?}")]
     Timeout(Duration),
-    #[error("{0}")]
+    #[error("{}", error_chain(.0))]
     Connection(#[from] hyper_util::client::legacy::Error),
     #[error("cannot build the request: {0}")]
     Request(#[from] hyper::http::Error),
@@ -716,7 +722,11 @@ impl Sender {
             if !max_elapsed.is_zero() && start.elapsed() + delay > max_elapsed {
                 return Err(("retries_exhausted", err));
             }
-            tracing::debug!(component = %self.id, error = %err, delay = ?delay, "Remote-write request failed, retrying.");
+            if attempt == 0 {
+                tracing::warn!(component = %self.id, error = %err, delay = ?delay, "Remote-write request failed, retrying.");
+            } else {
+                tracing::debug!(component = %self.id, error = %err, attempt, delay = ?delay, "Remote-write request failed again, retrying.");
+            }
             self.retries.inc();
             attempt += 1;
             tokio::select! {
@@ -781,6 +791,18 @@ impl Sender {
             Err(SendError::Rejected { status, body })
         }
     }
+}
+
+/// An error and its sources: `client error (Connect): tcp connect error: Connection refused`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
 }
 
 fn dropped_counter(t: &Telemetry, id: &str, reason: &'static str) -> Counter {
@@ -1352,6 +1374,10 @@ mod tests {
             Some("endpoint")
         );
         assert_eq!(bad("endpoint: 'not a url'").as_deref(), Some("endpoint"));
+        assert_eq!(
+            bad("endpoint: http://u:p@x/api/v1/write").as_deref(),
+            Some("endpoint")
+        );
         assert_eq!(
             bad("headers: {Content-Type: text/plain}").as_deref(),
             Some("headers.Content-Type")
