@@ -10,6 +10,7 @@
 //! * [`signal`]: the batches that flow (OTLP types and Celery events, behind `Arc`);
 //! * [`celery`]: the Celery domain (event model, envelope decoding);
 //! * [`receivers`], [`processors`], [`connectors`], [`exporters`]: one file per component;
+//! * [`prompb`]: the Prometheus remote-write protobuf messages;
 //! * [`telemetry`]: the agent's own `/metrics`, `/healthz` and logs.
 
 pub mod celery;
@@ -19,6 +20,7 @@ pub mod connectors;
 pub mod exporters;
 pub mod pipeline;
 pub mod processors;
+pub mod prompb;
 pub mod receivers;
 pub mod registry;
 pub mod signal;

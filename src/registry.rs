@@ -72,6 +72,7 @@ pub static COMPONENTS: &[Registration] = &[
     crate::exporters::debug::REGISTRATION,
     crate::exporters::logs::REGISTRATION,
     crate::exporters::prometheus::REGISTRATION,
+    crate::exporters::prometheus_remote_write::REGISTRATION,
     crate::processors::batch::REGISTRATION,
     crate::receivers::celery_redis::REGISTRATION,
     crate::receivers::otlp::REGISTRATION,

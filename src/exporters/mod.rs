@@ -2,4 +2,6 @@
 
 pub mod debug;
 pub mod logs;
+pub mod prom;
 pub mod prometheus;
+pub mod prometheus_remote_write;

@@ -1,30 +1,17 @@
 //! `prometheus` exporter: a Prometheus scrape endpoint holding the latest value of every series.
 //!
-//! It owns the conversion of OTLP metrics into the Prometheus text exposition format 0.0.4, the
-//! store of latest values (shared between the exporter loop, which writes it, and the HTTP
-//! handler, which renders it), series expiry, and the HTTP listener serving `/metrics`.
+//! It owns the store of latest values (shared between the exporter loop, which writes it, and
+//! the HTTP handler, which renders it), series expiry, and the HTTP listener serving `/metrics`.
+//! The OTLP → Prometheus naming, type and label rules are shared with `prometheus_remote_write`
+//! and documented in [`crate::exporters::prom`]. Specific to this exporter:
 //!
-//! Conversion follows the collector's `prometheus` exporter, except that unit suffixes are never
-//! added: celeriac's metric names already match celery-exporter's (`celery_task_runtime` is a
-//! histogram in seconds, with no `_seconds`).
-//!
-//! * names are sanitized to `[a-zA-Z_:][a-zA-Z0-9_:]*` (invalid characters become `_`, a leading
-//!   digit gets a `_` prefix);
-//! * a monotonic cumulative Sum is a `counter` named with `_total` (appended only if missing);
-//!   a non-monotonic Sum and a Gauge are `gauge`s;
-//! * an explicit-bucket Histogram is `_bucket{le=...}` (cumulative counts, `le="+Inf"` = count),
-//!   `_sum` (when the point has one) and `_count`; a Summary is `{quantile=...}`, `_sum`, `_count`;
-//! * exponential histograms and delta temporality are not supported: their points are dropped
-//!   and counted in `celeriac_exporter_dropped_items_total{component, reason="unsupported"}`;
-//! * data point attributes become labels (names sanitized to `[a-zA-Z_][a-zA-Z0-9_]*`, values
-//!   rendered as strings, empty values left out, keys that collide after sanitizing joined with
-//!   `;` in the order of the original keys). A point attribute named `le` on a histogram or
-//!   `quantile` on a summary is exposed as `exported_le` / `exported_quantile`;
+//! * unsupported points (exponential histograms, delta temporality) are counted in
+//!   `celeriac_exporter_dropped_items_total{component, reason="unsupported"}`;
+//! * resource attributes are ignored unless `resource_to_telemetry_conversion` is on (then all
+//!   of them become labels, `job`/`instance` included): Prometheus adds its own `job` and
+//!   `instance` when it scrapes;
 //! * a point flagged `NO_RECORDED_VALUE` removes its series;
 //! * a point older than the stored one for the same series is ignored.
-//!
-//! Label precedence when names collide: data point attributes, then resource attributes (with
-//! `resource_to_telemetry_conversion`), then `const_labels`.
 //!
 //! # Configuration
 //!
@@ -53,17 +40,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::metrics::v1::{
-    metric, number_data_point, AggregationTemporality, HistogramDataPoint, Metric, NumberDataPoint,
-    ResourceMetrics, SummaryDataPoint,
-};
-use serde::{Deserialize, Deserializer};
+use opentelemetry_proto::tonic::metrics::v1::ResourceMetrics;
+use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::component::{BoxRun, ComponentError, Context, Exporter, Input};
 use crate::config::{self, types, Value};
+use crate::exporters::prom::{
+    self, for_each_series, ConvertStats, Converter, Kind, Labels, Meta, ResourceLabels, Sample,
+};
 use crate::registry::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::escape_label;
@@ -78,9 +64,6 @@ pub const REGISTRATION: Registration = Registration {
 
 /// The content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// `DataPointFlags::NoRecordedValueMask`.
-const NO_RECORDED_VALUE: u32 = 1;
 
 /// How often the exporter loop removes expired series (they are already hidden from the page).
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -98,7 +81,7 @@ pub struct PrometheusConfig {
     pub const_labels: BTreeMap<String, String>,
     /// Resource attributes become labels (`service.name` → `job`, `service.instance.id` →
     /// `instance`); by default they are ignored.
-    #[serde(deserialize_with = "bool_or_enabled")]
+    #[serde(deserialize_with = "prom::bool_or_enabled")]
     pub resource_to_telemetry_conversion: bool,
 }
 
@@ -113,29 +96,6 @@ impl Default for PrometheusConfig {
     }
 }
 
-/// `true` or the collector's `{ enabled: true }`.
-fn bool_or_enabled<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Enabled {
-        #[serde(default)]
-        enabled: bool,
-    }
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Form {
-        Bool(bool),
-        Struct(Enabled),
-    }
-    match Form::deserialize(d) {
-        Ok(Form::Bool(b)) => Ok(b),
-        Ok(Form::Struct(e)) => Ok(e.enabled),
-        Err(_) => Err(serde::de::Error::custom(
-            "expected true, false or { enabled: true|false }",
-        )),
-    }
-}
-
 fn build(v: &Value) -> BuildResult<dyn Exporter> {
     let cfg: PrometheusConfig = config::decode(v)?;
     if cfg.metric_expiration.is_zero() {
@@ -144,14 +104,7 @@ fn build(v: &Value) -> BuildResult<dyn Exporter> {
             "must be greater than 0",
         ));
     }
-    for key in cfg.const_labels.keys() {
-        if !is_label_name(key) {
-            return Err(config::DecodeError::new(
-                format!("const_labels.{key}"),
-                "not a valid label name: expected [a-zA-Z_][a-zA-Z0-9_]*",
-            ));
-        }
-    }
+    prom::check_label_names("const_labels", &cfg.const_labels)?;
     Ok(Box::new(PrometheusExporter { cfg, bound: None }))
 }
 
@@ -182,7 +135,7 @@ impl Exporter for PrometheusExporter {
             let stop = CancellationToken::new();
             let server = tokio::spawn(crate::telemetry::serve(listener, handler, stop.clone()));
 
-            let converter = Converter::new(&self.cfg);
+            let converter = converter(&self.cfg);
             let dropped = ctx.telemetry.counter(
                 "celeriac_exporter_dropped_items_total",
                 "Items an exporter dropped, by reason.",
@@ -201,7 +154,7 @@ impl Exporter for PrometheusExporter {
                         Some(Signal::Metrics(rm)) => {
                             let now = Instant::now();
                             let mut store = store.write().unwrap_or_else(|e| e.into_inner());
-                            let stats = converter.apply(&mut store, &rm, now);
+                            let stats = apply(&converter, &mut store, &rm, now);
                             drop(store);
                             dropped.add(stats.unsupported);
                             invalid.add(stats.invalid);
@@ -264,45 +217,6 @@ fn handle(
 // ---------------------------------------------------------------------------------------------
 // Store
 
-/// Sorted `(name, value)` pairs.
-pub type Labels = Vec<(String, String)>;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Counter,
-    Gauge,
-    Histogram,
-    Summary,
-}
-
-impl Kind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-            Kind::Histogram => "histogram",
-            Kind::Summary => "summary",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Sample {
-    Number(f64),
-    Histogram {
-        /// `(upper bound, cumulative count)` for the finite bounds.
-        buckets: Vec<(f64, u64)>,
-        sum: Option<f64>,
-        count: u64,
-    },
-    Summary {
-        /// `(quantile, value)`.
-        quantiles: Vec<(f64, f64)>,
-        sum: f64,
-        count: u64,
-    },
-}
-
 #[derive(Debug)]
 struct Series {
     sample: Sample,
@@ -319,14 +233,6 @@ struct Family {
 }
 
 /// What identifies a metric family: exposed name, type and help text.
-#[derive(Debug, Clone, Copy)]
-pub struct Meta<'a> {
-    pub name: &'a str,
-    pub kind: Kind,
-    pub help: &'a str,
-}
-
-/// Latest value of every series, grouped by metric family (sorted by name).
 #[derive(Debug)]
 pub struct Store {
     expiration: Duration,
@@ -439,54 +345,9 @@ impl Store {
             }
             let _ = writeln!(out, "# TYPE {name} {}", fam.kind.as_str());
             for (labels, s) in fam.series.iter().filter(|(_, s)| live(s)) {
-                match &s.sample {
-                    Sample::Number(v) => line(out, name, "", labels, None, *v),
-                    Sample::Histogram {
-                        buckets,
-                        sum,
-                        count,
-                    } => {
-                        let mut bound = String::new();
-                        for (le, c) in buckets {
-                            bound.clear();
-                            format_bound(&mut bound, *le);
-                            line(
-                                out,
-                                name,
-                                "_bucket",
-                                labels,
-                                Some(("le", &bound)),
-                                *c as f64,
-                            );
-                        }
-                        line(
-                            out,
-                            name,
-                            "_bucket",
-                            labels,
-                            Some(("le", "+Inf")),
-                            *count as f64,
-                        );
-                        if let Some(sum) = sum {
-                            line(out, name, "_sum", labels, None, *sum);
-                        }
-                        line(out, name, "_count", labels, None, *count as f64);
-                    }
-                    Sample::Summary {
-                        quantiles,
-                        sum,
-                        count,
-                    } => {
-                        let mut q = String::new();
-                        for (quantile, v) in quantiles {
-                            q.clear();
-                            format_bound(&mut q, *quantile);
-                            line(out, name, "", labels, Some(("quantile", &q)), *v);
-                        }
-                        line(out, name, "_sum", labels, None, *sum);
-                        line(out, name, "_count", labels, None, *count as f64);
-                    }
-                }
+                for_each_series(&s.sample, |suffix, extra, v| {
+                    line(out, name, suffix, labels, extra, v)
+                });
             }
         }
     }
@@ -547,23 +408,10 @@ fn escape_help(out: &mut String, s: &str) {
     }
 }
 
-/// A bucket bound or quantile the way Prometheus writes it: `0.005`, `1`, `2.5`, `+Inf`.
-fn format_bound(out: &mut String, v: f64) {
-    if v.is_nan() {
-        out.push_str("NaN");
-    } else if v == f64::INFINITY {
-        out.push_str("+Inf");
-    } else if v == f64::NEG_INFINITY {
-        out.push_str("-Inf");
-    } else {
-        let _ = write!(out, "{v}");
-    }
-}
-
 /// A sample value: integers without a fraction, very large or small magnitudes in exponent form.
 fn format_value(out: &mut String, v: f64) {
     if !v.is_finite() {
-        return format_bound(out, v);
+        return prom::format_bound(out, v);
     }
     let a = v.abs();
     if v.fract() == 0.0 && a < 1e15 {
@@ -578,366 +426,40 @@ fn format_value(out: &mut String, v: f64) {
 // ---------------------------------------------------------------------------------------------
 // OTLP → store
 
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct ApplyStats {
-    /// Points of unsupported types or temporalities.
-    pub unsupported: u64,
-    /// Points of metrics whose name sanitizes to nothing.
-    pub invalid: u64,
+fn converter(cfg: &PrometheusConfig) -> Converter {
+    let resource = if cfg.resource_to_telemetry_conversion {
+        ResourceLabels::All
+    } else {
+        ResourceLabels::Ignore
+    };
+    Converter::new(&cfg.const_labels, resource)
 }
 
-/// Turns OTLP metrics into store updates, per the exporter's settings.
-pub struct Converter {
-    const_labels: Vec<(String, String)>,
-    resource_labels: bool,
-}
-
-impl Converter {
-    pub fn new(cfg: &PrometheusConfig) -> Self {
-        Converter {
-            const_labels: cfg
-                .const_labels
-                .iter()
-                .filter(|(_, v)| !v.is_empty())
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            resource_labels: cfg.resource_to_telemetry_conversion,
-        }
-    }
-
-    /// Apply one batch of cumulative metrics to `store`.
-    pub fn apply(&self, store: &mut Store, batch: &[ResourceMetrics], now: Instant) -> ApplyStats {
-        let mut stats = ApplyStats::default();
-        for rm in batch {
-            // Labels every point of this resource starts from.
-            let mut base: BTreeMap<String, String> = self.const_labels.iter().cloned().collect();
-            if self.resource_labels {
-                if let Some(res) = &rm.resource {
-                    base.extend(resource_labels(&res.attributes));
-                }
-            }
-            for sm in &rm.scope_metrics {
-                for m in &sm.metrics {
-                    self.apply_metric(store, m, &base, now, &mut stats);
-                }
-            }
-        }
-        stats
-    }
-
-    fn apply_metric(
-        &self,
-        store: &mut Store,
-        m: &Metric,
-        base: &BTreeMap<String, String>,
-        now: Instant,
-        stats: &mut ApplyStats,
-    ) {
-        let cumulative = AggregationTemporality::Cumulative as i32;
-        let Some(data) = &m.data else { return };
-        let mut name = sanitize_metric_name(&m.name);
-        if name.is_empty() {
-            stats.invalid += points(data);
-            return;
-        }
-        match data {
-            metric::Data::Gauge(g) => {
-                for p in &g.data_points {
-                    let meta = Meta {
-                        name: &name,
-                        kind: Kind::Gauge,
-                        help: &m.description,
-                    };
-                    self.number(store, meta, p, base, now);
-                }
-            }
-            metric::Data::Sum(s) => {
-                if s.aggregation_temporality != cumulative {
-                    stats.unsupported += s.data_points.len() as u64;
-                    return;
-                }
-                let kind = if s.is_monotonic {
-                    if !name.ends_with("_total") {
-                        name.push_str("_total");
-                    }
-                    Kind::Counter
-                } else {
-                    Kind::Gauge
-                };
-                for p in &s.data_points {
-                    let meta = Meta {
-                        name: &name,
-                        kind,
-                        help: &m.description,
-                    };
-                    self.number(store, meta, p, base, now);
-                }
-            }
-            metric::Data::Histogram(h) => {
-                if h.aggregation_temporality != cumulative {
-                    stats.unsupported += h.data_points.len() as u64;
-                    return;
-                }
-                for p in &h.data_points {
-                    let meta = Meta {
-                        name: &name,
-                        kind: Kind::Histogram,
-                        help: &m.description,
-                    };
-                    self.histogram(store, meta, p, base, now);
-                }
-            }
-            metric::Data::Summary(s) => {
-                for p in &s.data_points {
-                    let meta = Meta {
-                        name: &name,
-                        kind: Kind::Summary,
-                        help: &m.description,
-                    };
-                    self.summary(store, meta, p, base, now);
-                }
-            }
-            metric::Data::ExponentialHistogram(h) => {
-                stats.unsupported += h.data_points.len() as u64;
-            }
-        }
-    }
-
-    fn number(
-        &self,
-        store: &mut Store,
-        meta: Meta<'_>,
-        p: &NumberDataPoint,
-        base: &BTreeMap<String, String>,
-        now: Instant,
-    ) {
-        let labels = point_labels(base, &p.attributes, None);
-        if p.flags & NO_RECORDED_VALUE != 0 {
-            return store.remove(meta.name, &labels);
-        }
-        let v = match p.value {
-            Some(number_data_point::Value::AsDouble(d)) => d,
-            Some(number_data_point::Value::AsInt(i)) => i as f64,
-            None => return,
-        };
-        store.update(meta, labels, Sample::Number(v), p.time_unix_nano, now);
-    }
-
-    fn histogram(
-        &self,
-        store: &mut Store,
-        meta: Meta<'_>,
-        p: &HistogramDataPoint,
-        base: &BTreeMap<String, String>,
-        now: Instant,
-    ) {
-        let labels = point_labels(base, &p.attributes, Some("le"));
-        if p.flags & NO_RECORDED_VALUE != 0 {
-            return store.remove(meta.name, &labels);
-        }
-        let mut cumulative = 0u64;
-        let buckets = p
-            .explicit_bounds
-            .iter()
-            .zip(&p.bucket_counts)
-            .map(|(b, c)| {
-                cumulative = cumulative.saturating_add(*c);
-                (*b, cumulative)
-            })
-            // A +Inf or NaN bound is invalid in OTLP; `+Inf` is written from `count`.
-            .filter(|(b, _)| b.is_finite() || *b == f64::NEG_INFINITY)
-            .collect();
-        let sample = Sample::Histogram {
-            buckets,
-            sum: p.sum,
-            count: p.count,
-        };
-        store.update(meta, labels, sample, p.time_unix_nano, now);
-    }
-
-    fn summary(
-        &self,
-        store: &mut Store,
-        meta: Meta<'_>,
-        p: &SummaryDataPoint,
-        base: &BTreeMap<String, String>,
-        now: Instant,
-    ) {
-        let labels = point_labels(base, &p.attributes, Some("quantile"));
-        if p.flags & NO_RECORDED_VALUE != 0 {
-            return store.remove(meta.name, &labels);
-        }
-        let sample = Sample::Summary {
-            quantiles: p
-                .quantile_values
-                .iter()
-                .map(|q| (q.quantile, q.value))
-                .collect(),
-            sum: p.sum,
-            count: p.count,
-        };
-        store.update(meta, labels, sample, p.time_unix_nano, now);
-    }
-}
-
-fn points(data: &metric::Data) -> u64 {
-    (match data {
-        metric::Data::Gauge(g) => g.data_points.len(),
-        metric::Data::Sum(s) => s.data_points.len(),
-        metric::Data::Histogram(h) => h.data_points.len(),
-        metric::Data::ExponentialHistogram(h) => h.data_points.len(),
-        metric::Data::Summary(s) => s.data_points.len(),
-    }) as u64
-}
-
-/// Resource attributes as labels: `service.name` → `job` (`namespace/name` when
-/// `service.namespace` is set), `service.instance.id` → `instance`, the rest sanitized.
-fn resource_labels(attrs: &[KeyValue]) -> BTreeMap<String, String> {
-    let mut namespace = None;
-    let mut service = None;
-    let mut rest: Vec<(&str, String)> = Vec::with_capacity(attrs.len());
-    for kv in attrs {
-        let Some(v) = kv.value.as_ref().map(any_to_string) else {
-            continue;
-        };
-        match kv.key.as_str() {
-            "service.name" => service = Some(v),
-            "service.namespace" => namespace = Some(v),
-            "service.instance.id" => rest.push(("instance", v)),
-            k => rest.push((k, v)),
-        }
-    }
-    let mut out = join_labels(rest);
-    match (namespace, service) {
-        (Some(ns), Some(svc)) if !ns.is_empty() => {
-            out.insert("job".to_string(), format!("{ns}/{svc}"));
-        }
-        (ns, Some(svc)) => {
-            out.insert("job".to_string(), svc);
-            if let Some(ns) = ns.filter(|ns| !ns.is_empty()) {
-                out.insert("service_namespace".to_string(), ns);
-            }
-        }
-        (Some(ns), None) => {
-            out.insert("service_namespace".to_string(), ns);
-        }
-        (None, None) => {}
-    }
-    out.retain(|_, v| !v.is_empty());
-    out
-}
-
-/// Sanitize keys; keys colliding after sanitizing get their values joined with `;`, in the
-/// order of the original keys.
-fn join_labels(mut pairs: Vec<(&str, String)>) -> BTreeMap<String, String> {
-    pairs.sort_by(|a, b| a.0.cmp(b.0));
-    let mut out: BTreeMap<String, String> = BTreeMap::new();
-    for (k, v) in pairs {
-        if v.is_empty() {
-            continue;
-        }
-        let Some(k) = sanitize_label_name(k) else {
-            continue;
-        };
-        match out.get_mut(&k) {
-            Some(existing) => {
-                existing.push(';');
-                existing.push_str(&v);
-            }
-            None => {
-                out.insert(k, v);
-            }
-        }
-    }
-    out
-}
-
-/// The sorted labels of one point: `base` overridden by the point's attributes. `reserved`
-/// (`le`, `quantile`) is renamed `exported_<reserved>`.
-fn point_labels(
-    base: &BTreeMap<String, String>,
-    attrs: &[KeyValue],
-    reserved: Option<&str>,
-) -> Labels {
-    let pairs: Vec<(&str, String)> = attrs
-        .iter()
-        .filter_map(|kv| Some((kv.key.as_str(), any_to_string(kv.value.as_ref()?))))
-        .collect();
-    let own = join_labels(pairs);
-    if own.is_empty() && reserved.is_none_or(|r| !base.contains_key(r)) {
-        return base.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    }
-    let mut all = base.clone();
-    all.extend(own);
-    if let Some(r) = reserved {
-        if let Some(v) = all.remove(r) {
-            all.insert(format!("exported_{r}"), v);
-        }
-    }
-    all.into_iter().collect()
-}
-
-/// An attribute value as a label value.
-fn any_to_string(v: &AnyValue) -> String {
-    match &v.value {
-        Some(any_value::Value::StringValue(s)) => s.clone(),
-        Some(any_value::Value::IntValue(i)) => i.to_string(),
-        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
-        Some(any_value::Value::BoolValue(b)) => b.to_string(),
-        Some(_) => crate::exporters::logs::any_to_json(v).to_string(),
-        None => String::new(),
-    }
-}
-
-/// `[a-zA-Z_:][a-zA-Z0-9_:]*`: invalid characters become `_`, a leading digit gets a `_`.
-pub fn sanitize_metric_name(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 1);
-    if s.starts_with(|c: char| c.is_ascii_digit()) {
-        out.push('_');
-    }
-    out.extend(s.chars().map(|c| {
-        if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
-            c
+/// Apply one batch of cumulative metrics to `store`.
+fn apply(
+    conv: &Converter,
+    store: &mut Store,
+    batch: &[ResourceMetrics],
+    now: Instant,
+) -> ConvertStats {
+    conv.convert(batch, |p| {
+        if p.no_recorded_value {
+            store.remove(p.meta.name, &p.labels);
         } else {
-            '_'
+            store.update(p.meta, p.labels, p.sample, p.time_unix_nano, now);
         }
-    }));
-    out
-}
-
-/// `[a-zA-Z_][a-zA-Z0-9_]*`: invalid characters become `_`, a leading digit gets `key_`.
-/// `None` for an empty key.
-pub fn sanitize_label_name(s: &str) -> Option<String> {
-    if s.is_empty() {
-        return None;
-    }
-    let mut out = String::with_capacity(s.len() + 4);
-    if s.starts_with(|c: char| c.is_ascii_digit()) {
-        out.push_str("key_");
-    }
-    out.extend(s.chars().map(|c| {
-        if c.is_ascii_alphanumeric() || c == '_' {
-            c
-        } else {
-            '_'
-        }
-    }));
-    Some(out)
-}
-
-fn is_label_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::telemetry::Counter;
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
     use opentelemetry_proto::tonic::metrics::v1::{
-        summary_data_point::ValueAtQuantile, ExponentialHistogram, ExponentialHistogramDataPoint,
-        Gauge, Histogram, ScopeMetrics, Sum, Summary,
+        metric, number_data_point, summary_data_point::ValueAtQuantile, AggregationTemporality,
+        ExponentialHistogram, ExponentialHistogramDataPoint, Gauge, Histogram, HistogramDataPoint,
+        Metric, NumberDataPoint, ScopeMetrics, Sum, Summary, SummaryDataPoint,
     };
     use opentelemetry_proto::tonic::resource::v1::Resource;
 
@@ -997,7 +519,7 @@ mod tests {
         })
     }
 
-    fn page(cfg: &PrometheusConfig, metrics: Vec<Metric>) -> (String, ApplyStats) {
+    fn page(cfg: &PrometheusConfig, metrics: Vec<Metric>) -> (String, ConvertStats) {
         page_with_resource(cfg, vec![], metrics)
     }
 
@@ -1005,10 +527,10 @@ mod tests {
         cfg: &PrometheusConfig,
         resource: Vec<KeyValue>,
         metrics: Vec<Metric>,
-    ) -> (String, ApplyStats) {
+    ) -> (String, ConvertStats) {
         let mut store = Store::new(cfg.metric_expiration);
         let now = Instant::now();
-        let stats = Converter::new(cfg).apply(&mut store, &batch(resource, metrics), now);
+        let stats = apply(&converter(cfg), &mut store, &batch(resource, metrics), now);
         let mut out = String::new();
         store.render(&mut out, now);
         (out, stats)
@@ -1186,7 +708,7 @@ mod tests {
         assert_eq!(text, "");
         assert_eq!(
             stats,
-            ApplyStats {
+            ConvertStats {
                 unsupported: 4,
                 invalid: 0
             }
@@ -1263,7 +785,7 @@ mod tests {
     fn no_recorded_value_removes_the_series() {
         let cfg = PrometheusConfig::default();
         let mut store = Store::new(cfg.metric_expiration);
-        let conv = Converter::new(&cfg);
+        let conv = converter(&cfg);
         let now = Instant::now();
         let g = |flags: u32| {
             let mut p = num(vec![s("q", "a")], 5.0);
@@ -1279,9 +801,9 @@ mod tests {
                 )],
             )
         };
-        conv.apply(&mut store, &g(0), now);
+        apply(&conv, &mut store, &g(0), now);
         assert_eq!(store.len(), 2);
-        conv.apply(&mut store, &g(NO_RECORDED_VALUE), now);
+        apply(&conv, &mut store, &g(prom::NO_RECORDED_VALUE), now);
         let mut out = String::new();
         store.render(&mut out, now);
         assert_eq!(out, "# TYPE g gauge\ng{q=\"b\"} 1\n");
@@ -1366,7 +888,7 @@ mod tests {
         assert_eq!(f(f64::NEG_INFINITY), "-Inf");
         let b = |v: f64| {
             let mut s = String::new();
-            format_bound(&mut s, v);
+            prom::format_bound(&mut s, v);
             s
         };
         assert_eq!(b(0.005), "0.005");

@@ -1002,3 +1002,164 @@ pub fn scrape(addr: &str) -> Option<Vec<Sample>> {
         _ => None,
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Prometheus
+// ---------------------------------------------------------------------------------------------
+
+/// A private Debian `prometheus` (from PATH, else /usr/bin/prometheus) on a free loopback port
+/// with the remote-write receiver on, an empty scrape config and its TSDB in a tempdir. Killed
+/// on Drop.
+pub struct PrometheusServer {
+    child: Option<Child>,
+    port: u16,
+    dir: TempDir,
+}
+
+fn prometheus_bin() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("prometheus"))
+        .find(|p| p.is_file());
+    on_path.unwrap_or_else(|| PathBuf::from("/usr/bin/prometheus"))
+}
+
+impl PrometheusServer {
+    pub fn start() -> PrometheusServer {
+        let dir = tempfile::Builder::new()
+            .prefix("celeriac-prometheus-")
+            .tempdir()
+            .expect("tempdir");
+        fs::write(
+            dir.path().join("prometheus.yml"),
+            "global:\n  scrape_interval: 1m\nscrape_configs: []\n",
+        )
+        .expect("write prometheus.yml");
+        let mut server = PrometheusServer {
+            child: None,
+            port: 0,
+            dir,
+        };
+        // A free port can be taken before prometheus binds it: retry with another.
+        for attempt in 1..=3 {
+            server.port = free_port();
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(e) if attempt < 3 => eprintln!("prometheus start failed, retrying: {e}"),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        unreachable!()
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let log = self.log_path();
+        let out = File::create(&log).expect("prometheus log");
+        let tsdb = self.dir.path().join(format!("data-{}", self.port));
+        let mut cmd = Command::new(prometheus_bin());
+        cmd.arg("--config.file")
+            .arg(self.dir.path().join("prometheus.yml"))
+            .arg("--storage.tsdb.path")
+            .arg(&tsdb)
+            .arg("--web.listen-address")
+            .arg(self.addr())
+            .arg("--web.enable-remote-write-receiver")
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup log"))
+            .stderr(out)
+            .process_group(0);
+        let mut child = spawn_or_explain(&mut cmd, "prometheus");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if matches!(http_get(&self.addr(), "/-/ready"), Some((200, _))) {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "prometheus on port {} exited with {status}; log:\n{}",
+                    self.port,
+                    tail(&read_lossy(&log), 20)
+                ));
+            }
+            if Instant::now() >= deadline {
+                kill_group(&mut child);
+                return Err(format!(
+                    "prometheus on port {} not ready within 30 s; log:\n{}",
+                    self.port,
+                    tail(&read_lossy(&log), 20)
+                ));
+            }
+            sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+    /// `http://127.0.0.1:PORT/api/v1/write`
+    pub fn write_url(&self) -> String {
+        format!("http://{}/api/v1/write", self.addr())
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("prometheus.log")
+    }
+    pub fn log(&self) -> String {
+        read_lossy(&self.log_path())
+    }
+
+    /// An instant query through the HTTP API: `(labels incl. __name__, value)` per series of
+    /// the resulting vector; None if Prometheus did not answer with a vector.
+    pub fn query(&self, promql: &str) -> Option<Vec<(BTreeMap<String, String>, f64)>> {
+        let path = format!("/api/v1/query?query={}", url_encode(promql));
+        let (status, body) = http_get(&self.addr(), &path)?;
+        if status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        if v["data"]["resultType"] != "vector" {
+            return None;
+        }
+        v["data"]["result"]
+            .as_array()?
+            .iter()
+            .map(|r| {
+                let labels = r["metric"]
+                    .as_object()?
+                    .iter()
+                    .map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect::<Option<BTreeMap<_, _>>>()?;
+                let value = match r["value"][1].as_str()? {
+                    "+Inf" => f64::INFINITY,
+                    "-Inf" => f64::NEG_INFINITY,
+                    s => s.parse().ok()?,
+                };
+                Some((labels, value))
+            })
+            .collect()
+    }
+}
+
+impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_group(&mut child);
+        }
+    }
+}
+
+/// Percent-encode everything but unreserved characters (for query strings).
+pub fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
