@@ -2,4 +2,5 @@
 
 pub mod debug;
 pub mod logs;
+pub mod otlp;
 pub mod prometheus;
