@@ -640,7 +640,7 @@ mod tests {
         let telemetry = Telemetry::new();
         let shutdown = CancellationToken::new();
         let ctx = Context {
-            id: Arc::from("exporters/otlp"),
+            id: Arc::from("exporter/otlp"),
             shutdown: shutdown.clone(),
             telemetry: telemetry.clone(),
         };
@@ -663,7 +663,7 @@ mod tests {
         t.counter(
             "celeriac_exporter_dropped_items_total",
             "",
-            &[("component", "exporters/otlp"), ("reason", reason)],
+            &[("component", "exporter/otlp"), ("reason", reason)],
         )
         .get()
     }
@@ -681,7 +681,7 @@ mod tests {
             .counter(
                 "celeriac_exporter_retries_total",
                 "",
-                &[("component", "exporters/otlp")],
+                &[("component", "exporter/otlp")],
             )
             .get();
         assert!(retries >= 2, "{retries}");
