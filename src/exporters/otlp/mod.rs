@@ -573,7 +573,7 @@ mod tests {
             },
             ..OtlpConfig::default()
         };
-        assert_eq!(resolve_endpoint(&c).unwrap().1, false);
+        assert!(!resolve_endpoint(&c).unwrap().1);
         assert_eq!(cfg("endpoint: ftp://x:1").err().unwrap().path, "endpoint");
         assert_eq!(
             cfg("{endpoint: 'https://x:1', tls: {insecure: true}}")
