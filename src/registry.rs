@@ -71,6 +71,7 @@ pub static COMPONENTS: &[Registration] = &[
     crate::connectors::celery_correlate::REGISTRATION,
     crate::exporters::debug::REGISTRATION,
     crate::exporters::logs::REGISTRATION,
+    crate::exporters::otlp::REGISTRATION,
     crate::exporters::prometheus::REGISTRATION,
     crate::exporters::prometheus_remote_write::REGISTRATION,
     crate::processors::batch::REGISTRATION,

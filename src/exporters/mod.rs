@@ -2,6 +2,7 @@
 
 pub mod debug;
 pub mod logs;
+pub mod otlp;
 pub mod prom;
 pub mod prometheus;
 pub mod prometheus_remote_write;

@@ -679,6 +679,114 @@ pub fn run_client_env(
 }
 
 // ---------------------------------------------------------------------------------------------
+// OTLP/gRPC sink (tests/python/otlp_sink.py: grpcio + PyPI opentelemetry-proto)
+// ---------------------------------------------------------------------------------------------
+
+/// A Python OTLP/gRPC receiver on 127.0.0.1 that appends every accepted Export request as a JSON
+/// line to a file (see the docstring of otlp_sink.py). Killed on Drop.
+pub struct OtlpSink {
+    child: Option<Child>,
+    port: u16,
+    dir: TempDir,
+    fail_first: u32,
+}
+
+impl OtlpSink {
+    /// On a free port; `fail_first` calls are answered UNAVAILABLE.
+    pub fn start(fail_first: u32) -> OtlpSink {
+        let dir = tempfile::Builder::new()
+            .prefix("celeriac-otlp-sink-")
+            .tempdir()
+            .expect("tempdir");
+        let mut sink = OtlpSink {
+            child: None,
+            port: free_port(),
+            dir,
+            fail_first,
+        };
+        sink.spawn();
+        sink
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+    pub fn out_path(&self) -> PathBuf {
+        self.dir.path().join("requests.jsonl")
+    }
+
+    /// Every request received so far: `{"signal", "request", "metadata", "compression"}`.
+    pub fn requests(&self) -> Vec<serde_json::Value> {
+        read_lossy(&self.out_path())
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// SIGKILL: clients see the connection drop.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill_group(&mut c);
+        }
+    }
+
+    /// Starts again on the same port, appending to the same file (no failures this time).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.fail_first = 0;
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = self.dir.path().join("sink.log");
+            let mut cmd = Command::new(python());
+            cmd.arg(python_dir().join("otlp_sink.py"))
+                .arg("--port")
+                .arg(self.port.to_string())
+                .arg("--out")
+                .arg(self.out_path())
+                .arg("--fail-first")
+                .arg(self.fail_first.to_string())
+                .env("PYTHONUNBUFFERED", "1")
+                .stdin(Stdio::null())
+                .stdout(File::create(&log).unwrap())
+                .stderr(File::create(self.dir.path().join("sink.err")).unwrap())
+                .process_group(0);
+            let mut child = spawn_or_explain(&mut cmd, "python (CELERIAC_TEST_PYTHON)");
+            let up = wait_until(Duration::from_secs(15), || {
+                read_lossy(&log).contains("listening on") || matches!(child.try_wait(), Ok(Some(_)))
+            });
+            if up && matches!(child.try_wait(), Ok(None)) {
+                self.child = Some(child);
+                return;
+            }
+            kill_group(&mut child);
+            let err = read_lossy(&self.dir.path().join("sink.err"));
+            if Instant::now() >= deadline {
+                panic!(
+                    "otlp_sink.py did not start on port {}:\n{}",
+                    self.port,
+                    tail(&err, 20)
+                );
+            }
+            eprintln!("otlp_sink.py start failed, retrying: {}", tail(&err, 3));
+            sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+impl Drop for OtlpSink {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // the celeriac binary
 // ---------------------------------------------------------------------------------------------
 

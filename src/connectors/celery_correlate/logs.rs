@@ -50,7 +50,7 @@ fn b(k: &str, v: bool) -> KeyValue {
 }
 
 /// Split `ValueError('no email')` into (`ValueError`, `no email`).
-fn split_exception(repr: &str) -> (&str, &str) {
+pub(super) fn split_exception(repr: &str) -> (&str, &str) {
     let class = super::exception_class(Some(repr));
     if class == "UnknownException" {
         return (class, repr);

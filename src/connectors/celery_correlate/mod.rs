@@ -1,9 +1,11 @@
-//! `celery_correlate` connector: Celery events in; task metrics and task logs out.
+//! `celery_correlate` connector: Celery events in; task spans, metrics and logs out.
 //!
-//! It ends a `celery` pipeline and feeds `metrics` and `logs` pipelines. Per task it keeps one
-//! small record (the name arrives only with `task-sent`/`task-received`, so it is carried to
-//! later events), bounded by `max_tasks` (least recently touched evicted first) and `task_ttl`.
-//! Per worker it tracks liveness and estimates lost events (see [`workers`]).
+//! It ends a `celery` pipeline and feeds `traces`, `metrics` and `logs` pipelines. Per task it
+//! keeps one small record (the name arrives only with `task-sent`/`task-received`, so it is
+//! carried to later events), bounded by `max_tasks` (least recently touched evicted first) and
+//! `task_ttl`. Per worker it tracks liveness and estimates lost events (see [`workers`]).
+//! Each task attempt becomes spans when it ends, or when `task_ttl` passes without an end
+//! (`celery.state=LOST`); shapes and deterministic ids are in [`spans`].
 //!
 //! Settings:
 //! ```yaml
@@ -15,13 +17,14 @@
 //!   hostname_label: host       # host: part after "@" (as celery-exporter); node: full node name
 //!   default_queue: celery      # queue_name when no task-sent told us the queue
 //!   forget_workers_after: 10m  # a silent worker's series are removed after this
-//!   service_name: celery       # resource service.name of the emitted metrics and logs
+//!   service_name: celery       # resource service.name of the emitted spans, metrics and logs
 //!   runtime_buckets: [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]
 //!   queue_wait_buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800]
 //! ```
 
 mod logs;
 pub mod metrics;
+pub mod spans;
 pub mod tasks;
 pub mod workers;
 
@@ -30,6 +33,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::metrics::v1::ResourceMetrics;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span};
 use serde::Deserialize;
 
 use crate::celery::event::{CeleryEvent, EventKind};
@@ -38,6 +42,7 @@ use crate::config::{self, types, DecodeError, Value};
 use crate::registry::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
 use metrics::{Count, TaskMetrics};
+use spans::{End, Outcome};
 use tasks::{TaskState, TaskTable};
 use workers::Workers;
 
@@ -45,7 +50,7 @@ pub const REGISTRATION: Registration = Registration {
     type_name: "celery_correlate",
     factory: Factory::Connector {
         accepts: &[SignalKind::Celery],
-        produces: &[SignalKind::Metrics, SignalKind::Logs],
+        produces: &[SignalKind::Traces, SignalKind::Metrics, SignalKind::Logs],
         build,
     },
 };
@@ -130,6 +135,8 @@ pub struct Stats {
     pub expired_unfinished: u64,
     pub label_overflow: u64,
     pub unknown_event_types: u64,
+    /// Attempts closed as LOST by `task_ttl`.
+    pub lost_attempts: u64,
 }
 
 /// The correlation state machine: no I/O, so it can be tested and benchmarked directly.
@@ -142,6 +149,9 @@ pub struct Correlator {
     unknown_name: Arc<str>,
     emit_logs: bool,
     logs: Vec<LogRecord>,
+    emit_spans: bool,
+    spans: Vec<Span>,
+    lost_attempts: u64,
     start_ns: u64,
     unknown_types: u64,
     /// Worker labels with newly detected lost events (drained by the caller for warnings).
@@ -172,11 +182,20 @@ impl Correlator {
             unknown_name,
             emit_logs,
             logs: Vec::new(),
+            emit_spans: false,
+            spans: Vec::new(),
+            lost_attempts: 0,
             start_ns: (now_secs() * 1e9) as u64,
             unknown_types: 0,
             newly_missed: Vec::new(),
             cfg,
         }
+    }
+
+    /// Also build spans (off by default: only when a traces pipeline takes them).
+    pub fn with_spans(mut self, on: bool) -> Self {
+        self.emit_spans = on;
+        self
     }
 
     pub fn stats(&self) -> Stats {
@@ -187,6 +206,7 @@ impl Correlator {
             expired_unfinished: e.expired_unfinished,
             label_overflow: self.metrics.overflowed,
             unknown_event_types: self.unknown_types,
+            lost_attempts: self.lost_attempts,
         }
     }
 
@@ -219,7 +239,36 @@ impl Correlator {
         let host = self
             .metrics
             .intern(workers::host_label(&ev.hostname, host_only));
+        // The parent's attempt span, looked up before this task's record is borrowed.
+        let parent_span = tf
+            .parent_id
+            .as_deref()
+            .filter(|p| !p.is_empty() && *p != tf.uuid)
+            .map(|p| {
+                let n = self.tasks.get(p).map_or(0, |pt| pt.cur.n);
+                spans::span_id(p, n, spans::Phase::Task)
+            });
+        let node = match ev.kind {
+            // task-sent comes from the publisher, not the worker.
+            EventKind::TaskSent => None,
+            _ if ev.hostname.is_empty() => None,
+            _ => Some(self.metrics.intern(&ev.hostname)),
+        };
         let t = self.tasks.touch(&tf.uuid, now);
+        if ev.timestamp.is_finite() {
+            t.last_ts = t.last_ts.max(ev.timestamp);
+        }
+        if let Some(n) = node {
+            t.hostname = Some(n);
+        }
+        if t.parent_span.is_none() {
+            t.parent_span = parent_span;
+        }
+        if t.trace_id.is_none() {
+            if let Some(r) = tf.root_id.as_deref().filter(|r| !r.is_empty()) {
+                t.trace_id = Some(spans::trace_id(r));
+            }
+        }
         if let Some(n) = &tf.name {
             if t.name.as_deref() != Some(n.as_str()) {
                 t.name = Some(self.metrics.intern(n));
@@ -246,41 +295,73 @@ impl Correlator {
         let labels = self.metrics.labels(name, host, queue);
         let mut runtime = None;
         let mut queue_wait = None;
+        let ts = ev.timestamp;
+        // Attempts ended by this event, for spans: (attempt, end).
+        let mut ended: [Option<(tasks::Attempt, End<'_>)>; 2] = [None, None];
+        let end = |outcome| End {
+            exception: tf.exception.as_deref(),
+            traceback: tf.traceback.as_deref(),
+            runtime: tf.runtime,
+            terminated: tf.terminated,
+            expired: tf.expired,
+            signum: tf.signum.as_deref(),
+            requeue: tf.requeue,
+            ..End::new(outcome, ts)
+        };
         let (count, state) = match ev.kind {
             EventKind::TaskSent => {
-                t.sent_ts = Some(ev.timestamp);
+                t.note_queued(tf.retries, ts, false);
                 t.eta_ts = tf.eta.as_deref().and_then(parse_iso8601);
-                t.started_ts = None;
                 (Some(Count::Sent), TaskState::Pending)
             }
             EventKind::TaskReceived => {
-                t.received_ts = Some(ev.timestamp);
+                t.note_queued(tf.retries, ts, true);
                 if let Some(eta) = tf.eta.as_deref().and_then(parse_iso8601) {
                     t.eta_ts = Some(eta);
                 }
                 (Some(Count::Received), TaskState::Received)
             }
             EventKind::TaskStarted => {
-                t.started_ts = Some(ev.timestamp);
+                // A start that proves the previous attempt was retried unseen ends it.
+                ended[0] = t
+                    .note_started(ts)
+                    .map(|a| (a, End::new(Outcome::Retry, ts)));
                 // celery-exporter: max(0, started − max(sent, eta)); received when sent is off.
-                let from = t
-                    .sent_ts
-                    .or(t.received_ts)
-                    .map(|s| t.eta_ts.map_or(s, |e| s.max(e)));
-                queue_wait = from.map(|f| (ev.timestamp - f).max(0.0));
+                let from = t.cur.queued_ts().map(|s| t.eta_ts.map_or(s, |e| s.max(e)));
+                queue_wait = from.map(|f| (ts - f).max(0.0));
                 (Some(Count::Started), TaskState::Started)
             }
             EventKind::TaskSucceeded => {
                 runtime = tf.runtime.filter(|r| r.is_finite() && *r >= 0.0);
+                ended[1] = t.end_attempt(ts, false).map(|a| (a, end(Outcome::Success)));
                 (Some(Count::Succeeded), TaskState::Success)
             }
-            EventKind::TaskFailed => (Some(Count::Failed), TaskState::Failure),
-            EventKind::TaskRetried => (Some(Count::Retried), TaskState::Retry),
-            EventKind::TaskRevoked => (Some(Count::Revoked), TaskState::Revoked),
-            EventKind::TaskRejected => (Some(Count::Rejected), TaskState::Rejected),
+            EventKind::TaskFailed => {
+                ended[1] = t.end_attempt(ts, false).map(|a| (a, end(Outcome::Failure)));
+                (Some(Count::Failed), TaskState::Failure)
+            }
+            EventKind::TaskRetried => {
+                ended[1] = t.end_attempt(ts, true).map(|a| (a, end(Outcome::Retry)));
+                (Some(Count::Retried), TaskState::Retry)
+            }
+            EventKind::TaskRevoked => {
+                ended[1] = t.end_attempt(ts, false).map(|a| (a, end(Outcome::Revoked)));
+                (Some(Count::Revoked), TaskState::Revoked)
+            }
+            EventKind::TaskRejected => {
+                ended[1] = t
+                    .end_attempt(ts, false)
+                    .map(|a| (a, end(Outcome::Rejected)));
+                (Some(Count::Rejected), TaskState::Rejected)
+            }
             _ => (None, t.state),
         };
         t.state = t.state.merge(state);
+        if self.emit_spans {
+            for (a, e) in ended.iter().flatten() {
+                spans::attempt_spans(&tf.uuid, t, a, e, &self.cfg.default_queue, &mut self.spans);
+            }
+        }
         let snapshot = if self.emit_logs {
             Some(t.clone())
         } else {
@@ -311,9 +392,35 @@ impl Correlator {
         std::mem::take(&mut self.logs)
     }
 
-    /// Housekeeping on the agent clock: TTL and forgotten workers.
+    /// Spans built since the last call.
+    pub fn take_spans(&mut self) -> Vec<Span> {
+        std::mem::take(&mut self.spans)
+    }
+
+    pub fn spans_batch(&self, spans: Vec<Span>) -> ResourceSpans {
+        spans::resource_spans(&self.cfg.service_name, spans)
+    }
+
+    /// Housekeeping on the agent clock: TTL (closing open attempts as LOST) and forgotten
+    /// workers. A LOST attempt ends `task_ttl` after its last event (event clock), so every
+    /// agent fed the same events closes it identically.
     pub fn expire(&mut self, now: f64) {
-        self.tasks.expire(now - self.cfg.task_ttl.as_secs_f64());
+        let ttl = self.cfg.task_ttl.as_secs_f64();
+        let (emit, out, lost, queue) = (
+            self.emit_spans,
+            &mut self.spans,
+            &mut self.lost_attempts,
+            &self.cfg.default_queue,
+        );
+        self.tasks.expire(now - ttl, |id, t| {
+            if let Some(a) = t.open_attempt() {
+                *lost += 1;
+                if emit {
+                    let end = End::new(Outcome::Lost, t.last_ts + ttl);
+                    spans::attempt_spans(id, t, &a, &end, queue, out);
+                }
+            }
+        });
         self.workers
             .forget_before(now - self.cfg.forget_workers_after.as_secs_f64());
     }
@@ -335,6 +442,15 @@ impl Correlator {
         records: Vec<LogRecord>,
     ) -> opentelemetry_proto::tonic::logs::v1::ResourceLogs {
         logs::resource_logs(&self.cfg.service_name, records)
+    }
+}
+
+async fn send_spans(c: &mut Correlator, out: &Output) {
+    let spans = c.take_spans();
+    if !spans.is_empty() {
+        let _ = out
+            .send(Signal::Traces(Arc::new(vec![c.spans_batch(spans)])))
+            .await;
     }
 }
 
@@ -408,7 +524,8 @@ impl Processor for CeleryCorrelate {
         Box::pin(async move {
             let want_logs = out.wants(SignalKind::Logs);
             let want_metrics = out.wants(SignalKind::Metrics);
-            let mut c = Correlator::new(self.cfg.clone(), want_logs);
+            let want_traces = out.wants(SignalKind::Traces);
+            let mut c = Correlator::new(self.cfg.clone(), want_logs).with_spans(want_traces);
             let label = [("component", &*ctx.id)];
             let t = &ctx.telemetry;
             let tracked = t.gauge(
@@ -436,6 +553,11 @@ impl Processor for CeleryCorrelate {
                 "Events that are neither task-* nor worker-* (passed over).",
                 &label,
             );
+            let lost = t.counter(
+                "celeriac_correlate_attempts_lost_total",
+                "Task attempts closed as LOST by task_ttl (no end event).",
+                &label,
+            );
             let mut last = Stats::default();
             let mut tick = tokio::time::interval(self.cfg.metrics_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -457,6 +579,7 @@ impl Processor for CeleryCorrelate {
                                 let _ = out.send(Signal::Logs(Arc::new(vec![c.logs_batch(records)]))).await;
                             }
                         }
+                        send_spans(&mut c, &out).await;
                     }
                     _ = tick.tick() => {
                         let now = now_secs();
@@ -466,7 +589,9 @@ impl Processor for CeleryCorrelate {
                         expired.add(s.expired_unfinished - last.expired_unfinished);
                         overflow.add(s.label_overflow - last.label_overflow);
                         unknown.add(s.unknown_event_types - last.unknown_event_types);
+                        lost.add(s.lost_attempts - last.lost_attempts);
                         last = s;
+                        send_spans(&mut c, &out).await;
                         tracked.set(c.tasks_tracked() as i64);
                         if want_metrics {
                             let _ = out.send(Signal::Metrics(Arc::new(vec![c.metrics_batch(now)]))).await;

@@ -1,5 +1,11 @@
 //! The bounded task table: one small record per task id, evicted least-recently-touched first
 //! when `max_tasks` is reached and dropped after `task_ttl` without events.
+//!
+//! A record follows one task id across its attempts (a retry re-sends the message under the same
+//! id with `retries + 1`). It holds the current [`Attempt`]'s phase timestamps and, because the
+//! next attempt's `task-sent`/`task-received` arrive *before* the `task-retried` that ends the
+//! current one, a [`Pending`] slot for them. Exception texts are not kept: a span is built at the
+//! event that ends an attempt, from that event.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -63,16 +69,64 @@ impl TaskState {
     }
 }
 
+/// One execution attempt of a task (attempt `n` is the message sent with `retries = n`).
+/// Timestamps are the events' own (Unix seconds on the sender's clock).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Attempt {
+    pub n: u32,
+    pub sent_ts: Option<f64>,
+    pub received_ts: Option<f64>,
+    pub started_ts: Option<f64>,
+    /// Timestamp of the event that ended it (its span has been emitted).
+    pub ended_ts: Option<f64>,
+}
+
+impl Attempt {
+    fn new(n: u32) -> Attempt {
+        Attempt {
+            n,
+            ..Attempt::default()
+        }
+    }
+
+    /// Has any event of this attempt been seen?
+    pub fn is_active(&self) -> bool {
+        self.sent_ts.is_some() || self.received_ts.is_some() || self.started_ts.is_some()
+    }
+
+    /// When the message was first known to exist: sent, else received.
+    pub fn queued_ts(&self) -> Option<f64> {
+        self.sent_ts.or(self.received_ts)
+    }
+}
+
+/// `task-sent`/`task-received` of the next attempt, seen before the current one ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pending {
+    pub n: u32,
+    pub sent_ts: Option<f64>,
+    pub received_ts: Option<f64>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Task {
     pub name: Option<Arc<str>>,
     pub queue: Option<Arc<str>>,
-    pub sent_ts: Option<f64>,
-    pub received_ts: Option<f64>,
-    pub started_ts: Option<f64>,
+    /// Worker node name (`w1@host1`) of the latest worker event.
+    pub hostname: Option<Arc<str>>,
+    /// Trace id from the canvas `root_id` (see `spans::trace_id`); `None` until a
+    /// `task-sent`/`task-received` carried one.
+    pub trace_id: Option<[u8; 16]>,
+    /// Span id of the parent task's attempt span (`parent_id`, never the task itself).
+    pub parent_span: Option<[u8; 8]>,
+    pub cur: Attempt,
+    pub next: Option<Pending>,
     pub eta_ts: Option<f64>,
+    /// Highest `retries` seen.
     pub retries: u32,
     pub state: TaskState,
+    /// Latest event timestamp (sender's clock), for closing lost attempts.
+    pub last_ts: f64,
     /// Agent clock (Unix seconds) of the last event, for the TTL.
     pub last_seen: f64,
     generation: u64,
@@ -83,15 +137,120 @@ impl Task {
         Task {
             name: None,
             queue: None,
-            sent_ts: None,
-            received_ts: None,
-            started_ts: None,
+            hostname: None,
+            trace_id: None,
+            parent_span: None,
+            cur: Attempt::default(),
+            next: None,
             eta_ts: None,
             retries: 0,
             state: TaskState::Pending,
+            last_ts: 0.0,
             last_seen: now,
             generation: 0,
         }
+    }
+
+    /// A `task-sent` (`received == false`) or `task-received` of attempt `retries` at `ts`.
+    /// Out-of-order arrivals are placed by attempt number; stale ones are ignored.
+    pub fn note_queued(&mut self, retries: Option<u32>, ts: f64, received: bool) {
+        let r = retries.unwrap_or(self.cur.n);
+        let set = |sent: &mut Option<f64>, recv: &mut Option<f64>| {
+            let slot = if received { recv } else { sent };
+            slot.get_or_insert(ts);
+        };
+        if r < self.cur.n {
+            return;
+        }
+        if r == self.cur.n {
+            match self.cur.ended_ts {
+                // A late event of the attempt that already ended.
+                Some(end) if ts <= end => {}
+                // The same message again after its end (a replay or a redelivery).
+                Some(_) => {
+                    self.cur = Attempt::new(r);
+                    set(&mut self.cur.sent_ts, &mut self.cur.received_ts);
+                }
+                None => set(&mut self.cur.sent_ts, &mut self.cur.received_ts),
+            }
+            return;
+        }
+        // A later attempt.
+        if self.cur.ended_ts.is_some() || !self.cur.is_active() {
+            self.cur = Attempt::new(r);
+            self.next = None;
+            set(&mut self.cur.sent_ts, &mut self.cur.received_ts);
+        } else {
+            if self.next.is_none_or(|p| p.n != r) {
+                self.next = Some(Pending {
+                    n: r,
+                    sent_ts: None,
+                    received_ts: None,
+                });
+            }
+            if let Some(p) = &mut self.next {
+                set(&mut p.sent_ts, &mut p.received_ts);
+            }
+        }
+    }
+
+    /// A `task-started` at `ts`. Returns an attempt that this start proves ended without its
+    /// `task-retried` being seen (the next attempt was already queued), for a span.
+    pub fn note_started(&mut self, ts: f64) -> Option<Attempt> {
+        if let Some(end) = self.cur.ended_ts {
+            if let Some(p) = self.next.take() {
+                self.cur = from_pending(p);
+            } else if ts > end {
+                self.cur = Attempt::new(self.cur.n);
+            } else {
+                return None;
+            }
+            self.cur.started_ts = Some(ts);
+            return None;
+        }
+        if self.cur.started_ts.is_none() {
+            self.cur.started_ts = Some(ts);
+            return None;
+        }
+        let p = self.next.take()?;
+        let mut done = self.cur;
+        done.ended_ts = Some(ts);
+        self.cur = from_pending(p);
+        self.cur.started_ts = Some(ts);
+        Some(done)
+    }
+
+    /// The event ending the current attempt at `ts`; `retry` moves on to the next attempt.
+    /// Returns the ended attempt, or `None` when it had already ended (e.g. `task-rejected`
+    /// after `task-failed`).
+    pub fn end_attempt(&mut self, ts: f64, retry: bool) -> Option<Attempt> {
+        if self.cur.ended_ts.is_some() {
+            return None;
+        }
+        self.cur.ended_ts = Some(ts);
+        let done = self.cur;
+        if retry {
+            self.cur = match self.next.take() {
+                Some(p) => from_pending(p),
+                None => Attempt::new(done.n.saturating_add(1)),
+            };
+        }
+        Some(done)
+    }
+
+    /// The attempt still open (seen but not ended), if any: what a lost worker leaves behind.
+    pub fn open_attempt(&self) -> Option<Attempt> {
+        (self.cur.ended_ts.is_none() && self.cur.is_active()).then_some(self.cur)
+    }
+}
+
+fn from_pending(p: Pending) -> Attempt {
+    Attempt {
+        n: p.n,
+        sent_ts: p.sent_ts,
+        received_ts: p.received_ts,
+        started_ts: None,
+        ended_ts: None,
     }
 }
 
@@ -188,8 +347,8 @@ impl TaskTable {
         }
     }
 
-    /// Drop records not touched since `cutoff` (agent clock).
-    pub fn expire(&mut self, cutoff: f64) {
+    /// Drop records not touched since `cutoff` (agent clock); `dropped` sees each one.
+    pub fn expire(&mut self, cutoff: f64, mut dropped: impl FnMut(&str, &Task)) {
         while let Some((k, g)) = self.order.front() {
             match self.map.get(k) {
                 Some(t) if t.generation == *g => {
@@ -200,7 +359,9 @@ impl TaskTable {
                         self.evictions.expired_unfinished += 1;
                     }
                     let k = k.clone();
-                    self.map.remove(&k);
+                    if let Some(t) = self.map.remove(&k) {
+                        dropped(&k, &t);
+                    }
                     self.order.pop_front();
                 }
                 _ => {
@@ -223,6 +384,57 @@ mod tests {
         assert_eq!(Started.merge(Retry), Retry);
         assert_eq!(Retry.merge(Started), Started);
         assert_eq!(Received.merge(Started), Started);
+    }
+
+    #[test]
+    fn retry_resend_before_retried_goes_to_the_next_attempt() {
+        let mut t = Task::new(0.0);
+        t.note_queued(Some(0), 1.0, false);
+        t.note_queued(Some(0), 1.1, true);
+        assert_eq!(t.note_started(1.2), None);
+        // The retry's message is sent and received before task-retried of attempt 0.
+        t.note_queued(Some(1), 1.3, false);
+        t.note_queued(Some(1), 1.4, true);
+        assert_eq!(t.cur.n, 0);
+        let done = t.end_attempt(1.5, true).unwrap();
+        assert_eq!(
+            (done.n, done.started_ts, done.ended_ts),
+            (0, Some(1.2), Some(1.5))
+        );
+        assert_eq!(
+            (t.cur.n, t.cur.sent_ts, t.cur.received_ts),
+            (1, Some(1.3), Some(1.4))
+        );
+        assert_eq!(t.note_started(1.6), None);
+        let done = t.end_attempt(1.7, false).unwrap();
+        assert_eq!((done.n, done.queued_ts()), (1, Some(1.3)));
+        // A rejected after failed ends nothing more; a late received changes nothing.
+        assert_eq!(t.end_attempt(1.8, false), None);
+        t.note_queued(Some(1), 1.35, true);
+        assert_eq!(t.open_attempt(), None);
+    }
+
+    #[test]
+    fn a_lost_retried_event_is_inferred_from_the_next_start() {
+        let mut t = Task::new(0.0);
+        t.note_queued(Some(0), 1.0, true);
+        t.note_started(1.1);
+        t.note_queued(Some(1), 1.2, true);
+        let done = t.note_started(1.3).unwrap();
+        assert_eq!((done.n, done.ended_ts), (0, Some(1.3)));
+        assert_eq!((t.cur.n, t.cur.started_ts), (1, Some(1.3)));
+    }
+
+    #[test]
+    fn received_before_sent_and_end_without_start() {
+        let mut t = Task::new(0.0);
+        t.note_queued(None, 2.0, true);
+        t.note_queued(None, 1.9, false);
+        assert_eq!(t.cur.queued_ts(), Some(1.9));
+        let done = t.end_attempt(3.0, false).unwrap();
+        assert_eq!(done.started_ts, None);
+        let mut u = Task::new(0.0);
+        assert!(u.end_attempt(3.0, false).is_some());
     }
 
     #[test]
@@ -253,7 +465,9 @@ mod tests {
         let mut t = TaskTable::new(100);
         t.touch("old", 0.0);
         t.touch("new", 100.0);
-        t.expire(50.0);
+        let mut seen = Vec::new();
+        t.expire(50.0, |k, _| seen.push(k.to_string()));
+        assert_eq!(seen, ["old"]);
         assert!(t.get("old").is_none());
         assert!(t.get("new").is_some());
         assert_eq!(t.evictions.expired_unfinished, 1);

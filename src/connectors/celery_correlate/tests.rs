@@ -203,3 +203,256 @@ fn exception_classes() {
     assert_eq!(exception_class(Some("(x)")), "UnknownException");
     assert_eq!(exception_class(None), "UnknownException");
 }
+
+// ---- spans -------------------------------------------------------------------------------
+
+use opentelemetry_proto::tonic::common::v1::any_value::Value as Av;
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
+
+fn spans_of(file: &str) -> Vec<Span> {
+    let mut c = Correlator::new(CorrelateConfig::default(), false).with_spans(true);
+    for ev in fixture_events(file) {
+        c.apply(&ev, ev.timestamp);
+    }
+    c.take_spans()
+}
+
+fn attr<'a>(s: &'a Span, k: &str) -> Option<&'a Av> {
+    s.attributes
+        .iter()
+        .find(|a| a.key == k)
+        .and_then(|a| a.value.as_ref())
+        .and_then(|v| v.value.as_ref())
+}
+
+fn str_attr<'a>(s: &'a Span, k: &str) -> &'a str {
+    match attr(s, k) {
+        Some(Av::StringValue(v)) => v,
+        _ => "",
+    }
+}
+
+fn task_spans<'a>(spans: &'a [Span], name: &str) -> Vec<&'a Span> {
+    spans.iter().filter(|s| s.name == name).collect()
+}
+
+#[test]
+fn every_ended_attempt_is_a_span_with_phases() {
+    let spans = spans_of("celery-events-redis.jsonl");
+    let attempts: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name != "queue" && s.name != "run")
+        .collect();
+    // 17 tasks: 12 succeeded (one of them after 2 retries), 2 failed, 3 revoked.
+    assert_eq!(attempts.len(), 12 + 2 + 2 + 3);
+    let runs = spans.iter().filter(|s| s.name == "run").count();
+    // Every attempt that started: 12 successes + 2 retried + 2 failures + the terminated one.
+    assert_eq!(runs, 17);
+    for s in &spans {
+        assert!(s.end_time_unix_nano >= s.start_time_unix_nano, "{s:?}");
+        assert!(s.start_time_unix_nano > 1_700_000_000_000_000_000, "{s:?}");
+        assert_eq!(s.trace_id.len(), 16);
+        assert_eq!(s.span_id.len(), 8);
+    }
+    for r in spans.iter().filter(|s| s.name == "run") {
+        assert_eq!(r.kind, SpanKind::Consumer as i32);
+        let parent = spans
+            .iter()
+            .find(|p| p.span_id == r.parent_span_id)
+            .unwrap();
+        assert!(parent.start_time_unix_nano <= r.start_time_unix_nano);
+        assert_eq!(parent.end_time_unix_nano, r.end_time_unix_nano);
+    }
+}
+
+#[test]
+fn chain_children_hang_off_their_parent_in_one_trace() {
+    let spans = spans_of("celery-events-redis.jsonl");
+    let (a, b, c) = (
+        task_spans(&spans, "shop.a"),
+        task_spans(&spans, "shop.b"),
+        task_spans(&spans, "shop.c"),
+    );
+    // shop.a runs in several canvases in the capture; follow the chain from shop.c.
+    let c = c[0];
+    let b = b
+        .iter()
+        .find(|b| b.span_id == c.parent_span_id)
+        .expect("c's parent is b");
+    let a = a
+        .iter()
+        .find(|a| a.span_id == b.parent_span_id)
+        .expect("b's parent is a");
+    assert!(a.parent_span_id.is_empty(), "a is the root");
+    assert_eq!(a.trace_id, b.trace_id);
+    assert_eq!(b.trace_id, c.trace_id);
+    let a_id = str_attr(a, "celery.task_id");
+    assert_eq!(a.trace_id, spans::uuid_bytes(a_id).unwrap().to_vec());
+    assert_eq!(
+        a.span_id,
+        spans::span_id(a_id, 0, spans::Phase::Task).to_vec()
+    );
+}
+
+#[test]
+fn retries_are_events_and_links_between_attempts() {
+    let spans = spans_of("celery-events-redis.jsonl");
+    let mut att = task_spans(&spans, "shop.sync_inventory");
+    att.sort_by_key(|s| s.start_time_unix_nano);
+    assert_eq!(att.len(), 3);
+    let states: Vec<_> = att.iter().map(|s| str_attr(s, "celery.state")).collect();
+    assert_eq!(states, ["RETRY", "RETRY", "SUCCESS"]);
+    for (n, s) in att.iter().enumerate() {
+        assert!(matches!(attr(s, "celery.retries"), Some(Av::IntValue(r)) if *r == n as i64));
+        assert_eq!(s.trace_id, att[0].trace_id, "attempts share the trace");
+        // No self-parenting from the retried message's parent_id == own id.
+        assert!(s.parent_span_id.is_empty());
+        if n > 0 {
+            assert_eq!(s.links.len(), 1);
+            assert_eq!(s.links[0].span_id, att[n - 1].span_id);
+        } else {
+            assert!(s.links.is_empty());
+        }
+        if n < 2 {
+            let ev = &s.events[0];
+            assert_eq!(ev.name, "retry");
+            assert!(ev.attributes.iter().any(|a| a.key == "exception.type"));
+        }
+        // A retried attempt's queue phase starts at its own re-send, not at the first send.
+        let q = spans
+            .iter()
+            .find(|q| q.name == "queue" && q.parent_span_id == s.span_id)
+            .expect("queue span");
+        assert!(q.start_time_unix_nano >= s.start_time_unix_nano);
+    }
+}
+
+#[test]
+fn failures_are_errors_with_an_exception_event() {
+    let spans = spans_of("celery-events-redis.jsonl");
+    let f = task_spans(&spans, "shop.send_receipt")[0];
+    let st = f.status.as_ref().unwrap();
+    assert_eq!(st.code, StatusCode::Error as i32);
+    assert!(!st.message.is_empty());
+    assert_eq!(str_attr(f, "celery.state"), "FAILURE");
+    assert_eq!(str_attr(f, "error.type"), "ValueError");
+    let ev = f.events.iter().find(|e| e.name == "exception").unwrap();
+    let keys: Vec<_> = ev.attributes.iter().map(|a| a.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "exception.type",
+            "exception.message",
+            "exception.stacktrace"
+        ]
+    );
+    // failed then rejected (acks_late Reject): one span, ended as the failure.
+    let r = task_spans(&spans, "shop.reject_order");
+    assert_eq!(r.len(), 1);
+    assert_eq!(str_attr(r[0], "celery.state"), "FAILURE");
+}
+
+#[test]
+fn revoked_attempts_end_revoked() {
+    let spans = spans_of("celery-events-redis.jsonl");
+    let revoked: Vec<_> = spans
+        .iter()
+        .filter(|s| str_attr(s, "celery.state") == "REVOKED")
+        .collect();
+    assert_eq!(revoked.len(), 3);
+    let slow = task_spans(&spans, "shop.slow_report")[0];
+    assert!(matches!(
+        attr(slow, "celery.terminated"),
+        Some(Av::BoolValue(true))
+    ));
+    assert!(slow.status.is_none());
+}
+
+#[test]
+fn two_correlators_emit_identical_ids() {
+    let a = spans_of("celery-events-redis.jsonl");
+    let b = spans_of("celery-events-redis.jsonl");
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(
+            (&x.trace_id, &x.span_id, &x.parent_span_id),
+            (&y.trace_id, &y.span_id, &y.parent_span_id)
+        );
+        assert_eq!(x.start_time_unix_nano, y.start_time_unix_nano);
+    }
+    let mut ids: Vec<_> = a.iter().map(|s| s.span_id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), a.len(), "span ids are unique");
+}
+
+#[test]
+fn unfinished_attempts_close_as_lost_at_ttl() {
+    let events = fixture_events("celery-events-redis.jsonl");
+    let cfg = CorrelateConfig {
+        task_ttl: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let mut c = Correlator::new(cfg, false).with_spans(true);
+    // Drop every end event of shop.charge_card: its attempts never finish.
+    let mut charge = std::collections::HashSet::new();
+    for ev in &events {
+        let tf = ev.task.as_ref();
+        if tf.and_then(|t| t.name.as_deref()) == Some("shop.charge_card") {
+            charge.insert(tf.unwrap().uuid.clone());
+        }
+        let ends = matches!(
+            ev.kind,
+            EventKind::TaskSucceeded | EventKind::TaskRevoked | EventKind::TaskFailed
+        );
+        if ends && ev.task_uuid().is_some_and(|u| charge.contains(u)) {
+            continue;
+        }
+        c.apply(ev, 1000.0);
+    }
+    c.take_spans();
+    c.expire(1030.0);
+    assert!(c.take_spans().is_empty());
+    c.expire(1061.0);
+    let lost = c.take_spans();
+    let attempts: Vec<_> = lost
+        .iter()
+        .filter(|s| s.name == "shop.charge_card")
+        .collect();
+    assert_eq!(attempts.len(), 3);
+    for s in &attempts {
+        assert_eq!(str_attr(s, "celery.state"), "LOST");
+        assert_eq!(s.status.as_ref().unwrap().code, StatusCode::Error as i32);
+    }
+    assert_eq!(c.stats().lost_attempts, 3);
+}
+
+#[test]
+fn out_of_order_and_partial_sequences_do_not_panic() {
+    let events = fixture_events("celery-events-redis.jsonl");
+    // Reversed, and every other event dropped: still spans, never a panic.
+    let mut c = Correlator::new(CorrelateConfig::default(), true).with_spans(true);
+    for ev in events.iter().rev() {
+        c.apply(ev, ev.timestamp);
+    }
+    for s in c.take_spans() {
+        assert!(s.end_time_unix_nano >= s.start_time_unix_nano);
+    }
+    let mut c = Correlator::new(CorrelateConfig::default(), true).with_spans(true);
+    for ev in events.iter().step_by(2) {
+        c.apply(ev, ev.timestamp);
+    }
+    let spans = c.take_spans();
+    assert!(!spans.is_empty());
+    // A success seen alone still gives a run span from its runtime.
+    let only = events
+        .iter()
+        .find(|e| e.kind == EventKind::TaskSucceeded)
+        .unwrap();
+    let mut c = Correlator::new(CorrelateConfig::default(), false).with_spans(true);
+    c.apply(only, 0.0);
+    let spans = c.take_spans();
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    assert_eq!(spans[0].name, "unknown");
+    assert_eq!(spans[1].name, "run");
+}

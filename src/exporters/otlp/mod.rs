@@ -1,0 +1,710 @@
+//! `otlp` exporter: traces, metrics and logs to an OTLP/gRPC endpoint (a Collector, Tempo, …).
+//!
+//! This module owns the exporter's settings, its sending queue and its senders; the retry rules
+//! and backoff are in [`retry`]. Batches are sent as they arrive, with the generated tonic
+//! clients of `opentelemetry-proto`, through a bounded queue of `sending_queue.queue_size`
+//! batches drained by `num_consumers` concurrent senders. A full queue makes the exporter stop
+//! reading its input, which slows its pipelines down (backpressure), never drops.
+//!
+//! Failures: retryable codes (see [`retry`]) are retried with jittered exponential backoff until
+//! `max_elapsed_time`; anything else is dropped and counted in
+//! `celeriac_exporter_dropped_items_total{component, reason}` with reason `permanent`,
+//! `retries_exhausted`, `retry_disabled`, `shutdown` or `partial_success` (items the server
+//! rejected in an otherwise successful reply, which is never retried). Warnings are logged at
+//! most every 10 s per kind. Header values are never logged (they usually carry tokens).
+//!
+//! Shutdown: when the input closes the queue is drained. Once the agent is shutting down, a
+//! sender in a backoff wait stops waiting, tries once more, and drops the batch (reason
+//! `shutdown`) only if that last try fails too, so the agent's deadline is kept.
+//!
+//! Settings:
+//! ```yaml
+//! otlp:
+//!   endpoint: https://otel.example.com:4317  # http:// = plaintext; host:port = TLS unless tls.insecure
+//!   compression: gzip           # gzip | none
+//!   headers: { authorization: "Bearer ${env:TOKEN}" }
+//!   timeout: 5s                 # per export call (and per connection attempt)
+//!   tls:
+//!     insecure: false           # true: plaintext for a host:port endpoint
+//!     ca_file: /etc/ssl/my-ca.pem  # trusted in addition to the system roots
+//!   retry_on_failure:
+//!     enabled: true
+//!     initial_interval: 5s
+//!     max_interval: 30s
+//!     max_elapsed_time: 5m      # 0 = retry forever
+//!     multiplier: 1.5
+//!     randomization_factor: 0.5
+//!   sending_queue:
+//!     queue_size: 1000          # batches
+//!     num_consumers: 10         # concurrent export calls
+//! ```
+
+pub mod retry;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
+use tonic::metadata::{Ascii, MetadataKey, MetadataValue};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::component::{BoxRun, ComponentError, Context, Exporter, Input};
+use crate::config::{self, types, DecodeError, Value};
+use crate::registry::{BuildResult, Factory, Registration};
+use crate::signal::{Signal, SignalKind};
+use crate::telemetry::Counter;
+use retry::{Backoff, RetryConfig, Verdict};
+
+pub const REGISTRATION: Registration = Registration {
+    type_name: "otlp",
+    factory: Factory::Exporter {
+        accepts: &[SignalKind::Traces, SignalKind::Metrics, SignalKind::Logs],
+        build,
+    },
+};
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    Gzip,
+    None,
+}
+
+/// Header name → value. `Debug` shows names only: values carry credentials.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Headers(pub BTreeMap<String, String>);
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub insecure: bool,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    pub queue_size: usize,
+    pub num_consumers: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            queue_size: 1000,
+            num_consumers: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    pub endpoint: String,
+    pub compression: Compression,
+    pub headers: Headers,
+    #[serde(with = "types::duration")]
+    pub timeout: Duration,
+    pub tls: TlsConfig,
+    pub retry_on_failure: RetryConfig,
+    pub sending_queue: QueueConfig,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        OtlpConfig {
+            endpoint: "http://127.0.0.1:4317".into(),
+            compression: Compression::Gzip,
+            headers: Headers::default(),
+            timeout: Duration::from_secs(5),
+            tls: TlsConfig::default(),
+            retry_on_failure: RetryConfig::default(),
+            sending_queue: QueueConfig::default(),
+        }
+    }
+}
+
+type Metadata = Vec<(MetadataKey<Ascii>, MetadataValue<Ascii>)>;
+
+/// The endpoint as a URI with scheme, and whether it uses TLS.
+fn resolve_endpoint(cfg: &OtlpConfig) -> Result<(String, bool), DecodeError> {
+    let e = cfg.endpoint.trim();
+    let (uri, tls) = if e.starts_with("http://") {
+        (e.to_string(), false)
+    } else if e.starts_with("https://") {
+        if cfg.tls.insecure {
+            return Err(DecodeError::new(
+                "tls.insecure",
+                "contradicts an https:// endpoint (use http:// for plaintext)",
+            ));
+        }
+        (e.to_string(), true)
+    } else if e.contains("://") {
+        return Err(DecodeError::new(
+            "endpoint",
+            "scheme must be http:// or https:// (or none: host:port)",
+        ));
+    } else if cfg.tls.insecure {
+        (format!("http://{e}"), false)
+    } else {
+        (format!("https://{e}"), true)
+    };
+    let parsed = Endpoint::from_shared(uri.clone()).map_err(|_| {
+        DecodeError::new(
+            "endpoint",
+            format!("invalid endpoint `{e}`: expected e.g. http://127.0.0.1:4317"),
+        )
+    })?;
+    if parsed.uri().host().is_none_or(str::is_empty) {
+        return Err(DecodeError::new("endpoint", "has no host"));
+    }
+    if !tls && cfg.tls.ca_file.is_some() {
+        return Err(DecodeError::new("tls.ca_file", "needs a TLS endpoint"));
+    }
+    Ok((uri, tls))
+}
+
+fn metadata(h: &Headers) -> Result<Metadata, DecodeError> {
+    let mut out = Vec::with_capacity(h.0.len());
+    for (k, v) in &h.0 {
+        let key = MetadataKey::<Ascii>::from_bytes(k.to_ascii_lowercase().as_bytes())
+            .ok()
+            .filter(|k| !k.as_str().ends_with("-bin"))
+            .ok_or_else(|| DecodeError::new(format!("headers.{k}"), "invalid header name"))?;
+        // The value is never quoted back: it may be a credential.
+        let value = MetadataValue::<Ascii>::try_from(v.as_str()).map_err(|_| {
+            DecodeError::new(
+                format!("headers.{k}"),
+                "invalid header value (visible ASCII only)",
+            )
+        })?;
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
+fn build(v: &Value) -> BuildResult<dyn Exporter> {
+    let cfg: OtlpConfig = config::decode(v)?;
+    let (uri, tls) = resolve_endpoint(&cfg)?;
+    let metadata = metadata(&cfg.headers)?;
+    if cfg.timeout.is_zero() {
+        return Err(DecodeError::new("timeout", "must be greater than 0"));
+    }
+    let q = &cfg.sending_queue;
+    if q.queue_size == 0 {
+        return Err(DecodeError::new(
+            "sending_queue.queue_size",
+            "must be at least 1",
+        ));
+    }
+    if q.num_consumers == 0 {
+        return Err(DecodeError::new(
+            "sending_queue.num_consumers",
+            "must be at least 1",
+        ));
+    }
+    let r = &cfg.retry_on_failure;
+    if r.enabled {
+        if r.initial_interval.is_zero() || r.max_interval < r.initial_interval {
+            return Err(DecodeError::new(
+                "retry_on_failure",
+                "initial_interval must be > 0 and max_interval ≥ initial_interval",
+            ));
+        }
+        if !r.multiplier.is_finite() || r.multiplier < 1.0 {
+            return Err(DecodeError::new(
+                "retry_on_failure.multiplier",
+                "must be ≥ 1",
+            ));
+        }
+        if !(0.0..=1.0).contains(&r.randomization_factor) {
+            return Err(DecodeError::new(
+                "retry_on_failure.randomization_factor",
+                "must be between 0 and 1",
+            ));
+        }
+    }
+    Ok(Box::new(OtlpExporter {
+        cfg,
+        uri,
+        tls,
+        metadata,
+    }))
+}
+
+pub struct OtlpExporter {
+    cfg: OtlpConfig,
+    uri: String,
+    tls: bool,
+    metadata: Metadata,
+}
+
+impl OtlpExporter {
+    /// A lazily connecting channel (reconnects by itself after the server comes back).
+    fn channel(&self) -> Result<Channel, ComponentError> {
+        let bad = |e: &dyn fmt::Display| {
+            ComponentError::Other(format!("otlp endpoint {}: {e}", self.uri))
+        };
+        let mut ep = Endpoint::from_shared(self.uri.clone())
+            .map_err(|e| bad(&e))?
+            .timeout(self.cfg.timeout)
+            .connect_timeout(self.cfg.timeout);
+        if self.tls {
+            let mut t = ClientTlsConfig::new().with_native_roots();
+            if let Some(ca) = &self.cfg.tls.ca_file {
+                let pem = std::fs::read(ca).map_err(|e| {
+                    ComponentError::Other(format!("cannot read tls.ca_file {}: {e}", ca.display()))
+                })?;
+                t = t.ca_certificate(Certificate::from_pem(pem));
+            }
+            ep = ep.tls_config(t).map_err(|e| bad(&e))?;
+        }
+        Ok(ep.connect_lazy())
+    }
+}
+
+/// A warning gate: at most one per `period`, with the count of those held back.
+struct Every {
+    period: Duration,
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl Every {
+    fn new(period: Duration) -> Self {
+        Every {
+            period,
+            state: Mutex::new((None, 0)),
+        }
+    }
+    /// `Some(suppressed since the last one)` when a warning may be logged now.
+    fn ready(&self) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match s.0 {
+            Some(t) if now.duration_since(t) < self.period => {
+                s.1 += 1;
+                None
+            }
+            _ => {
+                let held = s.1;
+                *s = (Some(now), 0);
+                Some(held)
+            }
+        }
+    }
+}
+
+struct Dropped {
+    permanent: Counter,
+    retries_exhausted: Counter,
+    retry_disabled: Counter,
+    shutdown: Counter,
+    partial_success: Counter,
+}
+
+/// What every sender shares.
+struct Shared {
+    id: Arc<str>,
+    channel: Channel,
+    gzip: bool,
+    metadata: Metadata,
+    timeout: Duration,
+    retry: RetryConfig,
+    shutdown: CancellationToken,
+    sent: Counter,
+    retries: Counter,
+    dropped: Dropped,
+    warn_failure: Every,
+    warn_partial: Every,
+}
+
+/// `(rejected items, message)` of a reply; `(0, "")` is a full success.
+type Reply = (i64, String);
+
+impl Shared {
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.set_timeout(self.timeout);
+        for (k, v) in &self.metadata {
+            r.metadata_mut().insert(k.clone(), v.clone());
+        }
+        r
+    }
+
+    async fn call(&self, batch: &Signal) -> Result<Reply, tonic::Status> {
+        let ch = self.channel.clone();
+        let enc = CompressionEncoding::Gzip;
+        match batch {
+            Signal::Traces(rs) => {
+                let mut c = TraceServiceClient::new(ch);
+                if self.gzip {
+                    c = c.send_compressed(enc);
+                }
+                let req = self.request(ExportTraceServiceRequest {
+                    resource_spans: rs.as_ref().clone(),
+                });
+                let p = c.export(req).await?.into_inner().partial_success;
+                Ok(p.map(|p| (p.rejected_spans, p.error_message))
+                    .unwrap_or_default())
+            }
+            Signal::Metrics(rm) => {
+                let mut c = MetricsServiceClient::new(ch);
+                if self.gzip {
+                    c = c.send_compressed(enc);
+                }
+                let req = self.request(ExportMetricsServiceRequest {
+                    resource_metrics: rm.as_ref().clone(),
+                });
+                let p = c.export(req).await?.into_inner().partial_success;
+                Ok(p.map(|p| (p.rejected_data_points, p.error_message))
+                    .unwrap_or_default())
+            }
+            Signal::Logs(rl) => {
+                let mut c = LogsServiceClient::new(ch);
+                if self.gzip {
+                    c = c.send_compressed(enc);
+                }
+                let req = self.request(ExportLogsServiceRequest {
+                    resource_logs: rl.as_ref().clone(),
+                });
+                let p = c.export(req).await?.into_inner().partial_success;
+                Ok(p.map(|p| (p.rejected_log_records, p.error_message))
+                    .unwrap_or_default())
+            }
+            // Not accepted by the factory; nothing to send.
+            Signal::Celery(_) => Ok((0, String::new())),
+        }
+    }
+
+    /// Export one batch: retry what may be retried, count what is given up.
+    async fn export(&self, batch: &Signal, seed: u64) {
+        let n = batch.item_count() as u64;
+        let kind = batch.kind();
+        let started = Instant::now();
+        let mut backoff = Backoff::new(&self.retry, seed);
+        let mut last_try = false;
+        loop {
+            let status = match self.call(batch).await {
+                Ok((rejected, msg)) => {
+                    let rejected = u64::try_from(rejected).unwrap_or(0).min(n);
+                    self.sent.add(n - rejected);
+                    self.dropped.partial_success.add(rejected);
+                    if rejected > 0 || !msg.is_empty() {
+                        if let Some(held) = self.warn_partial.ready() {
+                            tracing::warn!(component = %self.id, signal = %kind, rejected, message = %msg, suppressed = held, "The OTLP endpoint accepted a batch only partly.");
+                        }
+                    }
+                    return;
+                }
+                Err(s) => s,
+            };
+            let reason = match retry::classify(&status) {
+                Verdict::Permanent => Some(&self.dropped.permanent),
+                Verdict::Retry(_) if !self.retry.enabled => Some(&self.dropped.retry_disabled),
+                Verdict::Retry(_) if last_try => Some(&self.dropped.shutdown),
+                Verdict::Retry(server) => {
+                    let mut wait = backoff.next_delay();
+                    if let Some(s) = server {
+                        wait = wait.max(s);
+                    }
+                    let max = self.retry.max_elapsed_time;
+                    if !max.is_zero() && started.elapsed() + wait > max {
+                        Some(&self.dropped.retries_exhausted)
+                    } else {
+                        if let Some(held) = self.warn_failure.ready() {
+                            tracing::warn!(component = %self.id, signal = %kind, code = ?status.code(), error = %status.message(), retry_in = ?wait, suppressed = held, "OTLP export failed; retrying.");
+                        }
+                        self.retries.inc();
+                        if self.shutdown.is_cancelled() {
+                            last_try = true;
+                        } else {
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {}
+                                _ = self.shutdown.cancelled() => last_try = true,
+                            }
+                        }
+                        None
+                    }
+                }
+            };
+            if let Some(counter) = reason {
+                counter.add(n);
+                if let Some(held) = self.warn_failure.ready() {
+                    tracing::warn!(component = %self.id, signal = %kind, items = n, code = ?status.code(), error = %status.message(), suppressed = held, "OTLP export failed; batch dropped.");
+                }
+                return;
+            }
+        }
+    }
+}
+
+impl Exporter for OtlpExporter {
+    fn run(self: Box<Self>, ctx: Context, input: Input) -> BoxRun {
+        Box::pin(async move {
+            let channel = self.channel()?;
+            let t = &ctx.telemetry;
+            let label = [("component", &*ctx.id)];
+            let drop_counter = |reason: &str| {
+                t.counter(
+                    "celeriac_exporter_dropped_items_total",
+                    "Items an exporter dropped, by reason.",
+                    &[("component", &*ctx.id), ("reason", reason)],
+                )
+            };
+            let shared = Arc::new(Shared {
+                id: ctx.id.clone(),
+                channel,
+                gzip: self.cfg.compression == Compression::Gzip,
+                metadata: self.metadata,
+                timeout: self.cfg.timeout,
+                retry: self.cfg.retry_on_failure.clone(),
+                shutdown: ctx.shutdown.clone(),
+                sent: t.counter(
+                    "celeriac_exporter_sent_items_total",
+                    "Items an exporter delivered.",
+                    &label,
+                ),
+                retries: t.counter(
+                    "celeriac_exporter_retries_total",
+                    "Export calls retried after a retryable failure.",
+                    &label,
+                ),
+                dropped: Dropped {
+                    permanent: drop_counter("permanent"),
+                    retries_exhausted: drop_counter("retries_exhausted"),
+                    retry_disabled: drop_counter("retry_disabled"),
+                    shutdown: drop_counter("shutdown"),
+                    partial_success: drop_counter("partial_success"),
+                },
+                warn_failure: Every::new(Duration::from_secs(10)),
+                warn_partial: Every::new(Duration::from_secs(10)),
+            });
+            let queued = t.gauge(
+                "celeriac_exporter_queue_batches",
+                "Batches waiting in an exporter's sending queue.",
+                &label,
+            );
+            let q = &self.cfg.sending_queue;
+            let (tx, rx) = async_channel::bounded::<Signal>(q.queue_size);
+            let seed = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0x9e37_79b9, |d| d.as_nanos() as u64);
+            let mut senders = tokio::task::JoinSet::new();
+            for i in 0..q.num_consumers {
+                let (rx, shared) = (rx.clone(), shared.clone());
+                let mut seed = seed ^ ((i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                senders.spawn(async move {
+                    while let Ok(batch) = rx.recv().await {
+                        seed = seed.rotate_left(7).wrapping_add(0x9e37_79b9_7f4a_7c15);
+                        shared.export(&batch, seed).await;
+                    }
+                });
+            }
+            drop(rx);
+            while let Some(batch) = input.recv().await {
+                // Waits while the queue is full: backpressure, not loss.
+                if tx.send(batch).await.is_err() {
+                    break;
+                }
+                queued.set(tx.len() as i64);
+            }
+            drop(tx);
+            while let Some(res) = senders.join_next().await {
+                if let Err(e) = res {
+                    tracing::error!(component = %ctx.id, error = %e, "An OTLP sender task failed.");
+                }
+            }
+            queued.set(0);
+            tracing::debug!(component = %ctx.id, "OTLP exporter flushed.");
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::Telemetry;
+
+    fn cfg(yaml: &str) -> Result<Box<dyn Exporter>, DecodeError> {
+        let v: Value = serde_yaml_ng::from_str(yaml).unwrap();
+        build(&v)
+    }
+
+    #[test]
+    fn endpoints_and_tls() {
+        let c = OtlpConfig::default();
+        assert_eq!(
+            resolve_endpoint(&c).unwrap(),
+            ("http://127.0.0.1:4317".into(), false)
+        );
+        let c = OtlpConfig {
+            endpoint: "tempo:4317".into(),
+            ..OtlpConfig::default()
+        };
+        assert_eq!(
+            resolve_endpoint(&c).unwrap(),
+            ("https://tempo:4317".into(), true)
+        );
+        let c = OtlpConfig {
+            endpoint: "tempo:4317".into(),
+            tls: TlsConfig {
+                insecure: true,
+                ca_file: None,
+            },
+            ..OtlpConfig::default()
+        };
+        assert!(!resolve_endpoint(&c).unwrap().1);
+        assert_eq!(cfg("endpoint: ftp://x:1").err().unwrap().path, "endpoint");
+        assert_eq!(
+            cfg("{endpoint: 'https://x:1', tls: {insecure: true}}")
+                .err()
+                .unwrap()
+                .path,
+            "tls.insecure"
+        );
+        assert_eq!(
+            cfg("{endpoint: 'http://x:1', tls: {ca_file: /tmp/ca.pem}}")
+                .err()
+                .unwrap()
+                .path,
+            "tls.ca_file"
+        );
+        assert!(
+            cfg("{compression: none, sending_queue: {queue_size: 5, num_consumers: 2}}").is_ok()
+        );
+        assert_eq!(
+            cfg("compression: brotli").err().unwrap().path,
+            "compression"
+        );
+        assert_eq!(cfg("bogus: 1").err().unwrap().path, "bogus");
+    }
+
+    #[test]
+    fn header_values_are_never_echoed() {
+        let err = cfg("headers: { authorization: \"Bearer s3cret\\n\" }")
+            .err()
+            .unwrap();
+        assert_eq!(err.path, "headers.authorization");
+        assert!(!err.message.contains("s3cret"), "{}", err.message);
+        let c: OtlpConfig =
+            config::decode(&serde_yaml_ng::from_str("headers: { x-token: s3cret }").unwrap())
+                .unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert_eq!(metadata(&c.headers).unwrap().len(), 1);
+    }
+
+    fn exporter(yaml: &str) -> Box<dyn Exporter> {
+        cfg(yaml).unwrap()
+    }
+
+    /// An endpoint nobody listens on: retryable (UNAVAILABLE) failures.
+    fn dead_endpoint() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        format!("http://127.0.0.1:{port}")
+    }
+
+    fn span_batch() -> Signal {
+        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+        Signal::Traces(Arc::new(vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans: vec![Span::default(), Span::default()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }]))
+    }
+
+    async fn run_one(yaml: &str, cancel_after: Option<Duration>) -> (Telemetry, Duration) {
+        let telemetry = Telemetry::new();
+        let shutdown = CancellationToken::new();
+        let ctx = Context {
+            id: Arc::from("exporter/otlp"),
+            shutdown: shutdown.clone(),
+            telemetry: telemetry.clone(),
+        };
+        let (tx, rx) = async_channel::bounded(4);
+        let input = Input::new(rx, Counter::default());
+        tx.send(span_batch()).await.unwrap();
+        drop(tx);
+        if let Some(after) = cancel_after {
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                shutdown.cancel();
+            });
+        }
+        let t0 = Instant::now();
+        exporter(yaml).run(ctx, input).await.unwrap();
+        (telemetry, t0.elapsed())
+    }
+
+    fn dropped(t: &Telemetry, reason: &str) -> u64 {
+        t.counter(
+            "celeriac_exporter_dropped_items_total",
+            "",
+            &[("component", "exporter/otlp"), ("reason", reason)],
+        )
+        .get()
+    }
+
+    #[tokio::test]
+    async fn unreachable_endpoint_exhausts_retries_and_counts() {
+        let yaml = format!(
+            "{{endpoint: '{}', timeout: 1s, retry_on_failure: {{initial_interval: 20ms, max_interval: 50ms, max_elapsed_time: 300ms}}}}",
+            dead_endpoint()
+        );
+        let (t, took) = run_one(&yaml, None).await;
+        assert_eq!(dropped(&t, "retries_exhausted"), 2);
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        let retries = t
+            .counter(
+                "celeriac_exporter_retries_total",
+                "",
+                &[("component", "exporter/otlp")],
+            )
+            .get();
+        assert!(retries >= 2, "{retries}");
+    }
+
+    #[tokio::test]
+    async fn shutdown_cuts_a_backoff_wait_short_after_one_last_try() {
+        let yaml = format!(
+            "{{endpoint: '{}', timeout: 1s, retry_on_failure: {{initial_interval: 30s, max_interval: 30s, max_elapsed_time: 0s}}}}",
+            dead_endpoint()
+        );
+        let (t, took) = run_one(&yaml, Some(Duration::from_millis(300))).await;
+        assert_eq!(dropped(&t, "shutdown"), 2);
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn retry_disabled_drops_at_once() {
+        let yaml = format!(
+            "{{endpoint: '{}', retry_on_failure: {{enabled: false}}}}",
+            dead_endpoint()
+        );
+        let (t, _) = run_one(&yaml, None).await;
+        assert_eq!(dropped(&t, "retry_disabled"), 2);
+    }
+}

@@ -1,0 +1,433 @@
+//! Task lifecycles as traces, end to end: a real Celery worker on a real redis-server, celeriac
+//! correlating its events, and the `otlp` exporter delivering to an OTLP/gRPC receiver written
+//! with another stack (tests/python/otlp_sink.py: grpcio + the PyPI opentelemetry-proto package).
+//!
+//! * `chain_failure_and_retries_arrive_as_traces`: a chain of three, a failing task and a task
+//!   retried twice arrive with parent/child ids, phase durations matching the worker's own
+//!   `runtime`, ERROR status with an `exception` event, retry events and links; the first two
+//!   export calls are refused (UNAVAILABLE) and retried; the task logs and metrics arrive too.
+//! * `receiver_outage_loses_nothing`: the receiver is killed for a few seconds mid-stream and
+//!   restarted on the same port; every span arrives once it is back.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::Value;
+use support::*;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_celeriac"))
+}
+
+fn config(redis_url: &str, sink: &str, telemetry: u16, signals: &[&str]) -> String {
+    let mut pipelines = String::new();
+    for s in signals {
+        pipelines.push_str(&format!(
+            "    {s}:\n      receivers: [celery_correlate]\n      exporters: [otlp]\n"
+        ));
+    }
+    format!(
+        r#"
+receivers:
+  celery_redis:
+    endpoint: {redis_url}
+connectors:
+  celery_correlate:
+    metrics_interval: 500ms
+exporters:
+  otlp:
+    endpoint: {sink}
+    compression: gzip
+    headers: {{ x-celeriac-test: not-logged-token }}
+    timeout: 2s
+    retry_on_failure: {{ initial_interval: 100ms, max_interval: 500ms, max_elapsed_time: 60s }}
+    sending_queue: {{ queue_size: 100, num_consumers: 2 }}
+service:
+  telemetry:
+    endpoint: 127.0.0.1:{telemetry}
+  pipelines:
+    celery:
+      receivers: [celery_redis]
+      exporters: [celery_correlate]
+{pipelines}"#
+    )
+}
+
+/// One span as the sink recorded it (proto3 JSON: ids base64, enums by name, u64 as strings).
+#[derive(Debug, Clone)]
+struct SpanJ {
+    trace_id: String,
+    span_id: String,
+    parent: String,
+    name: String,
+    kind: String,
+    start: u64,
+    end: u64,
+    attrs: BTreeMap<String, Value>,
+    events: Vec<(String, BTreeMap<String, Value>)>,
+    links: Vec<String>,
+    status: String,
+    status_message: String,
+}
+
+impl SpanJ {
+    fn attr(&self, k: &str) -> &str {
+        self.attrs.get(k).and_then(Value::as_str).unwrap_or("")
+    }
+    fn ms(&self) -> f64 {
+        (self.end as f64 - self.start as f64) / 1e6
+    }
+}
+
+fn hex_id(v: &Value) -> String {
+    let b = base64::engine::general_purpose::STANDARD
+        .decode(v.as_str().unwrap_or(""))
+        .unwrap_or_default();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn attrs(v: &Value) -> BTreeMap<String, Value> {
+    let mut m = BTreeMap::new();
+    for kv in v.as_array().into_iter().flatten() {
+        let val = &kv["value"];
+        let x = if let Some(s) = val.get("string_value") {
+            s.clone()
+        } else if let Some(i) = val.get("int_value") {
+            // int64 is a JSON string in proto3 JSON.
+            Value::from(i.as_str().and_then(|s| s.parse::<i64>().ok()).unwrap_or(0))
+        } else if let Some(d) = val.get("double_value") {
+            d.clone()
+        } else if let Some(b) = val.get("bool_value") {
+            b.clone()
+        } else {
+            Value::Null
+        };
+        m.insert(kv["key"].as_str().unwrap_or("").to_string(), x);
+    }
+    m
+}
+
+fn u64_of(v: &Value) -> u64 {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .or_else(|| v.as_u64())
+        .unwrap_or(0)
+}
+
+fn spans(sink: &OtlpSink) -> Vec<SpanJ> {
+    let mut out = Vec::new();
+    for r in sink.requests() {
+        if r["signal"] != "traces" {
+            continue;
+        }
+        for rs in r["request"]["resource_spans"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            for ss in rs["scope_spans"].as_array().into_iter().flatten() {
+                for s in ss["spans"].as_array().into_iter().flatten() {
+                    out.push(SpanJ {
+                        trace_id: hex_id(&s["trace_id"]),
+                        span_id: hex_id(&s["span_id"]),
+                        parent: hex_id(&s["parent_span_id"]),
+                        name: s["name"].as_str().unwrap_or("").into(),
+                        kind: s["kind"].as_str().unwrap_or("").into(),
+                        start: u64_of(&s["start_time_unix_nano"]),
+                        end: u64_of(&s["end_time_unix_nano"]),
+                        attrs: attrs(&s["attributes"]),
+                        events: s["events"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|e| {
+                                (
+                                    e["name"].as_str().unwrap_or("").to_string(),
+                                    attrs(&e["attributes"]),
+                                )
+                            })
+                            .collect(),
+                        links: s["links"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|l| hex_id(&l["span_id"]))
+                            .collect(),
+                        status: s["status"]["code"].as_str().unwrap_or("").into(),
+                        status_message: s["status"]["message"].as_str().unwrap_or("").into(),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Spans of the given task ids, each span once (a retried delivery may repeat a request).
+fn spans_of(sink: &OtlpSink, ids: &BTreeSet<String>) -> Vec<SpanJ> {
+    let mut seen = BTreeSet::new();
+    spans(sink)
+        .into_iter()
+        .filter(|s| ids.contains(s.attr("celery.task_id")))
+        .filter(|s| seen.insert(s.span_id.clone()))
+        .collect()
+}
+
+fn wait_spans(sink: &OtlpSink, ids: &BTreeSet<String>, n: usize, agent: &Agent) -> Vec<SpanJ> {
+    let mut last = Vec::new();
+    let ok = wait_until(Duration::from_secs(25), || {
+        last = spans_of(sink, ids);
+        last.len() >= n
+    });
+    assert!(
+        ok,
+        "expected {n} spans for {ids:?}, got {}:\n{:#?}\n{}",
+        last.len(),
+        last.iter()
+            .map(|s| (&s.name, s.attr("celery.task_id")))
+            .collect::<Vec<_>>(),
+        agent.output()
+    );
+    last
+}
+
+fn ids_of(v: &Value) -> Vec<String> {
+    v["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn start_agent(redis: &RedisServer, sink: &OtlpSink, signals: &[&str]) -> (Agent, String) {
+    let tel = free_port();
+    let tel_addr = format!("127.0.0.1:{tel}");
+    let agent = Agent::start(bin(), &config(&redis.url(), &sink.endpoint(), tel, signals));
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            http_get(&tel_addr, "/healthz").is_some_and(|(s, _)| s == 200)
+        }),
+        "agent ready\n{}",
+        agent.output()
+    );
+    (agent, tel_addr)
+}
+
+fn child(spans: &[SpanJ], parent: &SpanJ, name: &str) -> SpanJ {
+    spans
+        .iter()
+        .find(|s| s.parent == parent.span_id && s.name == name)
+        .unwrap_or_else(|| panic!("no {name} under {parent:?}"))
+        .clone()
+}
+
+fn attempt(spans: &[SpanJ], id: &str, n: i64) -> SpanJ {
+    spans
+        .iter()
+        .find(|s| {
+            s.attr("celery.task_id") == id
+                && s.name != "queue"
+                && s.name != "run"
+                && s.attrs.get("celery.retries").and_then(Value::as_i64) == Some(n)
+        })
+        .unwrap_or_else(|| panic!("no attempt {n} of {id}"))
+        .clone()
+}
+
+/// run = started → end; it must match the worker's own `runtime` within a few milliseconds.
+fn assert_phases(spans: &[SpanJ], a: &SpanJ) {
+    let run = child(spans, a, "run");
+    let queue = child(spans, a, "queue");
+    assert_eq!(run.kind, "SPAN_KIND_CONSUMER");
+    assert_eq!(queue.end, run.start, "queue ends when the run starts");
+    assert_eq!(run.end, a.end);
+    assert!(queue.start >= a.start && queue.start <= queue.end);
+    if let Some(rt) = a.attrs.get("celery.runtime").and_then(Value::as_f64) {
+        let diff = (run.ms() - rt * 1000.0).abs();
+        assert!(
+            diff < 10.0,
+            "run span {:.3} ms vs worker runtime {:.3} ms ({})",
+            run.ms(),
+            rt * 1000.0,
+            a.name
+        );
+    }
+}
+
+#[test]
+fn chain_failure_and_retries_arrive_as_traces() {
+    let t0 = Instant::now();
+    let redis = RedisServer::start();
+    // The first two export calls are refused: they must be retried, not lost.
+    let sink = OtlpSink::start(2);
+    let (agent, tel) = start_agent(&redis, &sink, &["traces", "logs", "metrics"]);
+    let mut worker = CeleryWorker::start(&redis.url(), WorkerOpts::default().heartbeat(1));
+    worker.assert_ready(Duration::from_secs(60));
+
+    let chain = ids_of(&run_client(&redis.url(), &["chain", "--wait", "30"]));
+    let fail = ids_of(&run_client(&redis.url(), &["fail", "--wait", "30"]));
+    let retry = ids_of(&run_client(&redis.url(), &["retry", "--wait", "30"]));
+    let all: BTreeSet<String> = chain.iter().chain(&fail).chain(&retry).cloned().collect();
+    // chain: 3 × (attempt, queue, run); fail: 3; retry: 3 attempts × 3.
+    let got = wait_spans(&sink, &all, 9 + 3 + 9, &agent);
+    assert_eq!(got.len(), 21, "{got:#?}");
+
+    // Chain: one trace (the root task's id), a → b → c.
+    let (a, b, c) = (
+        attempt(&got, &chain[0], 0),
+        attempt(&got, &chain[1], 0),
+        attempt(&got, &chain[2], 0),
+    );
+    assert_eq!(a.trace_id, chain[0].replace('-', ""));
+    assert_eq!(
+        (b.trace_id.as_str(), c.trace_id.as_str()),
+        (a.trace_id.as_str(), a.trace_id.as_str())
+    );
+    assert!(a.parent.is_empty(), "a is the root: {a:?}");
+    assert_eq!(b.parent, a.span_id);
+    assert_eq!(c.parent, b.span_id);
+    assert_eq!(
+        (a.name.as_str(), b.name.as_str(), c.name.as_str()),
+        ("shop.a", "shop.b", "shop.c")
+    );
+    for s in [&a, &b, &c] {
+        assert_eq!(s.attr("celery.state"), "SUCCESS");
+        assert_eq!(s.attr("celery.hostname"), "w1@host1");
+        assert_eq!(s.attr("celery.queue"), "celery");
+        assert_eq!(s.attr("messaging.system"), "celery");
+        assert_eq!(s.attr("messaging.message.id"), s.attr("celery.task_id"));
+        assert_phases(&got, s);
+    }
+
+    // Failure: ERROR, exception event with type, message and traceback.
+    let f = attempt(&got, &fail[0], 0);
+    assert_eq!(f.status, "STATUS_CODE_ERROR");
+    assert!(
+        f.status_message.contains("no e-mail address on order 2001"),
+        "{f:?}"
+    );
+    assert_eq!(f.attr("celery.state"), "FAILURE");
+    let (_, exc) = f
+        .events
+        .iter()
+        .find(|(n, _)| n == "exception")
+        .expect("exception event");
+    assert_eq!(exc["exception.type"], "ValueError");
+    assert!(exc["exception.message"].as_str().unwrap().contains("2001"));
+    assert!(exc["exception.stacktrace"]
+        .as_str()
+        .unwrap()
+        .contains("Traceback"));
+    assert_eq!(child(&got, &f, "run").status, "STATUS_CODE_ERROR");
+    assert_phases(&got, &f);
+
+    // Retried twice then succeeded: three attempts in one trace, events and links.
+    let r: Vec<SpanJ> = (0..3).map(|n| attempt(&got, &retry[0], n)).collect();
+    let states: Vec<_> = r.iter().map(|s| s.attr("celery.state")).collect();
+    assert_eq!(states, ["RETRY", "RETRY", "SUCCESS"]);
+    for n in 0..3 {
+        assert_eq!(r[n].trace_id, retry[0].replace('-', ""));
+        assert!(r[n].parent.is_empty(), "no self-parent: {:?}", r[n]);
+        if n > 0 {
+            assert_eq!(r[n].links, vec![r[n - 1].span_id.clone()]);
+            assert!(r[n].start >= r[n - 1].end - 50_000_000, "attempts in order");
+        }
+        if n < 2 {
+            let (_, ev) = r[n]
+                .events
+                .iter()
+                .find(|(k, _)| k == "retry")
+                .expect("retry event");
+            assert_eq!(ev["exception.type"], "ConnectionError");
+        }
+        assert_phases(&got, &r[n]);
+    }
+
+    // The correlated task logs and the metrics went out over OTLP too; the header was sent.
+    let reqs = sink.requests();
+    let logs: usize = reqs
+        .iter()
+        .filter(|r| r["signal"] == "logs")
+        .map(|r| r.to_string().matches("\"task.completed\"").count())
+        .sum();
+    assert!(logs >= 4, "task.completed log records: {logs}");
+    assert!(
+        reqs.iter()
+            .any(|r| r["signal"] == "metrics"
+                && r.to_string().contains("celery_task_succeeded_total"))
+    );
+    assert!(reqs
+        .iter()
+        .all(|r| r["metadata"]["x-celeriac-test"] == "not-logged-token"));
+    assert!(!agent.stderr().contains("not-logged-token"));
+
+    let samples = scrape(&tel).expect("agent metrics");
+    let retried = metric_value(
+        &samples,
+        "celeriac_exporter_retries_total",
+        &[("component", "exporter/otlp")],
+    );
+    assert!(retried.unwrap_or(0.0) >= 2.0, "retries {retried:?}");
+    let dropped = metric_value(
+        &samples,
+        "celeriac_exporter_dropped_items_total",
+        &[("component", "exporter/otlp")],
+    );
+    assert_eq!(dropped, Some(0.0));
+    eprintln!("took {:?}", t0.elapsed());
+}
+
+#[test]
+fn receiver_outage_loses_nothing() {
+    let t0 = Instant::now();
+    let redis = RedisServer::start();
+    let mut sink = OtlpSink::start(0);
+    let (agent, tel) = start_agent(&redis, &sink, &["traces"]);
+    let mut worker = CeleryWorker::start(&redis.url(), WorkerOpts::default().heartbeat(1));
+    worker.assert_ready(Duration::from_secs(60));
+
+    let first: BTreeSet<String> = ids_of(&run_client(&redis.url(), &["chain", "--wait", "30"]))
+        .into_iter()
+        .collect();
+    wait_spans(&sink, &first, 9, &agent);
+
+    // Receiver gone: these spans wait in the exporter's retries.
+    sink.kill();
+    let mut all = first.clone();
+    all.extend(ids_of(&run_client(
+        &redis.url(),
+        &["chain", "--wait", "30"],
+    )));
+    all.extend(ids_of(&run_client(&redis.url(), &["fail", "--wait", "30"])));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        spans_of(&sink, &all).len(),
+        9,
+        "nothing arrives while the receiver is down"
+    );
+    sink.restart();
+
+    let got = wait_spans(&sink, &all, 9 + 9 + 3, &agent);
+    assert_eq!(got.len(), 21);
+    let samples = scrape(&tel).expect("agent metrics");
+    let retried = metric_value(
+        &samples,
+        "celeriac_exporter_retries_total",
+        &[("component", "exporter/otlp")],
+    );
+    assert!(retried.unwrap_or(0.0) >= 1.0, "retries {retried:?}");
+    assert_eq!(
+        metric_value(
+            &samples,
+            "celeriac_exporter_dropped_items_total",
+            &[("component", "exporter/otlp")]
+        ),
+        Some(0.0)
+    );
+    eprintln!("took {:?}", t0.elapsed());
+}
