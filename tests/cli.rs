@@ -87,7 +87,10 @@ fn default_pipeline_runs_and_stops_on_sigterm() {
     let redis = RedisServer::start();
     // The default pipeline's ports are fixed (8888, 9540): wait for another process to let go.
     let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-    assert!(wait_until(Duration::from_secs(120), || free(8888) && free(9540)), "ports 8888 and 9540 are busy");
+    assert!(
+        wait_until(Duration::from_secs(120), || free(8888) && free(9540)),
+        "ports 8888 and 9540 are busy"
+    );
     let mut cmd = Command::new(bin());
     cmd.arg("run")
         .env("CELERIAC_REDIS_URL", redis.url())

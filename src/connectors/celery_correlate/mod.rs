@@ -11,6 +11,7 @@
 //! ```yaml
 //! celery_correlate:
 //!   max_tasks: 100000          # task records kept; evictions are counted
+//!   join_window: 0s            # wait this long for opentelemetry-instrumentation-celery spans (see [`join`])
 //!   task_ttl: 1h               # a record with no event for this long is dropped
 //!   metrics_interval: 1s       # how often cumulative metrics are emitted
 //!   max_series: 10000          # label-set cap; beyond it names fold into "__other__"
@@ -22,6 +23,7 @@
 //!   queue_wait_buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800]
 //! ```
 
+pub mod join;
 mod logs;
 pub mod metrics;
 pub mod spans;
@@ -49,7 +51,7 @@ use workers::Workers;
 pub const REGISTRATION: Registration = Registration {
     type_name: "celery_correlate",
     factory: Factory::Connector {
-        accepts: &[SignalKind::Celery],
+        accepts: &[SignalKind::Celery, SignalKind::Traces],
         produces: &[SignalKind::Traces, SignalKind::Metrics, SignalKind::Logs],
         build,
     },
@@ -69,6 +71,8 @@ pub struct CorrelateConfig {
     #[serde(with = "types::duration")]
     pub task_ttl: Duration,
     #[serde(with = "types::duration")]
+    pub join_window: Duration,
+    #[serde(with = "types::duration")]
     pub metrics_interval: Duration,
     pub max_series: usize,
     pub hostname_label: HostnameLabel,
@@ -84,6 +88,7 @@ impl Default for CorrelateConfig {
     fn default() -> Self {
         CorrelateConfig {
             max_tasks: 100_000,
+            join_window: Duration::ZERO,
             task_ttl: Duration::from_secs(3600),
             metrics_interval: Duration::from_secs(1),
             max_series: 10_000,
@@ -156,6 +161,7 @@ pub struct Correlator {
     unknown_types: u64,
     /// Worker labels with newly detected lost events (drained by the caller for warnings).
     pub newly_missed: Vec<(String, u64)>,
+    pub join: join::Join,
 }
 
 pub fn now_secs() -> f64 {
@@ -188,6 +194,7 @@ impl Correlator {
             start_ns: (now_secs() * 1e9) as u64,
             unknown_types: 0,
             newly_missed: Vec::new(),
+            join: join::Join::new(cfg.join_window.as_secs_f64(), cfg.max_tasks),
             cfg,
         }
     }
@@ -445,8 +452,16 @@ impl Correlator {
     }
 }
 
-async fn send_spans(c: &mut Correlator, out: &Output) {
-    let spans = c.take_spans();
+/// Send what is ready: new lifecycle spans routed through the join, and held ones whose
+/// window passed.
+async fn send_spans(c: &mut Correlator, out: &Output, now: f64) {
+    let fresh = c.take_spans();
+    let mut spans = c.join.route(fresh, now);
+    spans.extend(c.join.release(now));
+    send_ready(c, out, spans).await;
+}
+
+async fn send_ready(c: &Correlator, out: &Output, spans: Vec<Span>) {
     if !spans.is_empty() {
         let _ = out
             .send(Signal::Traces(Arc::new(vec![c.spans_batch(spans)])))
@@ -558,6 +573,12 @@ impl Processor for CeleryCorrelate {
                 "Task attempts closed as LOST by task_ttl (no end event).",
                 &label,
             );
+            let joined = t.counter(
+                "celeriac_correlate_joined_total",
+                "Task attempts whose spans moved into the trace of an opentelemetry-instrumentation-celery span.",
+                &label,
+            );
+            let mut last_joined = 0;
             let mut last = Stats::default();
             let mut tick = tokio::time::interval(self.cfg.metrics_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -565,8 +586,16 @@ impl Processor for CeleryCorrelate {
                 tokio::select! {
                     batch = input.recv() => {
                         let Some(batch) = batch else { break };
-                        let Signal::Celery(events) = batch else { continue };
                         let now = now_secs();
+                        let events = match batch {
+                            Signal::Celery(events) => events,
+                            Signal::Traces(rs) => {
+                                let ready = c.join.observe(&rs, now);
+                                send_ready(&c, &out, ready).await;
+                                continue;
+                            }
+                            _ => continue,
+                        };
                         for ev in events.iter() {
                             c.apply(ev, now);
                         }
@@ -579,7 +608,7 @@ impl Processor for CeleryCorrelate {
                                 let _ = out.send(Signal::Logs(Arc::new(vec![c.logs_batch(records)]))).await;
                             }
                         }
-                        send_spans(&mut c, &out).await;
+                        send_spans(&mut c, &out, now).await;
                     }
                     _ = tick.tick() => {
                         let now = now_secs();
@@ -591,7 +620,9 @@ impl Processor for CeleryCorrelate {
                         unknown.add(s.unknown_event_types - last.unknown_event_types);
                         lost.add(s.lost_attempts - last.lost_attempts);
                         last = s;
-                        send_spans(&mut c, &out).await;
+                        joined.add(c.join.joined - last_joined);
+                        last_joined = c.join.joined;
+                        send_spans(&mut c, &out, now).await;
                         tracked.set(c.tasks_tracked() as i64);
                         if want_metrics {
                             let _ = out.send(Signal::Metrics(Arc::new(vec![c.metrics_batch(now)]))).await;
@@ -599,7 +630,9 @@ impl Processor for CeleryCorrelate {
                     }
                 }
             }
-            // Input closed: one last emission so exporters flush the final values.
+            // Input closed: what the join still holds goes out as it is, then the final values.
+            let held = c.join.drain();
+            send_ready(&c, &out, held).await;
             if want_metrics {
                 let _ = out
                     .send(Signal::Metrics(Arc::new(vec![c.metrics_batch(now_secs())])))
