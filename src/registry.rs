@@ -80,8 +80,20 @@ pub static COMPONENTS: &[Registration] = &[
     crate::receivers::redis_queues::REGISTRATION,
 ];
 
-pub fn lookup(type_name: &str) -> Option<&'static Registration> {
-    COMPONENTS.iter().find(|r| r.type_name == type_name)
+/// The registration of `type_name` in `section` (`otlp` is both a receiver and an exporter).
+pub fn lookup(section: Section, type_name: &str) -> Option<&'static Registration> {
+    COMPONENTS
+        .iter()
+        .find(|r| r.type_name == type_name && r.factory.section() == section)
+}
+
+/// Sections other than the one asked for that know `type_name`, for "declare it under" hints.
+pub fn sections_of(type_name: &str) -> Vec<Section> {
+    COMPONENTS
+        .iter()
+        .filter(|r| r.type_name == type_name)
+        .map(|r| r.factory.section())
+        .collect()
 }
 
 /// Type names registered for `section`, for "expected one of" messages.

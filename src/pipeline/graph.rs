@@ -248,20 +248,21 @@ fn keep_used<T: ?Sized>(
 
 fn factory_for(decl: &ComponentDecl, d: &mut Diagnostics) -> Option<&'static Factory> {
     let t = &decl.id.type_name;
-    match registry::lookup(t) {
-        Some(reg) if reg.factory.section() == decl.section => Some(&reg.factory),
-        Some(reg) => {
-            d.error(
-                &decl.path,
-                format!(
-                    "`{t}` is a {}, not a {}: declare it under `{}`",
-                    reg.factory.section().noun(),
-                    decl.section.noun(),
-                    reg.factory.section().key()
-                ),
-            );
-            None
-        }
+    if let Some(reg) = registry::lookup(decl.section, t) {
+        return Some(&reg.factory);
+    }
+    match registry::sections_of(t).first() {
+        Some(other) => d.error(
+            &decl.path,
+            format!(
+                "`{t}` is {} {}, not {} {}: declare it under `{}`",
+                article(other.noun()),
+                other.noun(),
+                article(decl.section.noun()),
+                decl.section.noun(),
+                other.key()
+            ),
+        ),
         None => {
             let known = registry::names(decl.section);
             d.error(
@@ -276,9 +277,17 @@ fn factory_for(decl: &ComponentDecl, d: &mut Diagnostics) -> Option<&'static Fac
                         known.join(", ")
                     }
                 ),
-            );
-            None
+            )
         }
+    }
+    None
+}
+
+fn article(noun: &str) -> &'static str {
+    if noun.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
     }
 }
 
@@ -294,7 +303,10 @@ fn resolve(
 
 fn undeclared(d: &mut Diagnostics, r: &ComponentRef, role: &str, pipeline: &str, config: &Config) {
     // Declared but failed to build (already reported) → stay quiet.
-    if config.components.iter().any(|c| c.id == r.id) && registry::lookup(&r.id.type_name).is_none()
+    if config
+        .components
+        .iter()
+        .any(|c| c.id == r.id && registry::lookup(c.section, &c.id.type_name).is_none())
     {
         return;
     }
