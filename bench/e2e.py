@@ -323,9 +323,12 @@ class Bench:
                     rate = int(nxt)
             else:
                 fail = s
+                if best is None and rate and rate > 1000:
+                    rate = int(rate / 2)  # the first step failed: search downwards
+                    continue
                 break
         # One or two bisection steps between the best pass and the first failure.
-        for _ in range(a.bisect if best and fail and fail["target_rate"] else 0):
+        for _ in range(a.bisect if best and fail and fail["target_rate"] > best["target_rate"] else 0):
             lo, hi = best["target_rate"], fail["target_rate"]
             mid = int((lo + hi) / 2)
             if hi - lo < 0.08 * hi:
@@ -528,7 +531,7 @@ def main():
         a.step_seconds, a.catchup, a.factor, a.bisect = 3.0, 2.0, 1.6, 0
         a.peer_start, a.celeriac_start, a.max_rate = 5000, 60000, 400000
         a.unthrottled_tasks = 100000
-        a.mem_tasks = [20000, 100000]
+        a.mem_tasks = [10000, 50000]
         a.latency_seconds = 5
     else:
         a.step_seconds, a.catchup, a.factor, a.bisect = 8.0, 2.0, 1.4, 2
