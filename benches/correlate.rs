@@ -10,6 +10,10 @@ use celeriac::celery::event::CeleryEvent;
 use celeriac::connectors::celery_correlate::{CorrelateConfig, Correlator};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
+/// The same allocator as the `celeriac` binary (src/main.rs), so these figures match it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn envelopes() -> Vec<Vec<u8>> {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -7,6 +7,10 @@ use std::hint::black_box;
 use celeriac::celery::envelope::decode_envelope;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
+/// The same allocator as the `celeriac` binary (src/main.rs), so these figures match it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/fixtures/celery-events-redis.jsonl"

@@ -10,6 +10,12 @@ use celeriac::config::{self, Config, Diagnostics};
 use celeriac::pipeline::{self, Graph};
 use celeriac::telemetry::{self, Telemetry};
 
+/// mimalloc instead of glibc malloc: the hot path allocates and frees several small strings per
+/// event across threads (receiver → correlator); glibc's per-thread arenas cost ~2× the
+/// instructions there and let RSS drift upward under a flood (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "celeriac",

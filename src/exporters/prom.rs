@@ -474,6 +474,34 @@ fn point_labels(
     attrs: &[KeyValue],
     reserved: Option<&str>,
 ) -> Labels {
+    // Fast path (every point of celery_correlate): no base labels and plain attributes (valid,
+    // distinct label names, string values, none reserved) are the labels as they are, sorted.
+    // Runs once per point per batch, so skipping the BTreeMap and sanitizing copies matters.
+    if base.is_empty() {
+        let mut out: Labels = Vec::with_capacity(attrs.len());
+        let mut plain = true;
+        for kv in attrs {
+            match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(any_value::Value::StringValue(v))
+                    if reserved != Some(kv.key.as_str()) && is_label_name(&kv.key) =>
+                {
+                    if !v.is_empty() {
+                        out.push((kv.key.clone(), v.clone()));
+                    }
+                }
+                _ => {
+                    plain = false;
+                    break;
+                }
+            }
+        }
+        if plain {
+            out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            if out.windows(2).all(|w| w[0].0 != w[1].0) {
+                return out;
+            }
+        }
+    }
     let pairs: Vec<(&str, String)> = attrs
         .iter()
         .filter_map(|kv| Some((kv.key.as_str(), any_to_string(kv.value.as_ref()?))))

@@ -166,6 +166,10 @@ fn command(args: &[&[u8]]) -> Vec<u8> {
     out
 }
 
+/// Payload bytes handed to the caller per [`Subscriber::read_batch`] call (one more message may
+/// end past it).
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+
 /// A subscribed connection.
 pub struct Subscriber {
     stream: TcpStream,
@@ -245,7 +249,9 @@ impl Subscriber {
         loop {
             let mut handled = 0;
             let mut consumed = 0;
-            loop {
+            // At most ~64 KiB of messages per call, whatever the backlog in the buffer: each call
+            // becomes one batch downstream, so this bounds the memory the bounded queues can hold.
+            while consumed < MAX_BATCH_BYTES {
                 match parse(&self.buf[consumed..])? {
                     None => break,
                     Some((frame, n)) => {
@@ -279,6 +285,9 @@ impl Subscriber {
             self.buf.advance(consumed);
             if handled > 0 {
                 return Ok(handled);
+            }
+            if consumed >= MAX_BATCH_BYTES {
+                continue; // only non-message frames so far: parse the rest before reading
             }
             if self.buf.capacity() - self.buf.len() < 64 * 1024 {
                 self.buf.reserve(256 * 1024);

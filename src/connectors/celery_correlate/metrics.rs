@@ -9,6 +9,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use foldhash::fast::FixedState;
+
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
     metric, number_data_point, AggregationTemporality, Gauge, Histogram, HistogramDataPoint,
@@ -95,16 +97,23 @@ impl Hist {
     }
 }
 
+/// Every per-event lookup here hashes label strings: a fast non-cryptographic hasher (the keys
+/// are bounded by `max_series`, so hash flooding cannot grow anything) instead of SipHash.
+type FastMap<K, V> = HashMap<K, V, FixedState>;
+type FastSet<K> = HashSet<K, FixedState>;
+
 pub struct TaskMetrics {
-    counters: HashMap<(Count, Labels, Option<Arc<str>>), u64>,
-    runtime: HashMap<Labels, Hist>,
-    queue_wait: HashMap<Labels, Hist>,
+    counters: FastMap<(Count, Labels, Option<Arc<str>>), u64>,
+    runtime: FastMap<Labels, Hist>,
+    queue_wait: FastMap<Labels, Hist>,
     pub runtime_bounds: Vec<f64>,
     pub queue_wait_bounds: Vec<f64>,
-    series: HashSet<Labels>,
+    series: FastSet<Labels>,
+    /// Label sets whose zero-valued state counters already exist (see [`TaskMetrics::inc`]).
+    zeroed: FastSet<Labels>,
     max_series: usize,
     other: Arc<str>,
-    strings: HashSet<Arc<str>>,
+    strings: FastSet<Arc<str>>,
     /// Events whose labels were folded into `__other__`.
     pub overflowed: u64,
 }
@@ -112,15 +121,16 @@ pub struct TaskMetrics {
 impl TaskMetrics {
     pub fn new(runtime_bounds: Vec<f64>, queue_wait_bounds: Vec<f64>, max_series: usize) -> Self {
         TaskMetrics {
-            counters: HashMap::new(),
-            runtime: HashMap::new(),
-            queue_wait: HashMap::new(),
+            counters: FastMap::default(),
+            runtime: FastMap::default(),
+            queue_wait: FastMap::default(),
             runtime_bounds,
             queue_wait_bounds,
-            series: HashSet::new(),
+            series: FastSet::default(),
+            zeroed: FastSet::default(),
             max_series,
             other: Arc::from("__other__"),
-            strings: HashSet::new(),
+            strings: FastSet::default(),
             overflowed: 0,
         }
     }
@@ -155,7 +165,9 @@ impl TaskMetrics {
     }
 
     pub fn inc(&mut self, c: Count, labels: &Labels, exception: Option<Arc<str>>) {
-        if c != Count::Failed {
+        // Counters are never removed, so this is needed once per label set.
+        if c != Count::Failed && !self.zeroed.contains(labels) {
+            self.zeroed.insert(labels.clone());
             // Like celery-exporter: a task event makes every state series exist (at 0), so
             // dashboards can compute ratios before the first failure. Failures carry an
             // exception label, so they appear with their first occurrence.
