@@ -442,7 +442,12 @@ struct Running {
 }
 
 fn start_exporter(yaml: &str) -> Running {
-    let Factory::Exporter { build, .. } = &lookup(celeriac::config::Section::Exporters, "prometheus_remote_write").unwrap().factory
+    let Factory::Exporter { build, .. } = &lookup(
+        celeriac::config::Section::Exporters,
+        "prometheus_remote_write",
+    )
+    .unwrap()
+    .factory
     else {
         panic!("prometheus_remote_write is an exporter");
     };

@@ -1,0 +1,93 @@
+//! OTLP ingest: what the `otlp` receiver does per request once the bytes are in: protobuf decode
+//! of an `ExportTraceServiceRequest` (the raw decode cost every OTLP server pays) and the
+//! hand-off of the decoded spans to the pipeline channel an exporter reads from.
+//!
+//! `cargo bench --bench otlp_ingest`
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use celeriac::component::Output;
+use celeriac::signal::{Signal, SignalKind};
+use celeriac::telemetry::Counter;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message;
+
+fn kv(k: &str, v: &str) -> KeyValue {
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.into())),
+        }),
+        ..Default::default()
+    }
+}
+
+/// 100 spans shaped like opentelemetry-instrumentation-celery's `run/<task>` spans.
+fn request() -> Vec<u8> {
+    let spans = (0..100u64)
+        .map(|i| Span {
+            trace_id: (i as u128 + 1).to_be_bytes().to_vec(),
+            span_id: (i + 1).to_be_bytes().to_vec(),
+            parent_span_id: (i + 1000).to_be_bytes().to_vec(),
+            name: "run/shop.charge_card".into(),
+            kind: 5,
+            start_time_unix_nano: 1_795_606_961_000_000_000 + i,
+            end_time_unix_nano: 1_795_606_961_020_000_000 + i,
+            attributes: vec![
+                kv("celery.action", "run"),
+                kv("celery.task_name", "shop.charge_card"),
+                kv(
+                    "messaging.message.id",
+                    "d1ec4bb6-d942-4613-b166-064acf3a9861",
+                ),
+                kv("celery.state", "SUCCESS"),
+                kv("celery.hostname", "w1@host1"),
+            ],
+            ..Default::default()
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: None,
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec()
+}
+
+fn bench(c: &mut Criterion) {
+    let body = request();
+    let mut g = c.benchmark_group("otlp_ingest");
+    g.throughput(Throughput::Elements(100));
+    g.bench_function("protobuf decode (100 spans)", |b| {
+        b.iter(|| black_box(ExportTraceServiceRequest::decode(black_box(body.as_slice())).ok()))
+    });
+    g.bench_function(
+        "decode + hand-off to the exporter channel (100 spans)",
+        |b| {
+            let (tx, rx) = async_channel::bounded(1024);
+            let out = Output::new(
+                vec![(SignalKind::Traces, vec![tx])],
+                Counter::default(),
+                Counter::default(),
+            );
+            b.iter(|| {
+                let req = ExportTraceServiceRequest::decode(body.as_slice()).unwrap_or_default();
+                let _ = out.try_send(Signal::Traces(Arc::new(req.resource_spans)));
+                black_box(rx.try_recv().ok());
+            })
+        },
+    );
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
