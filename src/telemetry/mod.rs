@@ -7,7 +7,7 @@
 
 mod server;
 
-pub use server::{serve, Reply};
+pub use server::{accept_until, serve, Reply};
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

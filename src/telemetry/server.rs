@@ -12,7 +12,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 /// A response: status, content type, body.
@@ -24,18 +24,7 @@ where
     F: Fn(&hyper::Method, &str) -> Reply + Send + Sync + 'static,
 {
     let handler = Arc::new(handler);
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Accept failed.");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    accept_until(&listener, &shutdown, "HTTP", |stream| {
         let handler = handler.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -58,5 +47,30 @@ where
             }
             let _ = conn.await;
         });
+    })
+    .await;
+}
+
+/// Accept connections on `listener` until `shutdown` is cancelled, handing each to `serve`
+/// (which spawns the connection's task). An accept error (e.g. out of file descriptors) is
+/// logged and retried after a short pause instead of ending the server. `what` names the
+/// server in the log.
+pub async fn accept_until<F: FnMut(TcpStream)>(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+    what: &'static str,
+    mut serve: F,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok((stream, _)) => serve(stream),
+                Err(e) => {
+                    tracing::warn!(server = what, error = %e, "Accept failed.");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
     }
 }

@@ -131,18 +131,7 @@ pub async fn serve(
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max_msg);
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "OTLP/gRPC accept failed.");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    crate::telemetry::accept_until(&listener, &shutdown, "OTLP/gRPC", |stream| {
         let _ = stream.set_nodelay(true);
         let (traces, metrics, logs) = (traces.clone(), metrics.clone(), logs.clone());
         let shutdown = shutdown.clone();
@@ -173,5 +162,6 @@ pub async fn serve(
             }
             let _ = conn.await;
         });
-    }
+    })
+    .await;
 }

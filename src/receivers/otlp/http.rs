@@ -294,18 +294,7 @@ pub async fn serve(
     max_body: usize,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "OTLP/HTTP accept failed.");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    crate::telemetry::accept_until(&listener, &shutdown, "OTLP/HTTP", |stream| {
         let ingest = ingest.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -322,7 +311,8 @@ pub async fn serve(
             }
             let _ = conn.await;
         });
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]
