@@ -142,6 +142,7 @@ pub struct Stats {
     pub unknown_event_types: u64,
     /// Attempts closed as LOST by `task_ttl`.
     pub lost_attempts: u64,
+    pub joined: u64,
 }
 
 /// The correlation state machine: no I/O, so it can be tested and benchmarked directly.
@@ -214,6 +215,7 @@ impl Correlator {
             label_overflow: self.metrics.overflowed,
             unknown_event_types: self.unknown_types,
             lost_attempts: self.lost_attempts,
+            joined: self.join.joined,
         }
     }
 
@@ -578,7 +580,6 @@ impl Processor for CeleryCorrelate {
                 "Task attempts whose spans moved into the trace of an opentelemetry-instrumentation-celery span.",
                 &label,
             );
-            let mut last_joined = 0;
             let mut last = Stats::default();
             let mut tick = tokio::time::interval(self.cfg.metrics_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -619,9 +620,8 @@ impl Processor for CeleryCorrelate {
                         overflow.add(s.label_overflow - last.label_overflow);
                         unknown.add(s.unknown_event_types - last.unknown_event_types);
                         lost.add(s.lost_attempts - last.lost_attempts);
+                        joined.add(s.joined - last.joined);
                         last = s;
-                        joined.add(c.join.joined - last_joined);
-                        last_joined = c.join.joined;
                         send_spans(&mut c, &out, now).await;
                         tracked.set(c.tasks_tracked() as i64);
                         if want_metrics {
