@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -41,6 +42,39 @@ pub trait Receiver: Send {
 
 pub trait Processor: Send {
     fn run(self: Box<Self>, ctx: Context, input: Input, out: Output) -> BoxRun;
+
+    /// A gate this processor closes to refuse data at its pipeline's entry (memory_limiter);
+    /// the runtime puts it in front of every producer feeding the pipeline.
+    fn admission(&self) -> Option<Admission> {
+        None
+    }
+}
+
+/// A pipeline's admission gate. While it is closed, producers' [`Output`]s refuse new data for
+/// that pipeline: [`Output::try_send`] answers [`SendError::Refused`], [`Output::send`] skips
+/// the pipeline; either way the items are counted.
+#[derive(Clone, Default)]
+pub struct Admission {
+    refusing: Arc<AtomicBool>,
+    refused: Counter,
+}
+
+impl Admission {
+    /// `refused` counts the items turned away at this gate.
+    pub fn new(refused: Counter) -> Self {
+        Admission {
+            refusing: Arc::default(),
+            refused,
+        }
+    }
+
+    pub fn set_refusing(&self, refusing: bool) {
+        self.refusing.store(refusing, Ordering::Relaxed);
+    }
+
+    pub fn is_refusing(&self) -> bool {
+        self.refusing.load(Ordering::Relaxed)
+    }
 }
 
 pub trait Exporter: Send {
@@ -86,13 +120,30 @@ impl Input {
     }
 }
 
+/// One downstream target: a pipeline's entry channel and the gates in front of it.
+#[derive(Clone)]
+struct Target {
+    tx: async_channel::Sender<Signal>,
+    gates: Vec<Admission>,
+}
+
+impl Target {
+    /// The gate refusing data now, if any.
+    fn closed_gate(&self) -> Option<&Admission> {
+        self.gates.iter().find(|g| g.is_refusing())
+    }
+}
+
 /// Downstream targets per signal: the entry channels of every pipeline a producer feeds.
 #[derive(Clone)]
 pub struct Output {
-    targets: Vec<(SignalKind, Vec<async_channel::Sender<Signal>>)>,
+    targets: Vec<(SignalKind, Vec<Target>)>,
     sent: Counter,
     refused: Counter,
 }
+
+/// A channel with the admission gates of its pipeline, for [`Output::gated`].
+pub type GatedSender = (async_channel::Sender<Signal>, Vec<Admission>);
 
 /// Returned by [`Output::try_send`] when a batch could not be handed over at once.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -101,6 +152,9 @@ pub enum SendError {
     Full,
     #[error("downstream is closed")]
     Closed,
+    /// An admission gate (memory_limiter) refused the data; retry later.
+    #[error("refused: memory limit")]
+    Refused,
 }
 
 impl Output {
@@ -109,11 +163,41 @@ impl Output {
         sent: Counter,
         refused: Counter,
     ) -> Self {
+        let targets = targets
+            .into_iter()
+            .map(|(k, txs)| (k, txs.into_iter().map(|tx| (tx, Vec::new())).collect()))
+            .collect();
+        Output::gated(targets, sent, refused)
+    }
+
+    /// Like [`Output::new`], with the admission gates of each target.
+    pub fn gated(
+        targets: Vec<(SignalKind, Vec<GatedSender>)>,
+        sent: Counter,
+        refused: Counter,
+    ) -> Self {
+        let targets = targets
+            .into_iter()
+            .map(|(k, txs)| {
+                let txs = txs
+                    .into_iter()
+                    .map(|(tx, gates)| Target { tx, gates })
+                    .collect();
+                (k, txs)
+            })
+            .collect();
         Output {
             targets,
             sent,
             refused,
         }
+    }
+
+    /// Is an admission gate refusing `kind` for any pipeline this producer feeds?
+    pub fn refusing(&self, kind: SignalKind) -> bool {
+        self.senders(kind)
+            .iter()
+            .any(|t| t.closed_gate().is_some())
     }
 
     /// Does any pipeline take `kind` from this producer?
@@ -123,7 +207,7 @@ impl Output {
             .any(|(k, t)| *k == kind && !t.is_empty())
     }
 
-    fn senders(&self, kind: SignalKind) -> &[async_channel::Sender<Signal>] {
+    fn senders(&self, kind: SignalKind) -> &[Target] {
         self.targets
             .iter()
             .find(|(k, _)| *k == kind)
@@ -131,22 +215,39 @@ impl Output {
             .unwrap_or(&[])
     }
 
-    /// Send to every target, waiting for room (backpressure). Fails only when every target has
-    /// closed, which happens during shutdown.
+    /// Send to every target, waiting for room (backpressure). A target whose admission gate is
+    /// closed is skipped and the refusal counted. Fails only when every target has closed,
+    /// which happens during shutdown.
     pub async fn send(&self, signal: Signal) -> Result<(), SendError> {
         let senders = self.senders(signal.kind());
         if senders.is_empty() || signal.is_empty() {
             return Ok(());
         }
         let n = signal.item_count() as u64;
+        let mut refused = false;
+        let open: Vec<&Target> = senders
+            .iter()
+            .filter(|t| match t.closed_gate() {
+                Some(g) => {
+                    g.refused.add(n);
+                    self.refused.add(n);
+                    refused = true;
+                    false
+                }
+                None => true,
+            })
+            .collect();
         let mut delivered = false;
-        let (last, rest) = senders.split_last().expect("non-empty");
-        for s in rest {
-            delivered |= s.send(signal.clone()).await.is_ok();
+        if let Some((last, rest)) = open.split_last() {
+            for t in rest {
+                delivered |= t.tx.send(signal.clone()).await.is_ok();
+            }
+            delivered |= last.tx.send(signal).await.is_ok();
         }
-        delivered |= last.send(signal).await.is_ok();
         if delivered {
             self.sent.add(n);
+            Ok(())
+        } else if refused {
             Ok(())
         } else {
             Err(SendError::Closed)
@@ -162,9 +263,16 @@ impl Output {
         }
         let n = signal.item_count() as u64;
         let mut full = false;
+        let mut refused = false;
         let mut delivered = false;
         for s in senders {
-            match s.try_send(signal.clone()) {
+            if let Some(g) = s.closed_gate() {
+                g.refused.add(n);
+                self.refused.add(n);
+                refused = true;
+                continue;
+            }
+            match s.tx.try_send(signal.clone()) {
                 Ok(()) => delivered = true,
                 Err(async_channel::TrySendError::Full(_)) => {
                     full = true;
@@ -176,10 +284,11 @@ impl Output {
         if delivered {
             self.sent.add(n);
         }
-        match (full, delivered) {
-            (true, _) => Err(SendError::Full),
-            (false, true) => Ok(()),
-            (false, false) => Err(SendError::Closed),
+        match (full, refused, delivered) {
+            (true, _, _) => Err(SendError::Full),
+            (false, true, _) => Err(SendError::Refused),
+            (false, false, true) => Ok(()),
+            (false, false, false) => Err(SendError::Closed),
         }
     }
 }

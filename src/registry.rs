@@ -75,6 +75,7 @@ pub static COMPONENTS: &[Registration] = &[
     crate::exporters::prometheus::REGISTRATION,
     crate::exporters::prometheus_remote_write::REGISTRATION,
     crate::processors::batch::REGISTRATION,
+    crate::processors::memory_limiter::REGISTRATION,
     crate::receivers::celery_redis::REGISTRATION,
     crate::receivers::otlp::REGISTRATION,
     crate::receivers::redis_queues::REGISTRATION,

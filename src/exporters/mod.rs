@@ -6,3 +6,4 @@ pub mod otlp;
 pub mod prom;
 pub mod prometheus;
 pub mod prometheus_remote_write;
+pub mod sending_queue;

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::graph::{Graph, Node};
-use crate::component::{BoxRun, ComponentError, Context, Input, Output};
+use crate::component::{Admission, BoxRun, ComponentError, Context, Input, Output};
 use crate::config::ServiceSettings;
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::Telemetry;
@@ -60,7 +60,8 @@ pub async fn run(
     }
 
     // Per pipeline: processor chain, and the entry senders its sources write to.
-    let mut producer_targets: BTreeMap<Node, BTreeMap<SignalKind, Vec<Tx>>> = BTreeMap::new();
+    let mut producer_targets: BTreeMap<Node, BTreeMap<SignalKind, Vec<(Tx, Vec<Admission>)>>> =
+        BTreeMap::new();
     let mut tasks: JoinSet<(String, Result<(), ComponentError>)> = JoinSet::new();
     let mut running: HashSet<String> = HashSet::new();
     let mut spawn = |tasks: &mut JoinSet<_>, label: String, fut: BoxRun| {
@@ -75,6 +76,12 @@ pub async fn run(
             .iter()
             .filter_map(|n| inputs.get(n).map(|(tx, _)| tx.clone()))
             .collect();
+        // Gates (memory_limiter) guard the pipeline's entry, wherever the processor sits.
+        let gates: Vec<Admission> = p
+            .processors
+            .iter()
+            .filter_map(|(_, proc_)| proc_.admission())
+            .collect();
         let entry = if p.processors.is_empty() {
             sinks
         } else {
@@ -88,6 +95,7 @@ pub async fn run(
                     let (tx, rx2) = async_channel::bounded(cap);
                     (vec![tx], Some(rx2))
                 };
+                let out_targets = out_targets.into_iter().map(|tx| (tx, Vec::new())).collect();
                 let out = output(&telemetry, &label, vec![(p.signal, out_targets)]);
                 let inp = input(&label, rx.clone());
                 processor_runs.push((label.clone(), proc_.run(ctx(label), inp, out)));
@@ -103,7 +111,7 @@ pub async fn run(
                 .or_default()
                 .entry(p.signal)
                 .or_default()
-                .extend(entry.iter().cloned());
+                .extend(entry.iter().map(|tx| (tx.clone(), gates.clone())));
         }
     }
 
@@ -220,8 +228,12 @@ pub async fn run(
     failure.map_or(Ok(()), Err)
 }
 
-fn output(telemetry: &Telemetry, label: &str, targets: Vec<(SignalKind, Vec<Tx>)>) -> Output {
-    Output::new(
+fn output(
+    telemetry: &Telemetry,
+    label: &str,
+    targets: Vec<(SignalKind, Vec<(Tx, Vec<Admission>)>)>,
+) -> Output {
+    Output::gated(
         targets,
         telemetry.counter("celeriac_component_sent_items_total", "Items a component handed to the next stage.", &[("component", label)]),
         telemetry.counter("celeriac_component_refused_items_total", "Items a component could not hand over because the next stage was full (dropped by producers that cannot wait).", &[("component", label)]),

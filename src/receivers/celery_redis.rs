@@ -176,6 +176,12 @@ impl Receiver for CeleryRedis {
                 "1 while subscribed to the broker.",
                 &label,
             );
+            // Events a memory_limiter refused (the pipeline still runs; Redis cannot wait).
+            let memory_drops = t.counter(
+                "celeriac_celery_events_dropped_total",
+                "Celery messages or events dropped before correlation, by reason.",
+                &[("component", &*ctx.id), ("reason", "memory_limit")],
+            );
             let mut drops = Drops {
                 ctx: ctx.clone(),
                 counters: HashMap::new(),
@@ -239,6 +245,9 @@ impl Receiver for CeleryRedis {
                                     &mut events,
                                     Vec::with_capacity(256),
                                 )));
+                                if out.refusing(SignalKind::Celery) {
+                                    memory_drops.add(batch.item_count() as u64);
+                                }
                                 // Waiting here lets Redis buffer for us (up to its pub/sub output
                                 // limit) instead of dropping during a short burst.
                                 tokio::select! {

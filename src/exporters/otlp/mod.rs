@@ -63,7 +63,8 @@ use crate::component::{BoxRun, ComponentError, Context, Exporter, Input};
 use crate::config::{self, types, DecodeError, Value};
 use crate::registry::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
-use crate::telemetry::Counter;
+use crate::exporters::sending_queue::{self, DiskQueue, FileQueue, Storage};
+use crate::telemetry::{Counter, Gauge};
 use retry::{Backoff, RetryConfig, Verdict};
 
 pub const REGISTRATION: Registration = Registration {
@@ -103,8 +104,14 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
+    /// Batches held in memory (`storage: memory`).
     pub queue_size: usize,
     pub num_consumers: usize,
+    pub storage: Storage,
+    /// Base directory of the file queue; this exporter's queue is a subdirectory named after it.
+    pub directory: Option<PathBuf>,
+    /// Size of the file queue; the oldest batches are dropped beyond it.
+    pub max_size_mib: u64,
 }
 
 impl Default for QueueConfig {
@@ -112,6 +119,9 @@ impl Default for QueueConfig {
         QueueConfig {
             queue_size: 1000,
             num_consumers: 10,
+            storage: Storage::Memory,
+            directory: None,
+            max_size_mib: sending_queue::DEFAULT_MAX_SIZE_MIB,
         }
     }
 }
@@ -243,11 +253,13 @@ fn build(v: &Value) -> BuildResult<dyn Exporter> {
             ));
         }
     }
+    let file_queue = sending_queue::file_settings(q.storage, q.directory.as_deref(), q.max_size_mib)?;
     Ok(Box::new(OtlpExporter {
         cfg,
         uri,
         tls,
         metadata,
+        file_queue,
     }))
 }
 
@@ -256,6 +268,8 @@ pub struct OtlpExporter {
     uri: String,
     tls: bool,
     metadata: Metadata,
+    /// Base directory and size limit of the file queue (`storage: file`).
+    file_queue: Option<(PathBuf, u64)>,
 }
 
 impl OtlpExporter {
@@ -314,6 +328,8 @@ impl Every {
 }
 
 struct Dropped {
+    queue_full: Counter,
+    corrupt: Counter,
     permanent: Counter,
     retries_exhausted: Counter,
     retry_disabled: Counter,
@@ -335,6 +351,15 @@ struct Shared {
     dropped: Dropped,
     warn_failure: Every,
     warn_partial: Every,
+}
+
+/// How an export ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Delivered, or dropped and counted: the batch is done with.
+    Done,
+    /// Still failing at shutdown; left in the file queue.
+    Kept,
 }
 
 /// `(rejected items, message)` of a reply; `(0, "")` is a full success.
@@ -395,8 +420,10 @@ impl Shared {
         }
     }
 
-    /// Export one batch: retry what may be retried, count what is given up.
-    async fn export(&self, batch: &Signal, seed: u64) {
+    /// Export one batch: retry what may be retried, count what is given up. With `keep`, a
+    /// batch that still fails once shutdown has begun is not dropped but reported as
+    /// [`Outcome::Kept`] (it stays in the file queue for the next start).
+    async fn export(&self, batch: &Signal, seed: u64, keep: bool) -> Outcome {
         let n = batch.item_count() as u64;
         let kind = batch.kind();
         let started = Instant::now();
@@ -413,13 +440,14 @@ impl Shared {
                             tracing::warn!(component = %self.id, signal = %kind, rejected, message = %msg, suppressed = held, "The OTLP endpoint accepted a batch only partly.");
                         }
                     }
-                    return;
+                    return Outcome::Done;
                 }
                 Err(s) => s,
             };
             let reason = match retry::classify(&status) {
                 Verdict::Permanent => Some(&self.dropped.permanent),
                 Verdict::Retry(_) if !self.retry.enabled => Some(&self.dropped.retry_disabled),
+                Verdict::Retry(_) if last_try && keep => return Outcome::Kept,
                 Verdict::Retry(_) if last_try => Some(&self.dropped.shutdown),
                 Verdict::Retry(server) => {
                     let mut wait = backoff.next_delay();
@@ -451,10 +479,166 @@ impl Shared {
                 if let Some(held) = self.warn_failure.ready() {
                     tracing::warn!(component = %self.id, signal = %kind, items = n, code = ?status.code(), error = %status.message(), suppressed = held, "OTLP export failed; batch dropped.");
                 }
-                return;
+                return Outcome::Done;
             }
         }
     }
+}
+
+/// `storage: memory`: a bounded channel of batches; a full queue holds the input back.
+async fn run_memory_queue(
+    ctx: &Context,
+    input: &Input,
+    shared: &Arc<Shared>,
+    q: &QueueConfig,
+    queued: &Gauge,
+    seed: u64,
+) {
+    let (tx, rx) = async_channel::bounded::<Signal>(q.queue_size);
+    let mut senders = tokio::task::JoinSet::new();
+    for i in 0..q.num_consumers {
+        let (rx, shared) = (rx.clone(), shared.clone());
+        let mut seed = seed ^ ((i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        senders.spawn(async move {
+            while let Ok(batch) = rx.recv().await {
+                seed = seed.rotate_left(7).wrapping_add(0x9e37_79b9_7f4a_7c15);
+                shared.export(&batch, seed, false).await;
+            }
+        });
+    }
+    drop(rx);
+    while let Some(batch) = input.recv().await {
+        // Waits while the queue is full: backpressure, not loss.
+        if tx.send(batch).await.is_err() {
+            break;
+        }
+        queued.set(tx.len() as i64);
+    }
+    drop(tx);
+    while let Some(res) = senders.join_next().await {
+        if let Err(e) = res {
+            tracing::error!(component = %ctx.id, error = %e, "An OTLP sender task failed.");
+        }
+    }
+}
+
+/// `storage: file`: every batch is appended to the file queue as it arrives (a full queue drops
+/// its oldest batches, counted as `queue_full`); senders take batches in order and acknowledge
+/// each once delivered or dropped. At shutdown a batch that still fails stays on disk.
+async fn run_file_queue(
+    ctx: &Context,
+    input: &Input,
+    shared: &Arc<Shared>,
+    disk: DiskQueue,
+    q: &QueueConfig,
+    queued: &Gauge,
+    seed: u64,
+) {
+    let mut senders = tokio::task::JoinSet::new();
+    for i in 0..q.num_consumers {
+        let (disk, shared, queued) = (disk.clone(), shared.clone(), queued.clone());
+        let mut seed = seed ^ ((i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        senders.spawn(async move {
+            loop {
+                let popped = match disk.pop().await {
+                    Ok(Some(p)) => p,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!(component = %shared.id, error = %e, "Cannot read the sending queue; this sender stops.");
+                        break;
+                    }
+                };
+                queued.add(-1);
+                seed = seed.rotate_left(7).wrapping_add(0x9e37_79b9_7f4a_7c15);
+                match decode_record(&popped.payload) {
+                    Some(batch) => {
+                        if shared.export(&batch, seed, true).await == Outcome::Kept {
+                            tracing::info!(component = %shared.id, "Backend still failing at shutdown; the batch stays queued on disk for the next start.");
+                            break;
+                        }
+                    }
+                    None => {
+                        shared.dropped.corrupt.add(popped.items as u64);
+                        tracing::warn!(component = %shared.id, items = popped.items, "Dropping an undecodable batch from the sending queue.");
+                    }
+                }
+                if let Err(e) = disk.ack(popped.ticket).await {
+                    tracing::error!(component = %shared.id, error = %e, "Cannot record progress in the sending queue; this sender stops.");
+                    break;
+                }
+            }
+        });
+    }
+    let mut warned_io = false;
+    while let Some(batch) = input.recv().await {
+        let items = batch.item_count() as u32;
+        let Some(record) = encode_record(&batch) else {
+            continue;
+        };
+        match disk.push(record, items).await {
+            Ok(evicted) => {
+                queued.add(1 - evicted.records as i64);
+                if evicted.records > 0 {
+                    shared.dropped.queue_full.add(evicted.items);
+                    if let Some(held) = shared.warn_failure.ready() {
+                        tracing::warn!(component = %ctx.id, batches = evicted.records, items = evicted.items, suppressed = held, "Sending queue full: dropped its oldest batches.");
+                    }
+                }
+            }
+            Err(e) => {
+                shared.dropped.queue_full.add(items as u64);
+                if !warned_io {
+                    warned_io = true;
+                    tracing::error!(component = %ctx.id, error = %e, "Cannot append to the sending queue; batch dropped.");
+                }
+            }
+        }
+    }
+    disk.close();
+    while let Some(res) = senders.join_next().await {
+        if let Err(e) = res {
+            tracing::error!(component = %ctx.id, error = %e, "An OTLP sender task failed.");
+        }
+    }
+}
+
+/// A batch as a file-queue record: a signal tag, then the OTLP export request.
+fn encode_record(batch: &Signal) -> Option<Vec<u8>> {
+    use prost::encoding::message;
+    let mut buf = Vec::new();
+    match batch {
+        Signal::Traces(rs) => {
+            buf.push(1);
+            rs.iter().for_each(|r| message::encode(1, r, &mut buf));
+        }
+        Signal::Metrics(rm) => {
+            buf.push(2);
+            rm.iter().for_each(|r| message::encode(1, r, &mut buf));
+        }
+        Signal::Logs(rl) => {
+            buf.push(3);
+            rl.iter().for_each(|r| message::encode(1, r, &mut buf));
+        }
+        Signal::Celery(_) => return None,
+    }
+    Some(buf)
+}
+
+fn decode_record(rec: &[u8]) -> Option<Signal> {
+    use prost::Message;
+    let (tag, body) = rec.split_first()?;
+    Some(match tag {
+        1 => Signal::Traces(Arc::new(
+            ExportTraceServiceRequest::decode(body).ok()?.resource_spans,
+        )),
+        2 => Signal::Metrics(Arc::new(
+            ExportMetricsServiceRequest::decode(body).ok()?.resource_metrics,
+        )),
+        3 => Signal::Logs(Arc::new(
+            ExportLogsServiceRequest::decode(body).ok()?.resource_logs,
+        )),
+        _ => return None,
+    })
 }
 
 impl Exporter for OtlpExporter {
@@ -489,6 +673,8 @@ impl Exporter for OtlpExporter {
                     &label,
                 ),
                 dropped: Dropped {
+                    queue_full: drop_counter("queue_full"),
+                    corrupt: drop_counter("corrupt"),
                     permanent: drop_counter("permanent"),
                     retries_exhausted: drop_counter("retries_exhausted"),
                     retry_disabled: drop_counter("retry_disabled"),
@@ -504,33 +690,31 @@ impl Exporter for OtlpExporter {
                 &label,
             );
             let q = &self.cfg.sending_queue;
-            let (tx, rx) = async_channel::bounded::<Signal>(q.queue_size);
             let seed = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0x9e37_79b9, |d| d.as_nanos() as u64);
-            let mut senders = tokio::task::JoinSet::new();
-            for i in 0..q.num_consumers {
-                let (rx, shared) = (rx.clone(), shared.clone());
-                let mut seed = seed ^ ((i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-                senders.spawn(async move {
-                    while let Ok(batch) = rx.recv().await {
-                        seed = seed.rotate_left(7).wrapping_add(0x9e37_79b9_7f4a_7c15);
-                        shared.export(&batch, seed).await;
+            match &self.file_queue {
+                None => run_memory_queue(&ctx, &input, &shared, q, &queued, seed).await,
+                Some((base, max_bytes)) => {
+                    let dir = sending_queue::component_dir(base, &ctx.id);
+                    let (fq, report) = {
+                        let dir = dir.clone();
+                        let max = *max_bytes;
+                        tokio::task::spawn_blocking(move || FileQueue::open(&dir, max))
+                            .await
+                            .map_err(|e| ComponentError::Other(e.to_string()))?
+                            .map_err(|e| ComponentError::Other(e.to_string()))?
+                    };
+                    if report.truncated_bytes > 0 {
+                        shared.dropped.corrupt.add(report.truncated_items);
+                        tracing::warn!(component = %ctx.id, dir = %dir.display(), bytes = report.truncated_bytes, items = report.truncated_items, "Cut a torn or corrupt tail off the sending queue.");
                     }
-                });
-            }
-            drop(rx);
-            while let Some(batch) = input.recv().await {
-                // Waits while the queue is full: backpressure, not loss.
-                if tx.send(batch).await.is_err() {
-                    break;
-                }
-                queued.set(tx.len() as i64);
-            }
-            drop(tx);
-            while let Some(res) = senders.join_next().await {
-                if let Err(e) = res {
-                    tracing::error!(component = %ctx.id, error = %e, "An OTLP sender task failed.");
+                    if report.records > 0 {
+                        tracing::info!(component = %ctx.id, dir = %dir.display(), batches = report.records, items = report.items, "Replaying batches queued by a previous run.");
+                    }
+                    queued.set(report.records as i64);
+                    run_file_queue(&ctx, &input, &shared, DiskQueue::new(fq), q, &queued, seed)
+                        .await;
                 }
             }
             queued.set(0);

@@ -57,6 +57,10 @@ impl Otlp {
                 self.ingest.refuse("grpc", "pipeline_full");
                 Status::unavailable("celeriac's pipeline is full; retry with backoff")
             }
+            Refusal::MemoryLimit => {
+                self.ingest.refuse("grpc", "memory_limit");
+                Status::unavailable("celeriac is over its memory limit; retry with backoff")
+            }
             Refusal::NoPipeline => {
                 self.ingest.refuse("grpc", "no_pipeline");
                 Status::unimplemented("no pipeline takes this signal from this receiver")

@@ -261,14 +261,14 @@ async fn handle(req: Request<Incoming>, ingest: Arc<Ingest>, max_body: usize) ->
     }
     match ingest.push(signal) {
         Ok(()) => success(kind, format),
-        Err(Refusal::Full) => {
-            ingest.refuse("http", "pipeline_full");
-            let mut r = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format,
-                14,
-                "celeriac's pipeline is full; retry with backoff",
-            );
+        Err(r @ (Refusal::Full | Refusal::MemoryLimit)) => {
+            let (reason, message) = if r == Refusal::Full {
+                ("pipeline_full", "celeriac's pipeline is full; retry with backoff")
+            } else {
+                ("memory_limit", "celeriac is over its memory limit; retry with backoff")
+            };
+            ingest.refuse("http", reason);
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, format, 14, message);
             r.headers_mut()
                 .insert("retry-after", hyper::header::HeaderValue::from_static("1"));
             r

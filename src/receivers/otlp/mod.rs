@@ -153,6 +153,8 @@ pub enum Refusal {
     NoPipeline,
     /// The pipeline is full: retry later.
     Full,
+    /// A memory_limiter refuses data: retry later.
+    MemoryLimit,
     /// Shutting down.
     Closed,
 }
@@ -236,6 +238,7 @@ impl Ingest {
                 Ok(())
             }
             Err(SendError::Full) => Err(Refusal::Full),
+            Err(SendError::Refused) => Err(Refusal::MemoryLimit),
             Err(SendError::Closed) => Err(Refusal::Closed),
         }
     }

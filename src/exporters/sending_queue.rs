@@ -1,0 +1,901 @@
+//! The durable part of the network exporters' `sending_queue`: where batches wait for their
+//! backend, in memory (the default) or in files that outlive the process.
+//!
+//! This module owns the `storage`/`directory`/`max_size_mib` settings shared by the `otlp` and
+//! `prometheus_remote_write` exporters, and [`FileQueue`], an append-only FIFO of opaque
+//! records on disk with at-least-once delivery. The exporters own what a record means (an
+//! encoded OTLP request, a compressed remote-write body) and how it is sent.
+//!
+//! # On disk
+//!
+//! A queue is one directory (`<directory>/<component id>`, so exporters may share `directory`):
+//!
+//! * segment files `00000000000000000001.seg`, … written in order. Each starts with the 8-byte
+//!   magic `CLRQSEG1`, then records: `len: u32 LE`, `items: u32 LE`, `crc32(items ‖ payload):
+//!   u32 LE`, `payload: len bytes`. A segment is closed once it passes ⅛ of `max_size_mib`
+//!   (64 KiB to 64 MiB), and deleted once every record in it has been acknowledged;
+//! * `cursor`: the position of the first record not yet acknowledged (segment, offset) with its
+//!   CRC, replaced atomically (write `cursor.tmp`, rename) after each acknowledgement.
+//!
+//! Records are handed out in order; the cursor advances over the longest acknowledged prefix, so
+//! a record sent by a concurrent consumer after an older one still in flight is replayed after a
+//! crash (at-least-once; duplicates are possible, loss of acknowledged data is not).
+//!
+//! # Durability (fsync policy)
+//!
+//! Every record is written with one `write(2)` before the batch counts as queued, so it survives
+//! the agent being killed (`kill -9`, OOM killer, panic): the data is in the kernel's page cache.
+//! A segment is `fsync`ed when it is closed and when the queue is dropped; the cursor is not
+//! synced. A power loss or kernel crash can therefore lose the unsynced tail of the newest
+//! segment and replay records already sent; it cannot produce a corrupt record, because:
+//!
+//! * on open every segment is scanned; at the first torn or corrupt record (short header, short
+//!   payload, CRC mismatch) the segment is truncated there, and what was cut is reported
+//!   ([`OpenReport`]) for the exporter to count;
+//! * a segment with a bad magic is deleted and reported the same way.
+//!
+//! # Full
+//!
+//! When the segments exceed `max_size_mib`, the oldest segment is deleted and its records that
+//! were not yet sent are returned by [`FileQueue::push`] so the exporter counts them
+//! (`reason="queue_full"`): the oldest data goes first, never silently.
+//!
+//! The queue does blocking file I/O; the async [`DiskQueue`] handle runs it on tokio's blocking
+//! pool. Two agents must not share a queue directory.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::Deserialize;
+use tokio::sync::Notify;
+
+use crate::config::DecodeError;
+
+/// Where queued batches are kept.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// In the agent's memory: lost on restart.
+    #[default]
+    Memory,
+    /// In segment files under `directory`: survive an outage, a crash and a restart.
+    File,
+}
+
+/// Default `max_size_mib` of a file queue.
+pub const DEFAULT_MAX_SIZE_MIB: u64 = 256;
+
+/// Check the storage keys of a `sending_queue` and say where the file queue goes, if any.
+/// `component` is the exporter's id (`otlp/tempo`): its queue gets a directory of its own.
+pub fn file_settings(
+    storage: Storage,
+    directory: Option<&Path>,
+    max_size_mib: u64,
+) -> Result<Option<(PathBuf, u64)>, DecodeError> {
+    match (storage, directory) {
+        (Storage::Memory, None) => Ok(None),
+        (Storage::Memory, Some(_)) => Err(DecodeError::new(
+            "sending_queue.directory",
+            "only used with `storage: file`",
+        )),
+        (Storage::File, None) => Err(DecodeError::new(
+            "sending_queue.directory",
+            "required with `storage: file`",
+        )),
+        (Storage::File, Some(d)) => {
+            if d.as_os_str().is_empty() {
+                return Err(DecodeError::new("sending_queue.directory", "is empty"));
+            }
+            if max_size_mib == 0 {
+                return Err(DecodeError::new(
+                    "sending_queue.max_size_mib",
+                    "must be at least 1",
+                ));
+            }
+            Ok(Some((d.to_path_buf(), max_size_mib.saturating_mul(1 << 20))))
+        }
+    }
+}
+
+/// The directory of one component's queue under the configured `directory`.
+pub fn component_dir(base: &Path, component: &str) -> PathBuf {
+    let name: String = component
+        .trim_start_matches("exporters/")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    base.join(name)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue directory {dir}: {source}")]
+    Io { dir: PathBuf, source: io::Error },
+    #[error("a {len}-byte batch does not fit in a queue of {max} bytes")]
+    TooLarge { len: usize, max: u64 },
+}
+
+const MAGIC: &[u8; 8] = b"CLRQSEG1";
+const HEADER: u64 = 12;
+const CURSOR: &str = "cursor";
+const CURSOR_TMP: &str = "cursor.tmp";
+/// A header claiming more than this is corruption, not a batch.
+const MAX_RECORD: u64 = 1 << 30;
+
+/// A position in the queue: segment sequence number and byte offset in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Pos {
+    seq: u64,
+    offset: u64,
+}
+
+#[derive(Debug)]
+struct Segment {
+    seq: u64,
+    bytes: u64,
+    /// Records at or after the read position, and their items.
+    unread_records: u64,
+    unread_items: u64,
+}
+
+/// What [`FileQueue::open`] found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Records waiting to be sent (left by a previous run).
+    pub records: u64,
+    pub items: u64,
+    /// Bytes cut off torn or corrupt segment tails, and deleted unreadable segments.
+    pub truncated_bytes: u64,
+    /// Items of the cut records whose header was still readable.
+    pub truncated_items: u64,
+}
+
+/// Records and items pushed out of a full queue.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Evicted {
+    pub records: u64,
+    pub items: u64,
+}
+
+/// A record handed out by [`FileQueue::pop`], to be acknowledged with [`FileQueue::ack`].
+#[derive(Debug)]
+pub struct Popped {
+    pub ticket: u64,
+    pub items: u32,
+    pub payload: Vec<u8>,
+}
+
+/// An append-only, CRC-checked FIFO of records in segment files (see the module docs).
+pub struct FileQueue {
+    dir: PathBuf,
+    max_bytes: u64,
+    segment_bytes: u64,
+    /// Oldest first; the last is the one written to.
+    segments: VecDeque<Segment>,
+    writer: File,
+    reader: Option<(u64, File)>,
+    read: Pos,
+    committed: Pos,
+    /// Handed out, by ticket: where the record ends, and whether it was acknowledged.
+    inflight: BTreeMap<u64, (Pos, bool)>,
+    next_ticket: u64,
+    total_bytes: u64,
+}
+
+fn seg_name(seq: u64) -> String {
+    format!("{seq:020}.seg")
+}
+
+fn crc(items: u32, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&items.to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+/// One record at the reader's position: `Ok(None)` at a clean end of the data, `Err` with the
+/// items claimed by a readable header (0 when even that is gone) when the rest is torn/corrupt.
+fn read_record(r: &mut impl Read) -> io::Result<Result<Option<(u32, Vec<u8>)>, u64>> {
+    let mut h = [0u8; HEADER as usize];
+    let mut got = 0;
+    while got < h.len() {
+        match r.read(&mut h[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    if got == 0 {
+        return Ok(Ok(None));
+    }
+    if got < h.len() {
+        return Ok(Err(0));
+    }
+    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as u64;
+    let items = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+    let sum = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+    if len > MAX_RECORD {
+        return Ok(Err(0));
+    }
+    let mut payload = Vec::with_capacity(len as usize);
+    r.take(len).read_to_end(&mut payload)?;
+    if payload.len() as u64 != len || crc(items, &payload) != sum {
+        return Ok(Err(items as u64));
+    }
+    Ok(Ok(Some((items, payload))))
+}
+
+impl FileQueue {
+    /// Open (or create) the queue in `dir`, recovering what a previous run left.
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<(FileQueue, OpenReport), QueueError> {
+        let io_err = |source| QueueError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        fs::create_dir_all(dir).map_err(io_err)?;
+        let mut seqs = Vec::new();
+        for entry in fs::read_dir(dir).map_err(io_err)? {
+            let name = entry.map_err(io_err)?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(seq) = name.strip_suffix(".seg").and_then(|s| s.parse::<u64>().ok()) {
+                seqs.push(seq);
+            }
+        }
+        seqs.sort_unstable();
+        let cursor = read_cursor(dir);
+        let start = match cursor {
+            Some(c) => c,
+            None => Pos {
+                seq: seqs.first().copied().unwrap_or(1),
+                offset: MAGIC.len() as u64,
+            },
+        };
+        let mut report = OpenReport::default();
+        let mut segments = VecDeque::new();
+        for seq in seqs {
+            let path = dir.join(seg_name(seq));
+            if seq < start.seq {
+                // Fully acknowledged before the last run ended.
+                fs::remove_file(&path).map_err(io_err)?;
+                continue;
+            }
+            let from = if seq == start.seq { start.offset } else { 0 };
+            match scan_segment(&path, from).map_err(io_err)? {
+                // Nothing left to send in it (acknowledged, or empty).
+                Some(s) if s.records == 0 => {
+                    report.truncated_bytes += s.truncated_bytes;
+                    report.truncated_items += s.truncated_items;
+                    fs::remove_file(&path).map_err(io_err)?;
+                }
+                Some(s) => {
+                    report.records += s.records;
+                    report.items += s.items;
+                    report.truncated_bytes += s.truncated_bytes;
+                    report.truncated_items += s.truncated_items;
+                    segments.push_back(Segment {
+                        seq,
+                        bytes: s.len,
+                        unread_records: s.records,
+                        unread_items: s.items,
+                    });
+                }
+                None => {
+                    report.truncated_bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    fs::remove_file(&path).map_err(io_err)?;
+                }
+            }
+        }
+        // Where reading resumes: the cursor if its segment survived, else the oldest segment.
+        let read = match segments.front() {
+            Some(s) if s.seq == start.seq => Pos {
+                seq: s.seq,
+                offset: start.offset.clamp(MAGIC.len() as u64, s.bytes),
+            },
+            Some(s) => Pos {
+                seq: s.seq,
+                offset: MAGIC.len() as u64,
+            },
+            None => Pos {
+                seq: start.seq + 1,
+                offset: MAGIC.len() as u64,
+            },
+        };
+        // Always write to a fresh segment: nothing is ever appended after a recovered tail.
+        let write_seq = segments.back().map_or(read.seq, |s| s.seq + 1);
+        let writer = new_segment(dir, write_seq).map_err(io_err)?;
+        segments.push_back(Segment {
+            seq: write_seq,
+            bytes: MAGIC.len() as u64,
+            unread_records: 0,
+            unread_items: 0,
+        });
+        let total_bytes = segments.iter().map(|s| s.bytes).sum();
+        let q = FileQueue {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            segment_bytes: (max_bytes / 8).clamp(64 << 10, 64 << 20),
+            segments,
+            writer,
+            reader: None,
+            read,
+            committed: read,
+            inflight: BTreeMap::new(),
+            next_ticket: 0,
+            total_bytes,
+        };
+        Ok((q, report))
+    }
+
+    fn io_err(&self, source: io::Error) -> QueueError {
+        QueueError::Io {
+            dir: self.dir.clone(),
+            source,
+        }
+    }
+
+    /// Records waiting to be handed out.
+    pub fn unread_records(&self) -> u64 {
+        self.segments.iter().map(|s| s.unread_records).sum()
+    }
+
+    /// Items waiting to be handed out.
+    pub fn unread_items(&self) -> u64 {
+        self.segments.iter().map(|s| s.unread_items).sum()
+    }
+
+    /// Bytes of all segment files.
+    pub fn size_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    /// Append a record of `items` items; returns what had to be evicted to stay under the size
+    /// limit (the oldest segments, unsent records included).
+    pub fn push(&mut self, payload: &[u8], items: u32) -> Result<Evicted, QueueError> {
+        let len = payload.len() as u64 + HEADER;
+        if len + MAGIC.len() as u64 > self.max_bytes || payload.len() as u64 > MAX_RECORD {
+            return Err(QueueError::TooLarge {
+                len: payload.len(),
+                max: self.max_bytes,
+            });
+        }
+        let last = self.segments.back().map_or(0, |s| s.bytes);
+        if last > MAGIC.len() as u64 && last + len > self.segment_bytes {
+            self.roll()?;
+        }
+        let mut rec = Vec::with_capacity(len as usize);
+        rec.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        rec.extend_from_slice(&items.to_le_bytes());
+        rec.extend_from_slice(&crc(items, payload).to_le_bytes());
+        rec.extend_from_slice(payload);
+        // One write: a crash leaves the record whole or a torn tail the next open cuts off.
+        self.writer.write_all(&rec).map_err(|e| self.io_err(e))?;
+        if let Some(s) = self.segments.back_mut() {
+            s.bytes += len;
+            s.unread_records += 1;
+            s.unread_items += items as u64;
+        }
+        self.total_bytes += len;
+        let mut evicted = Evicted::default();
+        while self.total_bytes > self.max_bytes && self.segments.len() > 1 {
+            let Some(old) = self.segments.pop_front() else {
+                break;
+            };
+            evicted.records += old.unread_records;
+            evicted.items += old.unread_items;
+            self.total_bytes -= old.bytes;
+            if self.read.seq <= old.seq {
+                let next = self.segments.front().map_or(old.seq + 1, |s| s.seq);
+                self.read = Pos {
+                    seq: next,
+                    offset: MAGIC.len() as u64,
+                };
+                self.reader = None;
+            }
+            fs::remove_file(self.dir.join(seg_name(old.seq))).map_err(|e| self.io_err(e))?;
+        }
+        Ok(evicted)
+    }
+
+    fn roll(&mut self) -> Result<(), QueueError> {
+        self.writer.sync_data().map_err(|e| self.io_err(e))?;
+        let seq = self.segments.back().map_or(1, |s| s.seq + 1);
+        self.writer = new_segment(&self.dir, seq).map_err(|e| self.io_err(e))?;
+        self.segments.push_back(Segment {
+            seq,
+            bytes: MAGIC.len() as u64,
+            unread_records: 0,
+            unread_items: 0,
+        });
+        self.total_bytes += MAGIC.len() as u64;
+        Ok(())
+    }
+
+    /// The next record in order, or `None` when every record has been handed out.
+    pub fn pop(&mut self) -> Result<Option<Popped>, QueueError> {
+        loop {
+            let Some(idx) = self.segments.iter().position(|s| s.seq >= self.read.seq) else {
+                return Ok(None);
+            };
+            let seg = &self.segments[idx];
+            if seg.seq != self.read.seq {
+                self.read = Pos {
+                    seq: seg.seq,
+                    offset: MAGIC.len() as u64,
+                };
+                self.reader = None;
+            }
+            let is_last = idx + 1 == self.segments.len();
+            if self.read.offset >= seg.bytes {
+                if is_last {
+                    return Ok(None);
+                }
+                self.read = Pos {
+                    seq: seg.seq + 1,
+                    offset: MAGIC.len() as u64,
+                };
+                continue;
+            }
+            if self.reader.as_ref().is_none_or(|(s, _)| *s != self.read.seq) {
+                let mut f = File::open(self.dir.join(seg_name(self.read.seq)))
+                    .map_err(|e| self.io_err(e))?;
+                f.seek(SeekFrom::Start(self.read.offset))
+                    .map_err(|e| self.io_err(e))?;
+                self.reader = Some((self.read.seq, f));
+            }
+            let Some((_, f)) = self.reader.as_mut() else {
+                continue;
+            };
+            let rec = read_record(f).map_err(|e| self.io_err(e))?;
+            let seg = &mut self.segments[idx];
+            match rec {
+                Ok(Some((items, payload))) => {
+                    let end = Pos {
+                        seq: self.read.seq,
+                        offset: self.read.offset + HEADER + payload.len() as u64,
+                    };
+                    self.read = end;
+                    seg.unread_records = seg.unread_records.saturating_sub(1);
+                    seg.unread_items = seg.unread_items.saturating_sub(items as u64);
+                    let ticket = self.next_ticket;
+                    self.next_ticket += 1;
+                    self.inflight.insert(ticket, (end, false));
+                    return Ok(Some(Popped {
+                        ticket,
+                        items,
+                        payload,
+                    }));
+                }
+                // Scanned on open and written by us since: only a file changed under us gets
+                // here. Skip the rest of the segment.
+                Ok(None) | Err(_) => {
+                    tracing::warn!(dir = %self.dir.display(), segment = seg.seq, offset = self.read.offset, "Unreadable record in the sending queue; skipping the rest of its segment.");
+                    self.read.offset = seg.bytes;
+                    seg.unread_records = 0;
+                    seg.unread_items = 0;
+                }
+            }
+        }
+    }
+
+    /// Mark a record done (sent, or dropped and counted). The cursor moves over the longest
+    /// done prefix and segments behind it are deleted.
+    pub fn ack(&mut self, ticket: u64) -> Result<(), QueueError> {
+        if let Some(e) = self.inflight.get_mut(&ticket) {
+            e.1 = true;
+        }
+        let mut moved = None;
+        while let Some(entry) = self.inflight.first_entry() {
+            if !entry.get().1 {
+                break;
+            }
+            moved = Some(entry.remove().0);
+        }
+        let Some(pos) = moved else { return Ok(()) };
+        self.committed = pos;
+        write_cursor(&self.dir, pos).map_err(|e| self.io_err(e))?;
+        while self.segments.len() > 1 && self.segments.front().is_some_and(|s| s.seq < pos.seq)
+        {
+            if let Some(old) = self.segments.pop_front() {
+                self.total_bytes -= old.bytes;
+                fs::remove_file(self.dir.join(seg_name(old.seq))).map_err(|e| self.io_err(e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Make everything written so far durable (also done on drop).
+    pub fn sync(&mut self) -> Result<(), QueueError> {
+        self.writer.sync_data().map_err(|e| self.io_err(e))
+    }
+}
+
+impl Drop for FileQueue {
+    fn drop(&mut self) {
+        if let Err(e) = self.writer.sync_data() {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "Cannot sync the sending queue.");
+        }
+    }
+}
+
+fn new_segment(dir: &Path, seq: u64) -> io::Result<File> {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(dir.join(seg_name(seq)))?;
+    f.write_all(MAGIC)?;
+    Ok(f)
+}
+
+struct Scan {
+    len: u64,
+    records: u64,
+    items: u64,
+    truncated_bytes: u64,
+    truncated_items: u64,
+}
+
+/// Validate a segment, truncating it at its first torn or corrupt record; count the records
+/// from offset `from` on. `None`: not a segment (bad magic).
+fn scan_segment(path: &Path, from: u64) -> io::Result<Option<Scan>> {
+    let mut f = OpenOptions::new().read(true).write(true).open(path)?;
+    let file_len = f.metadata()?.len();
+    let mut magic = [0u8; 8];
+    if f.read_exact(&mut magic).is_err() || &magic != MAGIC {
+        return Ok(None);
+    }
+    let mut r = io::BufReader::new(&mut f);
+    let mut pos = MAGIC.len() as u64;
+    let (mut records, mut items, mut truncated_items) = (0, 0, 0);
+    loop {
+        match read_record(&mut r)? {
+            Ok(Some((n, payload))) => {
+                if pos >= from {
+                    records += 1;
+                    items += n as u64;
+                }
+                pos += HEADER + payload.len() as u64;
+            }
+            Ok(None) => break,
+            Err(claimed) => {
+                truncated_items = claimed;
+                break;
+            }
+        }
+    }
+    drop(r);
+    if pos < file_len {
+        f.set_len(pos)?;
+        f.sync_data()?;
+        tracing::warn!(segment = %path.display(), offset = pos, bytes = file_len - pos, "Truncated a torn or corrupt tail of the sending queue.");
+    }
+    Ok(Some(Scan {
+        len: pos,
+        records,
+        items,
+        truncated_bytes: file_len - pos,
+        truncated_items,
+    }))
+}
+
+fn read_cursor(dir: &Path) -> Option<Pos> {
+    let b = fs::read(dir.join(CURSOR)).ok()?;
+    if b.len() != 20 {
+        tracing::warn!(dir = %dir.display(), "Ignoring a malformed sending-queue cursor; replaying the queue from its oldest record.");
+        return None;
+    }
+    let seq = u64::from_le_bytes(b[0..8].try_into().ok()?);
+    let offset = u64::from_le_bytes(b[8..16].try_into().ok()?);
+    let sum = u32::from_le_bytes(b[16..20].try_into().ok()?);
+    if crc32fast::hash(&b[..16]) != sum {
+        tracing::warn!(dir = %dir.display(), "Ignoring a corrupt sending-queue cursor; replaying the queue from its oldest record.");
+        return None;
+    }
+    Some(Pos { seq, offset })
+}
+
+fn write_cursor(dir: &Path, pos: Pos) -> io::Result<()> {
+    let mut b = Vec::with_capacity(20);
+    b.extend_from_slice(&pos.seq.to_le_bytes());
+    b.extend_from_slice(&pos.offset.to_le_bytes());
+    b.extend_from_slice(&crc32fast::hash(&b).to_le_bytes());
+    let tmp = dir.join(CURSOR_TMP);
+    fs::write(&tmp, &b)?;
+    fs::rename(tmp, dir.join(CURSOR))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Async handle
+
+/// A [`FileQueue`] shared by an exporter's input loop and its senders: the file I/O runs on
+/// the blocking pool, and [`DiskQueue::pop`] waits for a record.
+#[derive(Clone)]
+pub struct DiskQueue {
+    inner: Arc<Mutex<FileQueue>>,
+    state: Arc<(Mutex<bool>, Notify)>,
+}
+
+impl DiskQueue {
+    pub fn new(q: FileQueue) -> Self {
+        DiskQueue {
+            inner: Arc::new(Mutex::new(q)),
+            state: Arc::new((Mutex::new(false), Notify::new())),
+        }
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut FileQueue) -> Result<T, QueueError> + Send + 'static,
+    ) -> Result<T, QueueError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut q = inner.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut q)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(QueueError::Io {
+                dir: PathBuf::new(),
+                source: io::Error::other(e),
+            })
+        })
+    }
+
+    pub async fn push(&self, payload: Vec<u8>, items: u32) -> Result<Evicted, QueueError> {
+        let r = self.with(move |q| q.push(&payload, items)).await;
+        // Wake every waiting sender: one takes the record, the others wait again.
+        self.state.1.notify_waiters();
+        r
+    }
+
+    /// The next record; `None` once [`DiskQueue::close`] was called and nothing is left.
+    pub async fn pop(&self) -> Result<Option<Popped>, QueueError> {
+        loop {
+            let notified = self.state.1.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(p) = self.with(|q| q.pop()).await? {
+                return Ok(Some(p));
+            }
+            if *self.state.0.lock().unwrap_or_else(|e| e.into_inner()) {
+                return Ok(None);
+            }
+            notified.await;
+        }
+    }
+
+    pub async fn ack(&self, ticket: u64) -> Result<(), QueueError> {
+        self.with(move |q| q.ack(ticket)).await
+    }
+
+    /// No more pushes: [`DiskQueue::pop`] returns `None` once the queue is empty.
+    pub fn close(&self) {
+        *self.state.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.state.1.notify_waiters();
+    }
+
+    pub fn unread_items(&self) -> u64 {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unread_items()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(i: u32) -> Vec<u8> {
+        format!("batch-{i:05}-{}", "x".repeat(100)).into_bytes()
+    }
+
+    fn drain(q: &mut FileQueue) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(p) = q.pop().unwrap() {
+            q.ack(p.ticket).unwrap();
+            out.push(p.payload);
+        }
+        out
+    }
+
+    #[test]
+    fn fifo_across_segments_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let max = 512 << 10;
+        let (mut q, rep) = FileQueue::open(dir.path(), max).unwrap();
+        assert_eq!(rep, OpenReport::default());
+        // 64 KiB segments: 2000 records span several.
+        for i in 0..2000 {
+            assert_eq!(q.push(&rec(i), 3).unwrap(), Evicted::default());
+        }
+        assert_eq!(q.unread_records(), 2000);
+        assert_eq!(q.unread_items(), 6000);
+        assert!(q.segments.len() > 2);
+        for i in 0..500 {
+            let p = q.pop().unwrap().unwrap();
+            assert_eq!(p.payload, rec(i));
+            assert_eq!(p.items, 3);
+            q.ack(p.ticket).unwrap();
+        }
+        drop(q);
+        let (mut q, rep) = FileQueue::open(dir.path(), max).unwrap();
+        assert_eq!(rep.records, 1500);
+        assert_eq!(rep.items, 4500);
+        let got = drain(&mut q);
+        assert_eq!(got, (500..2000).map(rec).collect::<Vec<_>>());
+        drop(q);
+        // Everything acknowledged: only the fresh write segment remains.
+        let (mut q, rep) = FileQueue::open(dir.path(), max).unwrap();
+        assert_eq!(rep.records, 0);
+        assert_eq!(q.segments.len(), 1, "{:?}", q.segments);
+        q.push(&rec(7), 1).unwrap();
+        drop(q);
+        let (mut q, rep) = FileQueue::open(dir.path(), max).unwrap();
+        assert_eq!(rep.records, 1);
+        assert_eq!(drain(&mut q), vec![rec(7)]);
+    }
+
+    #[test]
+    fn unacknowledged_records_are_replayed_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut q, _) = FileQueue::open(dir.path(), 1 << 20).unwrap();
+        for i in 0..10 {
+            q.push(&rec(i), 1).unwrap();
+        }
+        let a = q.pop().unwrap().unwrap();
+        let b = q.pop().unwrap().unwrap();
+        let c = q.pop().unwrap().unwrap();
+        // b and c done, a still in flight: the cursor cannot pass a.
+        q.ack(b.ticket).unwrap();
+        q.ack(c.ticket).unwrap();
+        std::mem::forget(q); // no drop: like kill -9
+        let (mut q, rep) = FileQueue::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(rep.records, 10);
+        let p = q.pop().unwrap().unwrap();
+        assert_eq!(p.payload, a.payload);
+        q.ack(p.ticket).unwrap();
+        assert_eq!(drain(&mut q).len(), 9);
+    }
+
+    #[test]
+    fn torn_and_corrupt_tails_are_cut_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut q, _) = FileQueue::open(dir.path(), 1 << 20).unwrap();
+        for i in 0..5 {
+            q.push(&rec(i), 7).unwrap();
+        }
+        let seg = dir.path().join(seg_name(q.segments.back().unwrap().seq));
+        drop(q);
+        // A torn write: half a record at the end.
+        let mut bytes = fs::read(&seg).unwrap();
+        let one = HEADER as usize + rec(0).len();
+        let mut torn = bytes.clone();
+        torn.extend_from_slice(&bytes[8..8 + one / 2]);
+        fs::write(&seg, &torn).unwrap();
+        let (mut q, rep) = FileQueue::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(rep.records, 5);
+        assert_eq!(rep.truncated_bytes, (one / 2) as u64);
+        assert_eq!(rep.truncated_items, 7);
+        assert_eq!(fs::metadata(&seg).unwrap().len(), bytes.len() as u64);
+        drop(q);
+        // A flipped bit in the fourth record: it and everything after it go.
+        let at = 8 + 3 * one + HEADER as usize + 5;
+        bytes[at] ^= 0x40;
+        fs::write(&seg, &bytes).unwrap();
+        let (mut q2, rep) = FileQueue::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(rep.records, 3);
+        assert_eq!(rep.truncated_bytes, 2 * one as u64);
+        assert_eq!(drain(&mut q2), (0..3).map(rec).collect::<Vec<_>>());
+        // A file that is not a segment at all is deleted.
+        drop(q2);
+        fs::write(dir.path().join(seg_name(999)), b"garbage!garbage").unwrap();
+        let (_, rep) = FileQueue::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(rep.truncated_bytes, 15);
+        assert!(!dir.path().join(seg_name(999)).exists());
+        q = FileQueue::open(dir.path(), 1 << 20).unwrap().0;
+        assert_eq!(q.unread_records(), 0);
+    }
+
+    #[test]
+    fn a_full_queue_evicts_its_oldest_segment_and_says_how_much() {
+        let dir = tempfile::tempdir().unwrap();
+        // 512 KiB: 64 KiB segments.
+        let max = 512 << 10;
+        let (mut q, _) = FileQueue::open(dir.path(), max).unwrap();
+        let mut evicted = Evicted::default();
+        let n = 20_000;
+        for i in 0..n {
+            let e = q.push(&rec(i), 2).unwrap();
+            evicted.records += e.records;
+            evicted.items += e.items;
+            assert!(q.size_bytes() <= max);
+        }
+        assert!(evicted.records > 0);
+        assert_eq!(evicted.items, 2 * evicted.records);
+        let left = drain(&mut q);
+        assert_eq!(left.len() as u64 + evicted.records, n as u64);
+        // What is left is the newest data, in order.
+        let first = n - left.len() as u32;
+        assert_eq!(left, (first..n).map(rec).collect::<Vec<_>>());
+        assert!(matches!(
+            q.push(&vec![0; max as usize], 1),
+            Err(QueueError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn a_corrupt_cursor_replays_from_the_oldest_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut q, _) = FileQueue::open(dir.path(), 1 << 20).unwrap();
+        for i in 0..4 {
+            q.push(&rec(i), 1).unwrap();
+        }
+        let p = q.pop().unwrap().unwrap();
+        q.ack(p.ticket).unwrap();
+        drop(q);
+        fs::write(dir.path().join(CURSOR), b"nonsense").unwrap();
+        let (_, rep) = FileQueue::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(rep.records, 4);
+    }
+
+    #[tokio::test]
+    async fn disk_queue_pop_waits_for_a_push_and_ends_on_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = DiskQueue::new(FileQueue::open(dir.path(), 1 << 20).unwrap().0);
+        let reader = {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                while let Some(p) = q.pop().await.unwrap() {
+                    q.ack(p.ticket).await.unwrap();
+                    got.push(p.payload);
+                }
+                got
+            })
+        };
+        for i in 0..50 {
+            q.push(rec(i), 1).await.unwrap();
+            if i % 10 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        q.close();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), reader)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, (0..50).map(rec).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn settings() {
+        assert_eq!(file_settings(Storage::Memory, None, 256).unwrap(), None);
+        assert_eq!(
+            file_settings(Storage::File, None, 256).unwrap_err().path,
+            "sending_queue.directory"
+        );
+        assert_eq!(
+            file_settings(Storage::Memory, Some(Path::new("/q")), 256)
+                .unwrap_err()
+                .path,
+            "sending_queue.directory"
+        );
+        assert_eq!(
+            file_settings(Storage::File, Some(Path::new("/q")), 2).unwrap(),
+            Some((PathBuf::from("/q"), 2 << 20))
+        );
+        assert_eq!(
+            component_dir(Path::new("/q"), "exporters/otlp/tempo"),
+            PathBuf::from("/q/otlp_tempo")
+        );
+    }
+}
