@@ -103,7 +103,7 @@ pub fn file_settings(
 /// The directory of one component's queue under the configured `directory`.
 pub fn component_dir(base: &Path, component: &str) -> PathBuf {
     let name: String = component
-        .trim_start_matches("exporters/")
+        .trim_start_matches("exporter/")
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
@@ -894,7 +894,7 @@ mod tests {
             Some((PathBuf::from("/q"), 2 << 20))
         );
         assert_eq!(
-            component_dir(Path::new("/q"), "exporters/otlp/tempo"),
+            component_dir(Path::new("/q"), "exporter/otlp/tempo"),
             PathBuf::from("/q/otlp_tempo")
         );
     }

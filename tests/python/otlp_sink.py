@@ -2,14 +2,15 @@
 grpcio + the generated services of the PyPI `opentelemetry-proto` package.
 
 Usage:
-  otlp_sink.py --port P --out FILE [--fail-first N] [--partial-reject N]
+  otlp_sink.py --port P --out FILE [--fail-first N] [--partial-reject N] [--delay-ms N]
 
 Implements TraceService, MetricsService and LogsService `Export`. Every request that is accepted
 is appended to FILE as one JSON line: {"signal": "traces"|"metrics"|"logs", "request": <the
 Export*ServiceRequest as proto3 JSON (google.protobuf.json_format, field names as in the .proto),
 "metadata": {lower-case key: value}, "compression": grpc-encoding header or ""}.
 `--fail-first N` answers UNAVAILABLE to the first N Export calls (any signal) without recording
-them. `--partial-reject N` answers every accepted traces call with partial_success
+them. `--delay-ms N` holds every accepted call N ms (calls are served one at a time), so the sink takes at
+most 1000/N calls per second: a slow backend. `--partial-reject N` answers every accepted traces call with partial_success
 {rejected_spans: N, error_message: "test rejection"}.
 Prints "listening on P" on stdout once the port is bound.
 """
@@ -17,6 +18,7 @@ import argparse
 import json
 import sys
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -27,7 +29,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 
 class Sink:
-    def __init__(self, path, fail_first, partial_reject):
+    def __init__(self, path, fail_first, partial_reject, delay_ms=0):
+        self.delay = delay_ms / 1000.0
         self.lock = threading.Lock()
         self.out = open(path, 'a', buffering=1)
         self.fail_left = fail_first
@@ -47,6 +50,8 @@ class Sink:
             }
             self.out.write(json.dumps(line, sort_keys=True) + '\n')
             self.out.flush()
+            if self.delay:
+                time.sleep(self.delay)
 
 
 class Traces(trace_service_pb2_grpc.TraceServiceServicer):
@@ -86,8 +91,9 @@ def main(argv):
     p.add_argument('--out', required=True)
     p.add_argument('--fail-first', type=int, default=0)
     p.add_argument('--partial-reject', type=int, default=0)
+    p.add_argument('--delay-ms', type=int, default=0)
     args = p.parse_args(argv)
-    sink = Sink(args.out, args.fail_first, args.partial_reject)
+    sink = Sink(args.out, args.fail_first, args.partial_reject, args.delay_ms)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
                          options=[('grpc.so_reuseport', 0)])
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(sink), server)

@@ -691,6 +691,7 @@ pub struct OtlpSink {
     port: u16,
     dir: TempDir,
     fail_first: u32,
+    extra_args: Vec<String>,
 }
 
 impl OtlpSink {
@@ -705,6 +706,24 @@ impl OtlpSink {
             port: free_port(),
             dir,
             fail_first,
+            extra_args: Vec::new(),
+        };
+        sink.spawn();
+        sink
+    }
+
+    /// With extra otlp_sink.py arguments (e.g. `["--delay-ms", "100"]`), kept on restart.
+    pub fn start_with_args(fail_first: u32, args: &[&str]) -> OtlpSink {
+        let dir = tempfile::Builder::new()
+            .prefix("celeriac-otlp-sink-")
+            .tempdir()
+            .expect("tempdir");
+        let mut sink = OtlpSink {
+            child: None,
+            port: free_port(),
+            dir,
+            fail_first,
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
         };
         sink.spawn();
         sink
@@ -754,6 +773,7 @@ impl OtlpSink {
                 .arg(self.out_path())
                 .arg("--fail-first")
                 .arg(self.fail_first.to_string())
+                .args(&self.extra_args)
                 .env("PYTHONUNBUFFERED", "1")
                 .stdin(Stdio::null())
                 .stdout(File::create(&log).unwrap())
