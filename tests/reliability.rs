@@ -407,8 +407,10 @@ service:
         &[("protocol", "http"), ("reason", "pipeline_full")],
     )
     .unwrap_or(0.0);
+    // Items refused after decoding (the gate closed while the request was read); requests
+    // refused before decoding are counted as requests only.
     let refused_items =
-        metric_value(&t, "celeriac_memory_limiter_refused_items_total", &[]).unwrap_or(0.0);
+        telemetry_value(&p.tel, "celeriac_memory_limiter_refused_items_total", &[]).unwrap_or(0.0);
 
     assert!(
         hwm < limit_mib << 20,
@@ -423,7 +425,7 @@ service:
         (refused_memory + refused_full) as u64,
         refused.load(Ordering::Relaxed)
     );
-    assert_eq!(refused_items as u64, refused_memory as u64 * 200);
+    assert!(refused_items as u64 <= refused_memory as u64 * 200);
     assert_eq!(other.load(Ordering::Relaxed), 0);
 
     // Recovery without help: the queue drains to the backend, memory falls under the soft

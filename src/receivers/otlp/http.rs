@@ -107,6 +107,20 @@ fn decode(kind: SignalKind, format: Format, body: &[u8]) -> Result<Signal, Strin
     })
 }
 
+/// 503 + `Retry-After: 1` for a retryable refusal (pipeline full, memory limit), counted.
+fn refused(ingest: &Ingest, format: Format, r: Refusal) -> Reply {
+    let (reason, message) = if r == Refusal::MemoryLimit {
+        ("memory_limit", "celeriac is over its memory limit; retry with backoff")
+    } else {
+        ("pipeline_full", "celeriac's pipeline is full; retry with backoff")
+    };
+    ingest.refuse("http", reason);
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, format, 14, message);
+    r.headers_mut()
+        .insert("retry-after", hyper::header::HeaderValue::from_static("1"));
+    r
+}
+
 fn success(kind: SignalKind, format: Format) -> Reply {
     let body = match format {
         Format::Protobuf => Bytes::from(match kind {
@@ -229,6 +243,10 @@ async fn handle(req: Request<Incoming>, ingest: Arc<Ingest>, max_body: usize) ->
             );
         }
     };
+    // Over the memory limit: refuse before decompressing and decoding, the costly part.
+    if ingest.refusing(kind) {
+        return refused(&ingest, format, Refusal::MemoryLimit);
+    }
     let body = if gzip {
         match gunzip(&body, max_body) {
             Ok(b) => Bytes::from(b),
@@ -261,18 +279,7 @@ async fn handle(req: Request<Incoming>, ingest: Arc<Ingest>, max_body: usize) ->
     }
     match ingest.push(signal) {
         Ok(()) => success(kind, format),
-        Err(r @ (Refusal::Full | Refusal::MemoryLimit)) => {
-            let (reason, message) = if r == Refusal::Full {
-                ("pipeline_full", "celeriac's pipeline is full; retry with backoff")
-            } else {
-                ("memory_limit", "celeriac is over its memory limit; retry with backoff")
-            };
-            ingest.refuse("http", reason);
-            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, format, 14, message);
-            r.headers_mut()
-                .insert("retry-after", hyper::header::HeaderValue::from_static("1"));
-            r
-        }
+        Err(r @ (Refusal::Full | Refusal::MemoryLimit)) => refused(&ingest, format, r),
         Err(Refusal::NoPipeline) => error(
             StatusCode::NOT_FOUND,
             format,

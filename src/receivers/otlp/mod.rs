@@ -220,6 +220,11 @@ impl Ingest {
         self.out.wants(kind)
     }
 
+    /// A memory_limiter refuses `kind` now: the request may be turned away before decoding.
+    pub fn refusing(&self, kind: SignalKind) -> bool {
+        self.out.refusing(kind)
+    }
+
     /// Hand a decoded batch to the pipeline without waiting.
     pub fn push(&self, signal: Signal) -> Result<(), Refusal> {
         let kind = signal.kind();
