@@ -195,9 +195,7 @@ impl Output {
 
     /// Is an admission gate refusing `kind` for any pipeline this producer feeds?
     pub fn refusing(&self, kind: SignalKind) -> bool {
-        self.senders(kind)
-            .iter()
-            .any(|t| t.closed_gate().is_some())
+        self.senders(kind).iter().any(|t| t.closed_gate().is_some())
     }
 
     /// Does any pipeline take `kind` from this producer?

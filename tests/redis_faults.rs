@@ -272,8 +272,15 @@ fn redis_killed_during_a_flood_counts_what_arrived_and_reports_the_gap() {
         samples.windows(2).all(|w| w[0] <= w[1]),
         "celery_task_succeeded_total went down: {samples:?}"
     );
-    assert!(p.missed > 0, "Redis was down: some messages must have missed the agent");
-    assert!(counted <= p.delivered_succeeded, "{counted} > {}", p.delivered_succeeded);
+    assert!(
+        p.missed > 0,
+        "Redis was down: some messages must have missed the agent"
+    );
+    assert!(
+        counted <= p.delivered_succeeded,
+        "{counted} > {}",
+        p.delivered_succeeded
+    );
     assert!(
         counted + lost_in_flight * 12 >= p.delivered_succeeded,
         "counted {counted}, delivered {} (lost in flight {lost_in_flight})",
@@ -281,7 +288,8 @@ fn redis_killed_during_a_flood_counts_what_arrived_and_reports_the_gap() {
     );
     assert!(lost_in_flight <= 200, "lost in flight: {lost_in_flight}");
     let t = scrape(&tel_addr).unwrap();
-    let gap_ms = metric_value(&t, "celeriac_celery_redis_gap_milliseconds_total", &[]).unwrap_or(0.0);
+    let gap_ms =
+        metric_value(&t, "celeriac_celery_redis_gap_milliseconds_total", &[]).unwrap_or(0.0);
     assert!(metric_value(&t, "celeriac_celery_redis_reconnects_total", &[]).unwrap_or(0.0) >= 1.0);
     assert!(gap_ms >= 1500.0, "gap {gap_ms} ms for a {down:?} outage");
     eprintln!(

@@ -63,7 +63,11 @@ fn traces_request(seq: u32, spans: u32, pad: usize) -> Vec<u8> {
 fn received_names(sink: &OtlpSink) -> Vec<String> {
     let mut out = Vec::new();
     for r in sink.requests() {
-        for rs in r["request"]["resource_spans"].as_array().into_iter().flatten() {
+        for rs in r["request"]["resource_spans"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             for ss in rs["scope_spans"].as_array().into_iter().flatten() {
                 for s in ss["spans"].as_array().into_iter().flatten() {
                     if let Some(n) = s["name"].as_str() {
@@ -154,7 +158,10 @@ fn backend_outage_with_file_queue_loses_nothing_and_keeps_order() {
     let mut sink = OtlpSink::start(0);
     let queue = tempfile::tempdir().unwrap();
     let p = ports();
-    let agent = Agent::start(bin(), &file_queue_config(&p, &sink.endpoint(), queue.path()));
+    let agent = Agent::start(
+        bin(),
+        &file_queue_config(&p, &sink.endpoint(), queue.path()),
+    );
     wait_ready(&agent, &p);
 
     let mut seq = 0u32;
@@ -171,7 +178,8 @@ fn backend_outage_with_file_queue_loses_nothing_and_keeps_order() {
         send(&mut seq);
     }
     assert!(
-        wait_until(Duration::from_secs(10), || received_names(&sink).len() == 60),
+        wait_until(Duration::from_secs(10), || received_names(&sink).len()
+            == 60),
         "{}",
         agent.output()
     );
@@ -193,7 +201,8 @@ fn backend_outage_with_file_queue_loses_nothing_and_keeps_order() {
     let back_at = Instant::now();
     let total = seq as usize * 3;
     assert!(
-        wait_until(Duration::from_secs(60), || received_names(&sink).len() >= total),
+        wait_until(Duration::from_secs(60), || received_names(&sink).len()
+            >= total),
         "received {} of {total} spans\n{}",
         received_names(&sink).len(),
         agent.output()
@@ -201,7 +210,11 @@ fn backend_outage_with_file_queue_loses_nothing_and_keeps_order() {
     let recovered_in = back_at.elapsed();
     let names = received_names(&sink);
     let (order, dups) = first_arrivals(&names);
-    assert_eq!(order, (0..seq).collect::<Vec<_>>(), "lost or reordered batches");
+    assert_eq!(
+        order,
+        (0..seq).collect::<Vec<_>>(),
+        "lost or reordered batches"
+    );
     let t = scrape(&p.tel).unwrap();
     let dropped: f64 = t
         .iter()
@@ -273,7 +286,9 @@ fn sigkill_with_a_non_empty_file_queue_replays_on_restart() {
     let (order, dups) = first_arrivals(&received_names(&sink));
     assert_eq!(order, (0..n).collect::<Vec<_>>());
     assert!(
-        agent.stderr().contains("Replaying batches queued by a previous run"),
+        agent
+            .stderr()
+            .contains("Replaying batches queued by a previous run"),
         "{}",
         agent.output()
     );
@@ -292,7 +307,12 @@ fn memory_of(pid: u32) -> Option<(u64, u64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| -> Option<u64> {
         let l = s.lines().find(|l| l.starts_with(name))?;
-        let kib: u64 = l[name.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+        let kib: u64 = l[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
         Some(kib * 1024)
     };
     Some((field("VmHWM:")?, field("VmRSS:")?))
@@ -418,8 +438,15 @@ service:
         hwm >> 20,
         agent.output()
     );
-    assert!(refusing_seen, "the limiter never refused\n{}", agent.output());
-    assert!(offered_rate >= 100.0, "offered only {offered_rate:.0} requests/s: not 10× the backend's 10/s");
+    assert!(
+        refusing_seen,
+        "the limiter never refused\n{}",
+        agent.output()
+    );
+    assert!(
+        offered_rate >= 100.0,
+        "offered only {offered_rate:.0} requests/s: not 10× the backend's 10/s"
+    );
     assert!(refused_memory > 0.0, "{}", agent.output());
     assert_eq!(
         (refused_memory + refused_full) as u64,

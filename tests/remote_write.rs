@@ -707,3 +707,76 @@ async fn unreachable_endpoint_is_retried_until_max_elapsed_time() {
     assert!((1.0..=100.0).contains(&retries), "{retries} retries");
     rw.finish().await;
 }
+
+/// `sending_queue.storage: file`: requests that could not be sent survive the exporter being
+/// killed (its task aborted, as `kill -9` would end it), and a new exporter on the same
+/// directory sends them, in order per series, before anything new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_queue_survives_a_crash_and_replays_in_order() {
+    let queue = tempfile::tempdir().unwrap();
+    let dead = free_port();
+    let settings = |url: &str| {
+        format!(
+            "endpoint: {url}\ntimeout: 1s\nmax_samples_per_send: 5\n\
+             remote_write_queue: {{ num_consumers: 2, queue_size: 1000 }}\n\
+             sending_queue: {{ storage: file, directory: {}, max_size_mib: 8 }}\n\
+             retry_on_failure: {{ initial_interval: 20ms, max_interval: 100ms, max_elapsed_time: 0s }}\n",
+            queue.path().display()
+        )
+    };
+    let rw = start_exporter(&settings(&format!("http://127.0.0.1:{dead}/api/v1/write")));
+    let names: Vec<String> = (0..10).map(|i| format!("task{i}")).collect();
+    let t0 = now_ms();
+    for step in 0..4u64 {
+        rw.tx
+            .send(counters(&names, step as f64 + 1.0, t0 + step * 100))
+            .await
+            .unwrap();
+    }
+    let t = rw.telemetry.clone();
+    // On disk: 40 samples, less the request (at most 5 samples) each shard is retrying.
+    let queued = wait_until_async(Duration::from_secs(10), || {
+        let q = own(&t, "celeriac_exporter_queue_items", &[]);
+        (30.0..40.0).contains(&q) && own(&t, "celeriac_exporter_retries_total", &[]) >= 4.0
+    })
+    .await;
+    assert!(queued, "{}", t.render());
+    // Crash: no flush, no shutdown.
+    rw.run.abort();
+    let _ = rw.run.await;
+
+    let ep = FakeEndpoint::start(|_| (204, ""));
+    let rw = start_exporter(&settings(&ep.url()));
+    let sent = wait_until_async(Duration::from_secs(10), || {
+        own(&rw.telemetry, "celeriac_exporter_sent_items_total", &[]) == 40.0
+    })
+    .await;
+    assert!(sent, "{}", rw.telemetry.render());
+    let telemetry = rw.finish().await;
+    let mut per_series: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for r in ep.received() {
+        for ts in r.decode().timeseries {
+            let name = ts
+                .labels
+                .iter()
+                .find(|l| l.name == "name")
+                .map(|l| l.value.clone())
+                .unwrap_or_default();
+            per_series
+                .entry(name)
+                .or_default()
+                .extend(ts.samples.iter().map(|s| s.timestamp));
+        }
+    }
+    assert_eq!(per_series.len(), 10);
+    for (name, ts) in &per_series {
+        let want: Vec<i64> = (0..4).map(|s| (t0 + s * 100) as i64).collect();
+        assert_eq!(ts, &want, "{name}");
+    }
+    let dropped: f64 = parse_prometheus_text(&telemetry.render())
+        .iter()
+        .filter(|s| s.0 == "celeriac_exporter_dropped_items_total")
+        .map(|s| s.2)
+        .sum();
+    assert_eq!(dropped, 0.0);
+}

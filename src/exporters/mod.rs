@@ -1,5 +1,6 @@
 //! Exporters: the ends of pipelines. One file per component.
 
+pub mod backoff;
 pub mod debug;
 pub mod logs;
 pub mod otlp;

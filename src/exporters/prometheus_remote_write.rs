@@ -29,7 +29,14 @@
 //! * any other status (4xx: the endpoint will never accept that request) drops the request at
 //!   once, with a warning at most every 10 s per shard, counted as `reason="rejected"`;
 //! * during shutdown waits are cut short: a failing request gets no further retry
-//!   (`reason="shutdown"`).
+//!   (`reason="shutdown"`);
+//! * with `sending_queue.storage: file`, each shard's requests are appended to a file queue
+//!   ([`crate::exporters::sending_queue`], `<directory>/<component>/shard-<i>`, an equal part of
+//!   `max_size_mib` each) as soon as they are made, and sent from it in order: they survive an
+//!   endpoint outage longer than the memory queue holds, and a crash or restart of the agent.
+//!   A full file queue drops its oldest requests (`reason="queue_full"`); a request still
+//!   failing at shutdown stays on disk instead of being dropped. Keep `num_consumers` when
+//!   requests are queued: the shard directories beyond it are not replayed (a warning says so).
 //!
 //! Staleness: a series not seen in the input for `stale_after` (celery_correlate stops emitting a
 //! forgotten worker's series; an app stops exporting) gets one staleness marker (the NaN with bits
@@ -57,6 +64,10 @@
 //!     remote_write_queue:
 //!       queue_size: 10000            # samples held per shard
 //!       num_consumers: 5             # shards = concurrent senders
+//!     sending_queue:
+//!       storage: memory              # or file
+//!       directory: /var/lib/celeriac/queue   # required with file
+//!       max_size_mib: 256            # file queue size, all shards together
 //!     retry_on_failure:
 //!       enabled: true
 //!       initial_interval: 50ms
@@ -66,7 +77,8 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -84,9 +96,11 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::component::{BoxRun, Context, Exporter, Input};
+use crate::component::{BoxRun, ComponentError, Context, Exporter, Input};
 use crate::config::{self, types, DecodeError, Value};
+use crate::exporters::backoff::Backoff;
 use crate::exporters::prom::{self, for_each_series, Converter, ResourceLabels};
+use crate::exporters::sending_queue::{self, DiskQueue, FileQueue, StorageConfig};
 use crate::prompb::{Label, Sample};
 use crate::registry::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
@@ -200,6 +214,8 @@ pub struct RemoteWriteConfig {
     pub basic_auth: Option<BasicAuth>,
     pub bearer_token: Option<Secret>,
     pub remote_write_queue: QueueConfig,
+    /// Where requests wait for the endpoint: memory (default) or files that survive a restart.
+    pub sending_queue: StorageConfig,
     pub retry_on_failure: RetryConfig,
 }
 
@@ -216,6 +232,7 @@ impl Default for RemoteWriteConfig {
             basic_auth: None,
             bearer_token: None,
             remote_write_queue: QueueConfig::default(),
+            sending_queue: StorageConfig::default(),
             retry_on_failure: RetryConfig::default(),
         }
     }
@@ -315,11 +332,15 @@ fn build(v: &Value) -> BuildResult<dyn Exporter> {
     if auth.is_some() {
         headers.retain(|(n, _)| n != hyper::header::AUTHORIZATION);
     }
+    let sq = &cfg.sending_queue;
+    let file_queue =
+        sending_queue::file_settings(sq.storage, sq.directory.as_deref(), sq.max_size_mib)?;
     Ok(Box::new(RemoteWriteExporter {
         cfg,
         uri,
         headers,
         auth,
+        file_queue,
     }))
 }
 
@@ -344,6 +365,8 @@ pub struct RemoteWriteExporter {
     uri: Uri,
     headers: Vec<(HeaderName, HeaderValue)>,
     auth: Option<HeaderValue>,
+    /// Base directory and total size of the file queue (`sending_queue.storage: file`).
+    file_queue: Option<(PathBuf, u64)>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -662,42 +685,132 @@ impl Sender {
         dropped_counter(&self.telemetry, &self.id, reason)
     }
 
+    /// Take up to `max_samples_per_send` samples and make a request body of them; `None` once
+    /// the shard is closed and drained.
+    async fn next_body(
+        &self,
+        shard: &Shard,
+        buf: &mut Vec<u8>,
+        encoder: &mut snap::raw::Encoder,
+    ) -> Option<(Bytes, u64)> {
+        loop {
+            let samples = shard.take(self.max_samples_per_send).await?;
+            let n = samples.len() as u64;
+            self.queued.add(-(n as i64));
+            encode_request(&samples, buf);
+            drop(samples);
+            match encoder.compress_vec(buf) {
+                Ok(b) => return Some((Bytes::from(b), n)),
+                Err(e) => {
+                    tracing::error!(component = %self.id, error = %e, "Cannot compress a remote-write request, dropping it.");
+                    self.dropped("invalid").add(n);
+                }
+            }
+        }
+    }
+
+    /// Count and log a request given up.
+    fn give_up(
+        &self,
+        index: usize,
+        n: u64,
+        reason: &'static str,
+        e: &SendError,
+        last_warn: &mut Option<Instant>,
+    ) {
+        self.dropped(reason).add(n);
+        let now = Instant::now();
+        if last_warn.is_none_or(|t| now.duration_since(t) >= WARN_EVERY) {
+            *last_warn = Some(now);
+            tracing::warn!(component = %self.id, shard = index, samples = n, reason, error = %e, "Remote-write request dropped.");
+        } else {
+            tracing::debug!(component = %self.id, shard = index, samples = n, reason, error = %e, "Remote-write request dropped.");
+        }
+    }
+
     async fn run_shard(self: Arc<Self>, shard: Arc<Shard>, index: usize) {
         let mut buf = Vec::new();
         let mut encoder = snap::raw::Encoder::new();
         let mut last_warn: Option<Instant> = None;
-        while let Some(samples) = shard.take(self.max_samples_per_send).await {
-            let n = samples.len() as u64;
-            self.queued.add(-(n as i64));
-            encode_request(&samples, &mut buf);
-            drop(samples);
-            let body = match encoder.compress_vec(&buf) {
-                Ok(b) => Bytes::from(b),
-                Err(e) => {
-                    tracing::error!(component = %self.id, error = %e, "Cannot compress a remote-write request, dropping it.");
-                    self.dropped("invalid").add(n);
-                    continue;
-                }
-            };
-            if let Err((reason, e)) = self.send_with_retry(body).await {
-                self.dropped(reason).add(n);
-                let now = Instant::now();
-                if last_warn.is_none_or(|t| now.duration_since(t) >= WARN_EVERY) {
-                    last_warn = Some(now);
-                    tracing::warn!(component = %self.id, shard = index, samples = n, reason, error = %e, "Remote-write request dropped.");
-                } else {
-                    tracing::debug!(component = %self.id, shard = index, samples = n, reason, error = %e, "Remote-write request dropped.");
-                }
-            } else {
-                self.sent.add(n);
+        while let Some((body, n)) = self.next_body(&shard, &mut buf, &mut encoder).await {
+            match self.send_with_retry(body).await {
+                Ok(()) => self.sent.add(n),
+                Err((reason, e)) => self.give_up(index, n, reason, &e, &mut last_warn),
             }
+        }
+    }
+
+    /// `storage: file`: request bodies go through the shard's file queue. One task appends
+    /// (a full queue drops its oldest requests, `queue_full`), one sends in order and
+    /// acknowledges; a request still failing at shutdown stays on disk for the next start.
+    async fn run_shard_file(self: Arc<Self>, shard: Arc<Shard>, index: usize, disk: DiskQueue) {
+        // In a JoinSet so the sender ends with this task, even when it is aborted.
+        let mut sender = JoinSet::new();
+        {
+            let (this, disk) = (self.clone(), disk.clone());
+            sender.spawn(async move {
+                let mut last_warn: Option<Instant> = None;
+                loop {
+                    let p = match disk.pop().await {
+                        Ok(Some(p)) => p,
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::error!(component = %this.id, shard = index, error = %e, "Cannot read the sending queue; this shard stops sending.");
+                            break;
+                        }
+                    };
+                    let n = p.items as u64;
+                    this.queued.add(-(n as i64));
+                    match this.send_with_retry(Bytes::from(p.payload)).await {
+                        Ok(()) => this.sent.add(n),
+                        Err(("shutdown", _)) => {
+                            tracing::info!(component = %this.id, shard = index, "Endpoint still failing at shutdown; the request stays queued on disk for the next start.");
+                            break;
+                        }
+                        Err((reason, e)) => this.give_up(index, n, reason, &e, &mut last_warn),
+                    }
+                    if let Err(e) = disk.ack(p.ticket).await {
+                        tracing::error!(component = %this.id, shard = index, error = %e, "Cannot record progress in the sending queue; this shard stops sending.");
+                        break;
+                    }
+                }
+            });
+        }
+        let mut buf = Vec::new();
+        let mut encoder = snap::raw::Encoder::new();
+        let mut warned = false;
+        while let Some((body, n)) = self.next_body(&shard, &mut buf, &mut encoder).await {
+            match disk.push(body.to_vec(), n as u32).await {
+                Ok(evicted) => {
+                    self.queued.add(n as i64 - evicted.items as i64);
+                    self.dropped("queue_full").add(evicted.items);
+                    if evicted.records > 0 && !warned {
+                        warned = true;
+                        tracing::warn!(component = %self.id, shard = index, samples = evicted.items, "Sending queue full: dropped its oldest requests.");
+                    }
+                }
+                Err(e) => {
+                    self.dropped("queue_full").add(n);
+                    tracing::error!(component = %self.id, shard = index, error = %e, "Cannot append to the sending queue; request dropped.");
+                }
+            }
+        }
+        disk.close();
+        if let Some(Err(e)) = sender.join_next().await {
+            tracing::error!(component = %self.id, shard = index, error = %e, "A remote-write sender failed.");
         }
     }
 
     /// Send one request until it succeeds, is rejected, or retries run out.
     async fn send_with_retry(&self, body: Bytes) -> Result<(), (&'static str, SendError)> {
         let start = Instant::now();
-        let mut backoff = self.retry.initial_interval;
+        let mut backoff = Backoff::new(
+            self.retry.initial_interval,
+            self.retry.max_interval,
+            2.0,
+            0.5,
+            Backoff::random_seed(),
+        );
         let mut attempt = 0u32;
         loop {
             let err = match self.post(body.clone(), attempt).await {
@@ -717,7 +830,7 @@ impl Sender {
                 SendError::Retryable { retry_after, .. } => retry_after.unwrap_or_default(),
                 _ => Duration::ZERO,
             };
-            let delay = jitter(backoff).max(server_delay);
+            let delay = backoff.next_delay().max(server_delay);
             let max_elapsed = self.retry.max_elapsed_time;
             if !max_elapsed.is_zero() && start.elapsed() + delay > max_elapsed {
                 return Err(("retries_exhausted", err));
@@ -733,7 +846,6 @@ impl Sender {
                 _ = tokio::time::sleep(delay) => {}
                 _ = self.shutdown.cancelled() => {}
             }
-            backoff = (backoff * 2).min(self.retry.max_interval);
         }
     }
 
@@ -823,13 +935,25 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
     Some(at.duration_since(SystemTime::now()).unwrap_or_default())
 }
 
-/// `d` × a random factor in [0.5, 1.5).
-fn jitter(d: Duration) -> Duration {
-    let r = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    let f = 0.5 + (r >> 11) as f64 / (1u64 << 53) as f64;
-    d.mul_f64(f)
+/// `shard-N` directories with N ≥ `shards` that still hold segment files.
+fn leftover_shards(dir: &std::path::Path, shards: usize) -> Option<Vec<String>> {
+    let mut extra: Vec<String> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.strip_prefix("shard-")
+                .and_then(|n| n.parse::<usize>().ok())
+                .is_some_and(|n| n >= shards)
+                && std::fs::read_dir(e.path()).is_ok_and(|mut d| {
+                    d.any(|f| f.is_ok_and(|f| f.file_name().to_string_lossy().ends_with(".seg")))
+                })
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    extra.sort();
+    (!extra.is_empty()).then_some(extra)
 }
 
 fn now_ms() -> i64 {
@@ -878,8 +1002,47 @@ impl Exporter for RemoteWriteExporter {
             });
             let shards: Vec<Arc<Shard>> = (0..n_shards).map(|_| Arc::new(Shard::new())).collect();
             let mut senders = JoinSet::new();
-            for (i, shard) in shards.iter().enumerate() {
-                senders.spawn(sender.clone().run_shard(shard.clone(), i));
+            match &self.file_queue {
+                None => {
+                    for (i, shard) in shards.iter().enumerate() {
+                        senders.spawn(sender.clone().run_shard(shard.clone(), i));
+                    }
+                }
+                Some((base, max_bytes)) => {
+                    // Each shard has its own queue (a series' samples stay in order) and an
+                    // equal part of max_size_mib.
+                    let dir = sending_queue::component_dir(base, &ctx.id);
+                    let per_shard = (*max_bytes / n_shards as u64).max(1 << 20);
+                    for (i, shard) in shards.iter().enumerate() {
+                        let shard_dir = dir.join(format!("shard-{i}"));
+                        let opened = {
+                            let shard_dir = shard_dir.clone();
+                            tokio::task::spawn_blocking(move || {
+                                FileQueue::open(&shard_dir, per_shard)
+                            })
+                            .await
+                            .map_err(|e| ComponentError::Other(e.to_string()))?
+                        };
+                        let (fq, report) =
+                            opened.map_err(|e| ComponentError::Other(e.to_string()))?;
+                        if report.truncated_bytes > 0 {
+                            dropped_counter(t, &ctx.id, "corrupt").add(report.truncated_items);
+                            tracing::warn!(component = %ctx.id, dir = %shard_dir.display(), bytes = report.truncated_bytes, samples = report.truncated_items, "Cut a torn or corrupt tail off the sending queue.");
+                        }
+                        if report.records > 0 {
+                            tracing::info!(component = %ctx.id, dir = %shard_dir.display(), requests = report.records, samples = report.items, "Replaying requests queued by a previous run.");
+                        }
+                        sender.queued.add(report.items as i64);
+                        senders.spawn(sender.clone().run_shard_file(
+                            shard.clone(),
+                            i,
+                            DiskQueue::new(fq),
+                        ));
+                    }
+                    if let Some(extra) = leftover_shards(&dir, n_shards) {
+                        tracing::warn!(component = %ctx.id, dir = %dir.display(), shards = ?extra, "Queued requests of shards beyond remote_write_queue.num_consumers are not replayed; restore the previous num_consumers to send them.");
+                    }
+                }
             }
             tracing::info!(component = %ctx.id, endpoint = %self.uri, shards = n_shards, "Sending metrics with Prometheus remote write.");
 
@@ -1335,17 +1498,13 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_and_jitter() {
+    fn retry_after() {
         assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
         assert_eq!(
             parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon"), None);
-        for _ in 0..100 {
-            let j = jitter(Duration::from_millis(100));
-            assert!(j >= Duration::from_millis(50) && j < Duration::from_millis(150));
-        }
     }
 
     #[test]

@@ -68,6 +68,26 @@ pub enum Storage {
 /// Default `max_size_mib` of a file queue.
 pub const DEFAULT_MAX_SIZE_MIB: u64 = 256;
 
+/// A `sending_queue` with only the storage keys (`prometheus_remote_write`, whose in-memory
+/// queue is sized by `remote_write_queue`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub storage: Storage,
+    pub directory: Option<PathBuf>,
+    pub max_size_mib: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            storage: Storage::Memory,
+            directory: None,
+            max_size_mib: DEFAULT_MAX_SIZE_MIB,
+        }
+    }
+}
+
 /// Check the storage keys of a `sending_queue` and say where the file queue goes, if any.
 /// `component` is the exporter's id (`otlp/tempo`): its queue gets a directory of its own.
 pub fn file_settings(
@@ -95,7 +115,10 @@ pub fn file_settings(
                     "must be at least 1",
                 ));
             }
-            Ok(Some((d.to_path_buf(), max_size_mib.saturating_mul(1 << 20))))
+            Ok(Some((
+                d.to_path_buf(),
+                max_size_mib.saturating_mul(1 << 20),
+            )))
         }
     }
 }
@@ -245,7 +268,10 @@ impl FileQueue {
         for entry in fs::read_dir(dir).map_err(io_err)? {
             let name = entry.map_err(io_err)?.file_name();
             let name = name.to_string_lossy();
-            if let Some(seq) = name.strip_suffix(".seg").and_then(|s| s.parse::<u64>().ok()) {
+            if let Some(seq) = name
+                .strip_suffix(".seg")
+                .and_then(|s| s.parse::<u64>().ok())
+            {
                 seqs.push(seq);
             }
         }
@@ -443,7 +469,11 @@ impl FileQueue {
                 };
                 continue;
             }
-            if self.reader.as_ref().is_none_or(|(s, _)| *s != self.read.seq) {
+            if self
+                .reader
+                .as_ref()
+                .is_none_or(|(s, _)| *s != self.read.seq)
+            {
                 let mut f = File::open(self.dir.join(seg_name(self.read.seq)))
                     .map_err(|e| self.io_err(e))?;
                 f.seek(SeekFrom::Start(self.read.offset))
@@ -501,8 +531,7 @@ impl FileQueue {
         let Some(pos) = moved else { return Ok(()) };
         self.committed = pos;
         write_cursor(&self.dir, pos).map_err(|e| self.io_err(e))?;
-        while self.segments.len() > 1 && self.segments.front().is_some_and(|s| s.seq < pos.seq)
-        {
+        while self.segments.len() > 1 && self.segments.front().is_some_and(|s| s.seq < pos.seq) {
             if let Some(old) = self.segments.pop_front() {
                 self.total_bytes -= old.bytes;
                 fs::remove_file(self.dir.join(seg_name(old.seq))).map_err(|e| self.io_err(e))?;

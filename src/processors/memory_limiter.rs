@@ -271,7 +271,10 @@ mod tests {
         let (in_tx, in_rx) = async_channel::bounded(8);
         let (out_tx, out_rx) = async_channel::bounded(8);
         let producer = Output::gated(
-            vec![(SignalKind::Celery, vec![(in_tx.clone(), vec![gate.clone()])])],
+            vec![(
+                SignalKind::Celery,
+                vec![(in_tx.clone(), vec![gate.clone()])],
+            )],
             Counter::default(),
             Counter::default(),
         );
@@ -316,6 +319,9 @@ mod tests {
         drop(producer);
         drop(in_tx);
         h.await.unwrap().unwrap();
-        assert!(!gate.is_refusing(), "the gate opens when the pipeline stops");
+        assert!(
+            !gate.is_refusing(),
+            "the gate opens when the pipeline stops"
+        );
     }
 }

@@ -6,11 +6,21 @@
 //! batches drained by `num_consumers` concurrent senders. A full queue makes the exporter stop
 //! reading its input, which slows its pipelines down (backpressure), never drops.
 //!
+//! With `sending_queue.storage: file` the queue is a [`FileQueue`] in
+//! `<directory>/<component>` instead: every batch is appended (encoded as its OTLP export
+//! request) as it arrives, senders take batches in order and acknowledge each once it is
+//! delivered or dropped, so batches survive an outage of any length up to `max_size_mib`, a
+//! crash and a restart (at-least-once: a batch in flight at a crash is sent again). A full file
+//! queue drops its oldest batches (`reason="queue_full"`) instead of holding the pipeline back;
+//! at shutdown a batch that still fails stays on disk. With `num_consumers: 1` batches are
+//! delivered in the order they arrived; with more, in-order dispatch but concurrent delivery.
+//!
 //! Failures: retryable codes (see [`retry`]) are retried with jittered exponential backoff until
 //! `max_elapsed_time`; anything else is dropped and counted in
 //! `celeriac_exporter_dropped_items_total{component, reason}` with reason `permanent`,
 //! `retries_exhausted`, `retry_disabled`, `shutdown` or `partial_success` (items the server
-//! rejected in an otherwise successful reply, which is never retried). Warnings are logged at
+//! rejected in an otherwise successful reply, which is never retried), and with the file queue
+//! `queue_full` and `corrupt` (a torn tail cut off at start). Warnings are logged at
 //! most every 10 s per kind. Header values are never logged (they usually carry tokens).
 //!
 //! Shutdown: when the input closes the queue is drained. Once the agent is shutting down, a
@@ -35,8 +45,11 @@
 //!     multiplier: 1.5
 //!     randomization_factor: 0.5
 //!   sending_queue:
-//!     queue_size: 1000          # batches
+//!     queue_size: 1000          # batches (memory storage)
 //!     num_consumers: 10         # concurrent export calls
+//!     storage: memory           # or file
+//!     directory: /var/lib/celeriac/queue   # required with file
+//!     max_size_mib: 256         # file storage: oldest batches dropped beyond this
 //! ```
 
 pub mod retry;
@@ -61,11 +74,11 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::component::{BoxRun, ComponentError, Context, Exporter, Input};
 use crate::config::{self, types, DecodeError, Value};
+use crate::exporters::sending_queue::{self, DiskQueue, FileQueue, Storage};
 use crate::registry::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
-use crate::exporters::sending_queue::{self, DiskQueue, FileQueue, Storage};
 use crate::telemetry::{Counter, Gauge};
-use retry::{Backoff, RetryConfig, Verdict};
+use retry::{RetryConfig, Verdict};
 
 pub const REGISTRATION: Registration = Registration {
     type_name: "otlp",
@@ -253,7 +266,8 @@ fn build(v: &Value) -> BuildResult<dyn Exporter> {
             ));
         }
     }
-    let file_queue = sending_queue::file_settings(q.storage, q.directory.as_deref(), q.max_size_mib)?;
+    let file_queue =
+        sending_queue::file_settings(q.storage, q.directory.as_deref(), q.max_size_mib)?;
     Ok(Box::new(OtlpExporter {
         cfg,
         uri,
@@ -427,7 +441,7 @@ impl Shared {
         let n = batch.item_count() as u64;
         let kind = batch.kind();
         let started = Instant::now();
-        let mut backoff = Backoff::new(&self.retry, seed);
+        let mut backoff = retry::backoff(&self.retry, seed);
         let mut last_try = false;
         loop {
             let status = match self.call(batch).await {
@@ -632,7 +646,9 @@ fn decode_record(rec: &[u8]) -> Option<Signal> {
             ExportTraceServiceRequest::decode(body).ok()?.resource_spans,
         )),
         2 => Signal::Metrics(Arc::new(
-            ExportMetricsServiceRequest::decode(body).ok()?.resource_metrics,
+            ExportMetricsServiceRequest::decode(body)
+                .ok()?
+                .resource_metrics,
         )),
         3 => Signal::Logs(Arc::new(
             ExportLogsServiceRequest::decode(body).ok()?.resource_logs,

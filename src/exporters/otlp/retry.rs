@@ -113,37 +113,17 @@ pub fn retry_delay(details: &[u8]) -> Option<Duration> {
     Some(Duration::new(secs, nanos))
 }
 
-/// Exponential backoff with jitter: interval × (1 ± randomization_factor), the interval
-/// growing by `multiplier` up to `max_interval`.
-pub struct Backoff {
-    interval: Duration,
-    cfg: RetryConfig,
-    rng: u64,
-}
+pub use crate::exporters::backoff::Backoff;
 
-impl Backoff {
-    pub fn new(cfg: &RetryConfig, seed: u64) -> Backoff {
-        Backoff {
-            interval: cfg.initial_interval,
-            cfg: cfg.clone(),
-            rng: seed | 1,
-        }
-    }
-
-    /// The next wait.
-    pub fn next_delay(&mut self) -> Duration {
-        // xorshift64*: jitter needs no cryptographic quality.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        let r = (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64;
-        let f = self.cfg.randomization_factor.clamp(0.0, 1.0);
-        let base = self.interval.as_secs_f64();
-        let d = base * (1.0 - f + 2.0 * f * r);
-        let next = (base * self.cfg.multiplier.max(1.0)).min(self.cfg.max_interval.as_secs_f64());
-        self.interval = Duration::from_secs_f64(next.max(0.0));
-        Duration::from_secs_f64(d.max(0.0))
-    }
+/// The backoff of `cfg` (the Collector's `retry_on_failure`).
+pub fn backoff(cfg: &RetryConfig, seed: u64) -> Backoff {
+    Backoff::new(
+        cfg.initial_interval,
+        cfg.max_interval,
+        cfg.multiplier,
+        cfg.randomization_factor,
+        seed,
+    )
 }
 
 #[cfg(test)]
@@ -209,7 +189,7 @@ mod tests {
             max_interval: Duration::from_millis(400),
             ..RetryConfig::default()
         };
-        let mut b = Backoff::new(&cfg, 42);
+        let mut b = backoff(&cfg, 42);
         let d: Vec<f64> = (0..8).map(|_| b.next_delay().as_secs_f64()).collect();
         assert!((0.05..=0.15).contains(&d[0]), "{d:?}");
         assert!((0.075..=0.225).contains(&d[1]), "{d:?}");

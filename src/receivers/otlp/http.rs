@@ -110,9 +110,15 @@ fn decode(kind: SignalKind, format: Format, body: &[u8]) -> Result<Signal, Strin
 /// 503 + `Retry-After: 1` for a retryable refusal (pipeline full, memory limit), counted.
 fn refused(ingest: &Ingest, format: Format, r: Refusal) -> Reply {
     let (reason, message) = if r == Refusal::MemoryLimit {
-        ("memory_limit", "celeriac is over its memory limit; retry with backoff")
+        (
+            "memory_limit",
+            "celeriac is over its memory limit; retry with backoff",
+        )
     } else {
-        ("pipeline_full", "celeriac's pipeline is full; retry with backoff")
+        (
+            "pipeline_full",
+            "celeriac's pipeline is full; retry with backoff",
+        )
     };
     ingest.refuse("http", reason);
     let mut r = error(StatusCode::SERVICE_UNAVAILABLE, format, 14, message);
