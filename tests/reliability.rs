@@ -494,3 +494,68 @@ service:
         refused.load(Ordering::Relaxed),
     );
 }
+
+/// celery_redis cannot make Redis wait: while a memory_limiter refuses, the events it reads are
+/// dropped and counted with `reason="memory_limit"` (a 1 MiB limit refuses from the first
+/// check on).
+#[test]
+fn celery_events_refused_by_the_memory_limiter_are_counted() {
+    let redis = RedisServer::start();
+    let tel = format!("127.0.0.1:{}", free_port());
+    let cfg = format!(
+        "receivers:
+  celery_redis: {{ endpoint: {url} }}
+processors:
+  memory_limiter: {{ check_interval: 20ms, limit_mib: 1 }}
+exporters:
+  debug: {{}}
+service:
+  telemetry: {{ endpoint: {tel} }}
+  pipelines:
+    celery: {{ receivers: [celery_redis], processors: [memory_limiter], exporters: [debug] }}
+",
+        url = redis.url()
+    );
+    let agent = Agent::start(bin(), &cfg);
+    let value = |name: &str, labels: &[(&str, &str)]| telemetry_value(&tel, name, labels);
+    assert!(
+        wait_until(Duration::from_secs(20), || value(
+            "celeriac_celery_redis_connected",
+            &[]
+        ) == Some(1.0)
+            && value("celeriac_memory_limiter_refusing", &[]) == Some(1.0)),
+        "{}",
+        agent.output()
+    );
+    let lines =
+        std::fs::read_to_string(repo_root().join("tests/fixtures/celery-events-redis.jsonl"))
+            .unwrap();
+    for l in lines.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let ch = v["channel"].as_str().unwrap();
+        if ch.contains("celeryev") {
+            redis.cmd(&["PUBLISH", ch, v["data"].as_str().unwrap()]);
+        }
+    }
+    let received = || value("celeriac_celery_events_received_total", &[]).unwrap_or(0.0);
+    assert!(
+        wait_until(Duration::from_secs(10), || received() > 0.0
+            && value(
+                "celeriac_celery_events_dropped_total",
+                &[("reason", "memory_limit")]
+            ) == Some(received())),
+        "received {}, dropped {:?}\n{}",
+        received(),
+        value(
+            "celeriac_celery_events_dropped_total",
+            &[("reason", "memory_limit")]
+        ),
+        agent.output()
+    );
+    let passed = value(
+        "celeriac_component_received_items_total",
+        &[("component", "exporter/debug")],
+    )
+    .unwrap_or(0.0);
+    assert_eq!(passed, 0.0, "{}", agent.output());
+}
