@@ -225,9 +225,21 @@ fn crc(items: u32, payload: &[u8]) -> u32 {
     h.finalize()
 }
 
-/// One record at the reader's position: `Ok(None)` at a clean end of the data, `Err` with the
-/// items claimed by a readable header (0 when even that is gone) when the rest is torn/corrupt.
-fn read_record(r: &mut impl Read) -> io::Result<Result<Option<(u32, Vec<u8>)>, u64>> {
+/// What [`read_record`] found at the reader's position.
+enum Next {
+    /// A clean end of the data.
+    End,
+    Record {
+        items: u32,
+        payload: Vec<u8>,
+    },
+    /// A torn or corrupt record; `claimed_items` from its header when that was readable.
+    Bad {
+        claimed_items: u64,
+    },
+}
+
+fn read_record(r: &mut impl Read) -> io::Result<Next> {
     let mut h = [0u8; HEADER as usize];
     let mut got = 0;
     while got < h.len() {
@@ -237,23 +249,25 @@ fn read_record(r: &mut impl Read) -> io::Result<Result<Option<(u32, Vec<u8>)>, u
         }
     }
     if got == 0 {
-        return Ok(Ok(None));
+        return Ok(Next::End);
     }
     if got < h.len() {
-        return Ok(Err(0));
+        return Ok(Next::Bad { claimed_items: 0 });
     }
     let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as u64;
     let items = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
     let sum = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
     if len > MAX_RECORD {
-        return Ok(Err(0));
+        return Ok(Next::Bad { claimed_items: 0 });
     }
     let mut payload = Vec::with_capacity(len as usize);
     r.take(len).read_to_end(&mut payload)?;
     if payload.len() as u64 != len || crc(items, &payload) != sum {
-        return Ok(Err(items as u64));
+        return Ok(Next::Bad {
+            claimed_items: items as u64,
+        });
     }
-    Ok(Ok(Some((items, payload))))
+    Ok(Next::Record { items, payload })
 }
 
 impl FileQueue {
@@ -486,7 +500,7 @@ impl FileQueue {
             let rec = read_record(f).map_err(|e| self.io_err(e))?;
             let seg = &mut self.segments[idx];
             match rec {
-                Ok(Some((items, payload))) => {
+                Next::Record { items, payload } => {
                     let end = Pos {
                         seq: self.read.seq,
                         offset: self.read.offset + HEADER + payload.len() as u64,
@@ -505,7 +519,7 @@ impl FileQueue {
                 }
                 // Scanned on open and written by us since: only a file changed under us gets
                 // here. Skip the rest of the segment.
-                Ok(None) | Err(_) => {
+                Next::End | Next::Bad { .. } => {
                     tracing::warn!(dir = %self.dir.display(), segment = seg.seq, offset = self.read.offset, "Unreadable record in the sending queue; skipping the rest of its segment.");
                     self.read.offset = seg.bytes;
                     seg.unread_records = 0;
@@ -586,16 +600,16 @@ fn scan_segment(path: &Path, from: u64) -> io::Result<Option<Scan>> {
     let (mut records, mut items, mut truncated_items) = (0, 0, 0);
     loop {
         match read_record(&mut r)? {
-            Ok(Some((n, payload))) => {
+            Next::Record { items: n, payload } => {
                 if pos >= from {
                     records += 1;
                     items += n as u64;
                 }
                 pos += HEADER + payload.len() as u64;
             }
-            Ok(None) => break,
-            Err(claimed) => {
-                truncated_items = claimed;
+            Next::End => break,
+            Next::Bad { claimed_items } => {
+                truncated_items = claimed_items;
                 break;
             }
         }
@@ -650,11 +664,13 @@ fn write_cursor(dir: &Path, pos: Pos) -> io::Result<()> {
 pub struct DiskQueue {
     inner: Arc<Mutex<FileQueue>>,
     state: Arc<(Mutex<bool>, Notify)>,
+    dir: Arc<Path>,
 }
 
 impl DiskQueue {
     pub fn new(q: FileQueue) -> Self {
         DiskQueue {
+            dir: q.dir.as_path().into(),
             inner: Arc::new(Mutex::new(q)),
             state: Arc::new((Mutex::new(false), Notify::new())),
         }
@@ -672,7 +688,7 @@ impl DiskQueue {
         .await
         .unwrap_or_else(|e| {
             Err(QueueError::Io {
-                dir: PathBuf::new(),
+                dir: self.dir.to_path_buf(),
                 source: io::Error::other(e),
             })
         })

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::graph::{Graph, Node};
-use crate::component::{Admission, BoxRun, ComponentError, Context, Input, Output};
+use crate::component::{Admission, BoxRun, ComponentError, Context, GatedSender, Input, Output};
 use crate::config::ServiceSettings;
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::Telemetry;
@@ -60,7 +60,7 @@ pub async fn run(
     }
 
     // Per pipeline: processor chain, and the entry senders its sources write to.
-    let mut producer_targets: BTreeMap<Node, BTreeMap<SignalKind, Vec<(Tx, Vec<Admission>)>>> =
+    let mut producer_targets: BTreeMap<Node, BTreeMap<SignalKind, Vec<GatedSender>>> =
         BTreeMap::new();
     let mut tasks: JoinSet<(String, Result<(), ComponentError>)> = JoinSet::new();
     let mut running: HashSet<String> = HashSet::new();
@@ -231,7 +231,7 @@ pub async fn run(
 fn output(
     telemetry: &Telemetry,
     label: &str,
-    targets: Vec<(SignalKind, Vec<(Tx, Vec<Admission>)>)>,
+    targets: Vec<(SignalKind, Vec<GatedSender>)>,
 ) -> Output {
     Output::gated(
         targets,
