@@ -99,11 +99,11 @@ pub fn file_settings(
         (Storage::Memory, None) => Ok(None),
         (Storage::Memory, Some(_)) => Err(DecodeError::new(
             "sending_queue.directory",
-            "only used with `storage: file`",
+            "sending_queue.directory is only used with `storage: file`",
         )),
         (Storage::File, None) => Err(DecodeError::new(
             "sending_queue.directory",
-            "required with `storage: file`",
+            "sending_queue.directory is required with `storage: file`",
         )),
         (Storage::File, Some(d)) => {
             if d.as_os_str().is_empty() {

@@ -67,7 +67,7 @@ impl MemoryLimiterConfig {
 
 fn build(v: &Value) -> BuildResult<dyn Processor> {
     if matches!(v, Value::Null) {
-        return Err(DecodeError::new("limit_mib", "is required"));
+        return Err(DecodeError::new("limit_mib", "limit_mib is required"));
     }
     let cfg: MemoryLimiterConfig = config::decode(v)?;
     if cfg.check_interval.is_zero() {
@@ -76,13 +76,13 @@ fn build(v: &Value) -> BuildResult<dyn Processor> {
     if cfg.limit_mib == 0 {
         return Err(DecodeError::new(
             "limit_mib",
-            "is required and must be greater than 0",
+            "limit_mib is required and must be greater than 0",
         ));
     }
     if cfg.spike_limit_mib.is_some_and(|s| s >= cfg.limit_mib) {
         return Err(DecodeError::new(
             "spike_limit_mib",
-            "must be less than limit_mib",
+            "spike_limit_mib must be less than limit_mib",
         ));
     }
     // The gate's counter is bound to the component id when the processor runs.

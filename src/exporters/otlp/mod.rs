@@ -898,6 +898,38 @@ mod tests {
         assert!(took < Duration::from_secs(5), "{took:?}");
     }
 
+    #[test]
+    fn file_queue_records_round_trip() {
+        let batch = span_batch();
+        let rec = encode_record(&batch).unwrap();
+        let back = decode_record(&rec).unwrap();
+        assert_eq!(back.kind(), SignalKind::Traces);
+        assert_eq!(back.item_count(), 2);
+        match (&batch, &back) {
+            (Signal::Traces(a), Signal::Traces(b)) => assert_eq!(a, b),
+            _ => unreachable!(),
+        }
+        assert!(decode_record(&[]).is_none());
+        assert!(decode_record(&[9, 1, 2]).is_none());
+        assert!(decode_record(&[1, 0xff, 0xff]).is_none());
+        assert!(encode_record(&Signal::Celery(Arc::new(vec![]))).is_none());
+    }
+
+    #[tokio::test]
+    async fn file_storage_keeps_a_failing_batch_on_disk_at_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            "{{endpoint: '{}', timeout: 1s, retry_on_failure: {{initial_interval: 30s, max_interval: 30s, max_elapsed_time: 0s}}, sending_queue: {{storage: file, directory: '{}'}}}}",
+            dead_endpoint(),
+            dir.path().display()
+        );
+        let (t, took) = run_one(&yaml, Some(Duration::from_millis(300))).await;
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        assert_eq!(dropped(&t, "shutdown"), 0);
+        let (_, report) = FileQueue::open(&dir.path().join("otlp"), 1 << 20).unwrap();
+        assert_eq!((report.records, report.items), (1, 2));
+    }
+
     #[tokio::test]
     async fn retry_disabled_drops_at_once() {
         let yaml = format!(
