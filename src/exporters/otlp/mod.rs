@@ -365,6 +365,7 @@ struct Shared {
     dropped: Dropped,
     warn_failure: Every,
     warn_partial: Every,
+    warn_full: Every,
 }
 
 /// How an export ended.
@@ -594,7 +595,7 @@ async fn run_file_queue(
                 queued.add(1 - evicted.records as i64);
                 if evicted.records > 0 {
                     shared.dropped.queue_full.add(evicted.items);
-                    if let Some(held) = shared.warn_failure.ready() {
+                    if let Some(held) = shared.warn_full.ready() {
                         tracing::warn!(component = %ctx.id, batches = evicted.records, items = evicted.items, suppressed = held, "Sending queue full: dropped its oldest batches.");
                     }
                 }
@@ -699,6 +700,7 @@ impl Exporter for OtlpExporter {
                 },
                 warn_failure: Every::new(Duration::from_secs(10)),
                 warn_partial: Every::new(Duration::from_secs(10)),
+                warn_full: Every::new(Duration::from_secs(10)),
             });
             let queued = t.gauge(
                 "celeriac_exporter_queue_batches",
