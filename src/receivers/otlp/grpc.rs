@@ -29,8 +29,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::codegen::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
-use super::{Ingest, Refusal};
+use super::{handshake, Ingest, Refusal};
 use crate::signal::Signal;
+use crate::tls::Acceptor;
 
 #[derive(Clone)]
 struct Otlp {
@@ -114,11 +115,14 @@ const LOGS: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/";
 
 pub async fn serve(
     listener: TcpListener,
+    tls: Acceptor,
     ingest: Arc<Ingest>,
     max_msg: usize,
     shutdown: CancellationToken,
 ) {
-    let svc = Arc::new(Otlp { ingest });
+    let svc = Arc::new(Otlp {
+        ingest: ingest.clone(),
+    });
     let traces = TraceServiceServer::from_arc(svc.clone())
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
@@ -132,10 +136,12 @@ pub async fn serve(
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max_msg);
     crate::telemetry::accept_until(&listener, &shutdown, "OTLP/gRPC", |stream| {
-        let _ = stream.set_nodelay(true);
         let (traces, metrics, logs) = (traces.clone(), metrics.clone(), logs.clone());
-        let shutdown = shutdown.clone();
+        let (tls, ingest, shutdown) = (tls.clone(), ingest.clone(), shutdown.clone());
         tokio::spawn(async move {
+            let Some(stream) = handshake(&tls, stream, &ingest, "grpc").await else {
+                return;
+            };
             let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                 let (mut t, mut m, mut l) = (traces.clone(), metrics.clone(), logs.clone());
                 async move {

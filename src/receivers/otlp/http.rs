@@ -24,8 +24,9 @@ use prost::Message;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{Ingest, Refusal};
+use super::{handshake, Ingest, Refusal};
 use crate::signal::{Signal, SignalKind};
+use crate::tls::Acceptor;
 
 /// `google.rpc.Status`, the error body of OTLP/HTTP.
 #[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
@@ -290,14 +291,17 @@ async fn handle(req: Request<Incoming>, ingest: Arc<Ingest>, max_body: usize) ->
 
 pub async fn serve(
     listener: TcpListener,
+    tls: Acceptor,
     ingest: Arc<Ingest>,
     max_body: usize,
     shutdown: CancellationToken,
 ) {
     crate::telemetry::accept_until(&listener, &shutdown, "OTLP/HTTP", |stream| {
-        let ingest = ingest.clone();
-        let shutdown = shutdown.clone();
+        let (tls, ingest, shutdown) = (tls.clone(), ingest.clone(), shutdown.clone());
         tokio::spawn(async move {
+            let Some(stream) = handshake(&tls, stream, &ingest, "http").await else {
+                return;
+            };
             let svc = hyper::service::service_fn(move |req| {
                 let ingest = ingest.clone();
                 async move { Ok::<_, Infallible>(handle(req, ingest, max_body).await) }
