@@ -250,15 +250,32 @@ impl Subscriber {
         let mut args: Vec<&[u8]> = vec![b"PSUBSCRIBE"];
         args.extend(patterns.iter().map(|p| p.as_bytes()));
         s.stream.write_all(&command(&args)).await?;
+        // Subscribed means Redis confirmed every pattern, not merely that the bytes left.
+        for _ in patterns {
+            match tokio::time::timeout(timeout, s.reply()).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(msg))) => {
+                    return Err(PubSubError::Server(format!("PSUBSCRIBE failed: {msg}")))
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(PubSubError::Server("PSUBSCRIBE timed out".into())),
+            }
+        }
         Ok(s)
     }
 
-    /// Read one simple reply (for AUTH): Ok(Ok) on +OK, Ok(Err(msg)) on -ERR.
+    /// Read one reply to AUTH or PSUBSCRIBE: Ok(Ok) on `+OK` or a `psubscribe` confirmation,
+    /// Ok(Err(msg)) on an error reply.
     async fn reply(&mut self) -> Result<Result<(), String>, PubSubError> {
         loop {
             if let Some((f, n)) = parse(&self.buf)? {
                 let out = match f {
                     Frame::Simple(_) => Ok(()),
+                    Frame::Array(items)
+                        if matches!(items.first(), Some(Frame::Bulk(Some(b"psubscribe")))) =>
+                    {
+                        Ok(())
+                    }
                     Frame::Error(e) => Err(String::from_utf8_lossy(e).into_owned()),
                     _ => Err("unexpected reply".into()),
                 };

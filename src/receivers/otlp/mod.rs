@@ -133,7 +133,7 @@ fn build(v: &Value) -> BuildResult<dyn Receiver> {
     }
     for (prefix, tls) in [("grpc", &cfg.grpc.tls), ("http", &cfg.http.tls)] {
         tls.check()
-            .map_err(|(key, msg)| DecodeError::new(&format!("{prefix}.{key}"), msg))?;
+            .map_err(|(key, msg)| DecodeError::new(format!("{prefix}.{key}"), msg))?;
     }
     if cfg.grpc.max_recv_msg_size_mib == 0 {
         return Err(DecodeError::new(
@@ -157,7 +157,7 @@ fn build(v: &Value) -> BuildResult<dyn Receiver> {
     let acceptor = |prefix: &str, tls: &ServerTlsConfig, alpn: &[&[u8]]| {
         tls.server_config(alpn)
             .map(Acceptor::new)
-            .map_err(|e| DecodeError::new(&format!("{prefix}.{}", e.key()), e.to_string()))
+            .map_err(|e| DecodeError::new(format!("{prefix}.{}", e.key()), e.to_string()))
     };
     let grpc_tls = acceptor("grpc", &cfg.grpc.tls, &[b"h2"])?;
     let http_tls = acceptor("http", &cfg.http.tls, &[b"http/1.1"])?;
