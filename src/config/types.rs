@@ -58,6 +58,36 @@ pub mod opt_addr {
     }
 }
 
+/// A credential from the config (token, password): deserialized like a string, never printed
+/// (`Debug` shows `<redacted>`), and refused when empty (an unset `${env:…}` is a mistake, not
+/// "no authentication").
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() {
+            return Err(serde::de::Error::custom(
+                "is empty (is the environment variable set?)",
+            ));
+        }
+        Ok(Secret(s))
+    }
+}
+
 pub mod one_or_many {
     use serde::{Deserialize, Deserializer};
 
