@@ -113,6 +113,17 @@ const TRACES: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/";
 const METRICS: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/";
 const LOGS: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/";
 
+/// tonic refuses undecodable and oversized messages itself, before our handlers run: count those
+/// answers here (a trailers-only response carries `grpc-status` in its headers). The codes our
+/// handlers produce (UNAUTHENTICATED, UNAVAILABLE, UNIMPLEMENTED) are counted where they arise.
+fn count_codec_refusal<B>(ingest: &Ingest, resp: &hyper::Response<B>) {
+    match resp.headers().get("grpc-status").map(|v| v.as_bytes()) {
+        Some(b"13") | Some(b"3") => ingest.refuse("grpc", "corrupt"),
+        Some(b"8") | Some(b"11") => ingest.refuse("grpc", "too_large"),
+        _ => {}
+    }
+}
+
 pub async fn serve(
     listener: TcpListener,
     tls: Acceptor,
@@ -142,8 +153,10 @@ pub async fn serve(
             let Some(stream) = handshake(&tls, stream, &ingest, "grpc").await else {
                 return;
             };
+            let counting = ingest.clone();
             let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                 let (mut t, mut m, mut l) = (traces.clone(), metrics.clone(), logs.clone());
+                let ingest = counting.clone();
                 async move {
                     use tonic::codegen::Service;
                     let path = req.uri().path();
@@ -156,7 +169,9 @@ pub async fn serve(
                     } else {
                         Ok(Status::unimplemented(format!("unknown service {path}")).into_http())
                     };
-                    Ok::<_, Infallible>(resp.unwrap_or_else(|e: Infallible| match e {}))
+                    let resp = resp.unwrap_or_else(|e: Infallible| match e {});
+                    count_codec_refusal(&ingest, &resp);
+                    Ok::<_, Infallible>(resp)
                 }
             });
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())

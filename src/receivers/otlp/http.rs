@@ -78,6 +78,32 @@ fn plain(status: StatusCode, msg: &'static str) -> Reply {
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
+/// An OTLP/HTTP body as the receiver decodes it: gunzipped (at most `max` bytes out) when
+/// `gzip`, then protobuf or (`json`) OTLP/JSON. Public for the fuzz targets and the bad-input
+/// corpus tests, which must exercise exactly this path.
+pub fn decode_body(
+    kind: SignalKind,
+    json: bool,
+    gzip: bool,
+    body: &[u8],
+    max: usize,
+) -> Result<Signal, String> {
+    let inflated;
+    let body = if gzip {
+        inflated = gunzip(body, max).map_err(str::to_string)?;
+        &inflated[..]
+    } else if body.len() > max {
+        return Err("too_large".into());
+    } else {
+        body
+    };
+    decode(
+        kind,
+        if json { Format::Json } else { Format::Protobuf },
+        body,
+    )
+}
+
 fn decode(kind: SignalKind, format: Format, body: &[u8]) -> Result<Signal, String> {
     fn json<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
         serde_json::from_slice(b).map_err(|e| format!("invalid OTLP JSON: {e}"))

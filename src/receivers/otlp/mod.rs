@@ -33,6 +33,8 @@
 mod grpc;
 mod http;
 
+pub use http::decode_body as decode_http_body;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
