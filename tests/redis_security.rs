@@ -8,25 +8,10 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::Value;
 use support::*;
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_celeriac"))
-}
-
-/// The captured Celery traffic: (channel, envelope) pairs; 12 tasks succeed in it.
-fn fixture_envelopes() -> Vec<(String, String)> {
-    std::fs::read_to_string(repo_root().join("tests/fixtures/celery-events-redis.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let v: Value = serde_json::from_str(l).ok()?;
-            let ch = v["channel"].as_str()?.to_string();
-            ch.contains("celeryev")
-                .then(|| (ch, v["data"].as_str().unwrap_or("").to_string()))
-        })
-        .collect()
 }
 
 /// Agent config: both Redis receivers on `endpoint` (YAML, a string or a list) with `tls`

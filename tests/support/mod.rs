@@ -1327,3 +1327,18 @@ pub fn url_encode(s: &str) -> String {
     }
     out
 }
+
+/// The captured Celery traffic of tests/fixtures/celery-events-redis.jsonl as (channel,
+/// envelope) pairs, event channels only (no pidbox): replayed with `PUBLISH`, 12 tasks succeed.
+pub fn fixture_envelopes() -> Vec<(String, String)> {
+    fs::read_to_string(repo_root().join("tests/fixtures/celery-events-redis.jsonl"))
+        .expect("fixture")
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            let ch = v["channel"].as_str()?.to_string();
+            ch.contains("celeryev")
+                .then(|| (ch, v["data"].as_str().unwrap_or("").to_string()))
+        })
+        .collect()
+}
