@@ -12,6 +12,7 @@
 //! * [`receivers`], [`processors`], [`connectors`], [`exporters`]: one file per component;
 //! * [`prompb`]: the Prometheus remote-write protobuf messages;
 //! * [`telemetry`]: the agent's own `/metrics`, `/healthz` and logs.
+//! * [`tls`]: TLS settings and rustls configurations shared by servers and clients.
 
 pub mod celery;
 pub mod component;
@@ -25,3 +26,4 @@ pub mod receivers;
 pub mod registry;
 pub mod signal;
 pub mod telemetry;
+pub mod tls;
