@@ -1,5 +1,6 @@
 //! Faults end to end: the OTLP backend down then back with the file sending queue, the agent
-//! SIGKILLed with a non-empty file queue, and 10× overload against the memory_limiter.
+//! SIGKILLed with a non-empty file queue, a file queue that fills up, 10× overload against the
+//! memory_limiter, and the limiter's refusals as OTLP/gRPC and celery_redis see them.
 //!
 //! The outage lasts `CELERIAC_TEST_OUTAGE_SECS` (default 15 s; RELIABILITY.md reports a 60 s
 //! run), the overload `CELERIAC_TEST_OVERLOAD_SECS` (default 30 s).
@@ -637,4 +638,54 @@ fn a_full_file_queue_drops_the_oldest_and_counts_every_item() {
         sent(),
         dropped()
     );
+}
+
+/// OTLP/gRPC while the memory_limiter refuses: `UNAVAILABLE` (retryable), counted with
+/// `protocol="grpc", reason="memory_limit"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_export_over_the_memory_limit_is_unavailable_and_counted() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let tel = format!("127.0.0.1:{}", free_port());
+    let cfg = format!(
+        "receivers:
+  otlp:
+    grpc: {{ endpoint: {grpc} }}
+    http: {{ enabled: false }}
+processors:
+  memory_limiter: {{ check_interval: 20ms, limit_mib: 1 }}
+exporters:
+  debug: {{}}
+service:
+  telemetry: {{ endpoint: {tel} }}
+  pipelines:
+    traces: {{ receivers: [otlp], processors: [memory_limiter], exporters: [debug] }}
+"
+    );
+    let agent = Agent::start(bin(), &cfg);
+    let tel2 = tel.clone();
+    let refusing = tokio::task::spawn_blocking(move || {
+        wait_until(Duration::from_secs(20), || {
+            telemetry_value(&tel2, "celeriac_memory_limiter_refusing", &[]) == Some(1.0)
+        })
+    })
+    .await
+    .unwrap();
+    assert!(refusing, "{}", agent.output());
+    let mut client = TraceServiceClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let req = ExportTraceServiceRequest::decode(&traces_request(1, 3, 0)[..]).unwrap();
+    let status = client.export(req).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    let counted = tokio::task::spawn_blocking(move || {
+        telemetry_value(
+            &tel,
+            "celeriac_receiver_refused_requests_total",
+            &[("protocol", "grpc"), ("reason", "memory_limit")],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(counted, Some(1.0), "{}", agent.output());
 }
