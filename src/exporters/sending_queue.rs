@@ -14,8 +14,10 @@
 //!   magic `CLRQSEG1`, then records: `len: u32 LE`, `items: u32 LE`, `crc32(items ‖ payload):
 //!   u32 LE`, `payload: len bytes`. A segment is closed once it passes ⅛ of `max_size_mib`
 //!   (64 KiB to 64 MiB), and deleted once every record in it has been acknowledged;
-//! * `cursor`: the position of the first record not yet acknowledged (segment, offset) with its
-//!   CRC, replaced atomically (write `cursor.tmp`, rename) after each acknowledgement.
+//! * `cursor`: the position of the first record not yet acknowledged (segment, offset), written
+//!   in place after each acknowledgement into one of two 32-byte slots, alternately:
+//!   `generation: u64`, `segment: u64`, `offset: u64`, `crc32: u32`, 4 zero bytes (all LE). The
+//!   valid slot with the highest generation counts, so a torn write leaves the previous one.
 //!
 //! Records are handed out in order; the cursor advances over the longest acknowledged prefix, so
 //! a record sent by a concurrent consumer after an older one still in flight is replayed after a
@@ -150,7 +152,7 @@ pub enum QueueError {
 const MAGIC: &[u8; 8] = b"CLRQSEG1";
 const HEADER: u64 = 12;
 const CURSOR: &str = "cursor";
-const CURSOR_TMP: &str = "cursor.tmp";
+const SLOT: usize = 32;
 /// A header claiming more than this is corruption, not a batch.
 const MAX_RECORD: u64 = 1 << 30;
 
@@ -212,6 +214,7 @@ pub struct FileQueue {
     inflight: BTreeMap<u64, (Pos, bool)>,
     next_ticket: u64,
     total_bytes: u64,
+    cursor: Cursor,
 }
 
 fn seg_name(seq: u64) -> String {
@@ -290,7 +293,8 @@ impl FileQueue {
             }
         }
         seqs.sort_unstable();
-        let cursor = read_cursor(dir);
+        let (cursor, generation) = read_cursor(dir);
+        let cursor_file = Cursor::open(dir, generation).map_err(io_err)?;
         let start = match cursor {
             Some(c) => c,
             None => Pos {
@@ -370,6 +374,7 @@ impl FileQueue {
             inflight: BTreeMap::new(),
             next_ticket: 0,
             total_bytes,
+            cursor: cursor_file,
         };
         Ok((q, report))
     }
@@ -544,7 +549,7 @@ impl FileQueue {
         }
         let Some(pos) = moved else { return Ok(()) };
         self.committed = pos;
-        write_cursor(&self.dir, pos).map_err(|e| self.io_err(e))?;
+        self.cursor.write(pos).map_err(|e| self.io_err(e))?;
         while self.segments.len() > 1 && self.segments.front().is_some_and(|s| s.seq < pos.seq) {
             if let Some(old) = self.segments.pop_front() {
                 self.total_bytes -= old.bytes;
@@ -629,30 +634,73 @@ fn scan_segment(path: &Path, from: u64) -> io::Result<Option<Scan>> {
     }))
 }
 
-fn read_cursor(dir: &Path) -> Option<Pos> {
-    let b = fs::read(dir.join(CURSOR)).ok()?;
-    if b.len() != 20 {
-        tracing::warn!(dir = %dir.display(), "Ignoring a malformed sending-queue cursor; replaying the queue from its oldest record.");
-        return None;
+/// The cursor and its generation: `(None, 0)` when there is none or neither slot is valid.
+fn read_cursor(dir: &Path) -> (Option<Pos>, u64) {
+    let Ok(b) = fs::read(dir.join(CURSOR)) else {
+        return (None, 0);
+    };
+    let best = b
+        .chunks_exact(SLOT)
+        .take(2)
+        .filter_map(|slot| {
+            let word = |i: usize| {
+                u64::from_le_bytes(slot[i * 8..i * 8 + 8].try_into().unwrap_or_default())
+            };
+            let sum = u32::from_le_bytes(slot[24..28].try_into().unwrap_or_default());
+            (crc32fast::hash(&slot[..24]) == sum).then(|| {
+                (
+                    word(0),
+                    Pos {
+                        seq: word(1),
+                        offset: word(2),
+                    },
+                )
+            })
+        })
+        .max_by_key(|(generation, _)| *generation);
+    match best {
+        Some((generation, pos)) => (Some(pos), generation),
+        None => {
+            tracing::warn!(dir = %dir.display(), "Ignoring an unreadable sending-queue cursor; replaying the queue from its oldest record.");
+            (None, 0)
+        }
     }
-    let seq = u64::from_le_bytes(b[0..8].try_into().ok()?);
-    let offset = u64::from_le_bytes(b[8..16].try_into().ok()?);
-    let sum = u32::from_le_bytes(b[16..20].try_into().ok()?);
-    if crc32fast::hash(&b[..16]) != sum {
-        tracing::warn!(dir = %dir.display(), "Ignoring a corrupt sending-queue cursor; replaying the queue from its oldest record.");
-        return None;
-    }
-    Some(Pos { seq, offset })
 }
 
-fn write_cursor(dir: &Path, pos: Pos) -> io::Result<()> {
-    let mut b = Vec::with_capacity(20);
-    b.extend_from_slice(&pos.seq.to_le_bytes());
-    b.extend_from_slice(&pos.offset.to_le_bytes());
-    b.extend_from_slice(&crc32fast::hash(&b).to_le_bytes());
-    let tmp = dir.join(CURSOR_TMP);
-    fs::write(&tmp, &b)?;
-    fs::rename(tmp, dir.join(CURSOR))
+/// The open cursor file (see the module docs).
+struct Cursor {
+    file: File,
+    generation: u64,
+}
+
+impl Cursor {
+    fn open(dir: &Path, generation: u64) -> io::Result<Cursor> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(CURSOR))?;
+        if file.metadata()?.len() != 2 * SLOT as u64 {
+            file.set_len(0)?;
+            file.set_len(2 * SLOT as u64)?;
+        }
+        Ok(Cursor { file, generation })
+    }
+
+    /// Overwrite the older slot: one small positioned write, no new file.
+    fn write(&mut self, pos: Pos) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.generation += 1;
+        let mut b = [0u8; SLOT];
+        b[0..8].copy_from_slice(&self.generation.to_le_bytes());
+        b[8..16].copy_from_slice(&pos.seq.to_le_bytes());
+        b[16..24].copy_from_slice(&pos.offset.to_le_bytes());
+        let sum = crc32fast::hash(&b[..24]);
+        b[24..28].copy_from_slice(&sum.to_le_bytes());
+        let at = (self.generation % 2) * SLOT as u64;
+        self.file.write_all_at(&b, at)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -878,14 +926,28 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_cursor_replays_from_the_oldest_record() {
+    fn a_torn_cursor_slot_falls_back_to_the_other_and_garbage_replays_all() {
         let dir = tempfile::tempdir().unwrap();
         let (mut q, _) = FileQueue::open(dir.path(), 1 << 20).unwrap();
         for i in 0..4 {
             q.push(&rec(i), 1).unwrap();
         }
-        let p = q.pop().unwrap().unwrap();
-        q.ack(p.ticket).unwrap();
+        for _ in 0..2 {
+            let p = q.pop().unwrap().unwrap();
+            q.ack(p.ticket).unwrap();
+        }
+        drop(q);
+        let (_, rep) = FileQueue::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(rep.records, 2);
+        // Tear the newest slot: the previous position (one acknowledged) counts.
+        let mut c = fs::read(dir.path().join(CURSOR)).unwrap();
+        assert_eq!(c.len(), 2 * SLOT);
+        let newest = if c[0] > c[SLOT] { 0 } else { SLOT };
+        c[newest + 9] ^= 0xff;
+        fs::write(dir.path().join(CURSOR), &c).unwrap();
+        let (mut q, rep) = FileQueue::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(rep.records, 3);
+        assert_eq!(q.pop().unwrap().unwrap().payload, rec(1));
         drop(q);
         fs::write(dir.path().join(CURSOR), b"nonsense").unwrap();
         let (_, rep) = FileQueue::open(dir.path(), 1 << 20).unwrap();
