@@ -39,6 +39,9 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// List every component type, the signals it takes and gives, and all its settings with
+    /// their defaults (as YAML that can be pasted into a config file).
+    Components,
 }
 
 fn load(path: Option<&PathBuf>) -> (Option<(Config, Graph)>, Diagnostics) {
@@ -56,6 +59,10 @@ fn load(path: Option<&PathBuf>) -> (Option<(Config, Graph)>, Diagnostics) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Components => {
+            print!("{}", celeriac::registry::catalog());
+            ExitCode::SUCCESS
+        }
         Command::Validate { config } => {
             let (built, d) = load(config.as_ref());
             eprint!("{}", d.render());

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::pubsub::{Endpoint, Subscriber};
 use crate::celery::envelope::{decode_envelope, DecodeError};
@@ -44,9 +44,10 @@ pub const REGISTRATION: Registration = Registration {
         produces: &[SignalKind::Celery],
         build,
     },
+    defaults: crate::registry::defaults::<CeleryRedisConfig>,
 };
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CeleryRedisConfig {
     pub endpoint: String,

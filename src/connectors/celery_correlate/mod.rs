@@ -36,7 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::metrics::v1::ResourceMetrics;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::celery::event::{CeleryEvent, EventKind};
 use crate::component::{BoxRun, Context, Input, Output, Processor};
@@ -55,16 +55,17 @@ pub const REGISTRATION: Registration = Registration {
         produces: &[SignalKind::Traces, SignalKind::Metrics, SignalKind::Logs],
         build,
     },
+    defaults: crate::registry::defaults::<CorrelateConfig>,
 };
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum HostnameLabel {
     Host,
     Node,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CorrelateConfig {
     pub max_tasks: usize,

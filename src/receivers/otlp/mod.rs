@@ -31,7 +31,7 @@ mod http;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::component::{BoxRun, ComponentError, Context, Output, Receiver, SendError};
 use crate::config::{self, types, DecodeError, Value};
@@ -45,9 +45,10 @@ pub const REGISTRATION: Registration = Registration {
         produces: &[SignalKind::Traces, SignalKind::Metrics, SignalKind::Logs],
         build,
     },
+    defaults: crate::registry::defaults::<OtlpConfig>,
 };
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GrpcConfig {
     pub enabled: bool,
@@ -66,7 +67,7 @@ impl Default for GrpcConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub enabled: bool,
@@ -85,10 +86,19 @@ impl Default for HttpConfig {
     }
 }
 
-#[derive(Clone, Deserialize, Default)]
+#[derive(Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
+    #[serde(serialize_with = "redacted")]
     pub bearer_token: Option<String>,
+}
+
+/// `celeriac components` writes settings out; a token never is.
+fn redacted<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("<redacted>"),
+        None => s.serialize_none(),
+    }
 }
 
 impl std::fmt::Debug for AuthConfig {
@@ -102,7 +112,7 @@ impl std::fmt::Debug for AuthConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct OtlpConfig {
     pub grpc: GrpcConfig,
