@@ -46,8 +46,14 @@ pub async fn run(
         shutdown: receivers_stop.clone(),
         telemetry: telemetry.clone(),
     };
-    let input = |label: &str, rx: Rx| {
-        Input::new(rx, telemetry.counter("celeriac_component_received_items_total", "Items (spans, data points, log records, Celery events) a component took from its input.", &[("component", label)]))
+    let input = |kind: Kind, label: &str, rx: Rx| {
+        let names = kind.names();
+        telemetry.observe(names.queue_size, "Batches waiting in a component's input channel.", &[("component", label)], {
+            let weak = rx.downgrade();
+            move || weak.upgrade().map_or(0, |rx| rx.len() as i64)
+        });
+        telemetry.observe(names.queue_capacity, "Capacity, in batches, of a component's input channel (service.channel_capacity).", &[("component", label)], move || cap as i64);
+        Input::new(rx, telemetry.counter(names.incoming, "Items (spans, data points, log records, Celery events) a component took from its input.", &[("component", label)]))
     };
 
     // Input channels of exporters and connectors.
@@ -88,8 +94,8 @@ pub async fn run(
                     let (tx, rx2) = async_channel::bounded(cap);
                     (vec![tx], Some(rx2))
                 };
-                let out = output(&telemetry, &label, vec![(p.signal, out_targets)]);
-                let inp = input(&label, rx.clone());
+                let out = output(&telemetry, Kind::Processor, &label, vec![(p.signal, out_targets)]);
+                let inp = input(Kind::Processor, &label, rx.clone());
                 processor_runs.push((label.clone(), proc_.run(ctx(label), inp, out)));
                 if let Some(r) = next_rx {
                     rx = r;
@@ -115,7 +121,7 @@ pub async fn run(
             .get(&node)
             .map(|(_, rx)| rx.clone())
             .unwrap_or_else(|| async_channel::bounded(1).1);
-        let fut = exp.run(ctx(label.clone()), input(&label, rx));
+        let fut = exp.run(ctx(label.clone()), input(Kind::Exporter, &label, rx));
         spawn(&mut tasks, label, fut);
     }
     for (id, con) in graph.connectors {
@@ -132,8 +138,8 @@ pub async fn run(
             .collect();
         let fut = con.run(
             ctx(label.clone()),
-            input(&label, rx),
-            output(&telemetry, &label, targets),
+            input(Kind::Connector, &label, rx),
+            output(&telemetry, Kind::Connector, &label, targets),
         );
         spawn(&mut tasks, label, fut);
     }
@@ -150,7 +156,10 @@ pub async fn run(
             .unwrap_or_default()
             .into_iter()
             .collect();
-        let fut = rec.run(ctx(label.clone()), output(&telemetry, &label, targets));
+        let fut = rec.run(
+            ctx(label.clone()),
+            output(&telemetry, Kind::Receiver, &label, targets),
+        );
         spawn(&mut tasks, label, fut);
     }
     drop(producer_targets);
@@ -220,10 +229,83 @@ pub async fn run(
     failure.map_or(Ok(()), Err)
 }
 
-fn output(telemetry: &Telemetry, label: &str, targets: Vec<(SignalKind, Vec<Tx>)>) -> Output {
-    Output::new(
-        targets,
-        telemetry.counter("celeriac_component_sent_items_total", "Items a component handed to the next stage.", &[("component", label)]),
-        telemetry.counter("celeriac_component_refused_items_total", "Items a component could not hand over because the next stage was full (dropped by producers that cannot wait).", &[("component", label)]),
-    )
+/// The role of a component, which names its runtime counters the way the collector does. (A
+/// receiver has no input and an exporter no output, so those names are never registered.)
+#[derive(Clone, Copy)]
+enum Kind {
+    Receiver,
+    Processor,
+    Connector,
+    Exporter,
+}
+
+struct Names {
+    incoming: &'static str,
+    outgoing: &'static str,
+    refused: &'static str,
+    queue_size: &'static str,
+    queue_capacity: &'static str,
+}
+
+impl Kind {
+    fn names(self) -> Names {
+        match self {
+            Kind::Receiver => Names {
+                incoming: "celeriac_receiver_incoming_items_total",
+                outgoing: "celeriac_receiver_accepted_items_total",
+                refused: "celeriac_receiver_refused_items_total",
+                queue_size: "celeriac_receiver_queue_size",
+                queue_capacity: "celeriac_receiver_queue_capacity",
+            },
+            Kind::Processor => Names {
+                incoming: "celeriac_processor_incoming_items_total",
+                outgoing: "celeriac_processor_outgoing_items_total",
+                refused: "celeriac_processor_refused_items_total",
+                queue_size: "celeriac_processor_queue_size",
+                queue_capacity: "celeriac_processor_queue_capacity",
+            },
+            Kind::Connector => Names {
+                incoming: "celeriac_connector_incoming_items_total",
+                outgoing: "celeriac_connector_outgoing_items_total",
+                refused: "celeriac_connector_refused_items_total",
+                queue_size: "celeriac_connector_queue_size",
+                queue_capacity: "celeriac_connector_queue_capacity",
+            },
+            Kind::Exporter => Names {
+                incoming: "celeriac_exporter_incoming_items_total",
+                outgoing: "celeriac_exporter_outgoing_items_total",
+                refused: "celeriac_exporter_refused_items_total",
+                queue_size: "celeriac_exporter_queue_size",
+                queue_capacity: "celeriac_exporter_queue_capacity",
+            },
+        }
+    }
+}
+
+/// A producer's output, counted per signal: `celeriac_receiver_accepted_items_total` and
+/// `celeriac_receiver_refused_items_total` for receivers (refused = the pipeline was full and
+/// the receiver could not wait, so the items were dropped), `..._outgoing_items_total` for
+/// processors and connectors.
+fn output(
+    telemetry: &Telemetry,
+    kind: Kind,
+    label: &str,
+    targets: Vec<(SignalKind, Vec<Tx>)>,
+) -> Output {
+    let names = kind.names();
+    Output::counted(targets, |signal| {
+        let labels = [("component", label), ("signal", signal.as_str())];
+        (
+            telemetry.counter(
+                names.outgoing,
+                "Items a component handed to the next stage.",
+                &labels,
+            ),
+            telemetry.counter(
+                names.refused,
+                "Items a component could not hand over because the next stage was full (dropped by producers that cannot wait).",
+                &labels,
+            ),
+        )
+    })
 }

@@ -46,10 +46,14 @@ impl Gauge {
     }
 }
 
+/// A gauge read when `/metrics` is rendered (a queue's current length).
+type Observe = Arc<dyn Fn() -> i64 + Send + Sync>;
+
 #[derive(Clone)]
 enum Cell {
     Counter(Counter),
     Gauge(Gauge),
+    Observed(Observe),
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -116,7 +120,7 @@ impl Telemetry {
     ) -> Counter {
         match self.cell(name, help, labels, false) {
             Cell::Counter(c) => c,
-            Cell::Gauge(_) => Counter::default(),
+            Cell::Gauge(_) | Cell::Observed(_) => Counter::default(),
         }
     }
 
@@ -128,8 +132,34 @@ impl Telemetry {
     ) -> Gauge {
         match self.cell(name, help, labels, true) {
             Cell::Gauge(g) => g,
-            Cell::Counter(_) => Gauge::default(),
+            Cell::Counter(_) | Cell::Observed(_) => Gauge::default(),
         }
+    }
+
+    /// The gauge `name{labels}` whose value is `observe()` at each render, replacing any earlier
+    /// one of the same series (a rebuilt pipeline registers its new queues). `observe` must be
+    /// cheap and must not call back into the registry.
+    pub fn observe(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+        observe: impl Fn() -> i64 + Send + Sync + 'static,
+    ) {
+        let key: Labels = labels.iter().map(|(k, v)| (*k, (*v).to_string())).collect();
+        let mut families = self
+            .inner
+            .families
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        families
+            .entry(name)
+            .or_insert_with(|| Family {
+                help,
+                series: BTreeMap::new(),
+            })
+            .series
+            .insert(key, Cell::Observed(Arc::new(observe)));
     }
 
     /// All series in the Prometheus text exposition format 0.0.4.
@@ -142,7 +172,7 @@ impl Telemetry {
         let mut out = String::with_capacity(4096);
         for (name, fam) in families.iter() {
             let kind = match fam.series.values().next() {
-                Some(Cell::Gauge(_)) => "gauge",
+                Some(Cell::Gauge(_) | Cell::Observed(_)) => "gauge",
                 _ => "counter",
             };
             let _ = writeln!(out, "# HELP {name} {}", fam.help);
@@ -162,6 +192,7 @@ impl Telemetry {
                 let _ = match cell {
                     Cell::Counter(c) => writeln!(out, " {}", c.get()),
                     Cell::Gauge(g) => writeln!(out, " {}", g.get()),
+                    Cell::Observed(f) => writeln!(out, " {}", f()),
                 };
             }
         }
@@ -235,5 +266,21 @@ mod tests {
             text.contains("# TYPE celeriac_q gauge\nceleriac_q -2\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn observed_gauges_are_read_at_render_and_replaced_on_reregistration() {
+        let t = Telemetry::new();
+        let n = Arc::new(AtomicI64::new(3));
+        let n2 = n.clone();
+        t.observe("celeriac_len", "Length.", &[("component", "x")], move || {
+            n2.load(Ordering::Relaxed)
+        });
+        assert!(t.render().contains("celeriac_len{component=\"x\"} 3\n"));
+        n.store(5, Ordering::Relaxed);
+        assert!(t.render().contains("celeriac_len{component=\"x\"} 5\n"));
+        t.observe("celeriac_len", "Length.", &[("component", "x")], || 9);
+        let text = t.render();
+        assert!(text.contains("# TYPE celeriac_len gauge\nceleriac_len{component=\"x\"} 9\n"), "{text}");
     }
 }

@@ -37,7 +37,7 @@ use crate::component::{BoxRun, ComponentError, Context, Output, Receiver, SendEr
 use crate::config::{self, types, DecodeError, Value};
 use crate::registry::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
-use crate::telemetry::{Counter, Telemetry};
+use crate::telemetry::Telemetry;
 
 pub const REGISTRATION: Registration = Registration {
     type_name: "otlp",
@@ -173,20 +173,13 @@ pub struct Ingest {
     token: Option<String>,
     telemetry: Telemetry,
     component: Arc<str>,
-    accepted: [Counter; 3],
 }
 
 impl Ingest {
     fn new(ctx: &Context, out: Output, token: Option<String>) -> Self {
-        let c = |signal: &str| {
-            ctx.telemetry.counter(
-                "celeriac_receiver_accepted_items_total",
-                "Items a receiver accepted into the pipeline.",
-                &[("component", &ctx.id), ("signal", signal)],
-            )
-        };
+        // Accepted and refused items are counted per signal by the pipeline runtime
+        // (`celeriac_receiver_accepted_items_total`); refused requests are counted here.
         Ingest {
-            accepted: [c("traces"), c("metrics"), c("logs")],
             out,
             token,
             telemetry: ctx.telemetry.clone(),
@@ -234,17 +227,8 @@ impl Ingest {
         if !self.out.wants(kind) {
             return Err(Refusal::NoPipeline);
         }
-        let n = signal.item_count() as u64;
         match self.out.try_send(signal) {
-            Ok(()) => {
-                let i = match kind {
-                    SignalKind::Traces => 0,
-                    SignalKind::Metrics => 1,
-                    _ => 2,
-                };
-                self.accepted[i].add(n);
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(SendError::Full) => Err(Refusal::Full),
             Err(SendError::Closed) => Err(Refusal::Closed),
         }
