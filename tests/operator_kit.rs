@@ -1,0 +1,248 @@
+//! The operator kit against a real Celery workload: every metric name that the Grafana
+//! dashboard (deploy/grafana/celeriac.json) and the alert rules (deploy/prometheus/alerts.yaml)
+//! query is on celeriac's scrape endpoints after real work. The names are parsed out of the
+//! PromQL, so a panel or rule that names a metric celeriac does not expose fails here.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use support::*;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_celeriac"))
+}
+
+/// PromQL words that are not metric names.
+const NOT_METRICS: &[&str] = &[
+    "and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left",
+    "group_right", "inf", "nan", "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count",
+    "count_values", "bottomk", "topk", "quantile", "limitk", "limit_ratio", "atan2",
+];
+
+/// Keywords followed by a parenthesised list of label names.
+const LABEL_LISTS: &[&str] = &["by", "without", "on", "ignoring", "group_left", "group_right"];
+
+/// The metric names a PromQL expression selects (Grafana `$variables` allowed). Label matchers
+/// `{…}`, ranges `[…]`, strings, numbers, function calls and label lists are skipped.
+fn promql_metric_names(expr: &str) -> BTreeSet<String> {
+    let b = expr.as_bytes();
+    let mut names = BTreeSet::new();
+    let mut i = 0;
+    let is_start = |c: u8| c.is_ascii_alphabetic() || c == b'_' || c == b':';
+    let is_cont = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b':';
+    // Index just past the bracket that closes the one at `i`.
+    let close = |mut i: usize, open: u8, shut: u8| {
+        let mut depth = 0;
+        while i < b.len() {
+            if b[i] == b'"' || b[i] == b'\'' {
+                let q = b[i];
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+            } else if b[i] == open {
+                depth += 1;
+            } else if b[i] == shut {
+                depth -= 1;
+                if depth == 0 {
+                    return i + 1;
+                }
+            }
+            i += 1;
+        }
+        b.len()
+    };
+    while i < b.len() {
+        let c = b[i];
+        if c == b'{' {
+            i = close(i, b'{', b'}');
+        } else if c == b'[' {
+            i = close(i, b'[', b']');
+        } else if c == b'"' || c == b'\'' || c == b'`' {
+            i += 1;
+            while i < b.len() && b[i] != c {
+                i += if b[i] == b'\\' { 2 } else { 1 };
+            }
+            i += 1;
+        } else if c == b'$' || c.is_ascii_digit() || c == b'.' {
+            // A Grafana variable, a number or a duration: skip the whole word.
+            i += 1;
+            while i < b.len() && (is_cont(b[i]) || b[i] == b'.') {
+                i += 1;
+            }
+        } else if is_start(c) {
+            let start = i;
+            while i < b.len() && is_cont(b[i]) {
+                i += 1;
+            }
+            let word = &expr[start..i];
+            let mut j = i;
+            while j < b.len() && b[j].is_ascii_whitespace() {
+                j += 1;
+            }
+            let call = j < b.len() && b[j] == b'(';
+            if LABEL_LISTS.contains(&word) {
+                if call {
+                    i = close(j, b'(', b')');
+                }
+            } else if !call && !NOT_METRICS.contains(&word) {
+                names.insert(word.to_string());
+            }
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+#[test]
+fn promql_names_are_parsed_out_of_expressions() {
+    let got = promql_metric_names(
+        r#"sum by (job, queue_name) (rate(celery_task_failed_total{name=~"$name",x="a{b}"}[$__rate_interval] offset 5m))
+           / on (job) group_left (le) (histogram_quantile(0.95, sum by (le) (rate(celery_task_runtime_bucket[10m]))) > 1e3)
+           unless on(job) max(celery_worker_up) > bool 0 or absent(celeriac:recorded_rule)"#,
+    );
+    let want: BTreeSet<String> = [
+        "celery_task_failed_total",
+        "celery_task_runtime_bucket",
+        "celery_worker_up",
+        "celeriac:recorded_rule",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(got, want);
+}
+
+/// Every metric name used by the alert rules and the dashboard (panels and template variables).
+fn kit_metric_names() -> BTreeSet<String> {
+    let root = repo_root();
+    let mut names = BTreeSet::new();
+
+    let rules: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(root.join("deploy/prometheus/alerts.yaml")).unwrap(),
+    )
+    .unwrap();
+    let mut exprs = 0;
+    for group in rules["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            names.extend(promql_metric_names(rule["expr"].as_str().unwrap()));
+            exprs += 1;
+        }
+    }
+    assert!(exprs >= 8, "{exprs} rules");
+
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("deploy/grafana/celeriac.json")).unwrap(),
+    )
+    .unwrap();
+    let mut targets = 0;
+    for panel in dash["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            names.extend(promql_metric_names(t["expr"].as_str().unwrap()));
+            targets += 1;
+        }
+    }
+    assert!(targets >= 30, "{targets} dashboard queries");
+    for var in dash["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = var["query"]["query"].as_str() {
+            // label_values(metric, label)
+            let inner = q
+                .strip_prefix("label_values(")
+                .and_then(|r| r.split_once(','))
+                .unwrap_or_else(|| panic!("unexpected variable query {q}"));
+            names.extend(promql_metric_names(inner.0));
+        }
+    }
+    names
+}
+
+fn config(redis_url: &str, prom: u16, tel: u16, log_path: &str) -> String {
+    format!(
+        r#"
+receivers:
+  celery_redis: {{ endpoint: "{redis_url}" }}
+  redis_queues: {{ endpoint: "{redis_url}", queues: [celery], interval: 300ms }}
+connectors:
+  celery_correlate: {{ metrics_interval: 200ms }}
+exporters:
+  prometheus: {{ endpoint: "127.0.0.1:{prom}" }}
+  logs: {{ path: "{log_path}" }}
+service:
+  telemetry: {{ endpoint: "127.0.0.1:{tel}" }}
+  pipelines:
+    celery: {{ receivers: [celery_redis], exporters: [celery_correlate] }}
+    metrics: {{ receivers: [celery_correlate, redis_queues], exporters: [prometheus] }}
+    logs: {{ receivers: [celery_correlate], exporters: [logs] }}
+"#
+    )
+}
+
+#[test]
+fn every_metric_of_the_dashboard_and_the_alerts_is_exposed_after_a_real_workload() {
+    let wanted = kit_metric_names();
+    for must in [
+        "celery_queue_length",
+        "celery_task_runtime_bucket",
+        "celery_task_queue_wait_time_bucket",
+        "celeriac_exporter_queue_size",
+        "celeriac_receiver_refused_items_total",
+    ] {
+        assert!(wanted.contains(must), "{must} not parsed out: {wanted:?}");
+    }
+
+    let redis = RedisServer::start();
+    let (prom, tel) = (free_port(), free_port());
+    let (prom_addr, tel_addr) = (format!("127.0.0.1:{prom}"), format!("127.0.0.1:{tel}"));
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("tasks.jsonl");
+    let agent = Agent::start(
+        bin(),
+        &config(&redis.url(), prom, tel, &log.display().to_string()),
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            scrape(&tel_addr).and_then(|s| metric_value(&s, "celeriac_celery_redis_connected", &[]))
+                == Some(1.0)
+        }),
+        "agent up\n{}",
+        agent.output()
+    );
+
+    let mut worker = CeleryWorker::start(&redis.url(), WorkerOpts::default().heartbeat(1));
+    worker.assert_ready(Duration::from_secs(60));
+    let mix = run_client(&redis.url(), &["run_mix", "--timeout", "60"]);
+    assert_eq!(mix["match"], true, "{mix}");
+    // A publisher with a broken serializer: counted by reason, like any undecodable message.
+    redis.cmd(&["PUBLISH", "/0.celeryev/task.multi", "not json"]);
+
+    let exposed = || -> BTreeSet<String> {
+        let mut s = BTreeSet::new();
+        for addr in [&prom_addr, &tel_addr] {
+            for (name, _, _) in scrape(addr).unwrap_or_default() {
+                s.insert(name);
+            }
+        }
+        s
+    };
+    let mut missing = BTreeSet::new();
+    let all_there = wait_until(Duration::from_secs(20), || {
+        let have = exposed();
+        missing = wanted.difference(&have).cloned().collect();
+        missing.is_empty()
+    });
+    assert!(
+        all_there,
+        "used by the dashboard or the alert rules but not exposed: {missing:?}\n{}",
+        agent.output()
+    );
+    // And the task counts are there, not just the names.
+    let s = scrape(&prom_addr).unwrap();
+    assert_eq!(
+        metric_value(&s, "celery_task_succeeded_total", &[("name", "shop.charge_card")]),
+        Some(3.0)
+    );
+}
