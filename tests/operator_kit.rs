@@ -246,3 +246,124 @@ fn every_metric_of_the_dashboard_and_the_alerts_is_exposed_after_a_real_workload
         Some(3.0)
     );
 }
+
+/// `systemd-analyze verify` accepts deploy/systemd/celeriac.service with no warning (it exits 0
+/// on unknown keys and bad values, so its output must be empty too). The unit names
+/// /usr/local/bin/celeriac, which verify requires to exist: the copy checked here names the
+/// binary under test instead.
+#[test]
+fn systemd_accepts_the_unit() {
+    let have = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        eprintln!("SKIPPED: systemd-analyze is not installed");
+        return;
+    }
+    let unit = std::fs::read_to_string(repo_root().join("deploy/systemd/celeriac.service"))
+        .unwrap()
+        .replace("/usr/local/bin/celeriac", &bin().display().to_string());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("celeriac.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.trim().is_empty(), "systemd-analyze complained:\n{text}");
+}
+
+/// scripts/demo on its own ports: the shop's tasks show up on celeriac's scrape endpoint within
+/// 30 s, and SIGINT to its process group (Ctrl-C) stops every process it started.
+#[test]
+fn demo_comes_up_and_stops_on_ctrl_c() {
+    use std::os::unix::process::CommandExt;
+    let (redis_port, metrics, tel, ui) = (free_port(), free_port(), free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let venv_python = python();
+    let venv = venv_python.parent().and_then(Path::parent).unwrap();
+    let mut child = std::process::Command::new(repo_root().join("scripts/demo"))
+        .env("CELERIAC_BIN", bin())
+        .env("CELERIAC_DEMO_REDIS_PORT", redis_port.to_string())
+        .env("CELERIAC_DEMO_METRICS_PORT", metrics.to_string())
+        .env("CELERIAC_DEMO_TELEMETRY_PORT", tel.to_string())
+        .env("CELERIAC_DEMO_UI_PORT", ui.to_string())
+        .env("CELERIAC_DEMO_RATE", "10")
+        .env("CELERIAC_DEMO_DIR", dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(dir.path().join("demo.out")).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("demo.err")).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pgid = child.id();
+    let log = || {
+        let mut s = String::new();
+        for f in ["demo.err", "celeriac.log", "worker-orders.log", "producer.log"] {
+            s += &format!(
+                "--- {f}\n{}\n",
+                std::fs::read_to_string(dir.path().join(f)).unwrap_or_default()
+            );
+        }
+        s
+    };
+    let group_signal = |sig: &str| {
+        let _ = std::process::Command::new("kill")
+            .args(["-s", sig, "--", &format!("-{pgid}")])
+            .stderr(std::process::Stdio::null())
+            .status();
+    };
+    assert!(venv.join("bin/celery").exists(), "{venv:?}");
+
+    let addr = format!("127.0.0.1:{metrics}");
+    let succeeded = || {
+        scrape(&addr).map_or(0.0, |s| {
+            s.iter()
+                .filter(|(n, _, _)| n == "celery_task_succeeded_total")
+                .map(|(_, _, v)| v)
+                .sum()
+        })
+    };
+    let up = wait_until(Duration::from_secs(30), || succeeded() > 0.0);
+    if !up {
+        group_signal("KILL");
+        let _ = child.wait();
+        panic!("no succeeded task on {addr} within 30 s\n{}", log());
+    }
+    let s = scrape(&addr).unwrap();
+    assert!(
+        metric_value(&s, "celery_worker_up", &[]).unwrap_or(0.0) >= 1.0,
+        "{}",
+        log()
+    );
+
+    group_signal("INT");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Whatever happened, leave nothing behind.
+    group_signal("KILL");
+    assert!(status.is_some(), "scripts/demo still running 20 s after SIGINT\n{}", log());
+    for port in [redis_port, metrics, tel] {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "port {port} still open after the demo stopped\n{}",
+            log()
+        );
+    }
+}
