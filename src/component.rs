@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use tokio_util::sync::CancellationToken;
 
@@ -87,10 +87,11 @@ impl Input {
 }
 
 /// Downstream targets per signal: the entry channels of every pipeline a producer feeds, each
-/// signal with its own `sent`/`refused` counters.
+/// signal with its own `sent`/`refused` counters. Clones share the targets, which a config
+/// reload may replace while the producer runs ([`Output::replace_targets`]).
 #[derive(Clone)]
 pub struct Output {
-    targets: Vec<Target>,
+    targets: Arc<RwLock<Arc<[Target]>>>,
 }
 
 #[derive(Clone)]
@@ -125,7 +126,7 @@ impl Output {
         targets: Vec<(SignalKind, Vec<async_channel::Sender<Signal>>)>,
         counters: impl Fn(SignalKind) -> (Counter, Counter),
     ) -> Self {
-        let targets = targets
+        let targets: Arc<[Target]> = targets
             .into_iter()
             .map(|(kind, senders)| {
                 let (sent, refused) = counters(kind);
@@ -137,26 +138,42 @@ impl Output {
                 }
             })
             .collect();
-        Output { targets }
+        Output {
+            targets: Arc::new(RwLock::new(targets)),
+        }
+    }
+
+    /// Point this output (and every clone of it) at `other`'s targets. The old targets are
+    /// dropped once a send in progress finishes with them, so the channels they feed close and
+    /// drain as usual.
+    pub fn replace_targets(&self, other: &Output) {
+        let new = other.current();
+        *self.targets.write().unwrap_or_else(|e| e.into_inner()) = new;
+    }
+
+    fn current(&self) -> Arc<[Target]> {
+        self.targets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Does any pipeline take `kind` from this producer?
     pub fn wants(&self, kind: SignalKind) -> bool {
-        self.targets
+        self.current()
             .iter()
             .any(|t| t.kind == kind && !t.senders.is_empty())
-    }
-
-    fn target(&self, kind: SignalKind) -> Option<&Target> {
-        self.targets
-            .iter()
-            .find(|t| t.kind == kind && !t.senders.is_empty())
     }
 
     /// Send to every target, waiting for room (backpressure). Fails only when every target has
     /// closed, which happens during shutdown.
     pub async fn send(&self, signal: Signal) -> Result<(), SendError> {
-        let Some(target) = self.target(signal.kind()) else {
+        let targets = self.current();
+        let kind = signal.kind();
+        let Some(target) = targets
+            .iter()
+            .find(|t| t.kind == kind && !t.senders.is_empty())
+        else {
             return Ok(());
         };
         let Some((last, rest)) = target.senders.split_last() else {
@@ -182,7 +199,12 @@ impl Output {
     /// Send without waiting, for producers that cannot apply backpressure (pub/sub): a target
     /// that is full misses this batch and the drop is counted.
     pub fn try_send(&self, signal: Signal) -> Result<(), SendError> {
-        let Some(target) = self.target(signal.kind()) else {
+        let targets = self.current();
+        let kind = signal.kind();
+        let Some(target) = targets
+            .iter()
+            .find(|t| t.kind == kind && !t.senders.is_empty())
+        else {
             return Ok(());
         };
         if signal.is_empty() {

@@ -8,4 +8,4 @@ pub mod graph;
 pub mod run;
 
 pub use graph::Graph;
-pub use run::run;
+pub use run::{run, run_with_reloads, Reload, ReloadSummary};
