@@ -86,6 +86,7 @@ pub static COMPONENTS: &[Registration] = &[
     crate::receivers::celery_redis::REGISTRATION,
     crate::receivers::otlp::REGISTRATION,
     crate::receivers::redis_queues::REGISTRATION,
+    crate::receivers::internal_metrics::REGISTRATION,
 ];
 
 /// The registration of `type_name` in `section` (`otlp` is both a receiver and an exporter).

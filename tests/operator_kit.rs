@@ -166,6 +166,7 @@ fn config(redis_url: &str, prom: u16, tel: u16, log_path: &str) -> String {
 receivers:
   celery_redis: {{ endpoint: "{redis_url}" }}
   redis_queues: {{ endpoint: "{redis_url}", queues: [celery], interval: 300ms }}
+  internal_metrics: {{ interval: 200ms }}
 connectors:
   celery_correlate: {{ metrics_interval: 200ms }}
 exporters:
@@ -177,6 +178,7 @@ service:
     celery: {{ receivers: [celery_redis], exporters: [celery_correlate] }}
     metrics: {{ receivers: [celery_correlate, redis_queues], exporters: [prometheus] }}
     logs: {{ receivers: [celery_correlate], exporters: [logs] }}
+    metrics/self: {{ receivers: [internal_metrics], exporters: [prometheus] }}
 "#
     )
 }
@@ -241,6 +243,19 @@ fn every_metric_of_the_dashboard_and_the_alerts_is_exposed_after_a_real_workload
     );
     // And the task counts are there, not just the names.
     let s = scrape(&prom_addr).unwrap();
+    // The agent's own metrics also went through a pipeline (internal_metrics → prometheus).
+    let own = |s: &[Sample]| {
+        metric_value(
+            s,
+            "celeriac_celery_events_received_total",
+            &[("component", "receiver/celery_redis")],
+        )
+    };
+    assert!(
+        own(&s).unwrap_or(0.0) > 0.0,
+        "internal_metrics through the prometheus exporter: {:?}",
+        own(&s)
+    );
     assert_eq!(
         metric_value(&s, "celery_task_succeeded_total", &[("name", "shop.charge_card")]),
         Some(3.0)

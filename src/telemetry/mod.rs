@@ -70,6 +70,16 @@ struct Inner {
     failed: AtomicBool,
 }
 
+/// One family's values at a moment (see [`Telemetry::snapshot`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FamilySnapshot {
+    pub name: &'static str,
+    pub help: &'static str,
+    /// A monotonic counter; otherwise a gauge.
+    pub counter: bool,
+    pub series: Vec<(Vec<(&'static str, String)>, f64)>,
+}
+
 /// The registry; cheap to clone.
 #[derive(Clone, Default)]
 pub struct Telemetry {
@@ -160,6 +170,35 @@ impl Telemetry {
             })
             .series
             .insert(key, Cell::Observed(Arc::new(observe)));
+    }
+
+    /// Every family's current values, for exporting the agent's metrics through a pipeline.
+    pub fn snapshot(&self) -> Vec<FamilySnapshot> {
+        let families = self
+            .inner
+            .families
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        families
+            .iter()
+            .map(|(name, fam)| FamilySnapshot {
+                name,
+                help: fam.help,
+                counter: matches!(fam.series.values().next(), Some(Cell::Counter(_))),
+                series: fam
+                    .series
+                    .iter()
+                    .map(|(labels, cell)| {
+                        let v = match cell {
+                            Cell::Counter(c) => c.get() as f64,
+                            Cell::Gauge(g) => g.get() as f64,
+                            Cell::Observed(f) => f() as f64,
+                        };
+                        (labels.clone(), v)
+                    })
+                    .collect(),
+            })
+            .collect()
     }
 
     /// All series in the Prometheus text exposition format 0.0.4.
