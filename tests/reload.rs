@@ -199,6 +199,16 @@ fn a_config_with_errors_is_rejected_and_the_pipelines_keep_running() {
         .unwrap();
     assert!(out.status.success(), "{out:?}\n{}", agent.output());
     assert_eq!(reloads(&tel_addr, "success"), 1.0);
+    // Nothing changed, so nothing was restarted.
+    let stderr = agent.stderr();
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("Configuration reloaded."))
+        .unwrap_or_default();
+    assert!(
+        line.ends_with("started=[] stopped=[]") && line.contains("\"connector/celery_correlate\""),
+        "{line}"
+    );
     assert_eq!(succeeded(&prom_addr), Some(3.0));
     agent.terminate();
     assert!(agent.wait_exit(Duration::from_secs(15)).is_some_and(|s| s.success()));
