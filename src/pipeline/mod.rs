@@ -2,7 +2,8 @@
 //!
 //! [`graph`] validates the whole configuration and builds every component (pure, no I/O);
 //! [`run`] wires the built components with bounded channels, starts them downstream-first and
-//! stops them upstream-first within the shutdown deadline.
+//! stops them upstream-first within the shutdown deadline, and swaps in a reloaded graph while
+//! running ([`run_with_reloads`]).
 
 pub mod graph;
 pub mod run;
