@@ -353,9 +353,14 @@ fn demo_comes_up_and_stops_on_ctrl_c() {
         let _ = child.wait();
         panic!("no succeeded task on {addr} within 30 s\n{}", log());
     }
-    let s = scrape(&addr).unwrap();
+    // Both workers are seen (the demo labels workers by node name).
     assert!(
-        metric_value(&s, "celery_worker_up", &[]).unwrap_or(0.0) >= 1.0,
+        wait_until(Duration::from_secs(15), || {
+            scrape(&addr)
+                .and_then(|s| metric_value(&s, "celery_worker_up", &[]))
+                .unwrap_or(0.0)
+                >= 2.0
+        }),
         "{}",
         log()
     );
@@ -386,9 +391,19 @@ fn demo_comes_up_and_stops_on_ctrl_c() {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    // Every process it started (workers' pool children included) is gone.
+    let group_alive = || {
+        std::process::Command::new("kill")
+            .args(["-0", "--", &format!("-{pgid}")])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let emptied = status.is_some() && wait_until(Duration::from_secs(10), || !group_alive());
     // Whatever happened, leave nothing behind.
     group_signal("KILL");
     assert!(status.is_some(), "scripts/demo still running 20 s after SIGINT\n{}", log());
+    assert!(emptied, "processes of the demo left running after it exited\n{}", log());
     for port in [redis_port, metrics, tel] {
         assert!(
             std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
