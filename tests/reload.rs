@@ -1,7 +1,8 @@
 //! Config reload on a running agent: SIGHUP swaps an exporter's setting in the middle of a
 //! flood of Celery events and loses none of them (every task log line lands in the old file or
 //! the new one), and the task counters never go down; a config with errors is rejected
-//! (`celeriac reload` says so, the counter counts it) and the running pipelines keep working.
+//! (`celeriac reload` says so, the counter counts it) and the running pipelines keep working;
+//! new correlator settings carry its task records and counters over.
 
 mod support;
 
@@ -210,6 +211,39 @@ fn a_config_with_errors_is_rejected_and_the_pipelines_keep_running() {
         "{line}"
     );
     assert_eq!(succeeded(&prom_addr), Some(3.0));
+
+    // New correlator settings: a new instance takes over the old one's tasks and counters, so
+    // the counts go on from 3 (and never dip while the instances change).
+    let changed = config(&redis.url(), prom, tel, &a).replace(
+        "celery_correlate: { metrics_interval: 100ms }",
+        "celery_correlate: { metrics_interval: 150ms, max_tasks: 5000 }",
+    );
+    std::fs::write(agent.config_path(), changed).unwrap();
+    hup(&agent);
+    let mut low = None;
+    let swapped = wait_until(Duration::from_secs(15), || {
+        if let Some(v) = succeeded(&prom_addr).filter(|v| *v < 3.0) {
+            low = Some(v);
+        }
+        reloads(&tel_addr, "success") == 2.0
+    });
+    assert!(swapped, "{}", agent.output());
+    for _ in 0..20 {
+        if let Some(v) = succeeded(&prom_addr).filter(|v| *v < 3.0) {
+            low = Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert_eq!(low, None, "celery_task_succeeded_total went below 3");
+    assert!(agent.stderr().contains("carried over"), "{}", agent.output());
+    let chain = run_client(&redis.url(), &["chain", "--wait", "30"]);
+    assert_eq!(chain["ids"].as_array().map(Vec::len), Some(3), "{chain}");
+    assert!(
+        wait_until(Duration::from_secs(15), || succeeded(&prom_addr) == Some(6.0)),
+        "{:?}\n{}",
+        succeeded(&prom_addr),
+        agent.output()
+    );
     agent.terminate();
     assert!(agent.wait_exit(Duration::from_secs(15)).is_some_and(|s| s.success()));
 }

@@ -18,7 +18,8 @@
 //! meanwhile its input channel fills and applies backpressure upstream as usual. A changed pub/sub
 //! receiver cannot wait that way: events published between the old one's stop and the new one's
 //! subscription are missed (counted as its gap). Service settings that a running agent cannot
-//! change (`service.telemetry`) need a restart and are reported as such.
+//! change (`service.telemetry`) need a restart and are reported as such. A replaced component
+//! may leave state to its successor through [`Telemetry::hand_over`] (the correlator does).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -4,6 +4,9 @@
 //! Handles are registered once and then updated with one atomic operation, so components can
 //! count on the hot path. Series with labels only known at run time (a drop reason) are looked
 //! up through [`Telemetry::counter`] each time, which takes a short lock: use it on rare paths.
+//!
+//! Being the one registry that outlives a config reload, it also carries state from a component
+//! instance to its successor ([`Telemetry::hand_over`]): the same counters, the same task records.
 
 mod server;
 
@@ -66,6 +69,7 @@ struct Family {
 #[derive(Default)]
 struct Inner {
     families: Mutex<BTreeMap<&'static str, Family>>,
+    handoff: Mutex<BTreeMap<String, Box<dyn std::any::Any + Send>>>,
     ready: AtomicBool,
     failed: AtomicBool,
 }
@@ -238,6 +242,28 @@ impl Telemetry {
         out
     }
 
+    /// Leave `state` for the next instance of component `id` (a config reload that changed the
+    /// component's settings starts a new instance once this one has returned). Replaces what an
+    /// earlier instance left.
+    pub fn hand_over<T: std::any::Any + Send>(&self, id: &str, state: T) {
+        self.inner
+            .handoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), Box::new(state));
+    }
+
+    /// What the previous instance of component `id` left, if it left a `T`.
+    pub fn take_over<T: std::any::Any + Send>(&self, id: &str) -> Option<T> {
+        let state = self
+            .inner
+            .handoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)?;
+        state.downcast::<T>().ok().map(|b| *b)
+    }
+
     /// Every component started.
     pub fn set_ready(&self, ready: bool) {
         self.inner.ready.store(ready, Ordering::Relaxed);
@@ -305,6 +331,17 @@ mod tests {
             text.contains("# TYPE celeriac_q gauge\nceleriac_q -2\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn state_is_handed_over_once_by_id_and_type() {
+        let t = Telemetry::new();
+        t.hand_over("connector/x", 5u32);
+        assert_eq!(t.take_over::<String>("connector/x"), None, "wrong type: dropped");
+        t.hand_over("connector/x", 7u32);
+        assert_eq!(t.take_over::<u32>("connector/y"), None);
+        assert_eq!(t.take_over::<u32>("connector/x"), Some(7));
+        assert_eq!(t.take_over::<u32>("connector/x"), None);
     }
 
     #[test]
