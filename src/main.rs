@@ -168,7 +168,9 @@ async fn run(cfg: Config, graph: Graph, path: Option<PathBuf>) -> ExitCode {
                     }
                 });
             }
-            Err(e) => tracing::warn!(error = %e, "Cannot handle SIGHUP; reload with POST /-/reload."),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot handle SIGHUP; reload with POST /-/reload.")
+            }
         }
     }
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
@@ -181,15 +183,9 @@ async fn run(cfg: Config, graph: Graph, path: Option<PathBuf>) -> ExitCode {
     ));
 
     let components = cfg.components.clone();
-    let result = pipeline::run_with_reloads(
-        graph,
-        &components,
-        &cfg.service,
-        telemetry,
-        stop,
-        reload_rx,
-    )
-    .await;
+    let result =
+        pipeline::run_with_reloads(graph, &components, &cfg.service, telemetry, stop, reload_rx)
+            .await;
     server_stop.cancel();
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -225,7 +221,8 @@ fn telemetry_page(
             (
                 StatusCode::ACCEPTED,
                 "text/plain",
-                "reload requested; the outcome is counted in celeriac_config_reloads_total\n".into(),
+                "reload requested; the outcome is counted in celeriac_config_reloads_total\n"
+                    .into(),
             )
         }
         (_, "/-/reload") => (

@@ -18,7 +18,8 @@ use crate::pipeline::{Graph, Reload};
 use crate::telemetry::Telemetry;
 
 const RELOADS: &str = "celeriac_config_reloads_total";
-const RELOADS_HELP: &str = "Config reloads (SIGHUP, POST /-/reload), by result; on failure the running pipelines stay.";
+const RELOADS_HELP: &str =
+    "Config reloads (SIGHUP, POST /-/reload), by result; on failure the running pipelines stay.";
 
 /// Reads and checks a config file (the built-in default pipeline when `None`).
 pub type Loader = fn(Option<&PathBuf>) -> (Option<(Config, Graph)>, Diagnostics);
@@ -52,7 +53,15 @@ pub async fn serve(
             continue;
         };
         let (done, summary) = oneshot::channel();
-        if swaps.send(Reload { config, graph, done }).await.is_err() {
+        if swaps
+            .send(Reload {
+                config,
+                graph,
+                done,
+            })
+            .await
+            .is_err()
+        {
             return; // shutting down
         }
         match summary.await {
@@ -109,7 +118,9 @@ pub fn request(endpoint: &str) -> Result<Outcome, RequestError> {
 fn counts(endpoint: &str) -> Result<(u64, u64), RequestError> {
     let (status, body) = http(endpoint, "GET", "/metrics")?;
     if status != 200 {
-        return Err(RequestError::Protocol(format!("/metrics answered {status}")));
+        return Err(RequestError::Protocol(format!(
+            "/metrics answered {status}"
+        )));
     }
     Ok(parse_counts(&body))
 }
@@ -156,7 +167,11 @@ fn http(endpoint: &str, method: &str, path: &str) -> Result<(u16, String), Reque
     let chunked = head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked");
-    let body = if chunked { dechunk(body) } else { body.to_string() };
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     Ok((status, body))
 }
 
@@ -190,6 +205,9 @@ mod tests {
 
     #[test]
     fn dechunks_bodies() {
-        assert_eq!(dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"), "hello world");
+        assert_eq!(
+            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+            "hello world"
+        );
     }
 }

@@ -17,13 +17,45 @@ fn bin() -> &'static Path {
 
 /// PromQL words that are not metric names.
 const NOT_METRICS: &[&str] = &[
-    "and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left",
-    "group_right", "inf", "nan", "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count",
-    "count_values", "bottomk", "topk", "quantile", "limitk", "limit_ratio", "atan2",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "inf",
+    "nan",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+    "limitk",
+    "limit_ratio",
+    "atan2",
 ];
 
 /// Keywords followed by a parenthesised list of label names.
-const LABEL_LISTS: &[&str] = &["by", "without", "on", "ignoring", "group_left", "group_right"];
+const LABEL_LISTS: &[&str] = &[
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+];
 
 /// The metric names a PromQL expression selects (Grafana `$variables` allowed). Label matchers
 /// `{…}`, ranges `[…]`, strings, numbers, function calls and label lists are skipped.
@@ -257,7 +289,11 @@ fn every_metric_of_the_dashboard_and_the_alerts_is_exposed_after_a_real_workload
         own(&s)
     );
     assert_eq!(
-        metric_value(&s, "celery_task_succeeded_total", &[("name", "shop.charge_card")]),
+        metric_value(
+            &s,
+            "celery_task_succeeded_total",
+            &[("name", "shop.charge_card")]
+        ),
         Some(3.0)
     );
 }
@@ -293,7 +329,10 @@ fn systemd_accepts_the_unit() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{text}");
-    assert!(text.trim().is_empty(), "systemd-analyze complained:\n{text}");
+    assert!(
+        text.trim().is_empty(),
+        "systemd-analyze complained:\n{text}"
+    );
 }
 
 /// scripts/demo on its own ports: the shop's tasks show up on celeriac's scrape endpoint within
@@ -322,7 +361,12 @@ fn demo_comes_up_and_stops_on_ctrl_c() {
     let pgid = child.id();
     let log = || {
         let mut s = String::new();
-        for f in ["demo.err", "celeriac.log", "worker-orders.log", "producer.log"] {
+        for f in [
+            "demo.err",
+            "celeriac.log",
+            "worker-orders.log",
+            "producer.log",
+        ] {
             s += &format!(
                 "--- {f}\n{}\n",
                 std::fs::read_to_string(dir.path().join(f)).unwrap_or_default()
@@ -402,8 +446,16 @@ fn demo_comes_up_and_stops_on_ctrl_c() {
     let emptied = status.is_some() && wait_until(Duration::from_secs(10), || !group_alive());
     // Whatever happened, leave nothing behind.
     group_signal("KILL");
-    assert!(status.is_some(), "scripts/demo still running 20 s after SIGINT\n{}", log());
-    assert!(emptied, "processes of the demo left running after it exited\n{}", log());
+    assert!(
+        status.is_some(),
+        "scripts/demo still running 20 s after SIGINT\n{}",
+        log()
+    );
+    assert!(
+        emptied,
+        "processes of the demo left running after it exited\n{}",
+        log()
+    );
     for port in [redis_port, metrics, tel] {
         assert!(
             std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),

@@ -87,7 +87,12 @@ fn sighup_swaps_an_exporter_under_a_flood_and_loses_nothing() {
     // 6000 task lifecycles (sent, received, started, succeeded) at 6000 events/s: ~4 s.
     let flood = Command::new("python3")
         .arg(repo_root().join("bench/flood.py"))
-        .args(["--port", &redis.port().to_string(), "--tasks", &TASKS.to_string()])
+        .args([
+            "--port",
+            &redis.port().to_string(),
+            "--tasks",
+            &TASKS.to_string(),
+        ])
         .args(["--rate", "6000", "--fail", "0", "--workers", "2"])
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -129,7 +134,10 @@ fn sighup_swaps_an_exporter_under_a_flood_and_loses_nothing() {
     assert_eq!(decreased, None, "celery_task_succeeded_total went down");
     assert_eq!(reloads(&tel_addr, "success"), 1.0, "{}", agent.output());
     let (na, nb) = (lines(&a), lines(&b));
-    assert!(na > 0 && nb > 0, "the swap happened mid-flood: a={na} b={nb}");
+    assert!(
+        na > 0 && nb > 0,
+        "the swap happened mid-flood: a={na} b={nb}"
+    );
     assert_eq!(na + nb, expected_lines, "a={na} b={nb}\n{}", agent.output());
     assert_eq!(succeeded(&prom_addr), Some(TASKS as f64));
     // Every line is whole JSON (the old file was flushed and closed, not cut).
@@ -144,7 +152,9 @@ fn sighup_swaps_an_exporter_under_a_flood_and_loses_nothing() {
         agent.output()
     );
     agent.terminate();
-    assert!(agent.wait_exit(Duration::from_secs(15)).is_some_and(|s| s.success()));
+    assert!(agent
+        .wait_exit(Duration::from_secs(15))
+        .is_some_and(|s| s.success()));
 }
 
 #[test]
@@ -177,7 +187,11 @@ fn a_config_with_errors_is_rejected_and_the_pipelines_keep_running() {
         "{out:?}"
     );
     assert_eq!(reloads(&tel_addr, "failure"), 1.0);
-    assert!(agent.stderr().contains("unknown field `paht`"), "{}", agent.output());
+    assert!(
+        agent.stderr().contains("unknown field `paht`"),
+        "{}",
+        agent.output()
+    );
 
     // The old pipelines still work: a real worker's tasks are counted and logged.
     let mut worker = CeleryWorker::start(&redis.url(), WorkerOpts::default().heartbeat(1));
@@ -185,7 +199,8 @@ fn a_config_with_errors_is_rejected_and_the_pipelines_keep_running() {
     let chain = run_client(&redis.url(), &["chain", "--wait", "30"]);
     assert_eq!(chain["ids"].as_array().map(Vec::len), Some(3), "{chain}");
     assert!(
-        wait_until(Duration::from_secs(15), || succeeded(&prom_addr) == Some(3.0)),
+        wait_until(Duration::from_secs(15), || succeeded(&prom_addr)
+            == Some(3.0)),
         "{}",
         agent.output()
     );
@@ -235,15 +250,22 @@ fn a_config_with_errors_is_rejected_and_the_pipelines_keep_running() {
         std::thread::sleep(Duration::from_millis(25));
     }
     assert_eq!(low, None, "celery_task_succeeded_total went below 3");
-    assert!(agent.stderr().contains("carried over"), "{}", agent.output());
+    assert!(
+        agent.stderr().contains("carried over"),
+        "{}",
+        agent.output()
+    );
     let chain = run_client(&redis.url(), &["chain", "--wait", "30"]);
     assert_eq!(chain["ids"].as_array().map(Vec::len), Some(3), "{chain}");
     assert!(
-        wait_until(Duration::from_secs(15), || succeeded(&prom_addr) == Some(6.0)),
+        wait_until(Duration::from_secs(15), || succeeded(&prom_addr)
+            == Some(6.0)),
         "{:?}\n{}",
         succeeded(&prom_addr),
         agent.output()
     );
     agent.terminate();
-    assert!(agent.wait_exit(Duration::from_secs(15)).is_some_and(|s| s.success()));
+    assert!(agent
+        .wait_exit(Duration::from_secs(15))
+        .is_some_and(|s| s.success()));
 }

@@ -139,7 +139,10 @@ pub async fn run_with_reloads(
     // first, or the channels would never close.
     telemetry.set_ready(false);
     let timeout = rt.settings.shutdown_timeout;
-    tracing::info!(?timeout, "Shutting down: stopping receivers, draining, flushing exporters.");
+    tracing::info!(
+        ?timeout,
+        "Shutting down: stopping receivers, draining, flushing exporters."
+    );
     rt.live.clear();
     rt.receivers_stop.cancel();
     let deadline = tokio::time::Instant::now() + timeout;
@@ -195,7 +198,9 @@ fn warn_unchangeable(old: &ServiceSettings, new: &ServiceSettings) {
     if old.telemetry.endpoint != new.telemetry.endpoint
         || old.telemetry.log_level != new.telemetry.log_level
     {
-        tracing::warn!("service.telemetry changed: it takes effect at the next restart, not on reload.");
+        tracing::warn!(
+            "service.telemetry changed: it takes effect at the next restart, not on reload."
+        );
     }
 }
 
@@ -317,7 +322,12 @@ impl Runtime {
             .exporters
             .iter()
             .map(|(id, _)| Node::Exporter(id.clone()))
-            .chain(graph.connectors.iter().map(|(id, _)| Node::Connector(id.clone())));
+            .chain(
+                graph
+                    .connectors
+                    .iter()
+                    .map(|(id, _)| Node::Connector(id.clone())),
+            );
         for node in sink_nodes {
             let kept_tx = keep(&node, &old)
                 .then(|| old.get(&node).and_then(|l| l.input.clone()))
@@ -393,7 +403,10 @@ impl Runtime {
             let l = match rx {
                 None => {
                     summary.kept.push(label);
-                    old.remove(&node).map(|l| Live { input: Some(tx), ..l })
+                    old.remove(&node).map(|l| Live {
+                        input: Some(tx),
+                        ..l
+                    })
                 }
                 Some(rx) => {
                     let after = old.get(&node).map(|l| l.finished.clone());
@@ -435,7 +448,10 @@ impl Runtime {
                         if let Some(o) = &l.output {
                             o.replace_targets(&out);
                         }
-                        Live { input: Some(tx), ..l }
+                        Live {
+                            input: Some(tx),
+                            ..l
+                        }
                     })
                 }
                 Some(rx) => {

@@ -337,7 +337,11 @@ mod tests {
     fn state_is_handed_over_once_by_id_and_type() {
         let t = Telemetry::new();
         t.hand_over("connector/x", 5u32);
-        assert_eq!(t.take_over::<String>("connector/x"), None, "wrong type: dropped");
+        assert_eq!(
+            t.take_over::<String>("connector/x"),
+            None,
+            "wrong type: dropped"
+        );
         t.hand_over("connector/x", 7u32);
         assert_eq!(t.take_over::<u32>("connector/y"), None);
         assert_eq!(t.take_over::<u32>("connector/x"), Some(7));
@@ -349,14 +353,20 @@ mod tests {
         let t = Telemetry::new();
         let n = Arc::new(AtomicI64::new(3));
         let n2 = n.clone();
-        t.observe("celeriac_len", "Length.", &[("component", "x")], move || {
-            n2.load(Ordering::Relaxed)
-        });
+        t.observe(
+            "celeriac_len",
+            "Length.",
+            &[("component", "x")],
+            move || n2.load(Ordering::Relaxed),
+        );
         assert!(t.render().contains("celeriac_len{component=\"x\"} 3\n"));
         n.store(5, Ordering::Relaxed);
         assert!(t.render().contains("celeriac_len{component=\"x\"} 5\n"));
         t.observe("celeriac_len", "Length.", &[("component", "x")], || 9);
         let text = t.render();
-        assert!(text.contains("# TYPE celeriac_len gauge\nceleriac_len{component=\"x\"} 9\n"), "{text}");
+        assert!(
+            text.contains("# TYPE celeriac_len gauge\nceleriac_len{component=\"x\"} 9\n"),
+            "{text}"
+        );
     }
 }

@@ -585,19 +585,21 @@ impl Processor for CeleryCorrelate {
             // A reload that changed these settings started this instance after the previous
             // one returned: take over its tasks, workers and counters when the series allow.
             let (mut c, mut last) = match ctx.telemetry.take_over::<Carried>(&ctx.id) {
-                Some(Carried { mut correlator, last }) => {
-                    match correlator.reconfigure(self.cfg.clone(), want_logs, want_traces) {
-                        Ok(()) => {
-                            tracing::info!(component = %ctx.id, tasks = correlator.tasks_tracked(), "New settings; task records, workers and counters carried over.");
-                            (correlator, last)
-                        }
-                        Err(why) => {
-                            tracing::warn!(component = %ctx.id, reason = why, "New settings change the series: task records and celery_* counters start from zero.");
-                            let fresh = Correlator::new(self.cfg.clone(), want_logs).with_spans(want_traces);
-                            (fresh, Stats::default())
-                        }
+                Some(Carried {
+                    mut correlator,
+                    last,
+                }) => match correlator.reconfigure(self.cfg.clone(), want_logs, want_traces) {
+                    Ok(()) => {
+                        tracing::info!(component = %ctx.id, tasks = correlator.tasks_tracked(), "New settings; task records, workers and counters carried over.");
+                        (correlator, last)
                     }
-                }
+                    Err(why) => {
+                        tracing::warn!(component = %ctx.id, reason = why, "New settings change the series: task records and celery_* counters start from zero.");
+                        let fresh =
+                            Correlator::new(self.cfg.clone(), want_logs).with_spans(want_traces);
+                        (fresh, Stats::default())
+                    }
+                },
                 None => (
                     Correlator::new(self.cfg.clone(), want_logs).with_spans(want_traces),
                     Stats::default(),
@@ -698,7 +700,13 @@ impl Processor for CeleryCorrelate {
                     .await;
             }
             // For a successor with other settings (dropped at exit when there is none).
-            ctx.telemetry.hand_over(&ctx.id, Carried { correlator: c, last });
+            ctx.telemetry.hand_over(
+                &ctx.id,
+                Carried {
+                    correlator: c,
+                    last,
+                },
+            );
             Ok(())
         })
     }

@@ -461,7 +461,9 @@ fn out_of_order_and_partial_sequences_do_not_panic() {
 fn reconfigure_keeps_state_unless_the_series_change() {
     let mut c = run("celery-events-redis.jsonl");
     let tracked = c.tasks_tracked();
-    let before = c.metrics.counter(Count::Succeeded, "shop.a", "host1", "celery");
+    let before = c
+        .metrics
+        .counter(Count::Succeeded, "shop.a", "host1", "celery");
     assert!(tracked > 0 && before > 0);
     let cfg = CorrelateConfig {
         max_tasks: 50,
@@ -471,7 +473,8 @@ fn reconfigure_keeps_state_unless_the_series_change() {
     assert_eq!(c.reconfigure(cfg, true, true), Ok(()));
     assert_eq!(c.tasks_tracked(), tracked);
     assert_eq!(
-        c.metrics.counter(Count::Succeeded, "shop.a", "host1", "celery"),
+        c.metrics
+            .counter(Count::Succeeded, "shop.a", "host1", "celery"),
         before
     );
     let buckets = CorrelateConfig {
