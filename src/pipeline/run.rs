@@ -17,7 +17,7 @@
 //! instance starts only once the old one has drained and returned (it may bind the same port);
 //! meanwhile its input channel fills and applies backpressure upstream as usual. A changed pub/sub
 //! receiver cannot wait that way: events published between the old one's stop and the new one's
-//! subscription are missed (counted as its gap). Service settings that a running agent cannot
+//! subscription are missed, and not counted. Service settings that a running agent cannot
 //! change (`service.telemetry`) need a restart and are reported as such. A replaced component
 //! may leave state to its successor through [`Telemetry::hand_over`] (the correlator does).
 
