@@ -12,7 +12,8 @@
 //! * [`receivers`], [`processors`], [`connectors`], [`exporters`]: one file per component;
 //! * [`prompb`]: the Prometheus remote-write protobuf messages;
 //! * [`telemetry`]: the agent's own `/metrics`, `/healthz` and logs;
-//! * [`reload`]: re-reading the config on SIGHUP or `POST /-/reload`, and `celeriac reload`.
+//! * [`reload`]: re-reading the config on SIGHUP or `POST /-/reload`, and `celeriac reload`;
+//! * [`tls`]: TLS settings and rustls configurations shared by servers and clients.
 
 pub mod celery;
 pub mod component;
@@ -27,3 +28,4 @@ pub mod registry;
 pub mod reload;
 pub mod signal;
 pub mod telemetry;
+pub mod tls;

@@ -49,6 +49,9 @@ enum Command {
         /// The agent's telemetry endpoint (`service.telemetry.endpoint`).
         #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8888")]
         endpoint: String,
+        /// A file holding `service.telemetry.bearer_token`, when the endpoint requires one.
+        #[arg(long, value_name = "FILE")]
+        bearer_token_file: Option<PathBuf>,
     },
 }
 
@@ -71,7 +74,10 @@ fn main() -> ExitCode {
             print!("{}", celeriac::registry::catalog());
             ExitCode::SUCCESS
         }
-        Command::Reload { endpoint } => match reload::request(&endpoint) {
+        Command::Reload {
+            endpoint,
+            bearer_token_file,
+        } => match reload::request_with_token_file(&endpoint, bearer_token_file.as_deref()) {
             Ok(reload::Outcome::Reloaded) => {
                 println!("{endpoint}: configuration reloaded");
                 ExitCode::SUCCESS
@@ -140,9 +146,16 @@ async fn run(cfg: Config, graph: Graph, path: Option<PathBuf>) -> ExitCode {
             }
         };
         let t = telemetry.clone();
+        let bearer = cfg
+            .service
+            .telemetry
+            .bearer_token
+            .as_ref()
+            .map(|s| std::sync::Arc::from(s.expose()));
         let requests = request_tx.clone();
-        tokio::spawn(telemetry::serve(
+        tokio::spawn(telemetry::serve_authorized(
             listener,
+            bearer,
             move |method, path| telemetry_page(&t, &requests, method, path),
             server_stop.clone(),
         ));

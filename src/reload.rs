@@ -86,23 +86,42 @@ pub enum RequestError {
     Protocol(String),
     #[error("no reload outcome within {0:?}")]
     Timeout(Duration),
+    #[error("cannot read the bearer token file {0}: {1}")]
+    TokenFile(String, #[source] std::io::Error),
 }
 
 /// How long `celeriac reload` waits for the outcome: a swap waits for replaced components to
 /// drain, bounded in practice by `service.shutdown_timeout`.
 const OUTCOME_WAIT: Duration = Duration::from_secs(60);
 
+/// [`request`] with the bearer token read from `token_file` (surrounding whitespace ignored).
+pub fn request_with_token_file(
+    endpoint: &str,
+    token_file: Option<&std::path::Path>,
+) -> Result<Outcome, RequestError> {
+    let token = match token_file {
+        None => None,
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| RequestError::TokenFile(p.display().to_string(), e))?
+                .trim()
+                .to_string(),
+        ),
+    };
+    request(endpoint, token.as_deref())
+}
+
 /// Ask the agent whose telemetry endpoint is `endpoint` to reload, and wait for the outcome
-/// (its reload counters move).
-pub fn request(endpoint: &str) -> Result<Outcome, RequestError> {
-    let before = counts(endpoint)?;
-    let (status, body) = http(endpoint, "POST", "/-/reload")?;
+/// (its reload counters move). `token`: the endpoint's bearer token, if it requires one.
+pub fn request(endpoint: &str, token: Option<&str>) -> Result<Outcome, RequestError> {
+    let before = counts(endpoint, token)?;
+    let (status, body) = http(endpoint, "POST", "/-/reload", token)?;
     if status != 202 {
         return Err(RequestError::Protocol(format!("{status}: {}", body.trim())));
     }
     let deadline = Instant::now() + OUTCOME_WAIT;
     while Instant::now() < deadline {
-        let now = counts(endpoint)?;
+        let now = counts(endpoint, token)?;
         if now.1 > before.1 {
             return Ok(Outcome::Rejected);
         }
@@ -115,8 +134,13 @@ pub fn request(endpoint: &str) -> Result<Outcome, RequestError> {
 }
 
 /// (successes, failures) from the agent's `/metrics`.
-fn counts(endpoint: &str) -> Result<(u64, u64), RequestError> {
-    let (status, body) = http(endpoint, "GET", "/metrics")?;
+fn counts(endpoint: &str, token: Option<&str>) -> Result<(u64, u64), RequestError> {
+    let (status, body) = http(endpoint, "GET", "/metrics", token)?;
+    if status == 401 {
+        return Err(RequestError::Protocol(
+            "the endpoint requires a bearer token (--bearer-token-file)".into(),
+        ));
+    }
     if status != 200 {
         return Err(RequestError::Protocol(format!(
             "/metrics answered {status}"
@@ -138,7 +162,12 @@ fn parse_counts(metrics: &str) -> (u64, u64) {
 }
 
 /// One HTTP/1.1 request with `Connection: close`; (status, body).
-fn http(endpoint: &str, method: &str, path: &str) -> Result<(u16, String), RequestError> {
+fn http(
+    endpoint: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(u16, String), RequestError> {
     let addr = endpoint
         .to_socket_addrs()
         .map_err(RequestError::Connect)?
@@ -148,9 +177,10 @@ fn http(endpoint: &str, method: &str, path: &str) -> Result<(u16, String), Reque
         TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(RequestError::Connect)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(RequestError::Connect)?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {endpoint}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {endpoint}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .map_err(RequestError::Connect)?;
     let mut raw = Vec::new();

@@ -269,3 +269,45 @@ fn a_config_with_errors_is_rejected_and_the_pipelines_keep_running() {
         .wait_exit(Duration::from_secs(15))
         .is_some_and(|s| s.success()));
 }
+
+/// With `service.telemetry.bearer_token`, reloading over HTTP needs the token too.
+#[test]
+fn reload_over_http_needs_the_telemetry_token() {
+    let redis = RedisServer::start();
+    let (prom, tel) = (free_port(), free_port());
+    let tel_addr = format!("127.0.0.1:{tel}");
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = config(&redis.url(), prom, tel, &dir.path().join("a.jsonl")).replace(
+        &format!("telemetry: {{ endpoint: \"127.0.0.1:{tel}\" }}"),
+        &format!("telemetry: {{ endpoint: \"127.0.0.1:{tel}\", bearer_token: s3cret-token }}"),
+    );
+    assert!(yaml.contains("bearer_token"), "{yaml}");
+    let mut agent = Agent::start(bin(), &yaml);
+    assert!(
+        wait_until(Duration::from_secs(15), || http_get(&tel_addr, "/healthz")
+            .is_some_and(|(s, _)| s == 200)),
+        "{}",
+        agent.output()
+    );
+    let reload = |extra: &[&str]| {
+        Command::new(bin())
+            .args(["reload", "--endpoint", &tel_addr])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = reload(&[]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bearer token"),
+        "{out:?}"
+    );
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-token\n").unwrap();
+    let out = reload(&["--bearer-token-file", token.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}\n{}", agent.output());
+    agent.terminate();
+    assert!(agent
+        .wait_exit(Duration::from_secs(15))
+        .is_some_and(|s| s.success()));
+}
