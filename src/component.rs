@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use tokio_util::sync::CancellationToken;
 
@@ -77,6 +77,14 @@ impl Admission {
     }
 }
 
+/// A pipeline's entry channel and the admission gates in front of it.
+pub type GatedSender = (async_channel::Sender<Signal>, Vec<Admission>);
+
+/// The gate refusing data now, if any.
+fn closed_gate(gates: &[Admission]) -> Option<&Admission> {
+    gates.iter().find(|g| g.is_refusing())
+}
+
 pub trait Exporter: Send {
     fn run(self: Box<Self>, ctx: Context, input: Input) -> BoxRun;
 }
@@ -120,30 +128,21 @@ impl Input {
     }
 }
 
-/// One downstream target: a pipeline's entry channel and the gates in front of it.
-#[derive(Clone)]
-struct Target {
-    tx: async_channel::Sender<Signal>,
-    gates: Vec<Admission>,
-}
-
-impl Target {
-    /// The gate refusing data now, if any.
-    fn closed_gate(&self) -> Option<&Admission> {
-        self.gates.iter().find(|g| g.is_refusing())
-    }
-}
-
-/// Downstream targets per signal: the entry channels of every pipeline a producer feeds.
+/// Downstream targets per signal: the entry channels of every pipeline a producer feeds, each
+/// signal with its own `sent`/`refused` counters. Clones share the targets, which a config
+/// reload may replace while the producer runs ([`Output::replace_targets`]).
 #[derive(Clone)]
 pub struct Output {
-    targets: Vec<(SignalKind, Vec<Target>)>,
+    targets: Arc<RwLock<Arc<[Target]>>>,
+}
+
+#[derive(Clone)]
+struct Target {
+    kind: SignalKind,
+    senders: Vec<GatedSender>,
     sent: Counter,
     refused: Counter,
 }
-
-/// A channel with the admission gates of its pipeline, for [`Output::gated`].
-pub type GatedSender = (async_channel::Sender<Signal>, Vec<Admission>);
 
 /// Returned by [`Output::try_send`] when a batch could not be handed over at once.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -158,92 +157,119 @@ pub enum SendError {
 }
 
 impl Output {
+    /// Targets whose items are all counted in one `sent` and one `refused` counter.
     pub fn new(
         targets: Vec<(SignalKind, Vec<async_channel::Sender<Signal>>)>,
         sent: Counter,
         refused: Counter,
     ) -> Self {
+        Self::counted(targets, |_| (sent.clone(), refused.clone()))
+    }
+
+    /// Targets counted per signal: `counters(kind)` gives that signal's `(sent, refused)`.
+    pub fn counted(
+        targets: Vec<(SignalKind, Vec<async_channel::Sender<Signal>>)>,
+        counters: impl Fn(SignalKind) -> (Counter, Counter),
+    ) -> Self {
         let targets = targets
             .into_iter()
             .map(|(k, txs)| (k, txs.into_iter().map(|tx| (tx, Vec::new())).collect()))
             .collect();
-        Output::gated(targets, sent, refused)
+        Self::gated(targets, counters)
     }
 
-    /// Like [`Output::new`], with the admission gates of each target.
+    /// Like [`Output::counted`], with the admission gates in front of each channel.
     pub fn gated(
         targets: Vec<(SignalKind, Vec<GatedSender>)>,
-        sent: Counter,
-        refused: Counter,
+        counters: impl Fn(SignalKind) -> (Counter, Counter),
     ) -> Self {
-        let targets = targets
+        let targets: Arc<[Target]> = targets
             .into_iter()
-            .map(|(k, txs)| {
-                let txs = txs
-                    .into_iter()
-                    .map(|(tx, gates)| Target { tx, gates })
-                    .collect();
-                (k, txs)
+            .map(|(kind, senders)| {
+                let (sent, refused) = counters(kind);
+                Target {
+                    kind,
+                    senders,
+                    sent,
+                    refused,
+                }
             })
             .collect();
         Output {
-            targets,
-            sent,
-            refused,
+            targets: Arc::new(RwLock::new(targets)),
         }
     }
 
-    /// Is an admission gate refusing `kind` for any pipeline this producer feeds?
-    pub fn refusing(&self, kind: SignalKind) -> bool {
-        self.senders(kind).iter().any(|t| t.closed_gate().is_some())
+    /// Point this output (and every clone of it) at `other`'s targets. The old targets are
+    /// dropped once a send in progress finishes with them, so the channels they feed close and
+    /// drain as usual.
+    pub fn replace_targets(&self, other: &Output) {
+        let new = other.current();
+        *self.targets.write().unwrap_or_else(|e| e.into_inner()) = new;
+    }
+
+    fn current(&self) -> Arc<[Target]> {
+        self.targets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Does any pipeline take `kind` from this producer?
     pub fn wants(&self, kind: SignalKind) -> bool {
-        self.targets
+        self.current()
             .iter()
-            .any(|(k, t)| *k == kind && !t.is_empty())
+            .any(|t| t.kind == kind && !t.senders.is_empty())
     }
 
-    fn senders(&self, kind: SignalKind) -> &[Target] {
-        self.targets
+    /// Is an admission gate refusing `kind` for any pipeline this producer feeds?
+    pub fn refusing(&self, kind: SignalKind) -> bool {
+        self.current()
             .iter()
-            .find(|(k, _)| *k == kind)
-            .map(|(_, s)| s.as_slice())
-            .unwrap_or(&[])
+            .filter(|t| t.kind == kind)
+            .flat_map(|t| t.senders.iter())
+            .any(|(_, gates)| closed_gate(gates).is_some())
     }
 
-    /// Send to every target, waiting for room (backpressure). A target whose admission gate is
+    /// Send to every target, waiting for room (backpressure). A channel whose admission gate is
     /// closed is skipped and the refusal counted. Fails only when every target has closed,
     /// which happens during shutdown.
     pub async fn send(&self, signal: Signal) -> Result<(), SendError> {
-        let senders = self.senders(signal.kind());
-        if senders.is_empty() || signal.is_empty() {
+        let targets = self.current();
+        let kind = signal.kind();
+        let Some(target) = targets
+            .iter()
+            .find(|t| t.kind == kind && !t.senders.is_empty())
+        else {
+            return Ok(());
+        };
+        if signal.is_empty() {
             return Ok(());
         }
         let n = signal.item_count() as u64;
         let mut refused = false;
-        let open: Vec<&Target> = senders
+        let open: Vec<&async_channel::Sender<Signal>> = target
+            .senders
             .iter()
-            .filter(|t| match t.closed_gate() {
+            .filter_map(|(tx, gates)| match closed_gate(gates) {
                 Some(g) => {
                     g.refused.add(n);
-                    self.refused.add(n);
+                    target.refused.add(n);
                     refused = true;
-                    false
+                    None
                 }
-                None => true,
+                None => Some(tx),
             })
             .collect();
         let mut delivered = false;
         if let Some((last, rest)) = open.split_last() {
-            for t in rest {
-                delivered |= t.tx.send(signal.clone()).await.is_ok();
+            for s in rest {
+                delivered |= s.send(signal.clone()).await.is_ok();
             }
-            delivered |= last.tx.send(signal).await.is_ok();
+            delivered |= last.send(signal).await.is_ok();
         }
         if delivered {
-            self.sent.add(n);
+            target.sent.add(n);
             Ok(())
         } else if refused {
             Ok(())
@@ -255,32 +281,39 @@ impl Output {
     /// Send without waiting, for producers that cannot apply backpressure (pub/sub): a target
     /// that is full misses this batch and the drop is counted.
     pub fn try_send(&self, signal: Signal) -> Result<(), SendError> {
-        let senders = self.senders(signal.kind());
-        if senders.is_empty() || signal.is_empty() {
+        let targets = self.current();
+        let kind = signal.kind();
+        let Some(target) = targets
+            .iter()
+            .find(|t| t.kind == kind && !t.senders.is_empty())
+        else {
+            return Ok(());
+        };
+        if signal.is_empty() {
             return Ok(());
         }
         let n = signal.item_count() as u64;
         let mut full = false;
         let mut refused = false;
         let mut delivered = false;
-        for s in senders {
-            if let Some(g) = s.closed_gate() {
+        for (s, gates) in &target.senders {
+            if let Some(g) = closed_gate(gates) {
                 g.refused.add(n);
-                self.refused.add(n);
+                target.refused.add(n);
                 refused = true;
                 continue;
             }
-            match s.tx.try_send(signal.clone()) {
+            match s.try_send(signal.clone()) {
                 Ok(()) => delivered = true,
                 Err(async_channel::TrySendError::Full(_)) => {
                     full = true;
-                    self.refused.add(n);
+                    target.refused.add(n);
                 }
                 Err(async_channel::TrySendError::Closed(_)) => {}
             }
         }
         if delivered {
-            self.sent.add(n);
+            target.sent.add(n);
         }
         match (full, refused, delivered) {
             (true, _, _) => Err(SendError::Full),

@@ -11,7 +11,8 @@
 //! * [`celery`]: the Celery domain (event model, envelope decoding);
 //! * [`receivers`], [`processors`], [`connectors`], [`exporters`]: one file per component;
 //! * [`prompb`]: the Prometheus remote-write protobuf messages;
-//! * [`telemetry`]: the agent's own `/metrics`, `/healthz` and logs.
+//! * [`telemetry`]: the agent's own `/metrics`, `/healthz` and logs;
+//! * [`reload`]: re-reading the config on SIGHUP or `POST /-/reload`, and `celeriac reload`;
 //! * [`tls`]: TLS settings and rustls configurations shared by servers and clients.
 
 pub mod celery;
@@ -24,6 +25,7 @@ pub mod processors;
 pub mod prompb;
 pub mod receivers;
 pub mod registry;
+pub mod reload;
 pub mod signal;
 pub mod telemetry;
 pub mod tls;

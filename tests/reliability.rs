@@ -560,7 +560,7 @@ service:
         agent.output()
     );
     let passed = value(
-        "celeriac_component_received_items_total",
+        "celeriac_exporter_incoming_items_total",
         &[("component", "exporter/debug")],
     )
     .unwrap_or(0.0);

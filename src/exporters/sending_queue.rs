@@ -51,13 +51,13 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::config::DecodeError;
 
 /// Where queued batches are kept.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Storage {
     /// In the agent's memory: lost on restart.
@@ -72,7 +72,7 @@ pub const DEFAULT_MAX_SIZE_MIB: u64 = 256;
 
 /// A `sending_queue` with only the storage keys (`prometheus_remote_write`, whose in-memory
 /// queue is sized by `remote_write_queue`).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     pub storage: Storage,

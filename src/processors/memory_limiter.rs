@@ -7,7 +7,7 @@
 //! HTTP 503 with `Retry-After` (senders retry later) and counts the refusal with
 //! `reason="memory_limit"`, `celery_redis` counts the events it cannot hand over in
 //! `celeriac_celery_events_dropped_total{reason="memory_limit"}`, and a connector feeding the
-//! pipeline has its items counted in `celeriac_component_refused_items_total`. Every refused
+//! pipeline has its items counted in `celeriac_connector_refused_items_total`. Every refused
 //! item is also counted in `celeriac_memory_limiter_refused_items_total`. The gate opens again
 //! at the first check below the soft limit. Data already in the pipeline passes through
 //! untouched: the gate only stops more from coming in.
@@ -25,7 +25,7 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::component::{Admission, BoxRun, Context, Input, Output, Processor};
 use crate::config::{self, types, DecodeError, Value};
@@ -39,9 +39,10 @@ pub const REGISTRATION: Registration = Registration {
         signals: &SignalKind::ALL,
         build,
     },
+    defaults: crate::registry::defaults::<MemoryLimiterConfig>,
 };
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryLimiterConfig {
     #[serde(with = "types::duration", default = "default_interval")]
@@ -54,6 +55,18 @@ pub struct MemoryLimiterConfig {
 
 fn default_interval() -> Duration {
     Duration::from_secs(1)
+}
+
+/// What `celeriac components` shows. `limit_mib` has no default (a config must set it):
+/// 512 is an example.
+impl Default for MemoryLimiterConfig {
+    fn default() -> Self {
+        MemoryLimiterConfig {
+            check_interval: default_interval(),
+            limit_mib: 512,
+            spike_limit_mib: None,
+        }
+    }
 }
 
 impl MemoryLimiterConfig {
@@ -275,8 +288,7 @@ mod tests {
                 SignalKind::Celery,
                 vec![(in_tx.clone(), vec![gate.clone()])],
             )],
-            Counter::default(),
-            Counter::default(),
+            |_| (Counter::default(), Counter::default()),
         );
         // Before the first check the gate is open.
         assert_eq!(producer.try_send(events(2)), Ok(()));
