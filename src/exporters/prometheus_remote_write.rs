@@ -822,7 +822,7 @@ impl Sender {
                     }
                 }
                 Err(e) => {
-                    self.dropped("queue_full").add(n);
+                    self.dropped("queue_error").add(n);
                     tracing::error!(component = %self.id, shard = index, error = %e, "Cannot append to the sending queue; request dropped.");
                 }
             }

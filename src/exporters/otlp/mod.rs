@@ -20,7 +20,8 @@
 //! `celeriac_exporter_dropped_items_total{component, reason}` with reason `permanent`,
 //! `retries_exhausted`, `retry_disabled`, `shutdown` or `partial_success` (items the server
 //! rejected in an otherwise successful reply, which is never retried), and with the file queue
-//! `queue_full` and `corrupt` (a torn tail cut off at start). Warnings are logged at
+//! `queue_full`, `queue_error` (the batch could not be written) and `corrupt` (a torn tail cut
+//! off at start). Warnings are logged at
 //! most every 10 s per kind. Header values are never logged (they usually carry tokens).
 //!
 //! Shutdown: when the input closes the queue is drained. Once the agent is shutting down, a
@@ -351,6 +352,7 @@ impl Every {
 
 struct Dropped {
     queue_full: Counter,
+    queue_error: Counter,
     corrupt: Counter,
     permanent: Counter,
     retries_exhausted: Counter,
@@ -609,7 +611,7 @@ async fn run_file_queue(
                 }
             }
             Err(e) => {
-                shared.dropped.queue_full.add(items as u64);
+                shared.dropped.queue_error.add(items as u64);
                 if !warned_io {
                     warned_io = true;
                     tracing::error!(component = %ctx.id, error = %e, "Cannot append to the sending queue; batch dropped.");
@@ -699,6 +701,7 @@ impl Exporter for OtlpExporter {
                 ),
                 dropped: Dropped {
                     queue_full: drop_counter("queue_full"),
+                    queue_error: drop_counter("queue_error"),
                     corrupt: drop_counter("corrupt"),
                     permanent: drop_counter("permanent"),
                     retries_exhausted: drop_counter("retries_exhausted"),
