@@ -3,7 +3,7 @@
 //! Each pipeline gets an entry channel in front of its first processor (or feeds its exporters
 //! directly when it has none); every exporter and connector owns one input channel shared by
 //! all pipelines that list it. All channels are bounded by `service.channel_capacity`.
-//! Start order: exporters, connectors, processors, then receivers. Stop: cancel receivers; each
+//! Start order: extensions, exporters, connectors, processors, then receivers. Stop: cancel receivers; each
 //! channel closes when its last sender is dropped, so stages drain in order with no control
 //! messages. Whatever is still running at the deadline is aborted and named in the log.
 
@@ -105,6 +105,13 @@ pub async fn run(
                 .or_default()
                 .extend(entry.iter().cloned());
         }
+    }
+
+    // Extensions first, as in the collector; they stop with the receivers.
+    for (id, ext) in graph.extensions {
+        let label = format!("extension/{id}");
+        let fut = ext.run(ctx(label.clone()), graph.host.clone());
+        spawn(&mut tasks, label, fut);
     }
 
     // Start downstream first.
