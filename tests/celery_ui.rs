@@ -325,7 +325,7 @@ impl Browser {
         cmd.arg(format!("--port={port}"));
         let driver = Proc::start(cmd, "chromedriver");
         let up = wait_until(Duration::from_secs(20), || {
-            get_json(&addr, "/status").is_some_and(|(_, v)| v["value"]["ready"] == true)
+            Self::call(&addr, "GET", "/status", None).is_some_and(|v| v["ready"] == true)
         });
         assert!(up, "chromedriver did not start:\n{}", driver.log());
         let caps = json!({"capabilities": {"alwaysMatch": {
@@ -348,16 +348,39 @@ impl Browser {
         }
     }
 
+    /// One WebDriver command. chromedriver keeps connections open whatever the request says, so
+    /// the response is read by its Content-Length rather than to the end of the stream.
     fn call(addr: &str, method: &str, path: &str, body: Option<&Value>) -> Option<Value> {
+        use std::io::{Read, Write};
         let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let headers: &[(&str, &str)] = if body.is_empty() {
-            &[]
-        } else {
-            &[("Content-Type", "application/json")]
-        };
-        let r = http_request(addr, method, path, headers, body.as_bytes())?;
-        let v: Value = serde_json::from_slice(&r.body).ok()?;
-        Some(v["value"].clone())
+        let mut s = std::net::TcpStream::connect(addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        if !body.is_empty() {
+            req.push_str("Content-Type: application/json\r\n");
+        }
+        req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        s.write_all(req.as_bytes()).ok()?;
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 65536];
+        loop {
+            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())?;
+                if raw.len() >= end + 4 + len {
+                    let v: Value = serde_json::from_slice(&raw[end + 4..end + 4 + len]).ok()?;
+                    return Some(v["value"].clone());
+                }
+            }
+            let n = s.read(&mut buf).ok()?;
+            if n == 0 {
+                return None;
+            }
+            raw.extend_from_slice(&buf[..n]);
+        }
     }
 
     fn cmd(&self, method: &str, what: &str, body: Option<&Value>) -> Value {
