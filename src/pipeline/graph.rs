@@ -503,4 +503,39 @@ mod tests {
             "{out}"
         );
     }
+
+    const CELERY: &str = "receivers:\n  celery_redis:\nconnectors:\n  celery_correlate:\nexporters:\n  debug:\n";
+    const PIPES: &str = "  pipelines:\n    celery: { receivers: [celery_redis], exporters: [celery_correlate] }\n    metrics: { receivers: [celery_correlate], exporters: [debug] }\n";
+
+    #[test]
+    fn extensions_run_when_listed() {
+        let text = format!("{CELERY}extensions:\n  celery_ui:\n    endpoint: 127.0.0.1:0\nservice:\n  extensions: [celery_ui]\n{PIPES}");
+        let (cfg, mut d) = config::parse(&text, "t.yaml");
+        let g = Graph::build(&cfg.unwrap(), &mut d).expect("valid");
+        assert_eq!(g.extensions.len(), 1, "{}", d.render());
+        assert_eq!(d.render(), "");
+
+        // Declared, not listed: a warning, and it does not run.
+        let text = format!("{CELERY}extensions:\n  celery_ui:\nservice:\n{PIPES}");
+        let (cfg, mut d) = config::parse(&text, "t.yaml");
+        let g = Graph::build(&cfg.unwrap(), &mut d).expect("valid");
+        assert!(g.extensions.is_empty());
+        assert!(d.render().contains("t.yaml:8:3: warning: extension celery_ui is declared but not listed in service.extensions"), "{}", d.render());
+    }
+
+    #[test]
+    fn extension_errors_have_positions() {
+        let text = format!("{CELERY}extensions:\n  celery_ui:\n    correlator: celery_correlate/other\nservice:\n  extensions: [celery_ui, health]\n{PIPES}");
+        let (ok, out) = check(&text);
+        assert!(!ok);
+        assert!(out.contains("error: service.extensions lists health, which is not declared under extensions"), "{out}");
+        assert!(out.contains("t.yaml:8:3: error: extension celery_ui: `correlator: celery_correlate/other` names no celery_correlate connector in use"), "{out}");
+
+        // No correlator at all, no broker for inspect.
+        let text = "exporters:\n  debug:\nreceivers:\n  otlp:\nextensions:\n  celery_ui/a:\n  celery_ui/b: { inspect: { enabled: false }, bogus: 1 }\nservice:\n  extensions: [celery_ui/a, celery_ui/b]\n  pipelines:\n    traces: { receivers: [otlp], exporters: [debug] }\n";
+        let (ok, out) = check(text);
+        assert!(!ok);
+        assert!(out.contains("extension celery_ui/a: needs a celery_correlate connector in a pipeline"), "{out}");
+        assert!(out.contains("t.yaml:7:47: error: extension celery_ui/b: unknown field `bogus`"), "{out}");
+    }
 }
