@@ -183,7 +183,7 @@ fn flower_available() -> bool {
 
 #[test]
 fn flower_api_has_flowers_fields_and_the_same_tasks() {
-    let (redis, _worker, agent, ui, _tel) = start_stack("");
+    let (redis, worker, agent, ui, _tel) = start_stack("");
     let flower_port = free_port();
     let flower_addr = format!("127.0.0.1:{flower_port}");
     let flower = flower_available().then(|| {
@@ -307,6 +307,17 @@ fn flower_api_has_flowers_fields_and_the_same_tasks() {
         }
     }
     drop(flower);
+
+    // A worker that does not answer: the round ends at the timeout (1 s) and the worker is
+    // still listed, from its earlier answers and its events.
+    let pid = worker.pid().expect("worker pid").to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let t0 = Instant::now();
+    let workers = get_ok(&ui, "/api/workers?refresh=1");
+    let took = t0.elapsed();
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    assert!(took < Duration::from_secs(3), "refresh took {took:?}");
+    assert!(workers["w1@host1"]["stats"].is_object(), "{workers}");
     drop(agent);
 }
 
@@ -491,6 +502,22 @@ fn live_page_updates_without_reload_and_shows_args_as_text() {
         "{trace}"
     );
     browser.screenshot("celery_ui-task.png");
+
+    // Shutdown is not held up by open event streams (the browser's and this one).
+    browser.goto(&format!("http://{ui}/"));
+    let mut sse = std::net::TcpStream::connect(&ui).unwrap();
+    std::io::Write::write_all(&mut sse, b"GET /api/stream HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    sse.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut first = [0u8; 256];
+    let n = std::io::Read::read(&mut sse, &mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).contains("text/event-stream"));
+    let mut agent = agent;
+    let t0 = Instant::now();
+    agent.terminate();
+    let status = agent.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "exit {status:?} after {:?}:\n{}", t0.elapsed(), agent.output());
+    eprintln!("shutdown with open streams took {:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_secs(5));
 }
 
 #[test]
