@@ -194,6 +194,11 @@ impl ViewState {
         self.order.values().rev().filter_map(|id| self.tasks.get(id))
     }
 
+    /// Tasks, least recently touched first (the order of Celery's own task LRU).
+    pub fn oldest_first(&self) -> impl Iterator<Item = &TaskRecord> + '_ {
+        self.order.values().filter_map(|id| self.tasks.get(id))
+    }
+
     pub fn task_count(&self) -> usize {
         self.tasks.len()
     }

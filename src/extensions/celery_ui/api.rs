@@ -192,24 +192,26 @@ fn cmp_opt_f64(a: Option<f64>, b: Option<f64>) -> Ordering {
 
 /// The tasks `q` selects, in Flower's order: least recently updated first unless `sort_by`.
 pub fn select<'a>(v: &'a ViewState, q: &TaskQuery) -> Vec<&'a TaskRecord> {
-    let mut all: Vec<&TaskRecord> = v.recent().filter(|t| q.matches(t)).collect();
-    all.reverse();
-    if let Some((key, desc)) = q.sort_by {
-        all.sort_by(|a, b| {
-            let o = match key {
-                SortKey::Name => a.name.cmp(&b.name),
-                SortKey::State => a.state.as_str().cmp(b.state.as_str()),
-                SortKey::Received => cmp_opt_f64(a.received, b.received),
-                SortKey::Started => cmp_opt_f64(a.started, b.started),
-            };
-            if desc {
-                o.reverse()
-            } else {
-                o
-            }
-        });
-    }
-    let end = q.limit.map_or(all.len(), |l| (q.offset + l).min(all.len()));
+    let matching = v.oldest_first().filter(|t| q.matches(t));
+    let Some((key, desc)) = q.sort_by else {
+        // No sort: stop as soon as the page is full.
+        return matching.skip(q.offset).take(q.limit.unwrap_or(usize::MAX)).collect();
+    };
+    let mut all: Vec<&TaskRecord> = matching.collect();
+    all.sort_by(|a, b| {
+        let o = match key {
+            SortKey::Name => a.name.cmp(&b.name),
+            SortKey::State => a.state.as_str().cmp(b.state.as_str()),
+            SortKey::Received => cmp_opt_f64(a.received, b.received),
+            SortKey::Started => cmp_opt_f64(a.started, b.started),
+        };
+        if desc {
+            o.reverse()
+        } else {
+            o
+        }
+    });
+    let end = q.limit.map_or(all.len(), |l| q.offset.saturating_add(l).min(all.len()));
     all.get(q.offset.min(end)..end).unwrap_or(&[]).to_vec()
 }
 
