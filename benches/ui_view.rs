@@ -18,12 +18,20 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The captured fixture's events (17 tasks' lifecycles and heartbeats).
 fn events() -> Vec<CeleryEvent> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/celery-events-redis.jsonl");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/celery-events-redis.jsonl"
+    );
     let text = std::fs::read_to_string(path).expect("fixture");
     let mut out = Vec::new();
     for l in text.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else { continue };
-        if v["channel"].as_str().is_some_and(|c| c.contains("celeryev")) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
+            continue;
+        };
+        if v["channel"]
+            .as_str()
+            .is_some_and(|c| c.contains("celeryev"))
+        {
             if let Some(d) = v["data"].as_str() {
                 let _ = decode_envelope(d.as_bytes(), &mut out);
             }
@@ -34,7 +42,9 @@ fn events() -> Vec<CeleryEvent> {
 
 /// The fixture replayed with task ids made unique per copy, until `tasks` distinct ids.
 fn many(events: &[CeleryEvent], tasks: usize) -> Vec<CeleryEvent> {
-    let per = events.iter().filter(|e| e.kind == celeriac::celery::event::EventKind::TaskSent).count().max(1);
+    let ids: std::collections::HashSet<&str> =
+        events.iter().filter_map(|e| e.task_uuid()).collect();
+    let per = ids.len().max(1);
     let mut out = Vec::new();
     for copy in 0..tasks.div_ceil(per) {
         for e in events {
@@ -68,20 +78,28 @@ fn bench(c: &mut Criterion) {
     let inspected = Inspected::new();
     eprintln!("view holds {} tasks", v.read(|s| s.task_count()));
     c.bench_function("ui_view/api tasks limit=100 (100k tasks)", |b| {
-        let q = TaskQuery { limit: Some(100), ..TaskQuery::default() };
+        let q = TaskQuery {
+            limit: Some(100),
+            ..TaskQuery::default()
+        };
         b.iter(|| v.read(|s| black_box(api::tasks_body(s, &q, &redact))))
     });
-    c.bench_function("ui_view/api tasks state=FAILURE limit=100 sort_by=-received (100k tasks)", |b| {
-        let q = TaskQuery::parse(&[
-            ("state".into(), "FAILURE".into()),
-            ("limit".into(), "100".into()),
-            ("sort_by".into(), "-received".into()),
-        ])
-        .unwrap();
-        b.iter(|| v.read(|s| black_box(api::tasks_body(s, &q, &redact))))
-    });
+    c.bench_function(
+        "ui_view/api tasks state=FAILURE limit=100 sort_by=-received (100k tasks)",
+        |b| {
+            let q = TaskQuery::parse(&[
+                ("state".into(), "FAILURE".into()),
+                ("limit".into(), "100".into()),
+                ("sort_by".into(), "-received".into()),
+            ])
+            .unwrap();
+            b.iter(|| v.read(|s| black_box(api::tasks_body(s, &q, &redact))))
+        },
+    );
     c.bench_function("ui_view/dashboard snapshot (100k tasks)", |b| {
-        b.iter(|| v.read(|s| black_box(api::dashboard(s, &inspected, &[], &redact, 1.0).to_string())))
+        b.iter(|| {
+            v.read(|s| black_box(api::dashboard(s, &inspected, &[], &redact, 1.0).to_string()))
+        })
     });
 }
 

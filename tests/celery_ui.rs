@@ -142,7 +142,7 @@ fn key_sets(addr: &str, ids: &[String]) -> Value {
     let task_keys: BTreeSet<String> = ids
         .iter()
         .filter_map(|id| tasks.get(id))
-        .flat_map(|t| keys(t))
+        .flat_map(keys)
         .collect();
     let info_keys: BTreeSet<String> = ids
         .iter()
@@ -258,7 +258,10 @@ fn flower_api_has_flowers_fields_and_the_same_tasks() {
     let status = get_ok(&ui, "/api/workers?status=1");
     assert_eq!(status["w1@host1"], true);
     let queues = get_ok(&ui, "/api/queues/length");
-    assert_eq!(queues["active_queues"][0], json!({"name": "celery", "messages": 0}));
+    assert_eq!(
+        queues["active_queues"][0],
+        json!({"name": "celery", "messages": 0})
+    );
 
     let our_keys = key_sets(&ui, &ids);
     let sample_path = repo_root().join("tests/fixtures/flower-2.2-keys.json");
@@ -273,10 +276,22 @@ fn flower_api_has_flowers_fields_and_the_same_tasks() {
                     .iter()
                     .all(|(id, st)| theirs.get(id).is_some_and(|t| t["state"] == *st))
             });
-            assert!(done, "Flower's tasks never matched {finals:?}: {theirs:#}\n{}", p.log());
+            assert!(
+                done,
+                "Flower's tasks never matched {finals:?}: {theirs:#}\n{}",
+                p.log()
+            );
             // Same tasks, same states, same names, same workers.
             for id in &ids {
-                for k in ["state", "name", "worker", "retries", "routing_key", "root_id", "parent_id"] {
+                for k in [
+                    "state",
+                    "name",
+                    "worker",
+                    "retries",
+                    "routing_key",
+                    "root_id",
+                    "parent_id",
+                ] {
                     assert_eq!(ours[id][k], theirs[id][k], "task {id} field {k}");
                 }
             }
@@ -286,13 +301,19 @@ fn flower_api_has_flowers_fields_and_the_same_tasks() {
             );
             let k = key_sets(&flower_addr, &ids);
             if std::env::var_os("CELERIAC_UPDATE_FLOWER_KEYS").is_some() {
-                std::fs::write(&sample_path, serde_json::to_string_pretty(&k).unwrap() + "\n")
-                    .unwrap();
+                std::fs::write(
+                    &sample_path,
+                    serde_json::to_string_pretty(&k).unwrap() + "\n",
+                )
+                .unwrap();
             }
             k
         }
         None => {
-            eprintln!("flower is not importable in the venv: comparing with {}", sample_path.display());
+            eprintln!(
+                "flower is not importable in the venv: comparing with {}",
+                sample_path.display()
+            );
             serde_json::from_str(&std::fs::read_to_string(&sample_path).unwrap()).unwrap()
         }
     };
@@ -301,7 +322,10 @@ fn flower_api_has_flowers_fields_and_the_same_tasks() {
         if what == "worker" {
             // celery_ui asks every worker all 8 methods each round; Flower only the 4 without
             // task lists unless one worker is named: Flower's keys must all be there.
-            assert!(theirs.is_subset(&ours), "{what}: Flower {theirs:?} ours {ours:?}");
+            assert!(
+                theirs.is_subset(&ours),
+                "{what}: Flower {theirs:?} ours {ours:?}"
+            );
         } else {
             assert_eq!(theirs, ours, "{what}: Flower vs celery_ui");
         }
@@ -311,11 +335,19 @@ fn flower_api_has_flowers_fields_and_the_same_tasks() {
     // A worker that does not answer: the round ends at the timeout (1 s) and the worker is
     // still listed, from its earlier answers and its events.
     let pid = worker.pid().expect("worker pid").to_string();
-    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
     let t0 = Instant::now();
     let workers = get_ok(&ui, "/api/workers?refresh=1");
     let took = t0.elapsed();
-    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
     assert!(took < Duration::from_secs(3), "refresh took {took:?}");
     assert!(workers["w1@host1"]["stats"].is_object(), "{workers}");
     drop(agent);
@@ -405,7 +437,11 @@ impl Browser {
     }
 
     fn eval(&self, script: &str) -> Value {
-        self.cmd("POST", "/execute/sync", Some(&json!({"script": script, "args": []})))
+        self.cmd(
+            "POST",
+            "/execute/sync",
+            Some(&json!({"script": script, "args": []})),
+        )
     }
 
     fn wait_for(&self, script: &str, timeout: Duration) -> Value {
@@ -436,7 +472,12 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = Self::call(&self.addr, "DELETE", &format!("/session/{}", self.session), None);
+        let _ = Self::call(
+            &self.addr,
+            "DELETE",
+            &format!("/session/{}", self.session),
+            None,
+        );
     }
 }
 
@@ -456,7 +497,10 @@ fn live_page_updates_without_reload_and_shows_args_as_text() {
 
     // Sent after the page opened.
     let args = json!([XSS_ARG, 5.0]).to_string();
-    let sent = run_client(&redis.url(), &["send", "shop.charge_card", &args, "--wait", "30"]);
+    let sent = run_client(
+        &redis.url(),
+        &["send", "shop.charge_card", &args, "--wait", "30"],
+    );
     let id = sent["ids"][0].as_str().unwrap().to_string();
     let failed = run_client(&redis.url(), &["fail", "--wait", "30"]);
     let failed_id = failed["ids"][0].as_str().unwrap().to_string();
@@ -468,7 +512,10 @@ fn live_page_updates_without_reload_and_shows_args_as_text() {
         ),
         Duration::from_secs(20),
     );
-    assert!(row.as_str().is_some_and(|a| a.contains(XSS_ARG)), "row args: {row}");
+    assert!(
+        row.as_str().is_some_and(|a| a.contains(XSS_ARG)),
+        "row args: {row}"
+    );
     let fail_row = browser.wait_for(
         &format!(
             "const r = document.querySelector('#failed tr[data-uuid=\"{failed_id}\"]');
@@ -476,15 +523,24 @@ fn live_page_updates_without_reload_and_shows_args_as_text() {
         ),
         Duration::from_secs(20),
     );
-    assert!(fail_row.as_str().is_some_and(|t| t.contains("ValueError")), "{fail_row}");
+    assert!(
+        fail_row.as_str().is_some_and(|t| t.contains("ValueError")),
+        "{fail_row}"
+    );
     // No reload happened, no markup from task args became elements, nothing ran.
     assert_eq!(browser.eval("return window.__loadMarker;"), 42);
     assert_eq!(browser.eval("return window.__pwned === undefined;"), true);
-    assert_eq!(browser.eval("return document.querySelectorAll('main img, main script').length;"), 0);
+    assert_eq!(
+        browser.eval("return document.querySelectorAll('main img, main script').length;"),
+        0
+    );
     let rates = browser.eval(
         "return Array.from(document.querySelectorAll('#rates tbody tr')).map(r => r.children[0].textContent + ' ' + r.children[1].textContent);",
     );
-    assert!(rates.to_string().contains("shop.charge_card succeeded"), "{rates}");
+    assert!(
+        rates.to_string().contains("shop.charge_card succeeded"),
+        "{rates}"
+    );
     let shot = browser.screenshot("celery_ui-dashboard.png");
     eprintln!("screenshot: {}", shot.display());
 
@@ -498,7 +554,9 @@ fn live_page_updates_without_reload_and_shows_args_as_text() {
     assert_eq!(browser.eval("return window.__pwned === undefined;"), true);
     let trace = browser.eval("return document.querySelector('#trace').getAttribute('href');");
     assert!(
-        trace.as_str().is_some_and(|h| h.starts_with("http://tempo.example/trace/") && h.len() == 27 + 32),
+        trace
+            .as_str()
+            .is_some_and(|h| h.starts_with("http://tempo.example/trace/") && h.len() == 27 + 32),
         "{trace}"
     );
     browser.screenshot("celery_ui-task.png");
@@ -515,7 +573,12 @@ fn live_page_updates_without_reload_and_shows_args_as_text() {
     let t0 = Instant::now();
     agent.terminate();
     let status = agent.wait_exit(Duration::from_secs(10));
-    assert!(status.is_some_and(|s| s.success()), "exit {status:?} after {:?}:\n{}", t0.elapsed(), agent.output());
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit {status:?} after {:?}:\n{}",
+        t0.elapsed(),
+        agent.output()
+    );
     eprintln!("shutdown with open streams took {:?}", t0.elapsed());
     assert!(t0.elapsed() < Duration::from_secs(5));
 }
@@ -531,19 +594,39 @@ fn auth_redaction_and_escaping() {
     );
     let refused = || {
         let samples = scrape(&tel).expect("telemetry scrape");
-        metric_value(&samples, "celeriac_ui_unauthorized_total", &[("component", "extension/celery_ui")])
-            .unwrap_or(-1.0)
+        metric_value(
+            &samples,
+            "celeriac_ui_unauthorized_total",
+            &[("component", "extension/celery_ui")],
+        )
+        .unwrap_or(-1.0)
     };
     let refused_before = refused();
     let get = |path: &str, auth: &str| {
-        let h: Vec<(&str, &str)> = if auth.is_empty() { vec![] } else { vec![("Authorization", auth)] };
+        let h: Vec<(&str, &str)> = if auth.is_empty() {
+            vec![]
+        } else {
+            vec![("Authorization", auth)]
+        };
         http_request(&ui, "GET", path, &h, &[]).expect("celery_ui answers")
     };
     let r = get("/api/tasks", "");
     assert_eq!(r.status, 401);
-    assert!(r.header("www-authenticate").is_some_and(|h| h.starts_with("Basic")));
+    assert!(r
+        .header("www-authenticate")
+        .is_some_and(|h| h.starts_with("Basic")));
     assert_eq!(get("/", "Bearer wrong").status, 401);
-    assert_eq!(get("/api/stream", &format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("admin:nope"))).status, 401);
+    assert_eq!(
+        get(
+            "/api/stream",
+            &format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode("admin:nope")
+            )
+        )
+        .status,
+        401
+    );
     assert_eq!(get("/", &basic).status, 200);
     assert_eq!(get("/static/app.js", "Bearer tok-123").status, 200);
 
@@ -558,7 +641,10 @@ fn auth_redaction_and_escaping() {
     });
     assert!(seen, "{info}");
     let a = info["args"].as_str().unwrap();
-    assert!(a.contains("'password': '***'") && a.contains("'user': 'bob'"), "{a}");
+    assert!(
+        a.contains("'password': '***'") && a.contains("'user': 'bob'"),
+        "{a}"
+    );
     assert!(!info.to_string().contains("hunter2"));
     let listed = get("/api/tasks", &basic).text();
     assert!(listed.contains(&id) && !listed.contains("hunter2"));
@@ -566,7 +652,9 @@ fn auth_redaction_and_escaping() {
     let html = get(&format!("/task/{id}"), &basic).text();
     assert!(!html.contains("hunter2"));
     assert!(!html.contains("<script>window"), "{html}");
-    assert!(html.contains("&lt;script&gt;window.__pwned=1&lt;/script&gt;&lt;img src=x onerror=&quot;"));
+    assert!(
+        html.contains("&lt;script&gt;window.__pwned=1&lt;/script&gt;&lt;img src=x onerror=&quot;")
+    );
     let r = get("/task/%3Cscript%3Ealert(1)%3C%2Fscript%3E", &basic);
     assert_eq!(r.status, 404);
     assert!(!r.text().contains("<script>alert") && r.text().contains("&lt;script&gt;alert(1)"));

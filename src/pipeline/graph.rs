@@ -275,7 +275,10 @@ impl Graph {
             if let Some(i) = extensions.iter().position(|(x, _)| x == id) {
                 let (id, ext) = extensions.swap_remove(i);
                 if let Err(msg) = ext.validate(&host) {
-                    d.error(&format!("extensions.{id}"), format!("extension {id}: {msg}"));
+                    d.error(
+                        &format!("extensions.{id}"),
+                        format!("extension {id}: {msg}"),
+                    );
                 }
                 ordered.push((id, ext));
             }
@@ -504,7 +507,8 @@ mod tests {
         );
     }
 
-    const CELERY: &str = "receivers:\n  celery_redis:\nconnectors:\n  celery_correlate:\nexporters:\n  debug:\n";
+    const CELERY: &str =
+        "receivers:\n  celery_redis:\nconnectors:\n  celery_correlate:\nexporters:\n  debug:\n";
     const PIPES: &str = "  pipelines:\n    celery: { receivers: [celery_redis], exporters: [celery_correlate] }\n    metrics: { receivers: [celery_correlate], exporters: [debug] }\n";
 
     #[test]
@@ -528,14 +532,36 @@ mod tests {
         let text = format!("{CELERY}extensions:\n  celery_ui:\n    correlator: celery_correlate/other\nservice:\n  extensions: [celery_ui, health]\n{PIPES}");
         let (ok, out) = check(&text);
         assert!(!ok);
-        assert!(out.contains("error: service.extensions lists health, which is not declared under extensions"), "{out}");
+        assert!(
+            out.contains(
+                "error: service.extensions lists health, which is not declared under extensions"
+            ),
+            "{out}"
+        );
         assert!(out.contains("t.yaml:8:3: error: extension celery_ui: `correlator: celery_correlate/other` names no celery_correlate connector in use"), "{out}");
 
         // No correlator at all, no broker for inspect.
         let text = "exporters:\n  debug:\nreceivers:\n  otlp:\nextensions:\n  celery_ui/a:\n  celery_ui/b: { inspect: { enabled: false }, bogus: 1 }\nservice:\n  extensions: [celery_ui/a, celery_ui/b]\n  pipelines:\n    traces: { receivers: [otlp], exporters: [debug] }\n";
         let (ok, out) = check(text);
         assert!(!ok);
-        assert!(out.contains("extension celery_ui/a: needs a celery_correlate connector in a pipeline"), "{out}");
-        assert!(out.contains("t.yaml:7:47: error: extension celery_ui/b: unknown field `bogus`"), "{out}");
+        assert!(
+            out.contains("extension celery_ui/a: needs a celery_correlate connector in a pipeline"),
+            "{out}"
+        );
+        assert!(
+            out.contains("t.yaml:7:47: error: extension celery_ui/b: unknown field `bogus`"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn flower_pipeline_is_valid() {
+        // The password comes from the environment; an empty one is refused.
+        let text = include_str!("../../pipelines/flower.yaml")
+            .replace("${env:CELERIAC_UI_PASSWORD}", "pw");
+        let (ok, out) = check(&text);
+        assert!(ok, "{out}");
+        let (ok, out) = check(&text.replace("\"pw\"", "\"\""));
+        assert!(!ok && out.contains("basic auth needs both"), "{out}");
     }
 }

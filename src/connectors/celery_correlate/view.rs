@@ -191,7 +191,10 @@ impl ViewState {
 
     /// Tasks, most recently touched first.
     pub fn recent(&self) -> impl Iterator<Item = &TaskRecord> + '_ {
-        self.order.values().rev().filter_map(|id| self.tasks.get(id))
+        self.order
+            .values()
+            .rev()
+            .filter_map(|id| self.tasks.get(id))
     }
 
     /// Tasks, least recently touched first (the order of Celery's own task LRU).
@@ -254,7 +257,10 @@ impl ViewState {
                 k
             }
         };
-        let t = self.tasks.get_mut(&key).expect("present: found or inserted");
+        let t = self
+            .tasks
+            .get_mut(&key)
+            .expect("present: found or inserted");
         if t.seq != 0 {
             self.order.remove(&t.seq);
         }
@@ -267,7 +273,9 @@ impl ViewState {
             self.tasks.remove(&old);
             self.evicted += 1;
         }
-        self.tasks.get_mut(&key).expect("the newest record is never evicted")
+        self.tasks
+            .get_mut(&key)
+            .expect("the newest record is never evicted")
     }
 
     fn apply(&mut self, ev: &CeleryEvent, now: f64) {

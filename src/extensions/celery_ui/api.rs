@@ -35,11 +35,15 @@ pub fn task_json(t: &TaskRecord, redact: &RedactConfig, worker_always: bool) -> 
     m.insert("revoked".into(), f(t.revoked));
     m.insert(
         "args".into(),
-        t.args.as_deref().map_or(Json::Null, |a| json!(redact.args(a))),
+        t.args
+            .as_deref()
+            .map_or(Json::Null, |a| json!(redact.args(a))),
     );
     m.insert(
         "kwargs".into(),
-        t.kwargs.as_deref().map_or(Json::Null, |k| json!(redact.kwargs(k))),
+        t.kwargs
+            .as_deref()
+            .map_or(Json::Null, |k| json!(redact.kwargs(k))),
     );
     m.insert("eta".into(), s(t.eta.as_deref()));
     m.insert("expires".into(), s(t.expires.as_deref()));
@@ -57,7 +61,11 @@ pub fn task_json(t: &TaskRecord, redact: &RedactConfig, worker_always: bool) -> 
     m.insert("exception".into(), s(t.exception.as_deref()));
     m.insert(
         "timestamp".into(),
-        if t.timestamp > 0.0 { f(Some(t.timestamp)) } else { Json::Null },
+        if t.timestamp > 0.0 {
+            f(Some(t.timestamp))
+        } else {
+            Json::Null
+        },
     );
     m.insert("runtime".into(), f(t.runtime));
     m.insert("traceback".into(), s(t.traceback.as_deref()));
@@ -132,11 +140,9 @@ impl TaskQuery {
                         "state" => SortKey::State,
                         "received" => SortKey::Received,
                         "started" => SortKey::Started,
-                        _ => {
-                            return Err(format!(
-                                "Invalid sort_by '{v}', expected one of name, received, started, state"
-                            ))
-                        }
+                        _ => return Err(format!(
+                            "Invalid sort_by '{v}', expected one of name, received, started, state"
+                        )),
                     };
                     q.sort_by = Some((key, desc));
                 }
@@ -164,7 +170,9 @@ impl TaskQuery {
         }
         if self.received_start.is_some() || self.received_end.is_some() {
             let Some(r) = t.received else { return false };
-            if self.received_start.is_some_and(|s| r < s) || self.received_end.is_some_and(|e| r > e) {
+            if self.received_start.is_some_and(|s| r < s)
+                || self.received_end.is_some_and(|e| r > e)
+            {
                 return false;
             }
         }
@@ -195,7 +203,10 @@ pub fn select<'a>(v: &'a ViewState, q: &TaskQuery) -> Vec<&'a TaskRecord> {
     let matching = v.oldest_first().filter(|t| q.matches(t));
     let Some((key, desc)) = q.sort_by else {
         // No sort: stop as soon as the page is full.
-        return matching.skip(q.offset).take(q.limit.unwrap_or(usize::MAX)).collect();
+        return matching
+            .skip(q.offset)
+            .take(q.limit.unwrap_or(usize::MAX))
+            .collect();
     };
     let mut all: Vec<&TaskRecord> = matching.collect();
     all.sort_by(|a, b| {
@@ -211,7 +222,9 @@ pub fn select<'a>(v: &'a ViewState, q: &TaskQuery) -> Vec<&'a TaskRecord> {
             o
         }
     });
-    let end = q.limit.map_or(all.len(), |l| q.offset.saturating_add(l).min(all.len()));
+    let end = q
+        .limit
+        .map_or(all.len(), |l| q.offset.saturating_add(l).min(all.len()));
     all.get(q.offset.min(end)..end).unwrap_or(&[]).to_vec()
 }
 
@@ -417,7 +430,12 @@ mod tests {
     }
 
     fn ids(v: &View, query: TaskQuery) -> Vec<String> {
-        v.read(|s| select(s, &query).iter().map(|t| t.uuid.to_string()).collect())
+        v.read(|s| {
+            select(s, &query)
+                .iter()
+                .map(|t| t.uuid.to_string())
+                .collect()
+        })
     }
 
     #[test]
@@ -427,12 +445,31 @@ mod tests {
         assert_eq!(ids(&v, q(&[]).unwrap()), ["b", "a", "c"]);
         assert_eq!(ids(&v, q(&[("state", "SUCCESS")]).unwrap()), ["a"]);
         assert_eq!(ids(&v, q(&[("workername", "w2@h")]).unwrap()), ["b", "c"]);
-        assert_eq!(ids(&v, q(&[("taskname", "n.one"), ("state", "All")]).unwrap()), ["a", "c"]);
-        assert_eq!(ids(&v, q(&[("sort_by", "-received")]).unwrap()), ["c", "b", "a"]);
-        assert_eq!(ids(&v, q(&[("sort_by", "name"), ("limit", "1"), ("offset", "1")]).unwrap()), ["c"]);
+        assert_eq!(
+            ids(&v, q(&[("taskname", "n.one"), ("state", "All")]).unwrap()),
+            ["a", "c"]
+        );
+        assert_eq!(
+            ids(&v, q(&[("sort_by", "-received")]).unwrap()),
+            ["c", "b", "a"]
+        );
+        assert_eq!(
+            ids(
+                &v,
+                q(&[("sort_by", "name"), ("limit", "1"), ("offset", "1")]).unwrap()
+            ),
+            ["c"]
+        );
         // 1_800_000_060 is 2027-01-15 08:01 UTC.
         assert_eq!(
-            ids(&v, q(&[("received_start", "2027-01-15 08:01"), ("received_end", "2027-01-15 08:01")]).unwrap()),
+            ids(
+                &v,
+                q(&[
+                    ("received_start", "2027-01-15 08:01"),
+                    ("received_end", "2027-01-15 08:01")
+                ])
+                .unwrap()
+            ),
             ["b"]
         );
         assert!(q(&[("sort_by", "uuid")]).is_err());
@@ -464,7 +501,10 @@ mod tests {
     fn workers_from_events_and_inspect() {
         let v = view();
         let mut inspected = Inspected::new();
-        inspected.insert("w1@h".into(), Map::from_iter([("stats".to_string(), json!({"pid": 1}))]));
+        inspected.insert(
+            "w1@h".into(),
+            Map::from_iter([("stats".to_string(), json!({"pid": 1}))]),
+        );
         let body = v.read(|s| workers_body(s, &inspected, None));
         assert_eq!(body["w1@h"]["stats"]["pid"], 1);
         assert!(body["w2@h"]["timestamp"].is_number());

@@ -69,7 +69,11 @@ pub struct Inspector {
 }
 
 impl Inspector {
-    pub fn new(url: &str, global_keyprefix: &str, timeout: Duration) -> Result<Inspector, InspectError> {
+    pub fn new(
+        url: &str,
+        global_keyprefix: &str,
+        timeout: Duration,
+    ) -> Result<Inspector, InspectError> {
         let client = redis::Client::open(url).map_err(|e| InspectError::Url(e.to_string()))?;
         let info = client.get_connection_info();
         let endpoint = format!("{}/{}", info.addr(), info.redis_settings().db());
@@ -206,7 +210,10 @@ impl Inspector {
     }
 
     /// Messages waiting in each queue (all priority lists), as Flower's `/api/queues/length`.
-    pub async fn queue_lengths(&self, names: &[String]) -> Result<Vec<(String, u64)>, InspectError> {
+    pub async fn queue_lengths(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<(String, u64)>, InspectError> {
         if names.is_empty() {
             return Ok(Vec::new());
         }
@@ -277,7 +284,9 @@ pub fn decode_reply(raw: &[u8]) -> Option<(String, Json)> {
         .and_then(|p| p.get("body_encoding"))
         .and_then(Json::as_str);
     let bytes = if encoding == Some("base64") {
-        base64::engine::general_purpose::STANDARD.decode(body).ok()?
+        base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .ok()?
     } else {
         body.as_bytes().to_vec()
     };
@@ -290,7 +299,9 @@ pub fn uuid4() -> String {
     let mut b = [0u8; 16];
     if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
         // No system randomness: fall back to the clock, still unique enough per process.
-        let n = crate::connectors::celery_correlate::now_secs().to_bits().to_le_bytes();
+        let n = crate::connectors::celery_correlate::now_secs()
+            .to_bits()
+            .to_le_bytes();
         b[..8].copy_from_slice(&n);
         b[8..].copy_from_slice(&std::process::id().to_le_bytes().repeat(2));
     }
@@ -315,7 +326,10 @@ mod tests {
     fn envelope_round_trips_as_kombu_reads_it() {
         let body = json!({"method": "stats", "ticket": "t-1"});
         let env: Json = serde_json::from_str(&envelope(&body, 5.0)).unwrap();
-        assert_eq!(env["properties"]["delivery_info"]["exchange"], "celery.pidbox");
+        assert_eq!(
+            env["properties"]["delivery_info"]["exchange"],
+            "celery.pidbox"
+        );
         assert_eq!(env["headers"]["expires"], 5.0);
         let raw = base64::engine::general_purpose::STANDARD
             .decode(env["body"].as_str().unwrap())

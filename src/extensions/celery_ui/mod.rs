@@ -144,18 +144,30 @@ fn build(v: &Value) -> BuildResult<dyn Extension> {
     let mut cfg: UiConfig = config::decode(v)?;
     if let Some(a) = &cfg.auth {
         let basic = a.username.is_some() || a.password.is_some();
-        if basic && (a.username.as_deref().unwrap_or("").is_empty() || a.password.as_deref().unwrap_or("").is_empty()) {
-            return Err(DecodeError::new("auth", "basic auth needs both `username` and `password`"));
+        if basic
+            && (a.username.as_deref().unwrap_or("").is_empty()
+                || a.password.as_deref().unwrap_or("").is_empty())
+        {
+            return Err(DecodeError::new(
+                "auth",
+                "basic auth needs both `username` and `password`",
+            ));
         }
         if a.bearer_token.as_deref().is_some_and(str::is_empty) {
             return Err(DecodeError::new("auth.bearer_token", "must not be empty"));
         }
         if !basic && a.bearer_token.is_none() {
-            return Err(DecodeError::new("auth", "set `username` and `password`, or `bearer_token`"));
+            return Err(DecodeError::new(
+                "auth",
+                "set `username` and `password`, or `bearer_token`",
+            ));
         }
     }
     if cfg.inspect.enabled && (cfg.inspect.interval.is_zero() || cfg.inspect.timeout.is_zero()) {
-        return Err(DecodeError::new("inspect", "`interval` and `timeout` must be greater than 0"));
+        return Err(DecodeError::new(
+            "inspect",
+            "`interval` and `timeout` must be greater than 0",
+        ));
     }
     if cfg.stream_interval < Duration::from_millis(50) {
         return Err(DecodeError::new("stream_interval", "must be at least 50ms"));
@@ -183,11 +195,16 @@ impl CeleryUi {
                 .iter()
                 .find(|(id, _)| id.to_string() == *want)
                 .map(|(_, v)| v.clone())
-                .ok_or_else(|| format!("`correlator: {want}` names no celery_correlate connector in use"))?,
+                .ok_or_else(|| {
+                    format!("`correlator: {want}` names no celery_correlate connector in use")
+                })?,
             None => match views.as_slice() {
                 [(_, v)] => v.clone(),
                 [] => return Err("needs a celery_correlate connector in a pipeline".into()),
-                _ => return Err("there are several celery_correlate connectors: choose one with `correlator`".into()),
+                _ => return Err(
+                    "there are several celery_correlate connectors: choose one with `correlator`"
+                        .into(),
+                ),
             },
         };
         if !self.cfg.inspect.enabled {
@@ -323,7 +340,8 @@ struct Ui {
 fn full(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()).boxed());
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
     r
 }
 
@@ -387,13 +405,20 @@ impl Ui {
         let Some(auth) = &self.cfg.auth else {
             return true;
         };
-        let Some(h) = req.headers().get(AUTHORIZATION).and_then(|h| h.to_str().ok()) else {
+        let Some(h) = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+        else {
             return false;
         };
         let (scheme, cred) = h.split_once(' ').unwrap_or((h, ""));
         let cred = cred.trim();
         if scheme.eq_ignore_ascii_case("bearer") {
-            return auth.bearer_token.as_deref().is_some_and(|t| same(t.as_bytes(), cred.as_bytes()));
+            return auth
+                .bearer_token
+                .as_deref()
+                .is_some_and(|t| same(t.as_bytes(), cred.as_bytes()));
         }
         if scheme.eq_ignore_ascii_case("basic") {
             if let (Some(u), Some(p)) = (&auth.username, &auth.password) {
@@ -426,8 +451,14 @@ impl Ui {
         let arg = |k: &str| query.iter().find(|(q, _)| q == k).map(|(_, v)| v.as_str());
         let now = now_secs();
         match path.as_str() {
-            "/" | "/index.html" => full(StatusCode::OK, "text/html; charset=utf-8", page::INDEX_HTML),
-            "/static/app.js" => full(StatusCode::OK, "text/javascript; charset=utf-8", page::APP_JS),
+            "/" | "/index.html" => {
+                full(StatusCode::OK, "text/html; charset=utf-8", page::INDEX_HTML)
+            }
+            "/static/app.js" => full(
+                StatusCode::OK,
+                "text/javascript; charset=utf-8",
+                page::APP_JS,
+            ),
             "/static/style.css" => full(StatusCode::OK, "text/css; charset=utf-8", page::STYLE_CSS),
             "/api/stream" => self.stream(),
             "/api/dashboard" => json_reply(StatusCode::OK, &self.dashboard(now)),
@@ -435,14 +466,22 @@ impl Ui {
                 let workername = arg("workername").filter(|w| !w.is_empty());
                 if arg("refresh").is_some_and(truthy) {
                     if let Err(e) = self.refresh(workername).await {
-                        return json_error(StatusCode::SERVICE_UNAVAILABLE, format!("Failed to update workers: {e}"));
+                        return json_error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("Failed to update workers: {e}"),
+                        );
                     }
                 }
                 if arg("status").is_some_and(truthy) {
-                    return json_reply(StatusCode::OK, &self.view.read(|v| api::workers_status(v, now)));
+                    return json_reply(
+                        StatusCode::OK,
+                        &self.view.read(|v| api::workers_status(v, now)),
+                    );
                 }
                 let inspected = self.inspected.read().unwrap_or_else(|e| e.into_inner());
-                let body = self.view.read(|v| api::workers_body(v, &inspected, workername));
+                let body = self
+                    .view
+                    .read(|v| api::workers_body(v, &inspected, workername));
                 drop(inspected);
                 if let Some(w) = workername {
                     if body.as_object().is_some_and(|m| m.is_empty()) {
@@ -461,18 +500,25 @@ impl Ui {
             },
             "/api/task/types" => json_reply(StatusCode::OK, &self.view.read(api::task_types_body)),
             "/api/queues/length" => {
-                if self.inspector.is_some() && self.queues.read().map(|q| q.is_empty()).unwrap_or(true) {
+                if self.inspector.is_some()
+                    && self.queues.read().map(|q| q.is_empty()).unwrap_or(true)
+                {
                     // Nothing measured yet (first round pending): measure now.
                     let _ = self.refresh_queues().await;
                 }
-                let q = self.queues.read().unwrap_or_else(|e| e.into_inner()).clone();
+                let q = self
+                    .queues
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
                 json_reply(StatusCode::OK, &api::queues_body(&q))
             }
             p => {
                 if let Some(id) = p.strip_prefix("/api/task/info/") {
                     let id = percent_decode(id);
                     return match self.view.read(|v| {
-                        v.task(&id).map(|t| Json::Object(api::task_json(t, &self.cfg.redact, true)))
+                        v.task(&id)
+                            .map(|t| Json::Object(api::task_json(t, &self.cfg.redact, true)))
                     }) {
                         Some(t) => json_reply(StatusCode::OK, &t),
                         None => json_error(StatusCode::NOT_FOUND, format!("Unknown task '{id}'")),
@@ -481,7 +527,9 @@ impl Ui {
                 if let Some(id) = p.strip_prefix("/task/") {
                     let id = percent_decode(id);
                     let html = self.view.read(|v| {
-                        v.task(&id).map(|t| page::task_page(t, &self.cfg.redact, self.cfg.trace_url.as_deref()))
+                        v.task(&id).map(|t| {
+                            page::task_page(t, &self.cfg.redact, self.cfg.trace_url.as_deref())
+                        })
                     });
                     return match html {
                         Some(h) => full(StatusCode::OK, "text/html; charset=utf-8", h),
@@ -498,7 +546,11 @@ impl Ui {
                 if p.starts_with("/api/") {
                     json_error(StatusCode::NOT_FOUND, format!("no such API path: {p}"))
                 } else {
-                    full(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n")
+                    full(
+                        StatusCode::NOT_FOUND,
+                        "text/plain; charset=utf-8",
+                        "not found\n",
+                    )
                 }
             }
         }
@@ -516,9 +568,18 @@ impl Ui {
         let Some(inspector) = &self.inspector else {
             return Err("remote control is disabled (inspect.enabled: false)".into());
         };
-        let _one = self.round.lock().await;
+        // A round already running answers this request too: wait for it instead of piling up.
+        let _one = match self.round.try_lock() {
+            Ok(g) => g,
+            Err(_) => {
+                let _done = self.round.lock().await;
+                return Ok(());
+            }
+        };
         let now = now_secs();
-        let expect = self.view.read(|v| v.workers().values().filter(|w| w.alive(now)).count());
+        let expect = self
+            .view
+            .read(|v| v.workers().values().filter(|w| w.alive(now)).count());
         let answers = inspector
             .inspect(&inspect::METHODS, workername, Some(expect))
             .await
@@ -669,7 +730,9 @@ mod tests {
     fn settings() {
         let v: Value = serde_yaml_ng::from_str("auth: { username: u }").unwrap();
         assert!(build(&v).is_err());
-        let v: Value = serde_yaml_ng::from_str("auth: { bearer_token: t }\nredact: { keys: [Password] }").unwrap();
+        let v: Value =
+            serde_yaml_ng::from_str("auth: { bearer_token: t }\nredact: { keys: [Password] }")
+                .unwrap();
         assert!(build(&v).is_ok());
         let v: Value = serde_yaml_ng::from_str("endpoint: nope").unwrap();
         assert_eq!(build(&v).err().unwrap().path, "endpoint");

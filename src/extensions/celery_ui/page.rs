@@ -173,14 +173,35 @@ pub fn task_page(t: &TaskRecord, redact: &RedactConfig, trace_url: Option<&str>)
         ("Name", t.name.as_deref().unwrap_or("").to_string()),
         ("UUID", t.uuid.to_string()),
         ("State", t.state.as_str().to_string()),
-        ("Args", t.args.as_deref().map(|a| redact.args(a)).unwrap_or_default()),
-        ("Kwargs", t.kwargs.as_deref().map(|k| redact.kwargs(k)).unwrap_or_default()),
+        (
+            "Args",
+            t.args
+                .as_deref()
+                .map(|a| redact.args(a))
+                .unwrap_or_default(),
+        ),
+        (
+            "Kwargs",
+            t.kwargs
+                .as_deref()
+                .map(|k| redact.kwargs(k))
+                .unwrap_or_default(),
+        ),
         ("Result", t.result.as_deref().unwrap_or("").to_string()),
         ("Worker", t.worker.as_deref().unwrap_or("").to_string()),
         ("Client", t.client.as_deref().unwrap_or("").to_string()),
-        ("Queue (routing key)", t.routing_key.as_deref().unwrap_or("").to_string()),
-        ("Retries", t.retries.map(|r| r.to_string()).unwrap_or_default()),
-        ("Runtime (s)", t.runtime.map(|r| format!("{r:.6}")).unwrap_or_default()),
+        (
+            "Queue (routing key)",
+            t.routing_key.as_deref().unwrap_or("").to_string(),
+        ),
+        (
+            "Retries",
+            t.retries.map(|r| r.to_string()).unwrap_or_default(),
+        ),
+        (
+            "Runtime (s)",
+            t.runtime.map(|r| format!("{r:.6}")).unwrap_or_default(),
+        ),
         ("Sent", fmt_ts(t.sent)),
         ("Received", fmt_ts(t.received)),
         ("Started", fmt_ts(t.started)),
@@ -191,7 +212,10 @@ pub fn task_page(t: &TaskRecord, redact: &RedactConfig, trace_url: Option<&str>)
         ("Rejected", fmt_ts(t.rejected)),
         ("ETA", t.eta.as_deref().unwrap_or("").to_string()),
         ("Expires", t.expires.as_deref().unwrap_or("").to_string()),
-        ("Exception", t.exception.as_deref().unwrap_or("").to_string()),
+        (
+            "Exception",
+            t.exception.as_deref().unwrap_or("").to_string(),
+        ),
     ];
     let mut html = String::with_capacity(4096);
     let _ = write!(
@@ -203,7 +227,12 @@ pub fn task_page(t: &TaskRecord, redact: &RedactConfig, trace_url: Option<&str>)
         escape(t.name.as_deref().unwrap_or("unknown task"))
     );
     for (k, v) in rows.drain(..) {
-        let _ = write!(html, "<tr><th>{}</th><td>{}</td></tr>", escape(k), escape(&v));
+        let _ = write!(
+            html,
+            "<tr><th>{}</th><td>{}</td></tr>",
+            escape(k),
+            escape(&v)
+        );
     }
     let id_link = |label: &str, id: Option<&str>| -> String {
         match id.filter(|i| !i.is_empty()) {
@@ -234,7 +263,11 @@ pub fn task_page(t: &TaskRecord, redact: &RedactConfig, trace_url: Option<&str>)
     }
     html.push_str("</table>");
     if let Some(tb) = t.traceback.as_deref() {
-        let _ = write!(html, "<h2>Traceback</h2><pre class=\"tb\">{}</pre>", escape(tb));
+        let _ = write!(
+            html,
+            "<h2>Traceback</h2><pre class=\"tb\">{}</pre>",
+            escape(tb)
+        );
     }
     html.push_str("</main></body></html>");
     html
@@ -298,7 +331,11 @@ mod tests {
         let mut t = crate::connectors::celery_correlate::view::tests_support::record("t<1>");
         t.args = Some("('<script>alert(1)</script>',)".into());
         t.traceback = Some("Traceback <b>".into());
-        let html = task_page(&t, &RedactConfig::default(), Some("http://x/?q={trace_id}&a=\"1\""));
+        let html = task_page(
+            &t,
+            &RedactConfig::default(),
+            Some("http://x/?q={trace_id}&a=\"1\""),
+        );
         assert!(!html.contains("<script>alert"), "{html}");
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(html.contains("Traceback &lt;b&gt;"));
