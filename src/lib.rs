@@ -13,6 +13,7 @@
 //! * [`extensions`]: components beside the pipelines (the `celery_ui` dashboard and API);
 //! * [`prompb`]: the Prometheus remote-write protobuf messages;
 //! * [`telemetry`]: the agent's own `/metrics`, `/healthz` and logs.
+//! * [`tls`]: TLS settings and rustls configurations shared by servers and clients.
 
 pub mod celery;
 pub mod component;
@@ -27,3 +28,4 @@ pub mod receivers;
 pub mod registry;
 pub mod signal;
 pub mod telemetry;
+pub mod tls;

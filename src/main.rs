@@ -109,8 +109,15 @@ async fn run(cfg: Config, graph: Graph) -> ExitCode {
             }
         };
         let t = telemetry.clone();
-        tokio::spawn(telemetry::serve(
+        let bearer = cfg
+            .service
+            .telemetry
+            .bearer_token
+            .as_ref()
+            .map(|s| std::sync::Arc::from(s.expose()));
+        tokio::spawn(telemetry::serve_authorized(
             listener,
+            bearer,
             move |_, path| telemetry_page(&t, path),
             server_stop.clone(),
         ));

@@ -1,6 +1,7 @@
 //! The `otlp` receiver as a drop-in collector: spans from the real OpenTelemetry Python SDK
 //! (gRPC and HTTP exporters) pass through unchanged; JSON and gzip bodies work; bad requests get
-//! clear, counted errors; a full pipeline answers with the retryable code instead of buffering.
+//! clear, counted errors; a full pipeline answers with the retryable code instead of buffering;
+//! with `tls` and `client_ca_file` only clients with a certificate from that CA get in (mTLS).
 
 mod support;
 
@@ -17,11 +18,24 @@ fn bin() -> &'static Path {
 }
 
 fn send(proto: &str, endpoint: &str, n: usize, token: Option<&str>) -> Value {
+    send_with(proto, endpoint, n, token, &[])
+}
+
+/// `extra`: more otlp_send.py options (`--ca`, `--cert`, `--key`).
+fn send_with(proto: &str, endpoint: &str, n: usize, token: Option<&str>, extra: &[&Path]) -> Value {
     let mut cmd = Command::new(python());
     cmd.arg(python_dir().join("otlp_send.py"))
         .args([proto, endpoint, &n.to_string()]);
     if let Some(t) = token {
         cmd.args(["--token", t]);
+    }
+    for (flag, path) in ["--ca", "--cert", "--key"].iter().zip(extra) {
+        cmd.arg(flag).arg(path);
+    }
+    if !extra.is_empty() {
+        // requests lets these override the exporter's own CA file.
+        cmd.env_remove("REQUESTS_CA_BUNDLE")
+            .env_remove("CURL_CA_BUNDLE");
     }
     let out = cmd.output().expect("python");
     assert!(
@@ -309,4 +323,123 @@ fn a_full_pipeline_answers_503_and_memory_stays_flat() {
         agent.output()
     );
     drop(agent);
+}
+
+#[test]
+fn mutual_tls_lets_only_certified_clients_in() {
+    let pki = pki::Pki::generate();
+    let (grpc, http, tel) = (free_port(), free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let spans = dir.path().join("spans.jsonl");
+    let tls = format!(
+        "{{ cert_file: {}, key_file: {}, client_ca_file: {} }}",
+        pki.server_cert().display(),
+        pki.server_key().display(),
+        pki.ca().display()
+    );
+    let cfg = format!(
+        r#"
+receivers:
+  otlp:
+    grpc: {{ endpoint: 127.0.0.1:{grpc}, tls: {tls} }}
+    http: {{ endpoint: 127.0.0.1:{http}, tls: {tls} }}
+exporters:
+  logs: {{ path: "{}" }}
+service:
+  telemetry: {{ endpoint: 127.0.0.1:{tel} }}
+  pipelines:
+    traces: {{ receivers: [otlp], exporters: [logs] }}
+"#,
+        spans.display()
+    );
+    let agent = Agent::start(bin(), &cfg);
+    let tel_addr = format!("127.0.0.1:{tel}");
+    assert!(
+        wait_until(Duration::from_secs(15), || http_get(&tel_addr, "/metrics")
+            .is_some()),
+        "{}",
+        agent.output()
+    );
+    let refused = |protocol: &str| {
+        let page = http_get(&tel_addr, "/metrics")
+            .map(|r| r.1)
+            .unwrap_or_default();
+        metric_value(
+            &parse_prometheus_text(&page),
+            "celeriac_receiver_refused_requests_total",
+            &[("protocol", protocol), ("reason", "tls_handshake")],
+        )
+        .unwrap_or(0.0)
+    };
+    let (ca, cert, key) = (pki.ca(), pki.client_cert(), pki.client_key());
+    let (stranger, stranger_key) = (pki.stranger_cert(), pki.stranger_key());
+
+    // Certified clients over gRPC and HTTPS: every span arrives.
+    let g = send_with(
+        "grpc",
+        &format!("127.0.0.1:{grpc}"),
+        3,
+        None,
+        &[&ca, &cert, &key],
+    );
+    let h = send_with(
+        "http",
+        &format!("https://127.0.0.1:{http}"),
+        3,
+        None,
+        &[&ca, &cert, &key],
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || spans_in(&spans).len() >= 6),
+        "{}",
+        agent.output()
+    );
+    let got: Vec<String> = spans_in(&spans)
+        .iter()
+        .map(|s| s["span_id"].as_str().unwrap_or("").to_string())
+        .collect();
+    for v in [&g, &h] {
+        for id in v["span_ids"].as_array().unwrap() {
+            assert!(
+                got.contains(&id.as_str().unwrap().to_string()),
+                "{id} missing"
+            );
+        }
+    }
+    assert_eq!(refused("grpc") + refused("http"), 0.0);
+
+    // No client certificate, a certificate from another CA, or plaintext: refused in the
+    // handshake, counted, nothing exported.
+    send_with("grpc", &format!("127.0.0.1:{grpc}"), 2, None, &[&ca]);
+    send_with(
+        "http",
+        &format!("https://127.0.0.1:{http}"),
+        2,
+        None,
+        &[&ca, &stranger, &stranger_key],
+    );
+    assert!(
+        http_post(
+            &format!("127.0.0.1:{http}"),
+            "/v1/traces",
+            "application/x-protobuf",
+            b""
+        )
+        .is_none(),
+        "plaintext gets no HTTP answer from a TLS port"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || refused("grpc") >= 1.0
+            && refused("http") >= 2.0),
+        "grpc {} http {}\n{}",
+        refused("grpc"),
+        refused("http"),
+        agent.output()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        spans_in(&spans).len(),
+        6,
+        "only the certified clients' spans"
+    );
 }

@@ -11,6 +11,9 @@
 //!   once; every sample is counted as dropped.
 //! * `unreachable_endpoint_is_retried_until_max_elapsed_time`: connection errors are retried with
 //!   backoff, then the samples are dropped and counted (`reason="retries_exhausted"`).
+//! * `https_with_client_certificate_reaches_real_prometheus`: a real Prometheus serving HTTPS and
+//!   requiring client certificates: refused without our CA or without a client certificate,
+//!   delivered with both.
 
 mod support;
 
@@ -706,4 +709,90 @@ async fn unreachable_endpoint_is_retried_until_max_elapsed_time() {
     // 400 ms of 20..50 ms (±50 %) backoff: a handful of retries per shard used, not a storm.
     assert!((1.0..=100.0).contains(&retries), "{retries} retries");
     rw.finish().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// (d): https with mutual TLS, against a real Prometheus
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_client_certificate_reaches_real_prometheus() {
+    let pki = support::pki::Pki::generate();
+    let prom = PrometheusServer::start_tls(&pki);
+    assert!(prom.write_url().starts_with("https://"));
+    let names: Vec<String> = (0..3).map(|i| format!("tls_task{i}")).collect();
+
+    // Without our CA the server is not trusted: every attempt fails, nothing arrives.
+    let untrusting = start_exporter(&format!(
+        "endpoint: {}\ntimeout: 2s\n\
+         retry_on_failure: {{ initial_interval: 20ms, max_interval: 50ms, max_elapsed_time: 300ms }}\n",
+        prom.write_url()
+    ));
+    untrusting
+        .tx
+        .send(counters(&names, 1.0, now_ms()))
+        .await
+        .unwrap();
+    let t = untrusting.finish().await;
+    let component = ("component", "exporter/prometheus_remote_write");
+    assert_eq!(
+        own(&t, "celeriac_exporter_sent_items_total", &[component]),
+        0.0
+    );
+    assert!(own(&t, "celeriac_exporter_dropped_items_total", &[component]) > 0.0);
+
+    // Trusting our CA but without a client certificate: Prometheus refuses the handshake.
+    let anonymous = start_exporter(&format!(
+        "endpoint: {}\ntimeout: 2s\ntls: {{ ca_file: {} }}\n\
+         retry_on_failure: {{ initial_interval: 20ms, max_interval: 50ms, max_elapsed_time: 300ms }}\n",
+        prom.write_url(),
+        pki.ca().display()
+    ));
+    anonymous
+        .tx
+        .send(counters(&names, 2.0, now_ms()))
+        .await
+        .unwrap();
+    let t = anonymous.finish().await;
+    assert_eq!(
+        own(&t, "celeriac_exporter_sent_items_total", &[component]),
+        0.0
+    );
+
+    // With the CA and a client certificate: delivered, and Prometheus holds the values.
+    let rw = start_exporter(&format!(
+        "endpoint: {}\ntls: {{ ca_file: {}, cert_file: {}, key_file: {} }}\n",
+        prom.write_url(),
+        pki.ca().display(),
+        pki.client_cert().display(),
+        pki.client_key().display()
+    ));
+    rw.tx.send(counters(&names, 42.0, now_ms())).await.unwrap();
+    let t = rw.telemetry.clone();
+    assert!(
+        wait_until_async(Duration::from_secs(15), || {
+            own(&t, "celeriac_exporter_sent_items_total", &[component]) == 3.0
+        })
+        .await,
+        "sent over https:\n{}\n{}",
+        t.render(),
+        prom.log()
+    );
+    let _ = rw.finish().await;
+    let got = tokio::task::spawn_blocking(move || {
+        let mut got = Vec::new();
+        wait_until(Duration::from_secs(10), || {
+            got = prom
+                .query("celery_task_succeeded_total")
+                .unwrap_or_default();
+            got.len() == 3
+        });
+        got
+    })
+    .await
+    .unwrap();
+    assert_eq!(got.len(), 3, "{got:?}");
+    for (labels, v) in got {
+        assert!(labels["name"].starts_with("tls_task"), "{labels:?}");
+        assert_eq!(v, 42.0);
+    }
 }

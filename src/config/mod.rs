@@ -169,6 +169,8 @@ pub struct TelemetrySettings {
     pub endpoint: Option<SocketAddr>,
     /// `tracing` filter for the agent's own logs (overridden by `RUST_LOG`).
     pub log_level: String,
+    /// Require `Authorization: Bearer <token>` on `/metrics` (`/healthz` stays open for probes).
+    pub bearer_token: Option<types::Secret>,
 }
 
 impl Default for TelemetrySettings {
@@ -176,6 +178,7 @@ impl Default for TelemetrySettings {
         TelemetrySettings {
             endpoint: Some(SocketAddr::from(([127, 0, 0, 1], 8888))),
             log_level: "info".to_string(),
+            bearer_token: None,
         }
     }
 }

@@ -1,5 +1,6 @@
-//! serde helpers for the value types that settings share: durations (`200ms`, `5s`, `1h`) and
-//! socket addresses (`127.0.0.1:9540`, `localhost:9540`, `[::1]:4317`).
+//! serde helpers for the value types that settings share: durations (`200ms`, `5s`, `1h`),
+//! socket addresses (`127.0.0.1:9540`, `localhost:9540`, `[::1]:4317`) and settings that take
+//! one string or a list of them (`endpoint: redis://a` or `endpoint: [redis://a, redis://b]`).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
@@ -54,6 +55,60 @@ pub mod opt_addr {
                 .map(Some)
                 .map_err(serde::de::Error::custom),
         }
+    }
+}
+
+/// A credential from the config (token, password): deserialized like a string, never printed
+/// (`Debug` shows `<redacted>`), and refused when empty (an unset `${env:…}` is a mistake, not
+/// "no authentication").
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() {
+            return Err(serde::de::Error::custom(
+                "is empty (is the environment variable set?)",
+            ));
+        }
+        Ok(Secret(s))
+    }
+}
+
+pub mod one_or_many {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        let v = match OneOrMany::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected a string or a list of strings"))?
+        {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        };
+        if v.is_empty() {
+            return Err(serde::de::Error::custom("the list is empty"));
+        }
+        Ok(v)
     }
 }
 

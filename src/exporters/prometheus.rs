@@ -25,6 +25,7 @@
 //!       # true: resource attributes become labels; service.name → job (prefixed with
 //!       # `service.namespace/` when set), service.instance.id → instance.
 //!       # The collector's form `{ enabled: true }` is accepted too.
+//!     bearer_token: ${env:SCRAPE_TOKEN} # optional: require `Authorization: Bearer <token>`
 //! ```
 //!
 //! A series is identified by its exposed metric name and its sorted labels; every batch replaces
@@ -83,6 +84,8 @@ pub struct PrometheusConfig {
     /// `instance`); by default they are ignored.
     #[serde(deserialize_with = "prom::bool_or_enabled")]
     pub resource_to_telemetry_conversion: bool,
+    /// Require `Authorization: Bearer <token>` (Prometheus' `authorization: { credentials }`).
+    pub bearer_token: Option<types::Secret>,
 }
 
 impl Default for PrometheusConfig {
@@ -92,6 +95,7 @@ impl Default for PrometheusConfig {
             metric_expiration: Duration::from_secs(300),
             const_labels: BTreeMap::new(),
             resource_to_telemetry_conversion: false,
+            bearer_token: None,
         }
     }
 }
@@ -133,7 +137,17 @@ impl Exporter for PrometheusExporter {
             let handler =
                 move |method: &Method, path: &str| handle(&handler_store, &size_hint, method, path);
             let stop = CancellationToken::new();
-            let server = tokio::spawn(crate::telemetry::serve(listener, handler, stop.clone()));
+            let bearer = self
+                .cfg
+                .bearer_token
+                .as_ref()
+                .map(|s| Arc::from(s.expose()));
+            let server = tokio::spawn(crate::telemetry::serve_authorized(
+                listener,
+                bearer,
+                handler,
+                stop.clone(),
+            ));
 
             let converter = converter(&self.cfg);
             let dropped = ctx.telemetry.counter(

@@ -45,7 +45,11 @@
 //! ```yaml
 //! exporters:
 //!   prometheus_remote_write:
-//!     endpoint: http://127.0.0.1:9090/api/v1/write   # http:// only
+//!     endpoint: http://127.0.0.1:9090/api/v1/write   # or https://
+//!     tls:                           # https only; the system's roots are always trusted
+//!       ca_file: /etc/celeriac/ca.pem
+//!       cert_file: /etc/celeriac/client.pem  # with key_file: client certificate (mTLS)
+//!       key_file: /etc/celeriac/client.key
 //!     timeout: 5s                    # per request
 //!     headers: { X-Scope-OrgID: team-a }
 //!     external_labels: { cluster: eu-1 }
@@ -91,6 +95,7 @@ use crate::prompb::{Label, Sample};
 use crate::registry::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::{Counter, Gauge, Telemetry};
+use crate::tls::ClientTlsConfig;
 
 pub const REGISTRATION: Registration = Registration {
     type_name: "prometheus_remote_write",
@@ -199,6 +204,7 @@ pub struct RemoteWriteConfig {
     pub stale_after: Duration,
     pub basic_auth: Option<BasicAuth>,
     pub bearer_token: Option<Secret>,
+    pub tls: ClientTlsConfig,
     pub remote_write_queue: QueueConfig,
     pub retry_on_failure: RetryConfig,
 }
@@ -215,6 +221,7 @@ impl Default for RemoteWriteConfig {
             stale_after: Duration::from_secs(120),
             basic_auth: None,
             bearer_token: None,
+            tls: ClientTlsConfig::default(),
             remote_write_queue: QueueConfig::default(),
             retry_on_failure: RetryConfig::default(),
         }
@@ -227,21 +234,32 @@ fn build(v: &Value) -> BuildResult<dyn Exporter> {
         .endpoint
         .parse()
         .map_err(|e| DecodeError::new("endpoint", format!("not a URL: {e}")))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(DecodeError::new(
-                "endpoint",
-                "https is not supported yet: use http:// (e.g. to a local TLS-terminating proxy)",
-            ))
-        }
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
         _ => {
             return Err(DecodeError::new(
                 "endpoint",
-                "expected an http:// URL, e.g. http://127.0.0.1:9090/api/v1/write",
+                "expected an http:// or https:// URL, e.g. http://127.0.0.1:9090/api/v1/write",
             ))
         }
+    };
+    if !https && cfg.tls.is_set() {
+        return Err(DecodeError::new(
+            "tls",
+            "TLS settings need an https:// endpoint",
+        ));
     }
+    // Read the certificates now, so a missing or malformed file fails `validate` and startup.
+    let tls = if https {
+        Some(
+            cfg.tls
+                .client_config(&[])
+                .map_err(|e| DecodeError::new(e.key(), e.to_string()))?,
+        )
+    } else {
+        None
+    };
     if uri.host().is_none_or(str::is_empty) {
         return Err(DecodeError::new("endpoint", "the URL has no host"));
     }
@@ -320,6 +338,7 @@ fn build(v: &Value) -> BuildResult<dyn Exporter> {
         uri,
         headers,
         auth,
+        tls,
     }))
 }
 
@@ -344,7 +363,12 @@ pub struct RemoteWriteExporter {
     uri: Uri,
     headers: Vec<(HeaderName, HeaderValue)>,
     auth: Option<HeaderValue>,
+    /// `Some` for an https endpoint.
+    tls: Option<rustls::ClientConfig>,
 }
+
+/// HTTP or HTTPS by the endpoint's scheme.
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 // ---------------------------------------------------------------------------------------------
 // Series table: OTLP → samples per shard, timestamp order, staleness. No I/O.
@@ -643,7 +667,7 @@ enum SendError {
 /// What every shard's sender shares.
 struct Sender {
     id: Arc<str>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
     uri: Uri,
     headers: Vec<(HeaderName, HeaderValue)>,
     auth: Option<HeaderValue>,
@@ -847,6 +871,17 @@ impl Exporter for RemoteWriteExporter {
             let mut connector = HttpConnector::new();
             connector.set_nodelay(true);
             connector.set_connect_timeout(Some(cfg.timeout));
+            connector.enforce_http(false);
+            let builder = hyper_rustls::HttpsConnectorBuilder::new();
+            let connector = match self.tls.clone() {
+                Some(tls) => builder.with_tls_config(tls).https_only(),
+                // Plain http: the TLS half is never used, but the type is the same.
+                None => builder
+                    .with_tls_config(crate::tls::untrusting_client_config())
+                    .https_or_http(),
+            }
+            .enable_http1()
+            .wrap_connector(connector);
             let t = &ctx.telemetry;
             let label = [("component", &*ctx.id)];
             let sender = Arc::new(Sender {
@@ -1370,8 +1405,16 @@ mod tests {
                 .map(|e| e.path)
         };
         assert_eq!(
-            bad("endpoint: https://x/api/v1/write").as_deref(),
+            bad("endpoint: ftp://x/api/v1/write").as_deref(),
             Some("endpoint")
+        );
+        assert_eq!(
+            bad("endpoint: http://x/api/v1/write\ntls: {ca_file: /x.pem}").as_deref(),
+            Some("tls")
+        );
+        assert_eq!(
+            bad("endpoint: https://x/api/v1/write\ntls: {ca_file: /nonexistent.pem}").as_deref(),
+            Some("tls.ca_file")
         );
         assert_eq!(bad("endpoint: 'not a url'").as_deref(), Some("endpoint"));
         assert_eq!(

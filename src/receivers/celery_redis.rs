@@ -14,10 +14,18 @@
 //! (`celeriac_celery_redis_reconnects_total`, `celeriac_celery_redis_gap_seconds_total`):
 //! pub/sub keeps nothing for absent subscribers.
 //!
+//! Failover without Sentinel: `endpoint` may list several brokers; the receiver stays on the one
+//! that works and moves to the next when it cannot connect (Celery's own `broker_url` failover
+//! list works the same way).
+//!
 //! Settings:
 //! ```yaml
 //! celery_redis:
-//!   endpoint: redis://127.0.0.1:6379/0   # the broker URL (user/password allowed)
+//!   endpoint: redis://127.0.0.1:6379/0   # the broker URL (user/password allowed, never logged)
+//!                                        # or a list: [redis://a:6379/0, rediss://b:6380/0]
+//!   tls:                                 # for rediss:// (see crate::tls)
+//!     ca_file: /etc/celeriac/redis-ca.pem
+//!     cert_file: …                       # with key_file, if Redis requires client certificates
 //!   global_keyprefix: ""                 # kombu's `global_keyprefix` transport option
 //!   patterns: []                         # override the PSUBSCRIBE patterns entirely
 //!   connect_timeout: 5s
@@ -37,6 +45,7 @@ use crate::config::{self, types, DecodeError as ConfigError, Value};
 use crate::registry::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::Counter;
+use crate::tls::{ClientTlsConfig, Connector};
 
 pub const REGISTRATION: Registration = Registration {
     type_name: "celery_redis",
@@ -49,7 +58,9 @@ pub const REGISTRATION: Registration = Registration {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CeleryRedisConfig {
-    pub endpoint: String,
+    #[serde(deserialize_with = "types::one_or_many::deserialize")]
+    pub endpoint: Vec<String>,
+    pub tls: ClientTlsConfig,
     pub global_keyprefix: String,
     pub patterns: Vec<String>,
     #[serde(with = "types::duration")]
@@ -59,7 +70,8 @@ pub struct CeleryRedisConfig {
 impl Default for CeleryRedisConfig {
     fn default() -> Self {
         CeleryRedisConfig {
-            endpoint: "redis://127.0.0.1:6379/0".into(),
+            endpoint: vec!["redis://127.0.0.1:6379/0".into()],
+            tls: ClientTlsConfig::default(),
             global_keyprefix: String::new(),
             patterns: Vec::new(),
             connect_timeout: Duration::from_secs(5),
@@ -79,21 +91,65 @@ pub fn default_patterns(db: i64, prefix: &str) -> Vec<String> {
 
 fn build(v: &Value) -> BuildResult<dyn Receiver> {
     let cfg: CeleryRedisConfig = config::decode(v)?;
-    let endpoint = Endpoint::parse(&cfg.endpoint).map_err(|m| ConfigError::new("endpoint", m))?;
+    let (endpoints, tls) = broker_endpoints(&cfg.endpoint, &cfg.tls)?;
+    // kombu puts the db in the channel names: every broker of a failover list must use one.
+    let db = endpoints[0].db;
+    if endpoints.iter().any(|e| e.db != db) {
+        return Err(ConfigError::new(
+            "endpoint",
+            "all brokers of the list must use the same db number",
+        ));
+    }
     let patterns = if cfg.patterns.is_empty() {
-        default_patterns(endpoint.db, &cfg.global_keyprefix)
+        default_patterns(db, &cfg.global_keyprefix)
     } else {
         cfg.patterns.clone()
     };
     Ok(Box::new(CeleryRedis {
-        endpoint,
+        endpoints,
+        tls,
         patterns,
         connect_timeout: cfg.connect_timeout,
     }))
 }
 
+/// Parses a failover list of broker URLs and, when one is `rediss://`, the TLS client
+/// configuration (certificates are read now, so a bad file fails `validate`).
+pub fn broker_endpoints(
+    urls: &[String],
+    tls: &ClientTlsConfig,
+) -> Result<(Vec<Endpoint>, Option<Connector>), ConfigError> {
+    let endpoints = urls
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let key = if urls.len() == 1 {
+                "endpoint".to_string()
+            } else {
+                format!("endpoint[{i}]")
+            };
+            Endpoint::parse(u).map_err(|m| ConfigError::new(&key, m))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let connector = if endpoints.iter().any(|e| e.tls) {
+        let cfg = tls
+            .client_config(&[])
+            .map_err(|e| ConfigError::new(e.key(), e.to_string()))?;
+        Some(Connector::new(cfg))
+    } else if tls.is_set() {
+        return Err(ConfigError::new(
+            "tls",
+            "TLS settings need a rediss:// endpoint",
+        ));
+    } else {
+        None
+    };
+    Ok((endpoints, connector))
+}
+
 pub struct CeleryRedis {
-    endpoint: Endpoint,
+    endpoints: Vec<Endpoint>,
+    tls: Option<Connector>,
     patterns: Vec<String>,
     connect_timeout: Duration,
 }
@@ -186,20 +242,24 @@ impl Receiver for CeleryRedis {
             let mut lost_at: Option<Instant> = None;
             let mut last_connect_warn: Option<Instant> = None;
             let mut events: Vec<CeleryEvent> = Vec::with_capacity(256);
+            // The broker in use: stays while it works, moves on when it cannot be reached.
+            let mut current = 0usize;
             'outer: loop {
+                let endpoint = &self.endpoints[current];
                 let sub = tokio::select! {
                     _ = ctx.shutdown.cancelled() => break 'outer,
-                    r = Subscriber::connect(&self.endpoint, &self.patterns, self.connect_timeout) => r,
+                    r = Subscriber::connect(endpoint, self.tls.as_ref(), &self.patterns, self.connect_timeout) => r,
                 };
                 let mut sub = match sub {
                     Ok(s) => s,
                     Err(e) => {
                         connect_errors.inc();
                         if last_connect_warn.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-                            tracing::warn!(component = %ctx.id, endpoint = %self.endpoint.redacted(), error = %e, retry_in = ?backoff, "Cannot subscribe to Celery events; retrying.");
+                            tracing::warn!(component = %ctx.id, endpoint = %endpoint.redacted(), error = %e, retry_in = ?backoff, "Cannot subscribe to Celery events; retrying.");
                             last_connect_warn = Some(Instant::now());
                         }
                         lost_at.get_or_insert_with(Instant::now);
+                        current = (current + 1) % self.endpoints.len();
                         tokio::select! {
                             _ = ctx.shutdown.cancelled() => break 'outer,
                             _ = tokio::time::sleep(backoff) => {}
@@ -214,9 +274,9 @@ impl Receiver for CeleryRedis {
                     let gap = t0.elapsed();
                     reconnects.inc();
                     gap_ms.add(gap.as_millis() as u64);
-                    tracing::warn!(component = %ctx.id, endpoint = %self.endpoint.redacted(), gap = ?gap, "Resubscribed to Celery events; events published during the gap are lost.");
+                    tracing::warn!(component = %ctx.id, endpoint = %endpoint.redacted(), gap = ?gap, "Resubscribed to Celery events; events published during the gap are lost.");
                 } else {
-                    tracing::info!(component = %ctx.id, endpoint = %self.endpoint.redacted(), patterns = ?self.patterns, "Subscribed to Celery events.");
+                    tracing::info!(component = %ctx.id, endpoint = %endpoint.redacted(), patterns = ?self.patterns, "Subscribed to Celery events.");
                 }
                 loop {
                     let read = tokio::select! {
@@ -250,7 +310,7 @@ impl Receiver for CeleryRedis {
                         Err(e) => {
                             connected.set(0);
                             read_errors.inc();
-                            tracing::warn!(component = %ctx.id, endpoint = %self.endpoint.redacted(), error = %e, "Lost the Celery event subscription; reconnecting.");
+                            tracing::warn!(component = %ctx.id, endpoint = %endpoint.redacted(), error = %e, "Lost the Celery event subscription; reconnecting.");
                             lost_at = Some(Instant::now());
                             if session_start.elapsed() >= HEALTHY_SESSION {
                                 backoff = BACKOFF_MIN;
@@ -287,5 +347,28 @@ mod tests {
         assert_eq!(e.path, "endpoint");
         let v: Value = serde_yaml_ng::from_str("endpont: redis://x").unwrap();
         assert_eq!(build(&v).err().unwrap().path, "endpont");
+        let bad = |y: &str| {
+            build(&serde_yaml_ng::from_str(y).unwrap())
+                .err()
+                .map(|e| e.path)
+        };
+        assert_eq!(
+            bad("endpoint: [redis://a/0, redis://b/1]").as_deref(),
+            Some("endpoint")
+        );
+        assert_eq!(
+            bad("endpoint: [redis://a/0, 'http://b']").as_deref(),
+            Some("endpoint[1]")
+        );
+        assert_eq!(bad("endpoint: []").as_deref(), Some("endpoint"));
+        assert_eq!(
+            bad("endpoint: redis://a/0\ntls: {ca_file: /x.pem}").as_deref(),
+            Some("tls")
+        );
+        assert_eq!(
+            bad("endpoint: rediss://a/0\ntls: {ca_file: /nonexistent.pem}").as_deref(),
+            Some("tls.ca_file")
+        );
+        assert!(bad("endpoint: [redis://a:1/2, redis://b:3/2]").is_none());
     }
 }

@@ -14,11 +14,15 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Where and how to connect, parsed from a `redis://` URL.
+use crate::tls::{Conn, Connector};
+
+/// Where and how to connect, parsed from a `redis://` or `rediss://` URL.
 #[derive(Clone)]
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
+    /// `rediss://`: TLS.
+    pub tls: bool,
     pub db: i64,
     pub username: Option<String>,
     pub password: Option<String>,
@@ -31,7 +35,7 @@ impl std::fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
-    /// Parse `redis://[user[:password]@]host[:port][/db]`.
+    /// Parse `redis[s]://[user[:password]@]host[:port][/db]`.
     pub fn parse(url: &str) -> Result<Endpoint, String> {
         use redis::IntoConnectionInfo;
         let info = url.into_connection_info().map_err(|e| {
@@ -40,14 +44,29 @@ impl Endpoint {
                 e.detail().unwrap_or("cannot parse")
             )
         })?;
-        let (host, port) = match info.addr() {
-            redis::ConnectionAddr::Tcp(h, p) => (h.clone(), *p),
-            _ => return Err("only redis:// (plain TCP) URLs are supported for now; rediss:// and unix sockets are not".into()),
+        let (host, port, tls) = match info.addr() {
+            redis::ConnectionAddr::Tcp(h, p) => (h.clone(), *p, false),
+            redis::ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: false,
+                ..
+            } => (host.clone(), *port, true),
+            redis::ConnectionAddr::TcpTls { .. } => return Err(
+                "rediss:// with #insecure is not supported: trust the server's CA with tls.ca_file"
+                    .into(),
+            ),
+            _ => {
+                return Err(
+                    "only redis:// and rediss:// URLs are supported (not unix sockets)".into(),
+                )
+            }
         };
         let r = info.redis_settings();
         Ok(Endpoint {
             host,
             port,
+            tls,
             db: r.db(),
             username: r.username().map(str::to_string),
             password: r.password().map(str::to_string),
@@ -57,7 +76,8 @@ impl Endpoint {
     /// `host:port/db`, never the credentials.
     pub fn redacted(&self) -> String {
         format!(
-            "redis://{}{}:{}/{}",
+            "{}://{}{}:{}/{}",
+            if self.tls { "rediss" } else { "redis" },
             if self.password.is_some() { "***@" } else { "" },
             self.host,
             self.port,
@@ -172,7 +192,7 @@ const MAX_BATCH_BYTES: usize = 64 * 1024;
 
 /// A subscribed connection.
 pub struct Subscriber {
-    stream: TcpStream,
+    stream: Conn,
     buf: BytesMut,
     idle_limit: Duration,
     ping_every: Duration,
@@ -184,16 +204,29 @@ pub struct Message<'a> {
 }
 
 impl Subscriber {
-    /// Connect, authenticate and PSUBSCRIBE to `patterns`.
+    /// Connect (with TLS for `rediss://`, through `tls`), authenticate and PSUBSCRIBE to
+    /// `patterns`. `timeout` bounds the TCP connect and the TLS handshake together.
     pub async fn connect(
         ep: &Endpoint,
+        tls: Option<&Connector>,
         patterns: &[String],
         timeout: Duration,
     ) -> Result<Subscriber, PubSubError> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect((ep.host.as_str(), ep.port)))
+        let connect = async {
+            let stream = TcpStream::connect((ep.host.as_str(), ep.port)).await?;
+            stream.set_nodelay(true)?;
+            match (ep.tls, tls) {
+                (false, _) => Ok(Conn::Plain(stream)),
+                (true, Some(c)) => c.connect(&ep.host, stream).await,
+                (true, None) => Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "rediss:// endpoint without a TLS configuration",
+                )),
+            }
+        };
+        let stream = tokio::time::timeout(timeout, connect)
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-        stream.set_nodelay(true)?;
         let mut s = Subscriber {
             stream,
             buf: BytesMut::with_capacity(256 * 1024),
@@ -217,15 +250,32 @@ impl Subscriber {
         let mut args: Vec<&[u8]> = vec![b"PSUBSCRIBE"];
         args.extend(patterns.iter().map(|p| p.as_bytes()));
         s.stream.write_all(&command(&args)).await?;
+        // Subscribed means Redis confirmed every pattern, not merely that the bytes left.
+        for _ in patterns {
+            match tokio::time::timeout(timeout, s.reply()).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(msg))) => {
+                    return Err(PubSubError::Server(format!("PSUBSCRIBE failed: {msg}")))
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(PubSubError::Server("PSUBSCRIBE timed out".into())),
+            }
+        }
         Ok(s)
     }
 
-    /// Read one simple reply (for AUTH): Ok(Ok) on +OK, Ok(Err(msg)) on -ERR.
+    /// Read one reply to AUTH or PSUBSCRIBE: Ok(Ok) on `+OK` or a `psubscribe` confirmation,
+    /// Ok(Err(msg)) on an error reply.
     async fn reply(&mut self) -> Result<Result<(), String>, PubSubError> {
         loop {
             if let Some((f, n)) = parse(&self.buf)? {
                 let out = match f {
                     Frame::Simple(_) => Ok(()),
+                    Frame::Array(items)
+                        if matches!(items.first(), Some(Frame::Bulk(Some(b"psubscribe")))) =>
+                    {
+                        Ok(())
+                    }
                     Frame::Error(e) => Err(String::from_utf8_lossy(e).into_owned()),
                     _ => Err("unexpected reply".into()),
                 };

@@ -22,6 +22,10 @@
 //! receivers:
 //!   redis_queues:
 //!     endpoint: redis://127.0.0.1:6379/0   # the broker URL (user/password allowed, never logged)
+//!                                          # or a failover list (the next is tried when one
+//!                                          # cannot be reached), rediss:// for TLS
+//!     tls: { ca_file: …, cert_file: …, key_file: … }   # rediss:// only; ca_file replaces the
+//!                                                      # system roots (the redis crate's rule)
 //!     queues: [celery]                     # queue names to measure
 //!     interval: 5s                         # time between polls
 //!     priority_steps: [0, 3, 6, 9]         # kombu's `priority_steps` transport option
@@ -45,6 +49,7 @@ use crate::config::{self, types, DecodeError, Value};
 use crate::registry::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::Telemetry;
+use crate::tls::ClientTlsConfig;
 
 pub const REGISTRATION: Registration = Registration {
     type_name: "redis_queues",
@@ -65,8 +70,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisQueuesConfig {
-    /// Redis URL of the broker.
-    pub endpoint: String,
+    /// Redis URLs of the broker (a failover list).
+    #[serde(deserialize_with = "types::one_or_many::deserialize")]
+    pub endpoint: Vec<String>,
+    pub tls: ClientTlsConfig,
     /// Queue names to measure.
     pub queues: Vec<String>,
     /// Time between polls.
@@ -83,7 +90,8 @@ pub struct RedisQueuesConfig {
 impl Default for RedisQueuesConfig {
     fn default() -> Self {
         RedisQueuesConfig {
-            endpoint: "redis://127.0.0.1:6379/0".into(),
+            endpoint: vec!["redis://127.0.0.1:6379/0".into()],
+            tls: ClientTlsConfig::default(),
             queues: vec!["celery".into()],
             interval: Duration::from_secs(5),
             priority_steps: vec![0, 3, 6, 9],
@@ -95,9 +103,7 @@ impl Default for RedisQueuesConfig {
 
 fn build(v: &Value) -> BuildResult<dyn Receiver> {
     let cfg: RedisQueuesConfig = config::decode(v)?;
-    // The redis crate's messages never repeat the URL, so the password cannot leak through them.
-    let client = redis::Client::open(cfg.endpoint.as_str())
-        .map_err(|e| DecodeError::new("endpoint", format!("invalid Redis URL: {e}")))?;
+    let clients = clients(&cfg)?;
     if cfg.queues.is_empty() {
         return Err(DecodeError::new("queues", "must name at least one queue"));
     }
@@ -132,13 +138,72 @@ fn build(v: &Value) -> BuildResult<dyn Receiver> {
             ),
         })
         .collect();
-    let endpoint = display_endpoint(&client);
     Ok(Box::new(RedisQueues {
         interval: cfg.interval,
-        client,
-        endpoint,
+        clients,
         queues,
     }))
+}
+
+/// One client per broker URL, with TLS for `rediss://`, and its name for logs.
+fn clients(cfg: &RedisQueuesConfig) -> Result<Vec<(redis::Client, String)>, DecodeError> {
+    let read = |key: &str,
+                path: &Option<std::path::PathBuf>|
+     -> Result<Option<Vec<u8>>, DecodeError> {
+        path.as_ref()
+            .map(|p| {
+                std::fs::read(p)
+                    .map_err(|e| DecodeError::new(key, format!("cannot read {}: {e}", p.display())))
+            })
+            .transpose()
+    };
+    cfg.tls
+        .check()
+        .map_err(|(key, msg)| DecodeError::new(key, msg))?;
+    let root_cert = read("tls.ca_file", &cfg.tls.ca_file)?;
+    let client_tls = match (
+        read("tls.cert_file", &cfg.tls.cert_file)?,
+        read("tls.key_file", &cfg.tls.key_file)?,
+    ) {
+        (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig {
+            client_cert,
+            client_key,
+        }),
+        _ => None,
+    };
+    let mut any_tls = false;
+    let mut out = Vec::with_capacity(cfg.endpoint.len());
+    for (i, url) in cfg.endpoint.iter().enumerate() {
+        let key = if cfg.endpoint.len() == 1 {
+            "endpoint".to_string()
+        } else {
+            format!("endpoint[{i}]")
+        };
+        let tls = url.starts_with("rediss://");
+        any_tls |= tls;
+        // The redis crate's messages never repeat the URL, so the password cannot leak through them.
+        let client = if tls {
+            redis::Client::build_with_tls(
+                url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: client_tls.clone(),
+                    root_cert: root_cert.clone(),
+                },
+            )
+        } else {
+            redis::Client::open(url.as_str())
+        }
+        .map_err(|e| DecodeError::new(&key, format!("invalid Redis URL: {e}")))?;
+        let name = display_endpoint(&client);
+        out.push((client, name));
+    }
+    if !any_tls && cfg.tls.is_set() {
+        return Err(DecodeError::new(
+            "tls",
+            "TLS settings need a rediss:// endpoint",
+        ));
+    }
+    Ok(out)
 }
 
 /// `host:port/db` of the broker, for logs: never the user name or password.
@@ -171,9 +236,8 @@ struct QueueKeys {
 
 pub struct RedisQueues {
     interval: Duration,
-    client: redis::Client,
-    /// `host:port/db`, for logs (no credentials).
-    endpoint: String,
+    /// The failover list, each with its `host:port/db` for logs (no credentials).
+    clients: Vec<(redis::Client, String)>,
     queues: Vec<QueueKeys>,
 }
 
@@ -315,9 +379,10 @@ impl Receiver for RedisQueues {
                 .set_response_timeout(Some(
                     self.interval.clamp(Duration::from_secs(1), CONNECT_TIMEOUT),
                 ));
+            let mut current = 0usize;
             let mut errors = Errors {
                 ctx: &ctx,
-                endpoint: &self.endpoint,
+                endpoint: &self.clients[0].1,
                 last_warn: None,
                 suppressed: 0,
             };
@@ -326,14 +391,16 @@ impl Receiver for RedisQueues {
             let mut failing = false;
             let mut ticker = tokio::time::interval(self.interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tracing::info!(component = %ctx.id, endpoint = %self.endpoint, queues = self.queues.len(), interval = ?self.interval, "Polling Celery queue lengths.");
+            tracing::info!(component = %ctx.id, endpoint = %self.clients[0].1, queues = self.queues.len(), interval = ?self.interval, "Polling Celery queue lengths.");
             loop {
                 let mut c = match conn.take() {
                     Some(c) => c,
                     None => {
+                        let (client, name) = &self.clients[current];
+                        errors.endpoint = name;
                         let r = tokio::select! {
                             _ = ctx.shutdown.cancelled() => break,
-                            r = self.client.get_multiplexed_async_connection_with_config(&conn_cfg) => r,
+                            r = client.get_multiplexed_async_connection_with_config(&conn_cfg) => r,
                         };
                         match r {
                             Ok(c) => c,
@@ -345,6 +412,7 @@ impl Receiver for RedisQueues {
                                     &e,
                                     "Cannot connect to Redis to read queue lengths; retrying.",
                                 );
+                                current = (current + 1) % self.clients.len();
                                 tokio::select! {
                                     _ = ctx.shutdown.cancelled() => break,
                                     _ = tokio::time::sleep(backoff) => {}
@@ -399,7 +467,7 @@ impl Receiver for RedisQueues {
                     }
                 };
                 if failing {
-                    tracing::info!(component = %ctx.id, endpoint = %self.endpoint, "Reading queue lengths from Redis again.");
+                    tracing::info!(component = %ctx.id, endpoint = %self.clients[current].1, "Reading queue lengths from Redis again.");
                     failing = false;
                 }
                 backoff = BACKOFF_MIN;
@@ -467,7 +535,7 @@ mod tests {
     #[test]
     fn config_defaults_and_errors() {
         let c = cfg("{}").unwrap();
-        assert_eq!(c.endpoint, "redis://127.0.0.1:6379/0");
+        assert_eq!(c.endpoint, ["redis://127.0.0.1:6379/0"]);
         assert_eq!(c.queues, ["celery"]);
         assert_eq!(c.interval, Duration::from_secs(5));
         assert_eq!(c.priority_steps, [0, 3, 6, 9]);

@@ -7,7 +7,7 @@
 
 mod server;
 
-pub use server::{accept_until, serve, Reply};
+pub use server::{accept_until, bearer_matches, serve, serve_authorized, Reply};
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

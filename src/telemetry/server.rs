@@ -1,6 +1,7 @@
 //! A minimal HTTP/1.1 server for the agent's GET endpoints (`/metrics`, `/healthz`, the
 //! `prometheus` exporter's scrape page). Each connection is served on its own task; the listener
-//! stops accepting when the shutdown token is cancelled.
+//! stops accepting when the shutdown token is cancelled. With a bearer token, every path but
+//! `/healthz` answers 401 unless the request carries `Authorization: Bearer <token>`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -23,18 +24,50 @@ pub async fn serve<F>(listener: TcpListener, handler: F, shutdown: CancellationT
 where
     F: Fn(&hyper::Method, &str) -> Reply + Send + Sync + 'static,
 {
+    serve_authorized(listener, None, handler, shutdown).await
+}
+
+/// [`serve`], requiring `Authorization: Bearer <bearer>` on every path but `/healthz` when
+/// `bearer` is set.
+pub async fn serve_authorized<F>(
+    listener: TcpListener,
+    bearer: Option<Arc<str>>,
+    handler: F,
+    shutdown: CancellationToken,
+) where
+    F: Fn(&hyper::Method, &str) -> Reply + Send + Sync + 'static,
+{
     let handler = Arc::new(handler);
     accept_until(&listener, &shutdown, "HTTP", |stream| {
         let handler = handler.clone();
+        let bearer = bearer.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
-                let (status, ctype, body) = handler(req.method(), req.uri().path());
-                let resp = Response::builder()
-                    .status(status)
-                    .header("content-type", ctype)
-                    .body(Full::new(body))
-                    .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())));
+                let path = req.uri().path();
+                let allowed = path == "/healthz"
+                    || bearer.as_deref().is_none_or(|token| {
+                        bearer_matches(
+                            req.headers().get("authorization").map(|v| v.as_bytes()),
+                            token,
+                        )
+                    });
+                let resp = if allowed {
+                    let (status, ctype, body) = handler(req.method(), path);
+                    Response::builder()
+                        .status(status)
+                        .header("content-type", ctype)
+                        .body(Full::new(body))
+                } else {
+                    Response::builder()
+                        .status(StatusCode::UNAUTHORIZED)
+                        .header("content-type", "text/plain; charset=utf-8")
+                        .header("www-authenticate", "Bearer")
+                        .body(Full::new(Bytes::from_static(
+                            b"missing or wrong bearer token\n",
+                        )))
+                }
+                .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())));
                 async move { Ok::<_, Infallible>(resp) }
             });
             let conn = http1::Builder::new()
@@ -49,6 +82,25 @@ where
         });
     })
     .await;
+}
+
+/// `true` when `header` (the raw `Authorization` value) is `Bearer <token>`, compared in
+/// constant time.
+pub fn bearer_matches(header: Option<&[u8]>, token: &str) -> bool {
+    let Some(h) = header else { return false };
+    let Some(presented) = h
+        .strip_prefix(b"Bearer ")
+        .or_else(|| h.strip_prefix(b"bearer "))
+    else {
+        return false;
+    };
+    let token = token.as_bytes();
+    presented.len() == token.len()
+        && presented
+            .iter()
+            .zip(token)
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// Accept connections on `listener` until `shutdown` is cancelled, handing each to `serve`
@@ -72,5 +124,20 @@ pub async fn accept_until<F: FnMut(TcpStream)>(
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens() {
+        assert!(bearer_matches(Some(b"Bearer abc"), "abc"));
+        assert!(bearer_matches(Some(b"bearer abc"), "abc"));
+        assert!(!bearer_matches(Some(b"Bearer abd"), "abc"));
+        assert!(!bearer_matches(Some(b"Bearer abcd"), "abc"));
+        assert!(!bearer_matches(Some(b"Basic abc"), "abc"));
+        assert!(!bearer_matches(None, "abc"));
     }
 }

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod pki;
 pub mod spans;
 
 // ---------------------------------------------------------------------------------------------
@@ -1124,6 +1125,8 @@ pub struct PrometheusServer {
     child: Option<Child>,
     port: u16,
     dir: TempDir,
+    /// (CA, client certificate, client key) when it serves HTTPS and requires client certificates.
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 fn prometheus_bin() -> PathBuf {
@@ -1137,6 +1140,16 @@ fn prometheus_bin() -> PathBuf {
 
 impl PrometheusServer {
     pub fn start() -> PrometheusServer {
+        Self::start_with(None)
+    }
+
+    /// Serves HTTPS with `pki`'s server certificate and requires a client certificate signed by
+    /// `pki`'s CA (mutual TLS, Prometheus' `--web.config.file`).
+    pub fn start_tls(pki: &pki::Pki) -> PrometheusServer {
+        Self::start_with(Some(pki))
+    }
+
+    fn start_with(pki: Option<&pki::Pki>) -> PrometheusServer {
         let dir = tempfile::Builder::new()
             .prefix("celeriac-prometheus-")
             .tempdir()
@@ -1146,10 +1159,25 @@ impl PrometheusServer {
             "global:\n  scrape_interval: 1m\nscrape_configs: []\n",
         )
         .expect("write prometheus.yml");
+        let tls = pki.map(|p| {
+            fs::write(
+                dir.path().join("web.yml"),
+                format!(
+                    "tls_server_config:\n  cert_file: {}\n  key_file: {}\n  \
+                     client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {}\n",
+                    p.server_cert().display(),
+                    p.server_key().display(),
+                    p.ca().display()
+                ),
+            )
+            .expect("write web.yml");
+            (p.ca(), p.client_cert(), p.client_key())
+        });
         let mut server = PrometheusServer {
             child: None,
             port: 0,
             dir,
+            tls,
         };
         // A free port can be taken before prometheus binds it: retry with another.
         for attempt in 1..=3 {
@@ -1176,6 +1204,11 @@ impl PrometheusServer {
             .arg(self.addr())
             .arg("--web.enable-remote-write-receiver")
             .current_dir(self.dir.path())
+            .args(if self.tls.is_some() {
+                vec!["--web.config.file".to_string(), "web.yml".to_string()]
+            } else {
+                vec![]
+            })
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("dup log"))
             .stderr(out)
@@ -1183,7 +1216,7 @@ impl PrometheusServer {
         let mut child = spawn_or_explain(&mut cmd, "prometheus");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if matches!(http_get(&self.addr(), "/-/ready"), Some((200, _))) {
+            if matches!(self.get("/-/ready"), Some((200, _))) {
                 self.child = Some(child);
                 return Ok(());
             }
@@ -1210,9 +1243,30 @@ impl PrometheusServer {
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
-    /// `http://127.0.0.1:PORT/api/v1/write`
+    /// `http(s)://127.0.0.1:PORT/api/v1/write`
     pub fn write_url(&self) -> String {
-        format!("http://{}/api/v1/write", self.addr())
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}/api/v1/write", self.addr())
+    }
+
+    /// GET `path`: over plain HTTP, or with `curl` and the client certificate when TLS is on.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let Some((ca, cert, key)) = &self.tls else {
+            return http_get(&self.addr(), path);
+        };
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5", "-w", "\n%{http_code}", "--cacert"])
+            .arg(ca)
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key)
+            .arg(format!("https://{}{path}", self.addr()))
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n')?;
+        Some((code.trim().parse().ok()?, body.to_string()))
     }
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("prometheus.log")
@@ -1225,7 +1279,7 @@ impl PrometheusServer {
     /// the resulting vector; None if Prometheus did not answer with a vector.
     pub fn query(&self, promql: &str) -> Option<Vec<(BTreeMap<String, String>, f64)>> {
         let path = format!("/api/v1/query?query={}", url_encode(promql));
-        let (status, body) = http_get(&self.addr(), &path)?;
+        let (status, body) = self.get(&path)?;
         if status != 200 {
             return None;
         }
@@ -1272,4 +1326,19 @@ pub fn url_encode(s: &str) -> String {
         }
     }
     out
+}
+
+/// The captured Celery traffic of tests/fixtures/celery-events-redis.jsonl as (channel,
+/// envelope) pairs, event channels only (no pidbox): replayed with `PUBLISH`, 12 tasks succeed.
+pub fn fixture_envelopes() -> Vec<(String, String)> {
+    fs::read_to_string(repo_root().join("tests/fixtures/celery-events-redis.jsonl"))
+        .expect("fixture")
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            let ch = v["channel"].as_str()?.to_string();
+            ch.contains("celeryev")
+                .then(|| (ch, v["data"].as_str().unwrap_or("").to_string()))
+        })
+        .collect()
 }

@@ -29,8 +29,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::codegen::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
-use super::{Ingest, Refusal};
+use super::{handshake, Ingest, Refusal};
 use crate::signal::Signal;
+use crate::tls::Acceptor;
 
 #[derive(Clone)]
 struct Otlp {
@@ -112,13 +113,27 @@ const TRACES: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/";
 const METRICS: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/";
 const LOGS: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/";
 
+/// tonic refuses undecodable and oversized messages itself, before our handlers run: count those
+/// answers here (a trailers-only response carries `grpc-status` in its headers). The codes our
+/// handlers produce (UNAUTHENTICATED, UNAVAILABLE, UNIMPLEMENTED) are counted where they arise.
+fn count_codec_refusal<B>(ingest: &Ingest, resp: &hyper::Response<B>) {
+    match resp.headers().get("grpc-status").map(|v| v.as_bytes()) {
+        Some(b"13") | Some(b"3") => ingest.refuse("grpc", "corrupt"),
+        Some(b"8") | Some(b"11") => ingest.refuse("grpc", "too_large"),
+        _ => {}
+    }
+}
+
 pub async fn serve(
     listener: TcpListener,
+    tls: Acceptor,
     ingest: Arc<Ingest>,
     max_msg: usize,
     shutdown: CancellationToken,
 ) {
-    let svc = Arc::new(Otlp { ingest });
+    let svc = Arc::new(Otlp {
+        ingest: ingest.clone(),
+    });
     let traces = TraceServiceServer::from_arc(svc.clone())
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
@@ -132,12 +147,16 @@ pub async fn serve(
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max_msg);
     crate::telemetry::accept_until(&listener, &shutdown, "OTLP/gRPC", |stream| {
-        let _ = stream.set_nodelay(true);
         let (traces, metrics, logs) = (traces.clone(), metrics.clone(), logs.clone());
-        let shutdown = shutdown.clone();
+        let (tls, ingest, shutdown) = (tls.clone(), ingest.clone(), shutdown.clone());
         tokio::spawn(async move {
+            let Some(stream) = handshake(&tls, stream, &ingest, "grpc").await else {
+                return;
+            };
+            let counting = ingest.clone();
             let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                 let (mut t, mut m, mut l) = (traces.clone(), metrics.clone(), logs.clone());
+                let ingest = counting.clone();
                 async move {
                     use tonic::codegen::Service;
                     let path = req.uri().path();
@@ -150,7 +169,9 @@ pub async fn serve(
                     } else {
                         Ok(Status::unimplemented(format!("unknown service {path}")).into_http())
                     };
-                    Ok::<_, Infallible>(resp.unwrap_or_else(|e: Infallible| match e {}))
+                    let resp = resp.unwrap_or_else(|e: Infallible| match e {});
+                    count_codec_refusal(&ingest, &resp);
+                    Ok::<_, Infallible>(resp)
                 }
             });
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())

@@ -24,8 +24,9 @@ use prost::Message;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{Ingest, Refusal};
+use super::{handshake, Ingest, Refusal};
 use crate::signal::{Signal, SignalKind};
+use crate::tls::Acceptor;
 
 /// `google.rpc.Status`, the error body of OTLP/HTTP.
 #[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
@@ -75,6 +76,32 @@ fn plain(status: StatusCode, msg: &'static str) -> Reply {
         .header("content-type", "text/plain")
         .body(Full::new(Bytes::from_static(msg.as_bytes())))
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+/// An OTLP/HTTP body as the receiver decodes it: gunzipped (at most `max` bytes out) when
+/// `gzip`, then protobuf or (`json`) OTLP/JSON. Public for the fuzz targets and the bad-input
+/// corpus tests, which must exercise exactly this path.
+pub fn decode_body(
+    kind: SignalKind,
+    json: bool,
+    gzip: bool,
+    body: &[u8],
+    max: usize,
+) -> Result<Signal, String> {
+    let inflated;
+    let body = if gzip {
+        inflated = gunzip(body, max).map_err(str::to_string)?;
+        &inflated[..]
+    } else if body.len() > max {
+        return Err("too_large".into());
+    } else {
+        body
+    };
+    decode(
+        kind,
+        if json { Format::Json } else { Format::Protobuf },
+        body,
+    )
 }
 
 fn decode(kind: SignalKind, format: Format, body: &[u8]) -> Result<Signal, String> {
@@ -290,14 +317,17 @@ async fn handle(req: Request<Incoming>, ingest: Arc<Ingest>, max_body: usize) ->
 
 pub async fn serve(
     listener: TcpListener,
+    tls: Acceptor,
     ingest: Arc<Ingest>,
     max_body: usize,
     shutdown: CancellationToken,
 ) {
     crate::telemetry::accept_until(&listener, &shutdown, "OTLP/HTTP", |stream| {
-        let ingest = ingest.clone();
-        let shutdown = shutdown.clone();
+        let (tls, ingest, shutdown) = (tls.clone(), ingest.clone(), shutdown.clone());
         tokio::spawn(async move {
+            let Some(stream) = handshake(&tls, stream, &ingest, "http").await else {
+                return;
+            };
             let svc = hyper::service::service_fn(move |req| {
                 let ingest = ingest.clone();
                 async move { Ok::<_, Infallible>(handle(req, ingest, max_body).await) }

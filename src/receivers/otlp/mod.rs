@@ -17,16 +17,23 @@
 //!     enabled: true
 //!     endpoint: 127.0.0.1:4317        # 0.0.0.0:4317 to accept other hosts
 //!     max_recv_msg_size_mib: 4
+//!     tls:                            # optional: serve TLS (see crate::tls)
+//!       cert_file: /etc/celeriac/server.pem
+//!       key_file: /etc/celeriac/server.key
+//!       client_ca_file: /etc/celeriac/clients.pem   # optional: require client certificates
 //!   http:
 //!     enabled: true
 //!     endpoint: 127.0.0.1:4318
 //!     max_request_body_size_mib: 20   # after decompression
+//!     tls: { cert_file: …, key_file: …, client_ca_file: … }   # as for grpc
 //!   auth:
 //!     bearer_token: ${env:OTLP_TOKEN} # optional: require `authorization: Bearer <token>`
 //! ```
 
 mod grpc;
 mod http;
+
+pub use http::decode_body as decode_http_body;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +45,7 @@ use crate::config::{self, types, DecodeError, Value};
 use crate::registry::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::{Counter, Telemetry};
+use crate::tls::{Acceptor, ServerTlsConfig};
 
 pub const REGISTRATION: Registration = Registration {
     type_name: "otlp",
@@ -54,6 +62,7 @@ pub struct GrpcConfig {
     #[serde(with = "types::addr")]
     pub endpoint: SocketAddr,
     pub max_recv_msg_size_mib: usize,
+    pub tls: ServerTlsConfig,
 }
 
 impl Default for GrpcConfig {
@@ -62,6 +71,7 @@ impl Default for GrpcConfig {
             enabled: true,
             endpoint: SocketAddr::from(([127, 0, 0, 1], 4317)),
             max_recv_msg_size_mib: 4,
+            tls: ServerTlsConfig::default(),
         }
     }
 }
@@ -73,6 +83,7 @@ pub struct HttpConfig {
     #[serde(with = "types::addr")]
     pub endpoint: SocketAddr,
     pub max_request_body_size_mib: usize,
+    pub tls: ServerTlsConfig,
 }
 
 impl Default for HttpConfig {
@@ -81,6 +92,7 @@ impl Default for HttpConfig {
             enabled: true,
             endpoint: SocketAddr::from(([127, 0, 0, 1], 4318)),
             max_request_body_size_mib: 20,
+            tls: ServerTlsConfig::default(),
         }
     }
 }
@@ -121,6 +133,10 @@ fn build(v: &Value) -> BuildResult<dyn Receiver> {
             "grpc and http cannot share an address",
         ));
     }
+    for (prefix, tls) in [("grpc", &cfg.grpc.tls), ("http", &cfg.http.tls)] {
+        tls.check()
+            .map_err(|(key, msg)| DecodeError::new(format!("{prefix}.{key}"), msg))?;
+    }
     if cfg.grpc.max_recv_msg_size_mib == 0 {
         return Err(DecodeError::new(
             "grpc.max_recv_msg_size_mib",
@@ -139,11 +155,25 @@ fn build(v: &Value) -> BuildResult<dyn Receiver> {
             "is empty (is the environment variable set?)",
         ));
     }
-    Ok(Box::new(OtlpReceiver { cfg }))
+    // Read certificates and keys now: a bad file fails `validate` and startup, not a handshake.
+    let acceptor = |prefix: &str, tls: &ServerTlsConfig, alpn: &[&[u8]]| {
+        tls.server_config(alpn)
+            .map(Acceptor::new)
+            .map_err(|e| DecodeError::new(format!("{prefix}.{}", e.key()), e.to_string()))
+    };
+    let grpc_tls = acceptor("grpc", &cfg.grpc.tls, &[b"h2"])?;
+    let http_tls = acceptor("http", &cfg.http.tls, &[b"http/1.1"])?;
+    Ok(Box::new(OtlpReceiver {
+        cfg,
+        grpc_tls,
+        http_tls,
+    }))
 }
 
 pub struct OtlpReceiver {
     cfg: OtlpConfig,
+    grpc_tls: Acceptor,
+    http_tls: Acceptor,
 }
 
 /// Why a request was not taken.
@@ -201,17 +231,9 @@ impl Ingest {
 
     /// `true` when the presented `authorization` header value is acceptable.
     pub fn authorized(&self, header: Option<&[u8]>) -> bool {
-        let Some(token) = &self.token else {
-            return true;
-        };
-        let Some(h) = header else { return false };
-        let Some(presented) = h
-            .strip_prefix(b"Bearer ")
-            .or_else(|| h.strip_prefix(b"bearer "))
-        else {
-            return false;
-        };
-        constant_time_eq(presented, token.as_bytes())
+        self.token
+            .as_deref()
+            .is_none_or(|token| crate::telemetry::bearer_matches(header, token))
     }
 
     pub fn wants(&self, kind: SignalKind) -> bool {
@@ -241,11 +263,23 @@ impl Ingest {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// Completes the TLS handshake of an accepted connection (a no-op for plaintext). A failed
+/// handshake is counted as a refused request (`reason="tls_handshake"`) and logged at debug
+/// level: scanners and misconfigured clients must not flood the agent's log.
+async fn handshake(
+    tls: &Acceptor,
+    stream: tokio::net::TcpStream,
+    ingest: &Ingest,
+    protocol: &'static str,
+) -> Option<crate::tls::Conn> {
+    match tls.accept(stream).await {
+        Ok(conn) => Some(conn),
+        Err(e) => {
+            ingest.refuse(protocol, "tls_handshake");
+            tracing::debug!(component = %ingest.component, protocol, error = %e, "TLS handshake failed.");
+            None
+        }
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Receiver for OtlpReceiver {
@@ -258,9 +292,11 @@ impl Receiver for OtlpReceiver {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .map_err(|source| ComponentError::Bind { addr, source })?;
-                tracing::info!(component = %ctx.id, %addr, "OTLP/gRPC listening.");
+                let tls = self.grpc_tls.is_tls();
+                tracing::info!(component = %ctx.id, %addr, tls, "OTLP/gRPC listening.");
                 servers.spawn(grpc::serve(
                     listener,
+                    self.grpc_tls.clone(),
                     ingest.clone(),
                     self.cfg.grpc.max_recv_msg_size_mib << 20,
                     ctx.shutdown.clone(),
@@ -271,9 +307,11 @@ impl Receiver for OtlpReceiver {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .map_err(|source| ComponentError::Bind { addr, source })?;
-                tracing::info!(component = %ctx.id, %addr, "OTLP/HTTP listening.");
+                let tls = self.http_tls.is_tls();
+                tracing::info!(component = %ctx.id, %addr, tls, "OTLP/HTTP listening.");
                 servers.spawn(http::serve(
                     listener,
+                    self.http_tls.clone(),
                     ingest.clone(),
                     self.cfg.http.max_request_body_size_mib << 20,
                     ctx.shutdown.clone(),
@@ -303,12 +341,5 @@ mod tests {
         let v: Value = serde_yaml_ng::from_str("auth: {bearer_token: s3cret}").unwrap();
         let cfg: OtlpConfig = config::decode(&v).unwrap();
         assert!(!format!("{cfg:?}").contains("s3cret"));
-    }
-
-    #[test]
-    fn bearer_tokens() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
     }
 }
