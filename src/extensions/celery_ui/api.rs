@@ -140,9 +140,11 @@ impl TaskQuery {
                         "state" => SortKey::State,
                         "received" => SortKey::Received,
                         "started" => SortKey::Started,
-                        _ => return Err(format!(
+                        _ => {
+                            return Err(format!(
                             "Invalid sort_by '{v}', expected one of name, received, started, state"
-                        )),
+                        ))
+                        }
                     };
                     q.sort_by = Some((key, desc));
                 }

@@ -15,6 +15,7 @@
 //! Queue lengths are the sum of LLEN over a queue's priority lists, as Flower counts them.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -57,11 +58,12 @@ pub enum InspectError {
 /// Answers of one broadcast round: method → worker node name → answer.
 pub type Answers = BTreeMap<String, BTreeMap<String, Json>>;
 
-/// A remote-control client for one broker.
+/// A remote-control client for one broker (a failover list of addresses).
 pub struct Inspector {
-    client: redis::Client,
-    /// `host:port/db`, for logs (no credentials).
-    endpoint: String,
+    /// Clients of the broker's addresses with their `host:port/db` names (no credentials).
+    clients: Vec<(redis::Client, String)>,
+    /// The address in use: the last one that worked.
+    current: AtomicUsize,
     db: i64,
     prefix: String,
     oid: String,
@@ -69,18 +71,19 @@ pub struct Inspector {
 }
 
 impl Inspector {
+    /// `clients` as built by [`crate::receivers::redis_queues::clients`] (TLS, failover list).
     pub fn new(
-        url: &str,
+        clients: Vec<(redis::Client, String)>,
         global_keyprefix: &str,
         timeout: Duration,
     ) -> Result<Inspector, InspectError> {
-        let client = redis::Client::open(url).map_err(|e| InspectError::Url(e.to_string()))?;
-        let info = client.get_connection_info();
-        let endpoint = format!("{}/{}", info.addr(), info.redis_settings().db());
-        let db = info.redis_settings().db();
+        let db = clients
+            .first()
+            .map(|(c, _)| c.get_connection_info().redis_settings().db())
+            .ok_or_else(|| InspectError::Url("no broker address".into()))?;
         Ok(Inspector {
-            client,
-            endpoint,
+            clients,
+            current: AtomicUsize::new(0),
             db,
             prefix: global_keyprefix.to_string(),
             oid: uuid4(),
@@ -88,13 +91,15 @@ impl Inspector {
         })
     }
 
+    /// The address in use, for logs.
     pub fn endpoint(&self) -> &str {
-        &self.endpoint
+        let i = self.current.load(Ordering::Relaxed) % self.clients.len();
+        &self.clients[i].1
     }
 
     fn err(&self, source: redis::RedisError) -> InspectError {
         InspectError::Redis {
-            endpoint: self.endpoint.clone(),
+            endpoint: self.endpoint().to_string(),
             source,
         }
     }
@@ -103,15 +108,33 @@ impl Inspector {
         format!("{}.{REPLY_EXCHANGE}", self.oid)
     }
 
+    /// A connection to the address in use, or the next one that answers.
     async fn connect(&self) -> Result<MultiplexedConnection, InspectError> {
         // BRPOP blocks for up to the inspect timeout: the response timeout must exceed it.
         let cfg = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(self.timeout + Duration::from_secs(5)));
-        self.client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await
-            .map_err(|e| self.err(e))
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for k in 0..self.clients.len() {
+            let i = (start + k) % self.clients.len();
+            match self.clients[i]
+                .0
+                .get_multiplexed_async_connection_with_config(&cfg)
+                .await
+            {
+                Ok(c) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(c);
+                }
+                Err(e) => last = Some((i, e)),
+            }
+        }
+        let (i, source) = last.expect("at least one address");
+        Err(InspectError::Redis {
+            endpoint: self.clients[i].1.clone(),
+            source,
+        })
     }
 
     /// Broadcast `methods` (to `destination` only, when given) and collect the answers until
@@ -195,7 +218,7 @@ impl Inspector {
                     }
                 }
                 None => tracing::debug!(
-                    broker = %self.endpoint,
+                    broker = %self.endpoint(),
                     "Ignored an undecodable remote-control reply."
                 ),
             }

@@ -54,8 +54,10 @@ use crate::config::{self, types, DecodeError, Section, Value};
 use crate::connectors::celery_correlate::now_secs;
 use crate::connectors::celery_correlate::view::View;
 use crate::receivers::celery_redis::CeleryRedisConfig;
+use crate::receivers::redis_queues::{self, RedisQueuesConfig};
 use crate::registry::{BuildResult, Factory, Registration};
 use crate::telemetry::Counter;
+use crate::tls::ClientTlsConfig;
 use api::Inspected;
 use inspect::Inspector;
 use page::RedactConfig;
@@ -122,8 +124,12 @@ pub struct InspectConfig {
     /// How long a round waits for answers.
     #[serde(with = "types::duration")]
     pub timeout: Duration,
-    /// Broker URL; default: the `celery_redis` receiver's `endpoint`.
-    pub broker: Option<String>,
+    /// Broker URL, or a failover list; default: the `celery_redis` receiver's `endpoint`.
+    #[serde(default, deserialize_with = "opt_one_or_many")]
+    pub broker: Option<Vec<String>>,
+    /// TLS for a `rediss://` broker; default: the `celery_redis` receiver's (when `broker` is
+    /// not set).
+    pub tls: Option<ClientTlsConfig>,
     /// kombu's `global_keyprefix`; default: the `celery_redis` receiver's.
     pub global_keyprefix: Option<String>,
 }
@@ -135,6 +141,7 @@ impl Default for InspectConfig {
             interval: Duration::from_secs(10),
             timeout: Duration::from_secs(1),
             broker: None,
+            tls: None,
             global_keyprefix: None,
         }
     }
@@ -173,8 +180,12 @@ fn build(v: &Value) -> BuildResult<dyn Extension> {
         return Err(DecodeError::new("stream_interval", "must be at least 50ms"));
     }
     if let Some(b) = &cfg.inspect.broker {
-        redis::Client::open(b.as_str())
-            .map_err(|e| DecodeError::new("inspect.broker", format!("invalid Redis URL: {e}")))?;
+        broker_clients(b, cfg.inspect.tls.clone().unwrap_or_default()).map_err(|e| {
+            DecodeError::new(
+                format!("inspect.{}", e.path.replacen("endpoint", "broker", 1)),
+                e.message,
+            )
+        })?;
     }
     cfg.redact = cfg.redact.normalized();
     Ok(Box::new(CeleryUi { cfg }))
@@ -184,8 +195,32 @@ pub struct CeleryUi {
     cfg: UiConfig,
 }
 
-/// The broker to inspect: URL and key prefix.
-type Broker = (String, String);
+/// The broker to inspect: its addresses, TLS settings and key prefix.
+type Broker = (Vec<String>, ClientTlsConfig, String);
+
+fn opt_one_or_many<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    types::one_or_many::deserialize(d).map(Some)
+}
+
+/// Redis clients for `urls` (TLS for `rediss://`), as the `redis_queues` receiver builds them.
+fn broker_clients(
+    urls: &[String],
+    tls: ClientTlsConfig,
+) -> Result<Vec<(redis::Client, String)>, DecodeError> {
+    if urls.is_empty() {
+        return Err(DecodeError::new(
+            "endpoint",
+            "must name at least one broker URL",
+        ));
+    }
+    redis_queues::clients(&RedisQueuesConfig {
+        endpoint: urls.to_vec(),
+        tls,
+        ..RedisQueuesConfig::default()
+    })
+}
 
 impl CeleryUi {
     fn resolve(&self, host: &Host) -> Result<(Arc<View>, Option<Broker>), String> {
@@ -214,9 +249,9 @@ impl CeleryUi {
         let from_receiver = receivers
             .first()
             .and_then(|d| config::decode::<CeleryRedisConfig>(&d.settings).ok());
-        let url = match (&self.cfg.inspect.broker, &from_receiver) {
-            (Some(b), _) => b.clone(),
-            (None, Some(r)) => r.endpoint.clone(),
+        let (urls, tls) = match (&self.cfg.inspect.broker, &from_receiver) {
+            (Some(b), _) => (b.clone(), self.cfg.inspect.tls.clone().unwrap_or_default()),
+            (None, Some(r)) => (r.endpoint.clone(), r.tls.clone()),
             (None, None) => {
                 return Err("inspect needs a broker: set `inspect.broker`, declare a celery_redis receiver, or set `inspect.enabled: false`".into())
             }
@@ -228,7 +263,7 @@ impl CeleryUi {
             .clone()
             .or_else(|| from_receiver.map(|r| r.global_keyprefix))
             .unwrap_or_default();
-        Ok((view, Some((url, prefix))))
+        Ok((view, Some((urls, tls, prefix))))
     }
 }
 
@@ -245,10 +280,14 @@ impl Extension for CeleryUi {
                 .await
                 .map_err(|source| ComponentError::Bind { addr, source })?;
             let inspector = match broker {
-                Some((url, prefix)) => Some(
-                    Inspector::new(&url, &prefix, self.cfg.inspect.timeout)
-                        .map_err(|e| ComponentError::Other(e.to_string()))?,
-                ),
+                Some((urls, tls, prefix)) => {
+                    let clients = broker_clients(&urls, tls)
+                        .map_err(|e| ComponentError::Other(format!("inspect broker: {e}")))?;
+                    Some(
+                        Inspector::new(clients, &prefix, self.cfg.inspect.timeout)
+                            .map_err(|e| ComponentError::Other(e.to_string()))?,
+                    )
+                }
                 None => None,
             };
             view.enable();
@@ -392,7 +431,8 @@ fn truthy(v: &str) -> bool {
     !v.is_empty()
 }
 
-/// Constant-time equality, so response times do not reveal how much of a secret matched.
+/// Constant-time equality (basic-auth credentials), so response times do not reveal how much
+/// of a secret matched.
 fn same(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
@@ -405,21 +445,17 @@ impl Ui {
         let Some(auth) = &self.cfg.auth else {
             return true;
         };
-        let Some(h) = req
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|h| h.to_str().ok())
-        else {
+        let header = req.headers().get(AUTHORIZATION).map(|h| h.as_bytes());
+        if let Some(token) = &auth.bearer_token {
+            if crate::telemetry::bearer_matches(header, token) {
+                return true;
+            }
+        }
+        let Some(h) = header.and_then(|h| std::str::from_utf8(h).ok()) else {
             return false;
         };
         let (scheme, cred) = h.split_once(' ').unwrap_or((h, ""));
         let cred = cred.trim();
-        if scheme.eq_ignore_ascii_case("bearer") {
-            return auth
-                .bearer_token
-                .as_deref()
-                .is_some_and(|t| same(t.as_bytes(), cred.as_bytes()));
-        }
         if scheme.eq_ignore_ascii_case("basic") {
             if let (Some(u), Some(p)) = (&auth.username, &auth.password) {
                 let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(cred) else {
@@ -737,5 +773,17 @@ mod tests {
         let v: Value = serde_yaml_ng::from_str("endpoint: nope").unwrap();
         assert_eq!(build(&v).err().unwrap().path, "endpoint");
         assert!(same(b"abc", b"abc") && !same(b"abc", b"abd") && !same(b"a", b"ab"));
+        let v: Value = serde_yaml_ng::from_str(
+            "inspect: { broker: [redis://127.0.0.1:1/0, redis://127.0.0.1:2/0] }",
+        )
+        .unwrap();
+        assert!(build(&v).is_ok());
+        let v: Value =
+            serde_yaml_ng::from_str("inspect: { broker: [redis://a:1/0, 'http://x'] }").unwrap();
+        assert_eq!(build(&v).err().unwrap().path, "inspect.broker[1]");
+        let v: Value =
+            serde_yaml_ng::from_str("inspect: { broker: redis://a:1/0, tls: { ca_file: /x.pem } }")
+                .unwrap();
+        assert!(build(&v).err().unwrap().path.starts_with("inspect.tls"));
     }
 }
