@@ -627,7 +627,11 @@ fn auth_redaction_and_escaping() {
         .status,
         401
     );
-    assert_eq!(get("/", &basic).status, 200);
+    let index = get("/", &basic);
+    assert_eq!(index.status, 200);
+    assert!(index
+        .header("content-security-policy")
+        .is_some_and(|c| c.contains("default-src 'self'")));
     assert_eq!(get("/static/app.js", "Bearer tok-123").status, 200);
 
     let args = json!([{"user": "bob", "password": "hunter2"}, XSS_ARG]).to_string();
