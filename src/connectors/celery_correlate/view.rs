@@ -28,7 +28,7 @@ use super::tasks::TaskState;
 /// Cap, in bytes, of `args`, `kwargs`, `result`, `exception`, `eta`, `expires` as stored.
 /// Celery itself truncates the args/kwargs/result reprs it sends to 1024 characters.
 pub const FIELD_CAP: usize = 1024;
-/// Cap, in bytes, of a stored traceback.
+/// Cap, in bytes, of a stored traceback (its end is kept).
 pub const TRACEBACK_CAP: usize = 8192;
 /// Child task ids kept per task.
 pub const CHILDREN_CAP: usize = 64;
@@ -357,7 +357,10 @@ impl ViewState {
             }
             set(&mut t.result, tf.result.as_deref(), FIELD_CAP);
             set(&mut t.exception, tf.exception.as_deref(), FIELD_CAP);
-            set(&mut t.traceback, tf.traceback.as_deref(), TRACEBACK_CAP);
+            if let Some(tb) = tf.traceback.as_deref() {
+                // The end of a traceback (the exception) says the most: keep that.
+                t.traceback = Some(Box::from(keep_tail(tb, TRACEBACK_CAP).as_ref()));
+            }
             set(&mut t.exchange, tf.exchange.as_deref(), FIELD_CAP);
             set(
                 &mut t.routing_key,
@@ -473,6 +476,18 @@ pub fn truncate(s: &str, cap: usize) -> &str {
         i -= 1;
     }
     &s[..i]
+}
+
+/// `s` cut to its last `cap` bytes (on a character boundary), marked with `…` when cut.
+pub fn keep_tail(s: &str, cap: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= cap {
+        return s.into();
+    }
+    let mut i = s.len() - cap;
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    format!("…{}", &s[i..]).into()
 }
 
 /// The shared handle: the connector writes, extensions read.
@@ -643,7 +658,8 @@ mod tests {
             assert_eq!(ids, ["t9", "t8", "t7"]);
             let t = s.task("t9").unwrap();
             assert!(t.args.as_ref().unwrap().len() <= FIELD_CAP);
-            assert!(t.traceback.as_ref().unwrap().len() <= TRACEBACK_CAP);
+            let tb = t.traceback.as_ref().unwrap();
+            assert!(tb.len() <= TRACEBACK_CAP + 3 && tb.starts_with('…'));
         });
     }
 

@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value as Json};
 
 use super::page::RedactConfig;
 use crate::connectors::celery_correlate::parse_iso8601;
-use crate::connectors::celery_correlate::view::{TaskRecord, ViewState};
+use crate::connectors::celery_correlate::view::{keep_tail, TaskRecord, ViewState};
 
 /// Celery's `Task.as_dict()` with Flower's `worker` → node name. `worker_always`: keep a
 /// `null` worker (`/api/task/info`) instead of dropping the key (`/api/tasks`).
@@ -298,6 +298,9 @@ pub const PAGE_TASKS: usize = 100;
 pub const PAGE_FAILED: usize = 50;
 pub const FAILED_SCAN: usize = 5000;
 
+/// Traceback bytes a live-page update carries per failed task.
+pub const PAGE_TRACEBACK: usize = 2048;
+
 /// The live page's data: one message of the event stream.
 pub fn dashboard(
     v: &ViewState,
@@ -361,10 +364,6 @@ pub fn dashboard(
             "worker": t.worker.as_deref(),
             "args": t.args.as_deref().map(|a| redact.args(a)),
             "kwargs": t.kwargs.as_deref().map(|k| redact.kwargs(k)),
-            "result": t.result.as_deref(),
-            "exception": t.exception.as_deref(),
-            "traceback": t.traceback.as_deref(),
-            "trace_id": t.trace_id_hex(),
         })
     };
     let tasks: Vec<Json> = v.recent().take(PAGE_TASKS).map(row).collect();
@@ -373,7 +372,16 @@ pub fn dashboard(
         .take(FAILED_SCAN)
         .filter(|t| t.state.as_str() == "FAILURE")
         .take(PAGE_FAILED)
-        .map(row)
+        .map(|t| {
+            let mut r = row(t);
+            r["exception"] = json!(t.exception.as_deref());
+            // The end of a traceback says the most; the task page has all of it.
+            r["traceback"] = json!(t
+                .traceback
+                .as_deref()
+                .map(|tb| keep_tail(tb, PAGE_TRACEBACK)));
+            r
+        })
         .collect();
     json!({
         "now": now,
@@ -514,5 +522,27 @@ mod tests {
         assert_eq!(one.as_object().unwrap().len(), 1);
         let types = v.read(task_types_body);
         assert_eq!(types["task-types"], json!(["n.one", "n.two"]));
+    }
+
+    #[test]
+    fn dashboard_rows_are_small() {
+        let v = View::new(10);
+        v.enable();
+        let mut e = ev("task-failed", "f", 1.0, "n.bad", "w1@h");
+        if let Some(t) = e.task.as_mut() {
+            t.exception = Some("KeyError('x')".into());
+            t.traceback = Some(format!(
+                "Traceback (most recent call last):\n{}KeyError: 'x'",
+                "  frame\n".repeat(1000)
+            ));
+        }
+        v.apply(&[e], 0.0);
+        let d = v.read(|s| dashboard(s, &Inspected::new(), &[], &RedactConfig::default(), 2.0));
+        assert!(d["tasks"][0].get("traceback").is_none());
+        let tb = d["failed"][0]["traceback"].as_str().unwrap();
+        assert!(
+            tb.starts_with('…') && tb.ends_with("KeyError: 'x'") && tb.len() <= PAGE_TRACEBACK + 3
+        );
+        assert_eq!(d["failed"][0]["exception"], "KeyError('x')");
     }
 }
