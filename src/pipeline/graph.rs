@@ -552,6 +552,14 @@ mod tests {
             out.contains("t.yaml:7:47: error: extension celery_ui/b: unknown field `bogus`"),
             "{out}"
         );
+
+        // Two brokers: which one to inspect must be said.
+        let text = format!("receivers:\n  celery_redis/b:\n{CELERY}extensions:\n  celery_ui:\nservice:\n  extensions: [celery_ui]\n  pipelines:\n    celery: {{ receivers: [celery_redis, celery_redis/b], exporters: [celery_correlate] }}\n    metrics: {{ receivers: [celery_correlate], exporters: [debug] }}\n").replacen("receivers:\n  celery_redis:\n", "  celery_redis:\n", 1);
+        let (ok, out) = check(&text);
+        assert!(
+            !ok && out.contains("several celery_redis receivers"),
+            "{out}"
+        );
     }
 
     #[test]

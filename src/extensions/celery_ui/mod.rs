@@ -246,6 +246,12 @@ impl CeleryUi {
             return Ok((view, None));
         }
         let receivers = host.declared(Section::Receivers, "celery_redis");
+        if receivers.len() > 1 && self.cfg.inspect.broker.is_none() {
+            return Err(
+                "there are several celery_redis receivers: name the broker to inspect with `inspect.broker`"
+                    .into(),
+            );
+        }
         let from_receiver = receivers
             .first()
             .and_then(|d| config::decode::<CeleryRedisConfig>(&d.settings).ok());
