@@ -585,7 +585,7 @@ fn live_page_updates_without_reload_and_shows_args_as_text() {
 
 #[test]
 fn auth_redaction_and_escaping() {
-    let (redis, _worker, _agent, ui, tel) = start_stack(
+    let (redis, mut worker, _agent, ui, tel) = start_stack(
         "    auth: { username: admin, password: s3cret, bearer_token: tok-123 }\n    redact: { keys: [password] }",
     );
     let basic = format!(
@@ -664,4 +664,17 @@ fn auth_redaction_and_escaping() {
     assert!(!r.text().contains("<script>alert") && r.text().contains("&lt;script&gt;alert(1)"));
 
     assert_eq!(refused() - refused_before, 3.0);
+
+    // A worker that stops is shown offline (its worker-offline event), on the page and the API.
+    let alive = |path: &str| -> Value {
+        let r = get(path, "Bearer tok-123");
+        serde_json::from_slice(&r.body).unwrap_or(Value::Null)
+    };
+    assert_eq!(alive("/api/workers?status=1")["w1@host1"], true);
+    worker.stop();
+    let offline = wait_until(Duration::from_secs(15), || {
+        alive("/api/workers?status=1")["w1@host1"] == false
+            && alive("/api/dashboard")["workers"][0]["alive"] == false
+    });
+    assert!(offline, "{}", alive("/api/dashboard")["workers"]);
 }

@@ -148,6 +148,13 @@ pub struct WorkerRecord {
 }
 
 impl WorkerRecord {
+    fn beat(&mut self, now: f64) {
+        if self.heartbeats.len() == HEARTBEATS_KEPT {
+            self.heartbeats.remove(0);
+        }
+        self.heartbeats.push(now);
+    }
+
     /// Celery's rule: alive while the last heartbeat is younger than 2 × `freq`.
     pub fn alive(&self, now: f64) -> bool {
         !self.offline
@@ -296,11 +303,13 @@ impl ViewState {
             // Custom and cancelled events change no state a UI lists.
             _ => return,
         };
-        // Celery's `State` refreshes the worker on every task event from it.
+        // Celery's `State` counts every task event from a worker as a heartbeat of it.
         if ev.kind != EventKind::TaskSent && !ev.hostname.is_empty() {
             let w = self.worker_mut(&ev.hostname);
             w.last_seen = now;
             w.timestamp = w.timestamp.max(ev.timestamp);
+            w.offline = false;
+            w.beat(now);
         }
         let name = tf.name.as_deref().map(|n| self.intern_name(n));
         let worker: Option<Arc<str>> = (ev.kind != EventKind::TaskSent && !ev.hostname.is_empty())
@@ -446,10 +455,7 @@ impl ViewState {
             }
             EventKind::WorkerOnline | EventKind::WorkerHeartbeat => {
                 w.offline = false;
-                if w.heartbeats.len() == HEARTBEATS_KEPT {
-                    w.heartbeats.remove(0);
-                }
-                w.heartbeats.push(now);
+                w.beat(now);
             }
             _ => {}
         }

@@ -232,6 +232,28 @@ impl Inspector {
         Ok(answers)
     }
 
+    /// Ask every worker for an immediate `worker-heartbeat` (what Celery's event receiver
+    /// does when it connects), so workers show as online without waiting a heartbeat interval.
+    pub async fn wakeup(&self) -> Result<(), InspectError> {
+        let mut conn = self.connect().await?;
+        let body = json!({
+            "method": "heartbeat",
+            "arguments": {},
+            "destination": null,
+            "pattern": null,
+            "matcher": null,
+        });
+        let expires = crate::connectors::celery_correlate::now_secs() + self.timeout.as_secs_f64();
+        let channel = format!("{}/{}.celery.pidbox", self.prefix, self.db);
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(envelope(&body, expires))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// Messages waiting in each queue (all priority lists), as Flower's `/api/queues/length`.
     pub async fn queue_lengths(
         &self,

@@ -323,6 +323,11 @@ impl Extension for CeleryUi {
             if ui.inspector.is_some() {
                 let ui = ui.clone();
                 tokio::spawn(async move {
+                    if let Some(i) = &ui.inspector {
+                        if let Err(e) = i.wakeup().await {
+                            tracing::warn!(error = %e, "Cannot ask workers for a heartbeat.");
+                        }
+                    }
                     let mut tick = tokio::time::interval(ui.cfg.inspect.interval);
                     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     loop {
