@@ -12,7 +12,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use tokio_util::sync::CancellationToken;
 
@@ -93,10 +93,18 @@ impl Input {
     }
 }
 
-/// Downstream targets per signal: the entry channels of every pipeline a producer feeds.
+/// Downstream targets per signal: the entry channels of every pipeline a producer feeds, each
+/// signal with its own `sent`/`refused` counters. Clones share the targets, which a config
+/// reload may replace while the producer runs ([`Output::replace_targets`]).
 #[derive(Clone)]
 pub struct Output {
-    targets: Vec<(SignalKind, Vec<async_channel::Sender<Signal>>)>,
+    targets: Arc<RwLock<Arc<[Target]>>>,
+}
+
+#[derive(Clone)]
+struct Target {
+    kind: SignalKind,
+    senders: Vec<async_channel::Sender<Signal>>,
     sent: Counter,
     refused: Counter,
 }
@@ -111,49 +119,84 @@ pub enum SendError {
 }
 
 impl Output {
+    /// Targets whose items are all counted in one `sent` and one `refused` counter.
     pub fn new(
         targets: Vec<(SignalKind, Vec<async_channel::Sender<Signal>>)>,
         sent: Counter,
         refused: Counter,
     ) -> Self {
+        Self::counted(targets, |_| (sent.clone(), refused.clone()))
+    }
+
+    /// Targets counted per signal: `counters(kind)` gives that signal's `(sent, refused)`.
+    pub fn counted(
+        targets: Vec<(SignalKind, Vec<async_channel::Sender<Signal>>)>,
+        counters: impl Fn(SignalKind) -> (Counter, Counter),
+    ) -> Self {
+        let targets: Arc<[Target]> = targets
+            .into_iter()
+            .map(|(kind, senders)| {
+                let (sent, refused) = counters(kind);
+                Target {
+                    kind,
+                    senders,
+                    sent,
+                    refused,
+                }
+            })
+            .collect();
         Output {
-            targets,
-            sent,
-            refused,
+            targets: Arc::new(RwLock::new(targets)),
         }
+    }
+
+    /// Point this output (and every clone of it) at `other`'s targets. The old targets are
+    /// dropped once a send in progress finishes with them, so the channels they feed close and
+    /// drain as usual.
+    pub fn replace_targets(&self, other: &Output) {
+        let new = other.current();
+        *self.targets.write().unwrap_or_else(|e| e.into_inner()) = new;
+    }
+
+    fn current(&self) -> Arc<[Target]> {
+        self.targets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Does any pipeline take `kind` from this producer?
     pub fn wants(&self, kind: SignalKind) -> bool {
-        self.targets
+        self.current()
             .iter()
-            .any(|(k, t)| *k == kind && !t.is_empty())
-    }
-
-    fn senders(&self, kind: SignalKind) -> &[async_channel::Sender<Signal>] {
-        self.targets
-            .iter()
-            .find(|(k, _)| *k == kind)
-            .map(|(_, s)| s.as_slice())
-            .unwrap_or(&[])
+            .any(|t| t.kind == kind && !t.senders.is_empty())
     }
 
     /// Send to every target, waiting for room (backpressure). Fails only when every target has
     /// closed, which happens during shutdown.
     pub async fn send(&self, signal: Signal) -> Result<(), SendError> {
-        let senders = self.senders(signal.kind());
-        if senders.is_empty() || signal.is_empty() {
+        let targets = self.current();
+        let kind = signal.kind();
+        let Some(target) = targets
+            .iter()
+            .find(|t| t.kind == kind && !t.senders.is_empty())
+        else {
+            return Ok(());
+        };
+        let Some((last, rest)) = target.senders.split_last() else {
+            return Ok(());
+        };
+        if signal.is_empty() {
             return Ok(());
         }
         let n = signal.item_count() as u64;
         let mut delivered = false;
-        let (last, rest) = senders.split_last().expect("non-empty");
         for s in rest {
             delivered |= s.send(signal.clone()).await.is_ok();
         }
         delivered |= last.send(signal).await.is_ok();
         if delivered {
-            self.sent.add(n);
+            target.sent.add(n);
             Ok(())
         } else {
             Err(SendError::Closed)
@@ -163,25 +206,32 @@ impl Output {
     /// Send without waiting, for producers that cannot apply backpressure (pub/sub): a target
     /// that is full misses this batch and the drop is counted.
     pub fn try_send(&self, signal: Signal) -> Result<(), SendError> {
-        let senders = self.senders(signal.kind());
-        if senders.is_empty() || signal.is_empty() {
+        let targets = self.current();
+        let kind = signal.kind();
+        let Some(target) = targets
+            .iter()
+            .find(|t| t.kind == kind && !t.senders.is_empty())
+        else {
+            return Ok(());
+        };
+        if signal.is_empty() {
             return Ok(());
         }
         let n = signal.item_count() as u64;
         let mut full = false;
         let mut delivered = false;
-        for s in senders {
+        for s in &target.senders {
             match s.try_send(signal.clone()) {
                 Ok(()) => delivered = true,
                 Err(async_channel::TrySendError::Full(_)) => {
                     full = true;
-                    self.refused.add(n);
+                    target.refused.add(n);
                 }
                 Err(async_channel::TrySendError::Closed(_)) => {}
             }
         }
         if delivered {
-            self.sent.add(n);
+            target.sent.add(n);
         }
         match (full, delivered) {
             (true, _) => Err(SendError::Full),

@@ -12,7 +12,8 @@
 //! * [`receivers`], [`processors`], [`connectors`], [`exporters`]: one file per component;
 //! * [`extensions`]: components beside the pipelines (the `celery_ui` dashboard and API);
 //! * [`prompb`]: the Prometheus remote-write protobuf messages;
-//! * [`telemetry`]: the agent's own `/metrics`, `/healthz` and logs.
+//! * [`telemetry`]: the agent's own `/metrics`, `/healthz` and logs;
+//! * [`reload`]: re-reading the config on SIGHUP or `POST /-/reload`, and `celeriac reload`;
 //! * [`tls`]: TLS settings and rustls configurations shared by servers and clients.
 
 pub mod celery;
@@ -26,6 +27,7 @@ pub mod processors;
 pub mod prompb;
 pub mod receivers;
 pub mod registry;
+pub mod reload;
 pub mod signal;
 pub mod telemetry;
 pub mod tls;

@@ -1,4 +1,4 @@
-//! The `celeriac` command line: `run` and `validate`.
+//! The `celeriac` command line: `run`, `validate`, `components` and `reload`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use celeriac::config::{self, Config, Diagnostics};
 use celeriac::pipeline::{self, Graph};
+use celeriac::reload;
 use celeriac::telemetry::{self, Telemetry};
 
 /// mimalloc instead of glibc malloc: the hot path allocates and frees several small strings per
@@ -39,6 +40,19 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// List every component type, the signals it takes and gives, and all its settings with
+    /// their defaults (as YAML that can be pasted into a config file).
+    Components,
+    /// Ask a running agent to re-read its config file (like SIGHUP) and wait for the outcome;
+    /// exit 0 when it swapped its pipelines, 1 when it kept the running ones.
+    Reload {
+        /// The agent's telemetry endpoint (`service.telemetry.endpoint`).
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8888")]
+        endpoint: String,
+        /// A file holding `service.telemetry.bearer_token`, when the endpoint requires one.
+        #[arg(long, value_name = "FILE")]
+        bearer_token_file: Option<PathBuf>,
+    },
 }
 
 fn load(path: Option<&PathBuf>) -> (Option<(Config, Graph)>, Diagnostics) {
@@ -56,6 +70,27 @@ fn load(path: Option<&PathBuf>) -> (Option<(Config, Graph)>, Diagnostics) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Components => {
+            print!("{}", celeriac::registry::catalog());
+            ExitCode::SUCCESS
+        }
+        Command::Reload {
+            endpoint,
+            bearer_token_file,
+        } => match reload::request_with_token_file(&endpoint, bearer_token_file.as_deref()) {
+            Ok(reload::Outcome::Reloaded) => {
+                println!("{endpoint}: configuration reloaded");
+                ExitCode::SUCCESS
+            }
+            Ok(reload::Outcome::Rejected) => {
+                eprintln!("{endpoint}: the new configuration was rejected; the agent kept the running one (its log says why)");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("{endpoint}: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Validate { config } => {
             let (built, d) = load(config.as_ref());
             eprint!("{}", d.render());
@@ -90,15 +125,17 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            rt.block_on(run(cfg, graph))
+            rt.block_on(run(cfg, graph, config))
         }
     }
 }
 
-async fn run(cfg: Config, graph: Graph) -> ExitCode {
+async fn run(cfg: Config, graph: Graph, path: Option<PathBuf>) -> ExitCode {
     let telemetry = Telemetry::new();
     let stop = CancellationToken::new();
     let server_stop = CancellationToken::new();
+    // Reload requests (SIGHUP, POST /-/reload); one pending request is enough.
+    let (request_tx, request_rx) = tokio::sync::mpsc::channel::<()>(1);
 
     if let Some(addr) = cfg.service.telemetry.endpoint {
         let listener = match tokio::net::TcpListener::bind(addr).await {
@@ -115,13 +152,14 @@ async fn run(cfg: Config, graph: Graph) -> ExitCode {
             .bearer_token
             .as_ref()
             .map(|s| std::sync::Arc::from(s.expose()));
+        let requests = request_tx.clone();
         tokio::spawn(telemetry::serve_authorized(
             listener,
             bearer,
-            move |_, path| telemetry_page(&t, path),
+            move |method, path| telemetry_page(&t, &requests, method, path),
             server_stop.clone(),
         ));
-        tracing::info!(%addr, "Serving /metrics and /healthz.");
+        tracing::info!(%addr, "Serving /metrics, /healthz and POST /-/reload.");
     }
 
     let stop2 = stop.clone();
@@ -130,8 +168,37 @@ async fn run(cfg: Config, graph: Graph) -> ExitCode {
         tracing::info!("Signal received.");
         stop2.cancel();
     });
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                let requests = request_tx.clone();
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        tracing::info!("SIGHUP: reloading the configuration.");
+                        let _ = requests.try_send(());
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot handle SIGHUP; reload with POST /-/reload.")
+            }
+        }
+    }
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(reload::serve(
+        path,
+        load,
+        request_rx,
+        reload_tx,
+        telemetry.clone(),
+    ));
 
-    let result = pipeline::run(graph, &cfg.service, telemetry, stop).await;
+    let components = cfg.components.clone();
+    let result =
+        pipeline::run_with_reloads(graph, &components, &cfg.service, telemetry, stop, reload_rx)
+            .await;
     server_stop.cancel();
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -142,24 +209,44 @@ async fn run(cfg: Config, graph: Graph) -> ExitCode {
     }
 }
 
-fn telemetry_page(t: &Telemetry, path: &str) -> telemetry::Reply {
-    use hyper::StatusCode;
-    match path {
-        "/metrics" => (
+fn telemetry_page(
+    t: &Telemetry,
+    reloads: &tokio::sync::mpsc::Sender<()>,
+    method: &hyper::Method,
+    path: &str,
+) -> telemetry::Reply {
+    use hyper::{Method, StatusCode};
+    match (method, path) {
+        (_, "/metrics") => (
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             t.render().into(),
         ),
-        "/healthz" if t.healthy() => (StatusCode::OK, "text/plain", "ok\n".into()),
-        "/healthz" => (
+        (_, "/healthz") if t.healthy() => (StatusCode::OK, "text/plain", "ok\n".into()),
+        (_, "/healthz") => (
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
             "not ready\n".into(),
         ),
+        (&Method::POST, "/-/reload") => {
+            // Full means a reload is already pending, which will read the same file.
+            let _ = reloads.try_send(());
+            (
+                StatusCode::ACCEPTED,
+                "text/plain",
+                "reload requested; the outcome is counted in celeriac_config_reloads_total\n"
+                    .into(),
+            )
+        }
+        (_, "/-/reload") => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "use POST\n".into(),
+        ),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics or /healthz\n".into(),
+            "not found: try /metrics, /healthz or POST /-/reload\n".into(),
         ),
     }
 }

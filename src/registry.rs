@@ -69,6 +69,14 @@ impl Factory {
 pub struct Registration {
     pub type_name: &'static str,
     pub factory: Factory,
+    /// Every setting with its default value, as the YAML a user would write
+    /// (`celeriac components` prints it; a test builds the component from it).
+    pub defaults: fn() -> Result<Value, String>,
+}
+
+/// The settings of a component whose config is `T`, all at their defaults.
+pub fn defaults<T: Default + serde::Serialize>() -> Result<Value, String> {
+    serde_yaml_ng::to_value(T::default()).map_err(|e| e.to_string())
 }
 
 /// Every component type celeriac knows.
@@ -83,6 +91,7 @@ pub static COMPONENTS: &[Registration] = &[
     crate::receivers::celery_redis::REGISTRATION,
     crate::receivers::otlp::REGISTRATION,
     crate::receivers::redis_queues::REGISTRATION,
+    crate::receivers::internal_metrics::REGISTRATION,
     crate::extensions::celery_ui::REGISTRATION,
 ];
 
@@ -111,4 +120,102 @@ pub fn names(section: Section) -> Vec<&'static str> {
         .collect();
     v.sort_unstable();
     v
+}
+
+/// The text of `celeriac components`: per section, every component type with the signals it
+/// takes and gives and all its settings at their defaults, as YAML that can be pasted into a
+/// config file.
+pub fn catalog() -> String {
+    use std::fmt::Write as _;
+    let kinds = |k: &[SignalKind]| {
+        k.iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out = String::new();
+    for section in Section::ALL.into_iter().chain([Section::Extensions]) {
+        let mut regs: Vec<_> = COMPONENTS
+            .iter()
+            .filter(|r| r.factory.section() == section)
+            .collect();
+        if regs.is_empty() {
+            continue;
+        }
+        regs.sort_by_key(|r| r.type_name);
+        let _ = writeln!(out, "{}:", section.key());
+        for r in regs {
+            let signals = match &r.factory {
+                Factory::Receiver { produces, .. } => format!("produces {}", kinds(produces)),
+                Factory::Processor { signals, .. } => format!("any of {}", kinds(signals)),
+                Factory::Exporter { accepts, .. } => format!("accepts {}", kinds(accepts)),
+                Factory::Connector {
+                    accepts, produces, ..
+                } => format!("accepts {}; produces {}", kinds(accepts), kinds(produces)),
+                Factory::Extension { .. } => {
+                    "beside the pipelines (service.extensions)".to_string()
+                }
+            };
+            let _ = writeln!(out, "  # {}: {signals}", r.type_name);
+            let mut one = serde_yaml_ng::Mapping::new();
+            match (r.defaults)() {
+                Ok(v) => {
+                    one.insert(Value::String(r.type_name.to_string()), v);
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "  # (cannot show the defaults: {e})");
+                    one.insert(Value::String(r.type_name.to_string()), Value::Null);
+                }
+            }
+            let text = serde_yaml_ng::to_string(&one).unwrap_or_default();
+            for line in text.lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shown defaults are real: every component builds from exactly what
+    /// `celeriac components` prints for it.
+    #[test]
+    fn every_component_builds_from_its_printed_defaults() {
+        for r in COMPONENTS {
+            let v = (r.defaults)().unwrap_or_else(|e| panic!("{}: {e}", r.type_name));
+            let text = serde_yaml_ng::to_string(&v).unwrap();
+            let reparsed: Value = serde_yaml_ng::from_str(&text).unwrap();
+            let built = match &r.factory {
+                Factory::Receiver { build, .. } => build(&reparsed).map(drop),
+                Factory::Processor { build, .. } | Factory::Connector { build, .. } => {
+                    build(&reparsed).map(drop)
+                }
+                Factory::Exporter { build, .. } => build(&reparsed).map(drop),
+                Factory::Extension { build } => build(&reparsed).map(drop),
+            };
+            if let Err(e) = built {
+                panic!("{}: {e}\n{text}", r.type_name);
+            }
+        }
+    }
+
+    #[test]
+    fn catalog_lists_every_component_with_its_keys() {
+        let text = catalog();
+        for r in COMPONENTS {
+            assert!(
+                text.contains(&format!("  {}:", r.type_name)),
+                "{} missing:\n{text}",
+                r.type_name
+            );
+        }
+        assert!(text.contains("    send_batch_size: 8192\n"), "{text}");
+        assert!(text.contains("    timeout: 200ms\n"), "{text}");
+        assert!(text.contains("      initial_interval: 5s\n"), "{text}");
+        assert!(text.contains("    endpoint: 127.0.0.1:9540\n"), "{text}");
+    }
 }

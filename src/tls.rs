@@ -34,7 +34,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -71,7 +71,7 @@ impl TlsError {
 }
 
 /// `tls:` of a server. TLS is on when `cert_file` and `key_file` are set.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerTlsConfig {
     pub cert_file: Option<PathBuf>,
@@ -138,7 +138,7 @@ impl ServerTlsConfig {
 
 /// `tls:` of a client: the system's roots plus `ca_file`, and a client certificate when the
 /// server asks for one.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientTlsConfig {
     /// Extra CA bundle (PEM) trusted besides the system's roots.

@@ -61,7 +61,7 @@ service:
         wait_until(Duration::from_secs(10), || scrape(&tel_addr).and_then(
             |s| metric_value(
                 &s,
-                "celeriac_component_received_items_total",
+                "celeriac_processor_incoming_items_total",
                 &[("component", "processor/batch@logs")]
             )
         ) == Some(75.0)),

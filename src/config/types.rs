@@ -25,8 +25,13 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 pub mod duration {
-    use serde::{Deserialize, Deserializer};
+    use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
+
+    /// Written back the way it is read: `200ms`, `5s`, `1h`.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
@@ -35,8 +40,12 @@ pub mod duration {
 }
 
 pub mod addr {
-    use serde::{Deserialize, Deserializer};
+    use serde::{Deserialize, Deserializer, Serializer};
     use std::net::SocketAddr;
+
+    pub fn serialize<S: Serializer>(a: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(a)
+    }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
         let s = String::deserialize(d)?;
@@ -45,8 +54,15 @@ pub mod addr {
 }
 
 pub mod opt_addr {
-    use serde::{Deserialize, Deserializer};
+    use serde::{Deserialize, Deserializer, Serializer};
     use std::net::SocketAddr;
+
+    pub fn serialize<S: Serializer>(a: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match a {
+            Some(a) => s.collect_str(a),
+            None => s.serialize_none(),
+        }
+    }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
         match Option::<String>::deserialize(d)? {
@@ -73,6 +89,13 @@ impl Secret {
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("<redacted>")
+    }
+}
+
+/// Written out (by `celeriac components`) as `<redacted>`, like its `Debug`.
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
     }
 }
 
@@ -127,6 +150,11 @@ mod tests {
 
     #[test]
     fn durations() {
+        for text in ["200ms", "5s", "1h", "0s", "1m 30s"] {
+            let d = parse_duration(text).unwrap();
+            let back = humantime::format_duration(d).to_string();
+            assert_eq!(parse_duration(&back).unwrap(), d, "{text} -> {back}");
+        }
         assert_eq!(parse_duration("200ms").unwrap().as_millis(), 200);
         assert_eq!(parse_duration("1h").unwrap().as_secs(), 3600);
         assert!(parse_duration("5x").is_err());

@@ -1,6 +1,6 @@
 //! `debug` exporter: one summary line per batch in the agent's own log, optionally every item.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::component::{BoxRun, Context, Exporter, Input};
 use crate::config::{self, Value};
@@ -13,9 +13,10 @@ pub const REGISTRATION: Registration = Registration {
         accepts: &SignalKind::ALL,
         build,
     },
+    defaults: crate::registry::defaults::<DebugConfig>,
 };
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Verbosity {
     /// Counts only.
@@ -25,7 +26,7 @@ pub enum Verbosity {
     Detailed,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct DebugConfig {
     pub verbosity: Verbosity,

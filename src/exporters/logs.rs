@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs};
 use opentelemetry_proto::tonic::trace::v1::{status, ResourceSpans, Span};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
 use crate::component::{BoxRun, ComponentError, Context, Exporter, Input};
@@ -27,16 +27,17 @@ pub const REGISTRATION: Registration = Registration {
         accepts: &[SignalKind::Logs, SignalKind::Traces],
         build,
     },
+    defaults: crate::registry::defaults::<LogsConfig>,
 };
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     #[default]
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogsConfig {
     pub format: Format,

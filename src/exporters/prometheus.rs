@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use opentelemetry_proto::tonic::metrics::v1::ResourceMetrics;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -61,6 +61,7 @@ pub const REGISTRATION: Registration = Registration {
         accepts: &[SignalKind::Metrics],
         build,
     },
+    defaults: crate::registry::defaults::<PrometheusConfig>,
 };
 
 /// The content type of the text exposition format.
@@ -69,11 +70,11 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// How often the exporter loop removes expired series (they are already hidden from the page).
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PrometheusConfig {
     /// Listen address of the scrape endpoint.
-    #[serde(deserialize_with = "types::addr::deserialize")]
+    #[serde(with = "types::addr")]
     pub endpoint: SocketAddr,
     /// A series not updated for this long disappears from the page.
     #[serde(with = "types::duration")]

@@ -83,7 +83,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use opentelemetry_proto::tonic::metrics::v1::ResourceMetrics;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, message, WireType};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -103,6 +103,7 @@ pub const REGISTRATION: Registration = Registration {
         accepts: &[SignalKind::Metrics],
         build,
     },
+    defaults: crate::registry::defaults::<RemoteWriteConfig>,
 };
 
 /// Prometheus' staleness marker (`value.StaleNaN`), a signalling NaN used for nothing else.
@@ -129,13 +130,20 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 #[serde(transparent)]
 pub struct Secret(String);
 
+/// Written out (by `celeriac components`) as `<redacted>`, or empty when unset.
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "<redacted>" })
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BasicAuth {
     pub username: String,
@@ -147,7 +155,7 @@ fn empty_secret() -> Secret {
     Secret(String::new())
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
     /// Samples each shard holds before dropping its oldest.
@@ -165,7 +173,7 @@ impl Default for QueueConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     pub enabled: bool,
@@ -189,7 +197,7 @@ impl Default for RetryConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RemoteWriteConfig {
     pub endpoint: String,

@@ -1,4 +1,4 @@
-//! Wiring and lifecycle of a built [`Graph`].
+//! Wiring and lifecycle of a built [`Graph`], and swapping it for another on a config reload.
 //!
 //! Each pipeline gets an entry channel in front of its first processor (or feeds its exporters
 //! directly when it has none); every exporter and connector owns one input channel shared by
@@ -6,17 +6,32 @@
 //! Start order: extensions, exporters, connectors, processors, then receivers. Stop: cancel receivers; each
 //! channel closes when its last sender is dropped, so stages drain in order with no control
 //! messages. Whatever is still running at the deadline is aborted and named in the log.
+//!
+//! A reload ([`Reload`]) replaces the running graph with a new one built from a checked config,
+//! without a stop: receivers, connectors and exporters whose settings (and, for producers, the
+//! signals they feed) did not change **keep running**, with their input channel and their state
+//! (the correlator's tasks and counters, the scrape page's series). Everything else is new:
+//! every pipeline's processors, and each component whose settings changed. A kept producer is
+//! pointed at the new pipelines' channels ([`Output::replace_targets`]); what the old ones hold
+//! drains to the old exporters as in a shutdown, so no batch is lost. A changed component's new
+//! instance starts only once the old one has drained and returned (it may bind the same port);
+//! meanwhile its input channel fills and applies backpressure upstream as usual. A changed pub/sub
+//! receiver cannot wait that way: events published between the old one's stop and the new one's
+//! subscription are missed, and not counted. Service settings that a running agent cannot
+//! change (`service.telemetry`) need a restart and are reported as such. A replaced component
+//! may leave state to its successor through [`Telemetry::hand_over`] (the correlator does).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::graph::{Graph, Node};
 use crate::component::{BoxRun, ComponentError, Context, Input, Output};
-use crate::config::ServiceSettings;
+use crate::config::{Config, Section, ServiceSettings, Value};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::Telemetry;
 
@@ -32,6 +47,22 @@ pub enum RunError {
     Deadline { timeout: Duration, pending: String },
 }
 
+/// A checked config and the graph built from it, to replace the running graph.
+pub struct Reload {
+    pub config: Config,
+    pub graph: Graph,
+    /// What the swap did.
+    pub done: oneshot::Sender<ReloadSummary>,
+}
+
+/// Components kept running, started new, and retired by a reload.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadSummary {
+    pub kept: Vec<String>,
+    pub started: Vec<String>,
+    pub stopped: Vec<String>,
+}
+
 /// Run `graph` until `stop` is cancelled (or a component fails), then shut down in order.
 pub async fn run(
     graph: Graph,
@@ -39,144 +70,74 @@ pub async fn run(
     telemetry: Telemetry,
     stop: CancellationToken,
 ) -> Result<(), RunError> {
-    let cap = settings.channel_capacity.max(1);
-    let receivers_stop = CancellationToken::new();
-    let ctx = |label: String| Context {
-        id: Arc::from(label.as_str()),
-        shutdown: receivers_stop.clone(),
+    let (_keep, reloads) = mpsc::channel(1);
+    run_with_reloads(graph, &[], settings, telemetry, stop, reloads).await
+}
+
+/// [`run`], also applying every [`Reload`] received on `reloads`. `components` are the
+/// declarations `graph` was built from (their settings decide what a reload keeps).
+pub async fn run_with_reloads(
+    graph: Graph,
+    components: &[crate::config::ComponentDecl],
+    settings: &ServiceSettings,
+    telemetry: Telemetry,
+    stop: CancellationToken,
+    mut reloads: mpsc::Receiver<Reload>,
+) -> Result<(), RunError> {
+    let mut rt = Runtime {
         telemetry: telemetry.clone(),
+        settings: settings.clone(),
+        receivers_stop: CancellationToken::new(),
+        tasks: JoinSet::new(),
+        running: BTreeMap::new(),
+        next_task: 0,
+        live: BTreeMap::new(),
     };
-    let input = |label: &str, rx: Rx| {
-        Input::new(rx, telemetry.counter("celeriac_component_received_items_total", "Items (spans, data points, log records, Celery events) a component took from its input.", &[("component", label)]))
-    };
-
-    // Input channels of exporters and connectors.
-    let mut inputs: BTreeMap<Node, (Tx, Rx)> = BTreeMap::new();
-    for (id, _) in &graph.exporters {
-        inputs.insert(Node::Exporter(id.clone()), async_channel::bounded(cap));
-    }
-    for (id, _) in &graph.connectors {
-        inputs.insert(Node::Connector(id.clone()), async_channel::bounded(cap));
-    }
-
-    // Per pipeline: processor chain, and the entry senders its sources write to.
-    let mut producer_targets: BTreeMap<Node, BTreeMap<SignalKind, Vec<Tx>>> = BTreeMap::new();
-    let mut tasks: JoinSet<(String, Result<(), ComponentError>)> = JoinSet::new();
-    let mut running: HashSet<String> = HashSet::new();
-    let mut spawn = |tasks: &mut JoinSet<_>, label: String, fut: BoxRun| {
-        running.insert(label.clone());
-        tasks.spawn(async move { (label, fut.await) });
-    };
-
-    let mut processor_runs = Vec::new();
-    for p in graph.pipelines {
-        let sinks: Vec<Tx> = p
-            .sinks
-            .iter()
-            .filter_map(|n| inputs.get(n).map(|(tx, _)| tx.clone()))
-            .collect();
-        let entry = if p.processors.is_empty() {
-            sinks
-        } else {
-            let (head_tx, mut rx) = async_channel::bounded(cap);
-            let n = p.processors.len();
-            for (i, (id, proc_)) in p.processors.into_iter().enumerate() {
-                let label = format!("processor/{id}@{}", p.id);
-                let (out_targets, next_rx) = if i + 1 == n {
-                    (sinks.clone(), None)
-                } else {
-                    let (tx, rx2) = async_channel::bounded(cap);
-                    (vec![tx], Some(rx2))
-                };
-                let out = output(&telemetry, &label, vec![(p.signal, out_targets)]);
-                let inp = input(&label, rx.clone());
-                processor_runs.push((label.clone(), proc_.run(ctx(label), inp, out)));
-                if let Some(r) = next_rx {
-                    rx = r;
-                }
-            }
-            vec![head_tx]
-        };
-        for src in &p.sources {
-            producer_targets
-                .entry(src.clone())
-                .or_default()
-                .entry(p.signal)
-                .or_default()
-                .extend(entry.iter().cloned());
-        }
-    }
-
-    // Extensions first, as in the collector; they stop with the receivers.
-    for (id, ext) in graph.extensions {
+    // Extensions first, as in the collector; they stop with the receivers. A reload does not
+    // restart them (they keep reading the state the connectors hand over to their successors).
+    let mut graph = graph;
+    let extensions = std::mem::take(&mut graph.extensions);
+    let extension_ids: Vec<String> = extensions.iter().map(|(id, _)| id.to_string()).collect();
+    for (id, ext) in extensions {
         let label = format!("extension/{id}");
-        let fut = ext.run(ctx(label.clone()), graph.host.clone());
-        spawn(&mut tasks, label, fut);
+        let ctx = rt.ctx(&label, rt.receivers_stop.child_token());
+        let fut = ext.run(ctx, graph.host.clone());
+        rt.spawn(label, fut, None);
     }
-
-    // Start downstream first.
-    for (id, exp) in graph.exporters {
-        let node = Node::Exporter(id);
-        let label = node.label();
-        let rx = inputs
-            .get(&node)
-            .map(|(_, rx)| rx.clone())
-            .unwrap_or_else(|| async_channel::bounded(1).1);
-        let fut = exp.run(ctx(label.clone()), input(&label, rx));
-        spawn(&mut tasks, label, fut);
-    }
-    for (id, con) in graph.connectors {
-        let node = Node::Connector(id);
-        let label = node.label();
-        let rx = inputs
-            .get(&node)
-            .map(|(_, rx)| rx.clone())
-            .unwrap_or_else(|| async_channel::bounded(1).1);
-        let targets = producer_targets
-            .remove(&node)
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        let fut = con.run(
-            ctx(label.clone()),
-            input(&label, rx),
-            output(&telemetry, &label, targets),
-        );
-        spawn(&mut tasks, label, fut);
-    }
-    for (label, fut) in processor_runs {
-        spawn(&mut tasks, label, fut);
-    }
-    // The graph's own ends of the input channels must go, or they would never close.
-    drop(inputs);
-    for (id, rec) in graph.receivers {
-        let node = Node::Receiver(id);
-        let label = node.label();
-        let targets = producer_targets
-            .remove(&node)
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        let fut = rec.run(ctx(label.clone()), output(&telemetry, &label, targets));
-        spawn(&mut tasks, label, fut);
-    }
-    drop(producer_targets);
+    rt.apply(graph, &settings_of(components));
     telemetry.set_ready(true);
-    tracing::info!(components = running.len(), "Pipelines started.");
+    tracing::info!(components = rt.running.len(), "Pipelines started.");
 
     // Run until asked to stop or a component fails.
     let mut failure: Option<RunError> = None;
+    let mut reloads_open = true;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
-            done = tasks.join_next() => match done {
+            reload = reloads.recv(), if reloads_open => match reload {
+                None => reloads_open = false,
+                Some(r) => {
+                    warn_unchangeable(&rt.settings, &r.config.service);
+                    let wanted: Vec<String> = r.graph.extensions.iter().map(|(id, _)| id.to_string()).collect();
+                    if wanted != extension_ids
+                        || extension_settings(components) != extension_settings(&r.config.components)
+                    {
+                        tracing::warn!(running = ?extension_ids, "Extensions changed: they keep running as they were until a restart.");
+                    }
+                    rt.settings = r.config.service.clone();
+                    let summary = rt.apply(r.graph, &settings_of(&r.config.components));
+                    tracing::info!(kept = ?summary.kept, started = ?summary.started, stopped = ?summary.stopped, "Configuration reloaded.");
+                    let _ = r.done.send(summary);
+                }
+            },
+            done = rt.tasks.join_next() => match done {
                 None => break,
-                Some(Ok((label, Ok(())))) => {
-                    running.remove(&label);
+                Some(Ok((task, Ok(())))) => {
+                    let label = rt.running.remove(&task).unwrap_or_default();
                     tracing::debug!(component = %label, "Component finished.");
                 }
-                Some(Ok((label, Err(e)))) => {
-                    running.remove(&label);
+                Some(Ok((task, Err(e)))) => {
+                    let label = rt.running.remove(&task).unwrap_or_default();
                     tracing::error!(component = %label, error = %e, "Component failed; shutting down.");
                     telemetry.set_failed();
                     failure = Some(RunError::Component { id: label, source: e });
@@ -191,16 +152,22 @@ pub async fn run(
         }
     }
 
-    // Ordered shutdown within the deadline.
+    // Ordered shutdown within the deadline. The runtime's own senders and output handles go
+    // first, or the channels would never close.
     telemetry.set_ready(false);
-    tracing::info!(timeout = ?settings.shutdown_timeout, "Shutting down: stopping receivers, draining, flushing exporters.");
-    receivers_stop.cancel();
-    let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
+    let timeout = rt.settings.shutdown_timeout;
+    tracing::info!(
+        ?timeout,
+        "Shutting down: stopping receivers, draining, flushing exporters."
+    );
+    rt.live.clear();
+    rt.receivers_stop.cancel();
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+        match tokio::time::timeout_at(deadline, rt.tasks.join_next()).await {
             Ok(None) => break,
-            Ok(Some(Ok((label, res)))) => {
-                running.remove(&label);
+            Ok(Some(Ok((task, res)))) => {
+                let label = rt.running.remove(&task).unwrap_or_default();
                 if let Err(e) = res {
                     tracing::error!(component = %label, error = %e, "Component failed during shutdown.");
                     failure.get_or_insert(RunError::Component {
@@ -213,11 +180,12 @@ pub async fn run(
                 tracing::error!(error = %join, "Component task panicked during shutdown.")
             }
             Err(_) => {
-                let mut pending: Vec<_> = running.iter().cloned().collect();
+                let mut pending: Vec<_> = rt.running.values().cloned().collect();
                 pending.sort();
-                tasks.abort_all();
+                pending.dedup();
+                rt.tasks.abort_all();
                 return Err(RunError::Deadline {
-                    timeout: settings.shutdown_timeout,
+                    timeout,
                     pending: pending.join(", "),
                 });
             }
@@ -227,10 +195,446 @@ pub async fn run(
     failure.map_or(Ok(()), Err)
 }
 
-fn output(telemetry: &Telemetry, label: &str, targets: Vec<(SignalKind, Vec<Tx>)>) -> Output {
-    Output::new(
-        targets,
-        telemetry.counter("celeriac_component_sent_items_total", "Items a component handed to the next stage.", &[("component", label)]),
-        telemetry.counter("celeriac_component_refused_items_total", "Items a component could not hand over because the next stage was full (dropped by producers that cannot wait).", &[("component", label)]),
-    )
+/// Settings by node, for deciding what a reload keeps.
+/// Settings of the declared extensions, to tell whether a reload changed them.
+fn extension_settings(components: &[crate::config::ComponentDecl]) -> Vec<(String, Value)> {
+    components
+        .iter()
+        .filter(|c| c.section == Section::Extensions)
+        .map(|c| (c.id.to_string(), c.settings.clone()))
+        .collect()
+}
+
+fn settings_of(components: &[crate::config::ComponentDecl]) -> BTreeMap<Node, Value> {
+    components
+        .iter()
+        .filter_map(|c| {
+            let node = match c.section {
+                Section::Receivers => Node::Receiver(c.id.clone()),
+                Section::Connectors => Node::Connector(c.id.clone()),
+                Section::Exporters => Node::Exporter(c.id.clone()),
+                _ => return None,
+            };
+            Some((node, c.settings.clone()))
+        })
+        .collect()
+}
+
+fn warn_unchangeable(old: &ServiceSettings, new: &ServiceSettings) {
+    if old.telemetry.endpoint != new.telemetry.endpoint
+        || old.telemetry.log_level != new.telemetry.log_level
+    {
+        tracing::warn!(
+            "service.telemetry changed: it takes effect at the next restart, not on reload."
+        );
+    }
+}
+
+/// A receiver, connector or exporter that is serving.
+struct Live {
+    /// Its settings when it started (`None` when unknown: never kept by a reload).
+    settings: Option<Value>,
+    /// The sending side of its input channel (exporters, connectors).
+    input: Option<Tx>,
+    /// A handle on its output, to re-point it (receivers, connectors).
+    output: Option<Output>,
+    /// The signals its output feeds.
+    signals: BTreeSet<SignalKind>,
+    /// Stops it (receivers).
+    stop: Option<CancellationToken>,
+    /// Cancelled once its task has returned.
+    finished: CancellationToken,
+}
+
+struct Runtime {
+    telemetry: Telemetry,
+    settings: ServiceSettings,
+    /// Parent of every receiver's own stop token.
+    receivers_stop: CancellationToken,
+    tasks: JoinSet<(u64, Result<(), ComponentError>)>,
+    /// Task number → component label, for the log and the deadline report.
+    running: BTreeMap<u64, String>,
+    next_task: u64,
+    live: BTreeMap<Node, Live>,
+}
+
+impl Runtime {
+    fn ctx(&self, label: &str, shutdown: CancellationToken) -> Context {
+        Context {
+            id: Arc::from(label),
+            shutdown,
+            telemetry: self.telemetry.clone(),
+        }
+    }
+
+    /// Spawn `fut` as `label`, after `after` (a replaced instance) has finished. Returns the
+    /// token cancelled when it returns.
+    fn spawn(
+        &mut self,
+        label: String,
+        fut: BoxRun,
+        after: Option<CancellationToken>,
+    ) -> CancellationToken {
+        let finished = CancellationToken::new();
+        let done = finished.clone();
+        let task = self.next_task;
+        self.next_task += 1;
+        self.running.insert(task, label);
+        self.tasks.spawn(async move {
+            if let Some(previous) = after {
+                previous.cancelled().await;
+            }
+            let res = fut.await;
+            done.cancel();
+            (task, res)
+        });
+        finished
+    }
+
+    fn input(&self, kind: Kind, label: &str, rx: Rx) -> Input {
+        let names = kind.names();
+        let t = &self.telemetry;
+        let labels = [("component", label)];
+        let weak = rx.downgrade();
+        t.observe(
+            names.queue_size,
+            "Batches waiting in a component's input channel.",
+            &labels,
+            move || weak.upgrade().map_or(0, |rx| rx.len() as i64),
+        );
+        let cap = rx.capacity().unwrap_or(0) as i64;
+        t.observe(
+            names.queue_capacity,
+            "Capacity, in batches, of a component's input channel (service.channel_capacity).",
+            &labels,
+            move || cap,
+        );
+        Input::new(
+            rx,
+            t.counter(
+                names.incoming,
+                "Items (spans, data points, log records, Celery events) a component took from its input.",
+                &labels,
+            ),
+        )
+    }
+
+    /// Start `graph`, keeping what is already running and unchanged (see the module docs).
+    fn apply(&mut self, graph: Graph, settings: &BTreeMap<Node, Value>) -> ReloadSummary {
+        let cap = self.settings.channel_capacity.max(1);
+        let mut old = std::mem::take(&mut self.live);
+        let mut summary = ReloadSummary::default();
+
+        // The signals each producer feeds in the new graph.
+        let mut signals: BTreeMap<Node, BTreeSet<SignalKind>> = BTreeMap::new();
+        for p in &graph.pipelines {
+            for src in &p.sources {
+                signals.entry(src.clone()).or_default().insert(p.signal);
+            }
+        }
+        // Kept: same settings, and a producer feeds the same signals (it may have decided at
+        // start what to produce).
+        let keep = |node: &Node, old: &BTreeMap<Node, Live>| -> bool {
+            old.get(node).is_some_and(|l| {
+                l.settings.is_some()
+                    && l.settings.as_ref() == settings.get(node)
+                    && l.signals == signals.get(node).cloned().unwrap_or_default()
+            })
+        };
+
+        // Input channels of exporters and connectors: the kept ones' own, new ones otherwise.
+        let mut inputs: BTreeMap<Node, (Tx, Option<Rx>)> = BTreeMap::new();
+        let sink_nodes = graph
+            .exporters
+            .iter()
+            .map(|(id, _)| Node::Exporter(id.clone()))
+            .chain(
+                graph
+                    .connectors
+                    .iter()
+                    .map(|(id, _)| Node::Connector(id.clone())),
+            );
+        for node in sink_nodes {
+            let kept_tx = keep(&node, &old)
+                .then(|| old.get(&node).and_then(|l| l.input.clone()))
+                .flatten();
+            let entry = match kept_tx {
+                Some(tx) => (tx, None),
+                None => {
+                    let (tx, rx) = async_channel::bounded(cap);
+                    (tx, Some(rx))
+                }
+            };
+            inputs.insert(node, entry);
+        }
+
+        // Per pipeline: a new processor chain, and the entry senders its sources write to.
+        let mut producer_targets: BTreeMap<Node, BTreeMap<SignalKind, Vec<Tx>>> = BTreeMap::new();
+        let mut processor_runs = Vec::new();
+        for p in graph.pipelines {
+            let sinks: Vec<Tx> = p
+                .sinks
+                .iter()
+                .filter_map(|n| inputs.get(n).map(|(tx, _)| tx.clone()))
+                .collect();
+            let entry = if p.processors.is_empty() {
+                sinks
+            } else {
+                let (head_tx, mut rx) = async_channel::bounded(cap);
+                let n = p.processors.len();
+                for (i, (id, proc_)) in p.processors.into_iter().enumerate() {
+                    let label = format!("processor/{id}@{}", p.id);
+                    let (out_targets, next_rx) = if i + 1 == n {
+                        (sinks.clone(), None)
+                    } else {
+                        let (tx, rx2) = async_channel::bounded(cap);
+                        (vec![tx], Some(rx2))
+                    };
+                    let out = output(
+                        &self.telemetry,
+                        Kind::Processor,
+                        &label,
+                        vec![(p.signal, out_targets)],
+                    );
+                    let inp = self.input(Kind::Processor, &label, rx.clone());
+                    let ctx = self.ctx(&label, self.receivers_stop.clone());
+                    processor_runs.push((label, proc_.run(ctx, inp, out)));
+                    if let Some(r) = next_rx {
+                        rx = r;
+                    }
+                }
+                vec![head_tx]
+            };
+            for src in &p.sources {
+                producer_targets
+                    .entry(src.clone())
+                    .or_default()
+                    .entry(p.signal)
+                    .or_default()
+                    .extend(entry.iter().cloned());
+            }
+        }
+
+        let mut live = BTreeMap::new();
+        let settings_for = |node: &Node| settings.get(node).cloned();
+
+        // Start downstream first.
+        for (id, exp) in graph.exporters {
+            let node = Node::Exporter(id);
+            let label = node.label();
+            let (tx, rx) = inputs.remove(&node).unwrap_or_else(|| {
+                let (tx, rx) = async_channel::bounded(cap);
+                (tx, Some(rx))
+            });
+            let l = match rx {
+                None => {
+                    summary.kept.push(label);
+                    old.remove(&node).map(|l| Live {
+                        input: Some(tx),
+                        ..l
+                    })
+                }
+                Some(rx) => {
+                    let after = old.get(&node).map(|l| l.finished.clone());
+                    let ctx = self.ctx(&label, self.receivers_stop.clone());
+                    let fut = exp.run(ctx, self.input(Kind::Exporter, &label, rx));
+                    let finished = self.spawn(label.clone(), fut, after);
+                    summary.started.push(label);
+                    Some(Live {
+                        settings: settings_for(&node),
+                        input: Some(tx),
+                        output: None,
+                        signals: BTreeSet::new(),
+                        stop: None,
+                        finished,
+                    })
+                }
+            };
+            if let Some(l) = l {
+                live.insert(node, l);
+            }
+        }
+        for (id, con) in graph.connectors {
+            let node = Node::Connector(id);
+            let label = node.label();
+            let targets = producer_targets
+                .remove(&node)
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            let out = output(&self.telemetry, Kind::Connector, &label, targets);
+            let (tx, rx) = inputs.remove(&node).unwrap_or_else(|| {
+                let (tx, rx) = async_channel::bounded(cap);
+                (tx, Some(rx))
+            });
+            let l = match rx {
+                None => {
+                    summary.kept.push(label);
+                    old.remove(&node).map(|l| {
+                        if let Some(o) = &l.output {
+                            o.replace_targets(&out);
+                        }
+                        Live {
+                            input: Some(tx),
+                            ..l
+                        }
+                    })
+                }
+                Some(rx) => {
+                    let after = old.get(&node).map(|l| l.finished.clone());
+                    let ctx = self.ctx(&label, self.receivers_stop.clone());
+                    let fut = con.run(ctx, self.input(Kind::Connector, &label, rx), out.clone());
+                    let finished = self.spawn(label.clone(), fut, after);
+                    summary.started.push(label);
+                    Some(Live {
+                        settings: settings_for(&node),
+                        input: Some(tx),
+                        output: Some(out),
+                        signals: signals.get(&node).cloned().unwrap_or_default(),
+                        stop: None,
+                        finished,
+                    })
+                }
+            };
+            if let Some(l) = l {
+                live.insert(node, l);
+            }
+        }
+        for (label, fut) in processor_runs {
+            self.spawn(label, fut, None);
+        }
+        drop(inputs);
+        for (id, rec) in graph.receivers {
+            let node = Node::Receiver(id);
+            let label = node.label();
+            let targets = producer_targets
+                .remove(&node)
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            let out = output(&self.telemetry, Kind::Receiver, &label, targets);
+            if keep(&node, &old) {
+                if let Some(l) = old.remove(&node) {
+                    if let Some(o) = &l.output {
+                        o.replace_targets(&out);
+                    }
+                    summary.kept.push(label);
+                    live.insert(node, l);
+                    continue;
+                }
+            }
+            let after = old.get(&node).map(|l| l.finished.clone());
+            let stop = self.receivers_stop.child_token();
+            let fut = rec.run(self.ctx(&label, stop.clone()), out.clone());
+            let finished = self.spawn(label.clone(), fut, after);
+            summary.started.push(label);
+            live.insert(
+                node.clone(),
+                Live {
+                    settings: settings_for(&node),
+                    input: None,
+                    output: Some(out),
+                    signals: signals.get(&node).cloned().unwrap_or_default(),
+                    stop: Some(stop),
+                    finished,
+                },
+            );
+        }
+        drop(producer_targets);
+
+        // Retire what the new graph does not keep: receivers are stopped; exporters and
+        // connectors drain once their last producer lets go of their input. A replaced
+        // component's old instance retires the same way (its successor waits for it).
+        for (node, l) in old {
+            if let Some(stop) = &l.stop {
+                stop.cancel();
+            }
+            if !live.contains_key(&node) {
+                summary.stopped.push(node.label());
+            }
+        }
+        self.live = live;
+        summary
+    }
+}
+
+/// The role of a component, which names its runtime counters the way the collector does. (A
+/// receiver has no input and an exporter no output, so those names are never registered.)
+#[derive(Clone, Copy)]
+enum Kind {
+    Receiver,
+    Processor,
+    Connector,
+    Exporter,
+}
+
+struct Names {
+    incoming: &'static str,
+    outgoing: &'static str,
+    refused: &'static str,
+    queue_size: &'static str,
+    queue_capacity: &'static str,
+}
+
+impl Kind {
+    fn names(self) -> Names {
+        match self {
+            Kind::Receiver => Names {
+                incoming: "celeriac_receiver_incoming_items_total",
+                outgoing: "celeriac_receiver_accepted_items_total",
+                refused: "celeriac_receiver_refused_items_total",
+                queue_size: "celeriac_receiver_queue_size",
+                queue_capacity: "celeriac_receiver_queue_capacity",
+            },
+            Kind::Processor => Names {
+                incoming: "celeriac_processor_incoming_items_total",
+                outgoing: "celeriac_processor_outgoing_items_total",
+                refused: "celeriac_processor_refused_items_total",
+                queue_size: "celeriac_processor_queue_size",
+                queue_capacity: "celeriac_processor_queue_capacity",
+            },
+            Kind::Connector => Names {
+                incoming: "celeriac_connector_incoming_items_total",
+                outgoing: "celeriac_connector_outgoing_items_total",
+                refused: "celeriac_connector_refused_items_total",
+                queue_size: "celeriac_connector_queue_size",
+                queue_capacity: "celeriac_connector_queue_capacity",
+            },
+            Kind::Exporter => Names {
+                incoming: "celeriac_exporter_incoming_items_total",
+                outgoing: "celeriac_exporter_outgoing_items_total",
+                refused: "celeriac_exporter_refused_items_total",
+                queue_size: "celeriac_exporter_queue_size",
+                queue_capacity: "celeriac_exporter_queue_capacity",
+            },
+        }
+    }
+}
+
+/// A producer's output, counted per signal: `celeriac_receiver_accepted_items_total` and
+/// `celeriac_receiver_refused_items_total` for receivers (refused = the pipeline was full and
+/// the receiver could not wait, so the items were dropped), `..._outgoing_items_total` for
+/// processors and connectors.
+fn output(
+    telemetry: &Telemetry,
+    kind: Kind,
+    label: &str,
+    targets: Vec<(SignalKind, Vec<Tx>)>,
+) -> Output {
+    let names = kind.names();
+    Output::counted(targets, |signal| {
+        let labels = [("component", label), ("signal", signal.as_str())];
+        (
+            telemetry.counter(
+                names.outgoing,
+                "Items a component handed to the next stage.",
+                &labels,
+            ),
+            telemetry.counter(
+                names.refused,
+                "Items a component could not hand over because the next stage was full (dropped by producers that cannot wait).",
+                &labels,
+            ),
+        )
+    })
 }

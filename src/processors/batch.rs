@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::component::{BoxRun, Context, Input, Output, Processor};
@@ -18,9 +18,10 @@ pub const REGISTRATION: Registration = Registration {
         signals: &SignalKind::ALL,
         build,
     },
+    defaults: crate::registry::defaults::<BatchConfig>,
 };
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchConfig {
     /// Flush once this many items (spans, data points, log records, events) are held.

@@ -35,7 +35,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::pubsub::{Endpoint, Subscriber};
 use crate::celery::envelope::{decode_envelope, DecodeError};
@@ -53,9 +53,10 @@ pub const REGISTRATION: Registration = Registration {
         produces: &[SignalKind::Celery],
         build,
     },
+    defaults: crate::registry::defaults::<CeleryRedisConfig>,
 };
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CeleryRedisConfig {
     #[serde(deserialize_with = "types::one_or_many::deserialize")]

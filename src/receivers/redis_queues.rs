@@ -42,7 +42,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError, RedisResult};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::component::{BoxRun, Context, Output, Receiver};
 use crate::config::{self, types, DecodeError, Value};
@@ -57,6 +57,7 @@ pub const REGISTRATION: Registration = Registration {
         produces: &[SignalKind::Metrics],
         build,
     },
+    defaults: crate::registry::defaults::<RedisQueuesConfig>,
 };
 
 /// The metric this receiver emits.
@@ -67,7 +68,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const WARN_EVERY: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisQueuesConfig {
     /// Redis URLs of the broker (a failover list).

@@ -4,6 +4,9 @@
 //! Handles are registered once and then updated with one atomic operation, so components can
 //! count on the hot path. Series with labels only known at run time (a drop reason) are looked
 //! up through [`Telemetry::counter`] each time, which takes a short lock: use it on rare paths.
+//!
+//! Being the one registry that outlives a config reload, it also carries state from a component
+//! instance to its successor ([`Telemetry::hand_over`]): the same counters, the same task records.
 
 mod server;
 
@@ -46,10 +49,14 @@ impl Gauge {
     }
 }
 
+/// A gauge read when `/metrics` is rendered (a queue's current length).
+type Observe = Arc<dyn Fn() -> i64 + Send + Sync>;
+
 #[derive(Clone)]
 enum Cell {
     Counter(Counter),
     Gauge(Gauge),
+    Observed(Observe),
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -62,8 +69,19 @@ struct Family {
 #[derive(Default)]
 struct Inner {
     families: Mutex<BTreeMap<&'static str, Family>>,
+    handoff: Mutex<BTreeMap<String, Box<dyn std::any::Any + Send>>>,
     ready: AtomicBool,
     failed: AtomicBool,
+}
+
+/// One family's values at a moment (see [`Telemetry::snapshot`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FamilySnapshot {
+    pub name: &'static str,
+    pub help: &'static str,
+    /// A monotonic counter; otherwise a gauge.
+    pub counter: bool,
+    pub series: Vec<(Vec<(&'static str, String)>, f64)>,
 }
 
 /// The registry; cheap to clone.
@@ -116,7 +134,7 @@ impl Telemetry {
     ) -> Counter {
         match self.cell(name, help, labels, false) {
             Cell::Counter(c) => c,
-            Cell::Gauge(_) => Counter::default(),
+            Cell::Gauge(_) | Cell::Observed(_) => Counter::default(),
         }
     }
 
@@ -128,8 +146,63 @@ impl Telemetry {
     ) -> Gauge {
         match self.cell(name, help, labels, true) {
             Cell::Gauge(g) => g,
-            Cell::Counter(_) => Gauge::default(),
+            Cell::Counter(_) | Cell::Observed(_) => Gauge::default(),
         }
+    }
+
+    /// The gauge `name{labels}` whose value is `observe()` at each render, replacing any earlier
+    /// one of the same series (a rebuilt pipeline registers its new queues). `observe` must be
+    /// cheap and must not call back into the registry.
+    pub fn observe(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+        observe: impl Fn() -> i64 + Send + Sync + 'static,
+    ) {
+        let key: Labels = labels.iter().map(|(k, v)| (*k, (*v).to_string())).collect();
+        let mut families = self
+            .inner
+            .families
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        families
+            .entry(name)
+            .or_insert_with(|| Family {
+                help,
+                series: BTreeMap::new(),
+            })
+            .series
+            .insert(key, Cell::Observed(Arc::new(observe)));
+    }
+
+    /// Every family's current values, for exporting the agent's metrics through a pipeline.
+    pub fn snapshot(&self) -> Vec<FamilySnapshot> {
+        let families = self
+            .inner
+            .families
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        families
+            .iter()
+            .map(|(name, fam)| FamilySnapshot {
+                name,
+                help: fam.help,
+                counter: matches!(fam.series.values().next(), Some(Cell::Counter(_))),
+                series: fam
+                    .series
+                    .iter()
+                    .map(|(labels, cell)| {
+                        let v = match cell {
+                            Cell::Counter(c) => c.get() as f64,
+                            Cell::Gauge(g) => g.get() as f64,
+                            Cell::Observed(f) => f() as f64,
+                        };
+                        (labels.clone(), v)
+                    })
+                    .collect(),
+            })
+            .collect()
     }
 
     /// All series in the Prometheus text exposition format 0.0.4.
@@ -142,7 +215,7 @@ impl Telemetry {
         let mut out = String::with_capacity(4096);
         for (name, fam) in families.iter() {
             let kind = match fam.series.values().next() {
-                Some(Cell::Gauge(_)) => "gauge",
+                Some(Cell::Gauge(_) | Cell::Observed(_)) => "gauge",
                 _ => "counter",
             };
             let _ = writeln!(out, "# HELP {name} {}", fam.help);
@@ -162,10 +235,33 @@ impl Telemetry {
                 let _ = match cell {
                     Cell::Counter(c) => writeln!(out, " {}", c.get()),
                     Cell::Gauge(g) => writeln!(out, " {}", g.get()),
+                    Cell::Observed(f) => writeln!(out, " {}", f()),
                 };
             }
         }
         out
+    }
+
+    /// Leave `state` for the next instance of component `id` (a config reload that changed the
+    /// component's settings starts a new instance once this one has returned). Replaces what an
+    /// earlier instance left.
+    pub fn hand_over<T: std::any::Any + Send>(&self, id: &str, state: T) {
+        self.inner
+            .handoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), Box::new(state));
+    }
+
+    /// What the previous instance of component `id` left, if it left a `T`.
+    pub fn take_over<T: std::any::Any + Send>(&self, id: &str) -> Option<T> {
+        let state = self
+            .inner
+            .handoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)?;
+        state.downcast::<T>().ok().map(|b| *b)
     }
 
     /// Every component started.
@@ -233,6 +329,43 @@ mod tests {
         );
         assert!(
             text.contains("# TYPE celeriac_q gauge\nceleriac_q -2\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn state_is_handed_over_once_by_id_and_type() {
+        let t = Telemetry::new();
+        t.hand_over("connector/x", 5u32);
+        assert_eq!(
+            t.take_over::<String>("connector/x"),
+            None,
+            "wrong type: dropped"
+        );
+        t.hand_over("connector/x", 7u32);
+        assert_eq!(t.take_over::<u32>("connector/y"), None);
+        assert_eq!(t.take_over::<u32>("connector/x"), Some(7));
+        assert_eq!(t.take_over::<u32>("connector/x"), None);
+    }
+
+    #[test]
+    fn observed_gauges_are_read_at_render_and_replaced_on_reregistration() {
+        let t = Telemetry::new();
+        let n = Arc::new(AtomicI64::new(3));
+        let n2 = n.clone();
+        t.observe(
+            "celeriac_len",
+            "Length.",
+            &[("component", "x")],
+            move || n2.load(Ordering::Relaxed),
+        );
+        assert!(t.render().contains("celeriac_len{component=\"x\"} 3\n"));
+        n.store(5, Ordering::Relaxed);
+        assert!(t.render().contains("celeriac_len{component=\"x\"} 5\n"));
+        t.observe("celeriac_len", "Length.", &[("component", "x")], || 9);
+        let text = t.render();
+        assert!(
+            text.contains("# TYPE celeriac_len gauge\nceleriac_len{component=\"x\"} 9\n"),
             "{text}"
         );
     }

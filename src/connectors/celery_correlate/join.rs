@@ -58,6 +58,12 @@ fn task_id_of(span: &Span) -> Option<&str> {
 }
 
 impl Join {
+    /// New limits (config reload); held spans keep the deadline they got.
+    pub fn set_limits(&mut self, window: f64, max: usize) {
+        self.window = window;
+        self.max = max.max(1);
+    }
+
     pub fn new(window: f64, max: usize) -> Self {
         Join {
             window,

@@ -40,7 +40,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::metrics::v1::ResourceMetrics;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::celery::event::{CeleryEvent, EventKind};
 use crate::component::{BoxRun, Context, Input, Output, Processor};
@@ -59,16 +59,17 @@ pub const REGISTRATION: Registration = Registration {
         produces: &[SignalKind::Traces, SignalKind::Metrics, SignalKind::Logs],
         build,
     },
+    defaults: crate::registry::defaults::<CorrelateConfig>,
 };
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum HostnameLabel {
     Host,
     Node,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CorrelateConfig {
     pub max_tasks: usize,
@@ -203,6 +204,39 @@ impl Correlator {
             join: join::Join::new(cfg.join_window.as_secs_f64(), cfg.max_tasks),
             cfg,
         }
+    }
+
+    /// Take `cfg` (a config reload) keeping every task record, worker and counter. Refused, with
+    /// the reason, when `cfg` changes what the series are (buckets, `max_series`,
+    /// `hostname_label`, `default_queue`): the caller then starts afresh.
+    pub fn reconfigure(
+        &mut self,
+        cfg: CorrelateConfig,
+        emit_logs: bool,
+        emit_spans: bool,
+    ) -> Result<(), &'static str> {
+        let old = &self.cfg;
+        if old.runtime_buckets != cfg.runtime_buckets
+            || old.queue_wait_buckets != cfg.queue_wait_buckets
+        {
+            return Err("histogram buckets changed");
+        }
+        if old.max_series != cfg.max_series {
+            return Err("max_series changed");
+        }
+        if old.hostname_label != cfg.hostname_label {
+            return Err("hostname_label changed");
+        }
+        if old.default_queue != cfg.default_queue {
+            return Err("default_queue changed");
+        }
+        self.tasks.set_max(cfg.max_tasks);
+        self.join
+            .set_limits(cfg.join_window.as_secs_f64(), cfg.max_tasks);
+        self.emit_logs = emit_logs;
+        self.emit_spans = emit_spans;
+        self.cfg = cfg;
+        Ok(())
     }
 
     /// Also build spans (off by default: only when a traces pipeline takes them).
@@ -537,6 +571,12 @@ pub fn parse_iso8601(s: &str) -> Option<f64> {
     Some(days as f64 * 86_400.0 + hh * 3600.0 + mm * 60.0 + ss - off_secs)
 }
 
+/// What an instance leaves to its successor across a config reload.
+struct Carried {
+    correlator: Correlator,
+    last: Stats,
+}
+
 pub struct CeleryCorrelate {
     cfg: CorrelateConfig,
     /// What extensions read (filled only once one of them enables it).
@@ -553,7 +593,38 @@ impl Processor for CeleryCorrelate {
             let want_logs = out.wants(SignalKind::Logs);
             let want_metrics = out.wants(SignalKind::Metrics);
             let want_traces = out.wants(SignalKind::Traces);
-            let mut c = Correlator::new(self.cfg.clone(), want_logs).with_spans(want_traces);
+            // The extensions' view outlives a reload: a successor keeps filling the one they read.
+            let view_key = format!("{}#view", ctx.id);
+            let view = match ctx.telemetry.take_over::<Arc<view::View>>(&view_key) {
+                Some(v) => {
+                    v.set_max_tasks(self.cfg.max_tasks);
+                    v
+                }
+                None => self.view.clone(),
+            };
+            // A reload that changed these settings started this instance after the previous
+            // one returned: take over its tasks, workers and counters when the series allow.
+            let (mut c, mut last) = match ctx.telemetry.take_over::<Carried>(&ctx.id) {
+                Some(Carried {
+                    mut correlator,
+                    last,
+                }) => match correlator.reconfigure(self.cfg.clone(), want_logs, want_traces) {
+                    Ok(()) => {
+                        tracing::info!(component = %ctx.id, tasks = correlator.tasks_tracked(), "New settings; task records, workers and counters carried over.");
+                        (correlator, last)
+                    }
+                    Err(why) => {
+                        tracing::warn!(component = %ctx.id, reason = why, "New settings change the series: task records and celery_* counters start from zero.");
+                        let fresh =
+                            Correlator::new(self.cfg.clone(), want_logs).with_spans(want_traces);
+                        (fresh, Stats::default())
+                    }
+                },
+                None => (
+                    Correlator::new(self.cfg.clone(), want_logs).with_spans(want_traces),
+                    Stats::default(),
+                ),
+            };
             let label = [("component", &*ctx.id)];
             let t = &ctx.telemetry;
             let tracked = t.gauge(
@@ -591,7 +662,6 @@ impl Processor for CeleryCorrelate {
                 "Task attempts whose spans moved into the trace of an opentelemetry-instrumentation-celery span.",
                 &label,
             );
-            let mut last = Stats::default();
             let mut tick = tokio::time::interval(self.cfg.metrics_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -611,7 +681,7 @@ impl Processor for CeleryCorrelate {
                         for ev in events.iter() {
                             c.apply(ev, now);
                         }
-                        self.view.apply(&events, now);
+                        view.apply(&events, now);
                         for (host, n) in c.newly_missed.drain(..) {
                             tracing::warn!(component = %ctx.id, worker = %host, missed = n, "Celery events were lost in transit (heartbeat processed count is ahead of task-started events seen).");
                         }
@@ -626,7 +696,7 @@ impl Processor for CeleryCorrelate {
                     _ = tick.tick() => {
                         let now = now_secs();
                         c.expire(now);
-                        self.view.forget_workers_before(now - self.cfg.forget_workers_after.as_secs_f64());
+                        view.forget_workers_before(now - self.cfg.forget_workers_after.as_secs_f64());
                         let s = c.stats();
                         evicted.add(s.evicted_unfinished - last.evicted_unfinished);
                         expired.add(s.expired_unfinished - last.expired_unfinished);
@@ -651,6 +721,15 @@ impl Processor for CeleryCorrelate {
                     .send(Signal::Metrics(Arc::new(vec![c.metrics_batch(now_secs())])))
                     .await;
             }
+            // For a successor with other settings (dropped at exit when there is none).
+            ctx.telemetry.hand_over(&view_key, view);
+            ctx.telemetry.hand_over(
+                &ctx.id,
+                Carried {
+                    correlator: c,
+                    last,
+                },
+            );
             Ok(())
         })
     }

@@ -289,6 +289,11 @@ impl TaskTable {
         self.map.len()
     }
 
+    /// A new `max_tasks` (config reload); a smaller table shrinks as new tasks arrive.
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max.max(1);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

@@ -456,3 +456,30 @@ fn out_of_order_and_partial_sequences_do_not_panic() {
     assert_eq!(spans[0].name, "unknown");
     assert_eq!(spans[1].name, "run");
 }
+
+#[test]
+fn reconfigure_keeps_state_unless_the_series_change() {
+    let mut c = run("celery-events-redis.jsonl");
+    let tracked = c.tasks_tracked();
+    let before = c
+        .metrics
+        .counter(Count::Succeeded, "shop.a", "host1", "celery");
+    assert!(tracked > 0 && before > 0);
+    let cfg = CorrelateConfig {
+        max_tasks: 50,
+        task_ttl: Duration::from_secs(60),
+        ..CorrelateConfig::default()
+    };
+    assert_eq!(c.reconfigure(cfg, true, true), Ok(()));
+    assert_eq!(c.tasks_tracked(), tracked);
+    assert_eq!(
+        c.metrics
+            .counter(Count::Succeeded, "shop.a", "host1", "celery"),
+        before
+    );
+    let buckets = CorrelateConfig {
+        runtime_buckets: vec![1.0, 2.0],
+        ..CorrelateConfig::default()
+    };
+    assert!(c.reconfigure(buckets, true, true).is_err());
+}

@@ -547,6 +547,19 @@ impl View {
         self.version.fetch_add(1, Ordering::Release);
     }
 
+    /// A new `max_tasks` (a reload): the least recently touched records go if over it.
+    pub fn set_max_tasks(&self, max: usize) {
+        let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+        s.max_tasks = max.max(1);
+        while s.tasks.len() > s.max_tasks {
+            let Some((_, old)) = s.order.pop_first() else {
+                break;
+            };
+            s.tasks.remove(&old);
+            s.evicted += 1;
+        }
+    }
+
     /// Drop workers with no event since `cutoff` (agent clock).
     pub fn forget_workers_before(&self, cutoff: f64) {
         if !self.is_enabled() {
@@ -702,6 +715,11 @@ mod tests {
         });
         v.forget_workers_before(101.0);
         assert!(v.read(|s| s.workers().is_empty()));
+        v.set_max_tasks(1);
+        v.read(|s| {
+            assert_eq!(s.task_count(), 1);
+            assert!(s.task("c").is_some());
+        });
     }
 }
 

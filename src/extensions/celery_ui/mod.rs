@@ -44,7 +44,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -65,6 +65,7 @@ use page::RedactConfig;
 pub const REGISTRATION: Registration = Registration {
     type_name: "celery_ui",
     factory: Factory::Extension { build },
+    defaults: crate::registry::defaults::<UiConfig>,
 };
 
 /// Open event streams at most; more get 503 (each costs a task and a snapshot per interval).
@@ -74,7 +75,7 @@ const STREAM_REFRESH: Duration = Duration::from_secs(2);
 /// Remote-control answers of a worker not heard from for this long are dropped.
 const INSPECTED_TTL: f64 = 600.0;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UiConfig {
     #[serde(with = "types::addr")]
@@ -106,7 +107,7 @@ impl Default for UiConfig {
 }
 
 /// Basic auth (`username` + `password`), a bearer token, or both (either is accepted).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     pub username: Option<String>,
@@ -114,7 +115,7 @@ pub struct AuthConfig {
     pub bearer_token: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InspectConfig {
     /// Ask workers over the broker (`celery inspect`); off = workers from events only.
@@ -125,7 +126,11 @@ pub struct InspectConfig {
     #[serde(with = "types::duration")]
     pub timeout: Duration,
     /// Broker URL, or a failover list; default: the `celery_redis` receiver's `endpoint`.
-    #[serde(default, deserialize_with = "opt_one_or_many")]
+    #[serde(
+        default,
+        deserialize_with = "opt_one_or_many",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub broker: Option<Vec<String>>,
     /// TLS for a `rediss://` broker; default: the `celery_redis` receiver's (when `broker` is
     /// not set).

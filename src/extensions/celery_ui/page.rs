@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::connectors::celery_correlate::view::TaskRecord;
 
@@ -31,7 +31,7 @@ pub fn escape(s: &str) -> String {
 }
 
 /// Which task arguments to hide, in the page and in the API alike.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedactConfig {
     /// Hide `args` entirely.

@@ -38,13 +38,13 @@ pub use http::decode_body as decode_http_body;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::component::{BoxRun, ComponentError, Context, Output, Receiver, SendError};
 use crate::config::{self, types, DecodeError, Value};
 use crate::registry::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
-use crate::telemetry::{Counter, Telemetry};
+use crate::telemetry::Telemetry;
 use crate::tls::{Acceptor, ServerTlsConfig};
 
 pub const REGISTRATION: Registration = Registration {
@@ -53,9 +53,10 @@ pub const REGISTRATION: Registration = Registration {
         produces: &[SignalKind::Traces, SignalKind::Metrics, SignalKind::Logs],
         build,
     },
+    defaults: crate::registry::defaults::<OtlpConfig>,
 };
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GrpcConfig {
     pub enabled: bool,
@@ -76,7 +77,7 @@ impl Default for GrpcConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub enabled: bool,
@@ -97,10 +98,19 @@ impl Default for HttpConfig {
     }
 }
 
-#[derive(Clone, Deserialize, Default)]
+#[derive(Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
+    #[serde(serialize_with = "redacted")]
     pub bearer_token: Option<String>,
+}
+
+/// `celeriac components` writes settings out; a token never is.
+fn redacted<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("<redacted>"),
+        None => s.serialize_none(),
+    }
 }
 
 impl std::fmt::Debug for AuthConfig {
@@ -114,7 +124,7 @@ impl std::fmt::Debug for AuthConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct OtlpConfig {
     pub grpc: GrpcConfig,
@@ -193,20 +203,13 @@ pub struct Ingest {
     token: Option<String>,
     telemetry: Telemetry,
     component: Arc<str>,
-    accepted: [Counter; 3],
 }
 
 impl Ingest {
     fn new(ctx: &Context, out: Output, token: Option<String>) -> Self {
-        let c = |signal: &str| {
-            ctx.telemetry.counter(
-                "celeriac_receiver_accepted_items_total",
-                "Items a receiver accepted into the pipeline.",
-                &[("component", &ctx.id), ("signal", signal)],
-            )
-        };
+        // Accepted and refused items are counted per signal by the pipeline runtime
+        // (`celeriac_receiver_accepted_items_total`); refused requests are counted here.
         Ingest {
-            accepted: [c("traces"), c("metrics"), c("logs")],
             out,
             token,
             telemetry: ctx.telemetry.clone(),
@@ -246,17 +249,8 @@ impl Ingest {
         if !self.out.wants(kind) {
             return Err(Refusal::NoPipeline);
         }
-        let n = signal.item_count() as u64;
         match self.out.try_send(signal) {
-            Ok(()) => {
-                let i = match kind {
-                    SignalKind::Traces => 0,
-                    SignalKind::Metrics => 1,
-                    _ => 2,
-                };
-                self.accepted[i].add(n);
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(SendError::Full) => Err(Refusal::Full),
             Err(SendError::Closed) => Err(Refusal::Closed),
         }
