@@ -5,6 +5,8 @@
 //!   connector is a processor whose output spans several pipelines and signals);
 //! * an [`Exporter`] reads an [`Input`] until it closes, then flushes and returns.
 //!
+//! * an [`Extension`] runs beside the pipelines until its shutdown token is cancelled.
+//!
 //! Shutdown therefore needs no control messages: cancelling receivers drops their senders, the
 //! channels close stage after stage, and every stage drains what it holds before it returns.
 
@@ -42,6 +44,11 @@ pub trait Receiver: Send {
 
 pub trait Processor: Send {
     fn run(self: Box<Self>, ctx: Context, input: Input, out: Output) -> BoxRun;
+
+    /// State this component offers to extensions (see [`Host`]); most offer none.
+    fn shared(&self) -> Option<SharedState> {
+        None
+    }
 
     /// A gate this processor closes to refuse data at its pipeline's entry (memory_limiter);
     /// the runtime puts it in front of every producer feeding the pipeline.
@@ -321,5 +328,64 @@ impl Output {
             (false, false, true) => Ok(()),
             (false, false, false) => Err(SendError::Closed),
         }
+    }
+}
+
+/// A component outside the pipelines (the collector's extensions): it serves something beside
+/// the data flow, such as the `celery_ui` dashboard. It runs until its shutdown token is
+/// cancelled and sees the running graph only through a [`Host`].
+pub trait Extension: Send {
+    /// Checks against the built graph (e.g. that a component it reads exists), before anything
+    /// starts. The error is reported at the extension's declaration.
+    fn validate(&self, _host: &Host) -> Result<(), String> {
+        Ok(())
+    }
+    fn run(self: Box<Self>, ctx: Context, host: Host) -> BoxRun;
+}
+
+/// Read-only state a component offers to extensions (for example the `celery_correlate`
+/// connector's task view), as returned by [`Processor::shared`].
+pub type SharedState = Arc<dyn std::any::Any + Send + Sync>;
+
+/// What an extension can see of the graph: the states components chose to share, by component
+/// id, and the declared settings of every component (to find, e.g., the broker URL of a
+/// receiver).
+#[derive(Clone, Default)]
+pub struct Host {
+    shared: Arc<Vec<(crate::config::ComponentId, SharedState)>>,
+    components: Arc<Vec<crate::config::ComponentDecl>>,
+}
+
+impl Host {
+    pub fn new(
+        shared: Vec<(crate::config::ComponentId, SharedState)>,
+        components: Vec<crate::config::ComponentDecl>,
+    ) -> Host {
+        Host {
+            shared: Arc::new(shared),
+            components: Arc::new(components),
+        }
+    }
+
+    /// Shared states of type `T`, with the id of the component that offers each.
+    pub fn shared<T: std::any::Any + Send + Sync>(
+        &self,
+    ) -> Vec<(&crate::config::ComponentId, Arc<T>)> {
+        self.shared
+            .iter()
+            .filter_map(|(id, s)| s.clone().downcast::<T>().ok().map(|t| (id, t)))
+            .collect()
+    }
+
+    /// Declarations of components of `type_name` in `section`.
+    pub fn declared(
+        &self,
+        section: crate::config::Section,
+        type_name: &str,
+    ) -> Vec<&crate::config::ComponentDecl> {
+        self.components
+            .iter()
+            .filter(|c| c.section == section && c.id.type_name == type_name)
+            .collect()
     }
 }

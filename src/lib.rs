@@ -10,6 +10,7 @@
 //! * [`signal`]: the batches that flow (OTLP types and Celery events, behind `Arc`);
 //! * [`celery`]: the Celery domain (event model, envelope decoding);
 //! * [`receivers`], [`processors`], [`connectors`], [`exporters`]: one file per component;
+//! * [`extensions`]: components beside the pipelines (the `celery_ui` dashboard and API);
 //! * [`prompb`]: the Prometheus remote-write protobuf messages;
 //! * [`telemetry`]: the agent's own `/metrics`, `/healthz` and logs;
 //! * [`reload`]: re-reading the config on SIGHUP or `POST /-/reload`, and `celeriac reload`;
@@ -20,6 +21,7 @@ pub mod component;
 pub mod config;
 pub mod connectors;
 pub mod exporters;
+pub mod extensions;
 pub mod pipeline;
 pub mod processors;
 pub mod prompb;

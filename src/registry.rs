@@ -3,7 +3,7 @@
 //! A builder only decodes and checks settings; it performs no I/O, so `celeriac validate`
 //! builds every component to check it and `celeriac run` reuses what was built.
 
-use crate::component::{Exporter, Processor, Receiver};
+use crate::component::{Exporter, Extension, Processor, Receiver};
 use crate::config::{DecodeError, Section, Value};
 use crate::signal::SignalKind;
 
@@ -30,6 +30,10 @@ pub enum Factory {
         produces: &'static [SignalKind],
         build: fn(&Value) -> BuildResult<dyn Processor>,
     },
+    /// Runs beside the pipelines (declared under `extensions`, enabled by `service.extensions`).
+    Extension {
+        build: fn(&Value) -> BuildResult<dyn Extension>,
+    },
 }
 
 impl Factory {
@@ -39,6 +43,7 @@ impl Factory {
             Factory::Processor { .. } => Section::Processors,
             Factory::Exporter { .. } => Section::Exporters,
             Factory::Connector { .. } => Section::Connectors,
+            Factory::Extension { .. } => Section::Extensions,
         }
     }
 
@@ -47,7 +52,7 @@ impl Factory {
         match self {
             Factory::Receiver { produces, .. } | Factory::Connector { produces, .. } => produces,
             Factory::Processor { signals, .. } => signals,
-            Factory::Exporter { .. } => &[],
+            Factory::Exporter { .. } | Factory::Extension { .. } => &[],
         }
     }
 
@@ -56,7 +61,7 @@ impl Factory {
         match self {
             Factory::Exporter { accepts, .. } | Factory::Connector { accepts, .. } => accepts,
             Factory::Processor { signals, .. } => signals,
-            Factory::Receiver { .. } => &[],
+            Factory::Receiver { .. } | Factory::Extension { .. } => &[],
         }
     }
 }
@@ -88,6 +93,7 @@ pub static COMPONENTS: &[Registration] = &[
     crate::receivers::otlp::REGISTRATION,
     crate::receivers::redis_queues::REGISTRATION,
     crate::receivers::internal_metrics::REGISTRATION,
+    crate::extensions::celery_ui::REGISTRATION,
 ];
 
 /// The registration of `type_name` in `section` (`otlp` is both a receiver and an exporter).
@@ -129,7 +135,7 @@ pub fn catalog() -> String {
             .join(", ")
     };
     let mut out = String::new();
-    for section in Section::ALL {
+    for section in Section::ALL.into_iter().chain([Section::Extensions]) {
         let mut regs: Vec<_> = COMPONENTS
             .iter()
             .filter(|r| r.factory.section() == section)
@@ -147,6 +153,9 @@ pub fn catalog() -> String {
                 Factory::Connector {
                     accepts, produces, ..
                 } => format!("accepts {}; produces {}", kinds(accepts), kinds(produces)),
+                Factory::Extension { .. } => {
+                    "beside the pipelines (service.extensions)".to_string()
+                }
             };
             let _ = writeln!(out, "  # {}: {signals}", r.type_name);
             let mut one = serde_yaml_ng::Mapping::new();
@@ -187,6 +196,7 @@ mod tests {
                     build(&reparsed).map(drop)
                 }
                 Factory::Exporter { build, .. } => build(&reparsed).map(drop),
+                Factory::Extension { build } => build(&reparsed).map(drop),
             };
             if let Err(e) = built {
                 panic!("{}: {e}\n{text}", r.type_name);

@@ -75,6 +75,8 @@ pub enum Section {
     Processors,
     Connectors,
     Exporters,
+    /// Not part of any pipeline: enabled by `service.extensions`.
+    Extensions,
 }
 
 impl Section {
@@ -90,6 +92,7 @@ impl Section {
             Section::Processors => "processors",
             Section::Connectors => "connectors",
             Section::Exporters => "exporters",
+            Section::Extensions => "extensions",
         }
     }
     /// "receiver", "processor", ... for messages.
@@ -99,6 +102,7 @@ impl Section {
             Section::Processors => "processor",
             Section::Connectors => "connector",
             Section::Exporters => "exporter",
+            Section::Extensions => "extension",
         }
     }
 }
@@ -141,6 +145,8 @@ pub struct ServiceSettings {
     pub shutdown_timeout: Duration,
     /// Capacity, in batches, of every channel between stages.
     pub channel_capacity: usize,
+    /// Ids of the `extensions:` to run (the collector's `service.extensions`).
+    pub extensions: Vec<String>,
 }
 
 impl Default for ServiceSettings {
@@ -149,6 +155,7 @@ impl Default for ServiceSettings {
             telemetry: TelemetrySettings::default(),
             shutdown_timeout: Duration::from_secs(10),
             channel_capacity: 64,
+            extensions: Vec::new(),
         }
     }
 }
@@ -246,11 +253,11 @@ pub fn parse(text: &str, file: &str) -> (Option<Config>, Diagnostics) {
         } else if key == "service" {
             read_service(v, &mut service, &mut pipelines, &mut d);
         } else if key == "extensions" {
-            d.warn(key, "`extensions` is not supported yet and is ignored");
+            read_section(Section::Extensions, v, &mut components, &mut d);
         } else {
             d.error(
                 key,
-                format!("unknown top-level key `{key}`: expected receivers, processors, connectors, exporters or service"),
+                format!("unknown top-level key `{key}`: expected receivers, processors, connectors, exporters, extensions or service"),
             );
         }
     }

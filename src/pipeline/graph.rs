@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::component::{Exporter, Processor, Receiver};
+use crate::component::{Exporter, Extension, Host, Processor, Receiver};
 use crate::config::{ComponentDecl, ComponentId, ComponentRef, Config, Diagnostics, Section};
 use crate::registry::{self, Factory};
 use crate::signal::SignalKind;
@@ -44,6 +44,10 @@ pub struct Graph {
     pub connectors: Vec<(ComponentId, Box<dyn Processor>)>,
     pub exporters: Vec<(ComponentId, Box<dyn Exporter>)>,
     pub pipelines: Vec<PipelinePlan>,
+    /// Extensions listed in `service.extensions`, in that order.
+    pub extensions: Vec<(ComponentId, Box<dyn Extension>)>,
+    /// What the extensions see of the graph.
+    pub host: Host,
 }
 
 impl Graph {
@@ -54,6 +58,7 @@ impl Graph {
         let mut receivers = Vec::new();
         let mut connectors = Vec::new();
         let mut exporters = Vec::new();
+        let mut extensions = Vec::new();
         for decl in &config.components {
             let Some(factory) = factory_for(decl, d) else {
                 continue;
@@ -71,6 +76,9 @@ impl Graph {
                 }
                 // Built per pipeline below; decode once here so errors are reported even when unused.
                 Factory::Processor { build, .. } => build(&decl.settings).map(drop),
+                Factory::Extension { build } => {
+                    build(&decl.settings).map(|x| extensions.push((decl.id.clone(), x)))
+                }
             };
             if let Err(e) = built {
                 d.error(
@@ -184,19 +192,48 @@ impl Graph {
             });
         }
 
-        // 3. Declared but unused; connectors used on one side only.
+        // 3. Extensions enabled by `service.extensions`.
+        let mut enabled: Vec<ComponentId> = Vec::new();
+        for (i, s) in config.service.extensions.iter().enumerate() {
+            let path = format!("service.extensions[{i}]");
+            match ComponentId::parse(s) {
+                Ok(id) if enabled.contains(&id) => {
+                    d.error(&path, format!("extension {id} is listed twice"))
+                }
+                Ok(id) => {
+                    if config.component(Section::Extensions, &id).is_none() {
+                        d.error(
+                            &path,
+                            format!(
+                                "service.extensions lists {id}, which is not declared under extensions"
+                            ),
+                        );
+                    }
+                    used.insert((Section::Extensions, id.clone()));
+                    enabled.push(id);
+                }
+                Err(msg) => d.error(&path, msg),
+            }
+        }
+
+        // 4. Declared but unused; connectors used on one side only.
         for decl in &config.components {
             if !used.contains(&(decl.section, decl.id.clone()))
                 && factories.contains_key(&(decl.section, decl.id.clone()))
             {
-                d.warn(
-                    &decl.path,
+                let msg = if decl.section == Section::Extensions {
+                    format!(
+                        "extension {} is declared but not listed in service.extensions, so it does not run",
+                        decl.id
+                    )
+                } else {
                     format!(
                         "{} {} is declared but no pipeline uses it",
                         decl.section.noun(),
                         decl.id
-                    ),
-                );
+                    )
+                };
+                d.warn(&decl.path, msg);
             }
         }
         for id in connector_as_exporter.symmetric_difference(&connector_as_receiver) {
@@ -213,7 +250,7 @@ impl Graph {
             }
         }
 
-        // 4. Cycles through connectors.
+        // 5. Cycles through connectors.
         if let Some(cycle) = find_cycle(&pipelines) {
             d.error(
                 "service.pipelines",
@@ -224,14 +261,39 @@ impl Graph {
             );
         }
 
+        let connectors = keep_used(connectors, Section::Connectors, &used);
+        // 6. What extensions see, and their own checks against it.
+        let host = Host::new(
+            connectors
+                .iter()
+                .filter_map(|(id, c)| c.shared().map(|s| (id.clone(), s)))
+                .collect(),
+            config.components.clone(),
+        );
+        let mut ordered = Vec::new();
+        for id in &enabled {
+            if let Some(i) = extensions.iter().position(|(x, _)| x == id) {
+                let (id, ext) = extensions.swap_remove(i);
+                if let Err(msg) = ext.validate(&host) {
+                    d.error(
+                        &format!("extensions.{id}"),
+                        format!("extension {id}: {msg}"),
+                    );
+                }
+                ordered.push((id, ext));
+            }
+        }
+
         if d.has_errors() {
             return None;
         }
         Some(Graph {
             receivers: keep_used(receivers, Section::Receivers, &used),
-            connectors: keep_used(connectors, Section::Connectors, &used),
+            connectors,
             exporters: keep_used(exporters, Section::Exporters, &used),
             pipelines,
+            extensions: ordered,
+            host,
         })
     }
 }
@@ -443,5 +505,74 @@ mod tests {
             out.contains("exporter logs does not accept metrics"),
             "{out}"
         );
+    }
+
+    const CELERY: &str =
+        "receivers:\n  celery_redis:\nconnectors:\n  celery_correlate:\nexporters:\n  debug:\n";
+    const PIPES: &str = "  pipelines:\n    celery: { receivers: [celery_redis], exporters: [celery_correlate] }\n    metrics: { receivers: [celery_correlate], exporters: [debug] }\n";
+
+    #[test]
+    fn extensions_run_when_listed() {
+        let text = format!("{CELERY}extensions:\n  celery_ui:\n    endpoint: 127.0.0.1:0\nservice:\n  extensions: [celery_ui]\n{PIPES}");
+        let (cfg, mut d) = config::parse(&text, "t.yaml");
+        let g = Graph::build(&cfg.unwrap(), &mut d).expect("valid");
+        assert_eq!(g.extensions.len(), 1, "{}", d.render());
+        assert_eq!(d.render(), "");
+
+        // Declared, not listed: a warning, and it does not run.
+        let text = format!("{CELERY}extensions:\n  celery_ui:\nservice:\n{PIPES}");
+        let (cfg, mut d) = config::parse(&text, "t.yaml");
+        let g = Graph::build(&cfg.unwrap(), &mut d).expect("valid");
+        assert!(g.extensions.is_empty());
+        assert!(d.render().contains("t.yaml:8:3: warning: extension celery_ui is declared but not listed in service.extensions"), "{}", d.render());
+    }
+
+    #[test]
+    fn extension_errors_have_positions() {
+        let text = format!("{CELERY}extensions:\n  celery_ui:\n    correlator: celery_correlate/other\nservice:\n  extensions: [celery_ui, health]\n{PIPES}");
+        let (ok, out) = check(&text);
+        assert!(!ok);
+        assert!(
+            out.contains(
+                "error: service.extensions lists health, which is not declared under extensions"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("t.yaml:8:3: error: extension celery_ui: `correlator: celery_correlate/other` names no celery_correlate connector in use"), "{out}");
+
+        // No correlator at all, no broker for inspect.
+        let text = "exporters:\n  debug:\nreceivers:\n  otlp:\nextensions:\n  celery_ui/a:\n  celery_ui/b: { inspect: { enabled: false }, bogus: 1 }\nservice:\n  extensions: [celery_ui/a, celery_ui/b]\n  pipelines:\n    traces: { receivers: [otlp], exporters: [debug] }\n";
+        let (ok, out) = check(text);
+        assert!(!ok);
+        assert!(
+            out.contains("extension celery_ui/a: needs a celery_correlate connector in a pipeline"),
+            "{out}"
+        );
+        assert!(
+            out.contains("t.yaml:7:47: error: extension celery_ui/b: unknown field `bogus`"),
+            "{out}"
+        );
+
+        // Two brokers: which one to inspect must be said.
+        let text = format!("receivers:\n  celery_redis/b:\n{CELERY}extensions:\n  celery_ui:\nservice:\n  extensions: [celery_ui]\n  pipelines:\n    celery: {{ receivers: [celery_redis, celery_redis/b], exporters: [celery_correlate] }}\n    metrics: {{ receivers: [celery_correlate], exporters: [debug] }}\n").replacen("receivers:\n  celery_redis:\n", "  celery_redis:\n", 1);
+        let (ok, out) = check(&text);
+        assert!(
+            !ok && out.contains("several celery_redis receivers"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn flower_pipeline_is_valid() {
+        let text = include_str!("../../pipelines/flower.yaml");
+        let (ok, out) = check(text);
+        assert!(ok, "{out}");
+        // Its commented-out auth, enabled with an empty password, is refused.
+        let (ok, out) = check(
+            &text
+                .replace("# auth:", "auth:")
+                .replace("${env:CELERIAC_UI_PASSWORD}", ""),
+        );
+        assert!(!ok && out.contains("basic auth needs both"), "{out}");
     }
 }

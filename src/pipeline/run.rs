@@ -3,7 +3,7 @@
 //! Each pipeline gets an entry channel in front of its first processor (or feeds its exporters
 //! directly when it has none); every exporter and connector owns one input channel shared by
 //! all pipelines that list it. All channels are bounded by `service.channel_capacity`.
-//! Start order: exporters, connectors, processors, then receivers. Stop: cancel receivers; each
+//! Start order: extensions, exporters, connectors, processors, then receivers. Stop: cancel receivers; each
 //! channel closes when its last sender is dropped, so stages drain in order with no control
 //! messages. Whatever is still running at the deadline is aborted and named in the log.
 //!
@@ -93,6 +93,17 @@ pub async fn run_with_reloads(
         next_task: 0,
         live: BTreeMap::new(),
     };
+    // Extensions first, as in the collector; they stop with the receivers. A reload does not
+    // restart them (they keep reading the state the connectors hand over to their successors).
+    let mut graph = graph;
+    let extensions = std::mem::take(&mut graph.extensions);
+    let extension_ids: Vec<String> = extensions.iter().map(|(id, _)| id.to_string()).collect();
+    for (id, ext) in extensions {
+        let label = format!("extension/{id}");
+        let ctx = rt.ctx(&label, rt.receivers_stop.child_token());
+        let fut = ext.run(ctx, graph.host.clone());
+        rt.spawn(label, fut, None);
+    }
     rt.apply(graph, &settings_of(components));
     telemetry.set_ready(true);
     tracing::info!(components = rt.running.len(), "Pipelines started.");
@@ -107,6 +118,12 @@ pub async fn run_with_reloads(
                 None => reloads_open = false,
                 Some(r) => {
                     warn_unchangeable(&rt.settings, &r.config.service);
+                    let wanted: Vec<String> = r.graph.extensions.iter().map(|(id, _)| id.to_string()).collect();
+                    if wanted != extension_ids
+                        || extension_settings(components) != extension_settings(&r.config.components)
+                    {
+                        tracing::warn!(running = ?extension_ids, "Extensions changed: they keep running as they were until a restart.");
+                    }
                     rt.settings = r.config.service.clone();
                     let summary = rt.apply(r.graph, &settings_of(&r.config.components));
                     tracing::info!(kept = ?summary.kept, started = ?summary.started, stopped = ?summary.stopped, "Configuration reloaded.");
@@ -179,6 +196,15 @@ pub async fn run_with_reloads(
 }
 
 /// Settings by node, for deciding what a reload keeps.
+/// Settings of the declared extensions, to tell whether a reload changed them.
+fn extension_settings(components: &[crate::config::ComponentDecl]) -> Vec<(String, Value)> {
+    components
+        .iter()
+        .filter(|c| c.section == Section::Extensions)
+        .map(|c| (c.id.to_string(), c.settings.clone()))
+        .collect()
+}
+
 fn settings_of(components: &[crate::config::ComponentDecl]) -> BTreeMap<Node, Value> {
     components
         .iter()

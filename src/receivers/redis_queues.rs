@@ -146,8 +146,9 @@ fn build(v: &Value) -> BuildResult<dyn Receiver> {
     }))
 }
 
-/// One client per broker URL, with TLS for `rediss://`, and its name for logs.
-fn clients(cfg: &RedisQueuesConfig) -> Result<Vec<(redis::Client, String)>, DecodeError> {
+/// One client per broker URL, with TLS for `rediss://`, and its name for logs (also used by
+/// the `celery_ui` extension for remote control).
+pub fn clients(cfg: &RedisQueuesConfig) -> Result<Vec<(redis::Client, String)>, DecodeError> {
     let read = |key: &str,
                 path: &Option<std::path::PathBuf>|
      -> Result<Option<Vec<u8>>, DecodeError> {

@@ -22,12 +22,16 @@
 //!   runtime_buckets: [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]
 //!   queue_wait_buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800]
 //! ```
+//!
+//! Extensions (the `celery_ui` dashboard) read tasks and workers through [`view::View`], which
+//! this connector offers as its shared state and fills only when an extension enables it.
 
 pub mod join;
 mod logs;
 pub mod metrics;
 pub mod spans;
 pub mod tasks;
+pub mod view;
 pub mod workers;
 
 use std::sync::Arc;
@@ -130,7 +134,8 @@ fn build(v: &Value) -> BuildResult<dyn Processor> {
     }
     check_buckets("runtime_buckets", &cfg.runtime_buckets)?;
     check_buckets("queue_wait_buckets", &cfg.queue_wait_buckets)?;
-    Ok(Box::new(CeleryCorrelate { cfg }))
+    let view = Arc::new(view::View::new(cfg.max_tasks));
+    Ok(Box::new(CeleryCorrelate { cfg, view }))
 }
 
 /// Counts of what the correlator had to give up, for the agent's own telemetry.
@@ -574,14 +579,29 @@ struct Carried {
 
 pub struct CeleryCorrelate {
     cfg: CorrelateConfig,
+    /// What extensions read (filled only once one of them enables it).
+    view: Arc<view::View>,
 }
 
 impl Processor for CeleryCorrelate {
+    fn shared(&self) -> Option<crate::component::SharedState> {
+        Some(self.view.clone())
+    }
+
     fn run(self: Box<Self>, ctx: Context, input: Input, out: Output) -> BoxRun {
         Box::pin(async move {
             let want_logs = out.wants(SignalKind::Logs);
             let want_metrics = out.wants(SignalKind::Metrics);
             let want_traces = out.wants(SignalKind::Traces);
+            // The extensions' view outlives a reload: a successor keeps filling the one they read.
+            let view_key = format!("{}#view", ctx.id);
+            let view = match ctx.telemetry.take_over::<Arc<view::View>>(&view_key) {
+                Some(v) => {
+                    v.set_max_tasks(self.cfg.max_tasks);
+                    v
+                }
+                None => self.view.clone(),
+            };
             // A reload that changed these settings started this instance after the previous
             // one returned: take over its tasks, workers and counters when the series allow.
             let (mut c, mut last) = match ctx.telemetry.take_over::<Carried>(&ctx.id) {
@@ -661,6 +681,7 @@ impl Processor for CeleryCorrelate {
                         for ev in events.iter() {
                             c.apply(ev, now);
                         }
+                        view.apply(&events, now);
                         for (host, n) in c.newly_missed.drain(..) {
                             tracing::warn!(component = %ctx.id, worker = %host, missed = n, "Celery events were lost in transit (heartbeat processed count is ahead of task-started events seen).");
                         }
@@ -675,6 +696,7 @@ impl Processor for CeleryCorrelate {
                     _ = tick.tick() => {
                         let now = now_secs();
                         c.expire(now);
+                        view.forget_workers_before(now - self.cfg.forget_workers_after.as_secs_f64());
                         let s = c.stats();
                         evicted.add(s.evicted_unfinished - last.evicted_unfinished);
                         expired.add(s.expired_unfinished - last.expired_unfinished);
@@ -700,6 +722,7 @@ impl Processor for CeleryCorrelate {
                     .await;
             }
             // For a successor with other settings (dropped at exit when there is none).
+            ctx.telemetry.hand_over(&view_key, view);
             ctx.telemetry.hand_over(
                 &ctx.id,
                 Carried {

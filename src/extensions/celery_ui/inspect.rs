@@ -1,0 +1,405 @@
+//! Celery remote control (`celery inspect`) over a Redis broker, and queue lengths.
+//!
+//! This module owns the pidbox wire protocol as kombu's Redis transport speaks it:
+//!
+//! * a request is a kombu envelope (JSON, base64 body) PUBLISHed on the fanout channel
+//!   `<global_keyprefix>/<db>.celery.pidbox`; its body is
+//!   `{"method", "arguments", "destination", "pattern", "matcher", "ticket", "reply_to"}` and its
+//!   headers carry `clock` and `expires` (workers drop expired requests);
+//! * replies go to the direct exchange `reply.celery.pidbox` with our routing key (the mailbox
+//!   `oid`). kombu looks the exchange's bindings up in the set `_kombu.binding.reply.celery.pidbox`
+//!   (members `routing_key \x06\x16 pattern \x06\x16 queue`) and LPUSHes to the bound queue, so we
+//!   add our binding and BRPOP `<oid>.reply.celery.pidbox` until the timeout. Each reply envelope
+//!   carries the request's `ticket` header and a body `{worker node name: answer}`.
+//!
+//! Queue lengths are the sum of LLEN over a queue's priority lists, as Flower counts them.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use base64::Engine;
+use redis::aio::MultiplexedConnection;
+use redis::AsyncConnectionConfig;
+use serde_json::{json, Value as Json};
+
+use crate::receivers::redis_queues::queue_keys;
+
+/// The methods Flower calls, in its order.
+pub const METHODS: [&str; 8] = [
+    "stats",
+    "active_queues",
+    "registered",
+    "scheduled",
+    "active",
+    "reserved",
+    "revoked",
+    "conf",
+];
+
+/// Flower fetches these (possibly long) task lists only when one worker is asked for.
+pub const TASK_LIST_METHODS: [&str; 4] = ["scheduled", "active", "reserved", "revoked"];
+
+const SEP: &str = "\x06\x16";
+const PRIORITY_STEPS: [u32; 4] = [0, 3, 6, 9];
+const REPLY_EXCHANGE: &str = "reply.celery.pidbox";
+
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error("invalid broker URL: {0}")]
+    Url(String),
+    #[error("broker {endpoint}: {source}")]
+    Redis {
+        endpoint: String,
+        source: redis::RedisError,
+    },
+}
+
+/// Answers of one broadcast round: method → worker node name → answer.
+pub type Answers = BTreeMap<String, BTreeMap<String, Json>>;
+
+/// A remote-control client for one broker (a failover list of addresses).
+pub struct Inspector {
+    /// Clients of the broker's addresses with their `host:port/db` names (no credentials).
+    clients: Vec<(redis::Client, String)>,
+    /// The address in use: the last one that worked.
+    current: AtomicUsize,
+    db: i64,
+    prefix: String,
+    oid: String,
+    timeout: Duration,
+}
+
+impl Inspector {
+    /// `clients` as built by [`crate::receivers::redis_queues::clients`] (TLS, failover list).
+    pub fn new(
+        clients: Vec<(redis::Client, String)>,
+        global_keyprefix: &str,
+        timeout: Duration,
+    ) -> Result<Inspector, InspectError> {
+        let db = clients
+            .first()
+            .map(|(c, _)| c.get_connection_info().redis_settings().db())
+            .ok_or_else(|| InspectError::Url("no broker address".into()))?;
+        Ok(Inspector {
+            clients,
+            current: AtomicUsize::new(0),
+            db,
+            prefix: global_keyprefix.to_string(),
+            oid: uuid4(),
+            timeout,
+        })
+    }
+
+    /// The address in use, for logs.
+    pub fn endpoint(&self) -> &str {
+        let i = self.current.load(Ordering::Relaxed) % self.clients.len();
+        &self.clients[i].1
+    }
+
+    fn err(&self, source: redis::RedisError) -> InspectError {
+        InspectError::Redis {
+            endpoint: self.endpoint().to_string(),
+            source,
+        }
+    }
+
+    fn reply_queue(&self) -> String {
+        format!("{}.{REPLY_EXCHANGE}", self.oid)
+    }
+
+    /// A connection to the address in use, or the next one that answers.
+    async fn connect(&self) -> Result<MultiplexedConnection, InspectError> {
+        // BRPOP blocks for up to the inspect timeout: the response timeout must exceed it.
+        let cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(self.timeout + Duration::from_secs(5)));
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for k in 0..self.clients.len() {
+            let i = (start + k) % self.clients.len();
+            match self.clients[i]
+                .0
+                .get_multiplexed_async_connection_with_config(&cfg)
+                .await
+            {
+                Ok(c) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(c);
+                }
+                Err(e) => last = Some((i, e)),
+            }
+        }
+        let (i, source) = last.expect("at least one address");
+        Err(InspectError::Redis {
+            endpoint: self.clients[i].1.clone(),
+            source,
+        })
+    }
+
+    /// Broadcast `methods` (to `destination` only, when given) and collect the answers until
+    /// the timeout, or earlier once `expect` workers answered every method.
+    pub async fn inspect(
+        &self,
+        methods: &[&str],
+        destination: Option<&str>,
+        expect: Option<usize>,
+    ) -> Result<Answers, InspectError> {
+        let mut conn = self.connect().await?;
+        let reply_queue = format!("{}{}", self.prefix, self.reply_queue());
+        let binding_key = format!("{}_kombu.binding.{REPLY_EXCHANGE}", self.prefix);
+        let member = format!("{}{SEP}{SEP}{}", self.oid, self.reply_queue());
+        let channel = format!("{}/{}.celery.pidbox", self.prefix, self.db);
+        let now = crate::connectors::celery_correlate::now_secs();
+        let expires = now + self.timeout.as_secs_f64();
+        let mut tickets: BTreeMap<String, String> = BTreeMap::new();
+        let mut pipe = redis::pipe();
+        pipe.cmd("SADD").arg(&binding_key).arg(&member).ignore();
+        pipe.cmd("DEL").arg(&reply_queue).ignore();
+        for m in methods {
+            let ticket = uuid4();
+            let arguments = if *m == "active" {
+                json!({"safe": true})
+            } else {
+                json!({})
+            };
+            let body = json!({
+                "method": m,
+                "arguments": arguments,
+                "destination": destination.map(|d| vec![d]),
+                "pattern": null,
+                "matcher": null,
+                "ticket": ticket,
+                "reply_to": {"exchange": REPLY_EXCHANGE, "routing_key": self.oid},
+            });
+            pipe.cmd("PUBLISH")
+                .arg(&channel)
+                .arg(envelope(&body, expires))
+                .ignore();
+            tickets.insert(ticket, m.to_string());
+        }
+        let _: () = pipe.query_async(&mut conn).await.map_err(|e| self.err(e))?;
+
+        let limit = match (destination, expect) {
+            (Some(_), _) => Some(1),
+            (None, e) => e.filter(|n| *n > 0),
+        };
+        let mut answers: Answers = methods
+            .iter()
+            .map(|m| (m.to_string(), BTreeMap::new()))
+            .collect();
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            if let Some(n) = limit {
+                if answers.values().all(|a| a.len() >= n) {
+                    break;
+                }
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left < Duration::from_millis(10) {
+                break;
+            }
+            let popped: Option<(String, Vec<u8>)> = redis::cmd("BRPOP")
+                .arg(&reply_queue)
+                .arg(left.as_secs_f64())
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.err(e))?;
+            let Some((_, raw)) = popped else { break };
+            match decode_reply(&raw) {
+                Some((ticket, body)) => {
+                    let Some(method) = tickets.get(&ticket) else {
+                        continue; // a late answer to an earlier round
+                    };
+                    if let (Some(slot), Json::Object(by_worker)) = (answers.get_mut(method), body) {
+                        for (worker, answer) in by_worker {
+                            slot.insert(worker, answer);
+                        }
+                    }
+                }
+                None => tracing::debug!(
+                    broker = %self.endpoint(),
+                    "Ignored an undecodable remote-control reply."
+                ),
+            }
+        }
+        // Answers that arrive after the timeout must not pile up.
+        let _: Result<(), _> = redis::cmd("EXPIRE")
+            .arg(&reply_queue)
+            .arg(60)
+            .query_async(&mut conn)
+            .await;
+        Ok(answers)
+    }
+
+    /// Ask every worker for an immediate `worker-heartbeat` (what Celery's event receiver
+    /// does when it connects), so workers show as online without waiting a heartbeat interval.
+    pub async fn wakeup(&self) -> Result<(), InspectError> {
+        let mut conn = self.connect().await?;
+        let body = json!({
+            "method": "heartbeat",
+            "arguments": {},
+            "destination": null,
+            "pattern": null,
+            "matcher": null,
+        });
+        let expires = crate::connectors::celery_correlate::now_secs() + self.timeout.as_secs_f64();
+        let channel = format!("{}/{}.celery.pidbox", self.prefix, self.db);
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(envelope(&body, expires))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Messages waiting in each queue (all priority lists), as Flower's `/api/queues/length`.
+    pub async fn queue_lengths(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<(String, u64)>, InspectError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.connect().await?;
+        let mut pipe = redis::pipe();
+        let mut per_queue = Vec::with_capacity(names.len());
+        for n in names {
+            let keys = queue_keys(&self.prefix, n, SEP, &PRIORITY_STEPS);
+            per_queue.push(keys.len());
+            for k in keys {
+                pipe.cmd("LLEN").arg(k);
+            }
+        }
+        let lens: Vec<u64> = pipe.query_async(&mut conn).await.map_err(|e| self.err(e))?;
+        let mut out = Vec::with_capacity(names.len());
+        let mut i = 0;
+        for (n, k) in names.iter().zip(per_queue) {
+            let total = lens.get(i..i + k).map_or(0, |s| s.iter().sum());
+            out.push((n.clone(), total));
+            i += k;
+        }
+        Ok(out)
+    }
+
+    /// Remove our reply binding (on shutdown; best effort).
+    pub async fn unbind(&self) {
+        if let Ok(mut conn) = self.connect().await {
+            let key = format!("{}_kombu.binding.{REPLY_EXCHANGE}", self.prefix);
+            let member = format!("{}{SEP}{SEP}{}", self.oid, self.reply_queue());
+            let _: Result<(), _> = redis::cmd("SREM")
+                .arg(key)
+                .arg(member)
+                .query_async(&mut conn)
+                .await;
+        }
+    }
+}
+
+/// A kombu envelope around a JSON body, as `Producer.publish` builds it for the pidbox.
+pub fn envelope(body: &Json, expires: f64) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(body.to_string());
+    json!({
+        "body": b64,
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {"clock": 1, "expires": expires},
+        "properties": {
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "celery.pidbox", "routing_key": ""},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": uuid4(),
+        }
+    })
+    .to_string()
+}
+
+/// `(ticket, body)` of a reply envelope; `None` when it is not one.
+pub fn decode_reply(raw: &[u8]) -> Option<(String, Json)> {
+    let env: Json = serde_json::from_slice(raw).ok()?;
+    let ticket = env.get("headers")?.get("ticket")?.as_str()?.to_string();
+    if env.get("content-type")?.as_str()? != "application/json" {
+        return None;
+    }
+    let body = env.get("body")?.as_str()?;
+    let encoding = env
+        .get("properties")
+        .and_then(|p| p.get("body_encoding"))
+        .and_then(Json::as_str);
+    let bytes = if encoding == Some("base64") {
+        base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .ok()?
+    } else {
+        body.as_bytes().to_vec()
+    };
+    Some((ticket, serde_json::from_slice(&bytes).ok()?))
+}
+
+/// A random (version 4) UUID string.
+pub fn uuid4() -> String {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 16];
+    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+        // No system randomness: fall back to the clock, still unique enough per process.
+        let n = crate::connectors::celery_correlate::now_secs()
+            .to_bits()
+            .to_le_bytes();
+        b[..8].copy_from_slice(&n);
+        b[8..].copy_from_slice(&std::process::id().to_le_bytes().repeat(2));
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_round_trips_as_kombu_reads_it() {
+        let body = json!({"method": "stats", "ticket": "t-1"});
+        let env: Json = serde_json::from_str(&envelope(&body, 5.0)).unwrap();
+        assert_eq!(
+            env["properties"]["delivery_info"]["exchange"],
+            "celery.pidbox"
+        );
+        assert_eq!(env["headers"]["expires"], 5.0);
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(env["body"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(serde_json::from_slice::<Json>(&raw).unwrap(), body);
+    }
+
+    #[test]
+    fn decodes_a_worker_reply() {
+        let body = base64::engine::general_purpose::STANDARD.encode(r#"{"w1@h": {"ok": "pong"}}"#);
+        let raw = format!(
+            r#"{{"body": "{body}", "content-encoding": "utf-8", "content-type": "application/json", "headers": {{"ticket": "abc", "clock": 3}}, "properties": {{"body_encoding": "base64"}}}}"#
+        );
+        let (t, b) = decode_reply(raw.as_bytes()).unwrap();
+        assert_eq!(t, "abc");
+        assert_eq!(b["w1@h"]["ok"], "pong");
+        assert!(decode_reply(b"not json").is_none());
+        assert!(decode_reply(br#"{"headers": {}}"#).is_none());
+    }
+
+    #[test]
+    fn uuids_are_v4_and_distinct() {
+        let (a, b) = (uuid4(), uuid4());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+    }
+}

@@ -1,0 +1,818 @@
+//! `celery_ui` extension: Flower's job inside the agent. A live dashboard at `/` and Flower's
+//! REST API (`/api/workers`, `/api/tasks`, `/api/task/info/<id>`, `/api/task/types`,
+//! `/api/queues/length`), served from the `celery_correlate` connector's state.
+//!
+//! This module owns the settings, the HTTP server (routing, authentication, the server-sent
+//! event stream `/api/stream`) and the periodic remote-control round ([`inspect`]). Task and
+//! worker state is read through the connector's [`View`]; [`api`] builds Flower's JSON and
+//! [`page`] the HTML. Nothing here keeps task history of its own: the task list is bounded by the
+//! connector's `max_tasks`.
+//!
+//! ```yaml
+//! extensions:
+//!   celery_ui:
+//!     endpoint: 127.0.0.1:5555       # Flower's port
+//!     correlator: celery_correlate   # optional when there is one celery_correlate connector
+//!     auth: { username: admin, password: ${env:UI_PASSWORD} }   # and/or bearer_token: ...
+//!     redact: { args: false, kwargs: false, keys: [password, token, secret] }
+//!     inspect: { enabled: true, interval: 10s, timeout: 1s }    # broker: redis://... (default: the celery_redis receiver's)
+//!     trace_url: "https://grafana.example/explore?traceId={trace_id}"
+//!     stream_interval: 500ms
+//! service:
+//!   extensions: [celery_ui]
+//! ```
+
+pub mod api;
+pub mod inspect;
+pub mod page;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::task::{Context as TaskCx, Poll};
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value as Json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::component::{BoxRun, ComponentError, Context, Extension, Host};
+use crate::config::{self, types, DecodeError, Section, Value};
+use crate::connectors::celery_correlate::now_secs;
+use crate::connectors::celery_correlate::view::View;
+use crate::receivers::celery_redis::CeleryRedisConfig;
+use crate::receivers::redis_queues::{self, RedisQueuesConfig};
+use crate::registry::{BuildResult, Factory, Registration};
+use crate::telemetry::Counter;
+use crate::tls::ClientTlsConfig;
+use api::Inspected;
+use inspect::Inspector;
+use page::RedactConfig;
+
+pub const REGISTRATION: Registration = Registration {
+    type_name: "celery_ui",
+    factory: Factory::Extension { build },
+    defaults: crate::registry::defaults::<UiConfig>,
+};
+
+/// Open event streams at most; more get 503 (each costs a task and a snapshot per interval).
+const MAX_STREAMS: usize = 64;
+/// A stream repeats the dashboard at least this often, so liveness ages even when idle.
+const STREAM_REFRESH: Duration = Duration::from_secs(2);
+/// Remote-control answers of a worker not heard from for this long are dropped.
+const INSPECTED_TTL: f64 = 600.0;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UiConfig {
+    #[serde(with = "types::addr")]
+    pub endpoint: SocketAddr,
+    /// Id of the `celery_correlate` connector to read.
+    pub correlator: Option<String>,
+    pub auth: Option<AuthConfig>,
+    pub redact: RedactConfig,
+    pub inspect: InspectConfig,
+    /// Link template for a task's trace; `{trace_id}` is replaced by its 32 hex digits.
+    pub trace_url: Option<String>,
+    /// How often the live page is updated (at most).
+    #[serde(with = "types::duration")]
+    pub stream_interval: Duration,
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        UiConfig {
+            endpoint: SocketAddr::from(([127, 0, 0, 1], 5555)),
+            correlator: None,
+            auth: None,
+            redact: RedactConfig::default(),
+            inspect: InspectConfig::default(),
+            trace_url: None,
+            stream_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Basic auth (`username` + `password`), a bearer token, or both (either is accepted).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub bearer_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InspectConfig {
+    /// Ask workers over the broker (`celery inspect`); off = workers from events only.
+    pub enabled: bool,
+    #[serde(with = "types::duration")]
+    pub interval: Duration,
+    /// How long a round waits for answers.
+    #[serde(with = "types::duration")]
+    pub timeout: Duration,
+    /// Broker URL, or a failover list; default: the `celery_redis` receiver's `endpoint`.
+    #[serde(
+        default,
+        deserialize_with = "opt_one_or_many",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub broker: Option<Vec<String>>,
+    /// TLS for a `rediss://` broker; default: the `celery_redis` receiver's (when `broker` is
+    /// not set).
+    pub tls: Option<ClientTlsConfig>,
+    /// kombu's `global_keyprefix`; default: the `celery_redis` receiver's.
+    pub global_keyprefix: Option<String>,
+}
+
+impl Default for InspectConfig {
+    fn default() -> Self {
+        InspectConfig {
+            enabled: true,
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(1),
+            broker: None,
+            tls: None,
+            global_keyprefix: None,
+        }
+    }
+}
+
+fn build(v: &Value) -> BuildResult<dyn Extension> {
+    let mut cfg: UiConfig = config::decode(v)?;
+    if let Some(a) = &cfg.auth {
+        let basic = a.username.is_some() || a.password.is_some();
+        if basic
+            && (a.username.as_deref().unwrap_or("").is_empty()
+                || a.password.as_deref().unwrap_or("").is_empty())
+        {
+            return Err(DecodeError::new(
+                "auth",
+                "basic auth needs both `username` and `password`",
+            ));
+        }
+        if a.bearer_token.as_deref().is_some_and(str::is_empty) {
+            return Err(DecodeError::new("auth.bearer_token", "must not be empty"));
+        }
+        if !basic && a.bearer_token.is_none() {
+            return Err(DecodeError::new(
+                "auth",
+                "set `username` and `password`, or `bearer_token`",
+            ));
+        }
+    }
+    if cfg.inspect.enabled && (cfg.inspect.interval.is_zero() || cfg.inspect.timeout.is_zero()) {
+        return Err(DecodeError::new(
+            "inspect",
+            "`interval` and `timeout` must be greater than 0",
+        ));
+    }
+    if cfg.stream_interval < Duration::from_millis(50) {
+        return Err(DecodeError::new("stream_interval", "must be at least 50ms"));
+    }
+    if let Some(b) = &cfg.inspect.broker {
+        broker_clients(b, cfg.inspect.tls.clone().unwrap_or_default()).map_err(|e| {
+            DecodeError::new(
+                format!("inspect.{}", e.path.replacen("endpoint", "broker", 1)),
+                e.message,
+            )
+        })?;
+    }
+    cfg.redact = cfg.redact.normalized();
+    Ok(Box::new(CeleryUi { cfg }))
+}
+
+pub struct CeleryUi {
+    cfg: UiConfig,
+}
+
+/// The broker to inspect: its addresses, TLS settings and key prefix.
+type Broker = (Vec<String>, ClientTlsConfig, String);
+
+fn opt_one_or_many<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    types::one_or_many::deserialize(d).map(Some)
+}
+
+/// Redis clients for `urls` (TLS for `rediss://`), as the `redis_queues` receiver builds them.
+fn broker_clients(
+    urls: &[String],
+    tls: ClientTlsConfig,
+) -> Result<Vec<(redis::Client, String)>, DecodeError> {
+    if urls.is_empty() {
+        return Err(DecodeError::new(
+            "endpoint",
+            "must name at least one broker URL",
+        ));
+    }
+    redis_queues::clients(&RedisQueuesConfig {
+        endpoint: urls.to_vec(),
+        tls,
+        ..RedisQueuesConfig::default()
+    })
+}
+
+impl CeleryUi {
+    fn resolve(&self, host: &Host) -> Result<(Arc<View>, Option<Broker>), String> {
+        let views = host.shared::<View>();
+        let view = match &self.cfg.correlator {
+            Some(want) => views
+                .iter()
+                .find(|(id, _)| id.to_string() == *want)
+                .map(|(_, v)| v.clone())
+                .ok_or_else(|| {
+                    format!("`correlator: {want}` names no celery_correlate connector in use")
+                })?,
+            None => match views.as_slice() {
+                [(_, v)] => v.clone(),
+                [] => return Err("needs a celery_correlate connector in a pipeline".into()),
+                _ => return Err(
+                    "there are several celery_correlate connectors: choose one with `correlator`"
+                        .into(),
+                ),
+            },
+        };
+        if !self.cfg.inspect.enabled {
+            return Ok((view, None));
+        }
+        let receivers = host.declared(Section::Receivers, "celery_redis");
+        if receivers.len() > 1 && self.cfg.inspect.broker.is_none() {
+            return Err(
+                "there are several celery_redis receivers: name the broker to inspect with `inspect.broker`"
+                    .into(),
+            );
+        }
+        let from_receiver = receivers
+            .first()
+            .and_then(|d| config::decode::<CeleryRedisConfig>(&d.settings).ok());
+        let (urls, tls) = match (&self.cfg.inspect.broker, &from_receiver) {
+            (Some(b), _) => (b.clone(), self.cfg.inspect.tls.clone().unwrap_or_default()),
+            (None, Some(r)) => (r.endpoint.clone(), r.tls.clone()),
+            (None, None) => {
+                return Err("inspect needs a broker: set `inspect.broker`, declare a celery_redis receiver, or set `inspect.enabled: false`".into())
+            }
+        };
+        let prefix = self
+            .cfg
+            .inspect
+            .global_keyprefix
+            .clone()
+            .or_else(|| from_receiver.map(|r| r.global_keyprefix))
+            .unwrap_or_default();
+        Ok((view, Some((urls, tls, prefix))))
+    }
+}
+
+impl Extension for CeleryUi {
+    fn validate(&self, host: &Host) -> Result<(), String> {
+        self.resolve(host).map(drop)
+    }
+
+    fn run(self: Box<Self>, ctx: Context, host: Host) -> BoxRun {
+        Box::pin(async move {
+            let (view, broker) = self.resolve(&host).map_err(ComponentError::Other)?;
+            let addr = self.cfg.endpoint;
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ComponentError::Bind { addr, source })?;
+            let inspector = match broker {
+                Some((urls, tls, prefix)) => {
+                    let clients = broker_clients(&urls, tls)
+                        .map_err(|e| ComponentError::Other(format!("inspect broker: {e}")))?;
+                    Some(
+                        Inspector::new(clients, &prefix, self.cfg.inspect.timeout)
+                            .map_err(|e| ComponentError::Other(e.to_string()))?,
+                    )
+                }
+                None => None,
+            };
+            view.enable();
+            let label = [("component", &*ctx.id)];
+            let ui = Arc::new(Ui {
+                cfg: self.cfg,
+                view,
+                inspector,
+                inspected: RwLock::new(Inspected::new()),
+                queues: RwLock::new(Vec::new()),
+                round: tokio::sync::Mutex::new(()),
+                status_version: AtomicU64::new(0),
+                streams: AtomicUsize::new(0),
+                shutdown: ctx.shutdown.clone(),
+                unauthorized: ctx.telemetry.counter(
+                    "celeriac_ui_unauthorized_total",
+                    "Requests to the celery_ui extension refused for missing or wrong credentials.",
+                    &label,
+                ),
+                inspect_failures: ctx.telemetry.counter(
+                    "celeriac_ui_inspect_failures_total",
+                    "Remote-control rounds (celery inspect over the broker) that failed.",
+                    &label,
+                ),
+            });
+            tracing::info!(component = %ctx.id, %addr, "Serving the Celery dashboard and Flower API.");
+            if ui.inspector.is_some() {
+                let ui = ui.clone();
+                tokio::spawn(async move {
+                    if let Some(i) = &ui.inspector {
+                        if let Err(e) = i.wakeup().await {
+                            tracing::warn!(error = %e, "Cannot ask workers for a heartbeat.");
+                        }
+                    }
+                    let mut tick = tokio::time::interval(ui.cfg.inspect.interval);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tokio::select! {
+                            _ = ui.shutdown.cancelled() => break,
+                            _ = tick.tick() => {
+                                let _ = ui.refresh(None).await;
+                            }
+                        }
+                    }
+                });
+            }
+            crate::telemetry::accept_until(&listener, &ctx.shutdown, "celery_ui", |stream| {
+                let ui = ui.clone();
+                tokio::spawn(async move {
+                    let svc_ui = ui.clone();
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let ui = svc_ui.clone();
+                        async move { Ok::<_, Infallible>(ui.handle(req).await) }
+                    });
+                    let conn = http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(TokioIo::new(stream), svc);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => return,
+                        _ = ui.shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+                    }
+                    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+                });
+            })
+            .await;
+            if let Some(i) = &ui.inspector {
+                let _ = tokio::time::timeout(Duration::from_secs(2), i.unbind()).await;
+            }
+            Ok(())
+        })
+    }
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// Shared by every connection of one running extension.
+struct Ui {
+    cfg: UiConfig,
+    view: Arc<View>,
+    inspector: Option<Inspector>,
+    inspected: RwLock<Inspected>,
+    queues: RwLock<Vec<(String, u64)>>,
+    /// One remote-control round at a time.
+    round: tokio::sync::Mutex<()>,
+    /// Bumped when inspect answers or queue lengths change.
+    status_version: AtomicU64,
+    streams: AtomicUsize,
+    shutdown: CancellationToken,
+    unauthorized: Counter,
+    inspect_failures: Counter,
+}
+
+fn full(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).boxed());
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    if ctype.starts_with("text/html") {
+        // Defence in depth: even escaped output may only load this server's own script.
+        h.insert(
+            "content-security-policy",
+            HeaderValue::from_static(
+                "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+            ),
+        );
+    }
+    r
+}
+
+fn json_reply(status: StatusCode, v: &Json) -> Response<Body> {
+    full(status, "application/json; charset=UTF-8", v.to_string())
+}
+
+fn json_error(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    json_reply(status, &json!({ "error": msg.into() }))
+}
+
+/// `a=1&b=x%20y` → pairs, `+` as space.
+pub fn query_pairs(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn truthy(v: &str) -> bool {
+    // Tornado's `type=bool` is Python's bool(str): any non-empty value.
+    !v.is_empty()
+}
+
+/// Constant-time equality (basic-auth credentials), so response times do not reveal how much
+/// of a secret matched.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Ui {
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(auth) = &self.cfg.auth else {
+            return true;
+        };
+        let header = req.headers().get(AUTHORIZATION).map(|h| h.as_bytes());
+        if let Some(token) = &auth.bearer_token {
+            if crate::telemetry::bearer_matches(header, token) {
+                return true;
+            }
+        }
+        let Some(h) = header.and_then(|h| std::str::from_utf8(h).ok()) else {
+            return false;
+        };
+        let (scheme, cred) = h.split_once(' ').unwrap_or((h, ""));
+        let cred = cred.trim();
+        if scheme.eq_ignore_ascii_case("basic") {
+            if let (Some(u), Some(p)) = (&auth.username, &auth.password) {
+                let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(cred) else {
+                    return false;
+                };
+                return same(&raw, format!("{u}:{p}").as_bytes());
+            }
+        }
+        false
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        if !self.authorized(&req) {
+            self.unauthorized.inc();
+            let mut r = json_error(StatusCode::UNAUTHORIZED, "unauthorized");
+            if self.cfg.auth.as_ref().is_some_and(|a| a.username.is_some()) {
+                r.headers_mut().insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"celeriac\""),
+                );
+            }
+            return r;
+        }
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return json_error(StatusCode::METHOD_NOT_ALLOWED, "only GET is served");
+        }
+        let path = req.uri().path().to_string();
+        let query = query_pairs(req.uri().query().unwrap_or(""));
+        let arg = |k: &str| query.iter().find(|(q, _)| q == k).map(|(_, v)| v.as_str());
+        let now = now_secs();
+        match path.as_str() {
+            "/" | "/index.html" => {
+                full(StatusCode::OK, "text/html; charset=utf-8", page::INDEX_HTML)
+            }
+            "/static/app.js" => full(
+                StatusCode::OK,
+                "text/javascript; charset=utf-8",
+                page::APP_JS,
+            ),
+            "/static/style.css" => full(StatusCode::OK, "text/css; charset=utf-8", page::STYLE_CSS),
+            "/api/stream" => self.stream(),
+            "/api/dashboard" => json_reply(StatusCode::OK, &self.dashboard(now)),
+            "/api/workers" => {
+                let workername = arg("workername").filter(|w| !w.is_empty());
+                if arg("refresh").is_some_and(truthy) {
+                    if let Err(e) = self.refresh(workername).await {
+                        return json_error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("Failed to update workers: {e}"),
+                        );
+                    }
+                }
+                if arg("status").is_some_and(truthy) {
+                    return json_reply(
+                        StatusCode::OK,
+                        &self.view.read(|v| api::workers_status(v, now)),
+                    );
+                }
+                let inspected = self.inspected.read().unwrap_or_else(|e| e.into_inner());
+                let body = self
+                    .view
+                    .read(|v| api::workers_body(v, &inspected, workername));
+                drop(inspected);
+                if let Some(w) = workername {
+                    if body.as_object().is_some_and(|m| m.is_empty()) {
+                        return json_error(StatusCode::NOT_FOUND, format!("Unknown worker '{w}'"));
+                    }
+                }
+                json_reply(StatusCode::OK, &body)
+            }
+            "/api/tasks" => match api::TaskQuery::parse(&query) {
+                Ok(q) => full(
+                    StatusCode::OK,
+                    "application/json; charset=UTF-8",
+                    self.view.read(|v| api::tasks_body(v, &q, &self.cfg.redact)),
+                ),
+                Err(e) => json_error(StatusCode::BAD_REQUEST, e),
+            },
+            "/api/task/types" => json_reply(StatusCode::OK, &self.view.read(api::task_types_body)),
+            "/api/queues/length" => {
+                if self.inspector.is_some()
+                    && self.queues.read().map(|q| q.is_empty()).unwrap_or(true)
+                {
+                    // Nothing measured yet (first round pending): measure now.
+                    let _ = self.refresh_queues().await;
+                }
+                let q = self
+                    .queues
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                json_reply(StatusCode::OK, &api::queues_body(&q))
+            }
+            p => {
+                if let Some(id) = p.strip_prefix("/api/task/info/") {
+                    let id = percent_decode(id);
+                    return match self.view.read(|v| {
+                        v.task(&id)
+                            .map(|t| Json::Object(api::task_json(t, &self.cfg.redact, true)))
+                    }) {
+                        Some(t) => json_reply(StatusCode::OK, &t),
+                        None => json_error(StatusCode::NOT_FOUND, format!("Unknown task '{id}'")),
+                    };
+                }
+                if let Some(id) = p.strip_prefix("/task/") {
+                    let id = percent_decode(id);
+                    let html = self.view.read(|v| {
+                        v.task(&id).map(|t| {
+                            page::task_page(t, &self.cfg.redact, self.cfg.trace_url.as_deref())
+                        })
+                    });
+                    return match html {
+                        Some(h) => full(StatusCode::OK, "text/html; charset=utf-8", h),
+                        None => full(
+                            StatusCode::NOT_FOUND,
+                            "text/html; charset=utf-8",
+                            format!(
+                                "<!doctype html><title>Unknown task</title><p>Unknown task {} (evicted, or never seen). <a href=\"/\">Back</a></p>",
+                                page::escape(&id)
+                            ),
+                        ),
+                    };
+                }
+                if p.starts_with("/api/") {
+                    json_error(StatusCode::NOT_FOUND, format!("no such API path: {p}"))
+                } else {
+                    full(
+                        StatusCode::NOT_FOUND,
+                        "text/plain; charset=utf-8",
+                        "not found\n",
+                    )
+                }
+            }
+        }
+    }
+
+    fn dashboard(&self, now: f64) -> Json {
+        let inspected = self.inspected.read().unwrap_or_else(|e| e.into_inner());
+        let queues = self.queues.read().unwrap_or_else(|e| e.into_inner());
+        self.view
+            .read(|v| api::dashboard(v, &inspected, &queues, &self.cfg.redact, now))
+    }
+
+    /// One remote-control round (every method Flower uses), then queue lengths.
+    async fn refresh(&self, workername: Option<&str>) -> Result<(), String> {
+        let Some(inspector) = &self.inspector else {
+            return Err("remote control is disabled (inspect.enabled: false)".into());
+        };
+        // A round already running answers this request too: wait for it instead of piling up.
+        let _one = match self.round.try_lock() {
+            Ok(g) => g,
+            Err(_) => {
+                let _done = self.round.lock().await;
+                return Ok(());
+            }
+        };
+        let now = now_secs();
+        let expect = self
+            .view
+            .read(|v| v.workers().values().filter(|w| w.alive(now)).count());
+        let answers = inspector
+            .inspect(&inspect::METHODS, workername, Some(expect))
+            .await
+            .map_err(|e| {
+                self.inspect_failures.inc();
+                tracing::warn!(error = %e, "Remote-control round failed.");
+                e.to_string()
+            })?;
+        {
+            let mut ins = self.inspected.write().unwrap_or_else(|e| e.into_inner());
+            let ts = now_secs();
+            for (method, by_worker) in answers {
+                for (worker, mut answer) in by_worker {
+                    if method == "stats" {
+                        // As Flower does (its issue #1512): broker alternates can hold credentials.
+                        if let Some(b) = answer.get_mut("broker").and_then(Json::as_object_mut) {
+                            b.remove("alternates");
+                        }
+                    }
+                    let entry = ins.entry(worker).or_default();
+                    entry.insert(method.clone(), answer);
+                    entry.insert("timestamp".into(), json!(ts));
+                }
+            }
+            ins.retain(|_, info| {
+                info.get("timestamp")
+                    .and_then(Json::as_f64)
+                    .is_some_and(|t| t > ts - INSPECTED_TTL)
+            });
+        }
+        self.status_version.fetch_add(1, Ordering::Release);
+        drop(_one);
+        self.refresh_queues().await
+    }
+
+    /// Queue lengths of the queues workers consume (from `active_queues`), else `celery` and the
+    /// queues seen in `task-sent` events.
+    async fn refresh_queues(&self) -> Result<(), String> {
+        let Some(inspector) = &self.inspector else {
+            return Ok(());
+        };
+        let mut names: Vec<String> = {
+            let ins = self.inspected.read().unwrap_or_else(|e| e.into_inner());
+            let mut n: Vec<String> = ins
+                .values()
+                .filter_map(|i| i.get("active_queues").and_then(Json::as_array))
+                .flatten()
+                .filter_map(|q| q.get("name").and_then(Json::as_str).map(str::to_string))
+                .collect();
+            n.sort();
+            n.dedup();
+            n
+        };
+        if names.is_empty() {
+            names = self.view.read(|v| v.queues_seen()).into_iter().collect();
+            if !names.iter().any(|n| n == "celery") {
+                names.insert(0, "celery".into());
+            }
+        }
+        let lengths = inspector.queue_lengths(&names).await.map_err(|e| {
+            tracing::warn!(error = %e, "Cannot read queue lengths.");
+            e.to_string()
+        })?;
+        *self.queues.write().unwrap_or_else(|e| e.into_inner()) = lengths;
+        self.status_version.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// `/api/stream`: the dashboard as server-sent events, at most every `stream_interval`,
+    /// only when something changed (or every [`STREAM_REFRESH`]). A slow client skips updates
+    /// instead of queueing them.
+    fn stream(self: Arc<Self>) -> Response<Body> {
+        if self.streams.fetch_add(1, Ordering::AcqRel) >= MAX_STREAMS {
+            self.streams.fetch_sub(1, Ordering::AcqRel);
+            return json_error(StatusCode::SERVICE_UNAVAILABLE, "too many open streams");
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(2);
+        let ui = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ui.cfg.stream_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut last: Option<(u64, u64)> = None;
+            let mut last_sent = tokio::time::Instant::now();
+            loop {
+                tokio::select! {
+                    _ = ui.shutdown.cancelled() => break,
+                    _ = tx.closed() => break,
+                    _ = tick.tick() => {}
+                }
+                let version = (ui.view.version(), ui.status_version.load(Ordering::Acquire));
+                if last == Some(version) && last_sent.elapsed() < STREAM_REFRESH {
+                    continue;
+                }
+                let msg = format!("event: dashboard\ndata: {}\n\n", ui.dashboard(now_secs()));
+                match tx.try_send(Bytes::from(msg)) {
+                    Ok(()) => {
+                        last = Some(version);
+                        last_sent = tokio::time::Instant::now();
+                    }
+                    Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {}
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => break,
+                }
+            }
+            ui.streams.fetch_sub(1, Ordering::AcqRel);
+        });
+        let mut r = Response::new(BoxBody::new(SseBody(rx)));
+        let h = r.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        r
+    }
+}
+
+/// A response body fed by the stream task; ends when the task drops its sender.
+struct SseBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for SseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskCx<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings() {
+        assert_eq!(
+            query_pairs("state=SUCCESS&received_start=2026-11-25+10%3A00&x"),
+            vec![
+                ("state".to_string(), "SUCCESS".to_string()),
+                ("received_start".to_string(), "2026-11-25 10:00".to_string()),
+                ("x".to_string(), String::new()),
+            ]
+        );
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("%zz%41"), "%zzA");
+    }
+
+    #[test]
+    fn settings() {
+        let v: Value = serde_yaml_ng::from_str("auth: { username: u }").unwrap();
+        assert!(build(&v).is_err());
+        let v: Value =
+            serde_yaml_ng::from_str("auth: { bearer_token: t }\nredact: { keys: [Password] }")
+                .unwrap();
+        assert!(build(&v).is_ok());
+        let v: Value = serde_yaml_ng::from_str("endpoint: nope").unwrap();
+        assert_eq!(build(&v).err().unwrap().path, "endpoint");
+        assert!(same(b"abc", b"abc") && !same(b"abc", b"abd") && !same(b"a", b"ab"));
+        let v: Value = serde_yaml_ng::from_str(
+            "inspect: { broker: [redis://127.0.0.1:1/0, redis://127.0.0.1:2/0] }",
+        )
+        .unwrap();
+        assert!(build(&v).is_ok());
+        let v: Value =
+            serde_yaml_ng::from_str("inspect: { broker: [redis://a:1/0, 'http://x'] }").unwrap();
+        assert_eq!(build(&v).err().unwrap().path, "inspect.broker[1]");
+        let v: Value =
+            serde_yaml_ng::from_str("inspect: { broker: redis://a:1/0, tls: { ca_file: /x.pem } }")
+                .unwrap();
+        assert!(build(&v).err().unwrap().path.starts_with("inspect.tls"));
+    }
+}

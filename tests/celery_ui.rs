@@ -1,0 +1,748 @@
+//! The `celery_ui` extension end to end, with a real redis-server and a real Celery worker:
+//!
+//! * its Flower API returns the same tasks, states, task types, queues and workers as Flower 2.2
+//!   itself (started from the test venv against the same broker) with the same field names;
+//!   without Flower in the venv the key sets are compared with `tests/fixtures/flower-2.2-keys.json`,
+//!   captured from the same workload (`CELERIAC_UPDATE_FLOWER_KEYS=1` rewrites it);
+//! * the live page, in headless Chromium driven over WebDriver, shows a task sent after the page
+//!   opened without a reload, shows `<script>`/`<img onerror>` task args as text (nothing runs),
+//!   and is saved as a screenshot under `target/`;
+//! * authentication, redaction, server-side escaping and the 404 of an unknown task.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{json, Value};
+use support::*;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_celeriac"))
+}
+
+fn config(redis_url: &str, ui: u16, telemetry: u16, ui_extra: &str) -> String {
+    format!(
+        r#"
+receivers:
+  celery_redis:
+    endpoint: {redis_url}
+connectors:
+  celery_correlate:
+    metrics_interval: 200ms
+exporters:
+  debug: {{}}
+extensions:
+  celery_ui:
+    endpoint: 127.0.0.1:{ui}
+    stream_interval: 200ms
+    inspect: {{ interval: 2s, timeout: 1s }}
+    trace_url: "http://tempo.example/trace/{{trace_id}}"
+{ui_extra}
+service:
+  extensions: [celery_ui]
+  telemetry:
+    endpoint: 127.0.0.1:{telemetry}
+  pipelines:
+    celery:
+      receivers: [celery_redis]
+      exporters: [celery_correlate]
+    metrics:
+      receivers: [celery_correlate]
+      exporters: [debug]
+"#
+    )
+}
+
+/// A helper process (Flower, chromedriver) in its own process group, killed on drop.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Proc {
+    fn start(mut cmd: Command, what: &str) -> Proc {
+        let dir = tempfile::Builder::new()
+            .prefix("celeriac-ui-")
+            .tempdir()
+            .unwrap();
+        let log = dir.path().join(format!("{what}.log"));
+        let out = File::create(&log).unwrap();
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        Proc {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // The whole group: chromedriver's browsers, Flower's children.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn get_json(addr: &str, path: &str) -> Option<(u16, Value)> {
+    let r = http_request(addr, "GET", path, &[], &[])?;
+    Some((r.status, serde_json::from_slice(&r.body).ok()?))
+}
+
+fn get_ok(addr: &str, path: &str) -> Value {
+    match get_json(addr, path) {
+        Some((200, v)) => v,
+        other => panic!("GET {addr}{path}: {other:?}"),
+    }
+}
+
+fn keys(v: &Value) -> BTreeSet<String> {
+    v.as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+fn start_stack(ui_extra: &str) -> (RedisServer, CeleryWorker, Agent, String, String) {
+    let redis = RedisServer::start();
+    let mut worker = CeleryWorker::start(&redis.url(), WorkerOpts::default());
+    worker.assert_ready(Duration::from_secs(60));
+    let (ui, tel) = (free_port(), free_port());
+    let agent = Agent::start(bin(), &config(&redis.url(), ui, tel, ui_extra));
+    let ui_addr = format!("127.0.0.1:{ui}");
+    let ok = wait_until(Duration::from_secs(20), || {
+        http_get(&ui_addr, "/api/task/types").is_some_and(|(s, _)| s == 200 || s == 401)
+    });
+    assert!(ok, "celery_ui did not come up:\n{}", agent.output());
+    (redis, worker, agent, ui_addr, format!("127.0.0.1:{tel}"))
+}
+
+/// What the comparison looks at: key sets per endpoint, from one API.
+fn key_sets(addr: &str, ids: &[String]) -> Value {
+    let tasks = get_ok(addr, "/api/tasks");
+    let task_keys: BTreeSet<String> = ids
+        .iter()
+        .filter_map(|id| tasks.get(id))
+        .flat_map(keys)
+        .collect();
+    let info_keys: BTreeSet<String> = ids
+        .iter()
+        .flat_map(|id| keys(&get_ok(addr, &format!("/api/task/info/{id}"))))
+        .collect();
+    let workers = get_ok(addr, "/api/workers?refresh=1");
+    let w = workers.get("w1@host1").cloned().unwrap_or(Value::Null);
+    let named = get_ok(addr, "/api/workers?refresh=1&workername=w1%40host1");
+    let queues = get_ok(addr, "/api/queues/length");
+    json!({
+        "worker_named": keys(&named["w1@host1"]),
+        "task": task_keys,
+        "task_info": info_keys,
+        "task_types": keys(&get_ok(addr, "/api/task/types")),
+        "queues": keys(&queues),
+        "queue": queues["active_queues"].as_array().into_iter().flatten().flat_map(keys).collect::<BTreeSet<_>>(),
+        "worker": keys(&w),
+        "worker_stats": keys(&w["stats"]),
+        "worker_pool": keys(&w["stats"]["pool"]),
+        "worker_queue": w["active_queues"].as_array().into_iter().flatten().flat_map(keys).collect::<BTreeSet<_>>(),
+    })
+}
+
+fn set_of(v: &Value) -> BTreeSet<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str().map(str::to_string))
+        .collect()
+}
+
+fn flower_available() -> bool {
+    Command::new(python())
+        .args(["-c", "import flower"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn flower_api_has_flowers_fields_and_the_same_tasks() {
+    let (redis, worker, agent, ui, _tel) = start_stack("");
+    let flower_port = free_port();
+    let flower_addr = format!("127.0.0.1:{flower_port}");
+    let flower = flower_available().then(|| {
+        let mut cmd = Command::new(python());
+        cmd.args(["-m", "celery", "-A", "shopapp", "flower"])
+            .arg(format!("--port={flower_port}"))
+            .arg("--address=127.0.0.1")
+            .current_dir(repo_root())
+            .env("PYTHONPATH", python_dir())
+            .env("CELERY_BROKER_URL", redis.url())
+            .env("FLOWER_UNAUTHENTICATED_API", "true");
+        let p = Proc::start(cmd, "flower");
+        let up = wait_until(Duration::from_secs(30), || {
+            http_get(&flower_addr, "/api/task/types").is_some_and(|(s, _)| s == 200)
+        });
+        assert!(up, "Flower did not start:\n{}", p.log());
+        // Flower subscribes to events when it starts: give its receiver a moment.
+        std::thread::sleep(Duration::from_secs(2));
+        p
+    });
+
+    let mix = run_client(&redis.url(), &["run_mix"]);
+    let names: BTreeMap<String, String> = serde_json::from_value(mix["names"].clone()).unwrap();
+    let ids: Vec<String> = names.keys().cloned().collect();
+    assert_eq!(ids.len(), 11, "{mix}");
+    let finals: BTreeMap<String, String> =
+        serde_json::from_value(mix["final_states"].clone()).unwrap();
+
+    // celery_ui: every task with its final state and name, from events alone.
+    let mut ours = Value::Null;
+    let done = wait_until(Duration::from_secs(20), || {
+        ours = get_ok(&ui, "/api/tasks");
+        finals
+            .iter()
+            .all(|(id, st)| ours.get(id).is_some_and(|t| t["state"] == *st))
+    });
+    assert!(done, "celery_ui tasks never matched {finals:?}: {ours:#}");
+    for (id, n) in &names {
+        assert_eq!(ours[id]["name"], *n, "{id}");
+    }
+    let failed = ours
+        .as_object()
+        .unwrap()
+        .values()
+        .find(|t| t["state"] == "FAILURE")
+        .unwrap();
+    assert!(failed["exception"].as_str().unwrap().contains("ValueError"));
+    assert!(failed["traceback"].as_str().unwrap().contains("Traceback"));
+    assert_eq!(
+        set_of(&get_ok(&ui, "/api/task/types")["task-types"]),
+        names.values().cloned().collect()
+    );
+    let filtered = get_ok(&ui, "/api/tasks?state=FAILURE&taskname=shop.send_receipt");
+    assert_eq!(filtered.as_object().unwrap().len(), 2, "{filtered}");
+    let limited = get_ok(&ui, "/api/tasks?limit=3&sort_by=-received");
+    assert_eq!(limited.as_object().unwrap().len(), 3);
+    let (code, err) = get_json(&ui, "/api/task/info/no-such-task").unwrap();
+    assert_eq!(code, 404);
+    assert!(err["error"].as_str().unwrap().contains("no-such-task"));
+    let (code, _) = get_json(&ui, "/api/tasks?sort_by=uuid").unwrap();
+    assert_eq!(code, 400);
+
+    // Remote control: the worker's pool, prefetch, rusage, queues, registered tasks.
+    let workers = get_ok(&ui, "/api/workers?refresh=1");
+    let w = &workers["w1@host1"];
+    assert_eq!(w["stats"]["pool"]["max-concurrency"], 2, "{workers:#}");
+    assert!(w["stats"]["prefetch_count"].is_number());
+    assert!(w["stats"]["rusage"]["maxrss"].is_number());
+    assert_eq!(w["active_queues"][0]["name"], "celery");
+    assert!(set_of(&w["registered"]).contains("shop.charge_card"));
+    assert!(w["active"].is_array() && w["reserved"].is_array() && w["scheduled"].is_array());
+    let status = get_ok(&ui, "/api/workers?status=1");
+    assert_eq!(status["w1@host1"], true);
+    let queues = get_ok(&ui, "/api/queues/length");
+    assert_eq!(
+        queues["active_queues"][0],
+        json!({"name": "celery", "messages": 0})
+    );
+
+    let our_keys = key_sets(&ui, &ids);
+    let sample_path = repo_root().join("tests/fixtures/flower-2.2-keys.json");
+    let flower_keys = match &flower {
+        Some(p) => {
+            let mut theirs = Value::Null;
+            let done = wait_until(Duration::from_secs(20), || {
+                theirs = get_json(&flower_addr, "/api/tasks")
+                    .map(|(_, v)| v)
+                    .unwrap_or(Value::Null);
+                finals
+                    .iter()
+                    .all(|(id, st)| theirs.get(id).is_some_and(|t| t["state"] == *st))
+            });
+            assert!(
+                done,
+                "Flower's tasks never matched {finals:?}: {theirs:#}\n{}",
+                p.log()
+            );
+            // Same tasks, same states, same names, same workers.
+            for id in &ids {
+                for k in [
+                    "state",
+                    "name",
+                    "worker",
+                    "retries",
+                    "routing_key",
+                    "root_id",
+                    "parent_id",
+                ] {
+                    assert_eq!(ours[id][k], theirs[id][k], "task {id} field {k}");
+                }
+            }
+            assert_eq!(
+                set_of(&get_ok(&flower_addr, "/api/task/types")["task-types"]),
+                set_of(&get_ok(&ui, "/api/task/types")["task-types"])
+            );
+            let k = key_sets(&flower_addr, &ids);
+            if std::env::var_os("CELERIAC_UPDATE_FLOWER_KEYS").is_some() {
+                std::fs::write(
+                    &sample_path,
+                    serde_json::to_string_pretty(&k).unwrap() + "\n",
+                )
+                .unwrap();
+            }
+            k
+        }
+        None => {
+            eprintln!(
+                "flower is not importable in the venv: comparing with {}",
+                sample_path.display()
+            );
+            serde_json::from_str(&std::fs::read_to_string(&sample_path).unwrap()).unwrap()
+        }
+    };
+    for (what, theirs) in flower_keys.as_object().unwrap() {
+        let (theirs, ours) = (set_of(theirs), set_of(&our_keys[what]));
+        if what == "worker" {
+            // celery_ui asks every worker all 8 methods each round; Flower only the 4 without
+            // task lists unless one worker is named (`worker_named`, compared exactly): Flower's
+            // keys must all be there.
+            assert!(
+                theirs.is_subset(&ours),
+                "{what}: Flower {theirs:?} ours {ours:?}"
+            );
+        } else {
+            assert_eq!(theirs, ours, "{what}: Flower vs celery_ui");
+        }
+    }
+    drop(flower);
+
+    // A worker that does not answer: the round ends at the timeout (1 s) and the worker is
+    // still listed, from its earlier answers and its events.
+    let pid = worker.pid().expect("worker pid").to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let t0 = Instant::now();
+    let workers = get_ok(&ui, "/api/workers?refresh=1");
+    let took = t0.elapsed();
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(took < Duration::from_secs(3), "refresh took {took:?}");
+    assert!(workers["w1@host1"]["stats"].is_object(), "{workers}");
+    drop(agent);
+}
+
+/// A minimal W3C WebDriver client over `http_request`.
+struct Browser {
+    addr: String,
+    session: String,
+    _driver: Proc,
+}
+
+impl Browser {
+    fn start() -> Browser {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut cmd = Command::new("chromedriver");
+        cmd.arg(format!("--port={port}"));
+        let driver = Proc::start(cmd, "chromedriver");
+        let up = wait_until(Duration::from_secs(20), || {
+            Self::call(&addr, "GET", "/status", None).is_some_and(|v| v["ready"] == true)
+        });
+        assert!(up, "chromedriver did not start:\n{}", driver.log());
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1100"]
+            }
+        }}});
+        let r = Self::call(&addr, "POST", "/session", Some(&caps))
+            .unwrap_or_else(|| panic!("no WebDriver session:\n{}", driver.log()));
+        let session = r["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {r}\n{}", driver.log()))
+            .to_string();
+        Browser {
+            addr,
+            session,
+            _driver: driver,
+        }
+    }
+
+    /// One WebDriver command. chromedriver keeps connections open whatever the request says, so
+    /// the response is read by its Content-Length rather than to the end of the stream.
+    fn call(addr: &str, method: &str, path: &str, body: Option<&Value>) -> Option<Value> {
+        use std::io::{Read, Write};
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut s = std::net::TcpStream::connect(addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        if !body.is_empty() {
+            req.push_str("Content-Type: application/json\r\n");
+        }
+        req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        s.write_all(req.as_bytes()).ok()?;
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 65536];
+        loop {
+            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())?;
+                if raw.len() >= end + 4 + len {
+                    let v: Value = serde_json::from_slice(&raw[end + 4..end + 4 + len]).ok()?;
+                    return Some(v["value"].clone());
+                }
+            }
+            let n = s.read(&mut buf).ok()?;
+            if n == 0 {
+                return None;
+            }
+            raw.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    fn cmd(&self, method: &str, what: &str, body: Option<&Value>) -> Value {
+        let path = format!("/session/{}{what}", self.session);
+        Self::call(&self.addr, method, &path, body)
+            .unwrap_or_else(|| panic!("WebDriver {method} {what} failed"))
+    }
+
+    fn goto(&self, url: &str) {
+        self.cmd("POST", "/url", Some(&json!({ "url": url })));
+    }
+
+    fn eval(&self, script: &str) -> Value {
+        self.cmd(
+            "POST",
+            "/execute/sync",
+            Some(&json!({"script": script, "args": []})),
+        )
+    }
+
+    fn wait_for(&self, script: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.eval(script);
+            if !v.is_null() && v != false {
+                return v;
+            }
+            if Instant::now() > deadline {
+                return Value::Null;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn screenshot(&self, name: &str) -> PathBuf {
+        let b64 = self.cmd("GET", "/screenshot", None);
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().expect("base64 screenshot"))
+            .unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+        let path = repo_root().join("target").join(name);
+        std::fs::write(&path, png).unwrap();
+        path
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = Self::call(
+            &self.addr,
+            "DELETE",
+            &format!("/session/{}", self.session),
+            None,
+        );
+    }
+}
+
+const XSS_ARG: &str = "<script>window.__pwned=1</script><img src=x onerror=\"window.__pwned=2\">";
+
+#[test]
+fn live_page_updates_without_reload_and_shows_args_as_text() {
+    let (redis, _worker, agent, ui, _tel) = start_stack("");
+    let browser = Browser::start();
+    browser.goto(&format!("http://{ui}/"));
+    let live = browser.wait_for(
+        "return document.querySelector('#conn').textContent === 'live' && document.querySelector('#workers tbody tr[data-hostname=\"w1@host1\"]') !== null",
+        Duration::from_secs(20),
+    );
+    assert_eq!(live, true, "the page never went live:\n{}", agent.output());
+    browser.eval("window.__loadMarker = 42; return null;");
+
+    // Sent after the page opened.
+    let args = json!([XSS_ARG, 5.0]).to_string();
+    let sent = run_client(
+        &redis.url(),
+        &["send", "shop.charge_card", &args, "--wait", "30"],
+    );
+    let id = sent["ids"][0].as_str().unwrap().to_string();
+    let failed = run_client(&redis.url(), &["fail", "--wait", "30"]);
+    let failed_id = failed["ids"][0].as_str().unwrap().to_string();
+
+    let row = browser.wait_for(
+        &format!(
+            "const r = document.querySelector('#tasks tr[data-uuid=\"{id}\"]');
+             return r && r.querySelector('.state').textContent === 'SUCCESS' ? r.querySelector('.args').textContent : null;"
+        ),
+        Duration::from_secs(20),
+    );
+    assert!(
+        row.as_str().is_some_and(|a| a.contains(XSS_ARG)),
+        "row args: {row}"
+    );
+    let fail_row = browser.wait_for(
+        &format!(
+            "const r = document.querySelector('#failed tr[data-uuid=\"{failed_id}\"]');
+             return r ? r.textContent : null;"
+        ),
+        Duration::from_secs(20),
+    );
+    assert!(
+        fail_row.as_str().is_some_and(|t| t.contains("ValueError")),
+        "{fail_row}"
+    );
+    // No reload happened, no markup from task args became elements, nothing ran.
+    assert_eq!(browser.eval("return window.__loadMarker;"), 42);
+    assert_eq!(browser.eval("return window.__pwned === undefined;"), true);
+    assert_eq!(
+        browser.eval("return document.querySelectorAll('main img, main script').length;"),
+        0
+    );
+    let rates = browser.eval(
+        "return Array.from(document.querySelectorAll('#rates tbody tr')).map(r => r.children[0].textContent + ' ' + r.children[1].textContent);",
+    );
+    assert!(
+        rates.to_string().contains("shop.charge_card succeeded"),
+        "{rates}"
+    );
+    let shot = browser.screenshot("celery_ui-dashboard.png");
+    eprintln!("screenshot: {}", shot.display());
+
+    // The task page: escaped on the server, trace id linked.
+    browser.goto(&format!("http://{ui}/task/{id}"));
+    let page = browser.wait_for(
+        "const t = document.querySelector('#task'); return t ? t.textContent : null;",
+        Duration::from_secs(10),
+    );
+    assert!(page.as_str().is_some_and(|t| t.contains(XSS_ARG)), "{page}");
+    assert_eq!(browser.eval("return window.__pwned === undefined;"), true);
+    let trace = browser.eval("return document.querySelector('#trace').getAttribute('href');");
+    assert!(
+        trace
+            .as_str()
+            .is_some_and(|h| h.starts_with("http://tempo.example/trace/") && h.len() == 27 + 32),
+        "{trace}"
+    );
+    browser.screenshot("celery_ui-task.png");
+
+    // Shutdown is not held up by open event streams (the browser's and this one).
+    browser.goto(&format!("http://{ui}/"));
+    let mut sse = std::net::TcpStream::connect(&ui).unwrap();
+    std::io::Write::write_all(&mut sse, b"GET /api/stream HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    sse.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut first = [0u8; 256];
+    let n = std::io::Read::read(&mut sse, &mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).contains("text/event-stream"));
+    let mut agent = agent;
+    let t0 = Instant::now();
+    agent.terminate();
+    let status = agent.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit {status:?} after {:?}:\n{}",
+        t0.elapsed(),
+        agent.output()
+    );
+    eprintln!("shutdown with open streams took {:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn auth_redaction_and_escaping() {
+    let (redis, mut worker, _agent, ui, tel) = start_stack(
+        "    auth: { username: admin, password: s3cret, bearer_token: tok-123 }\n    redact: { keys: [password] }",
+    );
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("admin:s3cret")
+    );
+    let refused = || {
+        let samples = scrape(&tel).expect("telemetry scrape");
+        metric_value(
+            &samples,
+            "celeriac_ui_unauthorized_total",
+            &[("component", "extension/celery_ui")],
+        )
+        .unwrap_or(-1.0)
+    };
+    let refused_before = refused();
+    let get = |path: &str, auth: &str| {
+        let h: Vec<(&str, &str)> = if auth.is_empty() {
+            vec![]
+        } else {
+            vec![("Authorization", auth)]
+        };
+        http_request(&ui, "GET", path, &h, &[]).expect("celery_ui answers")
+    };
+    let r = get("/api/tasks", "");
+    assert_eq!(r.status, 401);
+    assert!(r
+        .header("www-authenticate")
+        .is_some_and(|h| h.starts_with("Basic")));
+    assert_eq!(get("/", "Bearer wrong").status, 401);
+    assert_eq!(
+        get(
+            "/api/stream",
+            &format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode("admin:nope")
+            )
+        )
+        .status,
+        401
+    );
+    let index = get("/", &basic);
+    assert_eq!(index.status, 200);
+    assert!(index
+        .header("content-security-policy")
+        .is_some_and(|c| c.contains("default-src 'self'")));
+    assert_eq!(get("/static/app.js", "Bearer tok-123").status, 200);
+
+    let args = json!([{"user": "bob", "password": "hunter2"}, XSS_ARG]).to_string();
+    let sent = run_client(&redis.url(), &["send", "shop.sleep", &args, "--wait", "30"]);
+    let id = sent["ids"][0].as_str().unwrap().to_string();
+    let mut info = Value::Null;
+    let seen = wait_until(Duration::from_secs(20), || {
+        let r = get(&format!("/api/task/info/{id}"), "Bearer tok-123");
+        info = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        r.status == 200 && info["state"] == "FAILURE"
+    });
+    assert!(seen, "{info}");
+    let a = info["args"].as_str().unwrap();
+    assert!(
+        a.contains("'password': '***'") && a.contains("'user': 'bob'"),
+        "{a}"
+    );
+    assert!(!info.to_string().contains("hunter2"));
+    let listed = get("/api/tasks", &basic).text();
+    assert!(listed.contains(&id) && !listed.contains("hunter2"));
+
+    let html = get(&format!("/task/{id}"), &basic).text();
+    assert!(!html.contains("hunter2"));
+    assert!(!html.contains("<script>window"), "{html}");
+    assert!(
+        html.contains("&lt;script&gt;window.__pwned=1&lt;/script&gt;&lt;img src=x onerror=&quot;")
+    );
+    let r = get("/task/%3Cscript%3Ealert(1)%3C%2Fscript%3E", &basic);
+    assert_eq!(r.status, 404);
+    assert!(!r.text().contains("<script>alert") && r.text().contains("&lt;script&gt;alert(1)"));
+
+    assert_eq!(refused() - refused_before, 3.0);
+
+    // A worker that stops is shown offline (its worker-offline event), on the page and the API.
+    let alive = |path: &str| -> Value {
+        let r = get(path, "Bearer tok-123");
+        serde_json::from_slice(&r.body).unwrap_or(Value::Null)
+    };
+    assert_eq!(alive("/api/workers?status=1")["w1@host1"], true);
+    worker.stop();
+    let offline = wait_until(Duration::from_secs(15), || {
+        alive("/api/workers?status=1")["w1@host1"] == false
+            && alive("/api/dashboard")["workers"][0]["alive"] == false
+    });
+    assert!(offline, "{}", alive("/api/dashboard")["workers"]);
+}
+
+/// A reload that replaces the correlator (new settings) keeps the dashboard running with the
+/// tasks it showed; new tasks keep arriving.
+#[test]
+fn a_reload_keeps_the_dashboard_and_its_tasks() {
+    let (redis, _worker, agent, ui, _tel) = start_stack("");
+    let first = run_client(&redis.url(), &["fail", "--wait", "30"]);
+    let first = first["ids"][0].as_str().unwrap().to_string();
+    let info = |id: &str| get_json(&ui, &format!("/api/task/info/{id}"));
+    assert!(wait_until(Duration::from_secs(20), || {
+        info(&first).is_some_and(|(s, v)| s == 200 && v["state"] == "FAILURE")
+    }));
+
+    let text = std::fs::read_to_string(agent.config_path()).unwrap();
+    let changed = text.replace(
+        "metrics_interval: 200ms",
+        "metrics_interval: 300ms\n    max_tasks: 5000",
+    );
+    assert_ne!(text, changed);
+    std::fs::write(agent.config_path(), changed).unwrap();
+    let pid = agent.pid().unwrap().to_string();
+    assert!(Command::new("kill")
+        .args(["-s", "HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(
+        wait_until(Duration::from_secs(15), || agent
+            .stderr()
+            .contains("Configuration reloaded.")),
+        "{}",
+        agent.output()
+    );
+    assert!(
+        !agent.stderr().contains("Extensions changed"),
+        "{}",
+        agent.output()
+    );
+    let reloaded = agent
+        .stderr()
+        .lines()
+        .find(|l| l.contains("Configuration reloaded."))
+        .unwrap_or_default()
+        .to_string();
+    eprintln!("{reloaded}");
+    // The correlator itself was replaced: its new instance fills the view the page reads.
+    assert!(
+        reloaded.contains(r#"started=["connector/celery_correlate"]"#),
+        "{reloaded}"
+    );
+
+    let second = run_client(&redis.url(), &["send", "shop.a", "[1]", "--wait", "30"]);
+    let second = second["ids"][0].as_str().unwrap().to_string();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            info(&second).is_some_and(|(s, v)| s == 200 && v["state"] == "SUCCESS")
+        }),
+        "{}",
+        agent.output()
+    );
+    let (code, v) = info(&first).unwrap();
+    assert_eq!((code, v["state"].as_str()), (200, Some("FAILURE")), "{v}");
+    let tasks = get_ok(&ui, "/api/tasks");
+    assert!(tasks.get(&first).is_some() && tasks.get(&second).is_some());
+}
