@@ -409,20 +409,18 @@ fn demo_comes_up_and_stops_on_ctrl_c() {
         log()
     );
 
-    // With the celery_ui extension in the build, the demo also serves Flower's API: the same
-    // tasks are listed there.
+    // The demo also serves the dashboard and Flower's API: the same tasks are listed there.
     let banner = std::fs::read_to_string(dir.path().join("demo.err")).unwrap_or_default();
-    if banner.contains("Flower-compatible UI") {
-        let ui_addr = format!("127.0.0.1:{ui}");
-        let listed = wait_until(Duration::from_secs(30), || {
-            http_get(&ui_addr, "/api/tasks")
-                .filter(|(status, _)| *status == 200)
-                .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
-                .and_then(|v| v.as_object().map(|o| !o.is_empty()))
-                .unwrap_or(false)
-        });
-        assert!(listed, "no task on http://{ui_addr}/api/tasks\n{}", log());
-    }
+    assert!(banner.contains("Flower-compatible UI"), "{}", log());
+    let ui_addr = format!("127.0.0.1:{ui}");
+    let listed = wait_until(Duration::from_secs(30), || {
+        http_get(&ui_addr, "/api/tasks")
+            .filter(|(status, _)| *status == 200)
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .and_then(|v| v.as_object().map(|o| !o.is_empty()))
+            .unwrap_or(false)
+    });
+    assert!(listed, "no task on http://{ui_addr}/api/tasks\n{}", log());
 
     group_signal("INT");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
