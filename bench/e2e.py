@@ -445,6 +445,9 @@ class Bench:
                     if cls is Celeriac and best:
                         half = int((best["achieved_rate"]) / 2)
                         res["latency"] = self.latency(agent, half, a.latency_seconds)
+                        # The latency curve at explicit rates (--latency-rates), lowest first.
+                        res["latency_curve"] = [self.latency(agent, r, a.latency_seconds)
+                                                for r in a.latency_rates]
                 finally:
                     agent.stop()
                 # Memory at a rate the agent sustains (so what is measured is its state, not a
@@ -512,6 +515,9 @@ def fmt_table(r):
         L = r["celeriac"]["latency"]
         rows.append(["event→/metrics latency p50 / p99, ms (at %s ev/s)" % f"{L['flood_rate']:,.0f}",
                      "%s / %s" % (L["p50_ms"], L["p99_ms"]), *["n/a"] * (len(cols) - 1), ""])
+        for L in r["celeriac"].get("latency_curve") or []:
+            rows.append(["  same, at %s ev/s (%d probes)" % (f"{L['flood_rate']:,.0f}", L["probes"]),
+                         "%s / %s" % (L["p50_ms"], L["p99_ms"]), *[""] * (len(cols) - 1), ""])
     b = r["celeriac"].get("burst") if "celeriac" in r else None
     if b:
         rows.append(["unthrottled burst of %s events (at %s/s): caught up after, s; VmHWM, MiB"
@@ -552,8 +558,11 @@ def main():
     ap.add_argument("--metrics-interval", default="10ms", help="celeriac's celery_correlate metrics_interval")
     ap.add_argument("--max-tasks", type=int, default=100000, help="celeriac's max_tasks")
     ap.add_argument("--json", help="write the raw results here")
+    ap.add_argument("--latency-rates", default="",
+                    help="also measure celeriac's latency at these events/s, e.g. 20000,60000,150000")
     a = ap.parse_args()
     a.only = a.only.split(",")
+    a.latency_rates = sorted(int(x) for x in a.latency_rates.split(",") if x.strip())
     a.celeriac, a.venv = os.path.abspath(a.celeriac), os.path.abspath(a.venv)
     a.mode = "quick" if a.quick else "full"
     if a.quick:
