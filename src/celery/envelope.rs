@@ -10,7 +10,8 @@
 //! 3. a `compression` header → [`DecodeError::Compressed`] (Celery never compresses events);
 //! 4. `content-type`: JSON only; pickle / msgpack / yaml / anything else → their own variant
 //!    (pickle is never unpickled);
-//! 5. `properties.body_encoding`: `"base64"` → standard base64 (into a reusable per-thread buffer),
+//! 5. `properties.body_encoding`: `"base64"` → standard base64 (`celery::b64`, into a reusable
+//!    per-thread buffer),
 //!    `null`/absent/`"utf-8"` → the body string as is;
 //! 6. the body is one event object or a list of them (`task.multi`); each object is parsed in one
 //!    streaming pass with typed, lenient field values and turned into an owned [`CeleryEvent`].
@@ -39,8 +40,7 @@ use std::borrow::Cow;
 use std::cell::Cell;
 use std::fmt;
 
-use base64::Engine as _;
-
+use crate::celery::b64::{self, Base64Error};
 use crate::celery::event::{CeleryEvent, EventKind, TaskFields, WorkerFields};
 use crate::celery::scan::{self, Next, Number, ScanError, Scanner};
 
@@ -64,7 +64,7 @@ pub enum DecodeError {
     UnsupportedBodyEncoding(String),
     /// `body_encoding` is base64 but the body is not valid standard base64.
     #[error("body is not valid base64: {0}")]
-    BadBase64(#[source] base64::DecodeError),
+    BadBase64(#[source] Base64Error),
     /// Pickle-serialized events (`event_serializer='pickle'`); never unpickled.
     #[error("pickle-serialized event body (content-type {content_type:?}) is not decoded; configure event_serializer='json'")]
     Pickle { content_type: String },
@@ -226,9 +226,7 @@ pub fn decode_envelope(data: &[u8], out: &mut Vec<CeleryEvent>) -> Result<Decode
     let start = out.len();
     let result = if base64 {
         with_buffer(|buf| {
-            base64::engine::general_purpose::STANDARD
-                .decode_vec(&body, buf)
-                .map_err(DecodeError::BadBase64)?;
+            b64::decode_into(&body, buf).map_err(DecodeError::BadBase64)?;
             decode_body(buf, header_host, out)
         })
     } else {
@@ -930,6 +928,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
     use serde_json::{json, Value};
 
     const MAIN: &str = "celery-events-redis.jsonl";
