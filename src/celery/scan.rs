@@ -157,17 +157,22 @@ impl<'a> Scanner<'a> {
     // ---- strings --------------------------------------------------------------------------
 
     /// Moves `pos` to the first `"`, `\` or control character at or after it (or to the end).
-    #[inline]
-    fn find_special(&mut self) {
+    /// Returns `true` when every byte it passed over is ASCII (it may say `false` for an ASCII
+    /// run: it looks at whole words).
+    #[inline(always)]
+    fn find_special(&mut self) -> bool {
         let buf = self.buf;
         let mut i = self.pos;
+        let mut seen = 0u64;
         while let Some(chunk) = buf.get(i..i + 8) {
             let mut word = [0u8; 8];
             word.copy_from_slice(chunk);
-            let hits = special_lanes(u64::from_le_bytes(word));
+            let w = u64::from_le_bytes(word);
+            seen |= w;
+            let hits = special_lanes(w);
             if hits != 0 {
                 self.pos = i + (hits.trailing_zeros() / 8) as usize;
-                return;
+                return seen & HIGHS == 0;
             }
             i += 8;
         }
@@ -175,27 +180,32 @@ impl<'a> Scanner<'a> {
             if b == b'"' || b == b'\\' || b < 0x20 {
                 break;
             }
+            seen |= u64::from(b);
             i += 1;
         }
         self.pos = i;
+        seen & HIGHS == 0
     }
 
     /// Reads a string (at `pos`, after whitespace) and returns its raw contents between the
-    /// quotes and whether it holds escapes. Escapes are validated, not decoded.
-    fn raw_string(&mut self) -> Result<(&'a [u8], bool)> {
+    /// quotes, whether it holds escapes, and whether it is known to be all ASCII. Escapes are
+    /// validated, not decoded.
+    #[inline]
+    fn raw_string(&mut self) -> Result<(&'a [u8], bool, bool)> {
         if self.peek_byte() != Some(b'"') {
             return self.err("expected a string");
         }
         self.pos += 1;
         let start = self.pos;
         let mut escaped = false;
+        let mut ascii = true;
         loop {
-            self.find_special();
+            ascii &= self.find_special();
             match self.buf.get(self.pos) {
                 Some(b'"') => {
                     let raw = &self.buf[start..self.pos];
                     self.pos += 1;
-                    return Ok((raw, escaped));
+                    return Ok((raw, escaped, ascii));
                 }
                 Some(b'\\') => {
                     escaped = true;
@@ -234,7 +244,7 @@ impl<'a> Scanner<'a> {
     /// Reads a string as bytes, unescaped; not checked for UTF-8.
     pub fn string_bytes(&mut self) -> Result<Cow<'a, [u8]>> {
         let start = self.pos;
-        let (raw, escaped) = self.raw_string()?;
+        let (raw, escaped, _) = self.raw_string()?;
         if !escaped {
             return Ok(Cow::Borrowed(raw));
         }
@@ -249,8 +259,13 @@ impl<'a> Scanner<'a> {
     pub fn string(&mut self) -> Result<Cow<'a, str>> {
         let start = self.pos;
         let bad = |what| ScanError { pos: start, what };
-        let (raw, escaped) = self.raw_string()?;
+        let (raw, escaped, ascii) = self.raw_string()?;
         if !escaped {
+            if ascii {
+                // SAFETY: `raw_string` saw every byte of `raw` and found none above 0x7f; an
+                // all-ASCII byte string is valid UTF-8.
+                return Ok(Cow::Borrowed(unsafe { std::str::from_utf8_unchecked(raw) }));
+            }
             return std::str::from_utf8(raw)
                 .map(Cow::Borrowed)
                 .map_err(|_| bad("invalid UTF-8 in string"));
@@ -308,39 +323,95 @@ impl<'a> Scanner<'a> {
     pub fn number(&mut self) -> Result<Number> {
         self.skip_ws();
         let start = self.pos;
-        let float = self.number_span()?;
-        let text = &self.buf[start..self.pos];
-        if !float {
-            let (neg, digits) = match text.split_first() {
-                Some((b'-', rest)) => (true, rest),
-                _ => (false, text),
-            };
-            let mut n: u64 = 0;
-            let mut fits = true;
-            for &d in digits {
-                match n.checked_mul(10).and_then(|n| n.checked_add(u64::from(d - b'0'))) {
-                    Some(m) => n = m,
-                    None => {
-                        fits = false;
-                        break;
-                    }
+        let neg = self.buf.get(self.pos) == Some(&b'-');
+        if neg {
+            self.pos += 1;
+        }
+        // Decimal significand (integer and fraction digits) while it fits a u64.
+        let mut m: u64 = 0;
+        let mut exact = true;
+        let mut digit = |m: &mut u64, d: u8| match m
+            .checked_mul(10)
+            .and_then(|x| x.checked_add(u64::from(d - b'0')))
+        {
+            Some(x) => *m = x,
+            None => exact = false,
+        };
+        match self.buf.get(self.pos) {
+            Some(b'0') => self.pos += 1,
+            Some(b'1'..=b'9') => {
+                while let Some(&d @ b'0'..=b'9') = self.buf.get(self.pos) {
+                    digit(&mut m, d);
+                    self.pos += 1;
                 }
             }
-            if fits {
-                if !neg {
-                    return Ok(Number::U64(n));
+            _ => return self.err("invalid number"),
+        }
+        let mut float = false;
+        let mut exp10: i64 = 0;
+        if self.buf.get(self.pos) == Some(&b'.') {
+            self.pos += 1;
+            let frac = self.pos;
+            while let Some(&d @ b'0'..=b'9') = self.buf.get(self.pos) {
+                digit(&mut m, d);
+                exp10 -= 1;
+                self.pos += 1;
+            }
+            if self.pos == frac {
+                return self.err("invalid number: digit expected after `.`");
+            }
+            float = true;
+        }
+        if matches!(self.buf.get(self.pos), Some(b'e' | b'E')) {
+            self.pos += 1;
+            let neg_exp = match self.buf.get(self.pos) {
+                Some(b'-') => {
+                    self.pos += 1;
+                    true
                 }
-                // `-0` and magnitudes beyond i64 become floats, as in serde_json.
-                let m = (n as i64).wrapping_neg();
-                if m < 0 {
-                    return Ok(Number::I64(m));
+                Some(b'+') => {
+                    self.pos += 1;
+                    false
                 }
-                if n == 0 {
-                    return Ok(Number::F64(-0.0));
-                }
+                _ => false,
+            };
+            let digits = self.pos;
+            let mut e: i64 = 0;
+            while let Some(&d @ b'0'..=b'9') = self.buf.get(self.pos) {
+                e = e.saturating_mul(10).saturating_add(i64::from(d - b'0'));
+                self.pos += 1;
+            }
+            if self.pos == digits {
+                return self.err("invalid number: digit expected in exponent");
+            }
+            exp10 = exp10.saturating_add(if neg_exp { -e } else { e });
+            float = true;
+        }
+        if exact && !float {
+            if !neg {
+                return Ok(Number::U64(m));
+            }
+            // `-0` and magnitudes beyond i64 become floats, as in serde_json.
+            let n = (m as i64).wrapping_neg();
+            if n < 0 {
+                return Ok(Number::I64(n));
+            }
+            if m == 0 {
+                return Ok(Number::F64(-0.0));
             }
         }
+        // Exact fast path: significand and power of ten both exact in an f64, one rounding.
+        const POW10: [f64; 23] = [
+            1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+            1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+        ];
+        if exact && m <= 1 << 53 && (-22..=22).contains(&exp10) {
+            let p = POW10[exp10.unsigned_abs() as usize];
+            let x = if exp10 < 0 { m as f64 / p } else { m as f64 * p };
+            return Ok(Number::F64(if neg { -x } else { x }));
+        }
         // ASCII by construction (the grammar above admits only ASCII bytes).
+        let text = &self.buf[start..self.pos];
         let parsed = std::str::from_utf8(text)
             .ok()
             .and_then(|t| t.parse::<f64>().ok());
@@ -680,6 +751,32 @@ mod tests {
                 Number::U64(n) => assert_eq!(theirs.as_u64(), Some(n)),
                 Number::I64(n) => assert_eq!(theirs.as_i64(), Some(n)),
                 Number::F64(x) => assert_eq!(theirs.as_f64(), Some(x), "{text}"),
+            }
+        }
+    }
+
+    /// The exact fast path gives the correctly rounded value (the standard library's parse).
+    #[test]
+    fn float_fast_path_is_exact() {
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..50_000 {
+            let m = next() % (1 << (i % 58));
+            let text = match i % 4 {
+                0 => format!("{}.{:0w$}", m / 1000, m % 1000, w = 3),
+                1 => format!("{m}e{}", (next() % 45) as i64 - 22),
+                2 => format!("-0.{m}"),
+                _ => format!("{m}.{}E+{}", next() % 100, next() % 25),
+            };
+            let want: f64 = text.parse().expect("valid");
+            match num(&text) {
+                Ok(Number::F64(got)) => assert_eq!(got.to_bits(), want.to_bits(), "{text}"),
+                other => panic!("{text}: {other:?}"),
             }
         }
     }
