@@ -159,12 +159,19 @@ impl<'a> Scanner<'a> {
     /// Moves `pos` to the first `"`, `\` or control character at or after it (or to the end).
     /// Returns `true` when every byte it passed over is ASCII (it may say `false` for an ASCII
     /// run: it looks at whole words).
+    ///
+    /// The first 16 bytes are searched a word at a time (most strings are short: keys, ids);
+    /// past that, `memchr2` (SIMD) finds the next quote or backslash and one vectorized pass
+    /// over the run checks it for control characters and non-ASCII bytes.
     #[inline(always)]
     fn find_special(&mut self) -> bool {
         let buf = self.buf;
         let mut i = self.pos;
         let mut seen = 0u64;
-        while let Some(chunk) = buf.get(i..i + 8) {
+        for _ in 0..2 {
+            let Some(chunk) = buf.get(i..i + 8) else {
+                return self.find_special_tail(i, seen);
+            };
             let mut word = [0u8; 8];
             word.copy_from_slice(chunk);
             let w = u64::from_le_bytes(word);
@@ -176,7 +183,24 @@ impl<'a> Scanner<'a> {
             }
             i += 8;
         }
-        while let Some(&b) = buf.get(i) {
+        let rest = buf.get(i..).unwrap_or_default();
+        let at = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
+        let run = &rest[..at];
+        let (lo, hi) = run
+            .iter()
+            .fold((u8::MAX, 0u8), |(lo, hi), &b| (lo.min(b), hi.max(b)));
+        if lo < 0x20 {
+            // Stop at the control character; the caller reports it.
+            self.pos = i + run.iter().position(|&b| b < 0x20).unwrap_or(at);
+            return false;
+        }
+        self.pos = i + at;
+        seen & HIGHS == 0 && hi < 0x80
+    }
+
+    /// [`Scanner::find_special`] on the last few (< 8) bytes, one at a time.
+    fn find_special_tail(&mut self, mut i: usize, mut seen: u64) -> bool {
+        while let Some(&b) = self.buf.get(i) {
             if b == b'"' || b == b'\\' || b < 0x20 {
                 break;
             }
@@ -271,6 +295,11 @@ impl<'a> Scanner<'a> {
                 .map_err(|_| bad("invalid UTF-8 in string"));
         }
         let bytes = unescape(raw).map_err(bad)?;
+        if ascii {
+            // SAFETY: the raw bytes were all ASCII and every escape decodes to ASCII or to a
+            // `char`'s UTF-8 encoding, so the result is valid UTF-8.
+            return Ok(Cow::Owned(unsafe { String::from_utf8_unchecked(bytes) }));
+        }
         String::from_utf8(bytes)
             .map(Cow::Owned)
             .map_err(|_| bad("invalid UTF-8 in string"))
@@ -604,7 +633,7 @@ impl Nesting {
 fn unescape(raw: &[u8]) -> std::result::Result<Vec<u8>, &'static str> {
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
-    while let Some(at) = raw[i..].iter().position(|&b| b == b'\\') {
+    while let Some(at) = memchr::memchr(b'\\', &raw[i..]) {
         out.extend_from_slice(&raw[i..i + at]);
         i += at + 1;
         let Some(&c) = raw.get(i) else {
@@ -826,6 +855,26 @@ mod tests {
             }
             let ctrl = format!("\"{}\u{1f}\"", "y".repeat(len));
             assert!(string(&ctrl).is_err());
+        }
+        // Long runs (past the word-at-a-time prefix): control characters, non-ASCII and
+        // escapes at every position are found.
+        for len in [17, 24, 40, 100, 300] {
+            for at in 0..len {
+                let mut body: Vec<char> = "z".repeat(len).chars().collect();
+                body[at] = '\u{e9}';
+                let text = format!("\"{}\"", body.iter().collect::<String>());
+                assert_eq!(string(&text).ok().as_deref(), Some(&text[1..text.len() - 1]));
+                body[at] = '\u{7}';
+                let text = format!("\"{}\"", body.iter().collect::<String>());
+                let e = string(&text).expect_err("control character");
+                assert_eq!((e.pos, e.what), (at + 1, "control character in string"));
+                body[at] = 'q';
+                let text = format!("\"{}\\n{}\"", body.iter().collect::<String>(), "r".repeat(at));
+                let theirs: String = serde_json::from_str(&text).expect("valid");
+                assert_eq!(string(&text).as_deref(), Ok(theirs.as_str()));
+            }
+            let open = format!("\"{}", "w".repeat(len));
+            assert!(string(&open).is_err());
         }
     }
 
