@@ -160,7 +160,7 @@ impl<'a> Scanner<'a> {
     /// Returns `true` when every byte it passed over is ASCII (it may say `false` for an ASCII
     /// run: it looks at whole words).
     ///
-    /// The first 16 bytes are searched a word at a time (most strings are short: keys, ids);
+    /// The first 64 bytes are searched a word at a time (most strings are short: keys, ids);
     /// past that, `memchr2` (SIMD) finds the next quote or backslash and one vectorized pass
     /// over the run checks it for control characters and non-ASCII bytes.
     #[inline(always)]
@@ -168,7 +168,7 @@ impl<'a> Scanner<'a> {
         let buf = self.buf;
         let mut i = self.pos;
         let mut seen = 0u64;
-        for _ in 0..2 {
+        for _ in 0..8 {
             let Some(chunk) = buf.get(i..i + 8) else {
                 return self.find_special_tail(i, seen);
             };
@@ -858,7 +858,7 @@ mod tests {
         }
         // Long runs (past the word-at-a-time prefix): control characters, non-ASCII and
         // escapes at every position are found.
-        for len in [17, 24, 40, 100, 300] {
+        for len in [17, 24, 40, 63, 64, 65, 72, 100, 300] {
             for at in 0..len {
                 let mut body: Vec<char> = "z".repeat(len).chars().collect();
                 body[at] = '\u{e9}';
