@@ -182,7 +182,14 @@ mod tests {
         );
         assert_eq!(ours(b"eB=="), Err(Base64Error::TrailingBits(1)));
         assert_eq!(ours(b"eHl="), Err(Base64Error::TrailingBits(2)));
-        for bad in [&b"===="[..], b"e===", b"eA==eA==", b"eA=A", b"eHl6\neHl6", b"eHl6eHl6eH=6"] {
+        for bad in [
+            &b"===="[..],
+            b"e===",
+            b"eA==eA==",
+            b"eA=A",
+            b"eHl6\neHl6",
+            b"eHl6eHl6eH=6",
+        ] {
             assert!(ours(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
     }

@@ -474,7 +474,6 @@ impl<'a> Val<'a> {
     }
 }
 
-
 impl<'a> Val<'a> {
     /// Reads one value of a known field. Only syntax errors (and nesting deeper than
     /// [`scan::MAX_DEPTH`]) fail; any JSON value is captured as what it is.

@@ -1,10 +1,10 @@
 //! A small strict JSON scanner over a byte slice, built for the Celery envelope decoder.
 //!
-//! It owns the JSON syntax the decoder reads: whitespace, strings (found 16 bytes at a time with
-//! SSE2 on x86_64, a word at a time elsewhere; borrowed raw when they hold no escape, unescaped
-//! exactly otherwise; UTF-8 checked only when not all ASCII), numbers (integers as `u64`/`i64`, the rest as `f64`,
-//! with serde_json's rules: `-0` and integers beyond 64 bits are floats, a float that overflows
-//! to infinity is an error), the literals, objects read key by key through a callback, arrays
+//! It owns the JSON syntax the decoder reads: whitespace, strings (found 16 bytes at a time
+//! with SSE2 on x86_64, a word at a time elsewhere; borrowed raw when they hold no escape,
+//! unescaped exactly otherwise; UTF-8 checked only when not all ASCII), numbers (integers as
+//! `u64`/`i64`, the rest as `f64`, with serde_json's rules: `-0` and integers beyond 64 bits are
+//! floats, a float that overflows to infinity is an error), the literals, objects read key by key through a callback, arrays
 //! element by element, and skipping any value. It builds no tree: the caller decides per key
 //! whether to read a value or skip it.
 //!
@@ -156,7 +156,11 @@ impl<'a> Scanner<'a> {
     }
 
     fn literal(&mut self, word: &'static [u8]) -> Result<()> {
-        if self.buf.get(self.pos..).is_some_and(|rest| rest.starts_with(word)) {
+        if self
+            .buf
+            .get(self.pos..)
+            .is_some_and(|rest| rest.starts_with(word))
+        {
             self.pos += word.len();
             Ok(())
         } else {
@@ -468,7 +472,11 @@ impl<'a> Scanner<'a> {
         ];
         if exact && m <= 1 << 53 && (-22..=22).contains(&exp10) {
             let p = POW10[exp10.unsigned_abs() as usize];
-            let x = if exp10 < 0 { m as f64 / p } else { m as f64 * p };
+            let x = if exp10 < 0 {
+                m as f64 / p
+            } else {
+                m as f64 * p
+            };
             return Ok(Number::F64(if neg { -x } else { x }));
         }
         // ASCII by construction (the grammar above admits only ASCII bytes).
@@ -490,10 +498,7 @@ impl<'a> Scanner<'a> {
     /// Reads an object, calling `on_key` with the scanner positioned at each value; the callback
     /// must consume exactly that value (read it or [`Scanner::skip`] it). Keys are unescaped
     /// bytes, not checked for UTF-8.
-    pub fn object(
-        &mut self,
-        mut on_key: impl FnMut(&mut Self, &[u8]) -> Result<()>,
-    ) -> Result<()> {
+    pub fn object(&mut self, mut on_key: impl FnMut(&mut Self, &[u8]) -> Result<()>) -> Result<()> {
         if self.peek_byte() != Some(b'{') {
             return self.err("expected an object");
         }
@@ -522,7 +527,10 @@ impl<'a> Scanner<'a> {
 
     /// Reads an array, calling `on_element` with the scanner positioned at each element and its
     /// index; the callback must consume exactly that element.
-    pub fn array(&mut self, mut on_element: impl FnMut(&mut Self, usize) -> Result<()>) -> Result<()> {
+    pub fn array(
+        &mut self,
+        mut on_element: impl FnMut(&mut Self, usize) -> Result<()>,
+    ) -> Result<()> {
         if self.peek_byte() != Some(b'[') {
             return self.err("expected an array");
         }
@@ -750,13 +758,57 @@ mod tests {
     #[test]
     fn skip_agrees_with_serde_json() {
         let cases = [
-            "0", "-0", "1.5e3", "-1E-2", "1e999", "01", "1.", ".5", "-", "1e", "1e+", "+1",
-            "true", "false", "null", "tru", "nul", "True",
-            r#""""#, r#""a\"b""#, r#""\u00e9\ud83d\ude00""#, r#""\x""#, r#""\u12""#, "\"a\u{1}\"",
-            "\"unterminated", "\"\\", "[]", "{}", "[1,]", "[,1]", "{,}", r#"{"a":}"#, r#"{"a"}"#,
-            r#"{"a":1,}"#, r#"{"a":1 "b":2}"#, r#"{1:2}"#, "[1 2]", "[}", "{]", "[[[]]]",
-            r#"{"a":[{"b":[1,{"c":null}]}],"d":"e"}"#, " [ 1 , { \"a\" : [ ] } ] ", "[1]]", "{}}",
-            "", " ", "[", "{", r#"{"a":1"#, r#"{"a""#, "[\"\u{7f}\u{e9}\"]",
+            "0",
+            "-0",
+            "1.5e3",
+            "-1E-2",
+            "1e999",
+            "01",
+            "1.",
+            ".5",
+            "-",
+            "1e",
+            "1e+",
+            "+1",
+            "true",
+            "false",
+            "null",
+            "tru",
+            "nul",
+            "True",
+            r#""""#,
+            r#""a\"b""#,
+            r#""\u00e9\ud83d\ude00""#,
+            r#""\x""#,
+            r#""\u12""#,
+            "\"a\u{1}\"",
+            "\"unterminated",
+            "\"\\",
+            "[]",
+            "{}",
+            "[1,]",
+            "[,1]",
+            "{,}",
+            r#"{"a":}"#,
+            r#"{"a"}"#,
+            r#"{"a":1,}"#,
+            r#"{"a":1 "b":2}"#,
+            r#"{1:2}"#,
+            "[1 2]",
+            "[}",
+            "{]",
+            "[[[]]]",
+            r#"{"a":[{"b":[1,{"c":null}]}],"d":"e"}"#,
+            " [ 1 , { \"a\" : [ ] } ] ",
+            "[1]]",
+            "{}}",
+            "",
+            " ",
+            "[",
+            "{",
+            r#"{"a":1"#,
+            r#"{"a""#,
+            "[\"\u{7f}\u{e9}\"]",
         ];
         for text in cases {
             let ours = skip_all(text).is_ok();
@@ -805,7 +857,14 @@ mod tests {
             assert!(num(bad).is_err(), "{bad}");
         }
         // Same values as serde_json on ordinary numbers.
-        for text in ["0.61", "0.97", "12345.678", "-3.25e2", "1e22", "123456789012345678"] {
+        for text in [
+            "0.61",
+            "0.97",
+            "12345.678",
+            "-3.25e2",
+            "1e22",
+            "123456789012345678",
+        ] {
             let theirs: serde_json::Number = serde_json::from_str(text).expect("valid");
             let ours = num(text).expect("valid");
             match ours {
@@ -895,13 +954,20 @@ mod tests {
                 let mut body: Vec<char> = "z".repeat(len).chars().collect();
                 body[at] = '\u{e9}';
                 let text = format!("\"{}\"", body.iter().collect::<String>());
-                assert_eq!(string(&text).ok().as_deref(), Some(&text[1..text.len() - 1]));
+                assert_eq!(
+                    string(&text).ok().as_deref(),
+                    Some(&text[1..text.len() - 1])
+                );
                 body[at] = '\u{7}';
                 let text = format!("\"{}\"", body.iter().collect::<String>());
                 let e = string(&text).expect_err("control character");
                 assert_eq!((e.pos, e.what), (at + 1, "control character in string"));
                 body[at] = 'q';
-                let text = format!("\"{}\\n{}\"", body.iter().collect::<String>(), "r".repeat(at));
+                let text = format!(
+                    "\"{}\\n{}\"",
+                    body.iter().collect::<String>(),
+                    "r".repeat(at)
+                );
                 let theirs: String = serde_json::from_str(&text).expect("valid");
                 assert_eq!(string(&text).as_deref(), Ok(theirs.as_str()));
             }
@@ -933,13 +999,25 @@ mod tests {
         s.end().expect("nothing after");
         assert_eq!(seen, ["a", "key", "z"]);
 
-        for bad in [&b"{"[..], b"{\"a\" 1}", b"{\"a\":1,}", b"[1,]", b"{\"a\":1} x"] {
+        for bad in [
+            &b"{"[..],
+            b"{\"a\" 1}",
+            b"{\"a\":1,}",
+            b"[1,]",
+            b"{\"a\":1} x",
+        ] {
             let mut s = Scanner::new(bad);
             let r = s.object(|s, _| s.skip()).and_then(|()| s.end());
             let r2 = Scanner::new(bad).array(|s, _| s.skip());
-            assert!(r.is_err() && r2.is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                r.is_err() && r2.is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
-        let e = Scanner::new(b"[1,2 3]").array(|s, _| s.skip()).expect_err("bad");
+        let e = Scanner::new(b"[1,2 3]")
+            .array(|s, _| s.skip())
+            .expect_err("bad");
         assert_eq!(e.pos, 5);
         assert_eq!(e.to_string(), "expected `,` or `]` at byte 5");
     }
