@@ -1717,6 +1717,63 @@ mod tests {
     }
 
     #[test]
+    fn scanner_edges_numbers_escapes_unicode() {
+        // Numbers at the edges, in known fields.
+        let ev = one(&envelope(
+            r#"{"type":"task-started","uuid":"u","timestamp":1.5e0,"pid":-0,"clock":18446744073709551615,"utcoffset":-0.0}"#,
+        ));
+        assert_eq!((ev.pid, ev.clock), (Some(0), Some(u64::MAX)));
+        assert_eq!(ev.timestamp, 1.5);
+        let ev = one(&envelope(
+            r#"{"type":"task-sent","uuid":"u","timestamp":1,"retries":2.0,"pid":1E3}"#,
+        ));
+        assert_eq!(ev.pid, Some(1000));
+        assert_eq!(ev.task.and_then(|t| t.retries), Some(2));
+        for body in [
+            r#"{"type":"task-started","uuid":"u","timestamp":1,"clock":18446744073709551616}"#,
+            r#"{"type":"task-started","uuid":"u","timestamp":1,"pid":1.5}"#,
+            r#"{"type":"task-started","uuid":"u","timestamp":1,"clock":-1}"#,
+        ] {
+            assert_eq!(err(&envelope(body)).reason(), "malformed_event", "{body}");
+        }
+        // A number that overflows f64: a syntax error in a known field, skipped in an unknown one.
+        let e = err(&envelope(
+            r#"{"type":"task-started","uuid":"u","timestamp":1e999}"#,
+        ));
+        assert_eq!(e.reason(), "malformed_body");
+        assert!(e.to_string().contains("number out of range"), "{e}");
+        let ev = one(&envelope(
+            r#"{"type":"task-started","uuid":"u","timestamp":1,"x":[1e999,-1e999]}"#,
+        ));
+        assert_eq!(ev.task_uuid(), Some("u"));
+
+        // Escapes and unicode: decoded exactly, in values and in keys.
+        let ev = one(&envelope(
+            r#"{"typ\u0065":"task-failed","uuid":"u\/1","timestamp":1,"hostname":"w\u00e9@h\ud83d\ude00",
+                "exception":"KeyError('café')","traceback":"T\n\t\"x\"\\"}"#,
+        ));
+        assert_eq!(ev.type_name, "task-failed");
+        assert_eq!(ev.hostname, "w\u{e9}@h\u{1f600}");
+        let t = ev.task.expect("task fields");
+        assert_eq!(t.uuid, "u/1");
+        assert_eq!(t.exception.as_deref(), Some("KeyError('caf\u{e9}')"));
+        assert_eq!(t.traceback.as_deref(), Some("T\n\t\"x\"\\"));
+        // A lone surrogate or a raw control character in a string is a syntax error.
+        for body in [
+            r#"{"type":"task-started","uuid":"\ud800","timestamp":1}"#,
+            "{\"type\":\"task-started\",\"uuid\":\"a\tb\",\"timestamp\":1}",
+        ] {
+            assert_eq!(err(&envelope(body)).reason(), "malformed_body", "{body}");
+        }
+        // In the envelope: a raw control character inside the body string is refused.
+        let data = String::from_utf8(envelope(STARTED))
+            .expect("utf8")
+            .replacen(r#""body":""#, "\"body\":\"\u{1}", 1);
+        assert!(data.contains('\u{1}'));
+        assert_eq!(err(data.as_bytes()).reason(), "malformed_envelope");
+    }
+
+    #[test]
     fn never_panics_on_mutations() {
         // Every truncation and single-byte corruption of a real envelope: errors, no panics.
         let lines = fixture(MAIN);
