@@ -35,6 +35,10 @@
 //! (e.g. `eta`) is unwrapped. Only the fields relevant to the event's kind are type-checked
 //! (common fields always; task fields for `task-*`; worker fields for `worker-*`).
 //! Required: `type` (string), `timestamp` (number), and for `task-*` a non-empty string `uuid`.
+//!
+//! Not tolerated (strict JSON, in the envelope as in the body): raw control characters inside
+//! strings, lone `\u` surrogates, numbers that overflow an `f64` in a known field (in an unknown
+//! field they are only syntax-checked), values nested deeper than 128 levels in a known field.
 
 use std::borrow::Cow;
 use std::cell::Cell;

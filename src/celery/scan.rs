@@ -4,9 +4,9 @@
 //! with SSE2 on x86_64, a word at a time elsewhere; borrowed raw when they hold no escape,
 //! unescaped exactly otherwise; UTF-8 checked only when not all ASCII), numbers (integers as
 //! `u64`/`i64`, the rest as `f64`, with serde_json's rules: `-0` and integers beyond 64 bits are
-//! floats, a float that overflows to infinity is an error), the literals, objects read key by key through a callback, arrays
-//! element by element, and skipping any value. It builds no tree: the caller decides per key
-//! whether to read a value or skip it.
+//! floats, a float that overflows to infinity is an error), the literals, objects read key by
+//! key through a callback, arrays element by element, and skipping any value. It builds no
+//! tree: the caller decides per key whether to read a value or skip it.
 //!
 //! Strictness: RFC 8259 grammar only (no comments, no trailing commas, no leading zeros, no
 //! control characters inside strings, `\u` escapes with paired surrogates). A skipped value is
