@@ -2,13 +2,16 @@
 //!
 //! Pipeline, in order (each step's failure is one [`DecodeError`] variant):
 //!
-//! 1. parse the envelope JSON (borrowed, no `serde_json::Value`) → [`DecodeError::MalformedEnvelope`];
+//! 1. parse the envelope JSON (borrowed, with the strict scanner of `celery::scan`: only the
+//!    fields below are read, everything else is skipped but syntax-checked)
+//!    → [`DecodeError::MalformedEnvelope`];
 //! 2. `properties.delivery_info.exchange` must be `"celeryev"` → else [`DecodeError::NotAnEvent`]
 //!    (pidbox, anything else);
 //! 3. a `compression` header → [`DecodeError::Compressed`] (Celery never compresses events);
 //! 4. `content-type`: JSON only; pickle / msgpack / yaml / anything else → their own variant
 //!    (pickle is never unpickled);
-//! 5. `properties.body_encoding`: `"base64"` → standard base64 (into a reusable per-thread buffer),
+//! 5. `properties.body_encoding`: `"base64"` → standard base64 (`celery::b64`, into a reusable
+//!    per-thread buffer),
 //!    `null`/absent/`"utf-8"` → the body string as is;
 //! 6. the body is one event object or a list of them (`task.multi`); each object is parsed in one
 //!    streaming pass with typed, lenient field values and turned into an owned [`CeleryEvent`].
@@ -32,17 +35,18 @@
 //! (e.g. `eta`) is unwrapped. Only the fields relevant to the event's kind are type-checked
 //! (common fields always; task fields for `task-*`; worker fields for `worker-*`).
 //! Required: `type` (string), `timestamp` (number), and for `task-*` a non-empty string `uuid`.
+//!
+//! Not tolerated (strict JSON, in the envelope as in the body): raw control characters inside
+//! strings, lone `\u` surrogates, numbers that overflow an `f64` in a known field (in an unknown
+//! field they are only syntax-checked), values nested deeper than 128 levels in a known field.
 
 use std::borrow::Cow;
 use std::cell::Cell;
 use std::fmt;
-use std::marker::PhantomData;
 
-use base64::Engine as _;
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
-
+use crate::celery::b64::{self, Base64Error};
 use crate::celery::event::{CeleryEvent, EventKind, TaskFields, WorkerFields};
+use crate::celery::scan::{self, Next, Number, ScanError, Scanner};
 
 /// The exchange Celery publishes events to (`event_exchange` default).
 pub const EVENT_EXCHANGE: &str = "celeryev";
@@ -52,7 +56,7 @@ pub const EVENT_EXCHANGE: &str = "celeryev";
 pub enum DecodeError {
     /// The payload is not a kombu envelope (not JSON, truncated, missing `body`/`properties`, …).
     #[error("malformed envelope: {0}")]
-    MalformedEnvelope(#[source] serde_json::Error),
+    MalformedEnvelope(#[source] ScanError),
     /// A kombu envelope for another exchange (e.g. `celery.pidbox` remote control).
     #[error("not a Celery event: exchange {} (expected \"celeryev\")", OptStr(.exchange))]
     NotAnEvent { exchange: Option<String> },
@@ -64,7 +68,7 @@ pub enum DecodeError {
     UnsupportedBodyEncoding(String),
     /// `body_encoding` is base64 but the body is not valid standard base64.
     #[error("body is not valid base64: {0}")]
-    BadBase64(#[source] base64::DecodeError),
+    BadBase64(#[source] Base64Error),
     /// Pickle-serialized events (`event_serializer='pickle'`); never unpickled.
     #[error("pickle-serialized event body (content-type {content_type:?}) is not decoded; configure event_serializer='json'")]
     Pickle { content_type: String },
@@ -79,7 +83,7 @@ pub enum DecodeError {
     UnsupportedContentType { content_type: Option<String> },
     /// The (decoded) body is not valid JSON: syntax error, truncation, not UTF-8, nesting too deep.
     #[error("malformed event body: {0}")]
-    MalformedBody(#[source] serde_json::Error),
+    MalformedBody(#[source] ScanError),
     /// One event (or list element) is not a valid event: not an object, or a field of the wrong type.
     #[error("malformed event{}: {detail}", At(.index))]
     MalformedEvent {
@@ -170,25 +174,31 @@ impl Decoded {
 ///
 /// Returns how many were appended plus the list elements that were skipped (see the module
 /// docs, "Partially bad lists"). On `Err` nothing is appended. Never panics.
+/// Decode one pub/sub payload (a kombu envelope) into events appended to `out`.
+///
+/// Returns how many were appended plus the list elements that were skipped (see the module
+/// docs, "Partially bad lists"). On `Err` nothing is appended. Never panics.
 pub fn decode_envelope(data: &[u8], out: &mut Vec<CeleryEvent>) -> Result<Decoded, DecodeError> {
-    let env: Envelope<'_> = serde_json::from_slice(data).map_err(DecodeError::MalformedEnvelope)?;
+    let env = Envelope::parse(data).map_err(DecodeError::MalformedEnvelope)?;
+    let missing = |what| {
+        DecodeError::MalformedEnvelope(ScanError {
+            pos: data.len(),
+            what,
+        })
+    };
     let Some(body) = env.body else {
-        return Err(DecodeError::MalformedEnvelope(de::Error::missing_field(
-            "body",
-        )));
+        return Err(missing("missing field `body`"));
     };
     let Some(properties) = env.properties else {
-        return Err(DecodeError::MalformedEnvelope(de::Error::missing_field(
-            "properties",
-        )));
+        return Err(missing("missing field `properties`"));
     };
 
-    let exchange = properties.delivery_info.and_then(|d| d.exchange);
+    let exchange = properties.exchange;
     match &exchange {
-        Some(RawBytes(x)) if **x == *EVENT_EXCHANGE.as_bytes() => {}
+        Some(x) if **x == *EVENT_EXCHANGE.as_bytes() => {}
         _ => {
             return Err(DecodeError::NotAnEvent {
-                exchange: exchange.map(|x| lossy(&x.0)),
+                exchange: exchange.map(|x| lossy(&x)),
             })
         }
     }
@@ -208,25 +218,23 @@ pub fn decode_envelope(data: &[u8], out: &mut Vec<CeleryEvent>) -> Result<Decode
         }
     }
 
-    let base64 = match properties.body_encoding.as_ref().map(|e| &*e.0) {
+    let base64 = match properties.body_encoding.as_deref() {
         None => false,
         Some(e) if e.eq_ignore_ascii_case(b"base64") => true,
         Some(e) if e.eq_ignore_ascii_case(b"utf-8") || e.eq_ignore_ascii_case(b"utf8") => false,
         Some(e) => return Err(DecodeError::UnsupportedBodyEncoding(lossy(e))),
     };
 
-    check_content_type(env.content_type.as_ref().map(|c| &*c.0))?;
+    check_content_type(env.content_type.as_deref())?;
 
     let start = out.len();
     let result = if base64 {
         with_buffer(|buf| {
-            base64::engine::general_purpose::STANDARD
-                .decode_vec(&body.0, buf)
-                .map_err(DecodeError::BadBase64)?;
+            b64::decode_into(&body, buf).map_err(DecodeError::BadBase64)?;
             decode_body(buf, header_host, out)
         })
     } else {
-        decode_body(&body.0, header_host, out)
+        decode_body(&body, header_host, out)
     };
     if result.is_err() {
         out.truncate(start);
@@ -307,16 +315,17 @@ fn decode_body(
     out: &mut Vec<CeleryEvent>,
 ) -> Result<Decoded, DecodeError> {
     let start = out.len();
-    let mut dropped = Vec::new();
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let single = BodySeed {
+    let mut sink = Sink {
         header_host,
         out,
-        dropped: &mut dropped,
-    }
-    .deserialize(&mut de)
-    .and_then(|single| de.end().map(|()| single))
-    .map_err(DecodeError::MalformedBody)?;
+        dropped: Vec::new(),
+    };
+    let mut s = Scanner::new(body);
+    let single = sink
+        .body(&mut s)
+        .and_then(|single| s.end().map(|()| single))
+        .map_err(DecodeError::MalformedBody)?;
+    let mut dropped = sink.dropped;
     if single {
         if let Some(e) = dropped.pop() {
             return Err(e);
@@ -331,89 +340,91 @@ fn decode_body(
 // ---------------------------------------------------------------------------------------------
 // Envelope (borrowed)
 
-/// Generates a borrowed struct of optional fields and a `Deserialize` impl that reads map keys
-/// as bytes (serde_json then skips their UTF-8 validation, a measurable cost on ~20 keys per
-/// envelope) and ignores unknown keys. Presence requirements are checked by the caller.
-macro_rules! byte_keyed_struct {
-    ($name:ident<$lt:lifetime> { $($field:ident: $ty:ty = $key:literal,)* }) => {
-        #[derive(Default)]
-        struct $name<$lt> { $($field: $ty,)* }
-
-        impl<'de: $lt, $lt> Deserialize<'de> for $name<$lt> {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct V<$lt>(PhantomData<$name<$lt>>);
-                impl<'de: $lt, $lt> Visitor<'de> for V<$lt> {
-                    type Value = $name<$lt>;
-                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                        f.write_str(concat!("an object (", stringify!($name), ")"))
-                    }
-                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                        let mut s = $name::default();
-                        while let Some(k) = map.next_key::<RawBytes<'_>>()? {
-                            match &*k.0 {
-                                $($key => s.$field = map.next_value()?,)*
-                                _ => {
-                                    map.next_value::<IgnoredAny>()?;
-                                }
-                            }
-                        }
-                        Ok(s)
-                    }
-                }
-                d.deserialize_map(V(PhantomData))
-            }
-        }
-    };
+/// The envelope fields the decoder reads; everything else is skipped (syntax-checked).
+#[derive(Default)]
+struct Envelope<'a> {
+    body: Option<Cow<'a, [u8]>>,
+    content_type: Option<Cow<'a, [u8]>>,
+    headers: Option<Headers<'a>>,
+    properties: Option<Properties<'a>>,
 }
 
-byte_keyed_struct!(Envelope<'a> {
-    body: Option<RawBytes<'a>> = b"body",
-    content_type: Option<RawBytes<'a>> = b"content-type",
-    headers: Option<Headers<'a>> = b"headers",
-    properties: Option<Properties<'a>> = b"properties",
-});
+#[derive(Default)]
+struct Headers<'a> {
+    hostname: Val<'a>,
+    compression: Val<'a>,
+}
 
-byte_keyed_struct!(Headers<'a> {
-    hostname: Val<'a> = b"hostname",
-    compression: Val<'a> = b"compression",
-});
+/// `properties`, with `delivery_info.exchange` flattened in.
+#[derive(Default)]
+struct Properties<'a> {
+    body_encoding: Option<Cow<'a, [u8]>>,
+    exchange: Option<Cow<'a, [u8]>>,
+}
 
-byte_keyed_struct!(Properties<'a> {
-    body_encoding: Option<RawBytes<'a>> = b"body_encoding",
-    delivery_info: Option<DeliveryInfo<'a>> = b"delivery_info",
-});
-
-byte_keyed_struct!(DeliveryInfo<'a> {
-    exchange: Option<RawBytes<'a>> = b"exchange",
-});
-
-/// A JSON string taken as bytes: serde_json then skips the UTF-8 validation of the (long)
-/// base64 body, which the base64 decoder and the body's JSON parser check anyway.
-struct RawBytes<'a>(Cow<'a, [u8]>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for RawBytes<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(PhantomData<&'a [u8]>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = RawBytes<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
+impl<'a> Envelope<'a> {
+    /// Strings are taken as bytes (no UTF-8 check): the base64 decoder and the body's parser
+    /// check the body anyway. A duplicated key: the last one wins. `null` reads as absent.
+    fn parse(data: &'a [u8]) -> scan::Result<Self> {
+        let mut s = Scanner::new(data);
+        let mut env = Envelope::default();
+        s.object(|s, key| {
+            match key {
+                b"body" => env.body = opt_bytes(s)?,
+                b"content-type" => env.content_type = opt_bytes(s)?,
+                b"headers" => {
+                    env.headers = if s.null()? {
+                        None
+                    } else {
+                        let mut h = Headers::default();
+                        s.object(|s, key| match key {
+                            b"hostname" => Val::parse(s, 0).map(|v| h.hostname = v),
+                            b"compression" => Val::parse(s, 0).map(|v| h.compression = v),
+                            _ => s.skip(),
+                        })?;
+                        Some(h)
+                    }
+                }
+                b"properties" => {
+                    env.properties = if s.null()? {
+                        None
+                    } else {
+                        let mut p = Properties::default();
+                        s.object(|s, key| {
+                            match key {
+                                b"body_encoding" => p.body_encoding = opt_bytes(s)?,
+                                // A later `delivery_info` replaces an earlier one entirely.
+                                b"delivery_info" => {
+                                    p.exchange = None;
+                                    if !s.null()? {
+                                        s.object(|s, key| match key {
+                                            b"exchange" => opt_bytes(s).map(|x| p.exchange = x),
+                                            _ => s.skip(),
+                                        })?;
+                                    }
+                                }
+                                _ => s.skip()?,
+                            }
+                            Ok(())
+                        })?;
+                        Some(p)
+                    }
+                }
+                _ => s.skip()?,
             }
-            fn visit_borrowed_bytes<E>(self, v: &'de [u8]) -> Result<Self::Value, E> {
-                Ok(RawBytes(Cow::Borrowed(v)))
-            }
-            fn visit_bytes<E>(self, v: &[u8]) -> Result<Self::Value, E> {
-                Ok(RawBytes(Cow::Owned(v.to_vec())))
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(RawBytes(Cow::Borrowed(v.as_bytes())))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(RawBytes(Cow::Owned(v.as_bytes().to_vec())))
-            }
-        }
-        d.deserialize_bytes(V(PhantomData))
+            Ok(())
+        })?;
+        s.end()?;
+        Ok(env)
     }
+}
+
+/// A string as bytes, or `null`.
+fn opt_bytes<'a>(s: &mut Scanner<'a>) -> scan::Result<Option<Cow<'a, [u8]>>> {
+    if s.null()? {
+        return Ok(None);
+    }
+    s.string_bytes().map(Some)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -467,165 +478,103 @@ impl<'a> Val<'a> {
     }
 }
 
-impl<'de: 'a, 'a> Deserialize<'de> for Val<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ValVisitor(PhantomData))
-    }
-}
-
-struct ValVisitor<'a>(PhantomData<Val<'a>>);
-
-impl<'de: 'a, 'a> Visitor<'de> for ValVisitor<'a> {
-    type Value = Val<'a>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
-        Ok(Val::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(Val::I64(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(Val::U64(v))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
-        Ok(Val::F64(v))
-    }
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Val::Str(Cow::Borrowed(v)))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Val::Str(Cow::Owned(v.to_owned())))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-        Ok(Val::Str(Cow::Owned(v)))
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(Val::Null)
-    }
-    fn visit_none<E>(self) -> Result<Self::Value, E> {
-        Ok(Val::Null)
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut nums = [0.0; 3];
-        let mut n = 0usize;
-        let mut all_numbers = true;
-        while let Some(v) = seq.next_element::<Val<'a>>()? {
-            match v.as_f64() {
-                Some(x) if n < 3 => nums[n] = x,
-                _ => all_numbers = false,
+impl<'a> Val<'a> {
+    /// Reads one value of a known field. Only syntax errors (and nesting deeper than
+    /// [`scan::MAX_DEPTH`]) fail; any JSON value is captured as what it is.
+    fn parse(s: &mut Scanner<'a>, depth: usize) -> scan::Result<Self> {
+        Ok(match s.peek()? {
+            Next::String => Val::Str(s.string()?),
+            Next::Number => match s.number()? {
+                Number::U64(n) => Val::U64(n),
+                Number::I64(n) => Val::I64(n),
+                Number::F64(n) => Val::F64(n),
+            },
+            Next::Null => {
+                s.null()?;
+                Val::Null
             }
-            n += 1;
-        }
-        Ok(if all_numbers && n == 3 {
-            Val::Floats3(nums)
-        } else {
-            Val::Other("array")
-        })
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        // kombu's JSON encoder wraps non-JSON types as {"__type__": .., "__value__": ..}.
-        let mut has_type = false;
-        let mut value = None;
-        let mut other_keys = false;
-        while let Some(k) = map.next_key::<WrapKey>()? {
-            match k {
-                WrapKey::Type => {
-                    has_type = true;
-                    map.next_value::<IgnoredAny>()?;
-                }
-                WrapKey::Value => value = Some(map.next_value::<Val<'a>>()?),
-                WrapKey::Other => {
-                    other_keys = true;
-                    map.next_value::<IgnoredAny>()?;
+            Next::Bool => Val::Bool(s.bool()?),
+            Next::Array => {
+                let depth = deeper(s, depth)?;
+                let mut nums = [0.0; 3];
+                let mut all_numbers = true;
+                let mut n = 0;
+                s.array(|s, i| {
+                    let v = Val::parse(s, depth)?;
+                    match v.as_f64() {
+                        Some(x) if i < 3 => nums[i] = x,
+                        _ => all_numbers = false,
+                    }
+                    n = i + 1;
+                    Ok(())
+                })?;
+                if all_numbers && n == 3 {
+                    Val::Floats3(nums)
+                } else {
+                    Val::Other("array")
                 }
             }
-        }
-        Ok(match value {
-            Some(v) if has_type && !other_keys => v,
-            _ => Val::Other("object"),
+            Next::Object => {
+                // kombu's JSON encoder wraps non-JSON types as {"__type__": .., "__value__": ..}.
+                let depth = deeper(s, depth)?;
+                let mut has_type = false;
+                let mut value = None;
+                let mut other_keys = false;
+                s.object(|s, key| {
+                    match key {
+                        b"__type__" => {
+                            has_type = true;
+                            s.skip()?;
+                        }
+                        b"__value__" => value = Some(Val::parse(s, depth)?),
+                        _ => {
+                            other_keys = true;
+                            s.skip()?;
+                        }
+                    }
+                    Ok(())
+                })?;
+                match value {
+                    Some(v) if has_type && !other_keys => v,
+                    _ => Val::Other("object"),
+                }
+            }
         })
     }
 }
 
-enum WrapKey {
-    Type,
-    Value,
-    Other,
-}
-
-impl<'de> Deserialize<'de> for WrapKey {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = WrapKey;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a key")
-            }
-            fn visit_bytes<E>(self, v: &[u8]) -> Result<WrapKey, E> {
-                Ok(match v {
-                    b"__type__" => WrapKey::Type,
-                    b"__value__" => WrapKey::Value,
-                    _ => WrapKey::Other,
-                })
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<WrapKey, E> {
-                self.visit_bytes(v.as_bytes())
-            }
-        }
-        d.deserialize_bytes(V)
+/// One more level of nesting, or an error past [`scan::MAX_DEPTH`].
+fn deeper(s: &Scanner<'_>, depth: usize) -> scan::Result<usize> {
+    if depth >= scan::MAX_DEPTH {
+        return Err(ScanError {
+            pos: s.pos(),
+            what: "nesting too deep",
+        });
     }
+    Ok(depth + 1)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Event fields
 
 macro_rules! event_keys {
-    ($($variant:ident => $name:literal / $field:ident,)*) => {
-        /// Known event field names.
-        #[derive(Clone, Copy)]
-        enum Field { $($variant,)* Other }
-
-        impl<'de> Deserialize<'de> for Field {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct V;
-                impl Visitor<'_> for V {
-                    type Value = Field;
-                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                        f.write_str("a field name")
-                    }
-                    fn visit_bytes<E>(self, v: &[u8]) -> Result<Field, E> {
-                        Ok(match v { $($name => Field::$variant,)* _ => Field::Other })
-                    }
-                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Field, E> {
-                        self.visit_bytes(v.as_bytes())
-                    }
-                }
-                // Bytes, not str: serde_json then skips UTF-8 validation of the key.
-                d.deserialize_bytes(V)
-            }
-        }
-
+    ($($name:literal / $field:ident,)*) => {
         /// Every known field of one event, as captured (not yet type-checked).
         #[derive(Default)]
         struct RawEvent<'a> { $($field: Val<'a>,)* }
 
         impl<'a> RawEvent<'a> {
-            fn parse<A: MapAccess<'a>>(mut map: A) -> Result<Self, A::Error> {
+            /// Reads one event object: known keys are captured (the last of duplicates wins),
+            /// unknown ones skipped whatever their content.
+            fn parse(s: &mut Scanner<'a>) -> scan::Result<Self> {
                 let mut raw = RawEvent::default();
-                while let Some(k) = map.next_key::<Field>()? {
-                    match k {
-                        $(Field::$variant => raw.$field = map.next_value()?,)*
-                        Field::Other => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
+                s.object(|s, key| {
+                    match key {
+                        $($name => raw.$field = Val::parse(s, 0)?,)*
+                        _ => s.skip()?,
                     }
-                }
+                    Ok(())
+                })?;
                 Ok(raw)
             }
         }
@@ -633,39 +582,39 @@ macro_rules! event_keys {
 }
 
 event_keys! {
-    Type => b"type" / type_,
-    Hostname => b"hostname" / hostname,
-    Timestamp => b"timestamp" / timestamp,
-    Utcoffset => b"utcoffset" / utcoffset,
-    Pid => b"pid" / pid,
-    Clock => b"clock" / clock,
-    Uuid => b"uuid" / uuid,
-    Name => b"name" / name,
-    Args => b"args" / args,
-    Kwargs => b"kwargs" / kwargs,
-    Retries => b"retries" / retries,
-    Eta => b"eta" / eta,
-    Expires => b"expires" / expires,
-    RootId => b"root_id" / root_id,
-    ParentId => b"parent_id" / parent_id,
-    Queue => b"queue" / queue,
-    Exchange => b"exchange" / exchange,
-    RoutingKey => b"routing_key" / routing_key,
-    Result => b"result" / result,
-    Runtime => b"runtime" / runtime,
-    Exception => b"exception" / exception,
-    Traceback => b"traceback" / traceback,
-    Terminated => b"terminated" / terminated,
-    Signum => b"signum" / signum,
-    Expired => b"expired" / expired,
-    Requeue => b"requeue" / requeue,
-    Freq => b"freq" / freq,
-    Active => b"active" / active,
-    Processed => b"processed" / processed,
-    Loadavg => b"loadavg" / loadavg,
-    SwIdent => b"sw_ident" / sw_ident,
-    SwVer => b"sw_ver" / sw_ver,
-    SwSys => b"sw_sys" / sw_sys,
+    b"type" / type_,
+    b"hostname" / hostname,
+    b"timestamp" / timestamp,
+    b"utcoffset" / utcoffset,
+    b"pid" / pid,
+    b"clock" / clock,
+    b"uuid" / uuid,
+    b"name" / name,
+    b"args" / args,
+    b"kwargs" / kwargs,
+    b"retries" / retries,
+    b"eta" / eta,
+    b"expires" / expires,
+    b"root_id" / root_id,
+    b"parent_id" / parent_id,
+    b"queue" / queue,
+    b"exchange" / exchange,
+    b"routing_key" / routing_key,
+    b"result" / result,
+    b"runtime" / runtime,
+    b"exception" / exception,
+    b"traceback" / traceback,
+    b"terminated" / terminated,
+    b"signum" / signum,
+    b"expired" / expired,
+    b"requeue" / requeue,
+    b"freq" / freq,
+    b"active" / active,
+    b"processed" / processed,
+    b"loadavg" / loadavg,
+    b"sw_ident" / sw_ident,
+    b"sw_ver" / sw_ver,
+    b"sw_sys" / sw_sys,
 }
 
 /// Why one event could not be built (turned into a [`DecodeError`] with its index).
@@ -924,20 +873,50 @@ fn to_decode_error(index: Option<usize>, e: EventError, event_type: Option<Strin
 struct Sink<'s> {
     header_host: Option<&'s str>,
     out: &'s mut Vec<CeleryEvent>,
-    dropped: &'s mut Vec<DecodeError>,
+    dropped: Vec<DecodeError>,
 }
 
 impl Sink<'_> {
-    fn event<'de, A: MapAccess<'de>>(
-        &mut self,
-        index: Option<usize>,
-        map: A,
-    ) -> Result<(), A::Error> {
-        let raw = RawEvent::parse(map)?;
+    /// Reads the whole body value; `true` when it was a single value (not a list).
+    fn body(&mut self, s: &mut Scanner<'_>) -> scan::Result<bool> {
+        match s.peek()? {
+            Next::Object => {
+                self.event(s, None)?;
+                Ok(true)
+            }
+            Next::Array => {
+                s.array(|s, index| match s.peek()? {
+                    Next::Object => self.event(s, Some(index)),
+                    Next::Array => {
+                        s.skip()?;
+                        self.not_an_object(Some(index), "array");
+                        Ok(())
+                    }
+                    _ => self.scalar(s, Some(index)),
+                })?;
+                Ok(false)
+            }
+            _ => {
+                self.scalar(s, None)?;
+                Ok(true)
+            }
+        }
+    }
+
+    fn event(&mut self, s: &mut Scanner<'_>, index: Option<usize>) -> scan::Result<()> {
+        let raw = RawEvent::parse(s)?;
         match raw.build(self.header_host) {
             Ok(ev) => self.out.push(ev),
             Err((e, t)) => self.dropped.push(to_decode_error(index, e, t)),
         }
+        Ok(())
+    }
+
+    /// A scalar where an event was expected: read (so its syntax is checked), then recorded
+    /// as "not an object".
+    fn scalar(&mut self, s: &mut Scanner<'_>, index: Option<usize>) -> scan::Result<()> {
+        let v = Val::parse(s, 0)?;
+        self.not_an_object(index, v.kind());
         Ok(())
     }
 
@@ -946,139 +925,13 @@ impl Sink<'_> {
             .push(to_decode_error(index, EventError::NotAnObject(got), None));
     }
 }
-
-/// Deserializes the whole body; yields `true` when the body was a single value (not a list).
-struct BodySeed<'s> {
-    header_host: Option<&'s str>,
-    out: &'s mut Vec<CeleryEvent>,
-    dropped: &'s mut Vec<DecodeError>,
-}
-
-impl<'de> DeserializeSeed<'de> for BodySeed<'_> {
-    type Value = bool;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_any(BodyVisitor(Sink {
-            header_host: self.header_host,
-            out: self.out,
-            dropped: self.dropped,
-        }))
-    }
-}
-
-struct BodyVisitor<'s>(Sink<'s>);
-
-/// Scalars where an event was expected: recorded as "not an object", not a serde error.
-macro_rules! scalar_not_object {
-    ($ret:expr) => {
-        fn visit_bool<E>(mut self, _: bool) -> Result<Self::Value, E> {
-            self.not_object("bool");
-            Ok($ret)
-        }
-        fn visit_i64<E>(mut self, _: i64) -> Result<Self::Value, E> {
-            self.not_object("integer");
-            Ok($ret)
-        }
-        fn visit_u64<E>(mut self, _: u64) -> Result<Self::Value, E> {
-            self.not_object("integer");
-            Ok($ret)
-        }
-        fn visit_f64<E>(mut self, _: f64) -> Result<Self::Value, E> {
-            self.not_object("float");
-            Ok($ret)
-        }
-        fn visit_str<E>(mut self, _: &str) -> Result<Self::Value, E> {
-            self.not_object("string");
-            Ok($ret)
-        }
-        fn visit_unit<E>(mut self) -> Result<Self::Value, E> {
-            self.not_object("null");
-            Ok($ret)
-        }
-    };
-}
-
-impl BodyVisitor<'_> {
-    fn not_object(&mut self, got: &'static str) {
-        self.0.not_an_object(None, got);
-    }
-}
-
-impl<'de> Visitor<'de> for BodyVisitor<'_> {
-    type Value = bool;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an event object or a list of event objects")
-    }
-
-    scalar_not_object!(true);
-
-    fn visit_map<A: MapAccess<'de>>(mut self, map: A) -> Result<bool, A::Error> {
-        self.0.event(None, map)?;
-        Ok(true)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<bool, A::Error> {
-        if let Some(n) = seq.size_hint() {
-            self.0.out.reserve(n);
-        }
-        let mut index = 0usize;
-        while seq
-            .next_element_seed(ElementSeed {
-                sink: &mut self.0,
-                index,
-            })?
-            .is_some()
-        {
-            index += 1;
-        }
-        Ok(false)
-    }
-}
-
-struct ElementSeed<'a, 's> {
-    sink: &'a mut Sink<'s>,
-    index: usize,
-}
-
-impl<'de> DeserializeSeed<'de> for ElementSeed<'_, '_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl ElementSeed<'_, '_> {
-    fn not_object(&mut self, got: &'static str) {
-        self.sink.not_an_object(Some(self.index), got);
-    }
-}
-
-impl<'de> Visitor<'de> for ElementSeed<'_, '_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an event object")
-    }
-
-    scalar_not_object!(());
-
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-        self.sink.event(Some(self.index), map)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        self.not_object("array");
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
     use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
     use serde_json::{json, Value};
 
     const MAIN: &str = "celery-events-redis.jsonl";
@@ -1865,6 +1718,63 @@ mod tests {
             Some(200_000)
         );
         assert_eq!(one(&envelope(STARTED)).task_uuid(), Some("u-1"));
+    }
+
+    #[test]
+    fn scanner_edges_numbers_escapes_unicode() {
+        // Numbers at the edges, in known fields.
+        let ev = one(&envelope(
+            r#"{"type":"task-started","uuid":"u","timestamp":1.5e0,"pid":-0,"clock":18446744073709551615,"utcoffset":-0.0}"#,
+        ));
+        assert_eq!((ev.pid, ev.clock), (Some(0), Some(u64::MAX)));
+        assert_eq!(ev.timestamp, 1.5);
+        let ev = one(&envelope(
+            r#"{"type":"task-sent","uuid":"u","timestamp":1,"retries":2.0,"pid":1E3}"#,
+        ));
+        assert_eq!(ev.pid, Some(1000));
+        assert_eq!(ev.task.and_then(|t| t.retries), Some(2));
+        for body in [
+            r#"{"type":"task-started","uuid":"u","timestamp":1,"clock":18446744073709551616}"#,
+            r#"{"type":"task-started","uuid":"u","timestamp":1,"pid":1.5}"#,
+            r#"{"type":"task-started","uuid":"u","timestamp":1,"clock":-1}"#,
+        ] {
+            assert_eq!(err(&envelope(body)).reason(), "malformed_event", "{body}");
+        }
+        // A number that overflows f64: a syntax error in a known field, skipped in an unknown one.
+        let e = err(&envelope(
+            r#"{"type":"task-started","uuid":"u","timestamp":1e999}"#,
+        ));
+        assert_eq!(e.reason(), "malformed_body");
+        assert!(e.to_string().contains("number out of range"), "{e}");
+        let ev = one(&envelope(
+            r#"{"type":"task-started","uuid":"u","timestamp":1,"x":[1e999,-1e999]}"#,
+        ));
+        assert_eq!(ev.task_uuid(), Some("u"));
+
+        // Escapes and unicode: decoded exactly, in values and in keys.
+        let ev = one(&envelope(
+            r#"{"typ\u0065":"task-failed","uuid":"u\/1","timestamp":1,"hostname":"w\u00e9@h\ud83d\ude00",
+                "exception":"KeyError('café')","traceback":"T\n\t\"x\"\\"}"#,
+        ));
+        assert_eq!(ev.type_name, "task-failed");
+        assert_eq!(ev.hostname, "w\u{e9}@h\u{1f600}");
+        let t = ev.task.expect("task fields");
+        assert_eq!(t.uuid, "u/1");
+        assert_eq!(t.exception.as_deref(), Some("KeyError('caf\u{e9}')"));
+        assert_eq!(t.traceback.as_deref(), Some("T\n\t\"x\"\\"));
+        // A lone surrogate or a raw control character in a string is a syntax error.
+        for body in [
+            r#"{"type":"task-started","uuid":"\ud800","timestamp":1}"#,
+            "{\"type\":\"task-started\",\"uuid\":\"a\tb\",\"timestamp\":1}",
+        ] {
+            assert_eq!(err(&envelope(body)).reason(), "malformed_body", "{body}");
+        }
+        // In the envelope: a raw control character inside the body string is refused.
+        let data = String::from_utf8(envelope(STARTED))
+            .expect("utf8")
+            .replacen(r#""body":""#, "\"body\":\"\u{1}", 1);
+        assert!(data.contains('\u{1}'));
+        assert_eq!(err(data.as_bytes()).reason(), "malformed_envelope");
     }
 
     #[test]
