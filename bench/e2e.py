@@ -185,6 +185,8 @@ exporters:
   prometheus:
     endpoint: 127.0.0.1:%d
 service:
+  telemetry:
+    endpoint: 127.0.0.1:%d
   pipelines:
     celery:
       receivers: [celery_redis]
@@ -192,7 +194,7 @@ service:
     metrics:
       receivers: [celery_correlate]
       exporters: [prometheus]
-""" % (self.redis_port, self.a.metrics_interval, self.a.max_tasks, self.port))
+""" % (self.redis_port, self.a.metrics_interval, self.a.max_tasks, self.port, free_port()))
         return [self.a.celeriac, "run", "-c", cfg]
 
     def count(self):
