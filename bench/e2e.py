@@ -135,8 +135,10 @@ class Agent:
     def start(self):
         numpat = redis_cmd(self.redis_port, "PUBSUB", "NUMPAT")
         self.logf = open(os.path.join(self.workdir, "%s.log" % self.name.split()[0]), "ab")
+        cpus = self.a.agent_cpus
         self.proc = subprocess.Popen(self.command(), stdout=self.logf, stderr=subprocess.STDOUT,
-                                     cwd=self.workdir, start_new_session=True, env=self.env())
+                                     cwd=self.workdir, start_new_session=True, env=self.env(),
+                                     preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         deadline = time.time() + 60
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -562,8 +564,18 @@ def main():
     ap.add_argument("--json", help="write the raw results here")
     ap.add_argument("--latency-rates", default="",
                     help="also measure celeriac's latency at these events/s, e.g. 20000,60000,150000")
+    ap.add_argument("--agent-cpus", default="",
+                    help="pin the agent to these CPUs (e.g. 1) and this harness, redis-server and "
+                         "the publishers to the others, so the load generator does not take the "
+                         "agent's CPU time")
     a = ap.parse_args()
     a.only = a.only.split(",")
+    a.agent_cpus = {int(c) for c in a.agent_cpus.split(",") if c.strip()}
+    if a.agent_cpus:
+        others = set(range(os.cpu_count() or 1)) - a.agent_cpus
+        if not others:
+            raise SystemExit("--agent-cpus leaves no CPU for the load generator")
+        os.sched_setaffinity(0, others)  # inherited by redis-server and the publishers
     a.latency_rates = sorted(int(x) for x in a.latency_rates.split(",") if x.strip())
     a.celeriac, a.venv = os.path.abspath(a.celeriac), os.path.abspath(a.venv)
     a.mode = "quick" if a.quick else "full"
