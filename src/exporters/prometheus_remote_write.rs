@@ -108,7 +108,7 @@ use crate::exporters::sending_queue::{self, DiskQueue, FileQueue, StorageConfig}
 use crate::prompb::{Label, Sample};
 use crate::registry::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
-use crate::telemetry::{Counter, Gauge, Telemetry};
+use crate::telemetry::{Counter, Gauge, Telemetry, Throttle};
 use crate::tls::ClientTlsConfig;
 
 pub const REGISTRATION: Registration = Registration {
@@ -748,13 +748,11 @@ impl Sender {
         n: u64,
         reason: &'static str,
         e: &SendError,
-        last_warn: &mut Option<Instant>,
+        warn: &mut Throttle,
     ) {
         self.dropped(reason).add(n);
-        let now = Instant::now();
-        if last_warn.is_none_or(|t| now.duration_since(t) >= WARN_EVERY) {
-            *last_warn = Some(now);
-            tracing::warn!(component = %self.id, shard = index, samples = n, reason, error = %e, "Remote-write request dropped.");
+        if let Some(suppressed) = warn.ready() {
+            tracing::warn!(component = %self.id, shard = index, samples = n, reason, error = %e, suppressed, "Remote-write request dropped.");
         } else {
             tracing::debug!(component = %self.id, shard = index, samples = n, reason, error = %e, "Remote-write request dropped.");
         }
@@ -763,11 +761,11 @@ impl Sender {
     async fn run_shard(self: Arc<Self>, shard: Arc<Shard>, index: usize) {
         let mut buf = Vec::new();
         let mut encoder = snap::raw::Encoder::new();
-        let mut last_warn: Option<Instant> = None;
+        let mut warn = Throttle::new(WARN_EVERY);
         while let Some((body, n)) = self.next_body(&shard, &mut buf, &mut encoder).await {
             match self.send_with_retry(body).await {
                 Ok(()) => self.sent.add(n),
-                Err((reason, e)) => self.give_up(index, n, reason, &e, &mut last_warn),
+                Err((reason, e)) => self.give_up(index, n, reason, &e, &mut warn),
             }
         }
     }
@@ -781,7 +779,7 @@ impl Sender {
         {
             let (this, disk) = (self.clone(), disk.clone());
             sender.spawn(async move {
-                let mut last_warn: Option<Instant> = None;
+                let mut warn = Throttle::new(WARN_EVERY);
                 loop {
                     let p = match disk.pop().await {
                         Ok(Some(p)) => p,
@@ -799,7 +797,7 @@ impl Sender {
                             tracing::info!(component = %this.id, shard = index, "Endpoint still failing at shutdown; the request stays queued on disk for the next start.");
                             break;
                         }
-                        Err((reason, e)) => this.give_up(index, n, reason, &e, &mut last_warn),
+                        Err((reason, e)) => this.give_up(index, n, reason, &e, &mut warn),
                     }
                     if let Err(e) = disk.ack(p.ticket).await {
                         tracing::error!(component = %this.id, shard = index, error = %e, "Cannot record progress in the sending queue; this shard stops sending.");

@@ -44,7 +44,7 @@ use crate::component::{BoxRun, Context, Output, Receiver};
 use crate::config::{self, types, DecodeError as ConfigError, Value};
 use crate::registry::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
-use crate::telemetry::Counter;
+use crate::telemetry::{Counter, Throttle};
 use crate::tls::{ClientTlsConfig, Connector};
 
 pub const REGISTRATION: Registration = Registration {
@@ -165,7 +165,7 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 struct Drops {
     ctx: Context,
     counters: HashMap<&'static str, Counter>,
-    last_warn: HashMap<&'static str, (Instant, u64)>,
+    warn: HashMap<&'static str, Throttle>,
 }
 
 impl Drops {
@@ -180,15 +180,12 @@ impl Drops {
             )
         });
         counter.add(n);
-        let now = Instant::now();
-        let entry = self
-            .last_warn
+        let warn = self
+            .warn
             .entry(reason)
-            .or_insert((now - WARN_EVERY * 2, 0));
-        entry.1 += n;
-        if now.duration_since(entry.0) >= WARN_EVERY {
-            tracing::warn!(component = %self.ctx.id, reason, dropped = entry.1, error = %e, "Dropping undecodable Celery input.");
-            *entry = (now, 0);
+            .or_insert_with(|| Throttle::new(WARN_EVERY));
+        if let Some(held) = warn.ready_for(n) {
+            tracing::warn!(component = %self.ctx.id, reason, dropped = held + n, error = %e, "Dropping undecodable Celery input.");
         }
     }
 }
@@ -242,12 +239,12 @@ impl Receiver for CeleryRedis {
             let mut drops = Drops {
                 ctx: ctx.clone(),
                 counters: HashMap::new(),
-                last_warn: HashMap::new(),
+                warn: HashMap::new(),
             };
 
             let mut backoff = BACKOFF_MIN;
             let mut lost_at: Option<Instant> = None;
-            let mut last_connect_warn: Option<Instant> = None;
+            let mut connect_warn = Throttle::new(WARN_EVERY);
             let mut events: Vec<CeleryEvent> = Vec::with_capacity(256);
             // The broker in use: stays while it works, moves on when it cannot be reached.
             let mut current = 0usize;
@@ -261,9 +258,8 @@ impl Receiver for CeleryRedis {
                     Ok(s) => s,
                     Err(e) => {
                         connect_errors.inc();
-                        if last_connect_warn.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-                            tracing::warn!(component = %ctx.id, endpoint = %endpoint.redacted(), error = %e, retry_in = ?backoff, "Cannot subscribe to Celery events; retrying.");
-                            last_connect_warn = Some(Instant::now());
+                        if let Some(suppressed) = connect_warn.ready() {
+                            tracing::warn!(component = %ctx.id, endpoint = %endpoint.redacted(), error = %e, retry_in = ?backoff, suppressed, "Cannot subscribe to Celery events; retrying.");
                         }
                         lost_at.get_or_insert_with(Instant::now);
                         current = (current + 1) % self.endpoints.len();

@@ -34,7 +34,7 @@
 //! ```
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
@@ -48,7 +48,7 @@ use crate::component::{BoxRun, Context, Output, Receiver};
 use crate::config::{self, types, DecodeError, Value};
 use crate::registry::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Telemetry, Throttle};
 use crate::tls::ClientTlsConfig;
 
 pub const REGISTRATION: Registration = Registration {
@@ -258,8 +258,7 @@ fn reason(e: &RedisError) -> &'static str {
 struct Errors<'a> {
     ctx: &'a Context,
     endpoint: &'a str,
-    last_warn: Option<Instant>,
-    suppressed: u64,
+    warn: Throttle,
 }
 
 impl Errors<'_> {
@@ -277,16 +276,8 @@ impl Errors<'_> {
                 &[("component", &self.ctx.id), ("reason", reason)],
             )
             .inc();
-        let now = Instant::now();
-        if self
-            .last_warn
-            .is_none_or(|t| now.duration_since(t) >= WARN_EVERY)
-        {
-            tracing::warn!(component = %self.ctx.id, endpoint = %self.endpoint, reason, error = %error, suppressed = self.suppressed, "{what}");
-            self.last_warn = Some(now);
-            self.suppressed = 0;
-        } else {
-            self.suppressed += 1;
+        if let Some(suppressed) = self.warn.ready() {
+            tracing::warn!(component = %self.ctx.id, endpoint = %self.endpoint, reason, error = %error, suppressed, "{what}");
         }
     }
 }
@@ -385,8 +376,7 @@ impl Receiver for RedisQueues {
             let mut errors = Errors {
                 ctx: &ctx,
                 endpoint: &self.clients[0].1,
-                last_warn: None,
-                suppressed: 0,
+                warn: Throttle::new(WARN_EVERY),
             };
             let mut conn: Option<MultiplexedConnection> = None;
             let mut backoff = BACKOFF_MIN;

@@ -7,10 +7,13 @@
 //!
 //! Being the one registry that outlives a config reload, it also carries state from a component
 //! instance to its successor ([`Telemetry::hand_over`]): the same counters, the same task records.
+//! [`Throttle`] keeps repeated warnings in the agent's own log to one per period.
 
 mod server;
+mod throttle;
 
 pub use server::{accept_until, bearer_matches, serve, serve_authorized, Reply};
+pub use throttle::Throttle;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

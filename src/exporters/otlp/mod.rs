@@ -78,7 +78,7 @@ use crate::config::{self, types, DecodeError, Value};
 use crate::exporters::sending_queue::{self, DiskQueue, FileQueue, Storage};
 use crate::registry::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
-use crate::telemetry::{Counter, Gauge};
+use crate::telemetry::{Counter, Gauge, Throttle};
 use retry::{RetryConfig, Verdict};
 
 pub const REGISTRATION: Registration = Registration {
@@ -319,34 +319,16 @@ impl OtlpExporter {
     }
 }
 
-/// A warning gate: at most one per `period`, with the count of those held back.
-struct Every {
-    period: Duration,
-    state: Mutex<(Option<Instant>, u64)>,
-}
+/// A [`Throttle`] shared by the sender tasks.
+struct Every(Mutex<Throttle>);
 
 impl Every {
     fn new(period: Duration) -> Self {
-        Every {
-            period,
-            state: Mutex::new((None, 0)),
-        }
+        Every(Mutex::new(Throttle::new(period)))
     }
-    /// `Some(suppressed since the last one)` when a warning may be logged now.
+    /// `Some(held back since the last one)` when a warning may be logged now.
     fn ready(&self) -> Option<u64> {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        match s.0 {
-            Some(t) if now.duration_since(t) < self.period => {
-                s.1 += 1;
-                None
-            }
-            _ => {
-                let held = s.1;
-                *s = (Some(now), 0);
-                Some(held)
-            }
-        }
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).ready()
     }
 }
 
