@@ -170,6 +170,7 @@ pub struct TelemetrySettings {
     /// `tracing` filter for the agent's own logs (overridden by `RUST_LOG`).
     pub log_level: String,
     /// Require `Authorization: Bearer <token>` on `/metrics` (`/healthz` stays open for probes).
+    #[serde(default, deserialize_with = "types::non_empty_secret::deserialize")]
     pub bearer_token: Option<types::Secret>,
 }
 

@@ -75,9 +75,9 @@ pub mod opt_addr {
 }
 
 /// A credential from the config (token, password): deserialized like a string, never printed
-/// (`Debug` shows `<redacted>`), and refused when empty (an unset `${env:…}` is a mistake, not
-/// "no authentication").
-#[derive(Clone, PartialEq, Eq)]
+/// (`Debug` shows `<redacted>`). Settings where an empty value can only be a mistake (an unset
+/// `${env:…}`, not "no authentication") read it with [`non_empty_secret`].
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {
@@ -92,22 +92,32 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// Written out (by `celeriac components`) as `<redacted>`, like its `Debug`.
+/// Written out (by `celeriac components`) as `<redacted>`, like its `Debug`, or empty when unset.
 impl serde::Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("<redacted>")
+        s.serialize_str(if self.0.is_empty() { "" } else { "<redacted>" })
     }
 }
 
 impl<'de> serde::Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
-        let s = String::deserialize(d)?;
-        if s.is_empty() {
-            return Err(serde::de::Error::custom(
+        String::deserialize(d).map(Secret)
+    }
+}
+
+/// `Option<Secret>` (null or absent: `None`) that refuses an empty string:
+/// `#[serde(default, deserialize_with = "types::non_empty_secret::deserialize")]`.
+pub mod non_empty_secret {
+    use super::Secret;
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+        match Option::<Secret>::deserialize(d)? {
+            Some(s) if s.0.is_empty() => Err(serde::de::Error::custom(
                 "is empty (is the environment variable set?)",
-            ));
+            )),
+            other => Ok(other),
         }
-        Ok(Secret(s))
     }
 }
 

@@ -86,6 +86,7 @@ pub struct PrometheusConfig {
     #[serde(deserialize_with = "prom::bool_or_enabled")]
     pub resource_to_telemetry_conversion: bool,
     /// Require `Authorization: Bearer <token>` (Prometheus' `authorization: { credentials }`).
+    #[serde(default, deserialize_with = "types::non_empty_secret::deserialize")]
     pub bearer_token: Option<types::Secret>,
 }
 

@@ -80,7 +80,6 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -101,7 +100,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::component::{BoxRun, ComponentError, Context, Exporter, Input};
-use crate::config::{self, types, DecodeError, Value};
+use crate::config::{self, types, types::Secret, DecodeError, Value};
 use crate::exporters::backoff::Backoff;
 use crate::exporters::prom::{self, for_each_series, Converter, ResourceLabels};
 use crate::exporters::sending_queue::{self, DiskQueue, FileQueue, StorageConfig};
@@ -139,34 +138,12 @@ const ERROR_BODY_LIMIT: usize = 512;
 /// A 4xx warning at most this often per shard (the rest go to debug).
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// A credential: deserialized like a string, never printed.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-/// Written out (by `celeriac components`) as `<redacted>`, or empty when unset.
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(if self.0.is_empty() { "" } else { "<redacted>" })
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BasicAuth {
     pub username: String,
-    #[serde(default = "empty_secret")]
+    #[serde(default)]
     pub password: Secret,
-}
-
-fn empty_secret() -> Secret {
-    Secret(String::new())
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -376,10 +353,13 @@ fn auth_header(cfg: &RemoteWriteConfig) -> Option<HeaderValue> {
     let raw = match (&cfg.basic_auth, &cfg.bearer_token) {
         (Some(b), _) => format!(
             "Basic {}",
-            base64::engine::general_purpose::STANDARD
-                .encode(format!("{}:{}", b.username, b.password.0))
+            base64::engine::general_purpose::STANDARD.encode(format!(
+                "{}:{}",
+                b.username,
+                b.password.expose()
+            ))
         ),
-        (None, Some(t)) => format!("Bearer {}", t.0),
+        (None, Some(t)) => format!("Bearer {}", t.expose()),
         (None, None) => return None,
     };
     let mut v = HeaderValue::from_str(&raw).ok()?;

@@ -41,7 +41,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::component::{BoxRun, ComponentError, Context, Output, Receiver, SendError};
-use crate::config::{self, types, DecodeError, Value};
+use crate::config::{self, types, types::Secret, DecodeError, Value};
 use crate::registry::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::Telemetry;
@@ -98,30 +98,11 @@ impl Default for HttpConfig {
     }
 }
 
-#[derive(Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    #[serde(serialize_with = "redacted")]
-    pub bearer_token: Option<String>,
-}
-
-/// `celeriac components` writes settings out; a token never is.
-fn redacted<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(_) => s.serialize_str("<redacted>"),
-        None => s.serialize_none(),
-    }
-}
-
-impl std::fmt::Debug for AuthConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuthConfig")
-            .field(
-                "bearer_token",
-                &self.bearer_token.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
-    }
+    #[serde(deserialize_with = "types::non_empty_secret::deserialize")]
+    pub bearer_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
@@ -157,12 +138,6 @@ fn build(v: &Value) -> BuildResult<dyn Receiver> {
         return Err(DecodeError::new(
             "http.max_request_body_size_mib",
             "must be at least 1",
-        ));
-    }
-    if cfg.auth.bearer_token.as_deref().is_some_and(str::is_empty) {
-        return Err(DecodeError::new(
-            "auth.bearer_token",
-            "is empty (is the environment variable set?)",
         ));
     }
     // Read certificates and keys now: a bad file fails `validate` and startup, not a handshake.
@@ -287,7 +262,15 @@ async fn handshake(
 impl Receiver for OtlpReceiver {
     fn run(self: Box<Self>, ctx: Context, out: Output) -> BoxRun {
         Box::pin(async move {
-            let ingest = Arc::new(Ingest::new(&ctx, out, self.cfg.auth.bearer_token.clone()));
+            let ingest = Arc::new(Ingest::new(
+                &ctx,
+                out,
+                self.cfg
+                    .auth
+                    .bearer_token
+                    .as_ref()
+                    .map(|t| t.expose().to_owned()),
+            ));
             let mut servers = tokio::task::JoinSet::new();
             if self.cfg.grpc.enabled {
                 let addr = self.cfg.grpc.endpoint;
