@@ -122,44 +122,17 @@ struct Published {
 
 /// One pipelined replay of `envs` on a fresh connection; counts into `p`.
 fn publish_replay(port: u16, envs: &[(String, String, u64)], p: &mut Published) {
-    use std::io::{BufReader, Write};
-    let conn = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|s| {
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        Ok(s)
-    });
-    let Ok(mut s) = conn else {
-        p.missed += envs.len() as u64;
-        return;
-    };
-    let mut req = Vec::new();
-    for (ch, data, _) in envs {
-        req.extend_from_slice(b"*3\r\n$7\r\nPUBLISH\r\n");
-        for a in [ch.as_bytes(), data.as_bytes()] {
-            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            req.extend_from_slice(a);
-            req.extend_from_slice(b"\r\n");
-        }
-    }
-    if s.write_all(&req).is_err() {
-        p.missed += envs.len() as u64;
-        return;
-    }
-    let mut r = BufReader::new(s);
-    for (i, (_, _, succeeded)) in envs.iter().enumerate() {
-        let mut line = String::new();
-        match std::io::BufRead::read_line(&mut r, &mut line) {
-            Ok(n) if n > 0 && line.starts_with(':') => {
-                if line[1..].trim().parse::<u64>().unwrap_or(0) >= 1 {
-                    p.delivered += 1;
-                    p.delivered_succeeded += succeeded;
-                } else {
-                    p.missed += 1;
-                }
+    let messages: Vec<(&str, &str)> = envs
+        .iter()
+        .map(|(c, d, _)| (c.as_str(), d.as_str()))
+        .collect();
+    for (reply, (_, _, succeeded)) in publish_pipelined(port, &messages).into_iter().zip(envs) {
+        match reply {
+            Some(n) if n >= 1 => {
+                p.delivered += 1;
+                p.delivered_succeeded += succeeded;
             }
-            _ => {
-                p.missed += (envs.len() - i) as u64;
-                return;
-            }
+            _ => p.missed += 1,
         }
     }
 }

@@ -36,6 +36,39 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Waits for a freshly spawned server `child` (named `what` in errors) until `ready()`, polling
+/// every `poll`: the child once ready; an error with the tail of its `log` if it exits first or
+/// is not ready within `timeout` (then it is killed).
+fn await_ready(
+    mut child: Child,
+    what: &str,
+    log: &Path,
+    timeout: Duration,
+    poll: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> Result<Child, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if ready() {
+            return Ok(child);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "{what} exited with {status}; log:\n{}",
+                tail(&read_lossy(log), 20)
+            ));
+        }
+        if Instant::now() >= deadline {
+            kill_group(&mut child);
+            return Err(format!(
+                "{what} was not ready within {timeout:?}; log:\n{}",
+                tail(&read_lossy(log), 20)
+            ));
+        }
+        sleep(poll);
+    }
+}
+
 /// Polls `f` every 50 ms until it returns true (→ true) or `timeout` passes (→ false).
 pub fn wait_until<F: FnMut() -> bool>(timeout: Duration, mut f: F) -> bool {
     let deadline = Instant::now() + timeout;
@@ -290,30 +323,18 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .process_group(0);
-        let mut child = spawn_or_explain(&mut cmd, "redis-server");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if ping(self.port) {
-                self.child = Some(child);
-                return Ok(());
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!(
-                    "redis-server on port {} exited with {status}; log:\n{}",
-                    self.port,
-                    tail(&read_lossy(&log), 20)
-                ));
-            }
-            if Instant::now() >= deadline {
-                kill_group(&mut child);
-                return Err(format!(
-                    "redis-server on port {} did not answer PING within 10 s; log:\n{}",
-                    self.port,
-                    tail(&read_lossy(&log), 20)
-                ));
-            }
-            sleep(Duration::from_millis(20));
-        }
+        let child = spawn_or_explain(&mut cmd, "redis-server");
+        let port = self.port;
+        let child = await_ready(
+            child,
+            &format!("redis-server on port {port}"),
+            &log,
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || ping(port),
+        )?;
+        self.child = Some(child);
+        Ok(())
     }
 
     /// Runs one command over a fresh connection, e.g. `cmd(&["LLEN", "celery"])`.
@@ -1233,30 +1254,17 @@ impl PrometheusServer {
             .stdout(out.try_clone().expect("dup log"))
             .stderr(out)
             .process_group(0);
-        let mut child = spawn_or_explain(&mut cmd, "prometheus");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if matches!(self.get("/-/ready"), Some((200, _))) {
-                self.child = Some(child);
-                return Ok(());
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!(
-                    "prometheus on port {} exited with {status}; log:\n{}",
-                    self.port,
-                    tail(&read_lossy(&log), 20)
-                ));
-            }
-            if Instant::now() >= deadline {
-                kill_group(&mut child);
-                return Err(format!(
-                    "prometheus on port {} not ready within 30 s; log:\n{}",
-                    self.port,
-                    tail(&read_lossy(&log), 20)
-                ));
-            }
-            sleep(Duration::from_millis(50));
-        }
+        let child = spawn_or_explain(&mut cmd, "prometheus");
+        let child = await_ready(
+            child,
+            &format!("prometheus on port {}", self.port),
+            &log,
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            || matches!(self.get("/-/ready"), Some((200, _))),
+        )?;
+        self.child = Some(child);
+        Ok(())
     }
 
     /// `127.0.0.1:PORT`
@@ -1361,4 +1369,52 @@ pub fn fixture_envelopes() -> Vec<(String, String)> {
                 .then(|| (ch, v["data"].as_str().unwrap_or("").to_string()))
         })
         .collect()
+}
+
+/// `PUBLISH`es every `(channel, payload)` pipelined over one fresh connection to the Redis on
+/// `port`, then reads the replies: per message `Some(subscribers it reached)`, or `None` for
+/// every message from the first that got no reply (connect or I/O failure, e.g. Redis killed).
+pub fn publish_pipelined<C: AsRef<[u8]>, P: AsRef<[u8]>>(
+    port: u16,
+    messages: &[(C, P)],
+) -> Vec<Option<u64>> {
+    use std::io::BufRead;
+    let mut replies = vec![None; messages.len()];
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return replies;
+    };
+    if s.set_read_timeout(Some(Duration::from_secs(30))).is_err() {
+        return replies;
+    }
+    // Redis queues the (small) replies while we write, so writing everything first is safe.
+    let mut buf = Vec::with_capacity(1 << 20);
+    for (ch, data) in messages {
+        buf.extend_from_slice(b"*3\r\n$7\r\nPUBLISH\r\n");
+        for a in [ch.as_ref(), data.as_ref()] {
+            buf.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            buf.extend_from_slice(a);
+            buf.extend_from_slice(b"\r\n");
+        }
+        if buf.len() > 512 << 10 {
+            if s.write_all(&buf).is_err() {
+                return replies;
+            }
+            buf.clear();
+        }
+    }
+    if s.write_all(&buf).is_err() {
+        return replies;
+    }
+    let mut r = std::io::BufReader::new(s);
+    let mut line = String::new();
+    for reply in replies.iter_mut() {
+        line.clear();
+        match r.read_line(&mut line) {
+            Ok(n) if n > 0 && line.starts_with(':') => {
+                *reply = Some(line[1..].trim().parse().unwrap_or(0));
+            }
+            _ => break,
+        }
+    }
+    replies
 }
