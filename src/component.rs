@@ -7,6 +7,9 @@
 //!
 //! * an [`Extension`] runs beside the pipelines until its shutdown token is cancelled.
 //!
+//! Each component type describes itself with a [`Registration`] (its [`Factory`]: which signals
+//! it takes and gives, how to build it from its settings); `crate::registry` lists them all.
+//!
 //! Shutdown therefore needs no control messages: cancelling receivers drops their senders, the
 //! channels close stage after stage, and every stage drains what it holds before it returns.
 
@@ -17,6 +20,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{DecodeError, Section, Value};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::{Counter, Telemetry};
 
@@ -388,4 +392,81 @@ impl Host {
             .filter(|c| c.section == section && c.id.type_name == type_name)
             .collect()
     }
+}
+
+// ---- Factories: how a component type is built from its settings --------------------------------
+//
+// A builder only decodes and checks settings; it performs no I/O, so `celeriac validate` builds
+// every component to check it and `celeriac run` reuses what was built.
+
+pub type BuildResult<T> = Result<Box<T>, DecodeError>;
+
+/// How to build one component type, and which signals it takes and gives.
+pub enum Factory {
+    Receiver {
+        produces: &'static [SignalKind],
+        build: fn(&Value) -> BuildResult<dyn Receiver>,
+    },
+    Processor {
+        signals: &'static [SignalKind],
+        build: fn(&Value) -> BuildResult<dyn Processor>,
+    },
+    Exporter {
+        accepts: &'static [SignalKind],
+        build: fn(&Value) -> BuildResult<dyn Exporter>,
+    },
+    /// Exporter of some pipelines, receiver of others; runs as a processor whose output
+    /// reaches every pipeline that lists it as a receiver.
+    Connector {
+        accepts: &'static [SignalKind],
+        produces: &'static [SignalKind],
+        build: fn(&Value) -> BuildResult<dyn Processor>,
+    },
+    /// Runs beside the pipelines (declared under `extensions`, enabled by `service.extensions`).
+    Extension {
+        build: fn(&Value) -> BuildResult<dyn Extension>,
+    },
+}
+
+impl Factory {
+    pub fn section(&self) -> Section {
+        match self {
+            Factory::Receiver { .. } => Section::Receivers,
+            Factory::Processor { .. } => Section::Processors,
+            Factory::Exporter { .. } => Section::Exporters,
+            Factory::Connector { .. } => Section::Connectors,
+            Factory::Extension { .. } => Section::Extensions,
+        }
+    }
+
+    /// Signals this component can emit into a pipeline (receivers, connectors).
+    pub fn produces(&self) -> &'static [SignalKind] {
+        match self {
+            Factory::Receiver { produces, .. } | Factory::Connector { produces, .. } => produces,
+            Factory::Processor { signals, .. } => signals,
+            Factory::Exporter { .. } | Factory::Extension { .. } => &[],
+        }
+    }
+
+    /// Signals this component can take from a pipeline (processors, exporters, connectors).
+    pub fn accepts(&self) -> &'static [SignalKind] {
+        match self {
+            Factory::Exporter { accepts, .. } | Factory::Connector { accepts, .. } => accepts,
+            Factory::Processor { signals, .. } => signals,
+            Factory::Receiver { .. } | Factory::Extension { .. } => &[],
+        }
+    }
+}
+
+pub struct Registration {
+    pub type_name: &'static str,
+    pub factory: Factory,
+    /// Every setting with its default value, as the YAML a user would write
+    /// (`celeriac components` prints it; a test builds the component from it).
+    pub defaults: fn() -> Result<Value, String>,
+}
+
+/// The settings of a component whose config is `T`, all at their defaults.
+pub fn defaults<T: Default + serde::Serialize>() -> Result<Value, String> {
+    serde_yaml_ng::to_value(T::default()).map_err(|e| e.to_string())
 }

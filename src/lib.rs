@@ -4,9 +4,10 @@
 //! in the OpenTelemetry Collector's shape. The crate is laid out by role:
 //!
 //! * [`config`]: the file's shape, env expansion, diagnostics with `file:line:col`;
-//! * [`registry`]: config `type` names → builders;
+//! * [`component`]: the role traits, what the runtime hands them, and the factory types each
+//!   component describes itself with;
+//! * [`registry`]: the one list of component types (imported by `main` and `pipeline` only);
 //! * [`pipeline`]: validation of the whole graph, wiring with bounded channels, lifecycle;
-//! * [`component`]: the three role traits and what the runtime hands them;
 //! * [`signal`]: the batches that flow (OTLP types and Celery events, behind `Arc`);
 //! * [`celery`]: the Celery domain (event model, envelope decoding);
 //! * [`receivers`], [`processors`], [`connectors`], [`exporters`]: one file per component;

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::component::{BoxRun, Context, Exporter, Input};
 use crate::config::{self, Value};
-use crate::registry::{BuildResult, Factory, Registration};
+use crate::component::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
 
 pub const REGISTRATION: Registration = Registration {
@@ -13,7 +13,7 @@ pub const REGISTRATION: Registration = Registration {
         accepts: &SignalKind::ALL,
         build,
     },
-    defaults: crate::registry::defaults::<DebugConfig>,
+    defaults: crate::component::defaults::<DebugConfig>,
 };
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]

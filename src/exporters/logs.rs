@@ -18,7 +18,7 @@ use serde_json::{Map, Value as Json};
 
 use crate::component::{BoxRun, ComponentError, Context, Exporter, Input};
 use crate::config::{self, Value};
-use crate::registry::{BuildResult, Factory, Registration};
+use crate::component::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
 
 pub const REGISTRATION: Registration = Registration {
@@ -27,7 +27,7 @@ pub const REGISTRATION: Registration = Registration {
         accepts: &[SignalKind::Logs, SignalKind::Traces],
         build,
     },
-    defaults: crate::registry::defaults::<LogsConfig>,
+    defaults: crate::component::defaults::<LogsConfig>,
 };
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Default)]

@@ -51,7 +51,7 @@ use crate::config::{self, types, Value};
 use crate::exporters::prom::{
     self, for_each_series, ConvertStats, Converter, Kind, Labels, Meta, ResourceLabels, Sample,
 };
-use crate::registry::{BuildResult, Factory, Registration};
+use crate::component::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::escape_label;
 
@@ -61,7 +61,7 @@ pub const REGISTRATION: Registration = Registration {
         accepts: &[SignalKind::Metrics],
         build,
     },
-    defaults: crate::registry::defaults::<PrometheusConfig>,
+    defaults: crate::component::defaults::<PrometheusConfig>,
 };
 
 /// The content type of the text exposition format.

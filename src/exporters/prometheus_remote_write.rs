@@ -105,7 +105,7 @@ use crate::exporters::backoff::Backoff;
 use crate::exporters::prom::{self, for_each_series, Converter, ResourceLabels};
 use crate::exporters::sending_queue::{self, DiskQueue, FileQueue, StorageConfig};
 use crate::prompb::{Label, Sample};
-use crate::registry::{BuildResult, Factory, Registration};
+use crate::component::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::{Counter, Gauge, Telemetry, Throttle};
 use crate::tls::ClientTlsConfig;
@@ -116,7 +116,7 @@ pub const REGISTRATION: Registration = Registration {
         accepts: &[SignalKind::Metrics],
         build,
     },
-    defaults: crate::registry::defaults::<RemoteWriteConfig>,
+    defaults: crate::component::defaults::<RemoteWriteConfig>,
 };
 
 /// Prometheus' staleness marker (`value.StaleNaN`), a signalling NaN used for nothing else.

@@ -6,9 +6,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::component::{Exporter, Extension, Host, Processor, Receiver};
+use crate::component::{Exporter, Extension, Factory, Host, Processor, Receiver};
 use crate::config::{ComponentDecl, ComponentId, ComponentRef, Config, Diagnostics, Section};
-use crate::registry::{self, Factory};
+use crate::registry;
 use crate::signal::SignalKind;
 
 /// A component a pipeline draws from or feeds.

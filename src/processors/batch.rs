@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use crate::component::{BoxRun, Context, Input, Output, Processor};
 use crate::config::{self, types, Value};
-use crate::registry::{BuildResult, Factory, Registration};
+use crate::component::{BuildResult, Factory, Registration};
 use crate::signal::{unshare, Signal, SignalKind};
 use std::sync::Arc;
 
@@ -18,7 +18,7 @@ pub const REGISTRATION: Registration = Registration {
         signals: &SignalKind::ALL,
         build,
     },
-    defaults: crate::registry::defaults::<BatchConfig>,
+    defaults: crate::component::defaults::<BatchConfig>,
 };
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

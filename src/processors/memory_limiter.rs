@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::component::{Admission, BoxRun, Context, Input, Output, Processor};
 use crate::config::{self, types, DecodeError, Value};
-use crate::registry::{BuildResult, Factory, Registration};
+use crate::component::{BuildResult, Factory, Registration};
 use crate::signal::SignalKind;
 use crate::telemetry::Counter;
 
@@ -39,7 +39,7 @@ pub const REGISTRATION: Registration = Registration {
         signals: &SignalKind::ALL,
         build,
     },
-    defaults: crate::registry::defaults::<MemoryLimiterConfig>,
+    defaults: crate::component::defaults::<MemoryLimiterConfig>,
 };
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]

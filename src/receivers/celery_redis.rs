@@ -42,7 +42,7 @@ use crate::celery::envelope::{decode_envelope, DecodeError};
 use crate::celery::event::CeleryEvent;
 use crate::component::{BoxRun, Context, Output, Receiver};
 use crate::config::{self, types, DecodeError as ConfigError, Value};
-use crate::registry::{BuildResult, Factory, Registration};
+use crate::component::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::{Counter, Throttle};
 use crate::tls::{ClientTlsConfig, Connector};
@@ -53,7 +53,7 @@ pub const REGISTRATION: Registration = Registration {
         produces: &[SignalKind::Celery],
         build,
     },
-    defaults: crate::registry::defaults::<CeleryRedisConfig>,
+    defaults: crate::component::defaults::<CeleryRedisConfig>,
 };
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

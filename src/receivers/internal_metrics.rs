@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::component::{BoxRun, Context, Output, Receiver};
 use crate::config::{self, types, DecodeError, Value};
-use crate::registry::{BuildResult, Factory, Registration};
+use crate::component::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::FamilySnapshot;
 
@@ -38,7 +38,7 @@ pub const REGISTRATION: Registration = Registration {
         produces: &[SignalKind::Metrics],
         build,
     },
-    defaults: crate::registry::defaults::<InternalMetricsConfig>,
+    defaults: crate::component::defaults::<InternalMetricsConfig>,
 };
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::component::{BoxRun, Context, Output, Receiver};
 use crate::config::{self, types, DecodeError, Value};
-use crate::registry::{BuildResult, Factory, Registration};
+use crate::component::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::{Telemetry, Throttle};
 use crate::tls::ClientTlsConfig;
@@ -57,7 +57,7 @@ pub const REGISTRATION: Registration = Registration {
         produces: &[SignalKind::Metrics],
         build,
     },
-    defaults: crate::registry::defaults::<RedisQueuesConfig>,
+    defaults: crate::component::defaults::<RedisQueuesConfig>,
 };
 
 /// The metric this receiver emits.

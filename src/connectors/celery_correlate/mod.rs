@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use crate::celery::event::{CeleryEvent, EventKind};
 use crate::component::{BoxRun, Context, Input, Output, Processor};
 use crate::config::{self, types, DecodeError, Value};
-use crate::registry::{BuildResult, Factory, Registration};
+use crate::component::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
 use metrics::{Count, TaskMetrics};
 use spans::{End, Outcome};
@@ -59,7 +59,7 @@ pub const REGISTRATION: Registration = Registration {
         produces: &[SignalKind::Traces, SignalKind::Metrics, SignalKind::Logs],
         build,
     },
-    defaults: crate::registry::defaults::<CorrelateConfig>,
+    defaults: crate::component::defaults::<CorrelateConfig>,
 };
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]

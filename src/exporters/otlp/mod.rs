@@ -76,7 +76,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use crate::component::{BoxRun, ComponentError, Context, Exporter, Input};
 use crate::config::{self, types, DecodeError, Value};
 use crate::exporters::sending_queue::{self, DiskQueue, FileQueue, Storage};
-use crate::registry::{BuildResult, Factory, Registration};
+use crate::component::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::{Counter, Gauge, Throttle};
 use retry::{RetryConfig, Verdict};
@@ -87,7 +87,7 @@ pub const REGISTRATION: Registration = Registration {
         accepts: &[SignalKind::Traces, SignalKind::Metrics, SignalKind::Logs],
         build,
     },
-    defaults: crate::registry::defaults::<OtlpConfig>,
+    defaults: crate::component::defaults::<OtlpConfig>,
 };
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]

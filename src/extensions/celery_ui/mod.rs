@@ -55,7 +55,7 @@ use crate::connectors::celery_correlate::now_secs;
 use crate::connectors::celery_correlate::view::View;
 use crate::receivers::celery_redis::CeleryRedisConfig;
 use crate::receivers::redis_queues::{self, RedisQueuesConfig};
-use crate::registry::{BuildResult, Factory, Registration};
+use crate::component::{BuildResult, Factory, Registration};
 use crate::telemetry::Counter;
 use crate::tls::ClientTlsConfig;
 use api::Inspected;
@@ -65,7 +65,7 @@ use page::RedactConfig;
 pub const REGISTRATION: Registration = Registration {
     type_name: "celery_ui",
     factory: Factory::Extension { build },
-    defaults: crate::registry::defaults::<UiConfig>,
+    defaults: crate::component::defaults::<UiConfig>,
 };
 
 /// Open event streams at most; more get 503 (each costs a task and a snapshot per interval).

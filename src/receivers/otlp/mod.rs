@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::component::{BoxRun, ComponentError, Context, Output, Receiver, SendError};
 use crate::config::{self, types, types::Secret, DecodeError, Value};
-use crate::registry::{BuildResult, Factory, Registration};
+use crate::component::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::Telemetry;
 use crate::tls::{Acceptor, ServerTlsConfig};
@@ -53,7 +53,7 @@ pub const REGISTRATION: Registration = Registration {
         produces: &[SignalKind::Traces, SignalKind::Metrics, SignalKind::Logs],
         build,
     },
-    defaults: crate::registry::defaults::<OtlpConfig>,
+    defaults: crate::component::defaults::<OtlpConfig>,
 };
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
