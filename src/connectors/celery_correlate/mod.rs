@@ -21,12 +21,17 @@
 //!   service_name: celery       # resource service.name of the emitted spans, metrics and logs
 //!   runtime_buckets: [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]
 //!   queue_wait_buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800]
+//!   leader_election:           # optional: a hot-standby pair, only the leader emits (see [`leader`])
+//!     endpoint: redis://127.0.0.1:6379/0
+//!     lease: 15s
+//!     key: celeriac:leader
 //! ```
 //!
 //! Extensions (the `celery_ui` dashboard) read tasks and workers through [`view::View`], which
 //! this connector offers as its shared state and fills only when an extension enables it.
 
 pub mod join;
+pub mod leader;
 mod logs;
 pub mod metrics;
 pub mod spans;
@@ -44,8 +49,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::celery::event::{CeleryEvent, EventKind};
 use crate::component::{BoxRun, Context, Input, Output, Processor};
-use crate::config::{self, types, DecodeError, Value};
 use crate::component::{BuildResult, Factory, Registration};
+use crate::config::{self, types, DecodeError, Value};
 use crate::signal::{Signal, SignalKind};
 use metrics::{Count, TaskMetrics};
 use spans::{End, Outcome};
@@ -87,6 +92,8 @@ pub struct CorrelateConfig {
     pub service_name: String,
     pub runtime_buckets: Vec<f64>,
     pub queue_wait_buckets: Vec<f64>,
+    /// Only the agent holding this Redis lease emits (see [`leader`]).
+    pub leader_election: Option<leader::LeaderElectionConfig>,
 }
 
 impl Default for CorrelateConfig {
@@ -107,6 +114,7 @@ impl Default for CorrelateConfig {
             queue_wait_buckets: vec![
                 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
             ],
+            leader_election: None,
         }
     }
 }
@@ -134,8 +142,17 @@ fn build(v: &Value) -> BuildResult<dyn Processor> {
     }
     check_buckets("runtime_buckets", &cfg.runtime_buckets)?;
     check_buckets("queue_wait_buckets", &cfg.queue_wait_buckets)?;
+    let election = cfg
+        .leader_election
+        .as_ref()
+        .map(|le| le.client().map(|c| (le.clone(), c)))
+        .transpose()?;
     let view = Arc::new(view::View::new(cfg.max_tasks));
-    Ok(Box::new(CeleryCorrelate { cfg, view }))
+    Ok(Box::new(CeleryCorrelate {
+        cfg,
+        view,
+        election,
+    }))
 }
 
 /// Counts of what the correlator had to give up, for the agent's own telemetry.
@@ -495,17 +512,16 @@ impl Correlator {
 
 /// Send what is ready: new lifecycle spans routed through the join, and held ones whose
 /// window passed.
-async fn send_spans(c: &mut Correlator, out: &Output, now: f64) {
+async fn send_spans(c: &mut Correlator, out: &leader::Gate, now: f64) {
     let fresh = c.take_spans();
     let mut spans = c.join.route(fresh, now);
     spans.extend(c.join.release(now));
     send_ready(c, out, spans).await;
 }
 
-async fn send_ready(c: &Correlator, out: &Output, spans: Vec<Span>) {
+async fn send_ready(c: &Correlator, out: &leader::Gate, spans: Vec<Span>) {
     if !spans.is_empty() {
-        let _ = out
-            .send(Signal::Traces(Arc::new(vec![c.spans_batch(spans)])))
+        out.send(Signal::Traces(Arc::new(vec![c.spans_batch(spans)])))
             .await;
     }
 }
@@ -581,6 +597,8 @@ pub struct CeleryCorrelate {
     cfg: CorrelateConfig,
     /// What extensions read (filled only once one of them enables it).
     view: Arc<view::View>,
+    /// `leader_election`, with its Redis client.
+    election: Option<(leader::LeaderElectionConfig, redis::Client)>,
 }
 
 impl Processor for CeleryCorrelate {
@@ -662,6 +680,20 @@ impl Processor for CeleryCorrelate {
                 "Task attempts whose spans moved into the trace of an opentelemetry-instrumentation-celery span.",
                 &label,
             );
+            // The output boundary: with leader_election only the leader's output goes out.
+            let (out, leadership) = match self.election {
+                Some((le, client)) => {
+                    let l = leader::Leadership::start(&le, client, ctx.id.clone(), t, out);
+                    let stop = l.stop_renewing.clone();
+                    let shutdown = ctx.shutdown.clone();
+                    tokio::spawn(async move {
+                        shutdown.cancelled().await;
+                        stop.cancel();
+                    });
+                    (l.gate, Some((l.stop_renewing, l.release, l.task)))
+                }
+                None => (leader::Gate::open(out, ctx.id.clone(), t), None),
+            };
             let mut tick = tokio::time::interval(self.cfg.metrics_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -688,7 +720,7 @@ impl Processor for CeleryCorrelate {
                         if want_logs {
                             let records = c.take_logs();
                             if !records.is_empty() {
-                                let _ = out.send(Signal::Logs(Arc::new(vec![c.logs_batch(records)]))).await;
+                                out.send(Signal::Logs(Arc::new(vec![c.logs_batch(records)]))).await;
                             }
                         }
                         send_spans(&mut c, &out, now).await;
@@ -705,10 +737,11 @@ impl Processor for CeleryCorrelate {
                         lost.add(s.lost_attempts - last.lost_attempts);
                         joined.add(s.joined - last.joined);
                         last = s;
+                        out.take_over().await;
                         send_spans(&mut c, &out, now).await;
                         tracked.set(c.tasks_tracked() as i64);
                         if want_metrics {
-                            let _ = out.send(Signal::Metrics(Arc::new(vec![c.metrics_batch(now)]))).await;
+                            out.send(Signal::Metrics(Arc::new(vec![c.metrics_batch(now)]))).await;
                         }
                     }
                 }
@@ -717,9 +750,14 @@ impl Processor for CeleryCorrelate {
             let held = c.join.drain();
             send_ready(&c, &out, held).await;
             if want_metrics {
-                let _ = out
-                    .send(Signal::Metrics(Arc::new(vec![c.metrics_batch(now_secs())])))
+                out.send(Signal::Metrics(Arc::new(vec![c.metrics_batch(now_secs())])))
                     .await;
+            }
+            // Release the lock only now, after the final flush: the standby takes over at once.
+            if let Some((stop, release, task)) = leadership {
+                stop.cancel();
+                release.cancel();
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
             }
             // For a successor with other settings (dropped at exit when there is none).
             ctx.telemetry.hand_over(&view_key, view);
