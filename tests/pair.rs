@@ -387,7 +387,7 @@ fn clean_shutdown_hands_over_in_under_a_second() {
         write_url: None,
         otlp: None,
     };
-    let mut members = vec![
+    let mut members = [
         Member::start(&redis.url(), "celeriac:leader:clean", &sinks),
         Member::start(&redis.url(), "celeriac:leader:clean", &sinks),
     ];
