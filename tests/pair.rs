@@ -36,9 +36,9 @@ struct Sinks<'a> {
 
 /// celery_redis → celery_correlate (leader election) → remote write (metrics) and OTLP (spans,
 /// and metrics when there is no remote write).
-fn config(redis_url: &str, key: &str, telemetry: u16, sinks: &Sinks) -> String {
-    let mut exporters = String::new();
-    let mut metrics_to = Vec::new();
+fn config(redis_url: &str, key: &str, telemetry: u16, scrape: u16, sinks: &Sinks) -> String {
+    let mut exporters = format!("  prometheus:\n    endpoint: 127.0.0.1:{scrape}\n");
+    let mut metrics_to = vec!["prometheus"];
     let mut traces_to = Vec::new();
     if let Some(w) = sinks.write_url {
         exporters += &format!(
@@ -49,27 +49,20 @@ fn config(redis_url: &str, key: &str, telemetry: u16, sinks: &Sinks) -> String {
     if let Some(o) = sinks.otlp {
         exporters += &format!("  otlp:\n    endpoint: {o}\n    timeout: 2s\n");
         traces_to.push("otlp");
-        if metrics_to.is_empty() {
+        if sinks.write_url.is_none() {
             metrics_to.push("otlp");
         }
     }
     let mut pipelines = String::new();
-    if !metrics_to.is_empty() {
-        pipelines += &format!(
-            "    metrics:\n      receivers: [celery_correlate]\n      exporters: [{}]\n",
-            metrics_to.join(", ")
-        );
-    }
+    pipelines += &format!(
+        "    metrics:\n      receivers: [celery_correlate]\n      exporters: [{}]\n",
+        metrics_to.join(", ")
+    );
     if !traces_to.is_empty() {
         pipelines += &format!(
             "    traces:\n      receivers: [celery_correlate]\n      exporters: [{}]\n",
             traces_to.join(", ")
         );
-    }
-    if exporters.is_empty() {
-        exporters = "  debug: {}\n".into();
-        pipelines =
-            "    metrics:\n      receivers: [celery_correlate]\n      exporters: [debug]\n".into();
     }
     format!(
         r#"
@@ -98,16 +91,23 @@ exporters:
 struct Member {
     agent: Agent,
     telemetry: String,
+    scrape: String,
 }
 
 impl Member {
     fn start(redis_url: &str, key: &str, sinks: &Sinks) -> Member {
-        let port = free_port();
-        let agent = Agent::start(bin(), &config(redis_url, key, port, sinks));
+        let (port, scrape) = (free_port(), free_port());
+        let agent = Agent::start(bin(), &config(redis_url, key, port, scrape, sinks));
         Member {
             agent,
             telemetry: format!("127.0.0.1:{port}"),
+            scrape: format!("127.0.0.1:{scrape}"),
         }
+    }
+
+    /// The scrape exporter's status: 200 on the leader, 503 on the standby.
+    fn scrape_status(&self) -> Option<u16> {
+        http_get(&self.scrape, "/metrics").map(|r| r.0)
     }
 
     /// `celeriac_leader` as the agent's telemetry reports it (None: not answering).
@@ -396,6 +396,11 @@ fn clean_shutdown_hands_over_in_under_a_second() {
     for round in 0..2 {
         let lead = one_leader(&[&members[0], &members[1]], Duration::from_secs(20));
         let standby = 1 - lead;
+        // Only the leader's scrape page answers; the standby's says 503.
+        assert_eq!(members[lead].scrape_status(), Some(200));
+        let (code, body) = http_get(&members[standby].scrape, "/metrics").expect("standby scrape");
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains("standby"), "{body}");
         let t = Instant::now();
         members[lead].agent.terminate();
         let mut took = None;
@@ -420,6 +425,11 @@ fn clean_shutdown_hands_over_in_under_a_second() {
         assert!(out.contains("lock released"), "{out}");
         eprintln!("clean shutdown takeover (round {round}): {took:?}");
         assert!(took < Duration::from_secs(1), "takeover took {took:?}");
+        assert_eq!(
+            members[standby].scrape_status(),
+            Some(200),
+            "the new leader's page"
+        );
         timings.push(took);
         members[lead] = Member::start(&redis.url(), "celeriac:leader:clean", &sinks);
     }
@@ -496,6 +506,8 @@ fn redis_unreachable_longer_than_the_lease_silences_both() {
     while t_down.elapsed() < Duration::from_millis(LEASE_MS * 2) {
         assert_eq!(members[0].leader(), Some(0.0));
         assert_eq!(members[1].leader(), Some(0.0));
+        assert_eq!(members[0].scrape_status(), Some(503));
+        assert_eq!(members[1].scrape_status(), Some(503));
         sleep(Duration::from_millis(100));
     }
     assert_eq!(

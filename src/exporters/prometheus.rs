@@ -12,6 +12,8 @@
 //!   `instance` when it scrapes;
 //! * a point flagged `NO_RECORDED_VALUE` removes its series;
 //! * a point older than the stored one for the same series is ignored.
+//! * on the standby of a leader-elected pair (`celery_correlate.leader_election`) `/metrics`
+//!   answers 503: only the leader's page holds the pair's series.
 //!
 //! # Configuration
 //!
@@ -136,8 +138,10 @@ impl Exporter for PrometheusExporter {
             let store = Arc::new(RwLock::new(Store::new(self.cfg.metric_expiration)));
             let handler_store = store.clone();
             let size_hint = Arc::new(AtomicUsize::new(4096));
-            let handler =
-                move |method: &Method, path: &str| handle(&handler_store, &size_hint, method, path);
+            let telemetry = ctx.telemetry.clone();
+            let handler = move |method: &Method, path: &str| {
+                handle(&handler_store, &size_hint, &telemetry, method, path)
+            };
             let stop = CancellationToken::new();
             let bearer = self
                 .cfg
@@ -194,6 +198,7 @@ impl Exporter for PrometheusExporter {
 fn handle(
     store: &RwLock<Store>,
     size_hint: &AtomicUsize,
+    telemetry: &crate::telemetry::Telemetry,
     method: &Method,
     path: &str,
 ) -> crate::telemetry::Reply {
@@ -205,6 +210,16 @@ fn handle(
         );
     }
     match path {
+        // The standby of a leader-elected pair: its correlator emits nothing, so what the page
+        // would hold is stale or empty. 503 makes Prometheus mark this target down and end its
+        // series at once, and nothing is counted twice (see README "Running two agents").
+        "/metrics" if telemetry.standby() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(
+                b"standby: the other agent of this pair holds the leader lease and serves these series (celeriac_leader 0 on this agent's telemetry)\n",
+            ),
+        ),
         "/metrics" => {
             let mut page = String::with_capacity(size_hint.load(Ordering::Relaxed) + 1024);
             store

@@ -52,6 +52,9 @@ impl Gauge {
     }
 }
 
+/// Whether this agent leads its pair now (see [`Telemetry::set_leadership`]).
+pub type Leading = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// A gauge read when `/metrics` is rendered (a queue's current length).
 type Observe = Arc<dyn Fn() -> i64 + Send + Sync>;
 
@@ -73,6 +76,8 @@ struct Family {
 struct Inner {
     families: Mutex<BTreeMap<&'static str, Family>>,
     handoff: Mutex<BTreeMap<String, Box<dyn std::any::Any + Send>>>,
+    /// Components under leader election, each telling whether this agent leads now.
+    leadership: Mutex<BTreeMap<String, Leading>>,
     ready: AtomicBool,
     failed: AtomicBool,
 }
@@ -265,6 +270,36 @@ impl Telemetry {
             .unwrap_or_else(|e| e.into_inner())
             .remove(id)?;
         state.downcast::<T>().ok().map(|b| *b)
+    }
+
+    /// Component `id` takes part in leader election; `leading` tells whether this agent leads
+    /// now. Replaces what an earlier instance of `id` registered.
+    pub fn set_leadership(&self, id: &str, leading: Leading) {
+        self.inner
+            .leadership
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), leading);
+    }
+
+    /// Component `id` no longer takes part in leader election.
+    pub fn clear_leadership(&self, id: &str) {
+        self.inner
+            .leadership
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    /// Is this agent a standby: a component elects a leader and this agent does not lead?
+    /// (The `prometheus` scrape exporter then answers 503.)
+    pub fn standby(&self) -> bool {
+        self.inner
+            .leadership
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .any(|leading| !leading())
     }
 
     /// Every component started.

@@ -253,6 +253,8 @@ impl Leadership {
         let state = Arc::new(LeaseState::new());
         let label = [("component", &*component)];
         let s = state.clone();
+        telemetry.set_leadership(&component, Arc::new(move || s.leading()));
+        let s = state.clone();
         telemetry.observe(
             "celeriac_leader",
             "1 while this agent holds the leader lease (its correlator's output goes out), else 0.",

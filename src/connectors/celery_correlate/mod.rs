@@ -758,6 +758,7 @@ impl Processor for CeleryCorrelate {
                 stop.cancel();
                 release.cancel();
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
+                ctx.telemetry.clear_leadership(&ctx.id);
             }
             // For a successor with other settings (dropped at exit when there is none).
             ctx.telemetry.hand_over(&view_key, view);
