@@ -477,8 +477,17 @@ impl Gate {
         component: Arc<str>,
         telemetry: &Telemetry,
     ) -> Gate {
+        // Registered only under election: an agent alone shows no standby series.
+        let elected = election.is_some();
+        let counter = |name, help, labels: &[(&'static str, &str)]| {
+            if elected {
+                telemetry.counter(name, help, labels)
+            } else {
+                Counter::default()
+            }
+        };
         let dropped = ["traces", "metrics", "logs"].map(|s| {
-            telemetry.counter(
+            counter(
                 "celeriac_correlate_standby_dropped_items_total",
                 "Spans, metric points and log records a standby agent did not send (the leader sends them).",
                 &[("component", &component), ("signal", s)],
@@ -493,12 +502,12 @@ impl Gate {
                 kept: VecDeque::new(),
                 kept_items: 0,
             }),
-            replayed: telemetry.counter(
+            replayed: counter(
                 "celeriac_correlate_replayed_items_total",
                 "Spans and log records a new leader sent from what it kept while standby.",
                 &label,
             ),
-            replay_dropped: telemetry.counter(
+            replay_dropped: counter(
                 "celeriac_correlate_replay_dropped_items_total",
                 "Spans and log records a standby could not keep for replay (too old or too many).",
                 &label,
@@ -637,6 +646,85 @@ mod tests {
             .unwrap_err()
             .path
             .starts_with("leader_election."));
+    }
+
+    fn spans_signal(name: &str) -> Signal {
+        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+        Signal::Traces(Arc::new(vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans: vec![Span {
+                    name: name.into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }]))
+    }
+
+    fn span_name(s: &Signal) -> String {
+        match s {
+            Signal::Traces(rs) => rs[0].scope_spans[0].spans[0].name.clone(),
+            _ => String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn standby_keeps_and_replays_what_finished_since_the_holders_renewal() {
+        let t = Telemetry::new();
+        let (tx, rx) = async_channel::bounded(16);
+        let out = Output::new(
+            vec![(SignalKind::Traces, vec![tx])],
+            Counter::default(),
+            Counter::default(),
+        );
+        let lease = Duration::from_millis(400);
+        let state = Arc::new(LeaseState::new());
+        let gate = Gate::new(out, Some((state.clone(), lease)), "c".into(), &t);
+        // Standby: nothing goes out, everything is counted.
+        gate.send(spans_signal("old")).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        // The holder renewed now; one renewal period (100 ms) of slack goes before it.
+        state
+            .holder_renewed
+            .store(state.ns(Instant::now()), Ordering::Release);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        gate.send(spans_signal("slack")).await;
+        gate.send(spans_signal("handover")).await;
+        assert!(rx.is_empty());
+        assert_eq!(gate.dropped[0].get(), 3);
+        // Leader: the kept spans since the renewal (minus slack) go out first, then new ones.
+        state.set_valid_until(Some(Instant::now() + Duration::from_secs(5)));
+        gate.send(spans_signal("new")).await;
+        let got: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|s| span_name(&s))
+            .collect();
+        assert_eq!(got, ["slack", "handover", "new"]);
+        assert_eq!(gate.replayed.get(), 2);
+        // Fenced again: standby, output dropped.
+        state.set_valid_until(None);
+        gate.send(spans_signal("late")).await;
+        assert!(rx.is_empty());
+        assert_eq!(gate.dropped[0].get(), 4);
+    }
+
+    #[tokio::test]
+    async fn replay_buffer_is_bounded_by_age() {
+        let t = Telemetry::new();
+        let (tx, _rx) = async_channel::bounded(16);
+        let out = Output::new(
+            vec![(SignalKind::Traces, vec![tx])],
+            Counter::default(),
+            Counter::default(),
+        );
+        let lease = Duration::from_millis(50);
+        let state = Arc::new(LeaseState::new());
+        let gate = Gate::new(out, Some((state, lease)), "c".into(), &t);
+        gate.send(spans_signal("a")).await;
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        gate.send(spans_signal("b")).await;
+        assert_eq!(gate.replay_dropped.get(), 1, "older than 2 x lease");
+        assert_eq!(gate.inner.lock().unwrap().kept.len(), 1);
     }
 
     #[test]
