@@ -283,7 +283,18 @@ fn sigkill_of_the_leader_loses_nothing_and_resets_nothing() {
     // 2. A task runs while the leader dies; it finishes during the handover.
     let slow = run_client(&redis.url(), &["send", "shop.sleep", "[1.2]"]);
     let slow_id = ids(&slow)[0].clone();
-    sleep(Duration::from_millis(300));
+    // Kill as soon as the leader has seen it start: it ends 1.2 s later, before the standby can
+    // lead (at least 3/4 of the lease after the leader's last renewal).
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            scrape(&members[lead].scrape).is_some_and(|s| {
+                metric_value(&s, "celery_task_started_total", &[("name", "shop.sleep")])
+                    == Some(1.0)
+            })
+        }),
+        "the slow task started\n{}",
+        members[lead].agent.output()
+    );
     let killed_at = now_ns();
     let t_kill = Instant::now();
     members[lead].agent.kill();
