@@ -686,9 +686,12 @@ impl Processor for CeleryCorrelate {
                     let l = leader::Leadership::start(&le, client, ctx.id.clone(), t, out);
                     let stop = l.stop_renewing.clone();
                     let shutdown = ctx.shutdown.clone();
+                    // Renewals stop when shutdown starts (not at a reload's swap).
                     tokio::spawn(async move {
-                        shutdown.cancelled().await;
-                        stop.cancel();
+                        tokio::select! {
+                            _ = shutdown.cancelled() => stop.cancel(),
+                            _ = stop.cancelled() => {}
+                        }
                     });
                     (l.gate, Some((l.stop_renewing, l.release, l.task)))
                 }
