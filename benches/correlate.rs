@@ -82,5 +82,69 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// The output boundary of `celery_correlate` under leader election, per batch of 100 spans:
+/// leading (checks the lease on the monotonic clock, then sends) and standby (drops, counts,
+/// keeps for replay), against a bare `Output::send`.
+fn gate(c: &mut Criterion) {
+    use celeriac::component::Output;
+    use celeriac::connectors::celery_correlate::leader::{Gate, LeaseState};
+    use celeriac::signal::{Signal, SignalKind};
+    use celeriac::telemetry::{Counter, Telemetry};
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let batch = Signal::Traces(Arc::new(vec![ResourceSpans {
+        scope_spans: vec![ScopeSpans {
+            spans: vec![Span::default(); 100],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }]));
+    let (tx, rx) = async_channel::bounded(1 << 20);
+    let out = || {
+        Output::new(
+            vec![(SignalKind::Traces, vec![tx.clone()])],
+            Counter::default(),
+            Counter::default(),
+        )
+    };
+    let t = Telemetry::new();
+    let mut g = c.benchmark_group("leader_gate");
+    g.throughput(Throughput::Elements(100));
+    let plain = out();
+    g.bench_function("Output::send (no gate)", |b| {
+        b.iter(|| {
+            rt.block_on(plain.send(black_box(batch.clone()))).ok();
+            let _ = rx.try_recv();
+        })
+    });
+    let lease = Duration::from_secs(15);
+    let leading = Arc::new(LeaseState::new());
+    leading.set_valid_until(Some(Instant::now() + Duration::from_secs(3600)));
+    let gate_leading = Gate::elected(out(), leading, lease, "bench".into(), &t);
+    g.bench_function("Gate::send (leader)", |b| {
+        b.iter(|| {
+            rt.block_on(gate_leading.send(black_box(batch.clone())));
+            let _ = rx.try_recv();
+        })
+    });
+    let gate_standby = Gate::elected(
+        out(),
+        Arc::new(LeaseState::new()),
+        lease,
+        "bench".into(),
+        &t,
+    );
+    g.bench_function("Gate::send (standby, kept for replay)", |b| {
+        b.iter(|| rt.block_on(gate_standby.send(black_box(batch.clone()))))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, gate);
 criterion_main!(benches);

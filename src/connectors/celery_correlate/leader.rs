@@ -156,8 +156,15 @@ pub struct LeaseState {
     holder_renewed: AtomicU64,
 }
 
+impl Default for LeaseState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl LeaseState {
-    fn new() -> Self {
+    /// Not leading, no holder known.
+    pub fn new() -> Self {
         LeaseState {
             base: Instant::now(),
             valid_until: AtomicU64::new(0),
@@ -180,7 +187,8 @@ impl LeaseState {
         until != 0 && self.ns(Instant::now()) < until
     }
 
-    fn set_valid_until(&self, t: Option<Instant>) {
+    /// Lead until `t` (`None`: stop now). The election task's job; public for benchmarks.
+    pub fn set_valid_until(&self, t: Option<Instant>) {
         let v = t.map_or(0, |t| self.ns(t));
         self.valid_until.store(v, Ordering::Release);
     }
@@ -281,7 +289,7 @@ impl Leadership {
         let stop_renewing = CancellationToken::new();
         let release = CancellationToken::new();
         let task = tokio::spawn(elector.run(stop_renewing.clone(), release.clone()));
-        let gate = Gate::new(out, Some((state, cfg.lease)), component, telemetry);
+        let gate = Gate::elected(out, state, cfg.lease, component, telemetry);
         Leadership {
             gate,
             stop_renewing,
@@ -471,6 +479,17 @@ fn kind_index(k: SignalKind) -> usize {
 }
 
 impl Gate {
+    /// The gate of an elected correlator: output goes out while `state` says this agent leads.
+    pub fn elected(
+        out: Output,
+        state: Arc<LeaseState>,
+        lease: Duration,
+        component: Arc<str>,
+        telemetry: &Telemetry,
+    ) -> Gate {
+        Gate::new(out, Some((state, lease)), component, telemetry)
+    }
+
     fn new(
         out: Output,
         election: Option<(Arc<LeaseState>, Duration)>,
