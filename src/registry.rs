@@ -21,6 +21,8 @@ pub static COMPONENTS: &[Registration] = &[
     crate::receivers::redis_queues::REGISTRATION,
     crate::receivers::internal_metrics::REGISTRATION,
     crate::extensions::celery_ui::REGISTRATION,
+    crate::extensions::health_check::REGISTRATION,
+    crate::extensions::zpages::REGISTRATION,
 ];
 
 /// The registration of `type_name` in `section` (`otlp` is both a receiver and an exporter).

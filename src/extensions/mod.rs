@@ -2,3 +2,5 @@
 //! `service.extensions`. One folder or file each.
 
 pub mod celery_ui;
+pub mod health_check;
+pub mod zpages;

@@ -269,6 +269,10 @@ impl Graph {
                 .filter_map(|(id, c)| c.shared().map(|s| (id.clone(), s)))
                 .collect(),
             config.components.clone(),
+        )
+        .with_service(
+            config.pipelines.clone(),
+            enabled.iter().map(|id| id.to_string()).collect(),
         );
         let mut ordered = Vec::new();
         for id in &enabled {
