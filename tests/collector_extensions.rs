@@ -34,6 +34,8 @@ extensions:
     endpoint: 127.0.0.1:{zpages}
 {extra_ext}
 service:
+  telemetry:
+    endpoint: 127.0.0.1:{tel}
   extensions: [health_check, zpages{extra_enabled}]
   pipelines:
     traces:
@@ -43,7 +45,8 @@ service:
     logs:
       receivers: [otlp]
       exporters: [debug]
-"
+",
+        tel = free_port()
     )
 }
 
@@ -349,12 +352,15 @@ exporters:
     verbosity: detailed
     use_internal_logger: false
 service:
+  telemetry:
+    endpoint: 127.0.0.1:{tel}
   extensions: [bearertokenauth]
   pipelines:
     traces:
       receivers: [otlp]
       exporters: [debug]
-"
+",
+            tel = free_port()
         ),
     );
     let mut a = Agent::start(
@@ -378,12 +384,15 @@ exporters:
     retry_on_failure: {{ initial_interval: 100ms, max_interval: 500ms }}
     sending_queue: {{ enabled: true, num_consumers: 2, queue_size: 10 }}
 service:
+  telemetry:
+    endpoint: 127.0.0.1:{tel}
   extensions: [bearertokenauth/out]
   pipelines:
     traces:
       receivers: [otlp]
       exporters: [otlphttp]
-"
+",
+            tel = free_port()
         ),
     );
     let mut b = b;
@@ -483,12 +492,15 @@ exporters:
     auth:
       authenticator: basicauth/client
 service:
+  telemetry:
+    endpoint: 127.0.0.1:{tel}
   extensions: [basicauth/client]
   pipelines:
     traces:
       receivers: [otlp]
       exporters: [otlp_http]
-"
+",
+            tel = free_port()
         ),
     );
     let a_addr = format!("127.0.0.1:{a_in}");
