@@ -539,3 +539,81 @@ service:
     a.terminate();
     assert!(a.wait_exit(Duration::from_secs(15)).is_some());
 }
+
+/// While the agent drains at shutdown, health_check still answers, with 503: extensions stop
+/// last, as in the collector. The drain is held up by an exporter whose backend accepts
+/// connections but never answers.
+#[test]
+fn health_check_answers_503_while_the_agent_drains() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let (health, otlp) = (free_port(), free_port());
+    let mut agent = Agent::start(
+        bin(),
+        &format!(
+            "receivers:
+  otlp:
+    grpc:
+      enabled: false
+    http:
+      endpoint: 127.0.0.1:{otlp}
+exporters:
+  otlphttp:
+    endpoint: http://127.0.0.1:{silent_port}
+    timeout: 4s
+    sending_queue: {{ num_consumers: 1 }}
+extensions:
+  health_check:
+    endpoint: 127.0.0.1:{health}
+service:
+  shutdown_timeout: 20s
+  telemetry:
+    endpoint: 127.0.0.1:{tel}
+  extensions: [health_check]
+  pipelines:
+    traces:
+      receivers: [otlp]
+      exporters: [otlphttp]
+",
+            tel = free_port()
+        ),
+    );
+    let h = format!("127.0.0.1:{health}");
+    assert!(
+        wait_until(Duration::from_secs(20), || http_get(&h, "/")
+            .is_some_and(|r| r.0 == 200)),
+        "{}",
+        agent.output()
+    );
+    let body = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"work","kind":1,"startTimeUnixNano":"1","endTimeUnixNano":"2"}]}]}]}"#;
+    let r = http_post(
+        &format!("127.0.0.1:{otlp}"),
+        "/v1/traces",
+        "application/json",
+        body,
+    )
+    .expect("otlp answer");
+    assert_eq!(r.status, 200);
+    std::thread::sleep(Duration::from_millis(500));
+    agent.terminate();
+    let mut saw_503 = None;
+    let ok = wait_until(Duration::from_secs(10), || {
+        if let Some((code, body)) = http_get(&h, "/") {
+            if code == 503 {
+                saw_503 = Some(body);
+                return true;
+            }
+        }
+        false
+    });
+    assert!(ok, "no 503 while draining\n{}", agent.output());
+    let body: Value = serde_json::from_str(&saw_503.unwrap()).unwrap();
+    assert_eq!(body["status"], "Server not available");
+    assert_eq!(body["upSince"], "0001-01-01T00:00:00Z");
+    assert!(
+        agent.wait_exit(Duration::from_secs(25)).is_some(),
+        "{}",
+        agent.output()
+    );
+    drop(silent);
+}

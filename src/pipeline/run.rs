@@ -97,15 +97,19 @@ pub async fn run_with_reloads(
         live: BTreeMap::new(),
         status: graph.host.status().clone(),
     };
-    // Extensions first, as in the collector; they stop with the receivers. A reload does not
-    // restart them (they keep reading the state the connectors hand over to their successors).
+    // Extensions first, as in the collector, and stopped last, once everything else has
+    // drained (health_check answers 503 meanwhile). A reload does not restart them (they keep
+    // reading the state the connectors hand over to their successors).
     let mut graph = graph;
     let extensions = std::mem::take(&mut graph.extensions);
     let extension_ids: Vec<String> = extensions.iter().map(|(id, _)| id.to_string()).collect();
+    let extensions_stop = CancellationToken::new();
+    let mut extension_tasks = BTreeSet::new();
     for (id, ext) in extensions {
         let label = format!("extension/{id}");
-        let ctx = rt.ctx(&label, rt.receivers_stop.child_token());
+        let ctx = rt.ctx(&label, extensions_stop.clone());
         let fut = ext.run(ctx, graph.host.clone());
+        extension_tasks.insert(rt.next_task);
         rt.spawn(label, fut, None);
     }
     rt.apply(graph, &settings_of(components));
@@ -173,6 +177,14 @@ pub async fn run_with_reloads(
     rt.receivers_stop.cancel();
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
+        // Only extensions left (a panicked task is gone from the set but not from `running`).
+        let extensions_left = extension_tasks
+            .iter()
+            .filter(|t| rt.running.contains_key(t))
+            .count();
+        if rt.tasks.len() <= extensions_left {
+            extensions_stop.cancel();
+        }
         match tokio::time::timeout_at(deadline, rt.tasks.join_next()).await {
             Ok(None) => break,
             Ok(Some(Ok((task, res)))) => {
