@@ -11,6 +11,8 @@
 //! * `featurez`: the feature gate table (celeriac has no feature gates: an empty table).
 //!
 //! `tracez`/`rpcz` (OpenCensus span views) are not served: celeriac does not trace itself.
+//! After a config reload the pipelines table still shows the pipelines the agent started with
+//! (extensions keep their host until a restart); the component status below it stays live.
 //!
 //! ```yaml
 //! extensions:
