@@ -279,6 +279,10 @@ mod tests {
         )
         .unwrap();
         assert!(build(&v).is_ok());
+        // Go's `:port` (every interface), as collector files write it.
+        let v: Value = serde_yaml_ng::from_str("endpoint: ':1888'").unwrap();
+        let c: PprofConfig = config::decode(&v).unwrap();
+        assert_eq!(c.endpoint.to_string(), "0.0.0.0:1888");
         let v: Value = serde_yaml_ng::from_str("bogus: 1").unwrap();
         assert_eq!(build(&v).err().unwrap().path, "bogus");
     }
