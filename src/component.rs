@@ -352,12 +352,15 @@ pub trait Extension: Send {
 pub type SharedState = Arc<dyn std::any::Any + Send + Sync>;
 
 /// What an extension can see of the graph: the states components chose to share, by component
-/// id, and the declared settings of every component (to find, e.g., the broker URL of a
-/// receiver).
+/// id, the declared settings of every component (to find, e.g., the broker URL of a
+/// receiver), the pipelines and enabled extensions, and the live [`StatusBoard`].
 #[derive(Clone, Default)]
 pub struct Host {
     shared: Arc<Vec<(crate::config::ComponentId, SharedState)>>,
     components: Arc<Vec<crate::config::ComponentDecl>>,
+    pipelines: Arc<Vec<crate::config::PipelineDecl>>,
+    extensions: Arc<Vec<String>>,
+    status: StatusBoard,
 }
 
 impl Host {
@@ -368,7 +371,35 @@ impl Host {
         Host {
             shared: Arc::new(shared),
             components: Arc::new(components),
+            ..Host::default()
         }
+    }
+
+    /// This host, also showing the declared `pipelines` and the enabled `extensions` (ids, in
+    /// `service.extensions` order).
+    pub fn with_service(
+        mut self,
+        pipelines: Vec<crate::config::PipelineDecl>,
+        extensions: Vec<String>,
+    ) -> Host {
+        self.pipelines = Arc::new(pipelines);
+        self.extensions = Arc::new(extensions);
+        self
+    }
+
+    /// The pipelines as declared under `service.pipelines`.
+    pub fn pipelines(&self) -> &[crate::config::PipelineDecl] {
+        &self.pipelines
+    }
+
+    /// Ids of the extensions listed in `service.extensions`.
+    pub fn extensions(&self) -> &[String] {
+        &self.extensions
+    }
+
+    /// The status of every running component, kept up to date by the pipeline runtime.
+    pub fn status(&self) -> &StatusBoard {
+        &self.status
     }
 
     /// Shared states of type `T`, with the id of the component that offers each.
@@ -391,6 +422,111 @@ impl Host {
             .iter()
             .filter(|c| c.section == section && c.id.type_name == type_name)
             .collect()
+    }
+}
+
+/// A component's state as the runtime last saw it (the collector's component status events,
+/// `componentstatus.Status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ComponentStatus {
+    /// Spawned, waiting for the instance it replaces to finish.
+    Starting,
+    /// Running.
+    Ok,
+    /// Asked to stop; draining.
+    Stopping,
+    /// Returned without an error.
+    Stopped,
+    /// Returned an error (the agent shuts down).
+    PermanentError(String),
+}
+
+impl ComponentStatus {
+    /// The collector's name for the status (`StatusOK`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ComponentStatus::Starting => "StatusStarting",
+            ComponentStatus::Ok => "StatusOK",
+            ComponentStatus::Stopping => "StatusStopping",
+            ComponentStatus::Stopped => "StatusStopped",
+            ComponentStatus::PermanentError(_) => "StatusPermanentError",
+        }
+    }
+}
+
+/// One component's entry on the [`StatusBoard`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusEntry {
+    /// `receiver/otlp`, `processor/batch@traces`, `exporter/debug`, `extension/zpages`.
+    pub label: String,
+    pub status: ComponentStatus,
+    /// When it entered this status.
+    pub since: std::time::SystemTime,
+}
+
+/// The runtime's record of every component's status and of whether the pipelines are up (the
+/// collector's `Ready`/`NotReady` notifications to pipeline watchers). The runtime writes it;
+/// extensions (health_check, zpages) read it through their [`Host`]. Clones share the record.
+#[derive(Clone, Default)]
+pub struct StatusBoard {
+    inner: Arc<RwLock<BoardInner>>,
+}
+
+#[derive(Default)]
+struct BoardInner {
+    components: std::collections::BTreeMap<String, StatusEntry>,
+    ready_since: Option<std::time::SystemTime>,
+}
+
+impl StatusBoard {
+    pub fn set(&self, label: &str, status: ComponentStatus) {
+        let mut b = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let entry = StatusEntry {
+            label: label.to_string(),
+            status,
+            since: std::time::SystemTime::now(),
+        };
+        b.components.insert(label.to_string(), entry);
+    }
+
+    /// Pipelines started (`true`) or shutting down (`false`).
+    pub fn set_ready(&self, ready: bool) {
+        let mut b = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        match (ready, b.ready_since) {
+            (true, None) => b.ready_since = Some(std::time::SystemTime::now()),
+            (false, _) => b.ready_since = None,
+            (true, Some(_)) => {}
+        }
+    }
+
+    /// Since when the pipelines have been up, if they are.
+    pub fn ready_since(&self) -> Option<std::time::SystemTime> {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .ready_since
+    }
+
+    /// Every component's entry, by label.
+    pub fn snapshot(&self) -> Vec<StatusEntry> {
+        let b = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        b.components.values().cloned().collect()
+    }
+
+    /// The entry of `label`, if the runtime has seen it.
+    pub fn get(&self, label: &str) -> Option<StatusEntry> {
+        let b = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        b.components.get(label).cloned()
+    }
+
+    /// Up: pipelines started and no component failed.
+    pub fn healthy(&self) -> bool {
+        let b = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        b.ready_since.is_some()
+            && !b
+                .components
+                .values()
+                .any(|e| matches!(e.status, ComponentStatus::PermanentError(_)))
     }
 }
 

@@ -10,8 +10,11 @@ use crate::signal::SignalKind;
 pub static COMPONENTS: &[Registration] = &[
     crate::connectors::celery_correlate::REGISTRATION,
     crate::exporters::debug::REGISTRATION,
+    crate::exporters::debug::LOGGING_REGISTRATION,
     crate::exporters::logs::REGISTRATION,
     crate::exporters::otlp::REGISTRATION,
+    crate::exporters::otlp::http::REGISTRATION,
+    crate::exporters::otlp::http::OTLP_HTTP_REGISTRATION,
     crate::exporters::prometheus::REGISTRATION,
     crate::exporters::prometheus_remote_write::REGISTRATION,
     crate::processors::batch::REGISTRATION,
@@ -21,6 +24,12 @@ pub static COMPONENTS: &[Registration] = &[
     crate::receivers::redis_queues::REGISTRATION,
     crate::receivers::internal_metrics::REGISTRATION,
     crate::extensions::celery_ui::REGISTRATION,
+    crate::extensions::health_check::REGISTRATION,
+    crate::extensions::zpages::REGISTRATION,
+    crate::extensions::pprof::REGISTRATION,
+    crate::extensions::file_storage::REGISTRATION,
+    crate::extensions::bearertokenauth::REGISTRATION,
+    crate::extensions::basicauth::REGISTRATION,
 ];
 
 /// The registration of `type_name` in `section` (`otlp` is both a receiver and an exporter).

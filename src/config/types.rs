@@ -4,10 +4,14 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
-/// Parse `host:port`; a host name must resolve locally (e.g. `localhost`).
+/// Parse `host:port`; a host name must resolve locally (e.g. `localhost`). `:port` (Go's
+/// notation, common in collector files) is every interface, `0.0.0.0:port`.
 pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(a);
+    }
+    if let Some(port) = s.strip_prefix(':').and_then(|p| p.parse::<u16>().ok()) {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
     }
     let bad = || format!("invalid address `{s}`: expected host:port, e.g. 127.0.0.1:9540");
     if !s.contains(':') {

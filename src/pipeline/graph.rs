@@ -59,7 +59,11 @@ impl Graph {
         let mut connectors = Vec::new();
         let mut exporters = Vec::new();
         let mut extensions = Vec::new();
-        for decl in &config.components {
+        // Exporters' `sending_queue.storage: <file_storage id>` and every `auth: {authenticator}`
+        // as celeriac's own settings.
+        let components = crate::extensions::file_storage::resolve_storage(config, d);
+        let components = crate::extensions::auth::resolve_auth(config, components, d);
+        for decl in &components {
             let Some(factory) = factory_for(decl, d) else {
                 continue;
             };
@@ -269,6 +273,10 @@ impl Graph {
                 .filter_map(|(id, c)| c.shared().map(|s| (id.clone(), s)))
                 .collect(),
             config.components.clone(),
+        )
+        .with_service(
+            config.pipelines.clone(),
+            enabled.iter().map(|id| id.to_string()).collect(),
         );
         let mut ordered = Vec::new();
         for id in &enabled {

@@ -30,7 +30,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::graph::{Graph, Node};
-use crate::component::{Admission, BoxRun, ComponentError, Context, GatedSender, Input, Output};
+use crate::component::{
+    Admission, BoxRun, ComponentError, ComponentStatus, Context, GatedSender, Input, Output,
+    StatusBoard,
+};
 use crate::config::{Config, Section, ServiceSettings, Value};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::Telemetry;
@@ -92,20 +95,26 @@ pub async fn run_with_reloads(
         running: BTreeMap::new(),
         next_task: 0,
         live: BTreeMap::new(),
+        status: graph.host.status().clone(),
     };
-    // Extensions first, as in the collector; they stop with the receivers. A reload does not
-    // restart them (they keep reading the state the connectors hand over to their successors).
+    // Extensions first, as in the collector, and stopped last, once everything else has
+    // drained (health_check answers 503 meanwhile). A reload does not restart them (they keep
+    // reading the state the connectors hand over to their successors).
     let mut graph = graph;
     let extensions = std::mem::take(&mut graph.extensions);
     let extension_ids: Vec<String> = extensions.iter().map(|(id, _)| id.to_string()).collect();
+    let extensions_stop = CancellationToken::new();
+    let mut extension_tasks = BTreeSet::new();
     for (id, ext) in extensions {
         let label = format!("extension/{id}");
-        let ctx = rt.ctx(&label, rt.receivers_stop.child_token());
+        let ctx = rt.ctx(&label, extensions_stop.clone());
         let fut = ext.run(ctx, graph.host.clone());
+        extension_tasks.insert(rt.next_task);
         rt.spawn(label, fut, None);
     }
     rt.apply(graph, &settings_of(components));
     telemetry.set_ready(true);
+    rt.status.set_ready(true);
     tracing::info!(components = rt.running.len(), "Pipelines started.");
 
     // Run until asked to stop or a component fails.
@@ -155,6 +164,10 @@ pub async fn run_with_reloads(
     // Ordered shutdown within the deadline. The runtime's own senders and output handles go
     // first, or the channels would never close.
     telemetry.set_ready(false);
+    rt.status.set_ready(false);
+    for label in rt.running.values() {
+        rt.status.set(label, ComponentStatus::Stopping);
+    }
     let timeout = rt.settings.shutdown_timeout;
     tracing::info!(
         ?timeout,
@@ -164,6 +177,14 @@ pub async fn run_with_reloads(
     rt.receivers_stop.cancel();
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
+        // Only extensions left (a panicked task is gone from the set but not from `running`).
+        let extensions_left = extension_tasks
+            .iter()
+            .filter(|t| rt.running.contains_key(t))
+            .count();
+        if rt.tasks.len() <= extensions_left {
+            extensions_stop.cancel();
+        }
         match tokio::time::timeout_at(deadline, rt.tasks.join_next()).await {
             Ok(None) => break,
             Ok(Some(Ok((task, res)))) => {
@@ -256,6 +277,9 @@ struct Runtime {
     running: BTreeMap<u64, String>,
     next_task: u64,
     live: BTreeMap<Node, Live>,
+    /// Every component's status, for the extensions (health_check, zpages). The first graph's
+    /// board is kept across reloads: extensions keep the host they started with.
+    status: StatusBoard,
 }
 
 impl Runtime {
@@ -279,12 +303,22 @@ impl Runtime {
         let done = finished.clone();
         let task = self.next_task;
         self.next_task += 1;
-        self.running.insert(task, label);
+        let status = self.status.clone();
+        status.set(&label, ComponentStatus::Starting);
+        self.running.insert(task, label.clone());
         self.tasks.spawn(async move {
             if let Some(previous) = after {
                 previous.cancelled().await;
             }
+            status.set(&label, ComponentStatus::Ok);
             let res = fut.await;
+            status.set(
+                &label,
+                match &res {
+                    Ok(()) => ComponentStatus::Stopped,
+                    Err(e) => ComponentStatus::PermanentError(e.to_string()),
+                },
+            );
             done.cancel();
             (task, res)
         });

@@ -46,13 +46,15 @@
 //!     multiplier: 1.5
 //!     randomization_factor: 0.5
 //!   sending_queue:
+//!     enabled: true             # false: one batch in flight, no queue
 //!     queue_size: 1000          # batches (memory storage)
 //!     num_consumers: 10         # concurrent export calls
-//!     storage: memory           # or file
+//!     storage: memory           # or file, or a file_storage extension's id (the collector's way)
 //!     directory: /var/lib/celeriac/queue   # required with file
 //!     max_size_mib: 256         # file storage: oldest batches dropped beyond this
 //! ```
 
+pub mod http;
 pub mod retry;
 
 use std::collections::BTreeMap;
@@ -74,9 +76,9 @@ use tonic::metadata::{Ascii, MetadataKey, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::component::{BoxRun, ComponentError, Context, Exporter, Input};
+use crate::component::{BuildResult, Factory, Registration};
 use crate::config::{self, types, DecodeError, Value};
 use crate::exporters::sending_queue::{self, DiskQueue, FileQueue, Storage};
-use crate::component::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::{Counter, Gauge, Throttle};
 use retry::{RetryConfig, Verdict};
@@ -96,6 +98,23 @@ pub enum Compression {
     #[default]
     Gzip,
     None,
+}
+
+impl QueueConfig {
+    /// The queue actually run: `enabled: false` is one batch at a time, in memory.
+    pub fn effective(&self) -> QueueConfig {
+        if self.enabled {
+            return self.clone();
+        }
+        QueueConfig {
+            enabled: false,
+            queue_size: 1,
+            num_consumers: 1,
+            storage: Storage::Memory,
+            directory: None,
+            max_size_mib: self.max_size_mib,
+        }
+    }
 }
 
 /// Header name → value. `Debug` shows names only: values carry credentials.
@@ -126,6 +145,9 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
+    /// The collector's switch: `false` sends each batch before taking the next (one batch in
+    /// flight, no queue).
+    pub enabled: bool,
     /// Batches held in memory (`storage: memory`).
     pub queue_size: usize,
     pub num_consumers: usize,
@@ -139,6 +161,7 @@ pub struct QueueConfig {
 impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
+            enabled: true,
             queue_size: 1000,
             num_consumers: 10,
             storage: Storage::Memory,
@@ -175,7 +198,7 @@ impl Default for OtlpConfig {
     }
 }
 
-type Metadata = Vec<(MetadataKey<Ascii>, MetadataValue<Ascii>)>;
+pub(crate) type Metadata = Vec<(MetadataKey<Ascii>, MetadataValue<Ascii>)>;
 
 /// The endpoint as a URI with scheme, and whether it uses TLS.
 fn resolve_endpoint(cfg: &OtlpConfig) -> Result<(String, bool), DecodeError> {
@@ -276,7 +299,8 @@ fn build(v: &Value) -> BuildResult<dyn Exporter> {
         }
     }
     let file_queue =
-        sending_queue::file_settings(q.storage, q.directory.as_deref(), q.max_size_mib)?;
+        sending_queue::file_settings(q.storage, q.directory.as_deref(), q.max_size_mib)?
+            .filter(|_| q.enabled);
     Ok(Box::new(OtlpExporter {
         cfg,
         uri,
@@ -343,12 +367,39 @@ struct Dropped {
     partial_success: Counter,
 }
 
+/// How batches travel: OTLP/gRPC (this module) or OTLP/HTTP ([`http`]).
+pub(crate) enum Transport {
+    Grpc {
+        channel: Channel,
+        gzip: bool,
+        metadata: Metadata,
+    },
+    Http(Box<http::HttpSender>),
+}
+
+/// A failed export call: what to do about it, and what to log.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub verdict: Verdict,
+    /// `Unavailable`, `HTTP 503`, ...
+    pub code: String,
+    pub message: String,
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(s: tonic::Status) -> Failure {
+        Failure {
+            verdict: retry::classify(&s),
+            code: format!("{:?}", s.code()),
+            message: s.message().to_string(),
+        }
+    }
+}
+
 /// What every sender shares.
 struct Shared {
     id: Arc<str>,
-    channel: Channel,
-    gzip: bool,
-    metadata: Metadata,
+    transport: Transport,
     timeout: Duration,
     retry: RetryConfig,
     shutdown: CancellationToken,
@@ -370,54 +421,80 @@ enum Outcome {
 }
 
 /// `(rejected items, message)` of a reply; `(0, "")` is a full success.
-type Reply = (i64, String);
+pub(crate) type Reply = (i64, String);
 
 impl Shared {
-    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+    fn request<T>(&self, msg: T, metadata: &Metadata) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
         r.set_timeout(self.timeout);
-        for (k, v) in &self.metadata {
+        for (k, v) in metadata {
             r.metadata_mut().insert(k.clone(), v.clone());
         }
         r
     }
 
-    async fn call(&self, batch: &Signal) -> Result<Reply, tonic::Status> {
-        let ch = self.channel.clone();
+    async fn call(&self, batch: &Signal) -> Result<Reply, Failure> {
+        match &self.transport {
+            Transport::Grpc {
+                channel,
+                gzip,
+                metadata,
+            } => Ok(self.call_grpc(batch, channel, *gzip, metadata).await?),
+            Transport::Http(h) => h.call(batch).await,
+        }
+    }
+
+    async fn call_grpc(
+        &self,
+        batch: &Signal,
+        channel: &Channel,
+        gzip: bool,
+        metadata: &Metadata,
+    ) -> Result<Reply, tonic::Status> {
+        let ch = channel.clone();
         let enc = CompressionEncoding::Gzip;
         match batch {
             Signal::Traces(rs) => {
                 let mut c = TraceServiceClient::new(ch);
-                if self.gzip {
+                if gzip {
                     c = c.send_compressed(enc);
                 }
-                let req = self.request(ExportTraceServiceRequest {
-                    resource_spans: rs.as_ref().clone(),
-                });
+                let req = self.request(
+                    ExportTraceServiceRequest {
+                        resource_spans: rs.as_ref().clone(),
+                    },
+                    metadata,
+                );
                 let p = c.export(req).await?.into_inner().partial_success;
                 Ok(p.map(|p| (p.rejected_spans, p.error_message))
                     .unwrap_or_default())
             }
             Signal::Metrics(rm) => {
                 let mut c = MetricsServiceClient::new(ch);
-                if self.gzip {
+                if gzip {
                     c = c.send_compressed(enc);
                 }
-                let req = self.request(ExportMetricsServiceRequest {
-                    resource_metrics: rm.as_ref().clone(),
-                });
+                let req = self.request(
+                    ExportMetricsServiceRequest {
+                        resource_metrics: rm.as_ref().clone(),
+                    },
+                    metadata,
+                );
                 let p = c.export(req).await?.into_inner().partial_success;
                 Ok(p.map(|p| (p.rejected_data_points, p.error_message))
                     .unwrap_or_default())
             }
             Signal::Logs(rl) => {
                 let mut c = LogsServiceClient::new(ch);
-                if self.gzip {
+                if gzip {
                     c = c.send_compressed(enc);
                 }
-                let req = self.request(ExportLogsServiceRequest {
-                    resource_logs: rl.as_ref().clone(),
-                });
+                let req = self.request(
+                    ExportLogsServiceRequest {
+                        resource_logs: rl.as_ref().clone(),
+                    },
+                    metadata,
+                );
                 let p = c.export(req).await?.into_inner().partial_success;
                 Ok(p.map(|p| (p.rejected_log_records, p.error_message))
                     .unwrap_or_default())
@@ -437,7 +514,7 @@ impl Shared {
         let mut backoff = retry::backoff(&self.retry, seed);
         let mut last_try = false;
         loop {
-            let status = match self.call(batch).await {
+            let failure = match self.call(batch).await {
                 Ok((rejected, msg)) => {
                     let rejected = u64::try_from(rejected).unwrap_or(0).min(n);
                     self.sent.add(n - rejected);
@@ -449,9 +526,9 @@ impl Shared {
                     }
                     return Outcome::Done;
                 }
-                Err(s) => s,
+                Err(f) => f,
             };
-            let reason = match retry::classify(&status) {
+            let reason = match failure.verdict {
                 Verdict::Permanent => Some(&self.dropped.permanent),
                 Verdict::Retry(_) if !self.retry.enabled => Some(&self.dropped.retry_disabled),
                 Verdict::Retry(_) if last_try && keep => return Outcome::Kept,
@@ -466,7 +543,7 @@ impl Shared {
                         Some(&self.dropped.retries_exhausted)
                     } else {
                         if let Some(held) = self.warn_failure.ready() {
-                            tracing::warn!(component = %self.id, signal = %kind, code = ?status.code(), error = %status.message(), retry_in = ?wait, suppressed = held, "OTLP export failed; retrying.");
+                            tracing::warn!(component = %self.id, signal = %kind, code = %failure.code, error = %failure.message, retry_in = ?wait, suppressed = held, "OTLP export failed; retrying.");
                         }
                         self.retries.inc();
                         if self.shutdown.is_cancelled() {
@@ -484,7 +561,7 @@ impl Shared {
             if let Some(counter) = reason {
                 counter.add(n);
                 if let Some(held) = self.warn_failure.ready() {
-                    tracing::warn!(component = %self.id, signal = %kind, items = n, code = ?status.code(), error = %status.message(), suppressed = held, "OTLP export failed; batch dropped.");
+                    tracing::warn!(component = %self.id, signal = %kind, items = n, code = %failure.code, error = %failure.message, suppressed = held, "OTLP export failed; batch dropped.");
                 }
                 return Outcome::Done;
             }
@@ -653,85 +730,119 @@ fn decode_record(rec: &[u8]) -> Option<Signal> {
 impl Exporter for OtlpExporter {
     fn run(self: Box<Self>, ctx: Context, input: Input) -> BoxRun {
         Box::pin(async move {
-            let channel = self.channel()?;
-            let t = &ctx.telemetry;
-            let label = [("component", &*ctx.id)];
-            let drop_counter = |reason: &str| {
-                t.counter(
-                    "celeriac_exporter_dropped_items_total",
-                    "Items an exporter dropped, by reason.",
-                    &[("component", &*ctx.id), ("reason", reason)],
-                )
-            };
-            let shared = Arc::new(Shared {
-                id: ctx.id.clone(),
-                channel,
+            let transport = Transport::Grpc {
+                channel: self.channel()?,
                 gzip: self.cfg.compression == Compression::Gzip,
                 metadata: self.metadata,
-                timeout: self.cfg.timeout,
-                retry: self.cfg.retry_on_failure.clone(),
-                shutdown: ctx.shutdown.clone(),
-                sent: t.counter(
-                    "celeriac_exporter_sent_items_total",
-                    "Items an exporter delivered.",
-                    &label,
-                ),
-                retries: t.counter(
-                    "celeriac_exporter_retries_total",
-                    "Export calls retried after a retryable failure.",
-                    &label,
-                ),
-                dropped: Dropped {
-                    queue_full: drop_counter("queue_full"),
-                    queue_error: drop_counter("queue_error"),
-                    corrupt: drop_counter("corrupt"),
-                    permanent: drop_counter("permanent"),
-                    retries_exhausted: drop_counter("retries_exhausted"),
-                    retry_disabled: drop_counter("retry_disabled"),
-                    shutdown: drop_counter("shutdown"),
-                    partial_success: drop_counter("partial_success"),
+            };
+            run_queued(
+                ctx,
+                input,
+                transport,
+                Queued {
+                    timeout: self.cfg.timeout,
+                    retry: self.cfg.retry_on_failure,
+                    queue: self.cfg.sending_queue.effective(),
+                    file_queue: self.file_queue,
                 },
-                warn_failure: Every::new(Duration::from_secs(10)),
-                warn_partial: Every::new(Duration::from_secs(10)),
-                warn_full: Every::new(Duration::from_secs(10)),
-            });
-            let queued = t.gauge(
-                "celeriac_exporter_queue_batches",
-                "Batches waiting in an exporter's sending queue.",
-                &label,
-            );
-            let q = &self.cfg.sending_queue;
-            let seed = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0x9e37_79b9, |d| d.as_nanos() as u64);
-            match &self.file_queue {
-                None => run_memory_queue(&ctx, &input, &shared, q, &queued, seed).await,
-                Some((base, max_bytes)) => {
-                    let dir = sending_queue::component_dir(base, &ctx.id);
-                    let (fq, report) = {
-                        let dir = dir.clone();
-                        let max = *max_bytes;
-                        tokio::task::spawn_blocking(move || FileQueue::open(&dir, max))
-                            .await
-                            .map_err(|e| ComponentError::Other(e.to_string()))?
-                            .map_err(|e| ComponentError::Other(e.to_string()))?
-                    };
-                    if report.truncated_bytes > 0 {
-                        shared.dropped.corrupt.add(report.truncated_items);
-                        tracing::warn!(component = %ctx.id, dir = %dir.display(), bytes = report.truncated_bytes, items = report.truncated_items, "Cut a torn or corrupt tail off the sending queue.");
-                    }
-                    if report.records > 0 {
-                        tracing::info!(component = %ctx.id, dir = %dir.display(), batches = report.records, items = report.items, "Replaying batches queued by a previous run.");
-                    }
-                    queued.set(report.records as i64);
-                    run_file_queue(&ctx, &input, &shared, DiskQueue::new(fq), q, &queued, seed)
-                        .await;
-                }
-            }
-            queued.set(0);
-            tracing::debug!(component = %ctx.id, "OTLP exporter flushed.");
-            Ok(())
+            )
+            .await
         })
+    }
+}
+
+/// The settings of [`run_queued`]: retries and the sending queue.
+pub(crate) struct Queued {
+    pub timeout: Duration,
+    pub retry: RetryConfig,
+    pub queue: QueueConfig,
+    /// Base directory and size limit of the file queue, if the queue is on disk.
+    pub file_queue: Option<(PathBuf, u64)>,
+}
+
+/// Run an OTLP exporter: take batches from `input` into the sending queue (memory or file),
+/// export them over `transport` with retries, count what is delivered and dropped.
+pub(crate) async fn run_queued(
+    ctx: Context,
+    input: Input,
+    transport: Transport,
+    settings: Queued,
+) -> Result<(), ComponentError> {
+    {
+        let t = &ctx.telemetry;
+        let label = [("component", &*ctx.id)];
+        let drop_counter = |reason: &str| {
+            t.counter(
+                "celeriac_exporter_dropped_items_total",
+                "Items an exporter dropped, by reason.",
+                &[("component", &*ctx.id), ("reason", reason)],
+            )
+        };
+        let shared = Arc::new(Shared {
+            id: ctx.id.clone(),
+            transport,
+            timeout: settings.timeout,
+            retry: settings.retry.clone(),
+            shutdown: ctx.shutdown.clone(),
+            sent: t.counter(
+                "celeriac_exporter_sent_items_total",
+                "Items an exporter delivered.",
+                &label,
+            ),
+            retries: t.counter(
+                "celeriac_exporter_retries_total",
+                "Export calls retried after a retryable failure.",
+                &label,
+            ),
+            dropped: Dropped {
+                queue_full: drop_counter("queue_full"),
+                queue_error: drop_counter("queue_error"),
+                corrupt: drop_counter("corrupt"),
+                permanent: drop_counter("permanent"),
+                retries_exhausted: drop_counter("retries_exhausted"),
+                retry_disabled: drop_counter("retry_disabled"),
+                shutdown: drop_counter("shutdown"),
+                partial_success: drop_counter("partial_success"),
+            },
+            warn_failure: Every::new(Duration::from_secs(10)),
+            warn_partial: Every::new(Duration::from_secs(10)),
+            warn_full: Every::new(Duration::from_secs(10)),
+        });
+        let queued = t.gauge(
+            "celeriac_exporter_queue_batches",
+            "Batches waiting in an exporter's sending queue.",
+            &label,
+        );
+        let q = &settings.queue;
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0x9e37_79b9, |d| d.as_nanos() as u64);
+        match &settings.file_queue {
+            None => run_memory_queue(&ctx, &input, &shared, q, &queued, seed).await,
+            Some((base, max_bytes)) => {
+                let dir = sending_queue::component_dir(base, &ctx.id);
+                let (fq, report) = {
+                    let dir = dir.clone();
+                    let max = *max_bytes;
+                    tokio::task::spawn_blocking(move || FileQueue::open(&dir, max))
+                        .await
+                        .map_err(|e| ComponentError::Other(e.to_string()))?
+                        .map_err(|e| ComponentError::Other(e.to_string()))?
+                };
+                if report.truncated_bytes > 0 {
+                    shared.dropped.corrupt.add(report.truncated_items);
+                    tracing::warn!(component = %ctx.id, dir = %dir.display(), bytes = report.truncated_bytes, items = report.truncated_items, "Cut a torn or corrupt tail off the sending queue.");
+                }
+                if report.records > 0 {
+                    tracing::info!(component = %ctx.id, dir = %dir.display(), batches = report.records, items = report.items, "Replaying batches queued by a previous run.");
+                }
+                queued.set(report.records as i64);
+                run_file_queue(&ctx, &input, &shared, DiskQueue::new(fq), q, &queued, seed).await;
+            }
+        }
+        queued.set(0);
+        tracing::debug!(component = %ctx.id, "OTLP exporter flushed.");
+        Ok(())
     }
 }
 
