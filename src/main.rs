@@ -116,7 +116,7 @@ enum Command {
 
 fn load(uris: Option<&[String]>) -> (Option<(Config, Graph)>, Diagnostics) {
     let (cfg, mut d) = match uris {
-        Some(u) => config::load_uris(u),
+        Some(u) => config::load_uris_partial(u),
         None => config::parse(
             config::DEFAULT_PIPELINE,
             "<built-in pipelines/default.yaml>",

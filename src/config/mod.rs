@@ -163,6 +163,18 @@ pub fn load(path: &Path) -> (Option<Config>, Diagnostics) {
 /// Read, merge and shape-check the `--config` URIs (paths, `file:`, `env:`, `yaml:`; see
 /// [`source`]) in order, then expand `${…}` over the result as the collector does.
 pub fn load_uris(uris: &[String]) -> (Option<Config>, Diagnostics) {
+    let (cfg, d) = load_uris_partial(uris);
+    if d.has_errors() {
+        (None, d)
+    } else {
+        (cfg, d)
+    }
+}
+
+/// Like [`load_uris`], but the config comes back even when its shape has errors (`None` only
+/// when a source cannot be read), so the components can be checked too and every problem is
+/// reported at once. Callers must look at `d.has_errors()`.
+pub fn load_uris_partial(uris: &[String]) -> (Option<Config>, Diagnostics) {
     let mut d = Diagnostics::empty();
     match source::resolve(uris, &mut d) {
         Some(root) => check(root, d),
@@ -184,7 +196,12 @@ pub fn parse(text: &str, file: &str) -> (Option<Config>, Diagnostics) {
             return (None, d);
         }
     };
-    check(root, d)
+    let (cfg, d) = check(root, d);
+    if d.has_errors() {
+        (None, d)
+    } else {
+        (cfg, d)
+    }
 }
 
 fn check(root: Value, mut d: Diagnostics) -> (Option<Config>, Diagnostics) {
@@ -233,11 +250,7 @@ fn check(root: Value, mut d: Diagnostics) -> (Option<Config>, Diagnostics) {
         pipelines,
         service,
     };
-    if d.has_errors() {
-        (None, d)
-    } else {
-        (Some(config), d)
-    }
+    (Some(config), d)
 }
 
 fn read_section(section: Section, v: &Value, out: &mut Vec<ComponentDecl>, d: &mut Diagnostics) {

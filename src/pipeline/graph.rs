@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::component::{Exporter, Extension, Factory, Host, Processor, Receiver};
-use crate::config::{ComponentDecl, ComponentId, ComponentRef, Config, Diagnostics, Section};
+use crate::config::{self, ComponentDecl, ComponentId, ComponentRef, Config, Diagnostics, Section};
 use crate::registry;
 use crate::signal::SignalKind;
 
@@ -64,6 +64,19 @@ impl Graph {
                 continue;
             };
             factories.insert((decl.section, decl.id.clone()), factory);
+            // Every wrong key is reported: drop a failing key and build again, until it builds
+            // or the error is not about one key.
+            let mut settings = decl.settings.clone();
+            let errors = config::errors_until_ok(&mut settings, |v| build_only(factory, v));
+            if !errors.is_empty() {
+                for e in errors {
+                    d.error(
+                        &e.full_path(&decl.path),
+                        format!("{} {}: {}", decl.section.noun(), decl.id, e.message),
+                    );
+                }
+                continue;
+            }
             let built = match factory {
                 Factory::Receiver { build, .. } => {
                     build(&decl.settings).map(|r| receivers.push((decl.id.clone(), r)))
@@ -298,6 +311,16 @@ impl Graph {
     }
 }
 
+/// Build a component only to see whether its settings are right.
+fn build_only(factory: &Factory, v: &config::Value) -> Result<(), config::DecodeError> {
+    match factory {
+        Factory::Receiver { build, .. } => build(v).map(drop),
+        Factory::Exporter { build, .. } => build(v).map(drop),
+        Factory::Connector { build, .. } | Factory::Processor { build, .. } => build(v).map(drop),
+        Factory::Extension { build } => build(v).map(drop),
+    }
+}
+
 fn keep_used<T: ?Sized>(
     v: Vec<(ComponentId, Box<T>)>,
     s: Section,
@@ -317,7 +340,8 @@ fn factory_for(decl: &ComponentDecl, d: &mut Diagnostics) -> Option<&'static Fac
         Some(other) => d.error(
             &decl.path,
             format!(
-                "`{t}` is {} {}, not {} {}: declare it under `{}`",
+                "unknown {} type `{t}` (`{t}` is {} {}, not {} {}: declare it under `{}`)",
+                decl.section.noun(),
                 article(other.noun()),
                 other.noun(),
                 article(decl.section.noun()),
