@@ -18,22 +18,31 @@
 //!   the first `${` of a string stops expansion of that whole string (the collector's findURI).
 //! * Mapping keys are not expanded.
 
+use std::collections::BTreeMap;
+
 use super::{Diagnostics, Value};
 
 /// The schemes celeriac resolves; the collector's `http:`/`https:` are refused by name.
 const SCHEMES: [&str; 3] = ["env", "file", "yaml"];
 
-/// Expand every string value of `v` (already merged from all `--config` sources).
-pub fn expand(v: Value, d: &mut Diagnostics) -> Value {
+/// Expand every string value of `v` (already merged from all `--config` sources). `originals`
+/// receives, per key path, the text a whole-value reference read when it became a number or a
+/// boolean: like the collector's ExpandedValue.Original, a string setting gets that text back
+/// (`password: ${env:PIN}` with PIN=0123 is "0123", not 123).
+pub fn expand(v: Value, d: &mut Diagnostics, originals: &mut BTreeMap<String, String>) -> Value {
     let mut cur = v;
     for _ in 0..1000 {
         let mut changed = false;
         let mut ctx = Ctx {
             d,
             changed: &mut changed,
+            originals,
         };
         cur = ctx.value(cur, "");
         if !changed {
+            for text in originals.values_mut() {
+                *text = text.replace("$$", "$");
+            }
             return unescape(cur);
         }
     }
@@ -47,6 +56,7 @@ pub fn expand(v: Value, d: &mut Diagnostics) -> Value {
 struct Ctx<'a> {
     d: &'a mut Diagnostics,
     changed: &'a mut bool,
+    originals: &'a mut BTreeMap<String, String>,
 }
 
 impl Ctx<'_> {
@@ -54,11 +64,14 @@ impl Ctx<'_> {
         match v {
             Value::String(s) if s.contains("${") && s.contains('}') => match find_and_expand(&s) {
                 Ok(None) => Value::String(s),
-                Ok(Some((out, warnings))) => {
+                Ok(Some((out, warnings, text))) => {
                     for w in warnings {
                         self.d.warn(path, w);
                     }
                     *self.changed = true;
+                    if matches!(out, Value::Number(_) | Value::Bool(_)) {
+                        self.originals.insert(path.to_string(), text);
+                    }
                     out
                 }
                 Err(msg) => {
@@ -120,18 +133,21 @@ struct Retrieved {
     text: String,
 }
 
+/// The expanded value, warnings, and the raw text read.
+type Expanded = (Value, Vec<String>, String);
+
 /// Expand the first reference of `s`. `Ok(None)`: nothing to expand.
-fn find_and_expand(s: &str) -> Result<Option<(Value, Vec<String>)>, String> {
+fn find_and_expand(s: &str) -> Result<Option<Expanded>, String> {
     let Some((a, b)) = find_uri(s) else {
         return Ok(None);
     };
     let mut warnings = Vec::new();
     let r = retrieve(&s[a..b], &mut warnings)?;
     if a == 0 && b == s.len() {
-        return Ok(Some((r.value, warnings)));
+        return Ok(Some((r.value, warnings, r.text)));
     }
     let out = s.replace(&s[a..b], &r.text);
-    Ok(Some((Value::String(out), warnings)))
+    Ok(Some((Value::String(out.clone()), warnings, out)))
 }
 
 /// Resolve one `${scheme:opaque}` (or `${VAR}`, scheme `env`).
@@ -238,7 +254,7 @@ mod tests {
     fn run(yaml: &str) -> (Value, String) {
         let v: Value = serde_yaml_ng::from_str(yaml).unwrap();
         let mut d = Diagnostics::new("t.yaml", yaml);
-        let out = expand(v, &mut d);
+        let out = expand(v, &mut d, &mut BTreeMap::new());
         (out, d.render())
     }
 
@@ -387,6 +403,21 @@ mod tests {
         assert!(d.contains("unsupported characters ('$')"), "{d}");
         let (_, d) = one("${http://x}");
         assert!(d.contains("scheme \"http\" is not supported"), "{d}");
+    }
+
+    /// expand.go ExpandedValue{Value, Original}: a typed whole value keeps its text.
+    #[test]
+    fn typed_values_keep_their_text() {
+        std::env::set_var("CELERIAC_PIN_1", "0123");
+        let v: Value = serde_yaml_ng::from_str("a: {pin: \"${env:CELERIAC_PIN_1}\"}").unwrap();
+        let mut d = Diagnostics::new("t.yaml", "");
+        let mut originals = BTreeMap::new();
+        let out = expand(v, &mut d, &mut originals);
+        assert_eq!(
+            out.get("a").unwrap().get("pin"),
+            Some(&Value::Number(123.into()))
+        );
+        assert_eq!(originals.get("a.pin").map(String::as_str), Some("0123"));
     }
 
     /// Keys are not expanded (expand.go expands map values only); sequences are.

@@ -117,6 +117,9 @@ pub struct ComponentDecl {
     pub settings: Value,
     /// Key path of the declaration, for diagnostics.
     pub path: String,
+    /// Settings read by a whole-value `${…}` as a number or boolean, by key path under
+    /// `settings`, with the text that was read: a string setting gets the text back.
+    pub originals: Vec<(String, String)>,
 }
 
 /// A reference to a component from a pipeline.
@@ -205,7 +208,8 @@ pub fn parse(text: &str, file: &str) -> (Option<Config>, Diagnostics) {
 }
 
 fn check(root: Value, mut d: Diagnostics) -> (Option<Config>, Diagnostics) {
-    let root = expand::expand(root, &mut d);
+    let mut originals = std::collections::BTreeMap::new();
+    let root = expand::expand(root, &mut d, &mut originals);
     let root = match root {
         Value::Mapping(m) => m,
         Value::Null => Default::default(),
@@ -227,11 +231,11 @@ fn check(root: Value, mut d: Diagnostics) -> (Option<Config>, Diagnostics) {
             continue;
         };
         if let Some(section) = Section::ALL.iter().find(|s| s.key() == key) {
-            read_section(*section, v, &mut components, &mut d);
+            read_section(*section, v, &mut components, &originals, &mut d);
         } else if key == "service" {
             read_service(v, &mut service, &mut pipelines, &mut d);
         } else if key == "extensions" {
-            read_section(Section::Extensions, v, &mut components, &mut d);
+            read_section(Section::Extensions, v, &mut components, &originals, &mut d);
         } else {
             d.error(
                 key,
@@ -253,7 +257,13 @@ fn check(root: Value, mut d: Diagnostics) -> (Option<Config>, Diagnostics) {
     (Some(config), d)
 }
 
-fn read_section(section: Section, v: &Value, out: &mut Vec<ComponentDecl>, d: &mut Diagnostics) {
+fn read_section(
+    section: Section,
+    v: &Value,
+    out: &mut Vec<ComponentDecl>,
+    originals: &std::collections::BTreeMap<String, String>,
+    d: &mut Diagnostics,
+) {
     let key = section.key();
     let map = match v {
         Value::Mapping(m) => m,
@@ -273,12 +283,23 @@ fn read_section(section: Section, v: &Value, out: &mut Vec<ComponentDecl>, d: &m
         };
         let path = format!("{key}.{id_str}");
         match ComponentId::parse(id_str) {
-            Ok(id) => out.push(ComponentDecl {
-                id,
-                section,
-                settings: settings.clone(),
-                path,
-            }),
+            Ok(id) => {
+                let prefix = format!("{path}.");
+                let originals = originals
+                    .iter()
+                    .filter_map(|(k, text)| {
+                        k.strip_prefix(&prefix)
+                            .map(|rel| (rel.to_string(), text.clone()))
+                    })
+                    .collect();
+                out.push(ComponentDecl {
+                    id,
+                    section,
+                    settings: settings.clone(),
+                    path,
+                    originals,
+                })
+            }
             Err(msg) => d.error(&path, msg),
         }
     }
@@ -444,6 +465,46 @@ pub fn errors_until_ok<T>(
     errors
 }
 
+/// Give string settings that a `${…}` typed as a number or boolean the text that was read:
+/// while `attempt` fails with "expected a string" at one of `originals`' paths, put the text
+/// there and try again.
+pub fn restore_originals<T>(
+    v: &mut Value,
+    originals: &[(String, String)],
+    mut attempt: impl FnMut(&Value) -> Result<T, DecodeError>,
+) {
+    for _ in 0..=originals.len() {
+        let Err(e) = attempt(v) else { return };
+        if !e.message.contains("expected a string") {
+            return;
+        }
+        let Some((_, text)) = originals.iter().find(|(p, _)| *p == e.path) else {
+            return;
+        };
+        let Some(slot) = value_at(v, &e.path) else {
+            return;
+        };
+        *slot = Value::String(text.clone());
+    }
+}
+
+fn value_at<'a>(v: &'a mut Value, path: &str) -> Option<&'a mut Value> {
+    let mut cur = v;
+    for seg in path.split('.') {
+        let (key, idx) = match seg.split_once('[') {
+            Some((k, rest)) => (k, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (seg, None),
+        };
+        if !key.is_empty() {
+            cur = cur.as_mapping_mut()?.get_mut(key)?;
+        }
+        if let Some(i) = idx {
+            cur = cur.as_sequence_mut()?.get_mut(i)?;
+        }
+    }
+    Some(cur)
+}
+
 /// Remove the key (or item) at `path` (`a.b`, `a.list[2].c`) from `v`; `false` if absent.
 pub fn remove_path(v: &mut Value, path: &str) -> bool {
     let mut parts: Vec<&str> = Vec::new();
@@ -587,7 +648,7 @@ b: nope
 ",
         )
         .unwrap();
-        let errs = errors_until_ok(&mut v, |v| decode::<S>(v));
+        let errs = errors_until_ok(&mut v, decode::<S>);
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths.len(), 3, "{errs:?}");
         for p in ["x", "y", "b"] {

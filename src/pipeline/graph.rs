@@ -59,14 +59,21 @@ impl Graph {
         let mut connectors = Vec::new();
         let mut exporters = Vec::new();
         let mut extensions = Vec::new();
+        let mut fixed_settings: BTreeMap<ComponentId, config::Value> = BTreeMap::new();
         for decl in &config.components {
             let Some(factory) = factory_for(decl, d) else {
                 continue;
             };
             factories.insert((decl.section, decl.id.clone()), factory);
+            // (`fixed_settings` keeps the processors' for their per-pipeline builds below.)
             // Every wrong key is reported: drop a failing key and build again, until it builds
             // or the error is not about one key.
-            let mut settings = decl.settings.clone();
+            let mut fixed = decl.settings.clone();
+            config::restore_originals(&mut fixed, &decl.originals, |v| build_only(factory, v));
+            if decl.section == Section::Processors {
+                fixed_settings.insert(decl.id.clone(), fixed.clone());
+            }
+            let mut settings = fixed.clone();
             let errors = config::errors_until_ok(&mut settings, |v| build_only(factory, v));
             if !errors.is_empty() {
                 for e in errors {
@@ -79,18 +86,18 @@ impl Graph {
             }
             let built = match factory {
                 Factory::Receiver { build, .. } => {
-                    build(&decl.settings).map(|r| receivers.push((decl.id.clone(), r)))
+                    build(&fixed).map(|r| receivers.push((decl.id.clone(), r)))
                 }
                 Factory::Exporter { build, .. } => {
-                    build(&decl.settings).map(|e| exporters.push((decl.id.clone(), e)))
+                    build(&fixed).map(|e| exporters.push((decl.id.clone(), e)))
                 }
                 Factory::Connector { build, .. } => {
-                    build(&decl.settings).map(|c| connectors.push((decl.id.clone(), c)))
+                    build(&fixed).map(|c| connectors.push((decl.id.clone(), c)))
                 }
                 // Built per pipeline below; decode once here so errors are reported even when unused.
-                Factory::Processor { build, .. } => build(&decl.settings).map(drop),
+                Factory::Processor { build, .. } => build(&fixed).map(drop),
                 Factory::Extension { build } => {
-                    build(&decl.settings).map(|x| extensions.push((decl.id.clone(), x)))
+                    build(&fixed).map(|x| extensions.push((decl.id.clone(), x)))
                 }
             };
             if let Err(e) = built {
@@ -159,7 +166,8 @@ impl Graph {
                     d.error(&r.path, format!("processor {} does not accept {sig}", r.id));
                     continue;
                 }
-                if let Ok(proc_) = build(&decl.settings) {
+                let settings = fixed_settings.get(&r.id).unwrap_or(&decl.settings);
+                if let Ok(proc_) = build(settings) {
                     processors.push((r.id.clone(), proc_));
                 }
             }
@@ -483,6 +491,18 @@ mod tests {
             None => false,
         };
         (ok, d.render())
+    }
+
+    /// A `${env:…}` that reads like a number stays text in a string setting (the collector's
+    /// ExpandedValue.Original), and is a number in a numeric one.
+    #[test]
+    fn expanded_numbers_keep_their_text_for_strings() {
+        std::env::set_var("CELERIAC_T_USER_0123", "0123");
+        std::env::set_var("CELERIAC_T_SAMPLES", "750");
+        let (ok, out) = check(
+            "receivers:\n  otlp:\nexporters:\n  prometheusremotewrite:\n    endpoint: http://127.0.0.1:9/api/v1/write\n    max_samples_per_send: ${env:CELERIAC_T_SAMPLES}\n    basic_auth: { username: \"${env:CELERIAC_T_USER_0123}\", password: x }\nservice:\n  pipelines:\n    metrics: { receivers: [otlp], exporters: [prometheusremotewrite] }\n",
+        );
+        assert!(ok, "{out}");
     }
 
     #[test]
