@@ -130,6 +130,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let top = cli.config;
     let (command, args) = match cli.command {
+        // Like otelcol, the bare command needs a --config; `run` alone runs the built-in pipeline.
+        None if top.config.is_empty() => {
+            let _ = <Cli as clap::CommandFactory>::command().print_help();
+            eprintln!("\nerror: give --config=FILE (as for otelcol), or a subcommand");
+            return ExitCode::from(2);
+        }
         None => ("run", top),
         Some(Command::Run { config }) => ("run", top.merged(config)),
         Some(Command::Validate { config }) => ("validate", top.merged(config)),

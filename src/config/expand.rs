@@ -408,16 +408,16 @@ mod tests {
     /// expand.go ExpandedValue{Value, Original}: a typed whole value keeps its text.
     #[test]
     fn typed_values_keep_their_text() {
-        std::env::set_var("CELERIAC_PIN_1", "0123");
+        std::env::set_var("CELERIAC_PIN_1", "1230");
         let v: Value = serde_yaml_ng::from_str("a: {pin: \"${env:CELERIAC_PIN_1}\"}").unwrap();
         let mut d = Diagnostics::new("t.yaml", "");
         let mut originals = BTreeMap::new();
         let out = expand(v, &mut d, &mut originals);
         assert_eq!(
             out.get("a").unwrap().get("pin"),
-            Some(&Value::Number(123.into()))
+            Some(&Value::Number(1230.into()))
         );
-        assert_eq!(originals.get("a.pin").map(String::as_str), Some("0123"));
+        assert_eq!(originals.get("a.pin").map(String::as_str), Some("1230"));
     }
 
     /// Keys are not expanded (expand.go expands map values only); sequences are.

@@ -497,7 +497,7 @@ mod tests {
     /// ExpandedValue.Original), and is a number in a numeric one.
     #[test]
     fn expanded_numbers_keep_their_text_for_strings() {
-        std::env::set_var("CELERIAC_T_USER_0123", "0123");
+        std::env::set_var("CELERIAC_T_USER_0123", "1.50");
         std::env::set_var("CELERIAC_T_SAMPLES", "750");
         let (ok, out) = check(
             "receivers:\n  otlp:\nexporters:\n  prometheusremotewrite:\n    endpoint: http://127.0.0.1:9/api/v1/write\n    max_samples_per_send: ${env:CELERIAC_T_SAMPLES}\n    basic_auth: { username: \"${env:CELERIAC_T_USER_0123}\", password: x }\nservice:\n  pipelines:\n    metrics: { receivers: [otlp], exporters: [prometheusremotewrite] }\n",

@@ -798,7 +798,6 @@ mod tests {
         build(&v)
     }
 
-    #[test]
     /// configtls ClientConfig keys (config/configtls/configtls.go) and configgrpc's
     /// balancer_name.
     #[test]

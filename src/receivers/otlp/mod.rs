@@ -177,7 +177,7 @@ pub struct AuthConfig {
 
 /// The receiver's settings, from either shape (see the module docs); written out (by
 /// `celeriac components`) in the collector's shape.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(try_from = "RawOtlpConfig")]
 pub struct OtlpConfig {
     pub grpc: GrpcConfig,
@@ -185,17 +185,6 @@ pub struct OtlpConfig {
     pub auth: AuthConfig,
     /// Read from celeriac's older flat shape (warned about at start).
     pub flat_shape: bool,
-}
-
-impl Default for OtlpConfig {
-    fn default() -> Self {
-        OtlpConfig {
-            grpc: GrpcConfig::default(),
-            http: HttpConfig::default(),
-            auth: AuthConfig::default(),
-            flat_shape: false,
-        }
-    }
 }
 
 impl Serialize for OtlpConfig {
