@@ -83,6 +83,8 @@ fn unchanged_collector_file_with_config_uris_and_python_sdk() {
         .arg(format!(
             "--set=service.telemetry.metrics.address=127.0.0.1:{tel}"
         ))
+        // service.telemetry.resource (a key with dots: only `::` splits paths).
+        .arg("--config=yaml:service::telemetry::resource::service.name: celeriac-drop-in")
         .arg("--feature-gates=-component.UseLocalHostAsDefaultHost")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -104,6 +106,11 @@ fn unchanged_collector_file_with_config_uris_and_python_sdk() {
         log().contains("ignoring unknown gate(s): component.UseLocalHostAsDefaultHost"),
         "{}",
         log()
+    );
+    let (_, page) = http_get(&tel_addr, "/metrics").unwrap();
+    assert!(
+        page.contains("target_info{service_name=\"celeriac-drop-in\"} 1"),
+        "{page}"
     );
     let g = send("grpc", &format!("http://127.0.0.1:{grpc}"), 4);
     let h = send("http", &format!("http://127.0.0.1:{http}"), 3);
