@@ -490,6 +490,30 @@ mod tests {
         assert!(!glob("exact", "exactly"));
     }
 
+    /// confighttp CORS: an allowed origin gets Allow-Origin (and, on preflight, methods,
+    /// headers and max age); another origin gets nothing.
+    #[test]
+    fn cors_answer_headers() {
+        let cors = Cors {
+            allowed_origins: vec!["https://*.example.com".into()],
+            allowed_headers: vec!["X-Custom".into()],
+            max_age: Some(600),
+        };
+        let mut r = plain(StatusCode::NO_CONTENT, "");
+        cors_headers(&cors, Some("https://app.example.com"), true, &mut r);
+        let h = r.headers();
+        assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
+        assert_eq!(h["access-control-allow-methods"], "POST");
+        assert_eq!(
+            h["access-control-allow-headers"],
+            "content-type, content-encoding, x-custom"
+        );
+        assert_eq!(h["access-control-max-age"], "600");
+        let mut r = plain(StatusCode::OK, "");
+        cors_headers(&cors, Some("https://evil.test"), false, &mut r);
+        assert!(r.headers().get("access-control-allow-origin").is_none());
+    }
+
     #[test]
     fn gzip_bombs_are_refused() {
         use std::io::Write;
