@@ -1,4 +1,5 @@
-//! The `celeriac` command line: `run`, `validate`, `components` and `reload`.
+//! The `celeriac` command line: `run`, `validate`, `components` and `reload`; like `otelcol`,
+//! `celeriac --config=URI [--config=URI…] [--set k=v]` with no subcommand runs.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,24 +22,82 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "celeriac",
     version,
-    about = "Telemetry pipeline agent for Celery"
+    about = "Telemetry pipeline agent for Celery",
+    long_about = "Telemetry pipeline agent for Celery. Like `otelcol`, `celeriac --config=FILE` \
+                  with no subcommand runs the pipelines of FILE.",
+    args_conflicts_with_subcommands = false
 )]
 struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+}
+
+/// Where the config comes from, as `otelcol` takes it.
+#[derive(clap::Args, Clone, Default)]
+struct ConfigArgs {
+    /// A config file or URI (`file:PATH`, `env:VAR`, `yaml:a::b: value`); repeat to merge
+    /// several, later ones win (the OpenTelemetry Collector's merge rules).
+    #[arg(short, long = "config", value_name = "URI")]
+    config: Vec<String>,
+    /// Override one setting: `--set processors.batch.timeout=2s` (applied after every --config).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// The collector's feature gates (`gate,-gate,+gate`): celeriac has none; unknown gates
+    /// are listed and ignored.
+    #[arg(long = "feature-gates", value_name = "GATES")]
+    feature_gates: Vec<String>,
+}
+
+impl ConfigArgs {
+    fn merged(mut self, other: ConfigArgs) -> ConfigArgs {
+        self.config.extend(other.config);
+        self.set.extend(other.set);
+        self.feature_gates.extend(other.feature_gates);
+        self
+    }
+
+    /// The URIs to load, `--set`s last; `None` means the built-in default pipeline.
+    fn uris(&self) -> Result<Option<Vec<String>>, String> {
+        let gates: Vec<&str> = self
+            .feature_gates
+            .iter()
+            .flat_map(|g| g.split(','))
+            .map(|g| g.trim().trim_start_matches(['+', '-']))
+            .filter(|g| !g.is_empty())
+            .collect();
+        if !gates.is_empty() {
+            eprintln!(
+                "warning: celeriac has no feature gates; ignoring unknown gate(s): {}",
+                gates.join(", ")
+            );
+        }
+        if self.config.is_empty() {
+            if !self.set.is_empty() {
+                return Err("--set needs a --config to apply to".into());
+            }
+            return Ok(None);
+        }
+        let mut uris = self.config.clone();
+        for s in &self.set {
+            uris.push(config::set_to_uri(s)?);
+        }
+        Ok(Some(uris))
+    }
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the pipelines of a config file (the built-in default pipeline without -c).
+    /// Run the pipelines of a config (the built-in default pipeline without --config).
     Run {
-        #[arg(short, long, value_name = "FILE")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArgs,
     },
-    /// Check a config file and report every problem; exit 0 when valid, 1 when not.
+    /// Check a config and report every problem; exit 0 when valid, 1 when not.
     Validate {
-        #[arg(short, long, value_name = "FILE")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArgs,
     },
     /// List every component type, the signals it takes and gives, and all its settings with
     /// their defaults (as YAML that can be pasted into a config file).
@@ -55,9 +114,9 @@ enum Command {
     },
 }
 
-fn load(path: Option<&PathBuf>) -> (Option<(Config, Graph)>, Diagnostics) {
-    let (cfg, mut d) = match path {
-        Some(p) => config::load(p),
+fn load(uris: Option<&[String]>) -> (Option<(Config, Graph)>, Diagnostics) {
+    let (cfg, mut d) = match uris {
+        Some(u) => config::load_uris_partial(u),
         None => config::parse(
             config::DEFAULT_PIPELINE,
             "<built-in pipelines/default.yaml>",
@@ -69,68 +128,84 @@ fn load(path: Option<&PathBuf>) -> (Option<(Config, Graph)>, Diagnostics) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Components => {
-            print!("{}", celeriac::registry::catalog());
-            ExitCode::SUCCESS
+    let top = cli.config;
+    let (command, args) = match cli.command {
+        // Like otelcol, the bare command needs a --config; `run` alone runs the built-in pipeline.
+        None if top.config.is_empty() => {
+            let _ = <Cli as clap::CommandFactory>::command().print_help();
+            eprintln!("\nerror: give --config=FILE (as for otelcol), or a subcommand");
+            return ExitCode::from(2);
         }
-        Command::Reload {
+        None => ("run", top),
+        Some(Command::Run { config }) => ("run", top.merged(config)),
+        Some(Command::Validate { config }) => ("validate", top.merged(config)),
+        Some(Command::Components) => {
+            print!("{}", celeriac::registry::catalog());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Reload {
             endpoint,
             bearer_token_file,
-        } => match reload::request_with_token_file(&endpoint, bearer_token_file.as_deref()) {
-            Ok(reload::Outcome::Reloaded) => {
-                println!("{endpoint}: configuration reloaded");
-                ExitCode::SUCCESS
-            }
-            Ok(reload::Outcome::Rejected) => {
-                eprintln!("{endpoint}: the new configuration was rejected; the agent kept the running one (its log says why)");
-                ExitCode::FAILURE
-            }
-            Err(e) => {
-                eprintln!("{endpoint}: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Validate { config } => {
-            let (built, d) = load(config.as_ref());
-            eprint!("{}", d.render());
-            if built.is_some() {
-                let name = config
-                    .as_ref()
-                    .map_or("built-in default pipeline".to_string(), |p| {
-                        p.display().to_string()
-                    });
-                println!("{name}: valid");
-                ExitCode::SUCCESS
-            } else {
-                eprintln!("{} error(s)", d.errors());
-                ExitCode::FAILURE
-            }
-        }
-        Command::Run { config } => {
-            let (built, d) = load(config.as_ref());
-            eprint!("{}", d.render());
-            let Some((cfg, graph)) = built else {
-                eprintln!("{} error(s); not starting", d.errors());
-                return ExitCode::FAILURE;
-            };
-            telemetry::init_logging(&cfg.service.telemetry.log_level);
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
+        }) => {
+            return match reload::request_with_token_file(&endpoint, bearer_token_file.as_deref()) {
+                Ok(reload::Outcome::Reloaded) => {
+                    println!("{endpoint}: configuration reloaded");
+                    ExitCode::SUCCESS
+                }
+                Ok(reload::Outcome::Rejected) => {
+                    eprintln!("{endpoint}: the new configuration was rejected; the agent kept the running one (its log says why)");
+                    ExitCode::FAILURE
+                }
                 Err(e) => {
-                    eprintln!("cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
+                    eprintln!("{endpoint}: {e}");
+                    ExitCode::FAILURE
                 }
             };
-            rt.block_on(run(cfg, graph, config))
         }
+    };
+    let uris = match args.uris() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (built, d) = load(uris.as_deref());
+    eprint!("{}", d.render());
+    if command == "validate" {
+        return if built.is_some() {
+            let name = uris
+                .as_ref()
+                .map_or("built-in default pipeline".to_string(), |u| u.join(" + "));
+            println!("{name}: valid");
+            ExitCode::SUCCESS
+        } else {
+            eprintln!("{} error(s)", d.errors());
+            ExitCode::FAILURE
+        };
     }
+    let Some((cfg, graph)) = built else {
+        eprintln!("{} error(s); not starting", d.errors());
+        return ExitCode::FAILURE;
+    };
+    telemetry::init_logging(
+        &cfg.service.telemetry.log_level,
+        cfg.service.telemetry.log_encoding == config::LogEncoding::Json,
+    );
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(run(cfg, graph, uris))
 }
 
-async fn run(cfg: Config, graph: Graph, path: Option<PathBuf>) -> ExitCode {
+async fn run(cfg: Config, graph: Graph, uris: Option<Vec<String>>) -> ExitCode {
     let telemetry = Telemetry::new();
     let stop = CancellationToken::new();
     let server_stop = CancellationToken::new();
@@ -146,6 +221,7 @@ async fn run(cfg: Config, graph: Graph, path: Option<PathBuf>) -> ExitCode {
             }
         };
         let t = telemetry.clone();
+        let target_info = target_info(&cfg.service.telemetry.resource);
         let bearer = cfg
             .service
             .telemetry
@@ -156,7 +232,7 @@ async fn run(cfg: Config, graph: Graph, path: Option<PathBuf>) -> ExitCode {
         tokio::spawn(telemetry::serve_authorized(
             listener,
             bearer,
-            move |method, path| telemetry_page(&t, &requests, method, path),
+            move |method, path| telemetry_page(&t, &target_info, &requests, method, path),
             server_stop.clone(),
         ));
         tracing::info!(%addr, "Serving /metrics, /healthz and POST /-/reload.");
@@ -188,8 +264,7 @@ async fn run(cfg: Config, graph: Graph, path: Option<PathBuf>) -> ExitCode {
     }
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
     tokio::spawn(reload::serve(
-        path,
-        load,
+        Box::new(move || load(uris.as_deref())),
         request_rx,
         reload_tx,
         telemetry.clone(),
@@ -209,8 +284,35 @@ async fn run(cfg: Config, graph: Graph, path: Option<PathBuf>) -> ExitCode {
     }
 }
 
+/// `service.telemetry.resource` as the collector's Prometheus reader shows it: one
+/// `target_info` series whose labels are the resource attributes.
+fn target_info(resource: &std::collections::BTreeMap<String, String>) -> String {
+    if resource.is_empty() {
+        return String::new();
+    }
+    let labels: Vec<String> = resource
+        .iter()
+        .map(|(k, v)| {
+            let name: String = k
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            let value = v
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            format!("{name}=\"{value}\"")
+        })
+        .collect();
+    format!(
+        "# HELP target_info Target metadata (service.telemetry.resource).\n# TYPE target_info gauge\ntarget_info{{{}}} 1\n",
+        labels.join(",")
+    )
+}
+
 fn telemetry_page(
     t: &Telemetry,
+    target_info: &str,
     reloads: &tokio::sync::mpsc::Sender<()>,
     method: &hyper::Method,
     path: &str,
@@ -220,7 +322,7 @@ fn telemetry_page(
         (_, "/metrics") => (
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            t.render().into(),
+            format!("{}{target_info}", t.render()).into(),
         ),
         (_, "/healthz") if t.healthy() => (StatusCode::OK, "text/plain", "ok\n".into()),
         (_, "/healthz") => (

@@ -32,11 +32,33 @@ pub static COMPONENTS: &[Registration] = &[
     crate::extensions::basicauth::REGISTRATION,
 ];
 
-/// The registration of `type_name` in `section` (`otlp` is both a receiver and an exporter).
+/// Other names of registered types: `(section, alias, type)`. The OpenTelemetry Collector's
+/// names of the components celeriac has under its own name; both are accepted and listed by
+/// `celeriac components`.
+pub static ALIASES: &[(Section, &str, &str)] = &[
+    (Section::Exporters, "otlp_grpc", "otlp"),
+    (
+        Section::Exporters,
+        "prometheusremotewrite",
+        "prometheus_remote_write",
+    ),
+];
+
+/// The registration of `type_name` (or an alias of it) in `section` (`otlp` is both a receiver
+/// and an exporter).
 pub fn lookup(section: Section, type_name: &str) -> Option<&'static Registration> {
+    let name = ALIASES
+        .iter()
+        .find(|(s, alias, _)| *s == section && *alias == type_name)
+        .map_or(type_name, |(_, _, t)| *t);
     COMPONENTS
         .iter()
-        .find(|r| r.type_name == type_name && r.factory.section() == section)
+        .find(|r| r.type_name == name && r.factory.section() == section)
+}
+
+/// Is `type_name` (or an alias) known in any section?
+pub fn is_known(section: Section, type_name: &str) -> bool {
+    lookup(section, type_name).is_some()
 }
 
 /// Sections other than the one asked for that know `type_name`, for "declare it under" hints.
@@ -45,6 +67,12 @@ pub fn sections_of(type_name: &str) -> Vec<Section> {
         .iter()
         .filter(|r| r.type_name == type_name)
         .map(|r| r.factory.section())
+        .chain(
+            ALIASES
+                .iter()
+                .filter(|(_, a, _)| *a == type_name)
+                .map(|(s, _, _)| *s),
+        )
         .collect()
 }
 
@@ -54,6 +82,12 @@ pub fn names(section: Section) -> Vec<&'static str> {
         .iter()
         .filter(|r| r.factory.section() == section)
         .map(|r| r.type_name)
+        .chain(
+            ALIASES
+                .iter()
+                .filter(|(s, _, _)| *s == section)
+                .map(|(_, a, _)| *a),
+        )
         .collect();
     v.sort_unstable();
     v
@@ -108,6 +142,16 @@ pub fn catalog() -> String {
             for line in text.lines() {
                 let _ = writeln!(out, "  {line}");
             }
+            for (_, alias, _) in ALIASES
+                .iter()
+                .filter(|(s, _, t)| *s == section && *t == r.type_name)
+            {
+                let _ = writeln!(
+                    out,
+                    "  # {alias}: the OpenTelemetry Collector's name for {}; same settings\n  {alias}: {{}}",
+                    r.type_name
+                );
+            }
         }
         out.push('\n');
     }
@@ -154,5 +198,12 @@ mod tests {
         assert!(text.contains("    timeout: 200ms\n"), "{text}");
         assert!(text.contains("      initial_interval: 5s\n"), "{text}");
         assert!(text.contains("    endpoint: 127.0.0.1:9540\n"), "{text}");
+        for (section, alias, t) in ALIASES {
+            assert!(
+                text.contains(&format!("  {alias}: {{}}")),
+                "{alias} missing:\n{text}"
+            );
+            assert_eq!(lookup(*section, alias).map(|r| r.type_name), Some(*t));
+        }
     }
 }

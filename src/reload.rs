@@ -8,7 +8,6 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -21,13 +20,12 @@ const RELOADS: &str = "celeriac_config_reloads_total";
 const RELOADS_HELP: &str =
     "Config reloads (SIGHUP, POST /-/reload), by result; on failure the running pipelines stay.";
 
-/// Reads and checks a config file (the built-in default pipeline when `None`).
-pub type Loader = fn(Option<&PathBuf>) -> (Option<(Config, Graph)>, Diagnostics);
+/// Reads and checks the agent's config again (the same `--config` sources each time).
+pub type Loader = Box<dyn Fn() -> (Option<(Config, Graph)>, Diagnostics) + Send + Sync>;
 
-/// Handle reload requests until `requests` closes: load `path`, and hand a valid result to the
+/// Handle reload requests until `requests` closes: `load` the config again, and hand a valid result to the
 /// running pipelines over `swaps`.
 pub async fn serve(
-    path: Option<PathBuf>,
     load: Loader,
     mut requests: mpsc::Receiver<()>,
     swaps: mpsc::Sender<Reload>,
@@ -36,7 +34,7 @@ pub async fn serve(
     let success = telemetry.counter(RELOADS, RELOADS_HELP, &[("result", "success")]);
     let failure = telemetry.counter(RELOADS, RELOADS_HELP, &[("result", "failure")]);
     while requests.recv().await.is_some() {
-        let (built, d) = load(path.as_ref());
+        let (built, d) = load();
         for line in d.render().lines() {
             if built.is_some() {
                 tracing::warn!("{line}");

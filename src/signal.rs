@@ -109,7 +109,7 @@ impl Signal {
     }
 }
 
-fn data_point_count(data: Option<&metric::Data>) -> usize {
+pub(crate) fn data_point_count(data: Option<&metric::Data>) -> usize {
     match data {
         Some(metric::Data::Gauge(g)) => g.data_points.len(),
         Some(metric::Data::Sum(s)) => s.data_points.len(),

@@ -16,24 +16,34 @@ pub struct Diagnostic {
     /// Key path (`service.pipelines.traces.exporters[1]`), empty for the whole file.
     pub path: String,
     pub pos: Option<Pos>,
+    /// Index of the source (`--config` file or URI) `pos` is in.
+    pub source: usize,
     pub message: String,
 }
 
-/// The diagnostics of one file.
-#[derive(Debug)]
+/// The diagnostics of one config, which may be merged from several sources (`--config` given
+/// more than once): a key's position is looked up in the last source that has it.
+#[derive(Debug, Default)]
 pub struct Diagnostics {
-    file: String,
-    marks: Marks,
+    sources: Vec<(String, Marks)>,
     items: Vec<Diagnostic>,
 }
 
 impl Diagnostics {
     pub fn new(file: &str, text: &str) -> Self {
-        Diagnostics {
-            file: file.to_string(),
-            marks: Marks::index(text),
-            items: Vec::new(),
-        }
+        let mut d = Diagnostics::empty();
+        d.add_source(file, text);
+        d
+    }
+
+    /// No source yet (see [`Diagnostics::add_source`]).
+    pub fn empty() -> Self {
+        Diagnostics::default()
+    }
+
+    /// One more source; diagnostics without a key path are reported against the latest.
+    pub fn add_source(&mut self, name: &str, text: &str) {
+        self.sources.push((name.to_string(), Marks::index(text)));
     }
 
     pub fn error(&mut self, path: &str, message: impl Into<String>) {
@@ -45,12 +55,32 @@ impl Diagnostics {
     }
 
     pub fn push(&mut self, severity: Severity, path: &str, message: impl Into<String>) {
-        let pos = if path.is_empty() {
+        let found = if path.is_empty() {
             None
         } else {
-            self.marks.find(path)
+            self.sources
+                .iter()
+                .enumerate()
+                .rev()
+                .find_map(|(i, (_, m))| m.find_exact(path).map(|p| (i, p)))
+                .or_else(|| {
+                    self.sources
+                        .iter()
+                        .enumerate()
+                        .rev()
+                        .find_map(|(i, (_, m))| m.find(path).map(|p| (i, p)))
+                })
         };
-        self.push_at(severity, path, pos, message);
+        match found {
+            Some((source, pos)) => self.items.push(Diagnostic {
+                severity,
+                path: path.to_string(),
+                pos: Some(pos),
+                source,
+                message: message.into(),
+            }),
+            None => self.push_at(severity, path, None, message),
+        }
     }
 
     pub fn push_at(
@@ -64,6 +94,7 @@ impl Diagnostics {
             severity,
             path: path.to_string(),
             pos,
+            source: self.sources.len().saturating_sub(1),
             message: message.into(),
         });
     }
@@ -91,20 +122,20 @@ impl Diagnostics {
     /// One line per diagnostic, in file order: `file:line:col: error: message`.
     pub fn render(&self) -> String {
         let mut items: Vec<&Diagnostic> = self.items.iter().collect();
-        items.sort_by_key(|d| d.pos.map(|p| (p.line, p.col)).unwrap_or((0, 0)));
+        items.sort_by_key(|d| (d.source, d.pos.map(|p| (p.line, p.col)).unwrap_or((0, 0))));
         let mut out = String::new();
         for d in items {
             let sev = match d.severity {
                 Severity::Error => "error",
                 Severity::Warning => "warning",
             };
+            let file = self
+                .sources
+                .get(d.source)
+                .map_or("config", |(name, _)| name.as_str());
             let _ = match d.pos {
-                Some(p) => writeln!(
-                    out,
-                    "{}:{}:{}: {sev}: {}",
-                    self.file, p.line, p.col, d.message
-                ),
-                None => writeln!(out, "{}: {sev}: {}", self.file, d.message),
+                Some(p) => writeln!(out, "{file}:{}:{}: {sev}: {}", p.line, p.col, d.message),
+                None => writeln!(out, "{file}: {sev}: {}", d.message),
             };
         }
         out

@@ -31,9 +31,18 @@ impl Marks {
         if parser.load(&mut builder, false).is_err() {
             return Marks::default();
         }
-        Marks {
-            index: builder.index,
-        }
+        // `a::b: x` (a `yaml:` URI, or any key with the collector's `::` delimiter) is `a.b`.
+        let index = builder
+            .index
+            .into_iter()
+            .map(|(k, v)| (k.replace("::", "."), v))
+            .collect();
+        Marks { index }
+    }
+
+    /// Position of exactly `path`.
+    pub fn find_exact(&self, path: &str) -> Option<Pos> {
+        self.index.get(path).copied()
     }
 
     /// Position of `path` or, failing that, of its closest indexed ancestor.

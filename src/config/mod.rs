@@ -7,14 +7,14 @@
 //! Cross-component rules (signals, references, cycles) live in [`crate::pipeline::graph`].
 
 mod diag;
-mod env;
+mod expand;
 mod marks;
+mod service;
+mod source;
 pub mod types;
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -22,6 +22,7 @@ pub use serde_yaml_ng::Value;
 
 pub use diag::{Diagnostic, Diagnostics, Severity};
 pub use marks::Pos;
+pub use source::set_to_uri;
 
 /// The pipeline file shipped in the binary; `celeriac run` uses it when no `-c` is given.
 pub const DEFAULT_PIPELINE: &str = include_str!("../../pipelines/default.yaml");
@@ -116,6 +117,9 @@ pub struct ComponentDecl {
     pub settings: Value,
     /// Key path of the declaration, for diagnostics.
     pub path: String,
+    /// Settings read by a whole-value `${…}` as a number or boolean, by key path under
+    /// `settings`, with the text that was read: a string setting gets the text back.
+    pub originals: Vec<(String, String)>,
 }
 
 /// A reference to a component from a pipeline.
@@ -135,54 +139,7 @@ pub struct PipelineDecl {
     pub path: String,
 }
 
-/// `service:` settings other than pipelines.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServiceSettings {
-    pub telemetry: TelemetrySettings,
-    /// How long shutdown may take before remaining components are aborted.
-    #[serde(with = "types::duration")]
-    pub shutdown_timeout: Duration,
-    /// Capacity, in batches, of every channel between stages.
-    pub channel_capacity: usize,
-    /// Ids of the `extensions:` to run (the collector's `service.extensions`).
-    pub extensions: Vec<String>,
-}
-
-impl Default for ServiceSettings {
-    fn default() -> Self {
-        ServiceSettings {
-            telemetry: TelemetrySettings::default(),
-            shutdown_timeout: Duration::from_secs(10),
-            channel_capacity: 64,
-            extensions: Vec::new(),
-        }
-    }
-}
-
-/// The agent's own `/metrics` and `/healthz` endpoint and its log level.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TelemetrySettings {
-    /// Address of `/metrics` and `/healthz`; `null` disables the endpoint.
-    #[serde(with = "types::opt_addr")]
-    pub endpoint: Option<SocketAddr>,
-    /// `tracing` filter for the agent's own logs (overridden by `RUST_LOG`).
-    pub log_level: String,
-    /// Require `Authorization: Bearer <token>` on `/metrics` (`/healthz` stays open for probes).
-    #[serde(default, deserialize_with = "types::non_empty_secret::deserialize")]
-    pub bearer_token: Option<types::Secret>,
-}
-
-impl Default for TelemetrySettings {
-    fn default() -> Self {
-        TelemetrySettings {
-            endpoint: Some(SocketAddr::from(([127, 0, 0, 1], 8888))),
-            log_level: "info".to_string(),
-            bearer_token: None,
-        }
-    }
-}
+pub use service::{LogEncoding, ServiceSettings, TelemetrySettings};
 
 /// The whole file, shape-checked.
 #[derive(Debug, Clone)]
@@ -203,14 +160,28 @@ impl Config {
 /// Read and shape-check a file. Diagnostics (warnings too) are returned either way; the config
 /// is `None` when any error was found.
 pub fn load(path: &Path) -> (Option<Config>, Diagnostics) {
-    let name = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse(&text, &name),
-        Err(e) => {
-            let mut d = Diagnostics::new(&name, "");
-            d.error("", format!("cannot read the config file: {e}"));
-            (None, d)
-        }
+    load_uris(&[path.display().to_string()])
+}
+
+/// Read, merge and shape-check the `--config` URIs (paths, `file:`, `env:`, `yaml:`; see
+/// [`source`]) in order, then expand `${…}` over the result as the collector does.
+pub fn load_uris(uris: &[String]) -> (Option<Config>, Diagnostics) {
+    let (cfg, d) = load_uris_partial(uris);
+    if d.has_errors() {
+        (None, d)
+    } else {
+        (cfg, d)
+    }
+}
+
+/// Like [`load_uris`], but the config comes back even when its shape has errors (`None` only
+/// when a source cannot be read), so the components can be checked too and every problem is
+/// reported at once. Callers must look at `d.has_errors()`.
+pub fn load_uris_partial(uris: &[String]) -> (Option<Config>, Diagnostics) {
+    let mut d = Diagnostics::empty();
+    match source::resolve(uris, &mut d) {
+        Some(root) => check(root, d),
+        None => (None, d),
     }
 }
 
@@ -228,7 +199,17 @@ pub fn parse(text: &str, file: &str) -> (Option<Config>, Diagnostics) {
             return (None, d);
         }
     };
-    let root = env::expand(root, &mut d);
+    let (cfg, d) = check(root, d);
+    if d.has_errors() {
+        (None, d)
+    } else {
+        (cfg, d)
+    }
+}
+
+fn check(root: Value, mut d: Diagnostics) -> (Option<Config>, Diagnostics) {
+    let mut originals = std::collections::BTreeMap::new();
+    let root = expand::expand(root, &mut d, &mut originals);
     let root = match root {
         Value::Mapping(m) => m,
         Value::Null => Default::default(),
@@ -250,11 +231,11 @@ pub fn parse(text: &str, file: &str) -> (Option<Config>, Diagnostics) {
             continue;
         };
         if let Some(section) = Section::ALL.iter().find(|s| s.key() == key) {
-            read_section(*section, v, &mut components, &mut d);
+            read_section(*section, v, &mut components, &originals, &mut d);
         } else if key == "service" {
             read_service(v, &mut service, &mut pipelines, &mut d);
         } else if key == "extensions" {
-            read_section(Section::Extensions, v, &mut components, &mut d);
+            read_section(Section::Extensions, v, &mut components, &originals, &mut d);
         } else {
             d.error(
                 key,
@@ -273,14 +254,16 @@ pub fn parse(text: &str, file: &str) -> (Option<Config>, Diagnostics) {
         pipelines,
         service,
     };
-    if d.has_errors() {
-        (None, d)
-    } else {
-        (Some(config), d)
-    }
+    (Some(config), d)
 }
 
-fn read_section(section: Section, v: &Value, out: &mut Vec<ComponentDecl>, d: &mut Diagnostics) {
+fn read_section(
+    section: Section,
+    v: &Value,
+    out: &mut Vec<ComponentDecl>,
+    originals: &std::collections::BTreeMap<String, String>,
+    d: &mut Diagnostics,
+) {
     let key = section.key();
     let map = match v {
         Value::Mapping(m) => m,
@@ -300,12 +283,23 @@ fn read_section(section: Section, v: &Value, out: &mut Vec<ComponentDecl>, d: &m
         };
         let path = format!("{key}.{id_str}");
         match ComponentId::parse(id_str) {
-            Ok(id) => out.push(ComponentDecl {
-                id,
-                section,
-                settings: settings.clone(),
-                path,
-            }),
+            Ok(id) => {
+                let prefix = format!("{path}.");
+                let originals = originals
+                    .iter()
+                    .filter_map(|(k, text)| {
+                        k.strip_prefix(&prefix)
+                            .map(|rel| (rel.to_string(), text.clone()))
+                    })
+                    .collect();
+                out.push(ComponentDecl {
+                    id,
+                    section,
+                    settings: settings.clone(),
+                    path,
+                    originals,
+                })
+            }
             Err(msg) => d.error(&path, msg),
         }
     }
@@ -334,9 +328,12 @@ fn read_service(
     };
     let mut rest = map.clone();
     let pipes = rest.remove("pipelines");
-    match decode::<ServiceSettings>(&Value::Mapping(rest)) {
-        Ok(s) => *service = s,
-        Err(e) => d.error(&e.full_path("service"), e.message),
+    let mut rest = Value::Mapping(rest);
+    // Every wrong key of `service` is reported, and none hides the pipelines.
+    for e in errors_until_ok(&mut rest, |v| {
+        decode::<ServiceSettings>(v).map(|s| *service = s)
+    }) {
+        d.error(&e.full_path("service"), e.message);
     }
     let Some(pipes) = pipes else {
         d.error("service", "`service` has no `pipelines`");
@@ -359,7 +356,11 @@ fn read_service(
         let Some(signal) = crate::signal::SignalKind::parse(signal_name) else {
             d.error(
                 &path,
-                format!("pipeline `{id}`: `{signal_name}` is not a signal; a pipeline id is traces, metrics, logs or celery, optionally followed by /name"),
+                if COLLECTOR_SIGNALS_NOT_CARRIED.contains(&signal_name) {
+                    format!("pipeline `{id}`: celeriac does not carry {signal_name} (its signals are traces, metrics, logs and celery); remove this pipeline")
+                } else {
+                    format!("pipeline `{id}`: `{signal_name}` is not a signal; a pipeline id is traces, metrics, logs or celery, optionally followed by /name")
+                },
             );
             continue;
         };
@@ -399,6 +400,9 @@ fn read_service(
     }
 }
 
+/// Signals the OpenTelemetry Collector has and celeriac does not.
+pub const COLLECTOR_SIGNALS_NOT_CARRIED: &[&str] = &["profiles", "entities"];
+
 /// A settings decode failure: where (relative key path) and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeError {
@@ -435,6 +439,121 @@ impl fmt::Display for DecodeError {
 }
 
 impl std::error::Error for DecodeError {}
+
+/// Run `attempt` on `v`; while it fails at a key path, drop that key and try again, so every
+/// wrong key of a component is reported at once, not only the first. Returns the errors (empty
+/// when the first attempt succeeded).
+pub fn errors_until_ok<T>(
+    v: &mut Value,
+    mut attempt: impl FnMut(&Value) -> Result<T, DecodeError>,
+) -> Vec<DecodeError> {
+    let mut errors: Vec<DecodeError> = Vec::new();
+    for _ in 0..64 {
+        match attempt(v) {
+            Ok(_) => break,
+            Err(e) => {
+                let removable = !e.path.is_empty() && remove_path(v, &e.path);
+                if !errors.contains(&e) {
+                    errors.push(e);
+                }
+                if !removable {
+                    break;
+                }
+            }
+        }
+    }
+    errors
+}
+
+/// Give string settings that a `${…}` typed as a number or boolean the text that was read:
+/// while `attempt` fails with "expected a string" at one of `originals`' paths, put the text
+/// there and try again.
+pub fn restore_originals<T>(
+    v: &mut Value,
+    originals: &[(String, String)],
+    mut attempt: impl FnMut(&Value) -> Result<T, DecodeError>,
+) {
+    for _ in 0..=originals.len() {
+        let Err(e) = attempt(v) else { return };
+        if !e.message.contains("expected a string") {
+            return;
+        }
+        let Some((_, text)) = originals.iter().find(|(p, _)| *p == e.path) else {
+            return;
+        };
+        let Some(slot) = value_at(v, &e.path) else {
+            return;
+        };
+        *slot = Value::String(text.clone());
+    }
+}
+
+fn value_at<'a>(v: &'a mut Value, path: &str) -> Option<&'a mut Value> {
+    let mut cur = v;
+    for seg in path.split('.') {
+        let (key, idx) = match seg.split_once('[') {
+            Some((k, rest)) => (k, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (seg, None),
+        };
+        if !key.is_empty() {
+            cur = cur.as_mapping_mut()?.get_mut(key)?;
+        }
+        if let Some(i) = idx {
+            cur = cur.as_sequence_mut()?.get_mut(i)?;
+        }
+    }
+    Some(cur)
+}
+
+/// Remove the key (or item) at `path` (`a.b`, `a.list[2].c`) from `v`; `false` if absent.
+pub fn remove_path(v: &mut Value, path: &str) -> bool {
+    let mut parts: Vec<&str> = Vec::new();
+    for seg in path.split('.') {
+        match seg.find('[') {
+            Some(i) => {
+                if i > 0 {
+                    parts.push(&seg[..i]);
+                }
+                parts.extend(seg[i..].split_inclusive(']'));
+            }
+            None => parts.push(seg),
+        }
+    }
+    let Some((last, parents)) = parts.split_last() else {
+        return false;
+    };
+    let mut cur = v;
+    for p in parents {
+        let next = match p.strip_prefix('[').and_then(|x| x.strip_suffix(']')) {
+            Some(i) => i.parse::<usize>().ok().and_then(|i| match cur {
+                Value::Sequence(s) => s.get_mut(i),
+                _ => None,
+            }),
+            None => match cur {
+                Value::Mapping(m) => m.get_mut(*p),
+                _ => None,
+            },
+        };
+        match next {
+            Some(n) => cur = n,
+            None => return false,
+        }
+    }
+    match (
+        last.strip_prefix('[').and_then(|x| x.strip_suffix(']')),
+        cur,
+    ) {
+        (Some(i), Value::Sequence(s)) => match i.parse::<usize>() {
+            Ok(i) if i < s.len() => {
+                s.remove(i);
+                true
+            }
+            _ => false,
+        },
+        (None, Value::Mapping(m)) => m.remove(*last).is_some(),
+        _ => false,
+    }
+}
 
 /// Decode a component's settings into its typed config, keeping the path of the failing key.
 /// `null` (a component declared with no settings) decodes as an empty mapping.
@@ -509,6 +628,87 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("t.yaml:6:5: error: pipeline `spans`"), "{out}");
+    }
+
+    #[test]
+    fn every_wrong_key_is_reported() {
+        #[derive(Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct S {
+            a: u32,
+            #[serde(default)]
+            b: Option<u32>,
+        }
+        let mut v: Value = serde_yaml_ng::from_str(
+            "a: 1
+x: 2
+y: 3
+b: nope
+",
+        )
+        .unwrap();
+        let errs = errors_until_ok(&mut v, decode::<S>);
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths.len(), 3, "{errs:?}");
+        for p in ["x", "y", "b"] {
+            assert!(paths.contains(&p), "{errs:?}");
+        }
+        let mut v: Value = serde_yaml_ng::from_str("l: [{a: 1}, {b: 2}]").unwrap();
+        assert!(remove_path(&mut v, "l[1].b"));
+        assert_eq!(
+            v,
+            serde_yaml_ng::from_str::<Value>("l: [{a: 1}, {}]").unwrap()
+        );
+    }
+
+    #[test]
+    fn service_errors_do_not_hide_the_rest() {
+        let text = "receivers:
+  nope_r: {}
+service:
+  telemetry: {bogus: 1}
+  wrong: 2
+  pipelines:
+    profiles: {receivers: [nope_r], exporters: [x]}
+";
+        let (cfg, d) = parse(text, "t.yaml");
+        assert!(cfg.is_none());
+        let out = d.render();
+        assert!(
+            out.contains("t.yaml:4:15: error: unknown field `bogus`"),
+            "{out}"
+        );
+        assert!(
+            out.contains("t.yaml:5:3: error: unknown field `wrong`"),
+            "{out}"
+        );
+        assert!(
+            out.contains("t.yaml:7:5: error: pipeline `profiles`"),
+            "{out}"
+        );
+    }
+
+    /// Several `--config` sources: positions point into the source that has the key.
+    #[test]
+    fn merged_sources_keep_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.yaml");
+        std::fs::write(&a, "receivers:\n  otlp:\nexporters:\n  debug:\nservice:\n  pipelines:\n    traces: {receivers: [otlp], exporters: [debug]}\n").unwrap();
+        let b = dir.path().join("b.yaml");
+        std::fs::write(&b, "exporters:\n  debug:\n    bogus: 1\n").unwrap();
+        let (cfg, d) = load_uris(&[a.display().to_string(), b.display().to_string()]);
+        assert!(cfg.is_some(), "{}", d.render());
+        let (_, d) = load_uris(&[
+            a.display().to_string(),
+            "yaml:service::telemetry::nope: 1".to_string(),
+        ]);
+        assert!(
+            d.render()
+                .contains("yaml:service::telemetry::nope: 1:1:1: error:"),
+            "{}",
+            d.render()
+        );
     }
 
     #[test]

@@ -23,6 +23,33 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
         .ok_or_else(bad)
 }
 
+/// A listen address as the collector writes it: `host:port`, `localhost:port` (IPv4 loopback),
+/// or `:port` (every interface, as Go's net.Listen does).
+pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Some(port) = s.strip_prefix(':') {
+        return parse_addr(&format!("0.0.0.0:{port}"));
+    }
+    if let Some(port) = s.strip_prefix("localhost:") {
+        return parse_addr(&format!("127.0.0.1:{port}"));
+    }
+    parse_addr(s)
+}
+
+pub mod listen_addr {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::net::SocketAddr;
+
+    pub fn serialize<S: Serializer>(a: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(a)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_listen_addr(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|_| format!("invalid duration `{s}`: expected e.g. 200ms, 5s, 2m, 1h"))
@@ -40,6 +67,28 @@ pub mod duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `Option<Duration>`; use with `#[serde(default, with = "types::opt_duration")]`.
+pub mod opt_duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.collect_str(&humantime::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(s) => super::parse_duration(&s)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+        }
     }
 }
 
@@ -160,6 +209,14 @@ mod tests {
         assert!(parse_addr("[::1]:4317").is_ok());
         assert!(parse_addr("9540").is_err());
         assert!(parse_addr("nohost:x").is_err());
+        assert_eq!(
+            parse_listen_addr(":4317").unwrap(),
+            SocketAddr::from(([0, 0, 0, 0], 4317))
+        );
+        assert_eq!(
+            parse_listen_addr("localhost:4318").unwrap(),
+            SocketAddr::from(([127, 0, 0, 1], 4318))
+        );
     }
 
     #[test]

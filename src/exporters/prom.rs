@@ -216,6 +216,10 @@ pub struct ConvertStats {
 pub struct Converter {
     const_labels: Vec<(String, String)>,
     resource: ResourceLabels,
+    /// `namespace_` before every metric name (the collector's `namespace`).
+    prefix: String,
+    /// Append `_total` to monotonic sums (the collector's `add_metric_suffixes`, default on).
+    suffixes: bool,
 }
 
 impl Converter {
@@ -228,7 +232,21 @@ impl Converter {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             resource,
+            prefix: String::new(),
+            suffixes: true,
         }
+    }
+
+    /// The collector's `namespace` and `add_metric_suffixes` settings.
+    pub fn with_names(mut self, namespace: &str, add_metric_suffixes: bool) -> Self {
+        let ns = sanitize_metric_name(namespace);
+        self.prefix = if ns.is_empty() {
+            String::new()
+        } else {
+            format!("{ns}_")
+        };
+        self.suffixes = add_metric_suffixes;
+        self
     }
 
     /// Convert one batch, handing every point to `f` in input order.
@@ -248,7 +266,7 @@ impl Converter {
             }
             for sm in &rm.scope_metrics {
                 for m in &sm.metrics {
-                    convert_metric(m, &base, &mut stats, &mut f);
+                    convert_metric(self, m, &base, &mut stats, &mut f);
                 }
             }
         }
@@ -257,6 +275,7 @@ impl Converter {
 }
 
 fn convert_metric(
+    conv: &Converter,
     m: &Metric,
     base: &BTreeMap<String, String>,
     stats: &mut ConvertStats,
@@ -268,6 +287,9 @@ fn convert_metric(
     if name.is_empty() {
         stats.invalid += points(data);
         return;
+    }
+    if !conv.prefix.is_empty() {
+        name.insert_str(0, &conv.prefix);
     }
     fn meta<'a>(name: &'a str, kind: Kind, m: &'a Metric) -> Meta<'a> {
         Meta {
@@ -288,7 +310,7 @@ fn convert_metric(
                 return;
             }
             let kind = if s.is_monotonic {
-                if !name.ends_with("_total") {
+                if conv.suffixes && !name.ends_with("_total") {
                     name.push_str("_total");
                 }
                 Kind::Counter

@@ -28,6 +28,11 @@
 //!       # `service.namespace/` when set), service.instance.id → instance.
 //!       # The collector's form `{ enabled: true }` is accepted too.
 //!     bearer_token: ${env:SCRAPE_TOKEN} # optional: require `Authorization: Bearer <token>`
+//!     namespace: ""                   # the collector's: `ns_` before every metric name
+//!     send_timestamps: false          # true: each point's own timestamp after its value
+//!     add_metric_suffixes: true       # false: no `_total` on counters
+//!     enable_open_metrics: false      # only false: the text format is served
+//!     target_info: { enabled: false } # only false: no target_info series
 //! ```
 //!
 //! A series is identified by its exposed metric name and its sorted labels; every batch replaces
@@ -49,11 +54,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::component::{BoxRun, ComponentError, Context, Exporter, Input};
+use crate::component::{BuildResult, Factory, Registration};
 use crate::config::{self, types, Value};
 use crate::exporters::prom::{
     self, for_each_series, ConvertStats, Converter, Kind, Labels, Meta, ResourceLabels, Sample,
 };
-use crate::component::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::escape_label;
 
@@ -90,6 +95,25 @@ pub struct PrometheusConfig {
     /// Require `Authorization: Bearer <token>` (Prometheus' `authorization: { credentials }`).
     #[serde(default, deserialize_with = "types::non_empty_secret::deserialize")]
     pub bearer_token: Option<types::Secret>,
+    /// `namespace_` before every metric name.
+    pub namespace: String,
+    /// Write each point's own timestamp after its value (off: Prometheus stamps at scrape).
+    pub send_timestamps: bool,
+    /// `_total` on counters (the collector's default, on).
+    pub add_metric_suffixes: bool,
+    /// The collector's OpenMetrics negotiation; celeriac serves the text format only, so only
+    /// `false` is accepted.
+    pub enable_open_metrics: bool,
+    /// The collector's `target_info` series from resource attributes; celeriac does not write
+    /// it, so only `enabled: false` is accepted.
+    pub target_info: TargetInfo,
+}
+
+/// `target_info: { enabled }`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TargetInfo {
+    pub enabled: bool,
 }
 
 impl Default for PrometheusConfig {
@@ -100,6 +124,11 @@ impl Default for PrometheusConfig {
             const_labels: BTreeMap::new(),
             resource_to_telemetry_conversion: false,
             bearer_token: None,
+            namespace: String::new(),
+            send_timestamps: false,
+            add_metric_suffixes: true,
+            enable_open_metrics: false,
+            target_info: TargetInfo { enabled: false },
         }
     }
 }
@@ -113,6 +142,18 @@ fn build(v: &Value) -> BuildResult<dyn Exporter> {
         ));
     }
     prom::check_label_names("const_labels", &cfg.const_labels)?;
+    if cfg.enable_open_metrics {
+        return Err(config::DecodeError::new(
+            "enable_open_metrics",
+            "celeriac serves the Prometheus text format only; remove this or set false",
+        ));
+    }
+    if cfg.target_info.enabled {
+        return Err(config::DecodeError::new(
+            "target_info.enabled",
+            "celeriac does not write target_info; set false (resource_to_telemetry_conversion puts resource attributes on every series)",
+        ));
+    }
     Ok(Box::new(PrometheusExporter { cfg, bound: None }))
 }
 
@@ -135,7 +176,9 @@ impl Exporter for PrometheusExporter {
             }
             tracing::info!(component = %ctx.id, address = %local, "Serving Prometheus metrics.");
 
-            let store = Arc::new(RwLock::new(Store::new(self.cfg.metric_expiration)));
+            let store = Arc::new(RwLock::new(
+                Store::new(self.cfg.metric_expiration).with_timestamps(self.cfg.send_timestamps),
+            ));
             let handler_store = store.clone();
             let size_hint = Arc::new(AtomicUsize::new(4096));
             let telemetry = ctx.telemetry.clone();
@@ -268,6 +311,8 @@ struct Family {
 pub struct Store {
     expiration: Duration,
     families: BTreeMap<String, Family>,
+    /// Write each point's own timestamp (ms) after its value (`send_timestamps`).
+    timestamps: bool,
 }
 
 impl Store {
@@ -275,7 +320,14 @@ impl Store {
         Store {
             expiration,
             families: BTreeMap::new(),
+            timestamps: false,
         }
+    }
+
+    /// The collector's `send_timestamps`.
+    pub fn with_timestamps(mut self, on: bool) -> Self {
+        self.timestamps = on;
+        self
     }
 
     /// Set the latest value of `name{labels}`. A family whose type changes starts over.
@@ -376,8 +428,14 @@ impl Store {
             }
             let _ = writeln!(out, "# TYPE {name} {}", fam.kind.as_str());
             for (labels, s) in fam.series.iter().filter(|(_, s)| live(s)) {
+                let ts = (self.timestamps && s.time_unix_nano > 0)
+                    .then_some(s.time_unix_nano / 1_000_000);
                 for_each_series(&s.sample, |suffix, extra, v| {
-                    line(out, name, suffix, labels, extra, v)
+                    line(out, name, suffix, labels, extra, v);
+                    if let Some(ts) = ts {
+                        out.pop();
+                        let _ = writeln!(out, " {ts}");
+                    }
                 });
             }
         }
@@ -463,7 +521,7 @@ fn converter(cfg: &PrometheusConfig) -> Converter {
     } else {
         ResourceLabels::Ignore
     };
-    Converter::new(&cfg.const_labels, resource)
+    Converter::new(&cfg.const_labels, resource).with_names(&cfg.namespace, cfg.add_metric_suffixes)
 }
 
 /// Apply one batch of cumulative metrics to `store`.
@@ -559,7 +617,7 @@ mod tests {
         resource: Vec<KeyValue>,
         metrics: Vec<Metric>,
     ) -> (String, ConvertStats) {
-        let mut store = Store::new(cfg.metric_expiration);
+        let mut store = Store::new(cfg.metric_expiration).with_timestamps(cfg.send_timestamps);
         let now = Instant::now();
         let stats = apply(&converter(cfg), &mut store, &batch(resource, metrics), now);
         let mut out = String::new();
@@ -601,6 +659,55 @@ mod tests {
              # TYPE celery_task_succeeded_total counter\n\
              celery_task_succeeded_total{hostname=\"w1\",name=\"add\"} 3\n"
         );
+    }
+
+    /// prometheusexporter (config.go): namespace, add_metric_suffixes, send_timestamps.
+    #[test]
+    fn collector_naming_settings() {
+        let counter = || {
+            vec![metric(
+                "jobs",
+                "",
+                sum(
+                    true,
+                    AggregationTemporality::Cumulative,
+                    vec![NumberDataPoint {
+                        time_unix_nano: 1_700_000_000_123_000_000,
+                        ..num(vec![], 2.0)
+                    }],
+                ),
+            )]
+        };
+        let cfg = PrometheusConfig {
+            namespace: "promexample".into(),
+            ..PrometheusConfig::default()
+        };
+        let (text, _) = page(&cfg, counter());
+        assert_eq!(
+            text,
+            "# TYPE promexample_jobs_total counter\npromexample_jobs_total 2\n"
+        );
+        let cfg = PrometheusConfig {
+            add_metric_suffixes: false,
+            send_timestamps: true,
+            ..PrometheusConfig::default()
+        };
+        let (text, _) = page(&cfg, counter());
+        assert_eq!(text, "# TYPE jobs counter\njobs 2 1700000000123\n");
+        let bad = |y: &str| {
+            build(&serde_yaml_ng::from_str(y).unwrap())
+                .err()
+                .map(|e| e.path)
+        };
+        assert_eq!(
+            bad("enable_open_metrics: true").as_deref(),
+            Some("enable_open_metrics")
+        );
+        assert_eq!(
+            bad("target_info: {enabled: true}").as_deref(),
+            Some("target_info.enabled")
+        );
+        assert!(bad("namespace: x\nsend_timestamps: true\nadd_metric_suffixes: false\nenable_open_metrics: false\ntarget_info: {enabled: false}").is_none());
     }
 
     #[test]

@@ -51,7 +51,7 @@
 //!
 //! ```yaml
 //! exporters:
-//!   prometheus_remote_write:
+//!   prometheus_remote_write:          # or the collector's name, prometheusremotewrite
 //!     endpoint: http://127.0.0.1:9090/api/v1/write   # or https://
 //!     tls:                           # https only; the system's roots are always trusted
 //!       ca_file: /etc/celeriac/ca.pem
@@ -65,6 +65,9 @@
 //!     stale_after: 2m                # a series unseen this long gets a staleness marker
 //!     basic_auth: { username: u, password: "${env:RW_PASSWORD}" }   # or:
 //!     bearer_token: "${env:RW_TOKEN}"                              # (never logged)
+//!     namespace: ""                 # the collector's: `ns_` before every metric name
+//!     add_metric_suffixes: true      # false: no `_total` on counters
+//!     target_info: { enabled: false } # only false: no target_info series
 //!     remote_write_queue:
 //!       queue_size: 10000            # samples held per shard
 //!       num_consumers: 5             # shards = concurrent senders
@@ -100,12 +103,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::component::{BoxRun, ComponentError, Context, Exporter, Input};
+use crate::component::{BuildResult, Factory, Registration};
 use crate::config::{self, types, types::Secret, DecodeError, Value};
 use crate::exporters::backoff::Backoff;
 use crate::exporters::prom::{self, for_each_series, Converter, ResourceLabels};
 use crate::exporters::sending_queue::{self, DiskQueue, FileQueue, StorageConfig};
 use crate::prompb::{Label, Sample};
-use crate::component::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::{Counter, Gauge, Telemetry, Throttle};
 use crate::tls::ClientTlsConfig;
@@ -208,6 +211,13 @@ pub struct RemoteWriteConfig {
     /// Where requests wait for the endpoint: memory (default) or files that survive a restart.
     pub sending_queue: StorageConfig,
     pub retry_on_failure: RetryConfig,
+    /// `namespace_` before every metric name (the collector's `namespace`).
+    pub namespace: String,
+    /// `_total` on counters (the collector's default, on).
+    pub add_metric_suffixes: bool,
+    /// The collector's `target_info` series; celeriac does not write it, so only
+    /// `enabled: false` is accepted.
+    pub target_info: crate::exporters::prometheus::TargetInfo,
 }
 
 impl Default for RemoteWriteConfig {
@@ -226,12 +236,33 @@ impl Default for RemoteWriteConfig {
             remote_write_queue: QueueConfig::default(),
             sending_queue: StorageConfig::default(),
             retry_on_failure: RetryConfig::default(),
+            namespace: String::new(),
+            add_metric_suffixes: true,
+            target_info: crate::exporters::prometheus::TargetInfo { enabled: false },
         }
     }
 }
 
 fn build(v: &Value) -> BuildResult<dyn Exporter> {
-    let cfg: RemoteWriteConfig = config::decode(v)?;
+    // `tls.insecure` (the collector's configtls key): for an HTTP client the URL scheme decides,
+    // so it must agree with the endpoint.
+    let mut v = v.clone();
+    let insecure = match v
+        .get_mut("tls")
+        .and_then(Value::as_mapping_mut)
+        .and_then(|m| m.remove("insecure"))
+    {
+        None => None,
+        Some(Value::Bool(b)) => Some(b),
+        Some(_) => return Err(DecodeError::new("tls.insecure", "expected true or false")),
+    };
+    let cfg: RemoteWriteConfig = config::decode(&v)?;
+    if cfg.target_info.enabled {
+        return Err(DecodeError::new(
+            "target_info.enabled",
+            "celeriac does not write target_info; set false (resource_to_telemetry_conversion puts resource attributes on every series)",
+        ));
+    }
     let uri: Uri = cfg
         .endpoint
         .parse()
@@ -246,6 +277,12 @@ fn build(v: &Value) -> BuildResult<dyn Exporter> {
             ))
         }
     };
+    if https && insecure == Some(true) {
+        return Err(DecodeError::new(
+            "tls.insecure",
+            "contradicts an https:// endpoint (use http:// for plaintext)",
+        ));
+    }
     if !https && cfg.tls.is_set() {
         return Err(DecodeError::new(
             "tls",
@@ -435,6 +472,12 @@ pub fn is_stale_marker(v: f64) -> bool {
 }
 
 impl SeriesTable {
+    /// The collector's `namespace` and `add_metric_suffixes`.
+    pub fn with_names(mut self, namespace: &str, add_metric_suffixes: bool) -> Self {
+        self.converter = self.converter.with_names(namespace, add_metric_suffixes);
+        self
+    }
+
     pub fn new(
         external_labels: &BTreeMap<String, String>,
         resource_to_telemetry_conversion: bool,
@@ -1072,7 +1115,8 @@ impl Exporter for RemoteWriteExporter {
                 cfg.resource_to_telemetry_conversion,
                 n_shards,
                 cfg.stale_after,
-            );
+            )
+            .with_names(&cfg.namespace, cfg.add_metric_suffixes);
             let mut out: Vec<Vec<Queued>> = (0..n_shards).map(|_| Vec::new()).collect();
             let mut reported = TableStats::default();
             let queue_full = dropped_counter(t, &ctx.id, "queue_full");
@@ -1526,6 +1570,43 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    /// prometheusremotewriteexporter (config.go): namespace, add_metric_suffixes,
+    /// target_info.enabled, tls.insecure.
+    #[test]
+    fn collector_settings() {
+        let counter_named = |t: &mut SeriesTable| {
+            let b = batch(vec![counter("jobs", vec![num(vec![], 1.0, 1000)])]);
+            let got = run(t, &b, 5000, Instant::now());
+            got[0]
+                .0
+                .iter()
+                .find(|l| l.name == "__name__")
+                .unwrap()
+                .value
+                .clone()
+        };
+        let mut t = SeriesTable::new(&BTreeMap::new(), false, 1, Duration::from_secs(60))
+            .with_names("ns", true);
+        assert_eq!(counter_named(&mut t), "ns_jobs_total");
+        let mut t = SeriesTable::new(&BTreeMap::new(), false, 1, Duration::from_secs(60))
+            .with_names("", false);
+        assert_eq!(counter_named(&mut t), "jobs");
+        let bad = |y: &str| {
+            build(&serde_yaml_ng::from_str(y).unwrap())
+                .err()
+                .map(|e| e.path)
+        };
+        assert_eq!(bad("endpoint: http://cortex:9009/api/v1/push\nnamespace: x\nadd_metric_suffixes: false\ntarget_info: {enabled: false}\ntls: {insecure: true}"), None);
+        assert_eq!(
+            bad("endpoint: https://x/api/v1/push\ntls: {insecure: true}").as_deref(),
+            Some("tls.insecure")
+        );
+        assert_eq!(
+            bad("target_info: {enabled: true}").as_deref(),
+            Some("target_info.enabled")
+        );
     }
 
     #[test]

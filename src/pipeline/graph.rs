@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::component::{Exporter, Extension, Factory, Host, Processor, Receiver};
-use crate::config::{ComponentDecl, ComponentId, ComponentRef, Config, Diagnostics, Section};
+use crate::config::{self, ComponentDecl, ComponentId, ComponentRef, Config, Diagnostics, Section};
 use crate::registry;
 use crate::signal::SignalKind;
 
@@ -59,6 +59,7 @@ impl Graph {
         let mut connectors = Vec::new();
         let mut exporters = Vec::new();
         let mut extensions = Vec::new();
+        let mut fixed_settings: BTreeMap<ComponentId, config::Value> = BTreeMap::new();
         // Exporters' `sending_queue.storage: <file_storage id>` and every `auth: {authenticator}`
         // as celeriac's own settings.
         let components = crate::extensions::file_storage::resolve_storage(config, d);
@@ -68,20 +69,39 @@ impl Graph {
                 continue;
             };
             factories.insert((decl.section, decl.id.clone()), factory);
+            // (`fixed_settings` keeps the processors' for their per-pipeline builds below.)
+            // Every wrong key is reported: drop a failing key and build again, until it builds
+            // or the error is not about one key.
+            let mut fixed = decl.settings.clone();
+            config::restore_originals(&mut fixed, &decl.originals, |v| build_only(factory, v));
+            if decl.section == Section::Processors {
+                fixed_settings.insert(decl.id.clone(), fixed.clone());
+            }
+            let mut settings = fixed.clone();
+            let errors = config::errors_until_ok(&mut settings, |v| build_only(factory, v));
+            if !errors.is_empty() {
+                for e in errors {
+                    d.error(
+                        &e.full_path(&decl.path),
+                        format!("{} {}: {}", decl.section.noun(), decl.id, e.message),
+                    );
+                }
+                continue;
+            }
             let built = match factory {
                 Factory::Receiver { build, .. } => {
-                    build(&decl.settings).map(|r| receivers.push((decl.id.clone(), r)))
+                    build(&fixed).map(|r| receivers.push((decl.id.clone(), r)))
                 }
                 Factory::Exporter { build, .. } => {
-                    build(&decl.settings).map(|e| exporters.push((decl.id.clone(), e)))
+                    build(&fixed).map(|e| exporters.push((decl.id.clone(), e)))
                 }
                 Factory::Connector { build, .. } => {
-                    build(&decl.settings).map(|c| connectors.push((decl.id.clone(), c)))
+                    build(&fixed).map(|c| connectors.push((decl.id.clone(), c)))
                 }
                 // Built per pipeline below; decode once here so errors are reported even when unused.
-                Factory::Processor { build, .. } => build(&decl.settings).map(drop),
+                Factory::Processor { build, .. } => build(&fixed).map(drop),
                 Factory::Extension { build } => {
-                    build(&decl.settings).map(|x| extensions.push((decl.id.clone(), x)))
+                    build(&fixed).map(|x| extensions.push((decl.id.clone(), x)))
                 }
             };
             if let Err(e) = built {
@@ -150,7 +170,8 @@ impl Graph {
                     d.error(&r.path, format!("processor {} does not accept {sig}", r.id));
                     continue;
                 }
-                if let Ok(proc_) = build(&decl.settings) {
+                let settings = fixed_settings.get(&r.id).unwrap_or(&decl.settings);
+                if let Ok(proc_) = build(settings) {
                     processors.push((r.id.clone(), proc_));
                 }
             }
@@ -306,6 +327,16 @@ impl Graph {
     }
 }
 
+/// Build a component only to see whether its settings are right.
+fn build_only(factory: &Factory, v: &config::Value) -> Result<(), config::DecodeError> {
+    match factory {
+        Factory::Receiver { build, .. } => build(v).map(drop),
+        Factory::Exporter { build, .. } => build(v).map(drop),
+        Factory::Connector { build, .. } | Factory::Processor { build, .. } => build(v).map(drop),
+        Factory::Extension { build } => build(v).map(drop),
+    }
+}
+
 fn keep_used<T: ?Sized>(
     v: Vec<(ComponentId, Box<T>)>,
     s: Section,
@@ -325,7 +356,8 @@ fn factory_for(decl: &ComponentDecl, d: &mut Diagnostics) -> Option<&'static Fac
         Some(other) => d.error(
             &decl.path,
             format!(
-                "`{t}` is {} {}, not {} {}: declare it under `{}`",
+                "unknown {} type `{t}` (`{t}` is {} {}, not {} {}: declare it under `{}`)",
+                decl.section.noun(),
                 article(other.noun()),
                 other.noun(),
                 article(decl.section.noun()),
@@ -467,6 +499,18 @@ mod tests {
             None => false,
         };
         (ok, d.render())
+    }
+
+    /// A `${env:…}` that reads like a number stays text in a string setting (the collector's
+    /// ExpandedValue.Original), and is a number in a numeric one.
+    #[test]
+    fn expanded_numbers_keep_their_text_for_strings() {
+        std::env::set_var("CELERIAC_T_USER_0123", "1.50");
+        std::env::set_var("CELERIAC_T_SAMPLES", "750");
+        let (ok, out) = check(
+            "receivers:\n  otlp:\nexporters:\n  prometheusremotewrite:\n    endpoint: http://127.0.0.1:9/api/v1/write\n    max_samples_per_send: ${env:CELERIAC_T_SAMPLES}\n    basic_auth: { username: \"${env:CELERIAC_T_USER_0123}\", password: x }\nservice:\n  pipelines:\n    metrics: { receivers: [otlp], exporters: [prometheusremotewrite] }\n",
+        );
+        assert!(ok, "{out}");
     }
 
     #[test]

@@ -1,5 +1,9 @@
 //! `batch` processor: groups items into larger batches, flushing at `send_batch_size` items or
 //! after `timeout`, whichever comes first, and flushing what it holds when its input closes.
+//! With `send_batch_max_size` (the collector's key) no batch sent holds more items than that:
+//! larger ones are split (between resources for OTLP data, so one resource with more items than
+//! the maximum still goes whole; between events for Celery). `metadata_keys` (batching per
+//! client metadata) is accepted only empty: celeriac does not carry request metadata.
 
 use std::time::Duration;
 
@@ -7,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::component::{BoxRun, Context, Input, Output, Processor};
-use crate::config::{self, types, Value};
 use crate::component::{BuildResult, Factory, Registration};
+use crate::config::{self, types, Value};
 use crate::signal::{unshare, Signal, SignalKind};
 use std::sync::Arc;
 
@@ -29,6 +33,10 @@ pub struct BatchConfig {
     /// Flush at most this long after the first item of a batch arrived.
     #[serde(with = "types::duration")]
     pub timeout: Duration,
+    /// Upper bound of the items in one batch sent; 0: no bound.
+    pub send_batch_max_size: usize,
+    /// The collector's per-metadata batching; only `[]` is accepted.
+    pub metadata_keys: Vec<String>,
 }
 
 impl Default for BatchConfig {
@@ -36,6 +44,8 @@ impl Default for BatchConfig {
         BatchConfig {
             send_batch_size: 8192,
             timeout: Duration::from_millis(200),
+            send_batch_max_size: 0,
+            metadata_keys: Vec::new(),
         }
     }
 }
@@ -46,6 +56,18 @@ fn build(v: &Value) -> BuildResult<dyn Processor> {
         return Err(config::DecodeError::new(
             "send_batch_size",
             "must be at least 1",
+        ));
+    }
+    if cfg.send_batch_max_size != 0 && cfg.send_batch_max_size < cfg.send_batch_size {
+        return Err(config::DecodeError::new(
+            "send_batch_max_size",
+            "must be 0 or at least send_batch_size",
+        ));
+    }
+    if !cfg.metadata_keys.is_empty() {
+        return Err(config::DecodeError::new(
+            "metadata_keys",
+            "celeriac does not carry client metadata (include_metadata), so it cannot batch by it; remove metadata_keys",
         ));
     }
     Ok(Box::new(BatchProcessor { cfg }))
@@ -74,6 +96,71 @@ impl Pending {
             Signal::Logs(v) => self.logs.extend(unshare(v)),
             Signal::Celery(v) => self.celery.extend(unshare(v)),
         }
+    }
+
+    /// Everything held, in batches of at most `max` items (0: one batch per signal).
+    fn take_split(&mut self, max: usize) -> Vec<Signal> {
+        let all = self.take();
+        if max == 0 {
+            return all;
+        }
+        fn chunks<T>(v: Vec<T>, max: usize, count: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+            let mut out = Vec::new();
+            let (mut cur, mut n) = (Vec::new(), 0);
+            for x in v {
+                let c = count(&x);
+                if !cur.is_empty() && n + c > max {
+                    out.push(std::mem::take(&mut cur));
+                    n = 0;
+                }
+                n += c;
+                cur.push(x);
+            }
+            if !cur.is_empty() {
+                out.push(cur);
+            }
+            out
+        }
+        let mut out = Vec::new();
+        for s in all {
+            if s.item_count() <= max {
+                out.push(s);
+                continue;
+            }
+            match s {
+                Signal::Traces(v) => out.extend(
+                    chunks(unshare(v), max, |r| {
+                        r.scope_spans.iter().map(|s| s.spans.len()).sum()
+                    })
+                    .into_iter()
+                    .map(|c| Signal::Traces(Arc::new(c))),
+                ),
+                Signal::Metrics(v) => out.extend(
+                    chunks(unshare(v), max, |r| {
+                        r.scope_metrics
+                            .iter()
+                            .flat_map(|s| &s.metrics)
+                            .map(|m| crate::signal::data_point_count(m.data.as_ref()))
+                            .sum()
+                    })
+                    .into_iter()
+                    .map(|c| Signal::Metrics(Arc::new(c))),
+                ),
+                Signal::Logs(v) => out.extend(
+                    chunks(unshare(v), max, |r| {
+                        r.scope_logs.iter().map(|s| s.log_records.len()).sum()
+                    })
+                    .into_iter()
+                    .map(|c| Signal::Logs(Arc::new(c))),
+                ),
+                Signal::Celery(v) => out.extend(
+                    chunks(unshare(v), max, |_| 1)
+                        .into_iter()
+                        .map(|c| Signal::Celery(Arc::new(c))),
+                ),
+            }
+        }
+        out
     }
 
     fn take(&mut self) -> Vec<Signal> {
@@ -114,7 +201,7 @@ impl Processor for BatchProcessor {
                     // Timer fired.
                     Some(None) => {
                         deadline = None;
-                        for s in pending.take() {
+                        for s in pending.take_split(self.cfg.send_batch_max_size) {
                             let _ = out.send(s).await;
                         }
                     }
@@ -122,7 +209,7 @@ impl Processor for BatchProcessor {
                         pending.push(s);
                         if pending.items >= self.cfg.send_batch_size {
                             deadline = None;
-                            for s in pending.take() {
+                            for s in pending.take_split(self.cfg.send_batch_max_size) {
                                 let _ = out.send(s).await;
                             }
                         } else if deadline.is_none() {
@@ -131,7 +218,7 @@ impl Processor for BatchProcessor {
                     }
                 }
             }
-            for s in pending.take() {
+            for s in pending.take_split(self.cfg.send_batch_max_size) {
                 let _ = out.send(s).await;
             }
             Ok(())
@@ -180,6 +267,7 @@ mod tests {
         let (tx, rx, _h) = harness(BatchConfig {
             send_batch_size: 5,
             timeout: Duration::from_secs(3600),
+            ..BatchConfig::default()
         })
         .await;
         for _ in 0..3 {
@@ -189,11 +277,48 @@ mod tests {
         assert_eq!(b.item_count(), 6);
     }
 
+    /// batchprocessor (config.go, splitting in batch_processor.go): no batch sent exceeds
+    /// send_batch_max_size; metadata_keys only empty.
+    #[tokio::test]
+    async fn splits_at_max_size() {
+        let (tx, rx, _h) = harness(BatchConfig {
+            send_batch_size: 5,
+            send_batch_max_size: 5,
+            timeout: Duration::from_secs(3600),
+            ..BatchConfig::default()
+        })
+        .await;
+        tx.send(events(12)).await.unwrap();
+        let mut sizes = Vec::new();
+        for _ in 0..3 {
+            sizes.push(rx.recv().await.unwrap().item_count());
+        }
+        assert_eq!(sizes, vec![5, 5, 2]);
+        let bad = |y: &str| {
+            build(&serde_yaml_ng::from_str(y).unwrap())
+                .err()
+                .map(|e| e.path)
+        };
+        assert_eq!(
+            bad("{send_batch_size: 10, send_batch_max_size: 5}").as_deref(),
+            Some("send_batch_max_size")
+        );
+        assert_eq!(
+            bad("{metadata_keys: [tenant]}").as_deref(),
+            Some("metadata_keys")
+        );
+        assert_eq!(
+            bad("{send_batch_size: 10, send_batch_max_size: 20, metadata_keys: []}"),
+            None
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn flushes_on_timeout() {
         let (tx, rx, _h) = harness(BatchConfig {
             send_batch_size: 100,
             timeout: Duration::from_millis(200),
+            ..BatchConfig::default()
         })
         .await;
         tx.send(events(3)).await.unwrap();
@@ -209,6 +334,7 @@ mod tests {
         let (tx, rx, h) = harness(BatchConfig {
             send_batch_size: 100,
             timeout: Duration::from_secs(3600),
+            ..BatchConfig::default()
         })
         .await;
         tx.send(events(4)).await.unwrap();

@@ -28,8 +28,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::component::{Admission, BoxRun, Context, Input, Output, Processor};
-use crate::config::{self, types, DecodeError, Value};
 use crate::component::{BuildResult, Factory, Registration};
+use crate::config::{self, types, DecodeError, Value};
 use crate::signal::SignalKind;
 use crate::telemetry::Counter;
 
@@ -51,6 +51,28 @@ pub struct MemoryLimiterConfig {
     #[serde(default)]
     pub limit_mib: u64,
     pub spike_limit_mib: Option<u64>,
+    /// The collector's alternative to `limit_mib`: a share of the memory available (the
+    /// cgroup's limit when there is one, else the machine's). `limit_mib` wins when both are set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_percentage: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spike_limit_percentage: Option<u64>,
+}
+
+/// Memory available to this process in MiB: the cgroup v2 limit, else MemTotal.
+fn total_memory_mib() -> Option<u64> {
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let meminfo = || {
+        std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map(|kb| kb << 10)
+        })
+    };
+    cgroup.or_else(meminfo).map(|bytes| bytes >> 20)
 }
 
 fn default_interval() -> Duration {
@@ -65,6 +87,8 @@ impl Default for MemoryLimiterConfig {
             check_interval: default_interval(),
             limit_mib: 512,
             spike_limit_mib: None,
+            limit_percentage: None,
+            spike_limit_percentage: None,
         }
     }
 }
@@ -82,14 +106,36 @@ fn build(v: &Value) -> BuildResult<dyn Processor> {
     if matches!(v, Value::Null) {
         return Err(DecodeError::new("limit_mib", "limit_mib is required"));
     }
-    let cfg: MemoryLimiterConfig = config::decode(v)?;
+    let mut cfg: MemoryLimiterConfig = config::decode(v)?;
+    for (key, p) in [
+        ("limit_percentage", cfg.limit_percentage),
+        ("spike_limit_percentage", cfg.spike_limit_percentage),
+    ] {
+        if p.is_some_and(|p| p == 0 || p > 100) {
+            return Err(DecodeError::new(key, "must be between 1 and 100"));
+        }
+    }
+    if cfg.limit_mib == 0 {
+        if let Some(pct) = cfg.limit_percentage {
+            let total = total_memory_mib().ok_or_else(|| {
+                DecodeError::new(
+                    "limit_percentage",
+                    "cannot read the memory size (cgroup memory.max, /proc/meminfo); set limit_mib",
+                )
+            })?;
+            cfg.limit_mib = total * pct / 100;
+            if cfg.spike_limit_mib.is_none() {
+                cfg.spike_limit_mib = cfg.spike_limit_percentage.map(|s| total * s / 100);
+            }
+        }
+    }
     if cfg.check_interval.is_zero() {
         return Err(DecodeError::new("check_interval", "must be greater than 0"));
     }
     if cfg.limit_mib == 0 {
         return Err(DecodeError::new(
             "limit_mib",
-            "limit_mib is required and must be greater than 0",
+            "limit_mib (or limit_percentage) is required and must be greater than 0",
         ));
     }
     if cfg.spike_limit_mib.is_some_and(|s| s >= cfg.limit_mib) {
@@ -227,6 +273,26 @@ mod tests {
         build(&serde_yaml_ng::from_str(yaml).unwrap())
     }
 
+    /// memorylimiterprocessor (internal/memorylimiter/config.go): percentages of the memory
+    /// available; `limit_mib` wins when both are set.
+    #[test]
+    fn percentages_of_total_memory() {
+        let total = total_memory_mib().expect("memory size readable on Linux");
+        let v: Value = serde_yaml_ng::from_str(
+            "check_interval: 5s\nlimit_percentage: 50\nspike_limit_percentage: 10",
+        )
+        .unwrap();
+        assert!(build(&v).is_ok());
+        let mut cfg: MemoryLimiterConfig = config::decode(&v).unwrap();
+        cfg.limit_mib = total * 50 / 100;
+        cfg.spike_limit_mib = Some(total * 10 / 100);
+        assert_eq!(cfg.limits().1, (total * 50 / 100) << 20);
+        let bad: Value = serde_yaml_ng::from_str("limit_percentage: 0").unwrap();
+        assert_eq!(build(&bad).err().unwrap().path, "limit_percentage");
+        let bad: Value = serde_yaml_ng::from_str("limit_percentage: 101").unwrap();
+        assert!(build(&bad).is_err());
+    }
+
     #[test]
     fn config_and_limits() {
         assert_eq!(cfg("null").err().unwrap().path, "limit_mib");
@@ -250,6 +316,8 @@ mod tests {
             check_interval: Duration::from_secs(1),
             limit_mib: 100,
             spike_limit_mib: None,
+            limit_percentage: None,
+            spike_limit_percentage: None,
         };
         assert_eq!(c.limits(), (80 << 20, 100 << 20));
         let c = MemoryLimiterConfig {

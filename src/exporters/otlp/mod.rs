@@ -140,6 +140,16 @@ impl fmt::Debug for Headers {
 pub struct TlsConfig {
     pub insecure: bool,
     pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for servers that require mTLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// The name the server certificate is checked against, instead of the endpoint's host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_name_override: Option<String>,
+    /// The collector's "do not check the server certificate"; refused when true (see build).
+    pub insecure_skip_verify: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -182,6 +192,10 @@ pub struct OtlpConfig {
     pub tls: TlsConfig,
     pub retry_on_failure: RetryConfig,
     pub sending_queue: QueueConfig,
+    /// The collector's gRPC load-balancing policy (`pick_first`, `round_robin`); accepted,
+    /// celeriac keeps one connection to the endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balancer_name: Option<String>,
 }
 
 impl Default for OtlpConfig {
@@ -194,6 +208,7 @@ impl Default for OtlpConfig {
             tls: TlsConfig::default(),
             retry_on_failure: RetryConfig::default(),
             sending_queue: QueueConfig::default(),
+            balancer_name: None,
         }
     }
 }
@@ -234,6 +249,30 @@ fn resolve_endpoint(cfg: &OtlpConfig) -> Result<(String, bool), DecodeError> {
     }
     if !tls && cfg.tls.ca_file.is_some() {
         return Err(DecodeError::new("tls.ca_file", "needs a TLS endpoint"));
+    }
+    match (&cfg.tls.cert_file, &cfg.tls.key_file) {
+        (Some(_), None) => {
+            return Err(DecodeError::new(
+                "tls.key_file",
+                "is required with tls.cert_file",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(DecodeError::new(
+                "tls.cert_file",
+                "is required with tls.key_file",
+            ))
+        }
+        (Some(_), Some(_)) if !tls => {
+            return Err(DecodeError::new("tls.cert_file", "needs a TLS endpoint"))
+        }
+        _ => {}
+    }
+    if cfg.tls.insecure_skip_verify {
+        return Err(DecodeError::new(
+            "tls.insecure_skip_verify",
+            "celeriac always verifies the server certificate: trust its CA with tls.ca_file (and tls.server_name_override for a name mismatch)",
+        ));
     }
     Ok((uri, tls))
 }
@@ -336,6 +375,20 @@ impl OtlpExporter {
                     ComponentError::Other(format!("cannot read tls.ca_file {}: {e}", ca.display()))
                 })?;
                 t = t.ca_certificate(Certificate::from_pem(pem));
+            }
+            if let (Some(cert), Some(key)) = (&self.cfg.tls.cert_file, &self.cfg.tls.key_file) {
+                let read = |p: &PathBuf, k: &str| {
+                    std::fs::read(p).map_err(|e| {
+                        ComponentError::Other(format!("cannot read tls.{k} {}: {e}", p.display()))
+                    })
+                };
+                t = t.identity(tonic::transport::Identity::from_pem(
+                    read(cert, "cert_file")?,
+                    read(key, "key_file")?,
+                ));
+            }
+            if let Some(name) = &self.cfg.tls.server_name_override {
+                t = t.domain_name(name.clone());
             }
             ep = ep.tls_config(t).map_err(|e| bad(&e))?;
         }
@@ -856,6 +909,36 @@ mod tests {
         build(&v)
     }
 
+    /// configtls ClientConfig keys (config/configtls/configtls.go) and configgrpc's
+    /// balancer_name.
+    #[test]
+    fn collector_tls_keys() {
+        let cfg = |y: &str| {
+            build(&serde_yaml_ng::from_str(y).unwrap())
+                .err()
+                .map(|e| e.path)
+        };
+        assert_eq!(cfg("{endpoint: 'x:1', tls: {server_name_override: a.example, ca_file: /tmp/ca.pem}, balancer_name: round_robin}"), None);
+        assert_eq!(
+            cfg("{endpoint: 'x:1', tls: {cert_file: /c}}").as_deref(),
+            Some("tls.key_file")
+        );
+        assert_eq!(
+            cfg("{endpoint: 'x:1', tls: {key_file: /k}}").as_deref(),
+            Some("tls.cert_file")
+        );
+        assert_eq!(
+            cfg("{endpoint: 'http://x:1', tls: {cert_file: /c, key_file: /k}}").as_deref(),
+            Some("tls.cert_file")
+        );
+        assert_eq!(
+            cfg("{endpoint: 'x:1', tls: {insecure_skip_verify: true}}").as_deref(),
+            Some("tls.insecure_skip_verify")
+        );
+        // The collector's otlp_grpc name of this exporter, with the k8s example's settings.
+        assert_eq!(cfg("{endpoint: 'otel-collector.default:4317', tls: {insecure: true}, sending_queue: {num_consumers: 4, queue_size: 100}, retry_on_failure: {enabled: true}}"), None);
+    }
+
     #[test]
     fn endpoints_and_tls() {
         let c = OtlpConfig::default();
@@ -875,7 +958,7 @@ mod tests {
             endpoint: "tempo:4317".into(),
             tls: TlsConfig {
                 insecure: true,
-                ca_file: None,
+                ..TlsConfig::default()
             },
             ..OtlpConfig::default()
         };

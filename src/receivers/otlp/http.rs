@@ -186,18 +186,136 @@ fn gunzip(data: &[u8], max: usize) -> Result<Vec<u8>, &'static str> {
     Ok(out)
 }
 
-async fn handle(req: Request<Incoming>, ingest: Arc<Ingest>, max_body: usize) -> Reply {
-    let kind = match req.uri().path() {
-        "/v1/traces" => SignalKind::Traces,
-        "/v1/metrics" => SignalKind::Metrics,
-        "/v1/logs" => SignalKind::Logs,
-        _ => {
-            return plain(
-                StatusCode::NOT_FOUND,
-                "404 page not found: OTLP/HTTP paths are /v1/traces, /v1/metrics, /v1/logs\n",
-            )
-        }
+/// `protocols.http.cors` (the collector's confighttp.CORSConfig).
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cors {
+    /// Origins allowed to send (`*` matches any run of characters: `https://*.example.com`).
+    pub allowed_origins: Vec<String>,
+    /// Request headers allowed besides the CORS-safelisted ones.
+    pub allowed_headers: Vec<String>,
+    /// Seconds a browser may cache a preflight answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<u32>,
+}
+
+impl Cors {
+    fn allows(&self, origin: &str) -> bool {
+        self.allowed_origins.iter().any(|p| glob(p, origin))
+    }
+}
+
+/// `*` matches any run of characters.
+fn glob(pattern: &str, s: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = s.strip_prefix(first) else {
+        return false;
     };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for m in middle {
+        match rest.find(m) {
+            Some(i) => rest = &rest[i + m.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// Paths per signal and CORS of the OTLP/HTTP front end.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    traces: String,
+    metrics: String,
+    logs: String,
+    cors: Cors,
+}
+
+impl Routes {
+    pub fn new(cfg: &super::HttpConfig) -> Self {
+        Routes {
+            traces: cfg.traces_url_path.clone(),
+            metrics: cfg.metrics_url_path.clone(),
+            logs: cfg.logs_url_path.clone(),
+            cors: cfg.cors.clone(),
+        }
+    }
+
+    fn kind(&self, path: &str) -> Option<SignalKind> {
+        if path == self.traces {
+            Some(SignalKind::Traces)
+        } else if path == self.metrics {
+            Some(SignalKind::Metrics)
+        } else if path == self.logs {
+            Some(SignalKind::Logs)
+        } else {
+            None
+        }
+    }
+}
+
+/// The CORS answer headers for `origin`, when it is allowed.
+fn cors_headers(cors: &Cors, origin: Option<&str>, preflight: bool, r: &mut Reply) {
+    let Some(origin) = origin.filter(|o| cors.allows(o)) else {
+        return;
+    };
+    let h = r.headers_mut();
+    if let Ok(v) = hyper::header::HeaderValue::from_str(origin) {
+        h.insert("access-control-allow-origin", v);
+    }
+    h.insert("vary", hyper::header::HeaderValue::from_static("Origin"));
+    if preflight {
+        h.insert(
+            "access-control-allow-methods",
+            hyper::header::HeaderValue::from_static("POST"),
+        );
+        let mut allowed = vec!["content-type".to_string(), "content-encoding".to_string()];
+        allowed.extend(cors.allowed_headers.iter().map(|x| x.to_ascii_lowercase()));
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&allowed.join(", ")) {
+            h.insert("access-control-allow-headers", v);
+        }
+        if let Some(age) = cors.max_age {
+            h.insert("access-control-max-age", age.into());
+        }
+    }
+}
+
+async fn handle(req: Request<Incoming>, ingest: Arc<Ingest>, max_body: usize) -> Reply {
+    let origin = req
+        .headers()
+        .get("origin")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let preflight = req.method() == Method::OPTIONS;
+    let mut reply = handle_signal(req, &ingest, max_body).await;
+    if !ingest.routes.cors.allowed_origins.is_empty() {
+        cors_headers(
+            &ingest.routes.cors,
+            origin.as_deref(),
+            preflight,
+            &mut reply,
+        );
+    }
+    reply
+}
+
+async fn handle_signal(req: Request<Incoming>, ingest: &Arc<Ingest>, max_body: usize) -> Reply {
+    let ingest = ingest.clone();
+    let Some(kind) = ingest.routes.kind(req.uri().path()) else {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "404 page not found: not one of this receiver's OTLP/HTTP paths (traces_url_path, metrics_url_path, logs_url_path)\n",
+        );
+    };
+    if req.method() == Method::OPTIONS && !ingest.routes.cors.allowed_origins.is_empty() {
+        return Response::builder()
+            .status(StatusCode::NO_CONTENT)
+            .body(Full::new(Bytes::new()))
+            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())));
+    }
     if req.method() != Method::POST {
         return plain(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -361,6 +479,40 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cors_origin_patterns() {
+        assert!(glob("http://*", "http://a.b"));
+        assert!(glob("https://*.example.com", "https://x.example.com"));
+        assert!(!glob("https://*.example.com", "https://example.org"));
+        assert!(glob("*", "anything"));
+        assert!(glob("exact", "exact"));
+        assert!(!glob("exact", "exactly"));
+    }
+
+    /// confighttp CORS: an allowed origin gets Allow-Origin (and, on preflight, methods,
+    /// headers and max age); another origin gets nothing.
+    #[test]
+    fn cors_answer_headers() {
+        let cors = Cors {
+            allowed_origins: vec!["https://*.example.com".into()],
+            allowed_headers: vec!["X-Custom".into()],
+            max_age: Some(600),
+        };
+        let mut r = plain(StatusCode::NO_CONTENT, "");
+        cors_headers(&cors, Some("https://app.example.com"), true, &mut r);
+        let h = r.headers();
+        assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
+        assert_eq!(h["access-control-allow-methods"], "POST");
+        assert_eq!(
+            h["access-control-allow-headers"],
+            "content-type, content-encoding, x-custom"
+        );
+        assert_eq!(h["access-control-max-age"], "600");
+        let mut r = plain(StatusCode::OK, "");
+        cors_headers(&cors, Some("https://evil.test"), false, &mut r);
+        assert!(r.headers().get("access-control-allow-origin").is_none());
+    }
 
     #[test]
     fn gzip_bombs_are_refused() {
