@@ -17,6 +17,9 @@
 //!     enabled: true
 //!     endpoint: 127.0.0.1:4317        # 0.0.0.0:4317 to accept other hosts
 //!     max_recv_msg_size_mib: 4
+//!     max_concurrent_streams: 100     # and the other limits of crate::serve::ServerSettings:
+//!     keepalive: { server_parameters: { time: 1m, timeout: 20s } }
+//!     read_header_timeout: 10s        # idle_timeout, max_connections
 //!     tls:                            # optional: serve TLS (see crate::tls)
 //!       cert_file: /etc/celeriac/server.pem
 //!       key_file: /etc/celeriac/server.key
@@ -25,6 +28,7 @@
 //!     enabled: true
 //!     endpoint: 127.0.0.1:4318
 //!     max_request_body_size_mib: 20   # after decompression
+//!     read_header_timeout: 10s        # and idle_timeout, max_connections (crate::serve)
 //!     tls: { cert_file: …, key_file: …, client_ca_file: … }   # as for grpc
 //!   auth:
 //!     bearer_token: ${env:OTLP_TOKEN} # optional: require `authorization: Bearer <token>`
@@ -41,8 +45,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::component::{BoxRun, ComponentError, Context, Output, Receiver, SendError};
-use crate::config::{self, types, types::Secret, DecodeError, Value};
 use crate::component::{BuildResult, Factory, Registration};
+use crate::config::{self, types, types::Secret, DecodeError, Value};
+use crate::serve::ServerSettings;
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::Telemetry;
 use crate::tls::{Acceptor, ServerTlsConfig};
@@ -64,6 +69,8 @@ pub struct GrpcConfig {
     pub endpoint: SocketAddr,
     pub max_recv_msg_size_mib: usize,
     pub tls: ServerTlsConfig,
+    #[serde(flatten)]
+    pub server: ServerSettings,
 }
 
 impl Default for GrpcConfig {
@@ -73,6 +80,7 @@ impl Default for GrpcConfig {
             endpoint: SocketAddr::from(([127, 0, 0, 1], 4317)),
             max_recv_msg_size_mib: 4,
             tls: ServerTlsConfig::default(),
+            server: ServerSettings::default(),
         }
     }
 }
@@ -85,6 +93,8 @@ pub struct HttpConfig {
     pub endpoint: SocketAddr,
     pub max_request_body_size_mib: usize,
     pub tls: ServerTlsConfig,
+    #[serde(flatten)]
+    pub server: ServerSettings,
 }
 
 impl Default for HttpConfig {
@@ -94,6 +104,7 @@ impl Default for HttpConfig {
             endpoint: SocketAddr::from(([127, 0, 0, 1], 4318)),
             max_request_body_size_mib: 20,
             tls: ServerTlsConfig::default(),
+            server: ServerSettings::default(),
         }
     }
 }
@@ -126,6 +137,11 @@ fn build(v: &Value) -> BuildResult<dyn Receiver> {
     }
     for (prefix, tls) in [("grpc", &cfg.grpc.tls), ("http", &cfg.http.tls)] {
         tls.check()
+            .map_err(|(key, msg)| DecodeError::new(format!("{prefix}.{key}"), msg))?;
+    }
+    for (prefix, server) in [("grpc", &cfg.grpc.server), ("http", &cfg.http.server)] {
+        server
+            .check()
             .map_err(|(key, msg)| DecodeError::new(format!("{prefix}.{key}"), msg))?;
     }
     if cfg.grpc.max_recv_msg_size_mib == 0 {
@@ -284,6 +300,7 @@ impl Receiver for OtlpReceiver {
                     self.grpc_tls.clone(),
                     ingest.clone(),
                     self.cfg.grpc.max_recv_msg_size_mib << 20,
+                    self.cfg.grpc.server.clone(),
                     ctx.shutdown.clone(),
                 ));
             }
@@ -299,6 +316,7 @@ impl Receiver for OtlpReceiver {
                     self.http_tls.clone(),
                     ingest.clone(),
                     self.cfg.http.max_request_body_size_mib << 20,
+                    self.cfg.http.server.clone(),
                     ctx.shutdown.clone(),
                 ));
             }
