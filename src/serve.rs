@@ -45,7 +45,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -288,6 +287,33 @@ impl Drop for InFlight {
     }
 }
 
+/// A response body that keeps its request in flight until it is done or dropped; size hints
+/// pass through (so `Content-Length` stays).
+struct Tracked<B> {
+    body: std::pin::Pin<Box<B>>,
+    _guard: InFlight,
+}
+
+impl<B: Body> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        self.body.as_mut().poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 async fn connection<IO, S, B>(
     name: &'static str,
     io: IO,
@@ -318,11 +344,9 @@ async fn connection<IO, S, B>(
             async move {
                 let resp = fut.await?;
                 // The request stays in flight until its response body is done (or dropped).
-                Ok::<_, S::Error>(resp.map(move |b| {
-                    b.map_frame(move |f| {
-                        let _ = &guard;
-                        f
-                    })
+                Ok::<_, S::Error>(resp.map(move |b| Tracked {
+                    body: Box::pin(b),
+                    _guard: guard,
                 }))
             }
         })
