@@ -29,6 +29,7 @@ pub mod prompb;
 pub mod receivers;
 pub mod registry;
 pub mod reload;
+pub mod serve;
 pub mod signal;
 pub mod telemetry;
 pub mod tls;

@@ -2,8 +2,7 @@
 //!
 //! * its Flower API returns the same tasks, states, task types, queues and workers as Flower 2.2
 //!   itself (started from the test venv against the same broker) with the same field names;
-//!   without Flower in the venv the key sets are compared with `tests/fixtures/flower-2.2-keys.json`,
-//!   captured from the same workload (`CELERIAC_UPDATE_FLOWER_KEYS=1` rewrites it);
+//!   without Flower in the venv the test fails (scripts/test installs it and checks the import);
 //! * the live page, in headless Chromium driven over WebDriver, shows a task sent after the page
 //!   opened without a reload, shows `<script>`/`<img onerror>` task args as text (nothing runs),
 //!   and is saved as a screenshot under `target/`;
@@ -266,7 +265,6 @@ fn flower_api_has_flowers_fields_and_the_same_tasks() {
     );
 
     let our_keys = key_sets(&ui, &ids);
-    let sample_path = repo_root().join("tests/fixtures/flower-2.2-keys.json");
     let flower_keys = match &flower {
         Some(p) => {
             let mut theirs = Value::Null;
@@ -301,23 +299,13 @@ fn flower_api_has_flowers_fields_and_the_same_tasks() {
                 set_of(&get_ok(&flower_addr, "/api/task/types")["task-types"]),
                 set_of(&get_ok(&ui, "/api/task/types")["task-types"])
             );
-            let k = key_sets(&flower_addr, &ids);
-            if std::env::var_os("CELERIAC_UPDATE_FLOWER_KEYS").is_some() {
-                std::fs::write(
-                    &sample_path,
-                    serde_json::to_string_pretty(&k).unwrap() + "\n",
-                )
-                .unwrap();
-            }
-            k
+            key_sets(&flower_addr, &ids)
         }
-        None => {
-            eprintln!(
-                "flower is not importable in the venv: comparing with {}",
-                sample_path.display()
-            );
-            serde_json::from_str(&std::fs::read_to_string(&sample_path).unwrap()).unwrap()
-        }
+        None => panic!(
+            "flower is not importable with {} (tests/python/requirements.txt pins it; \
+             scripts/test installs it): this test compares with the real Flower",
+            python().display()
+        ),
     };
     for (what, theirs) in flower_keys.as_object().unwrap() {
         let (theirs, ours) = (set_of(theirs), set_of(&our_keys[what]));

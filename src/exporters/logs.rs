@@ -1,10 +1,14 @@
-//! `logs` exporter: log records (and spans) as JSON lines on stdout, stderr or a file.
+//! `logs` exporter: log records (and spans) as lines on stdout, stderr or a file, in JSON
+//! (`format: json`, the default) or logfmt (`format: logfmt`).
 //!
 //! One line per log record: `ts` (RFC 3339, UTC), `level`, `event` (the record's event name,
 //! e.g. `task.completed`), `msg` (the body), then the record's attributes as top-level keys and
 //! `trace_id`/`span_id` when set. Spans, when a traces pipeline names this exporter, become one
-//! line each with `event: "span"`, timing and status. Rotation is not done here: point `path` at
-//! a file managed by logrotate with `copytruncate`, or use stdout under a supervisor.
+//! line each with `event: "span"`, timing and status. In logfmt the same keys come as
+//! `key=value` pairs, `ts level event msg` first; a value with spaces, quotes, `=` or control
+//! characters is quoted (JSON string escapes), and lists and maps are written as quoted JSON.
+//! Rotation is not done here: point `path` at a file managed by logrotate with `copytruncate`,
+//! or use stdout under a supervisor. Writes run on tokio's blocking pool.
 
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
@@ -17,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
 use crate::component::{BoxRun, ComponentError, Context, Exporter, Input};
-use crate::config::{self, Value};
 use crate::component::{BuildResult, Factory, Registration};
+use crate::config::{self, Value};
 use crate::signal::{Signal, SignalKind};
 
 pub const REGISTRATION: Registration = Registration {
@@ -30,11 +34,14 @@ pub const REGISTRATION: Registration = Registration {
     defaults: crate::component::defaults::<LogsConfig>,
 };
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
+    /// One JSON object per line.
     #[default]
     Json,
+    /// `key=value` pairs per line (logfmt, as Loki's `| logfmt` and Heroku read it).
+    Logfmt,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -92,7 +99,8 @@ impl LogsExporter {
 impl Exporter for LogsExporter {
     fn run(self: Box<Self>, ctx: Context, input: Input) -> BoxRun {
         Box::pin(async move {
-            let mut out = BufWriter::with_capacity(64 * 1024, self.open()?);
+            let mut out = Some(BufWriter::with_capacity(64 * 1024, self.open()?));
+            let format = self.cfg.format;
             let written = ctx.telemetry.counter(
                 "celeriac_exporter_sent_items_total",
                 "Items an exporter delivered.",
@@ -103,17 +111,26 @@ impl Exporter for LogsExporter {
                 "Items an exporter could not deliver.",
                 &[("component", &ctx.id)],
             );
-            let mut buf = Vec::with_capacity(64 * 1024);
+            let mut buf = Some(Vec::with_capacity(64 * 1024));
             while let Some(batch) = input.recv().await {
-                buf.clear();
+                let (Some(mut w), Some(mut b)) = (out.take(), buf.take()) else {
+                    break;
+                };
+                b.clear();
                 let n = match &batch {
-                    Signal::Logs(rl) => write_logs(&mut buf, rl),
-                    Signal::Traces(rs) => write_spans(&mut buf, rs),
+                    Signal::Logs(rl) => write_logs(format, &mut b, rl),
+                    Signal::Traces(rs) => write_spans(format, &mut b, rs),
                     _ => 0,
                 };
-                // Writing to a pipe or file can block; keep it off the async workers.
-                let res =
-                    tokio::task::block_in_place(|| out.write_all(&buf).and_then(|_| out.flush()));
+                // Writing to a pipe or file can block: on the blocking pool (not block_in_place,
+                // which panics on a current-thread runtime).
+                let (w, b, res) = tokio::task::spawn_blocking(move || {
+                    let res = w.write_all(&b).and_then(|_| w.flush());
+                    (w, b, res)
+                })
+                .await
+                .map_err(|e| ComponentError::Other(format!("log writer: {e}")))?;
+                (out, buf) = (Some(w), Some(b));
                 match res {
                     Ok(()) => written.add(n as u64),
                     Err(e) => {
@@ -122,27 +139,78 @@ impl Exporter for LogsExporter {
                     }
                 }
             }
-            let _ = tokio::task::block_in_place(|| out.flush());
+            if let Some(mut w) = out {
+                let _ = tokio::task::spawn_blocking(move || w.flush()).await;
+            }
             Ok(())
         })
     }
 }
 
-/// Append one JSON line per log record; returns the number of records.
-pub fn write_logs(buf: &mut Vec<u8>, rl: &[ResourceLogs]) -> usize {
+/// Append one line per log record in `format`; returns the number of records.
+pub fn write_logs(format: Format, buf: &mut Vec<u8>, rl: &[ResourceLogs]) -> usize {
     let mut n = 0;
     for r in rl {
         for s in &r.scope_logs {
             for rec in &s.log_records {
-                let line = log_line(rec);
-                if serde_json::to_writer(&mut *buf, &line).is_ok() {
-                    buf.push(b'\n');
+                if write_line(format, buf, &log_line(rec)) {
                     n += 1;
                 }
             }
         }
     }
     n
+}
+
+fn write_line(format: Format, buf: &mut Vec<u8>, line: &Map<String, Json>) -> bool {
+    match format {
+        Format::Json => {
+            if serde_json::to_writer(&mut *buf, line).is_err() {
+                return false;
+            }
+        }
+        Format::Logfmt => logfmt(buf, line),
+    }
+    buf.push(b'\n');
+    true
+}
+
+/// `key=value …`: `ts level event msg` first, then the other keys in order.
+fn logfmt(buf: &mut Vec<u8>, line: &Map<String, Json>) {
+    const FIRST: [&str; 4] = ["ts", "level", "event", "msg"];
+    let first = FIRST.iter().filter_map(|k| line.get_key_value(*k));
+    let rest = line.iter().filter(|(k, _)| !FIRST.contains(&k.as_str()));
+    for (i, (k, v)) in first.chain(rest).enumerate() {
+        if i > 0 {
+            buf.push(b' ');
+        }
+        // Keys are attribute names: no spaces, `=` or quotes in logfmt keys.
+        buf.extend(k.bytes().map(|c| {
+            if c <= b' ' || c == b'=' || c == b'"' {
+                b'_'
+            } else {
+                c
+            }
+        }));
+        buf.push(b'=');
+        let text = match v {
+            Json::String(s) => s.clone(),
+            Json::Null => String::new(),
+            Json::Bool(_) | Json::Number(_) => v.to_string(),
+            Json::Array(_) | Json::Object(_) => v.to_string(),
+        };
+        let plain = !text.is_empty()
+            && !matches!(v, Json::Array(_) | Json::Object(_))
+            && text
+                .bytes()
+                .all(|c| c > b' ' && c != b'=' && c != b'"' && c != 0x7f);
+        if plain {
+            buf.extend_from_slice(text.as_bytes());
+        } else {
+            // A JSON string literal: quoted, with `\"`, `\\` and control characters escaped.
+            let _ = serde_json::to_writer(&mut *buf, &text);
+        }
+    }
 }
 
 fn log_line(rec: &LogRecord) -> Map<String, Json> {
@@ -175,14 +243,13 @@ fn log_line(rec: &LogRecord) -> Map<String, Json> {
     m
 }
 
-/// Append one JSON line per span; returns the number of spans.
-pub fn write_spans(buf: &mut Vec<u8>, rs: &[ResourceSpans]) -> usize {
+/// Append one line per span in `format`; returns the number of spans.
+pub fn write_spans(format: Format, buf: &mut Vec<u8>, rs: &[ResourceSpans]) -> usize {
     let mut n = 0;
     for r in rs {
         for s in &r.scope_spans {
             for span in &s.spans {
-                if serde_json::to_writer(&mut *buf, &span_line(span)).is_ok() {
-                    buf.push(b'\n');
+                if write_line(format, buf, &span_line(span)) {
                     n += 1;
                 }
             }
@@ -297,26 +364,8 @@ pub fn hex(b: &[u8]) -> String {
 
 /// `2026-11-25T12:00:00.123456Z` from Unix nanoseconds (microsecond precision).
 pub fn rfc3339(nanos: u64) -> String {
-    let secs = nanos / 1_000_000_000;
-    let micros = (nanos % 1_000_000_000) / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(nanos);
+    humantime::format_rfc3339_micros(t).to_string()
 }
 
 #[cfg(test)]
@@ -368,7 +417,7 @@ mod tests {
             ..Default::default()
         }];
         let mut buf = Vec::new();
-        assert_eq!(write_logs(&mut buf, &rl), 2);
+        assert_eq!(write_logs(Format::Json, &mut buf, &rl), 2);
         let text = String::from_utf8(buf).unwrap();
         let lines: Vec<_> = text.lines().collect();
         assert_eq!(lines.len(), 2);
@@ -378,6 +427,76 @@ mod tests {
         assert_eq!(j["celery.task_id"], "abc");
         assert_eq!(j["ts"], "1970-01-01T00:00:01.000000Z");
         assert_eq!(j["trace_id"], "01010101010101010101010101010101");
+    }
+
+    fn record() -> ResourceLogs {
+        let rec = LogRecord {
+            time_unix_nano: 1_795_606_961_369_700_700,
+            severity_text: "ERROR".into(),
+            event_name: "task.failed".into(),
+            body: Some(AnyValue {
+                value: Some(any_value::Value::StringValue("boom: \"x\" = 1\n".into())),
+            }),
+            attributes: vec![kv("celery.task_id", "abc"), kv("odd key", "")],
+            ..Default::default()
+        };
+        ResourceLogs {
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![rec],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn logfmt_lines() {
+        let mut buf = Vec::new();
+        assert_eq!(write_logs(Format::Logfmt, &mut buf, &[record()]), 1);
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "ts=2026-11-25T11:42:41.369700Z level=error event=task.failed msg=\"boom: \\\"x\\\" = 1\\n\" celery.task_id=abc odd_key=\"\"\n"
+        );
+        let v: Value = serde_yaml_ng::from_str("format: logfmt").unwrap();
+        assert!(build(&v).is_ok());
+    }
+
+    /// The exporter writes its file from a current-thread runtime too (`block_in_place`
+    /// panicked there), in the configured format.
+    #[test]
+    fn runs_on_a_current_thread_runtime() {
+        use crate::component::Input;
+        use crate::telemetry::{Counter, Telemetry};
+        use tokio_util::sync::CancellationToken;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.log");
+        let v: Value =
+            serde_yaml_ng::from_str(&format!("{{format: logfmt, path: {}}}", path.display()))
+                .unwrap();
+        let exp = build(&v).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (tx, rx) = async_channel::bounded(4);
+            let ctx = Context {
+                id: "exporter/logs".into(),
+                shutdown: CancellationToken::new(),
+                telemetry: Telemetry::new(),
+            };
+            let run = tokio::spawn(exp.run(ctx, Input::new(rx, Counter::default())));
+            for _ in 0..3 {
+                tx.send(Signal::Logs(std::sync::Arc::new(vec![record()])))
+                    .await
+                    .unwrap();
+            }
+            drop(tx);
+            run.await.unwrap().unwrap();
+        });
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(text.starts_with("ts=2026-11-25T11:42:41.369700Z level=error "));
     }
 
     #[test]

@@ -42,6 +42,15 @@
 //! were not yet sent are returned by [`FileQueue::push`] so the exporter counts them
 //! (`reason="queue_full"`): the oldest data goes first, never silently.
 //!
+//! # Failed writes
+//!
+//! A record that cannot be written whole (disk full, I/O error) is not queued: [`FileQueue::push`]
+//! returns the error for the exporter to count (`reason="queue_error"`), and the bytes the failed
+//! write left are cut off again (the segment is truncated back to its last whole record), so the
+//! records queued before and after it stay readable. If even the truncation fails, the next
+//! push starts a new segment and nothing is ever appended after the torn piece; the next open
+//! cuts it off. Records accepted before or after a failed write are never lost.
+//!
 //! The queue does blocking file I/O; the async [`DiskQueue`] handle runs it on tokio's blocking
 //! pool. Two agents must not share a queue directory.
 
@@ -215,6 +224,11 @@ pub struct FileQueue {
     next_ticket: u64,
     total_bytes: u64,
     cursor: Cursor,
+    /// A failed write left bytes after the segment's last record that could not be cut off.
+    torn: bool,
+    /// Test hook: the next write stores this many bytes of the record, then fails (ENOSPC).
+    #[cfg(test)]
+    fail_next_write: Option<usize>,
 }
 
 fn seg_name(seq: u64) -> String {
@@ -375,6 +389,9 @@ impl FileQueue {
             next_ticket: 0,
             total_bytes,
             cursor: cursor_file,
+            torn: false,
+            #[cfg(test)]
+            fail_next_write: None,
         };
         Ok((q, report))
     }
@@ -411,6 +428,10 @@ impl FileQueue {
                 max: self.max_bytes,
             });
         }
+        if self.torn {
+            // The last failed write could not be taken back: never append after it.
+            self.roll()?;
+        }
         let last = self.segments.back().map_or(0, |s| s.bytes);
         if last > MAGIC.len() as u64 && last + len > self.segment_bytes {
             self.roll()?;
@@ -421,7 +442,12 @@ impl FileQueue {
         rec.extend_from_slice(&crc(items, payload).to_le_bytes());
         rec.extend_from_slice(payload);
         // One write: a crash leaves the record whole or a torn tail the next open cuts off.
-        self.writer.write_all(&rec).map_err(|e| self.io_err(e))?;
+        if let Err(e) = self.write_record(&rec) {
+            // Disk full or an I/O error part-way: take the torn piece back out of the segment
+            // so that the next record lands where the segment really ends (see `Failed writes`).
+            self.undo_write();
+            return Err(self.io_err(e));
+        }
         if let Some(s) = self.segments.back_mut() {
             s.bytes += len;
             s.unread_records += 1;
@@ -449,10 +475,39 @@ impl FileQueue {
         Ok(evicted)
     }
 
+    fn write_record(&mut self, rec: &[u8]) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(keep) = self.fail_next_write.take() {
+            // A disk that fills up part-way through the record.
+            self.writer.write_all(&rec[..keep.min(rec.len())])?;
+            return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        self.writer.write_all(rec)
+    }
+
+    /// After a failed append: cut the segment back to its last whole record, or, when even
+    /// that fails, make the next push start a new segment.
+    fn undo_write(&mut self) {
+        let end = self.segments.back().map_or(MAGIC.len() as u64, |s| s.bytes);
+        let undone = self
+            .writer
+            .set_len(end)
+            .and_then(|()| self.writer.seek(SeekFrom::Start(end)).map(drop));
+        if let Err(e) = undone {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "Cannot cut a failed write out of the sending queue; starting a new segment with the next batch.");
+            self.torn = true;
+        }
+    }
+
     fn roll(&mut self) -> Result<(), QueueError> {
-        self.writer.sync_data().map_err(|e| self.io_err(e))?;
+        if let Err(e) = self.writer.sync_data() {
+            if !self.torn {
+                return Err(self.io_err(e));
+            }
+        }
         let seq = self.segments.back().map_or(1, |s| s.seq + 1);
         self.writer = new_segment(&self.dir, seq).map_err(|e| self.io_err(e))?;
+        self.torn = false;
         self.segments.push_back(Segment {
             seq,
             bytes: MAGIC.len() as u64,
@@ -682,8 +737,11 @@ impl Cursor {
             .truncate(false)
             .open(dir.join(CURSOR))?;
         if file.metadata()?.len() != 2 * SLOT as u64 {
+            // Written out, not a sparse `set_len`: overwriting the slots then needs no new
+            // block, so acknowledgements still work on a full disk.
+            use std::os::unix::fs::FileExt;
             file.set_len(0)?;
-            file.set_len(2 * SLOT as u64)?;
+            file.write_all_at(&[0u8; 2 * SLOT], 0)?;
         }
         Ok(Cursor { file, generation })
     }
@@ -923,6 +981,113 @@ mod tests {
             q.push(&vec![0; max as usize], 1),
             Err(QueueError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn a_write_failing_part_way_loses_nothing_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut q, _) = FileQueue::open(dir.path(), 1 << 20).unwrap();
+        let mut accepted = Vec::new();
+        for i in 0..30 {
+            if i % 7 == 3 {
+                // The disk fills up after half the record (or after its header only).
+                q.fail_next_write = Some(if i % 2 == 0 { 40 } else { 5 });
+                assert!(matches!(q.push(&rec(i), 1), Err(QueueError::Io { .. })));
+                continue;
+            }
+            q.push(&rec(i), 1).unwrap();
+            accepted.push(rec(i));
+        }
+        assert_eq!(q.unread_records(), accepted.len() as u64);
+        // Read half in this run, the rest after a restart: every accepted record, in order.
+        let mut got = Vec::new();
+        for _ in 0..10 {
+            let p = q.pop().unwrap().unwrap();
+            q.ack(p.ticket).unwrap();
+            got.push(p.payload);
+        }
+        drop(q);
+        let (mut q, rep) = FileQueue::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(rep.truncated_bytes, 0, "{rep:?}");
+        assert_eq!(rep.records, accepted.len() as u64 - 10);
+        got.extend(drain(&mut q));
+        assert_eq!(got, accepted);
+    }
+
+    /// A real full file system: a 320 KiB tmpfs mounted by the test (needs root, as in CI;
+    /// fails loudly otherwise), smaller than the queue's own limit.
+    #[test]
+    fn a_full_file_system_loses_nothing_accepted() {
+        use std::process::Command;
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=320k", "celeriac-test"])
+            .arg(mnt)
+            .output()
+            .expect("running mount(8)");
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs and needs root (CAP_SYS_ADMIN): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _unmount = Unmount(mnt);
+        let qdir = mnt.join("q");
+        // A 512 KiB queue (64 KiB segments) on 320 KiB of disk: the disk fills up first.
+        let (mut q, _) = FileQueue::open(&qdir, 512 << 10).unwrap();
+        let big = |i: u32| {
+            let mut r = rec(i);
+            r.resize(3000 + (i as usize % 5) * 1000, b'a' + (i % 26) as u8);
+            r
+        };
+        let (mut accepted, mut failed) = (Vec::new(), 0u64);
+        let mut acked = Vec::new();
+        for i in 0..600u32 {
+            match q.push(&big(i), 2) {
+                Ok(e) => {
+                    assert_eq!(e, Evicted::default());
+                    accepted.push(big(i));
+                }
+                Err(QueueError::Io { source, .. }) => {
+                    assert_eq!(source.raw_os_error(), Some(28), "{source}");
+                    failed += 1;
+                }
+                Err(e) => panic!("{e}"),
+            }
+            // Now and then the backend takes a few: whole segments are freed.
+            if i % 100 == 99 {
+                for _ in 0..40 {
+                    let Some(p) = q.pop().unwrap() else { break };
+                    q.ack(p.ticket).unwrap();
+                    acked.push(p.payload);
+                }
+            }
+        }
+        assert!(failed > 0, "the file system never filled up");
+        assert!(
+            accepted.len() > 150,
+            "{} accepted, {failed} failed",
+            accepted.len()
+        );
+        drop(q);
+        let (mut q, rep) = FileQueue::open(&qdir, 512 << 10).unwrap();
+        assert_eq!(rep.truncated_bytes, 0, "{rep:?}");
+        acked.extend(drain(&mut q));
+        println!(
+            "FIGURES full_disk: {} pushes, {} accepted, {failed} refused with ENOSPC, {} delivered after reopen, torn bytes left {}",
+            accepted.len() as u64 + failed,
+            accepted.len(),
+            acked.len(),
+            rep.truncated_bytes
+        );
+        assert_eq!(acked.len(), accepted.len(), "{failed} failed");
+        assert!(acked == accepted, "records lost or out of order");
     }
 
     #[test]

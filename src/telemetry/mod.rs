@@ -12,7 +12,8 @@
 mod server;
 mod throttle;
 
-pub use server::{accept_until, bearer_matches, serve, serve_authorized, Reply};
+pub use crate::serve::accept_until;
+pub use server::{bearer_matches, serve, serve_authorized, Reply};
 pub use throttle::Throttle;
 
 use std::collections::BTreeMap;

@@ -1,19 +1,18 @@
 //! A minimal HTTP/1.1 server for the agent's GET endpoints (`/metrics`, `/healthz`, the
-//! `prometheus` exporter's scrape page). Each connection is served on its own task; the listener
-//! stops accepting when the shutdown token is cancelled. With a bearer token, every path but
+//! `prometheus` exporter's scrape page), served by [`crate::serve`] with its default limits. With a bearer token, every path but
 //! `/healthz` answers 401 unless the request carries `Authorization: Bearer <token>`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use crate::serve::{Protocol, ServerSettings};
+
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// A response: status, content type, body.
@@ -38,50 +37,42 @@ pub async fn serve_authorized<F>(
     F: Fn(&hyper::Method, &str) -> Reply + Send + Sync + 'static,
 {
     let handler = Arc::new(handler);
-    accept_until(&listener, &shutdown, "HTTP", |stream| {
-        let handler = handler.clone();
-        let bearer = bearer.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let path = req.uri().path();
-                let allowed = path == "/healthz"
-                    || bearer.as_deref().is_none_or(|token| {
-                        bearer_matches(
-                            req.headers().get("authorization").map(|v| v.as_bytes()),
-                            token,
-                        )
-                    });
-                let resp = if allowed {
-                    let (status, ctype, body) = handler(req.method(), path);
-                    Response::builder()
-                        .status(status)
-                        .header("content-type", ctype)
-                        .body(Full::new(body))
-                } else {
-                    Response::builder()
-                        .status(StatusCode::UNAUTHORIZED)
-                        .header("content-type", "text/plain; charset=utf-8")
-                        .header("www-authenticate", "Bearer")
-                        .body(Full::new(Bytes::from_static(
-                            b"missing or wrong bearer token\n",
-                        )))
-                }
-                .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())));
-                async move { Ok::<_, Infallible>(resp) }
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let path = req.uri().path();
+        let allowed = path == "/healthz"
+            || bearer.as_deref().is_none_or(|token| {
+                bearer_matches(
+                    req.headers().get("authorization").map(|v| v.as_bytes()),
+                    token,
+                )
             });
-            let conn = http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => return,
-                _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
-            }
-            let _ = conn.await;
-        });
-    })
-    .await;
+        let resp = if allowed {
+            let (status, ctype, body) = handler(req.method(), path);
+            Response::builder()
+                .status(status)
+                .header("content-type", ctype)
+                .body(Full::new(body))
+        } else {
+            Response::builder()
+                .status(StatusCode::UNAUTHORIZED)
+                .header("content-type", "text/plain; charset=utf-8")
+                .header("www-authenticate", "Bearer")
+                .body(Full::new(Bytes::from_static(
+                    b"missing or wrong bearer token\n",
+                )))
+        }
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())));
+        async move { Ok::<_, Infallible>(resp) }
+    });
+    crate::serve::serve(
+        "HTTP",
+        listener,
+        ServerSettings::default(),
+        Protocol::Http1,
+        shutdown,
+        svc,
+    )
+    .await
 }
 
 /// `true` when `header` (the raw `Authorization` value) is `Bearer <token>`, compared in
@@ -101,30 +92,6 @@ pub fn bearer_matches(header: Option<&[u8]>, token: &str) -> bool {
             .zip(token)
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
-}
-
-/// Accept connections on `listener` until `shutdown` is cancelled, handing each to `serve`
-/// (which spawns the connection's task). An accept error (e.g. out of file descriptors) is
-/// logged and retried after a short pause instead of ending the server. `what` names the
-/// server in the log.
-pub async fn accept_until<F: FnMut(TcpStream)>(
-    listener: &TcpListener,
-    shutdown: &CancellationToken,
-    what: &'static str,
-    mut serve: F,
-) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok((stream, _)) => serve(stream),
-                Err(e) => {
-                    tracing::warn!(server = what, error = %e, "Accept failed.");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
-        }
-    }
 }
 
 #[cfg(test)]

@@ -3,14 +3,15 @@
 //! It ends a `celery` pipeline and feeds `traces`, `metrics` and `logs` pipelines. Per task it
 //! keeps one small record (the name arrives only with `task-sent`/`task-received`, so it is
 //! carried to later events), bounded by `max_tasks` (least recently touched evicted first) and
-//! `task_ttl`. Per worker it tracks liveness and estimates lost events (see [`workers`]).
+//! `task_ttl`; records of finished tasks, kept only for late events, are at most a tenth of
+//! `max_tasks` (oldest finished evicted first), so a burst of completed tasks stays small. Per worker it tracks liveness and estimates lost events (see [`workers`]).
 //! Each task attempt becomes spans when it ends, or when `task_ttl` passes without an end
 //! (`celery.state=LOST`); shapes and deterministic ids are in [`spans`].
 //!
 //! Settings:
 //! ```yaml
 //! celery_correlate:
-//!   max_tasks: 100000          # task records kept; evictions are counted
+//!   max_tasks: 100000          # task records kept (finished: a tenth); evictions are counted
 //!   join_window: 0s            # wait this long for opentelemetry-instrumentation-celery spans (see [`join`])
 //!   task_ttl: 1h               # a record with no event for this long is dropped
 //!   metrics_interval: 1s       # how often cumulative metrics are emitted
@@ -422,6 +423,7 @@ impl Correlator {
             _ => (None, t.state),
         };
         t.state = t.state.merge(state);
+        let finished = t.state.is_final();
         if self.emit_spans {
             for (a, e) in ended.iter().flatten() {
                 spans::attempt_spans(&tf.uuid, t, a, e, &self.cfg.default_queue, &mut self.spans);
@@ -449,6 +451,9 @@ impl Correlator {
             if let Some(rec) = logs::record(ev, tf, &task, queue_wait) {
                 self.logs.push(rec);
             }
+        }
+        if finished {
+            self.tasks.finished(&tf.uuid);
         }
     }
 

@@ -269,9 +269,18 @@ pub struct TaskTable {
     map: HashMap<Arc<str>, Task>,
     /// Touch order; entries whose generation no longer matches the record are stale.
     order: VecDeque<(Arc<str>, u64)>,
+    /// Records that reached a final state, in that order (stale entries as in `order`).
+    finished: VecDeque<(Arc<str>, u64)>,
     next_gen: u64,
     max: usize,
     pub evictions: Evictions,
+}
+
+/// Finished records kept: a tenth of `max_tasks` (10 000 by default, Flower's own `max_tasks`).
+/// They only serve late or duplicate events; the rest of the table is for tasks still in
+/// flight, so a flood of completed tasks does not fill it (memory: about 1 KiB a record).
+fn max_finished(max: usize) -> usize {
+    (max / 10).max(1)
 }
 
 impl TaskTable {
@@ -279,6 +288,7 @@ impl TaskTable {
         TaskTable {
             map: HashMap::new(),
             order: VecDeque::new(),
+            finished: VecDeque::new(),
             next_gen: 0,
             max: max.max(1),
             evictions: Evictions::default(),
@@ -332,6 +342,28 @@ impl TaskTable {
         t
     }
 
+    /// `id` (just touched) reached a final state: keep at most [`max_finished`] such records,
+    /// dropping the oldest finished ones (counted as evicted after finishing).
+    pub fn finished(&mut self, id: &str) {
+        let Some((k, t)) = self.map.get_key_value(id) else {
+            return;
+        };
+        self.finished.push_back((k.clone(), t.generation));
+        while self.finished.len() > max_finished(self.max) {
+            let Some((k, g)) = self.finished.pop_front() else {
+                break;
+            };
+            if self
+                .map
+                .get(&k)
+                .is_some_and(|t| t.generation == g && t.state.is_final())
+            {
+                self.map.remove(&k);
+                self.evictions.finished += 1;
+            }
+        }
+    }
+
     fn evict_one(&mut self, keep: &Arc<str>) {
         while let Some((k, g)) = self.order.pop_front() {
             if Arc::ptr_eq(&k, keep) {
@@ -380,6 +412,25 @@ impl TaskTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finished_records_are_a_tenth_of_the_table() {
+        let mut table = TaskTable::new(100);
+        for i in 0..30 {
+            table.touch(&format!("open-{i}"), 0.0);
+        }
+        for i in 0..500 {
+            let id = format!("done-{i}");
+            table.touch(&id, 1.0).state = TaskState::Success;
+            table.finished(&id);
+        }
+        // 30 in flight kept, the newest 10 finished kept, the rest evicted and counted.
+        assert_eq!(table.len(), 40);
+        assert!((0..30).all(|i| table.get(&format!("open-{i}")).is_some()));
+        assert!((490..500).all(|i| table.get(&format!("done-{i}")).is_some()));
+        assert_eq!(table.evictions.finished, 490);
+        assert_eq!(table.evictions.unfinished, 0);
+    }
 
     #[test]
     fn precedence_follows_celery() {

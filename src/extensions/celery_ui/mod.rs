@@ -40,22 +40,21 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::component::{BoxRun, ComponentError, Context, Extension, Host};
+use crate::component::{BuildResult, Factory, Registration};
 use crate::config::{self, types, DecodeError, Section, Value};
 use crate::connectors::celery_correlate::now_secs;
 use crate::connectors::celery_correlate::view::View;
 use crate::receivers::celery_redis::CeleryRedisConfig;
 use crate::receivers::redis_queues::{self, RedisQueuesConfig};
-use crate::component::{BuildResult, Factory, Registration};
+use crate::serve::{Protocol, ServerSettings};
 use crate::telemetry::Counter;
 use crate::tls::ClientTlsConfig;
 use api::Inspected;
@@ -90,6 +89,9 @@ pub struct UiConfig {
     /// How often the live page is updated (at most).
     #[serde(with = "types::duration")]
     pub stream_interval: Duration,
+    /// Connection limits and timeouts (crate::serve).
+    #[serde(flatten)]
+    pub server: ServerSettings,
 }
 
 impl Default for UiConfig {
@@ -102,6 +104,7 @@ impl Default for UiConfig {
             inspect: InspectConfig::default(),
             trace_url: None,
             stream_interval: Duration::from_millis(500),
+            server: ServerSettings::default(),
         }
     }
 }
@@ -183,6 +186,9 @@ fn build(v: &Value) -> BuildResult<dyn Extension> {
     }
     if cfg.stream_interval < Duration::from_millis(50) {
         return Err(DecodeError::new("stream_interval", "must be at least 50ms"));
+    }
+    if let Err((key, msg)) = cfg.server.check() {
+        return Err(DecodeError::new(key, msg));
     }
     if let Some(b) = &cfg.inspect.broker {
         broker_clients(b, cfg.inspect.tls.clone().unwrap_or_default()).map_err(|e| {
@@ -345,25 +351,20 @@ impl Extension for CeleryUi {
                     }
                 });
             }
-            crate::telemetry::accept_until(&listener, &ctx.shutdown, "celery_ui", |stream| {
-                let ui = ui.clone();
-                tokio::spawn(async move {
-                    let svc_ui = ui.clone();
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        let ui = svc_ui.clone();
-                        async move { Ok::<_, Infallible>(ui.handle(req).await) }
-                    });
-                    let conn = http1::Builder::new()
-                        .keep_alive(true)
-                        .serve_connection(TokioIo::new(stream), svc);
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        _ = conn.as_mut() => return,
-                        _ = ui.shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
-                    }
-                    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
-                });
-            })
+            let svc_ui = ui.clone();
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let ui = svc_ui.clone();
+                async move { Ok::<_, Infallible>(ui.handle(req).await) }
+            });
+            let server = ui.cfg.server.clone();
+            crate::serve::serve(
+                "celery_ui",
+                listener,
+                server,
+                Protocol::Http1,
+                ctx.shutdown.clone(),
+                svc,
+            )
             .await;
             if let Some(i) = &ui.inspector {
                 let _ = tokio::time::timeout(Duration::from_secs(2), i.unbind()).await;

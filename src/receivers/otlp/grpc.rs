@@ -1,11 +1,12 @@
-//! OTLP/gRPC front end: the three generated tonic services behind one HTTP/2 server, routed by
-//! path without a router framework.
+//! OTLP/gRPC front end: the three generated tonic services behind one HTTP/2 server
+//! ([`crate::serve`]), routed by path without a router framework. The bearer token is checked on
+//! the HTTP request before tonic sees it: an unauthenticated client gets `UNAUTHENTICATED`
+//! whatever its body, and makes the agent decompress and decode nothing.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
     LogsService, LogsServiceServer,
 };
@@ -30,6 +31,7 @@ use tonic::codegen::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
 use super::{handshake, Ingest, Refusal};
+use crate::serve::{Protocol, ServerSettings};
 use crate::signal::Signal;
 use crate::tls::Acceptor;
 
@@ -39,16 +41,6 @@ struct Otlp {
 }
 
 impl Otlp {
-    fn admit<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let auth = req.metadata().get("authorization").map(|v| v.as_bytes());
-        if self.ingest.authorized(auth) {
-            Ok(())
-        } else {
-            self.ingest.refuse("grpc", "unauthenticated");
-            Err(Status::unauthenticated("missing or wrong bearer token"))
-        }
-    }
-
     fn push(&self, signal: Signal) -> Result<(), Status> {
         if signal.is_empty() {
             return Ok(());
@@ -77,7 +69,6 @@ impl TraceService for Otlp {
         &self,
         req: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        self.admit(&req)?;
         self.push(Signal::Traces(Arc::new(req.into_inner().resource_spans)))?;
         Ok(Response::new(ExportTraceServiceResponse {
             partial_success: None,
@@ -91,7 +82,6 @@ impl MetricsService for Otlp {
         &self,
         req: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        self.admit(&req)?;
         self.push(Signal::Metrics(Arc::new(req.into_inner().resource_metrics)))?;
         Ok(Response::new(ExportMetricsServiceResponse {
             partial_success: None,
@@ -105,7 +95,6 @@ impl LogsService for Otlp {
         &self,
         req: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        self.admit(&req)?;
         self.push(Signal::Logs(Arc::new(req.into_inner().resource_logs)))?;
         Ok(Response::new(ExportLogsServiceResponse {
             partial_success: None,
@@ -118,8 +107,8 @@ const METRICS: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/
 const LOGS: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/";
 
 /// tonic refuses undecodable and oversized messages itself, before our handlers run: count those
-/// answers here (a trailers-only response carries `grpc-status` in its headers). The codes our
-/// handlers produce (UNAUTHENTICATED, UNAVAILABLE, UNIMPLEMENTED) are counted where they arise.
+/// answers here (a trailers-only response carries `grpc-status` in its headers). The codes we
+/// produce (UNAUTHENTICATED, UNAVAILABLE, UNIMPLEMENTED) are counted where they arise.
 fn count_codec_refusal<B>(ingest: &Ingest, resp: &hyper::Response<B>) {
     match resp.headers().get("grpc-status").map(|v| v.as_bytes()) {
         Some(b"13") | Some(b"3") => ingest.refuse("grpc", "corrupt"),
@@ -128,11 +117,18 @@ fn count_codec_refusal<B>(ingest: &Ingest, resp: &hyper::Response<B>) {
     }
 }
 
+/// `true` when the request may go on to tonic: checked on the HTTP request, before tonic
+/// decompresses or decodes a byte of the body.
+fn admitted(ingest: &Ingest, req: &hyper::Request<Incoming>) -> bool {
+    ingest.authorized(req.headers().get("authorization").map(|v| v.as_bytes()))
+}
+
 pub async fn serve(
     listener: TcpListener,
     tls: Acceptor,
     ingest: Arc<Ingest>,
     max_msg: usize,
+    settings: ServerSettings,
     shutdown: CancellationToken,
 ) {
     let svc = Arc::new(Otlp {
@@ -150,43 +146,44 @@ pub async fn serve(
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max_msg);
-    crate::telemetry::accept_until(&listener, &shutdown, "OTLP/gRPC", |stream| {
-        let (traces, metrics, logs) = (traces.clone(), metrics.clone(), logs.clone());
-        let (tls, ingest, shutdown) = (tls.clone(), ingest.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            let Some(stream) = handshake(&tls, stream, &ingest, "grpc").await else {
-                return;
-            };
-            let counting = ingest.clone();
-            let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                let (mut t, mut m, mut l) = (traces.clone(), metrics.clone(), logs.clone());
-                let ingest = counting.clone();
-                async move {
-                    use tonic::codegen::Service;
-                    let path = req.uri().path();
-                    let resp = if path.starts_with(TRACES) {
-                        t.call(req).await
-                    } else if path.starts_with(METRICS) {
-                        m.call(req).await
-                    } else if path.starts_with(LOGS) {
-                        l.call(req).await
-                    } else {
-                        Ok(Status::unimplemented(format!("unknown service {path}")).into_http())
-                    };
-                    let resp = resp.unwrap_or_else(|e: Infallible| match e {});
-                    count_codec_refusal(&ingest, &resp);
-                    Ok::<_, Infallible>(resp)
-                }
-            });
-            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => return,
-                _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+    let counting = ingest.clone();
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let (mut t, mut m, mut l) = (traces.clone(), metrics.clone(), logs.clone());
+        let ingest = counting.clone();
+        async move {
+            use tonic::codegen::Service;
+            if !admitted(&ingest, &req) {
+                ingest.refuse("grpc", "unauthenticated");
+                let st = Status::unauthenticated("missing or wrong bearer token");
+                return Ok::<_, Infallible>(st.into_http());
             }
-            let _ = conn.await;
-        });
-    })
+            let path = req.uri().path();
+            let resp = if path.starts_with(TRACES) {
+                t.call(req).await
+            } else if path.starts_with(METRICS) {
+                m.call(req).await
+            } else if path.starts_with(LOGS) {
+                l.call(req).await
+            } else {
+                Ok(Status::unimplemented(format!("unknown service {path}")).into_http())
+            };
+            let resp = resp.unwrap_or_else(|e: Infallible| match e {});
+            count_codec_refusal(&ingest, &resp);
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let handshake = move |stream| {
+        let (tls, ingest) = (tls.clone(), ingest.clone());
+        async move { handshake(&tls, stream, &ingest, "grpc").await }
+    };
+    crate::serve::serve_with(
+        "OTLP/gRPC",
+        listener,
+        settings,
+        Protocol::Http2,
+        shutdown,
+        handshake,
+        service,
+    )
     .await;
 }

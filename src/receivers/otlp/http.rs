@@ -10,7 +10,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
@@ -25,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::{handshake, Ingest, Refusal};
+use crate::serve::{Protocol, ServerSettings};
 use crate::signal::{Signal, SignalKind};
 use crate::tls::Acceptor;
 
@@ -451,28 +451,27 @@ pub async fn serve(
     tls: Acceptor,
     ingest: Arc<Ingest>,
     max_body: usize,
+    settings: ServerSettings,
     shutdown: CancellationToken,
 ) {
-    crate::telemetry::accept_until(&listener, &shutdown, "OTLP/HTTP", |stream| {
-        let (tls, ingest, shutdown) = (tls.clone(), ingest.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            let Some(stream) = handshake(&tls, stream, &ingest, "http").await else {
-                return;
-            };
-            let svc = hyper::service::service_fn(move |req| {
-                let ingest = ingest.clone();
-                async move { Ok::<_, Infallible>(handle(req, ingest, max_body).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => return,
-                _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
-            }
-            let _ = conn.await;
-        });
-    })
+    let counting = ingest.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let ingest = counting.clone();
+        async move { Ok::<_, Infallible>(handle(req, ingest, max_body).await) }
+    });
+    let handshake = move |stream| {
+        let (tls, ingest) = (tls.clone(), ingest.clone());
+        async move { handshake(&tls, stream, &ingest, "http").await }
+    };
+    crate::serve::serve_with(
+        "OTLP/HTTP",
+        listener,
+        settings,
+        Protocol::Http1,
+        shutdown,
+        handshake,
+        svc,
+    )
     .await;
 }
 

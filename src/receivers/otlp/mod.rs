@@ -22,7 +22,8 @@
 //!         cert_file: /etc/celeriac/server.pem
 //!         key_file: /etc/celeriac/server.key
 //!         client_ca_file: /etc/celeriac/clients.pem   # optional: require client certificates
-//!       keepalive: { server_parameters: { time: 2h, timeout: 20s }, enforcement_policy: { min_time: 5m } }
+//!       keepalive: { server_parameters: { time: 1m, timeout: 20s } }   # HTTP/2 pings (crate::serve)
+//!       max_concurrent_streams: 100     # and read_header_timeout, idle_timeout, max_connections
 //!       include_metadata: false
 //!     http:
 //!       endpoint: localhost:4318
@@ -30,6 +31,7 @@
 //!       traces_url_path: /v1/traces     # metrics_url_path, logs_url_path likewise
 //!       cors: { allowed_origins: ["https://*.example.com"], allowed_headers: [x-custom], max_age: 7200 }
 //!       tls: { cert_file: …, key_file: …, client_ca_file: … }   # as for grpc
+//!       read_header_timeout: 10s        # and idle_timeout, max_connections (crate::serve)
 //!   auth:
 //!     bearer_token: ${env:OTLP_TOKEN} # optional: require `authorization: Bearer <token>`
 //! ```
@@ -51,6 +53,7 @@ use serde::{Deserialize, Serialize};
 use crate::component::{BoxRun, ComponentError, Context, Output, Receiver, SendError};
 use crate::component::{BuildResult, Factory, Registration};
 use crate::config::{self, types, types::Secret, DecodeError, Value};
+use crate::serve::ServerSettings;
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::Telemetry;
 use crate::tls::{Acceptor, ServerTlsConfig};
@@ -74,8 +77,9 @@ pub struct GrpcConfig {
     pub endpoint: SocketAddr,
     pub max_recv_msg_size_mib: usize,
     pub tls: ServerTlsConfig,
-    pub keepalive: Keepalive,
     pub include_metadata: bool,
+    #[serde(flatten)]
+    pub server: ServerSettings,
 }
 
 impl Default for GrpcConfig {
@@ -85,41 +89,10 @@ impl Default for GrpcConfig {
             endpoint: SocketAddr::from(([127, 0, 0, 1], 4317)),
             max_recv_msg_size_mib: 4,
             tls: ServerTlsConfig::default(),
-            keepalive: Keepalive::default(),
             include_metadata: false,
+            server: ServerSettings::default(),
         }
     }
-}
-
-/// The collector's gRPC `keepalive:` (configgrpc.KeepaliveServerConfig).
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct Keepalive {
-    pub server_parameters: KeepaliveServerParameters,
-    pub enforcement_policy: KeepaliveEnforcementPolicy,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct KeepaliveServerParameters {
-    #[serde(with = "types::opt_duration", skip_serializing_if = "Option::is_none")]
-    pub max_connection_idle: Option<std::time::Duration>,
-    #[serde(with = "types::opt_duration", skip_serializing_if = "Option::is_none")]
-    pub max_connection_age: Option<std::time::Duration>,
-    #[serde(with = "types::opt_duration", skip_serializing_if = "Option::is_none")]
-    pub max_connection_age_grace: Option<std::time::Duration>,
-    #[serde(with = "types::opt_duration", skip_serializing_if = "Option::is_none")]
-    pub time: Option<std::time::Duration>,
-    #[serde(with = "types::opt_duration", skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<std::time::Duration>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct KeepaliveEnforcementPolicy {
-    #[serde(with = "types::opt_duration", skip_serializing_if = "Option::is_none")]
-    pub min_time: Option<std::time::Duration>,
-    pub permit_without_stream: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -141,6 +114,8 @@ pub struct HttpConfig {
     pub traces_url_path: String,
     pub metrics_url_path: String,
     pub logs_url_path: String,
+    #[serde(flatten)]
+    pub server: ServerSettings,
 }
 
 impl HttpConfig {
@@ -164,6 +139,7 @@ impl Default for HttpConfig {
             traces_url_path: "/v1/traces".into(),
             metrics_url_path: "/v1/metrics".into(),
             logs_url_path: "/v1/logs".into(),
+            server: ServerSettings::default(),
         }
     }
 }
@@ -286,6 +262,11 @@ fn build(v: &Value) -> BuildResult<dyn Receiver> {
     }
     for (prefix, tls) in [("grpc", &cfg.grpc.tls), ("http", &cfg.http.tls)] {
         tls.check()
+            .map_err(|(key, msg)| DecodeError::new(format!("{prefix}.{key}"), msg))?;
+    }
+    for (prefix, server) in [("grpc", &cfg.grpc.server), ("http", &cfg.http.server)] {
+        server
+            .check()
             .map_err(|(key, msg)| DecodeError::new(format!("{prefix}.{key}"), msg))?;
     }
     if cfg.grpc.max_recv_msg_size_mib == 0 {
@@ -463,6 +444,7 @@ impl Receiver for OtlpReceiver {
                     self.grpc_tls.clone(),
                     ingest.clone(),
                     self.cfg.grpc.max_recv_msg_size_mib << 20,
+                    self.cfg.grpc.server.clone(),
                     ctx.shutdown.clone(),
                 ));
             }
@@ -478,6 +460,7 @@ impl Receiver for OtlpReceiver {
                     self.http_tls.clone(),
                     ingest.clone(),
                     self.cfg.http.body_limit(),
+                    self.cfg.http.server.clone(),
                     ctx.shutdown.clone(),
                 ));
             }
@@ -525,8 +508,8 @@ mod tests {
         let c = cfg("protocols:\n  grpc: {endpoint: 0.0.0.0:14317, max_recv_msg_size_mib: 8, include_metadata: true, keepalive: {server_parameters: {time: 2h, timeout: 20s}, enforcement_policy: {min_time: 5m, permit_without_stream: true}}}\n  http: {endpoint: ':14318', max_request_body_size: 1048576, traces_url_path: /t, metrics_url_path: /m, logs_url_path: /l, cors: {allowed_origins: ['http://*'], allowed_headers: [x-a], max_age: 60}}").unwrap();
         assert_eq!(c.grpc.endpoint, SocketAddr::from(([0, 0, 0, 0], 14317)));
         assert_eq!(
-            c.grpc.keepalive.server_parameters.time,
-            Some(std::time::Duration::from_secs(7200))
+            c.grpc.server.keepalive.server_parameters.time,
+            std::time::Duration::from_secs(7200)
         );
         assert_eq!(c.http.endpoint, SocketAddr::from(([0, 0, 0, 0], 14318)));
         assert_eq!(c.http.body_limit(), 1 << 20);
