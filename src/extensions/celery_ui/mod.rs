@@ -24,6 +24,7 @@
 
 pub mod api;
 pub mod inspect;
+pub mod metrics;
 pub mod page;
 
 use std::convert::Infallible;
@@ -50,12 +51,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::component::{BoxRun, ComponentError, Context, Extension, Host};
+use crate::component::{BuildResult, Factory, Registration};
+use crate::config::types::Secret;
 use crate::config::{self, types, DecodeError, Section, Value};
+use crate::connectors::celery_correlate::flower_metrics::DEFAULT_BUCKETS;
 use crate::connectors::celery_correlate::now_secs;
 use crate::connectors::celery_correlate::view::View;
 use crate::receivers::celery_redis::CeleryRedisConfig;
 use crate::receivers::redis_queues::{self, RedisQueuesConfig};
-use crate::component::{BuildResult, Factory, Registration};
 use crate::telemetry::Counter;
 use crate::tls::ClientTlsConfig;
 use api::Inspected;
@@ -90,6 +93,14 @@ pub struct UiConfig {
     /// How often the live page is updated (at most).
     #[serde(with = "types::duration")]
     pub stream_interval: Duration,
+    /// Flower's `read_only`: no control actions (revoke, pool, consumers, publishing tasks).
+    /// Default `true`; `false` needs `auth`.
+    pub read_only: bool,
+    /// Flower's `task_runtime_metric_buckets` (seconds) for `flower_task_runtime_seconds`.
+    pub task_runtime_metric_buckets: Vec<f64>,
+    /// Flower's `purge_offline_workers` (seconds): `/metrics` drops the series of workers
+    /// offline for longer. Unset: kept.
+    pub purge_offline_workers: Option<u64>,
 }
 
 impl Default for UiConfig {
@@ -102,6 +113,9 @@ impl Default for UiConfig {
             inspect: InspectConfig::default(),
             trace_url: None,
             stream_interval: Duration::from_millis(500),
+            read_only: true,
+            task_runtime_metric_buckets: DEFAULT_BUCKETS.to_vec(),
+            purge_offline_workers: None,
         }
     }
 }
@@ -111,8 +125,10 @@ impl Default for UiConfig {
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     pub username: Option<String>,
-    pub password: Option<String>,
-    pub bearer_token: Option<String>,
+    #[serde(default, deserialize_with = "types::non_empty_secret::deserialize")]
+    pub password: Option<Secret>,
+    #[serde(default, deserialize_with = "types::non_empty_secret::deserialize")]
+    pub bearer_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -156,17 +172,11 @@ fn build(v: &Value) -> BuildResult<dyn Extension> {
     let mut cfg: UiConfig = config::decode(v)?;
     if let Some(a) = &cfg.auth {
         let basic = a.username.is_some() || a.password.is_some();
-        if basic
-            && (a.username.as_deref().unwrap_or("").is_empty()
-                || a.password.as_deref().unwrap_or("").is_empty())
-        {
+        if basic && (a.username.as_deref().unwrap_or("").is_empty() || a.password.is_none()) {
             return Err(DecodeError::new(
                 "auth",
                 "basic auth needs both `username` and `password`",
             ));
-        }
-        if a.bearer_token.as_deref().is_some_and(str::is_empty) {
-            return Err(DecodeError::new("auth.bearer_token", "must not be empty"));
         }
         if !basic && a.bearer_token.is_none() {
             return Err(DecodeError::new(
@@ -179,6 +189,23 @@ fn build(v: &Value) -> BuildResult<dyn Extension> {
         return Err(DecodeError::new(
             "inspect",
             "`interval` and `timeout` must be greater than 0",
+        ));
+    }
+    if !cfg.read_only && cfg.auth.is_none() {
+        return Err(DecodeError::new(
+            "read_only",
+            "`read_only: false` lets anyone who reaches the port revoke tasks and stop workers: set `auth` too",
+        ));
+    }
+    if cfg.task_runtime_metric_buckets.is_empty()
+        || cfg
+            .task_runtime_metric_buckets
+            .iter()
+            .any(|b| !b.is_finite())
+    {
+        return Err(DecodeError::new(
+            "task_runtime_metric_buckets",
+            "must be a non-empty list of finite numbers",
         ));
     }
     if cfg.stream_interval < Duration::from_millis(50) {
@@ -301,6 +328,7 @@ impl Extension for CeleryUi {
                 }
                 None => None,
             };
+            view.set_flower_buckets(self.cfg.task_runtime_metric_buckets.clone());
             view.enable();
             let label = [("component", &*ctx.id)];
             let ui = Arc::new(Ui {
@@ -476,7 +504,7 @@ impl Ui {
         };
         let header = req.headers().get(AUTHORIZATION).map(|h| h.as_bytes());
         if let Some(token) = &auth.bearer_token {
-            if crate::telemetry::bearer_matches(header, token) {
+            if crate::telemetry::bearer_matches(header, token.expose()) {
                 return true;
             }
         }
@@ -490,13 +518,17 @@ impl Ui {
                 let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(cred) else {
                     return false;
                 };
-                return same(&raw, format!("{u}:{p}").as_bytes());
+                return same(&raw, format!("{u}:{}", p.expose()).as_bytes());
             }
         }
         false
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        if req.uri().path() == "/healthcheck" && req.method() == Method::GET {
+            // Flower's health check, outside auth like `/healthz`.
+            return full(StatusCode::OK, "text/plain; charset=utf-8", "OK");
+        }
         if !self.authorized(&req) {
             self.unauthorized.inc();
             let mut r = json_error(StatusCode::UNAUTHORIZED, "unauthorized");
@@ -526,6 +558,11 @@ impl Ui {
             ),
             "/static/style.css" => full(StatusCode::OK, "text/css; charset=utf-8", page::STYLE_CSS),
             "/api/stream" => self.stream(),
+            "/metrics" => full(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.metrics_text(now),
+            ),
             "/api/dashboard" => json_reply(StatusCode::OK, &self.dashboard(now)),
             "/api/workers" => {
                 let workername = arg("workername").filter(|w| !w.is_empty());
@@ -619,6 +656,29 @@ impl Ui {
                 }
             }
         }
+    }
+
+    /// `/metrics`: Flower's metrics (after Flower's `purge_offline_workers`), then ours.
+    fn metrics_text(&self, now: f64) -> String {
+        if let Some(t) = self.cfg.purge_offline_workers {
+            let inspected: Vec<String> = self
+                .inspected
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .cloned()
+                .collect();
+            let n = self
+                .view
+                .purge_offline_flower_metrics(t as f64, now, &inspected);
+            if n > 0 {
+                tracing::debug!(workers = n, "Purged the Flower metrics of offline workers.");
+            }
+        }
+        let mut out = String::with_capacity(16 * 1024);
+        self.view
+            .read(|v| metrics::render_flower(v.flower_metrics(), &mut out));
+        out
     }
 
     fn dashboard(&self, now: f64) -> Json {
