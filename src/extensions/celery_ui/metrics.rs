@@ -1,6 +1,5 @@
 //! `GET /metrics`: Flower's six metrics in the Prometheus text format, as Flower's
-//! `prometheus_client` writes them (label order, `_created` series, float spelling), plus
-//! `celeriac_ui_control_total{action,result}`.
+//! `prometheus_client` writes them (label order, `_created` series, float spelling).
 //!
 //! The values are kept by the connector's view ([`FlowerMetrics`]); this module only renders.
 
@@ -145,26 +144,6 @@ pub fn render_flower(m: &FlowerMetrics, out: &mut String) {
             .iter()
             .map(|(w, s)| (vec![("worker", &**w)], *s)),
     );
-}
-
-/// `celeriac_ui_control_total{action,result}` from `(action, result) → count`.
-pub fn render_control<'a>(
-    rows: impl Iterator<Item = (&'a (String, &'static str), &'a u64)>,
-    out: &mut String,
-) {
-    header(
-        out,
-        "celeriac_ui_control_total",
-        "Control actions asked of the celery_ui extension, by action and result.",
-        "counter",
-    );
-    for ((action, result), n) in rows {
-        let _ = writeln!(
-            out,
-            "celeriac_ui_control_total{} {n}",
-            labels(&[("action", action), ("result", result)])
-        );
-    }
 }
 
 #[cfg(test)]

@@ -23,9 +23,11 @@
 //! ```
 
 pub mod api;
+pub mod control;
 pub mod inspect;
 pub mod metrics;
 pub mod page;
+pub mod results;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -62,8 +64,11 @@ use crate::receivers::redis_queues::{self, RedisQueuesConfig};
 use crate::telemetry::Counter;
 use crate::tls::ClientTlsConfig;
 use api::Inspected;
+use control::{Answer, Pidbox};
 use inspect::Inspector;
 use page::RedactConfig;
+use results::ResultBackend;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub const REGISTRATION: Registration = Registration {
     type_name: "celery_ui",
@@ -101,6 +106,9 @@ pub struct UiConfig {
     /// Flower's `purge_offline_workers` (seconds): `/metrics` drops the series of workers
     /// offline for longer. Unset: kept.
     pub purge_offline_workers: Option<u64>,
+    /// The app's result backend (`redis://` or `rediss://`), for `/api/task/result/<id>`,
+    /// `/api/task/abort/<id>` and the `state` of published tasks. Unset: those answer 503.
+    pub result_backend: Option<String>,
 }
 
 impl Default for UiConfig {
@@ -116,6 +124,7 @@ impl Default for UiConfig {
             read_only: true,
             task_runtime_metric_buckets: DEFAULT_BUCKETS.to_vec(),
             purge_offline_workers: None,
+            result_backend: None,
         }
     }
 }
@@ -218,6 +227,16 @@ fn build(v: &Value) -> BuildResult<dyn Extension> {
                 e.message,
             )
         })?;
+    }
+    if let Some(url) = &cfg.result_backend {
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(DecodeError::new(
+                "result_backend",
+                "only a Redis result backend (redis:// or rediss://) is read",
+            ));
+        }
+        broker_clients(std::slice::from_ref(url), ClientTlsConfig::default())
+            .map_err(|e| DecodeError::new("result_backend", e.message))?;
     }
     cfg.redact = cfg.redact.normalized();
     Ok(Box::new(CeleryUi { cfg }))
@@ -328,6 +347,29 @@ impl Extension for CeleryUi {
                 }
                 None => None,
             };
+            let backend = match &self.cfg.result_backend {
+                Some(url) => {
+                    let (client, name) =
+                        broker_clients(std::slice::from_ref(url), ClientTlsConfig::default())
+                            .map_err(|e| ComponentError::Other(format!("result_backend: {e}")))?
+                            .remove(0);
+                    Some(ResultBackend::new(client, name))
+                }
+                None => None,
+            };
+            let mut control_total = BTreeMap::new();
+            for action in control::ACTIONS {
+                for result in control::RESULTS {
+                    control_total.insert(
+                        (action, result),
+                        ctx.telemetry.counter(
+                            "celeriac_ui_control_total",
+                            "Control actions (revoke, pool, consumers, publishing) asked of the celery_ui extension, by result.",
+                            &[("component", &*ctx.id), ("action", action), ("result", result)],
+                        ),
+                    );
+                }
+            }
             view.set_flower_buckets(self.cfg.task_runtime_metric_buckets.clone());
             view.enable();
             let label = [("component", &*ctx.id)];
@@ -335,6 +377,8 @@ impl Extension for CeleryUi {
                 cfg: self.cfg,
                 view,
                 inspector,
+                backend,
+                control_total,
                 inspected: RwLock::new(Inspected::new()),
                 queues: RwLock::new(Vec::new()),
                 round: tokio::sync::Mutex::new(()),
@@ -408,6 +452,8 @@ struct Ui {
     cfg: UiConfig,
     view: Arc<View>,
     inspector: Option<Inspector>,
+    backend: Option<ResultBackend>,
+    control_total: BTreeMap<(&'static str, &'static str), Counter>,
     inspected: RwLock<Inspected>,
     queues: RwLock<Vec<(String, u64)>>,
     /// One remote-control round at a time.
@@ -447,6 +493,39 @@ fn json_reply(status: StatusCode, v: &Json) -> Response<Body> {
 
 fn json_error(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
     json_reply(status, &json!({ "error": msg.into() }))
+}
+
+/// Bytes of a control request's body read at most.
+const MAX_POST_BODY: usize = 64 * 1024;
+
+/// CSRF: a browser names the page a request comes from (`Origin`, `Sec-Fetch-Site`); a write
+/// from another origin is refused whatever credentials the browser attached (it re-sends basic
+/// auth on its own). Clients that are not browsers send neither header.
+fn same_origin(req: &Request<Incoming>) -> Result<(), String> {
+    let h = req.headers();
+    if let Some(site) = h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        if site != "same-origin" && site != "none" {
+            return Err(format!(
+                "Cross-site request refused (Sec-Fetch-Site: {site})"
+            ));
+        }
+    }
+    let Some(origin) = h.get("origin") else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("");
+    let host = h
+        .get(hyper::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let origin_host = origin
+        .split_once("://")
+        .map(|(_, rest)| rest.trim_end_matches('/'))
+        .unwrap_or("");
+    if origin_host.is_empty() || host.is_empty() || !origin_host.eq_ignore_ascii_case(host) {
+        return Err(format!("Cross-origin request refused (Origin: {origin})"));
+    }
+    Ok(())
 }
 
 /// `a=1&b=x%20y` → pairs, `+` as space.
@@ -540,8 +619,14 @@ impl Ui {
             }
             return r;
         }
+        if req.method() == Method::POST {
+            return self.post(req).await;
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return json_error(StatusCode::METHOD_NOT_ALLOWED, "only GET is served");
+            return json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only GET and POST are served",
+            );
         }
         let path = req.uri().path().to_string();
         let query = query_pairs(req.uri().query().unwrap_or(""));
@@ -626,6 +711,25 @@ impl Ui {
                         None => json_error(StatusCode::NOT_FOUND, format!("Unknown task '{id}'")),
                     };
                 }
+                if let Some(id) = p.strip_prefix("/api/task/result/") {
+                    let id = percent_decode(id);
+                    let Some(b) = &self.backend else {
+                        return full(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "text/plain; charset=utf-8",
+                            "",
+                        );
+                    };
+                    return match b.meta(&id).await {
+                        Ok(meta) => {
+                            json_reply(StatusCode::OK, &results::result_body(&id, meta.as_ref()))
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Cannot read a task result.");
+                            json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                        }
+                    };
+                }
                 if let Some(id) = p.strip_prefix("/task/") {
                     let id = percent_decode(id);
                     let html = self.view.read(|v| {
@@ -656,6 +760,158 @@ impl Ui {
                 }
             }
         }
+    }
+
+    /// Who is asking, for the control log: the basic-auth user, `bearer`, or `anonymous`.
+    fn who(&self, req: &Request<Incoming>) -> String {
+        let h = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let (scheme, cred) = h.split_once(' ').unwrap_or((h, ""));
+        if scheme.eq_ignore_ascii_case("basic") {
+            if let Some(user) = base64::engine::general_purpose::STANDARD
+                .decode(cred.trim())
+                .ok()
+                .and_then(|raw| String::from_utf8(raw).ok())
+                .and_then(|up| up.split_once(':').map(|(u, _)| u.to_string()))
+            {
+                return user;
+            }
+        }
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return "bearer".into();
+        }
+        "anonymous".into()
+    }
+
+    fn count(&self, action: &'static str, result: &'static str) {
+        if let Some(c) = self.control_total.get(&(action, result)) {
+            c.inc();
+        }
+    }
+
+    /// A write request (Flower's control API). Refused across origins (a browser's form or
+    /// script posting from another site carries an `Origin` that is not ours), and when
+    /// `read_only`.
+    async fn post(&self, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().to_string();
+        let Some((action, target)) = control::route(&path) else {
+            self.count("unknown", "refused");
+            return if path.starts_with("/api/") {
+                json_error(StatusCode::NOT_FOUND, format!("no such API path: {path}"))
+            } else {
+                json_error(StatusCode::METHOD_NOT_ALLOWED, "only GET is served here")
+            };
+        };
+        let who = self.who(&req);
+        let refuse = |status: StatusCode, why: &str| {
+            self.count(action, "refused");
+            tracing::warn!(who = %who, action, target = %target, reason = why, "Refused a control action.");
+            full(status, "text/plain; charset=utf-8", why.to_string())
+        };
+        if let Err(why) = same_origin(&req) {
+            return refuse(StatusCode::FORBIDDEN, &why);
+        }
+        if self.cfg.read_only {
+            return refuse(StatusCode::FORBIDDEN, "Read only mode is enabled");
+        }
+        let mut args = query_pairs(req.uri().query().unwrap_or(""));
+        let form = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        let body = match http_body_util::Limited::new(req.into_body(), MAX_POST_BODY)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+        };
+        let mut json_body = None;
+        if form {
+            args.extend(query_pairs(&String::from_utf8_lossy(&body)));
+        } else if !body.is_empty() {
+            match serde_json::from_slice::<Json>(&body) {
+                Ok(v) => json_body = Some(v),
+                Err(e) => return refuse(StatusCode::BAD_REQUEST, &e.to_string()),
+            }
+        }
+        let answer = if action == "task.abort" {
+            match &self.backend {
+                None => Err(Answer::Text(StatusCode::SERVICE_UNAVAILABLE, String::new())),
+                Some(b) => match b.abort(&target, now_secs()).await {
+                    Ok(()) => Ok(Answer::Json(
+                        StatusCode::OK,
+                        json!({ "message": format!("Aborted '{target}'") }),
+                    )),
+                    Err(e) => Err(Answer::Text(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+                },
+            }
+        } else {
+            let Some(pidbox) = self.inspector.as_ref().map(|i| i as &dyn Pidbox) else {
+                return refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "remote control is disabled (inspect.enabled: false)",
+                );
+            };
+            let known = self.known();
+            let r = control::Request {
+                action,
+                target: target.clone(),
+                args,
+                body: json_body,
+            };
+            let mut a = control::run(pidbox, self.cfg.inspect.timeout, &known, &r).await;
+            // Flower adds the result backend's state to a published task's answer.
+            if let (Ok(Answer::Json(_, v)), Some(b)) = (&mut a, &self.backend) {
+                if let Some(id) = v.get("task-id").and_then(Json::as_str).map(str::to_string) {
+                    match b.state(&id).await {
+                        Ok(state) => v["state"] = json!(state),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Cannot read a published task's state.")
+                        }
+                    }
+                }
+            }
+            a
+        };
+        let (result, answer) = match answer {
+            Ok(a) => ("ok", a),
+            Err(a) if a.status() == StatusCode::FORBIDDEN || a.status().is_server_error() => {
+                ("failed", a)
+            }
+            Err(a) => ("refused", a),
+        };
+        self.count(action, result);
+        tracing::info!(who = %who, action, target = %target, result, status = answer.status().as_u16(), "Control action.");
+        match answer {
+            Answer::Json(s, v) => json_reply(s, &v),
+            Answer::Text(s, t) => full(s, "text/plain; charset=utf-8", t),
+        }
+    }
+
+    /// Workers (from events and remote control) and task names (seen, or registered at a
+    /// worker) the control API accepts.
+    fn known(&self) -> control::Known {
+        let inspected = self.inspected.read().unwrap_or_else(|e| e.into_inner());
+        let mut workers: BTreeSet<String> = inspected.keys().cloned().collect();
+        let mut tasks: BTreeSet<String> = inspected
+            .values()
+            .filter_map(|i| i.get("registered").and_then(Json::as_array))
+            .flatten()
+            .filter_map(|t| t.as_str())
+            // `registered` may carry options: `name [rate_limit=...]`.
+            .map(|t| t.split(' ').next().unwrap_or(t).to_string())
+            .collect();
+        drop(inspected);
+        self.view.read(|v| {
+            workers.extend(v.workers().keys().cloned());
+            tasks.extend(v.names().map(str::to_string));
+        });
+        control::Known { workers, tasks }
     }
 
     /// `/metrics`: Flower's metrics (after Flower's `purge_offline_workers`), then ours.
