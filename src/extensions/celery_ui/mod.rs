@@ -642,6 +642,11 @@ impl Ui {
                 page::APP_JS,
             ),
             "/static/style.css" => full(StatusCode::OK, "text/css; charset=utf-8", page::STYLE_CSS),
+            "/static/control.js" => full(
+                StatusCode::OK,
+                "text/javascript; charset=utf-8",
+                page::CONTROL_JS,
+            ),
             "/api/stream" => self.stream(),
             "/metrics" => full(
                 StatusCode::OK,
@@ -734,7 +739,12 @@ impl Ui {
                     let id = percent_decode(id);
                     let html = self.view.read(|v| {
                         v.task(&id).map(|t| {
-                            page::task_page(t, &self.cfg.redact, self.cfg.trace_url.as_deref())
+                            page::task_page(
+                                t,
+                                &self.cfg.redact,
+                                self.cfg.trace_url.as_deref(),
+                                self.cfg.read_only,
+                            )
                         })
                     });
                     return match html {
@@ -940,8 +950,11 @@ impl Ui {
     fn dashboard(&self, now: f64) -> Json {
         let inspected = self.inspected.read().unwrap_or_else(|e| e.into_inner());
         let queues = self.queues.read().unwrap_or_else(|e| e.into_inner());
-        self.view
-            .read(|v| api::dashboard(v, &inspected, &queues, &self.cfg.redact, now))
+        let mut d = self
+            .view
+            .read(|v| api::dashboard(v, &inspected, &queues, &self.cfg.redact, now));
+        d["read_only"] = json!(self.cfg.read_only);
+        d
     }
 
     /// One remote-control round (every method Flower uses), then queue lengths.
