@@ -285,6 +285,38 @@ fn flower_api_has_flowers_fields_and_the_same_tasks() {
                 "Flower's tasks never matched {finals:?}: {theirs:#}\n{}",
                 p.log()
             );
+            // Flower's `search=`: the same tasks for the same queries (its syntax and rules).
+            for search in [
+                "state:failure",
+                "name:charge",
+                "args:SKU",
+                "receipt OR slow_report",
+                "(name:shop.a OR name:shop.b) state:SUCCESS",
+                "\"SKU-42\"",
+                "worker:w1@host1 result:total",
+            ] {
+                let path = format!("/api/tasks?search={}", url_encode(search));
+                let ids_of = |v: &Value| -> BTreeSet<String> {
+                    v.as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, _)| k.clone())
+                        .filter(|k| ids.contains(k))
+                        .collect()
+                };
+                let mine = ids_of(&get_ok(&ui, &path));
+                let flowers = ids_of(
+                    &get_json(&flower_addr, &path)
+                        .map(|(_, v)| v)
+                        .unwrap_or(Value::Null),
+                );
+                assert!(!mine.is_empty(), "search {search:?} found nothing");
+                assert_eq!(mine, flowers, "search {search:?}");
+            }
+            let bad = "/api/tasks?search=ab";
+            let (code, mine) = get_json(&ui, bad).unwrap();
+            let (fcode, theirs_err) = get_json(&flower_addr, bad).unwrap();
+            assert_eq!((code, &mine), (fcode, &theirs_err));
             // Same tasks, same states, same names, same workers.
             for id in &ids {
                 for k in [

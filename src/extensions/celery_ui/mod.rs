@@ -28,6 +28,7 @@ pub mod inspect;
 pub mod metrics;
 pub mod page;
 pub mod results;
+pub mod search;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
