@@ -438,6 +438,6 @@ mod tests {
         ] {
             assert_eq!(parse(bad).unwrap_err(), msg, "{bad}");
         }
-        assert!(parse(&"((((((abc))))))".to_string()).is_err());
+        assert!(parse("((((((abc))))))").is_err());
     }
 }
