@@ -1,12 +1,17 @@
 //! `celery_ui` extension: Flower's job inside the agent. A live dashboard at `/` and Flower's
-//! REST API (`/api/workers`, `/api/tasks`, `/api/task/info/<id>`, `/api/task/types`,
-//! `/api/queues/length`), served from the `celery_correlate` connector's state.
+//! REST API (`/api/workers`, `/api/tasks` with `search=`, `/api/task/info/<id>`,
+//! `/api/task/types`, `/api/queues/length`, `/api/task/result/<id>`), Flower's `/metrics` and
+//! `/healthcheck`, and, with `read_only: false`, Flower's write API and buttons, served from the
+//! `celery_correlate` connector's state.
 //!
-//! This module owns the settings, the HTTP server (routing, authentication, the server-sent
-//! event stream `/api/stream`) and the periodic remote-control round ([`inspect`]). Task and
-//! worker state is read through the connector's [`View`]; [`api`] builds Flower's JSON and
-//! [`page`] the HTML. Nothing here keeps task history of its own: the task list is bounded by the
-//! connector's `max_tasks`.
+//! This module owns the settings, the HTTP server (routing, authentication, CSRF refusal of
+//! cross-origin writes, the server-sent event stream `/api/stream`) and the periodic
+//! remote-control round ([`inspect`]). Task and worker state is read through the connector's
+//! [`View`]; [`api`] builds Flower's JSON, [`search`] runs Flower's query syntax, [`page`] the
+//! HTML, [`metrics`] renders Flower's metrics, [`control`] maps the write API onto remote-control
+//! commands and task messages over the broker seam [`control::Pidbox`], and [`results`] reads the
+//! Redis result backend. Nothing here keeps task history of its own: the task list is bounded by
+//! the connector's `max_tasks`.
 //!
 //! ```yaml
 //! extensions:
@@ -18,6 +23,10 @@
 //!     inspect: { enabled: true, interval: 10s, timeout: 1s }    # broker: redis://... (default: the celery_redis receiver's)
 //!     trace_url: "https://grafana.example/explore?traceId={trace_id}"
 //!     stream_interval: 500ms
+//!     read_only: true                # Flower's option; false (needs auth) enables the write API
+//!     result_backend: redis://127.0.0.1:6379/1   # optional: /api/task/result, abort
+//!     task_runtime_metric_buckets: [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]
+//!     purge_offline_workers: 600     # seconds; optional, as Flower's
 //! service:
 //!   extensions: [celery_ui]
 //! ```
