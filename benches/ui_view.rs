@@ -96,6 +96,28 @@ fn bench(c: &mut Criterion) {
             b.iter(|| v.read(|s| black_box(api::tasks_body(s, &q, &redact))))
         },
     );
+    // Flower's `search=`: a miss scans every task (the worst case), a free-text hit stops at
+    // the page, a boolean query with a field and an exact state.
+    for (label, search) in [
+        ("free text, no match", "no-such-text"),
+        ("free text, matches", "shop"),
+        (
+            "(args:SKU OR name:charge) state:success",
+            "(args:SKU OR name:charge) state:success",
+        ),
+    ] {
+        c.bench_function(
+            &format!("ui_view/api tasks search={label} limit=100 (100k tasks)"),
+            |b| {
+                let q = TaskQuery::parse(&[
+                    ("search".into(), search.into()),
+                    ("limit".into(), "100".into()),
+                ])
+                .unwrap();
+                b.iter(|| v.read(|s| black_box(api::tasks_body(s, &q, &redact))))
+            },
+        );
+    }
     c.bench_function("ui_view/dashboard snapshot (100k tasks)", |b| {
         b.iter(|| {
             v.read(|s| black_box(api::dashboard(s, &inspected, &[], &redact, 1.0).to_string()))

@@ -6,7 +6,9 @@
 //! * the live page, in headless Chromium driven over WebDriver, shows a task sent after the page
 //!   opened without a reload, shows `<script>`/`<img onerror>` task args as text (nothing runs),
 //!   and is saved as a screenshot under `target/`;
-//! * authentication, redaction, server-side escaping and the 404 of an unknown task.
+//! * authentication, redaction, server-side escaping and the 404 of an unknown task;
+//! * the control buttons: a task page's Revoke/Terminate (confirmed) end a running task
+//!   REVOKED; with `read_only` there is no button and a POST from the page gets 403.
 
 mod support;
 
@@ -281,6 +283,38 @@ fn flower_api_has_flowers_fields_and_the_same_tasks() {
                 "Flower's tasks never matched {finals:?}: {theirs:#}\n{}",
                 p.log()
             );
+            // Flower's `search=`: the same tasks for the same queries (its syntax and rules).
+            for search in [
+                "state:failure",
+                "name:charge",
+                "args:SKU",
+                "receipt OR slow_report",
+                "(name:shop.a OR name:shop.b) state:SUCCESS",
+                "\"SKU-42\"",
+                "worker:w1@host1 result:total",
+            ] {
+                let path = format!("/api/tasks?search={}", url_encode(search));
+                let ids_of = |v: &Value| -> BTreeSet<String> {
+                    v.as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, _)| k.clone())
+                        .filter(|k| ids.contains(k))
+                        .collect()
+                };
+                let mine = ids_of(&get_ok(&ui, &path));
+                let flowers = ids_of(
+                    &get_json(&flower_addr, &path)
+                        .map(|(_, v)| v)
+                        .unwrap_or(Value::Null),
+                );
+                assert!(!mine.is_empty(), "search {search:?} found nothing");
+                assert_eq!(mine, flowers, "search {search:?}");
+            }
+            let bad = "/api/tasks?search=ab";
+            let (code, mine) = get_json(&ui, bad).unwrap();
+            let (fcode, theirs_err) = get_json(&flower_addr, bad).unwrap();
+            assert_eq!((code, &mine), (fcode, &theirs_err));
             // Same tasks, same states, same names, same workers.
             for id in &ids {
                 for k in [
@@ -733,4 +767,123 @@ fn a_reload_keeps_the_dashboard_and_its_tasks() {
     assert_eq!((code, v["state"].as_str()), (200, Some("FAILURE")), "{v}");
     let tasks = get_ok(&ui, "/api/tasks");
     assert!(tasks.get(&first).is_some() && tasks.get(&second).is_some());
+}
+
+/// The control buttons in headless Chromium: with `read_only: false` a task page's Revoke
+/// button (confirmed) ends a running task REVOKED at the worker; with the default `read_only`
+/// the page has no button and a POST from the page is refused.
+#[test]
+fn revoke_button_revokes_a_running_task_and_read_only_has_none() {
+    let (user, pass) = ("admin", "pw-for-buttons");
+    let extra =
+        format!("    read_only: false\n    auth: {{ username: {user}, password: {pass} }}\n");
+    let (redis, _worker, agent, ui, _tel) = start_stack(&extra);
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+    );
+    let sent = run_client(&redis.url(), &["send", "shop.sleep", "[30]"]);
+    let id = sent["ids"][0].as_str().unwrap().to_string();
+    let info = |id: &str| -> Value {
+        http_request(
+            &ui,
+            "GET",
+            &format!("/api/task/info/{id}"),
+            &[("Authorization", &auth)],
+            &[],
+        )
+        .and_then(|r| serde_json::from_slice(&r.body).ok())
+        .unwrap_or(Value::Null)
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || info(&id)["state"] == "STARTED"),
+        "the task never started: {}\n{}",
+        info(&id),
+        agent.output()
+    );
+
+    let browser = Browser::start();
+    // The browser sends the credentials as a user's browser would after the login prompt.
+    browser.cmd(
+        "POST",
+        "/goog/cdp/execute",
+        Some(&json!({"cmd": "Network.enable", "params": {}})),
+    );
+    browser.cmd(
+        "POST",
+        "/goog/cdp/execute",
+        Some(&json!({"cmd": "Network.setExtraHTTPHeaders", "params": {"headers": {"Authorization": auth}}})),
+    );
+    browser.goto(&format!("http://{ui}/task/{id}"));
+    assert_eq!(
+        browser.wait_for(
+            "return document.querySelector('#revoke') !== null",
+            Duration::from_secs(10)
+        ),
+        true,
+        "no revoke button"
+    );
+    // The confirmation is asked (and accepted); the message names the task.
+    browser.eval("window.__asked = []; window.confirm = (m) => { window.__asked.push(m); return true; }; return null;");
+    browser.eval("document.querySelector('#revoke').click(); return null;");
+    let shown = browser.wait_for(
+        "const t = document.querySelector('#control-result').textContent; return t.length > 0 ? t : null;",
+        Duration::from_secs(10),
+    );
+    assert_eq!(shown, format!("Revoked '{id}'"), "{}", agent.output());
+    let asked = browser.eval("return window.__asked;");
+    assert!(asked[0].as_str().unwrap().contains(&id), "{asked}");
+    // Revoking a running task without `terminate` only keeps it from running again: Terminate
+    // stops it, and the worker reports it REVOKED.
+    browser.goto(&format!("http://{ui}/task/{id}"));
+    browser.wait_for(
+        "return document.querySelector('#terminate') !== null",
+        Duration::from_secs(10),
+    );
+    browser.eval(
+        "window.confirm = () => true; document.querySelector('#terminate').click(); return null;",
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || info(&id)["state"] == "REVOKED"),
+        "not REVOKED after the button: {}\n{}",
+        info(&id),
+        agent.output()
+    );
+    // Two confirmed presses, two revokes sent and counted.
+    let before = scrape(&_tel).and_then(|m| {
+        metric_value(
+            &m,
+            "celeriac_ui_control_total",
+            &[("action", "task.revoke"), ("result", "ok")],
+        )
+    });
+    assert_eq!(before, Some(2.0));
+    drop(browser);
+    drop(agent);
+
+    // Read-only (the default): no buttons, and a POST from the page is refused.
+    let (_redis2, _w2, agent2, ui2, _tel2) = start_stack("");
+    let sent = run_client(&_redis2.url(), &["send", "shop.sleep", "[30]"]);
+    let id2 = sent["ids"][0].as_str().unwrap().to_string();
+    assert!(wait_until(Duration::from_secs(20), || {
+        http_get(&ui2, &format!("/api/task/info/{id2}")).is_some_and(|(s, _)| s == 200)
+    }));
+    let browser = Browser::start();
+    browser.goto(&format!("http://{ui2}/task/{id2}"));
+    assert_eq!(
+        browser.wait_for(
+            "return document.querySelector('#read-only') !== null",
+            Duration::from_secs(10)
+        ),
+        true
+    );
+    assert_eq!(
+        browser.eval("return document.querySelectorAll('button[data-post]').length;"),
+        0
+    );
+    browser.eval(&format!(
+        "window.__r = null; fetch('/api/task/revoke/{id2}', {{method: 'POST'}}).then(async r => {{ window.__r = r.status + ' ' + await r.text(); }}); return null;"
+    ));
+    let r = browser.wait_for("return window.__r;", Duration::from_secs(10));
+    assert_eq!(r, "403 Read only mode is enabled", "{}", agent2.output());
 }

@@ -1181,25 +1181,29 @@ fn prometheus_bin() -> PathBuf {
 
 impl PrometheusServer {
     pub fn start() -> PrometheusServer {
-        Self::start_with(None)
+        Self::start_with(None, "global:\n  scrape_interval: 1m\nscrape_configs: []\n")
+    }
+
+    /// With this `prometheus.yml` (scrape jobs of its own).
+    pub fn start_with_config(prometheus_yml: &str) -> PrometheusServer {
+        Self::start_with(None, prometheus_yml)
     }
 
     /// Serves HTTPS with `pki`'s server certificate and requires a client certificate signed by
     /// `pki`'s CA (mutual TLS, Prometheus' `--web.config.file`).
     pub fn start_tls(pki: &pki::Pki) -> PrometheusServer {
-        Self::start_with(Some(pki))
+        Self::start_with(
+            Some(pki),
+            "global:\n  scrape_interval: 1m\nscrape_configs: []\n",
+        )
     }
 
-    fn start_with(pki: Option<&pki::Pki>) -> PrometheusServer {
+    fn start_with(pki: Option<&pki::Pki>, prometheus_yml: &str) -> PrometheusServer {
         let dir = tempfile::Builder::new()
             .prefix("celeriac-prometheus-")
             .tempdir()
             .expect("tempdir");
-        fs::write(
-            dir.path().join("prometheus.yml"),
-            "global:\n  scrape_interval: 1m\nscrape_configs: []\n",
-        )
-        .expect("write prometheus.yml");
+        fs::write(dir.path().join("prometheus.yml"), prometheus_yml).expect("write prometheus.yml");
         let tls = pki.map(|p| {
             fs::write(
                 dir.path().join("web.yml"),

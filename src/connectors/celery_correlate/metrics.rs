@@ -109,8 +109,9 @@ pub struct TaskMetrics {
     pub runtime_bounds: Vec<f64>,
     pub queue_wait_bounds: Vec<f64>,
     series: FastSet<Labels>,
-    /// Label sets whose zero-valued state counters already exist (see [`TaskMetrics::inc`]).
-    zeroed: FastSet<Labels>,
+    /// Label sets whose zero-valued state counters already exist, and whether the failure
+    /// counter's `exception=""` one does too (see [`TaskMetrics::inc`]).
+    zeroed: FastMap<Labels, bool>,
     max_series: usize,
     other: Arc<str>,
     strings: FastSet<Arc<str>>,
@@ -127,7 +128,7 @@ impl TaskMetrics {
             runtime_bounds,
             queue_wait_bounds,
             series: FastSet::default(),
-            zeroed: FastSet::default(),
+            zeroed: FastMap::default(),
             max_series,
             other: Arc::from("__other__"),
             strings: FastSet::default(),
@@ -165,19 +166,30 @@ impl TaskMetrics {
     }
 
     pub fn inc(&mut self, c: Count, labels: &Labels, exception: Option<Arc<str>>) {
-        // Counters are never removed, so this is needed once per label set.
-        if c != Count::Failed && !self.zeroed.contains(labels) {
-            self.zeroed.insert(labels.clone());
-            // Like celery-exporter: a task event makes every state series exist (at 0), so
-            // dashboards can compute ratios before the first failure. Failures carry an
-            // exception label, so they appear with their first occurrence.
-            for other in Count::ALL {
-                if !matches!(other, Count::Sent | Count::Failed) && other != c {
-                    self.counters
-                        .entry((other, labels.clone(), None))
-                        .or_insert(0);
+        // Like celery-exporter 0.11: a task event makes every other state series exist at 0
+        // (`task-sent`'s excepted, its senders are many), the failure counter with
+        // `exception=""`, so dashboards compute ratios before the first failure. Counters are
+        // never removed, so this is needed once per label set (twice when the first event was
+        // a failure, which celery-exporter does not zero with `exception=""`).
+        let done = self.zeroed.get(labels).copied();
+        if done != Some(true) {
+            let failed_too = c != Count::Failed;
+            if done.is_none() {
+                for other in Count::ALL {
+                    if !matches!(other, Count::Sent | Count::Failed) && other != c {
+                        self.counters
+                            .entry((other, labels.clone(), None))
+                            .or_insert(0);
+                    }
                 }
             }
+            if failed_too {
+                let empty = self.intern("");
+                self.counters
+                    .entry((Count::Failed, labels.clone(), Some(empty)))
+                    .or_insert(0);
+            }
+            self.zeroed.insert(labels.clone(), failed_too);
         }
         *self
             .counters
@@ -399,5 +411,42 @@ mod tests {
         }
         assert_eq!(m.counter(Count::Received, "__other__", "h", "q"), 2);
         assert_eq!(m.overflowed, 2);
+    }
+}
+
+#[cfg(test)]
+mod zero_tests {
+    use super::*;
+
+    #[test]
+    fn every_state_series_exists_at_zero_like_celery_exporter() {
+        let mut m = TaskMetrics::new(vec![1.0], vec![1.0], 100);
+        let l = (Arc::from("t.add"), Arc::from("w@h"), Arc::from("celery"));
+        m.inc(Count::Received, &l, None);
+        let failed_empty = (Count::Failed, l.clone(), Some(Arc::<str>::from("")));
+        assert_eq!(m.counters.get(&failed_empty), Some(&0));
+        for c in [
+            Count::Started,
+            Count::Succeeded,
+            Count::Retried,
+            Count::Revoked,
+            Count::Rejected,
+        ] {
+            assert_eq!(m.counters.get(&(c, l.clone(), None)), Some(&0), "{c:?}");
+        }
+        // task-sent is never zero-filled (its senders are many).
+        assert!(!m.counters.contains_key(&(Count::Sent, l.clone(), None)));
+        // A first event that is a failure: the others at 0, `exception=""` only later.
+        let l2 = (Arc::from("t.bad"), Arc::from("w@h"), Arc::from("celery"));
+        m.inc(Count::Failed, &l2, Some(Arc::from("KeyError")));
+        assert_eq!(
+            m.counters.get(&(Count::Succeeded, l2.clone(), None)),
+            Some(&0)
+        );
+        let empty2 = (Count::Failed, l2.clone(), Some(Arc::<str>::from("")));
+        assert!(!m.counters.contains_key(&empty2));
+        m.inc(Count::Received, &l2, None);
+        assert_eq!(m.counters.get(&empty2), Some(&0));
+        assert_eq!(m.counter(Count::Failed, "t.bad", "w@h", "celery"), 1);
     }
 }

@@ -31,6 +31,7 @@
 //! Extensions (the `celery_ui` dashboard) read tasks and workers through [`view::View`], which
 //! this connector offers as its shared state and fills only when an extension enables it.
 
+pub mod flower_metrics;
 pub mod join;
 pub mod leader;
 mod logs;
@@ -50,8 +51,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::celery::event::{CeleryEvent, EventKind};
 use crate::component::{BoxRun, Context, Input, Output, Processor};
-use crate::config::{self, types, DecodeError, Value};
 use crate::component::{BuildResult, Factory, Registration};
+use crate::config::{self, types, DecodeError, Value};
 use crate::signal::{Signal, SignalKind};
 use metrics::{Count, TaskMetrics};
 use spans::{End, Outcome};

@@ -22,6 +22,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::celery::event::{CeleryEvent, EventKind, TaskFields};
 
+use super::flower_metrics::FlowerMetrics;
 use super::spans;
 use super::tasks::TaskState;
 
@@ -176,6 +177,7 @@ pub struct ViewState {
     /// Events per (task name, event type), cumulative.
     counts: BTreeMap<(Arc<str>, &'static str), u64>,
     evicted: u64,
+    flower: FlowerMetrics,
 }
 
 impl ViewState {
@@ -189,6 +191,7 @@ impl ViewState {
             names: BTreeSet::new(),
             counts: BTreeMap::new(),
             evicted: 0,
+            flower: FlowerMetrics::default(),
         }
     }
 
@@ -230,6 +233,11 @@ impl ViewState {
     /// Cumulative event counts per (task name, event type such as `succeeded`).
     pub fn counts(&self) -> &BTreeMap<(Arc<str>, &'static str), u64> {
         &self.counts
+    }
+
+    /// Flower's Prometheus metrics (see [`FlowerMetrics`]).
+    pub fn flower_metrics(&self) -> &FlowerMetrics {
+        &self.flower
     }
 
     /// Queue names seen in `task-sent` events (routing key or queue).
@@ -286,6 +294,12 @@ impl ViewState {
     }
 
     fn apply(&mut self, ev: &CeleryEvent, now: f64) {
+        self.apply_state(ev, now);
+        let task = ev.task_uuid().and_then(|id| self.tasks.get(id));
+        self.flower.observe(ev, task, now);
+    }
+
+    fn apply_state(&mut self, ev: &CeleryEvent, now: f64) {
         if ev.kind.is_worker() {
             self.apply_worker(ev, now);
             return;
@@ -558,6 +572,39 @@ impl View {
             s.tasks.remove(&old);
             s.evicted += 1;
         }
+    }
+
+    /// Flower's `task_runtime_metric_buckets` for `flower_task_runtime_seconds`.
+    pub fn set_flower_buckets(&self, buckets: Vec<f64>) {
+        let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+        s.flower.set_buckets(buckets);
+    }
+
+    /// Flower's `purge_offline_workers`: drop the Flower metrics of workers not alive whose last
+    /// heartbeat (agent clock) is older than `threshold` seconds, or that the view forgot.
+    /// Returns how many workers' series went.
+    pub fn purge_offline_flower_metrics(&self, threshold: f64, now: f64, also: &[String]) -> usize {
+        let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut names = s.flower.workers();
+        names.extend(s.workers.keys().map(|k| Arc::from(k.as_str())));
+        names.extend(also.iter().map(|k| Arc::from(k.as_str())));
+        let offline: BTreeSet<Arc<str>> = names
+            .into_iter()
+            .filter(|n| match s.workers.get(&**n) {
+                None => true,
+                Some(w) if w.alive(now) => false,
+                Some(w) => w
+                    .heartbeats
+                    .iter()
+                    .copied()
+                    .reduce(f64::max)
+                    .is_none_or(|h| now - h > threshold),
+            })
+            .collect();
+        if offline.is_empty() {
+            return 0;
+        }
+        s.flower.remove_workers(&offline)
     }
 
     /// Drop workers with no event since `cutoff` (agent clock).

@@ -104,6 +104,8 @@ pub struct TaskQuery {
     pub received_end: Option<f64>,
     /// Key and descending.
     pub sort_by: Option<(SortKey, bool)>,
+    /// Flower's `search=` ([`super::search`]).
+    pub search: Option<super::search::Query>,
 }
 
 impl TaskQuery {
@@ -120,6 +122,12 @@ impl TaskQuery {
                     q.offset = o.max(0) as usize;
                 }
                 "state" => q.state = all(v),
+                "search" => {
+                    q.search = match super::search::parse(v)? {
+                        super::search::Query::All => None,
+                        s => Some(s),
+                    }
+                }
                 "workername" => q.workername = all(v),
                 "taskname" => q.taskname = all(v),
                 "received_start" | "received_end" if !v.is_empty() => {
@@ -167,6 +175,11 @@ impl TaskQuery {
         }
         if let Some(n) = &self.taskname {
             if t.name.as_deref() != Some(n.as_str()) {
+                return false;
+            }
+        }
+        if let Some(s) = &self.search {
+            if !super::search::matches(s, t) {
                 return false;
             }
         }

@@ -13,6 +13,11 @@
 //!   carries the request's `ticket` header and a body `{worker node name: answer}`.
 //!
 //! Queue lengths are the sum of LLEN over a queue's priority lists, as Flower counts them.
+//! Task messages (the control API's send-task) are LPUSHed on the queue's list for their
+//! priority, as kombu's Redis transport publishes them.
+//!
+//! [`Inspector::broadcast`] is the one pidbox primitive: the periodic inspect round and every
+//! control command (`super::control`) go through it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -53,6 +58,14 @@ pub enum InspectError {
         endpoint: String,
         source: redis::RedisError,
     },
+}
+
+/// How long a broadcast waits for replies, and after how many it stops (Celery's `timeout`
+/// and `limit`).
+#[derive(Debug, Clone, Copy)]
+pub struct ReplyWait {
+    pub timeout: Duration,
+    pub limit: Option<usize>,
 }
 
 /// Answers of one broadcast round: method → worker node name → answer.
@@ -138,60 +151,123 @@ impl Inspector {
     }
 
     /// Broadcast `methods` (to `destination` only, when given) and collect the answers until
-    /// the timeout, or earlier once `expect` workers answered every method.
+    /// the timeout, or earlier once `expect` workers answered every method. One round of
+    /// [`Inspector::broadcast_many`].
     pub async fn inspect(
         &self,
         methods: &[&str],
         destination: Option<&str>,
         expect: Option<usize>,
     ) -> Result<Answers, InspectError> {
+        let requests: Vec<(String, Json)> = methods
+            .iter()
+            .map(|m| {
+                let arguments = if *m == "active" {
+                    json!({"safe": true})
+                } else {
+                    json!({})
+                };
+                (m.to_string(), arguments)
+            })
+            .collect();
+        let destination: Option<Vec<String>> = destination.map(|d| vec![d.to_string()]);
+        let limit = match (&destination, expect) {
+            (Some(_), _) => Some(1),
+            (None, e) => e.filter(|n| *n > 0),
+        };
+        let replies = self
+            .broadcast_many(
+                &requests,
+                destination.as_deref(),
+                Some(ReplyWait {
+                    timeout: self.timeout,
+                    limit,
+                }),
+            )
+            .await?;
+        let mut answers: Answers = BTreeMap::new();
+        for ((method, _), bodies) in requests.iter().zip(replies) {
+            let slot = answers.entry(method.clone()).or_default();
+            for body in bodies {
+                if let Json::Object(by_worker) = body {
+                    slot.extend(by_worker);
+                }
+            }
+        }
+        Ok(answers)
+    }
+
+    /// Celery's `app.control.broadcast(command, arguments, destination, reply, timeout, limit)`:
+    /// one pidbox request; with `reply`, the replies (`{worker: answer}` each) that came before
+    /// the timeout or the limit (default: one per destination).
+    pub async fn broadcast(
+        &self,
+        command: &str,
+        arguments: Json,
+        destination: Option<&[String]>,
+        reply: Option<ReplyWait>,
+    ) -> Result<Vec<Json>, InspectError> {
+        let requests = [(command.to_string(), arguments)];
+        let mut replies = self.broadcast_many(&requests, destination, reply).await?;
+        Ok(replies.pop().unwrap_or_default())
+    }
+
+    /// Several pidbox requests published together (one pipeline), replies collected per
+    /// request (by ticket) on our reply queue.
+    async fn broadcast_many(
+        &self,
+        requests: &[(String, Json)],
+        destination: Option<&[String]>,
+        reply: Option<ReplyWait>,
+    ) -> Result<Vec<Vec<Json>>, InspectError> {
         let mut conn = self.connect().await?;
         let reply_queue = format!("{}{}", self.prefix, self.reply_queue());
         let binding_key = format!("{}_kombu.binding.{REPLY_EXCHANGE}", self.prefix);
         let member = format!("{}{SEP}{SEP}{}", self.oid, self.reply_queue());
         let channel = format!("{}/{}.celery.pidbox", self.prefix, self.db);
         let now = crate::connectors::celery_correlate::now_secs();
-        let expires = now + self.timeout.as_secs_f64();
-        let mut tickets: BTreeMap<String, String> = BTreeMap::new();
+        // kombu: `expires = time() + timeout` (Celery's broadcast timeout defaults to 1s).
+        let timeout = reply.as_ref().map_or(Duration::from_secs(1), |r| r.timeout);
+        let expires = now + timeout.as_secs_f64();
+        let mut tickets: BTreeMap<String, usize> = BTreeMap::new();
         let mut pipe = redis::pipe();
-        pipe.cmd("SADD").arg(&binding_key).arg(&member).ignore();
-        pipe.cmd("DEL").arg(&reply_queue).ignore();
-        for m in methods {
-            let ticket = uuid4();
-            let arguments = if *m == "active" {
-                json!({"safe": true})
-            } else {
-                json!({})
-            };
-            let body = json!({
-                "method": m,
+        if reply.is_some() {
+            pipe.cmd("SADD").arg(&binding_key).arg(&member).ignore();
+            pipe.cmd("DEL").arg(&reply_queue).ignore();
+        }
+        for (i, (method, arguments)) in requests.iter().enumerate() {
+            let mut body = json!({
+                "method": method,
                 "arguments": arguments,
-                "destination": destination.map(|d| vec![d]),
+                "destination": destination,
                 "pattern": null,
                 "matcher": null,
-                "ticket": ticket,
-                "reply_to": {"exchange": REPLY_EXCHANGE, "routing_key": self.oid},
             });
+            if reply.is_some() {
+                let ticket = uuid4();
+                body["ticket"] = json!(ticket);
+                body["reply_to"] = json!({"exchange": REPLY_EXCHANGE, "routing_key": self.oid});
+                tickets.insert(ticket, i);
+            }
             pipe.cmd("PUBLISH")
                 .arg(&channel)
                 .arg(envelope(&body, expires))
                 .ignore();
-            tickets.insert(ticket, m.to_string());
         }
         let _: () = pipe.query_async(&mut conn).await.map_err(|e| self.err(e))?;
-
-        let limit = match (destination, expect) {
-            (Some(_), _) => Some(1),
-            (None, e) => e.filter(|n| *n > 0),
+        let mut out: Vec<Vec<Json>> = vec![Vec::new(); requests.len()];
+        let Some(wait) = reply else {
+            return Ok(out);
         };
-        let mut answers: Answers = methods
-            .iter()
-            .map(|m| (m.to_string(), BTreeMap::new()))
-            .collect();
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        // kombu: the limit defaults to the number of destinations.
+        let limit = wait
+            .limit
+            .or_else(|| destination.map(<[String]>::len))
+            .filter(|n| *n > 0);
+        let deadline = tokio::time::Instant::now() + wait.timeout;
         loop {
             if let Some(n) = limit {
-                if answers.values().all(|a| a.len() >= n) {
+                if out.iter().all(|a| a.len() >= n) {
                     break;
                 }
             }
@@ -208,13 +284,9 @@ impl Inspector {
             let Some((_, raw)) = popped else { break };
             match decode_reply(&raw) {
                 Some((ticket, body)) => {
-                    let Some(method) = tickets.get(&ticket) else {
-                        continue; // a late answer to an earlier round
-                    };
-                    if let (Some(slot), Json::Object(by_worker)) = (answers.get_mut(method), body) {
-                        for (worker, answer) in by_worker {
-                            slot.insert(worker, answer);
-                        }
+                    // Else a late answer to an earlier round.
+                    if let Some(i) = tickets.get(&ticket) {
+                        out[*i].push(body);
                     }
                 }
                 None => tracing::debug!(
@@ -229,29 +301,45 @@ impl Inspector {
             .arg(60)
             .query_async(&mut conn)
             .await;
-        Ok(answers)
+        Ok(out)
+    }
+
+    /// Publish a task message (a kombu envelope, see `control::task_message`) to `queue` as
+    /// kombu's Redis transport does: LPUSH on the queue's list for the message's priority.
+    pub async fn publish_task(
+        &self,
+        queue: &str,
+        priority: u8,
+        message: &Json,
+    ) -> Result<(), InspectError> {
+        let mut conn = self.connect().await?;
+        // kombu maps a priority to the highest step not above it (steps 0, 3, 6, 9).
+        let step = PRIORITY_STEPS
+            .iter()
+            .rev()
+            .find(|s| **s <= u32::from(priority))
+            .copied()
+            .unwrap_or(0);
+        let key = if step == 0 {
+            format!("{}{queue}", self.prefix)
+        } else {
+            format!("{}{queue}{SEP}{step}", self.prefix)
+        };
+        let _: i64 = redis::cmd("LPUSH")
+            .arg(key)
+            .arg(message.to_string())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// Ask every worker for an immediate `worker-heartbeat` (what Celery's event receiver
     /// does when it connects), so workers show as online without waiting a heartbeat interval.
     pub async fn wakeup(&self) -> Result<(), InspectError> {
-        let mut conn = self.connect().await?;
-        let body = json!({
-            "method": "heartbeat",
-            "arguments": {},
-            "destination": null,
-            "pattern": null,
-            "matcher": null,
-        });
-        let expires = crate::connectors::celery_correlate::now_secs() + self.timeout.as_secs_f64();
-        let channel = format!("{}/{}.celery.pidbox", self.prefix, self.db);
-        let _: i64 = redis::cmd("PUBLISH")
-            .arg(channel)
-            .arg(envelope(&body, expires))
-            .query_async(&mut conn)
+        self.broadcast("heartbeat", json!({}), None, None)
             .await
-            .map_err(|e| self.err(e))?;
-        Ok(())
+            .map(drop)
     }
 
     /// Messages waiting in each queue (all priority lists), as Flower's `/api/queues/length`.

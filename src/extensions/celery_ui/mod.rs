@@ -1,12 +1,17 @@
 //! `celery_ui` extension: Flower's job inside the agent. A live dashboard at `/` and Flower's
-//! REST API (`/api/workers`, `/api/tasks`, `/api/task/info/<id>`, `/api/task/types`,
-//! `/api/queues/length`), served from the `celery_correlate` connector's state.
+//! REST API (`/api/workers`, `/api/tasks` with `search=`, `/api/task/info/<id>`,
+//! `/api/task/types`, `/api/queues/length`, `/api/task/result/<id>`), Flower's `/metrics` and
+//! `/healthcheck`, and, with `read_only: false`, Flower's write API and buttons, served from the
+//! `celery_correlate` connector's state.
 //!
-//! This module owns the settings, the HTTP server (routing, authentication, the server-sent
-//! event stream `/api/stream`) and the periodic remote-control round ([`inspect`]). Task and
-//! worker state is read through the connector's [`View`]; [`api`] builds Flower's JSON and
-//! [`page`] the HTML. Nothing here keeps task history of its own: the task list is bounded by the
-//! connector's `max_tasks`.
+//! This module owns the settings, the HTTP server (routing, authentication, CSRF refusal of
+//! cross-origin writes, the server-sent event stream `/api/stream`) and the periodic
+//! remote-control round ([`inspect`]). Task and worker state is read through the connector's
+//! [`View`]; [`api`] builds Flower's JSON, [`search`] runs Flower's query syntax, [`page`] the
+//! HTML, [`metrics`] renders Flower's metrics, [`control`] maps the write API onto remote-control
+//! commands and task messages over the broker seam [`control::Pidbox`], and [`results`] reads the
+//! Redis result backend. Nothing here keeps task history of its own: the task list is bounded by
+//! the connector's `max_tasks`.
 //!
 //! ```yaml
 //! extensions:
@@ -18,13 +23,21 @@
 //!     inspect: { enabled: true, interval: 10s, timeout: 1s }    # broker: redis://... (default: the celery_redis receiver's)
 //!     trace_url: "https://grafana.example/explore?traceId={trace_id}"
 //!     stream_interval: 500ms
+//!     read_only: true                # Flower's option; false (needs auth) enables the write API
+//!     result_backend: redis://127.0.0.1:6379/1   # optional: /api/task/result, abort
+//!     task_runtime_metric_buckets: [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]
+//!     purge_offline_workers: 600     # seconds; optional, as Flower's
 //! service:
 //!   extensions: [celery_ui]
 //! ```
 
 pub mod api;
+pub mod control;
 pub mod inspect;
+pub mod metrics;
 pub mod page;
+pub mod results;
+pub mod search;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -49,7 +62,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::component::{BoxRun, ComponentError, Context, Extension, Host};
 use crate::component::{BuildResult, Factory, Registration};
+use crate::config::types::Secret;
 use crate::config::{self, types, DecodeError, Section, Value};
+use crate::connectors::celery_correlate::flower_metrics::DEFAULT_BUCKETS;
 use crate::connectors::celery_correlate::now_secs;
 use crate::connectors::celery_correlate::view::View;
 use crate::receivers::celery_redis::CeleryRedisConfig;
@@ -58,8 +73,11 @@ use crate::serve::{Protocol, ServerSettings};
 use crate::telemetry::Counter;
 use crate::tls::ClientTlsConfig;
 use api::Inspected;
+use control::{Answer, Pidbox};
 use inspect::Inspector;
 use page::RedactConfig;
+use results::ResultBackend;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub const REGISTRATION: Registration = Registration {
     type_name: "celery_ui",
@@ -92,6 +110,17 @@ pub struct UiConfig {
     /// Connection limits and timeouts (crate::serve).
     #[serde(flatten)]
     pub server: ServerSettings,
+    /// Flower's `read_only`: no control actions (revoke, pool, consumers, publishing tasks).
+    /// Default `true`; `false` needs `auth`.
+    pub read_only: bool,
+    /// Flower's `task_runtime_metric_buckets` (seconds) for `flower_task_runtime_seconds`.
+    pub task_runtime_metric_buckets: Vec<f64>,
+    /// Flower's `purge_offline_workers` (seconds): `/metrics` drops the series of workers
+    /// offline for longer. Unset: kept.
+    pub purge_offline_workers: Option<u64>,
+    /// The app's result backend (`redis://` or `rediss://`), for `/api/task/result/<id>`,
+    /// `/api/task/abort/<id>` and the `state` of published tasks. Unset: those answer 503.
+    pub result_backend: Option<String>,
 }
 
 impl Default for UiConfig {
@@ -105,6 +134,10 @@ impl Default for UiConfig {
             trace_url: None,
             stream_interval: Duration::from_millis(500),
             server: ServerSettings::default(),
+            read_only: true,
+            task_runtime_metric_buckets: DEFAULT_BUCKETS.to_vec(),
+            purge_offline_workers: None,
+            result_backend: None,
         }
     }
 }
@@ -114,8 +147,10 @@ impl Default for UiConfig {
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     pub username: Option<String>,
-    pub password: Option<String>,
-    pub bearer_token: Option<String>,
+    #[serde(default, deserialize_with = "types::non_empty_secret::deserialize")]
+    pub password: Option<Secret>,
+    #[serde(default, deserialize_with = "types::non_empty_secret::deserialize")]
+    pub bearer_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -159,17 +194,11 @@ fn build(v: &Value) -> BuildResult<dyn Extension> {
     let mut cfg: UiConfig = config::decode(v)?;
     if let Some(a) = &cfg.auth {
         let basic = a.username.is_some() || a.password.is_some();
-        if basic
-            && (a.username.as_deref().unwrap_or("").is_empty()
-                || a.password.as_deref().unwrap_or("").is_empty())
-        {
+        if basic && (a.username.as_deref().unwrap_or("").is_empty() || a.password.is_none()) {
             return Err(DecodeError::new(
                 "auth",
                 "basic auth needs both `username` and `password`",
             ));
-        }
-        if a.bearer_token.as_deref().is_some_and(str::is_empty) {
-            return Err(DecodeError::new("auth.bearer_token", "must not be empty"));
         }
         if !basic && a.bearer_token.is_none() {
             return Err(DecodeError::new(
@@ -182,6 +211,23 @@ fn build(v: &Value) -> BuildResult<dyn Extension> {
         return Err(DecodeError::new(
             "inspect",
             "`interval` and `timeout` must be greater than 0",
+        ));
+    }
+    if !cfg.read_only && cfg.auth.is_none() {
+        return Err(DecodeError::new(
+            "read_only",
+            "`read_only: false` lets anyone who reaches the port revoke tasks and stop workers: set `auth` too",
+        ));
+    }
+    if cfg.task_runtime_metric_buckets.is_empty()
+        || cfg
+            .task_runtime_metric_buckets
+            .iter()
+            .any(|b| !b.is_finite())
+    {
+        return Err(DecodeError::new(
+            "task_runtime_metric_buckets",
+            "must be a non-empty list of finite numbers",
         ));
     }
     if cfg.stream_interval < Duration::from_millis(50) {
@@ -197,6 +243,16 @@ fn build(v: &Value) -> BuildResult<dyn Extension> {
                 e.message,
             )
         })?;
+    }
+    if let Some(url) = &cfg.result_backend {
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(DecodeError::new(
+                "result_backend",
+                "only a Redis result backend (redis:// or rediss://) is read",
+            ));
+        }
+        broker_clients(std::slice::from_ref(url), ClientTlsConfig::default())
+            .map_err(|e| DecodeError::new("result_backend", e.message))?;
     }
     cfg.redact = cfg.redact.normalized();
     Ok(Box::new(CeleryUi { cfg }))
@@ -307,12 +363,38 @@ impl Extension for CeleryUi {
                 }
                 None => None,
             };
+            let backend = match &self.cfg.result_backend {
+                Some(url) => {
+                    let (client, name) =
+                        broker_clients(std::slice::from_ref(url), ClientTlsConfig::default())
+                            .map_err(|e| ComponentError::Other(format!("result_backend: {e}")))?
+                            .remove(0);
+                    Some(ResultBackend::new(client, name))
+                }
+                None => None,
+            };
+            let mut control_total = BTreeMap::new();
+            for action in control::ACTIONS {
+                for result in control::RESULTS {
+                    control_total.insert(
+                        (action, result),
+                        ctx.telemetry.counter(
+                            "celeriac_ui_control_total",
+                            "Control actions (revoke, pool, consumers, publishing) asked of the celery_ui extension, by result.",
+                            &[("component", &*ctx.id), ("action", action), ("result", result)],
+                        ),
+                    );
+                }
+            }
+            view.set_flower_buckets(self.cfg.task_runtime_metric_buckets.clone());
             view.enable();
             let label = [("component", &*ctx.id)];
             let ui = Arc::new(Ui {
                 cfg: self.cfg,
                 view,
                 inspector,
+                backend,
+                control_total,
                 inspected: RwLock::new(Inspected::new()),
                 queues: RwLock::new(Vec::new()),
                 round: tokio::sync::Mutex::new(()),
@@ -381,6 +463,8 @@ struct Ui {
     cfg: UiConfig,
     view: Arc<View>,
     inspector: Option<Inspector>,
+    backend: Option<ResultBackend>,
+    control_total: BTreeMap<(&'static str, &'static str), Counter>,
     inspected: RwLock<Inspected>,
     queues: RwLock<Vec<(String, u64)>>,
     /// One remote-control round at a time.
@@ -420,6 +504,39 @@ fn json_reply(status: StatusCode, v: &Json) -> Response<Body> {
 
 fn json_error(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
     json_reply(status, &json!({ "error": msg.into() }))
+}
+
+/// Bytes of a control request's body read at most.
+const MAX_POST_BODY: usize = 64 * 1024;
+
+/// CSRF: a browser names the page a request comes from (`Origin`, `Sec-Fetch-Site`); a write
+/// from another origin is refused whatever credentials the browser attached (it re-sends basic
+/// auth on its own). Clients that are not browsers send neither header.
+fn same_origin(req: &Request<Incoming>) -> Result<(), String> {
+    let h = req.headers();
+    if let Some(site) = h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        if site != "same-origin" && site != "none" {
+            return Err(format!(
+                "Cross-site request refused (Sec-Fetch-Site: {site})"
+            ));
+        }
+    }
+    let Some(origin) = h.get("origin") else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("");
+    let host = h
+        .get(hyper::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let origin_host = origin
+        .split_once("://")
+        .map(|(_, rest)| rest.trim_end_matches('/'))
+        .unwrap_or("");
+    if origin_host.is_empty() || host.is_empty() || !origin_host.eq_ignore_ascii_case(host) {
+        return Err(format!("Cross-origin request refused (Origin: {origin})"));
+    }
+    Ok(())
 }
 
 /// `a=1&b=x%20y` → pairs, `+` as space.
@@ -477,7 +594,7 @@ impl Ui {
         };
         let header = req.headers().get(AUTHORIZATION).map(|h| h.as_bytes());
         if let Some(token) = &auth.bearer_token {
-            if crate::telemetry::bearer_matches(header, token) {
+            if crate::telemetry::bearer_matches(header, token.expose()) {
                 return true;
             }
         }
@@ -491,13 +608,17 @@ impl Ui {
                 let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(cred) else {
                     return false;
                 };
-                return same(&raw, format!("{u}:{p}").as_bytes());
+                return same(&raw, format!("{u}:{}", p.expose()).as_bytes());
             }
         }
         false
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        if req.uri().path() == "/healthcheck" && req.method() == Method::GET {
+            // Flower's health check, outside auth like `/healthz`.
+            return full(StatusCode::OK, "text/plain; charset=utf-8", "OK");
+        }
         if !self.authorized(&req) {
             self.unauthorized.inc();
             let mut r = json_error(StatusCode::UNAUTHORIZED, "unauthorized");
@@ -509,8 +630,14 @@ impl Ui {
             }
             return r;
         }
+        if req.method() == Method::POST {
+            return self.post(req).await;
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return json_error(StatusCode::METHOD_NOT_ALLOWED, "only GET is served");
+            return json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only GET and POST are served",
+            );
         }
         let path = req.uri().path().to_string();
         let query = query_pairs(req.uri().query().unwrap_or(""));
@@ -526,7 +653,17 @@ impl Ui {
                 page::APP_JS,
             ),
             "/static/style.css" => full(StatusCode::OK, "text/css; charset=utf-8", page::STYLE_CSS),
+            "/static/control.js" => full(
+                StatusCode::OK,
+                "text/javascript; charset=utf-8",
+                page::CONTROL_JS,
+            ),
             "/api/stream" => self.stream(),
+            "/metrics" => full(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.metrics_text(now),
+            ),
             "/api/dashboard" => json_reply(StatusCode::OK, &self.dashboard(now)),
             "/api/workers" => {
                 let workername = arg("workername").filter(|w| !w.is_empty());
@@ -590,11 +727,35 @@ impl Ui {
                         None => json_error(StatusCode::NOT_FOUND, format!("Unknown task '{id}'")),
                     };
                 }
+                if let Some(id) = p.strip_prefix("/api/task/result/") {
+                    let id = percent_decode(id);
+                    let Some(b) = &self.backend else {
+                        return full(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "text/plain; charset=utf-8",
+                            "",
+                        );
+                    };
+                    return match b.meta(&id).await {
+                        Ok(meta) => {
+                            json_reply(StatusCode::OK, &results::result_body(&id, meta.as_ref()))
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Cannot read a task result.");
+                            json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                        }
+                    };
+                }
                 if let Some(id) = p.strip_prefix("/task/") {
                     let id = percent_decode(id);
                     let html = self.view.read(|v| {
                         v.task(&id).map(|t| {
-                            page::task_page(t, &self.cfg.redact, self.cfg.trace_url.as_deref())
+                            page::task_page(
+                                t,
+                                &self.cfg.redact,
+                                self.cfg.trace_url.as_deref(),
+                                self.cfg.read_only,
+                            )
                         })
                     });
                     return match html {
@@ -622,11 +783,189 @@ impl Ui {
         }
     }
 
+    /// Who is asking, for the control log: the basic-auth user, `bearer`, or `anonymous`.
+    fn who(&self, req: &Request<Incoming>) -> String {
+        let h = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let (scheme, cred) = h.split_once(' ').unwrap_or((h, ""));
+        if scheme.eq_ignore_ascii_case("basic") {
+            if let Some(user) = base64::engine::general_purpose::STANDARD
+                .decode(cred.trim())
+                .ok()
+                .and_then(|raw| String::from_utf8(raw).ok())
+                .and_then(|up| up.split_once(':').map(|(u, _)| u.to_string()))
+            {
+                return user;
+            }
+        }
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return "bearer".into();
+        }
+        "anonymous".into()
+    }
+
+    fn count(&self, action: &'static str, result: &'static str) {
+        if let Some(c) = self.control_total.get(&(action, result)) {
+            c.inc();
+        }
+    }
+
+    /// A write request (Flower's control API). Refused across origins (a browser's form or
+    /// script posting from another site carries an `Origin` that is not ours), and when
+    /// `read_only`.
+    async fn post(&self, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().to_string();
+        let Some((action, target)) = control::route(&path) else {
+            self.count("unknown", "refused");
+            return if path.starts_with("/api/") {
+                json_error(StatusCode::NOT_FOUND, format!("no such API path: {path}"))
+            } else {
+                json_error(StatusCode::METHOD_NOT_ALLOWED, "only GET is served here")
+            };
+        };
+        let who = self.who(&req);
+        let refuse = |status: StatusCode, why: &str| {
+            self.count(action, "refused");
+            tracing::warn!(who = %who, action, target = %target, reason = why, "Refused a control action.");
+            full(status, "text/plain; charset=utf-8", why.to_string())
+        };
+        if let Err(why) = same_origin(&req) {
+            return refuse(StatusCode::FORBIDDEN, &why);
+        }
+        if self.cfg.read_only {
+            return refuse(StatusCode::FORBIDDEN, "Read only mode is enabled");
+        }
+        let mut args = query_pairs(req.uri().query().unwrap_or(""));
+        let form = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        let body = match http_body_util::Limited::new(req.into_body(), MAX_POST_BODY)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+        };
+        let mut json_body = None;
+        if form {
+            args.extend(query_pairs(&String::from_utf8_lossy(&body)));
+        } else if !body.is_empty() {
+            match serde_json::from_slice::<Json>(&body) {
+                Ok(v) => json_body = Some(v),
+                Err(e) => return refuse(StatusCode::BAD_REQUEST, &e.to_string()),
+            }
+        }
+        let answer = if action == "task.abort" {
+            match &self.backend {
+                None => Err(Answer::Text(StatusCode::SERVICE_UNAVAILABLE, String::new())),
+                Some(b) => match b.abort(&target, now_secs()).await {
+                    Ok(()) => Ok(Answer::Json(
+                        StatusCode::OK,
+                        json!({ "message": format!("Aborted '{target}'") }),
+                    )),
+                    Err(e) => Err(Answer::Text(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+                },
+            }
+        } else {
+            let Some(pidbox) = self.inspector.as_ref().map(|i| i as &dyn Pidbox) else {
+                return refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "remote control is disabled (inspect.enabled: false)",
+                );
+            };
+            let known = self.known();
+            let r = control::Request {
+                action,
+                target: target.clone(),
+                args,
+                body: json_body,
+            };
+            let mut a = control::run(pidbox, self.cfg.inspect.timeout, &known, &r).await;
+            // Flower adds the result backend's state to a published task's answer.
+            if let (Ok(Answer::Json(_, v)), Some(b)) = (&mut a, &self.backend) {
+                if let Some(id) = v.get("task-id").and_then(Json::as_str).map(str::to_string) {
+                    match b.state(&id).await {
+                        Ok(state) => v["state"] = json!(state),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Cannot read a published task's state.")
+                        }
+                    }
+                }
+            }
+            a
+        };
+        let (result, answer) = match answer {
+            Ok(a) => ("ok", a),
+            Err(a) if a.status() == StatusCode::FORBIDDEN || a.status().is_server_error() => {
+                ("failed", a)
+            }
+            Err(a) => ("refused", a),
+        };
+        self.count(action, result);
+        tracing::info!(who = %who, action, target = %target, result, status = answer.status().as_u16(), "Control action.");
+        match answer {
+            Answer::Json(s, v) => json_reply(s, &v),
+            Answer::Text(s, t) => full(s, "text/plain; charset=utf-8", t),
+        }
+    }
+
+    /// Workers (from events and remote control) and task names (seen, or registered at a
+    /// worker) the control API accepts.
+    fn known(&self) -> control::Known {
+        let inspected = self.inspected.read().unwrap_or_else(|e| e.into_inner());
+        let mut workers: BTreeSet<String> = inspected.keys().cloned().collect();
+        let mut tasks: BTreeSet<String> = inspected
+            .values()
+            .filter_map(|i| i.get("registered").and_then(Json::as_array))
+            .flatten()
+            .filter_map(|t| t.as_str())
+            // `registered` may carry options: `name [rate_limit=...]`.
+            .map(|t| t.split(' ').next().unwrap_or(t).to_string())
+            .collect();
+        drop(inspected);
+        self.view.read(|v| {
+            workers.extend(v.workers().keys().cloned());
+            tasks.extend(v.names().map(str::to_string));
+        });
+        control::Known { workers, tasks }
+    }
+
+    /// `/metrics`: Flower's metrics (after Flower's `purge_offline_workers`), then ours.
+    fn metrics_text(&self, now: f64) -> String {
+        if let Some(t) = self.cfg.purge_offline_workers {
+            let inspected: Vec<String> = self
+                .inspected
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .cloned()
+                .collect();
+            let n = self
+                .view
+                .purge_offline_flower_metrics(t as f64, now, &inspected);
+            if n > 0 {
+                tracing::debug!(workers = n, "Purged the Flower metrics of offline workers.");
+            }
+        }
+        let mut out = String::with_capacity(16 * 1024);
+        self.view
+            .read(|v| metrics::render_flower(v.flower_metrics(), &mut out));
+        out
+    }
+
     fn dashboard(&self, now: f64) -> Json {
         let inspected = self.inspected.read().unwrap_or_else(|e| e.into_inner());
         let queues = self.queues.read().unwrap_or_else(|e| e.into_inner());
-        self.view
-            .read(|v| api::dashboard(v, &inspected, &queues, &self.cfg.redact, now))
+        let mut d = self
+            .view
+            .read(|v| api::dashboard(v, &inspected, &queues, &self.cfg.redact, now));
+        d["read_only"] = json!(self.cfg.read_only);
+        d
     }
 
     /// One remote-control round (every method Flower uses), then queue lengths.

@@ -13,6 +13,7 @@ use crate::connectors::celery_correlate::view::TaskRecord;
 pub const INDEX_HTML: &str = include_str!("assets/index.html");
 pub const APP_JS: &str = include_str!("assets/app.js");
 pub const STYLE_CSS: &str = include_str!("assets/style.css");
+pub const CONTROL_JS: &str = include_str!("assets/control.js");
 
 /// Escape text for HTML element content and quoted attribute values.
 pub fn escape(s: &str) -> String {
@@ -168,7 +169,14 @@ fn fmt_ts(ts: Option<f64>) -> String {
 }
 
 /// The server-rendered page of one task. `trace_url` is a template with `{trace_id}`.
-pub fn task_page(t: &TaskRecord, redact: &RedactConfig, trace_url: Option<&str>) -> String {
+/// With `read_only` false, revoke and terminate buttons (each behind a confirmation) for a task
+/// not yet finished; with it, a note saying control is off.
+pub fn task_page(
+    t: &TaskRecord,
+    redact: &RedactConfig,
+    trace_url: Option<&str>,
+    read_only: bool,
+) -> String {
     let mut rows: Vec<(&str, String)> = vec![
         ("Name", t.name.as_deref().unwrap_or("").to_string()),
         ("UUID", t.uuid.to_string()),
@@ -222,10 +230,31 @@ pub fn task_page(t: &TaskRecord, redact: &RedactConfig, trace_url: Option<&str>)
         html,
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Task {}</title>\
          <link rel=\"stylesheet\" href=\"/static/style.css\"></head><body>\
-         <header><a href=\"/\">celeriac</a> › task</header><main><h1>{}</h1><table class=\"kv\" id=\"task\">",
+         <header><a href=\"/\">celeriac</a> › task</header><main><h1>{}</h1>",
         escape(&t.uuid),
         escape(t.name.as_deref().unwrap_or("unknown task"))
     );
+    let finished = matches!(
+        t.state.as_str(),
+        "SUCCESS" | "FAILURE" | "REVOKED" | "REJECTED"
+    );
+    if read_only {
+        html.push_str(
+            "<p class=\"muted\" id=\"read-only\">Control actions are off (<code>read_only: true</code>).</p>",
+        );
+    } else if !finished {
+        let id = escape(&url_escape(&t.uuid));
+        let _ = write!(
+            html,
+            "<p class=\"actions\"><button id=\"revoke\" data-post=\"/api/task/revoke/{id}\" \
+             data-confirm=\"Revoke task {uid}? A worker will not run it.\">Revoke</button> \
+             <button id=\"terminate\" data-post=\"/api/task/revoke/{id}?terminate=true\" \
+             data-confirm=\"Terminate task {uid}? Its worker process gets SIGTERM.\">Terminate</button></p>\
+             <p id=\"control-result\" role=\"status\"></p>",
+            uid = escape(&t.uuid)
+        );
+    }
+    html.push_str("<table class=\"kv\" id=\"task\">");
     for (k, v) in rows.drain(..) {
         let _ = write!(
             html,
@@ -269,7 +298,7 @@ pub fn task_page(t: &TaskRecord, redact: &RedactConfig, trace_url: Option<&str>)
             escape(tb)
         );
     }
-    html.push_str("</main></body></html>");
+    html.push_str("</main><script src=\"/static/control.js\"></script></body></html>");
     html
 }
 
@@ -335,8 +364,16 @@ mod tests {
             &t,
             &RedactConfig::default(),
             Some("http://x/?q={trace_id}&a=\"1\""),
+            false,
         );
         assert!(!html.contains("<script>alert"), "{html}");
+        // A task not finished gets the buttons, each with a confirmation; read-only gets none.
+        assert!(
+            html.contains("id=\"revoke\" data-post=\"/api/task/revoke/t%3C1%3E\" data-confirm=")
+        );
+        assert!(html.contains("?terminate=true"));
+        let ro = task_page(&t, &RedactConfig::default(), None, true);
+        assert!(!ro.contains("data-post") && ro.contains("id=\"read-only\""));
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(html.contains("Traceback &lt;b&gt;"));
         assert!(html.contains("Task t&lt;1&gt;"));

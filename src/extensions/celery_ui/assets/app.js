@@ -49,6 +49,23 @@
       cell(tr, Array.isArray(w.queues) ? w.queues.join(', ') : '');
       cell(tr, w.reserved_tasks);
       cell(tr, w.scheduled_tasks);
+      const actions = cell(tr, d.read_only ? 'read-only' : '', 'muted');
+      if (!d.read_only) {
+        const enc = encodeURIComponent(w.hostname);
+        const button = (label, path, confirm, prompt, param) => {
+          const b = document.createElement('button');
+          b.textContent = label;
+          b.dataset.post = path;
+          b.dataset.confirm = confirm;
+          if (prompt) { b.dataset.prompt = prompt; b.dataset.param = param; }
+          actions.appendChild(b);
+        };
+        button('Grow', '/api/worker/pool/grow/' + enc + '?n=1', 'Add one pool process to ' + w.hostname + '?');
+        button('Shrink', '/api/worker/pool/shrink/' + enc + '?n=1', 'Remove one pool process from ' + w.hostname + '?');
+        button('Restart pool', '/api/worker/pool/restart/' + enc, 'Restart the pool of ' + w.hostname + '? (needs worker_pool_restarts)');
+        button('Add consumer', '/api/worker/queue/add-consumer/' + enc, 'Make ' + w.hostname + ' consume this queue?', 'Queue to consume', 'queue');
+        button('Cancel consumer', '/api/worker/queue/cancel-consumer/' + enc, 'Make ' + w.hostname + ' stop consuming this queue?', 'Queue to stop consuming', 'queue');
+      }
       return tr;
     });
   }
