@@ -29,6 +29,7 @@
 //!   global_keyprefix: ""                 # kombu's `global_keyprefix` transport option
 //!   patterns: []                         # override the PSUBSCRIBE patterns entirely
 //!   connect_timeout: 5s
+//!   max_message_size_mib: 4             # larger pub/sub messages: protocol error, reconnect
 //! ```
 
 use std::collections::HashMap;
@@ -37,12 +38,12 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::pubsub::{Endpoint, Subscriber};
+use super::pubsub::{Endpoint, PubSubError, Subscriber};
 use crate::celery::envelope::{decode_envelope, DecodeError};
 use crate::celery::event::CeleryEvent;
 use crate::component::{BoxRun, Context, Output, Receiver};
-use crate::config::{self, types, DecodeError as ConfigError, Value};
 use crate::component::{BuildResult, Factory, Registration};
+use crate::config::{self, types, DecodeError as ConfigError, Value};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::{Counter, Throttle};
 use crate::tls::{ClientTlsConfig, Connector};
@@ -66,6 +67,9 @@ pub struct CeleryRedisConfig {
     pub patterns: Vec<String>,
     #[serde(with = "types::duration")]
     pub connect_timeout: Duration,
+    /// The largest pub/sub message read (Celery's events are a few KiB); a larger one, or one
+    /// that claims to be, is a protocol error: the connection is dropped, counted and re-made.
+    pub max_message_size_mib: usize,
 }
 
 impl Default for CeleryRedisConfig {
@@ -76,6 +80,7 @@ impl Default for CeleryRedisConfig {
             global_keyprefix: String::new(),
             patterns: Vec::new(),
             connect_timeout: Duration::from_secs(5),
+            max_message_size_mib: 4,
         }
     }
 }
@@ -101,6 +106,12 @@ fn build(v: &Value) -> BuildResult<dyn Receiver> {
             "all brokers of the list must use the same db number",
         ));
     }
+    if cfg.max_message_size_mib == 0 {
+        return Err(ConfigError::new(
+            "max_message_size_mib",
+            "must be greater than 0",
+        ));
+    }
     let patterns = if cfg.patterns.is_empty() {
         default_patterns(db, &cfg.global_keyprefix)
     } else {
@@ -111,6 +122,7 @@ fn build(v: &Value) -> BuildResult<dyn Receiver> {
         tls,
         patterns,
         connect_timeout: cfg.connect_timeout,
+        max_message: cfg.max_message_size_mib.saturating_mul(1 << 20),
     }))
 }
 
@@ -153,6 +165,7 @@ pub struct CeleryRedis {
     tls: Option<Connector>,
     patterns: Vec<String>,
     connect_timeout: Duration,
+    max_message: usize,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -225,6 +238,11 @@ impl Receiver for CeleryRedis {
                 "Receiver errors, by reason.",
                 &[("component", &*ctx.id), ("reason", "connection_lost")],
             );
+            let protocol_errors = t.counter(
+                "celeriac_receiver_errors_total",
+                "Receiver errors, by reason.",
+                &[("component", &*ctx.id), ("reason", "protocol")],
+            );
             let connected = t.gauge(
                 "celeriac_celery_redis_connected",
                 "1 while subscribed to the broker.",
@@ -252,7 +270,7 @@ impl Receiver for CeleryRedis {
                 let endpoint = &self.endpoints[current];
                 let sub = tokio::select! {
                     _ = ctx.shutdown.cancelled() => break 'outer,
-                    r = Subscriber::connect(endpoint, self.tls.as_ref(), &self.patterns, self.connect_timeout) => r,
+                    r = Subscriber::connect(endpoint, self.tls.as_ref(), &self.patterns, self.connect_timeout, self.max_message) => r,
                 };
                 let mut sub = match sub {
                     Ok(s) => s,
@@ -315,7 +333,10 @@ impl Receiver for CeleryRedis {
                         }
                         Err(e) => {
                             connected.set(0);
-                            read_errors.inc();
+                            match e {
+                                PubSubError::Resp(_) => protocol_errors.inc(),
+                                _ => read_errors.inc(),
+                            }
                             tracing::warn!(component = %ctx.id, endpoint = %endpoint.redacted(), error = %e, "Lost the Celery event subscription; reconnecting.");
                             lost_at = Some(Instant::now());
                             if session_start.elapsed() >= HEALTHY_SESSION {

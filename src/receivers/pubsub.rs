@@ -14,6 +14,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::redis_broker::resp::{command, parse, Frame, RespError};
 use crate::tls::{Conn, Connector};
 
 /// Where and how to connect, parsed from a `redis://` or `rediss://` URL.
@@ -92,98 +93,12 @@ pub enum PubSubError {
     Io(#[from] io::Error),
     #[error("Redis refused: {0}")]
     Server(String),
-    #[error("protocol error: {0}")]
-    Protocol(&'static str),
+    #[error(transparent)]
+    Resp(#[from] RespError),
     #[error("connection closed by the server")]
     Closed,
     #[error("no data for {0:?}; the connection is presumed dead")]
     Idle(Duration),
-}
-
-/// One RESP2 value, borrowing bulk strings from the read buffer.
-#[derive(Debug, PartialEq)]
-enum Frame<'a> {
-    Simple(&'a [u8]),
-    Error(&'a [u8]),
-    Int(i64),
-    Bulk(Option<&'a [u8]>),
-    Array(Vec<Frame<'a>>),
-}
-
-/// Parse one frame from `buf`; `Ok(None)` when incomplete. Returns the frame and its length.
-fn parse(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, PubSubError> {
-    fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
-        let rest = buf.get(at..)?;
-        let i = rest.windows(2).position(|w| w == b"\r\n")?;
-        Some((&rest[..i], at + i + 2))
-    }
-    fn int(s: &[u8]) -> Result<i64, PubSubError> {
-        std::str::from_utf8(s)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or(PubSubError::Protocol("bad integer"))
-    }
-    fn frame(
-        buf: &[u8],
-        at: usize,
-        depth: usize,
-    ) -> Result<Option<(Frame<'_>, usize)>, PubSubError> {
-        if depth > 8 {
-            return Err(PubSubError::Protocol("nesting too deep"));
-        }
-        let Some(&tag) = buf.get(at) else {
-            return Ok(None);
-        };
-        let Some((l, next)) = line(buf, at + 1) else {
-            return Ok(None);
-        };
-        Ok(Some(match tag {
-            b'+' => (Frame::Simple(l), next),
-            b'-' => (Frame::Error(l), next),
-            b':' => (Frame::Int(int(l)?), next),
-            b'$' => {
-                let n = int(l)?;
-                if n < 0 {
-                    return Ok(Some((Frame::Bulk(None), next)));
-                }
-                let end = next + n as usize;
-                if buf.len() < end + 2 {
-                    return Ok(None);
-                }
-                (Frame::Bulk(Some(&buf[next..end])), end + 2)
-            }
-            b'*' => {
-                let n = int(l)?;
-                if !(0..=64).contains(&n) {
-                    return Ok(Some((Frame::Array(Vec::new()), next)));
-                }
-                let mut items = Vec::with_capacity(n as usize);
-                let mut pos = next;
-                for _ in 0..n {
-                    match frame(buf, pos, depth + 1)? {
-                        Some((f, p)) => {
-                            items.push(f);
-                            pos = p;
-                        }
-                        None => return Ok(None),
-                    }
-                }
-                (Frame::Array(items), pos)
-            }
-            _ => return Err(PubSubError::Protocol("unknown frame type")),
-        }))
-    }
-    frame(buf, 0, 0)
-}
-
-fn command(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
 }
 
 /// Payload bytes handed to the caller per [`Subscriber::read_batch`] call (one more message may
@@ -196,6 +111,8 @@ pub struct Subscriber {
     buf: BytesMut,
     idle_limit: Duration,
     ping_every: Duration,
+    /// The largest frame accepted (`max_message_size_mib`); a larger one is a protocol error.
+    max_frame: usize,
 }
 
 /// A message delivered on a pattern subscription.
@@ -211,6 +128,7 @@ impl Subscriber {
         tls: Option<&Connector>,
         patterns: &[String],
         timeout: Duration,
+        max_frame: usize,
     ) -> Result<Subscriber, PubSubError> {
         let connect = async {
             let stream = TcpStream::connect((ep.host.as_str(), ep.port)).await?;
@@ -232,6 +150,7 @@ impl Subscriber {
             buf: BytesMut::with_capacity(256 * 1024),
             idle_limit: Duration::from_secs(45),
             ping_every: Duration::from_secs(15),
+            max_frame,
         };
         if let Some(pass) = &ep.password {
             let mut args: Vec<&[u8]> = vec![b"AUTH"];
@@ -268,7 +187,7 @@ impl Subscriber {
     /// Ok(Err(msg)) on an error reply.
     async fn reply(&mut self) -> Result<Result<(), String>, PubSubError> {
         loop {
-            if let Some((f, n)) = parse(&self.buf)? {
+            if let Some((f, n)) = parse(&self.buf, self.max_frame)? {
                 let out = match f {
                     Frame::Simple(_) => Ok(()),
                     Frame::Array(items)
@@ -302,7 +221,7 @@ impl Subscriber {
             // At most ~64 KiB of messages per call, whatever the backlog in the buffer: each call
             // becomes one batch downstream, so this bounds the memory the bounded queues can hold.
             while consumed < MAX_BATCH_BYTES {
-                match parse(&self.buf[consumed..])? {
+                match parse(&self.buf[consumed..], self.max_frame)? {
                     None => break,
                     Some((frame, n)) => {
                         consumed += n;
@@ -361,28 +280,6 @@ impl Subscriber {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_pmessage_and_partial_frames() {
-        let msg = b"*4\r\n$8\r\npmessage\r\n$3\r\na/*\r\n$3\r\na/b\r\n$5\r\nhello\r\n";
-        let (f, n) = parse(msg).unwrap().unwrap();
-        assert_eq!(n, msg.len());
-        assert_eq!(
-            f,
-            Frame::Array(vec![
-                Frame::Bulk(Some(b"pmessage")),
-                Frame::Bulk(Some(b"a/*")),
-                Frame::Bulk(Some(b"a/b")),
-                Frame::Bulk(Some(b"hello"))
-            ])
-        );
-        for cut in 0..msg.len() {
-            assert!(parse(&msg[..cut]).unwrap().is_none(), "cut at {cut}");
-        }
-        assert_eq!(parse(b":3\r\n").unwrap().unwrap().0, Frame::Int(3));
-        assert!(parse(b"?x\r\n").is_err());
-        assert!(parse(b"$x\r\n").is_err());
-    }
 
     #[test]
     fn endpoint_redacts_password() {
