@@ -13,8 +13,9 @@
 //!
 //! When Redis is unreachable or answers with an error the receiver keeps running: it counts
 //! `celeriac_receiver_errors_total{component, reason}` (`connect`, `io`, `timeout`, `server`),
-//! warns at most once per 30 s, reconnects with exponential backoff (100 ms to 5 s, reset after a
-//! successful poll) and emits nothing for what it could not measure (never a made-up zero).
+//! warns at most once per 30 s, reconnects with exponential backoff (100 ms to 5 s, after every
+//! failure or loss, reset only by a connection that served 10 s) and emits nothing for what it
+//! could not measure (never a made-up zero).
 //!
 //! # Configuration
 //!
@@ -45,8 +46,9 @@ use redis::{AsyncConnectionConfig, RedisError, RedisResult};
 use serde::{Deserialize, Serialize};
 
 use crate::component::{BoxRun, Context, Output, Receiver};
-use crate::config::{self, types, DecodeError, Value};
 use crate::component::{BuildResult, Factory, Registration};
+use crate::config::{self, types, DecodeError, Value};
+use crate::exporters::backoff::Reconnect;
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::{Telemetry, Throttle};
 use crate::tls::ClientTlsConfig;
@@ -65,6 +67,8 @@ pub const METRIC_NAME: &str = "celery_queue_length";
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A connection that served this long resets the backoff.
+const HEALTHY_CONNECTION: Duration = Duration::from_secs(10);
 const WARN_EVERY: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -379,7 +383,9 @@ impl Receiver for RedisQueues {
                 warn: Throttle::new(WARN_EVERY),
             };
             let mut conn: Option<MultiplexedConnection> = None;
-            let mut backoff = BACKOFF_MIN;
+            let mut reconnect = Reconnect::new(BACKOFF_MIN, BACKOFF_MAX, HEALTHY_CONNECTION);
+            // When the connection in use was made: a loss after a healthy period resets the backoff.
+            let mut connected_at = tokio::time::Instant::now();
             let mut failing = false;
             let mut ticker = tokio::time::interval(self.interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -395,7 +401,10 @@ impl Receiver for RedisQueues {
                             r = client.get_multiplexed_async_connection_with_config(&conn_cfg) => r,
                         };
                         match r {
-                            Ok(c) => c,
+                            Ok(c) => {
+                                connected_at = tokio::time::Instant::now();
+                                c
+                            }
                             Err(e) => {
                                 failing = true;
                                 errors.record(
@@ -407,9 +416,8 @@ impl Receiver for RedisQueues {
                                 current = (current + 1) % self.clients.len();
                                 tokio::select! {
                                     _ = ctx.shutdown.cancelled() => break,
-                                    _ = tokio::time::sleep(backoff) => {}
+                                    _ = tokio::time::sleep(reconnect.after_failure()) => {}
                                 }
-                                backoff = (backoff * 2).min(BACKOFF_MAX);
                                 continue;
                             }
                         }
@@ -449,11 +457,11 @@ impl Receiver for RedisQueues {
                             // The connection itself is fine (e.g. NOAUTH, READONLY): keep it.
                             conn = Some(c);
                         } else {
+                            let wait = reconnect.after_loss(connected_at.elapsed());
                             tokio::select! {
                                 _ = ctx.shutdown.cancelled() => break,
-                                _ = tokio::time::sleep(backoff) => {}
+                                _ = tokio::time::sleep(wait) => {}
                             }
-                            backoff = (backoff * 2).min(BACKOFF_MAX);
                         }
                         continue;
                     }
@@ -462,7 +470,6 @@ impl Receiver for RedisQueues {
                     tracing::info!(component = %ctx.id, endpoint = %self.clients[current].1, "Reading queue lengths from Redis again.");
                     failing = false;
                 }
-                backoff = BACKOFF_MIN;
                 let measured: Vec<(&str, i64)> = self
                     .queues
                     .iter()
