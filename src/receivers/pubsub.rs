@@ -97,6 +97,8 @@ pub enum PubSubError {
     Resp(#[from] RespError),
     #[error("connection closed by the server")]
     Closed,
+    #[error("connect, TLS, AUTH and subscribe not done within connect_timeout ({0:?})")]
+    Timeout(Duration),
     #[error("no data for {0:?}; the connection is presumed dead")]
     Idle(Duration),
 }
@@ -122,7 +124,8 @@ pub struct Message<'a> {
 
 impl Subscriber {
     /// Connect (with TLS for `rediss://`, through `tls`), authenticate and PSUBSCRIBE to
-    /// `patterns`. `timeout` bounds the TCP connect and the TLS handshake together.
+    /// `patterns`. `timeout` bounds all of it together: TCP connect, TLS handshake, AUTH and
+    /// every pattern's confirmation.
     pub async fn connect(
         ep: &Endpoint,
         tls: Option<&Connector>,
@@ -130,21 +133,30 @@ impl Subscriber {
         timeout: Duration,
         max_frame: usize,
     ) -> Result<Subscriber, PubSubError> {
-        let connect = async {
-            let stream = TcpStream::connect((ep.host.as_str(), ep.port)).await?;
-            stream.set_nodelay(true)?;
-            match (ep.tls, tls) {
-                (false, _) => Ok(Conn::Plain(stream)),
-                (true, Some(c)) => c.connect(&ep.host, stream).await,
-                (true, None) => Err(io::Error::new(
+        tokio::time::timeout(timeout, Self::handshake(ep, tls, patterns, max_frame))
+            .await
+            .map_err(|_| PubSubError::Timeout(timeout))?
+    }
+
+    async fn handshake(
+        ep: &Endpoint,
+        tls: Option<&Connector>,
+        patterns: &[String],
+        max_frame: usize,
+    ) -> Result<Subscriber, PubSubError> {
+        let stream = TcpStream::connect((ep.host.as_str(), ep.port)).await?;
+        stream.set_nodelay(true)?;
+        let stream = match (ep.tls, tls) {
+            (false, _) => Conn::Plain(stream),
+            (true, Some(c)) => c.connect(&ep.host, stream).await?,
+            (true, None) => {
+                return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     "rediss:// endpoint without a TLS configuration",
-                )),
+                )
+                .into())
             }
         };
-        let stream = tokio::time::timeout(timeout, connect)
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
         let mut s = Subscriber {
             stream,
             buf: BytesMut::with_capacity(256 * 1024),
@@ -159,11 +171,8 @@ impl Subscriber {
             }
             args.push(pass.as_bytes());
             s.stream.write_all(&command(&args)).await?;
-            match tokio::time::timeout(timeout, s.reply()).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(msg))) => return Err(PubSubError::Server(format!("AUTH failed: {msg}"))),
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Err(PubSubError::Server("AUTH timed out".into())),
+            if let Err(msg) = s.reply().await? {
+                return Err(PubSubError::Server(format!("AUTH failed: {msg}")));
             }
         }
         let mut args: Vec<&[u8]> = vec![b"PSUBSCRIBE"];
@@ -171,13 +180,8 @@ impl Subscriber {
         s.stream.write_all(&command(&args)).await?;
         // Subscribed means Redis confirmed every pattern, not merely that the bytes left.
         for _ in patterns {
-            match tokio::time::timeout(timeout, s.reply()).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(msg))) => {
-                    return Err(PubSubError::Server(format!("PSUBSCRIBE failed: {msg}")))
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Err(PubSubError::Server("PSUBSCRIBE timed out".into())),
+            if let Err(msg) = s.reply().await? {
+                return Err(PubSubError::Server(format!("PSUBSCRIBE failed: {msg}")));
             }
         }
         Ok(s)

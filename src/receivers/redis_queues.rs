@@ -398,7 +398,8 @@ impl Receiver for RedisQueues {
                         errors.endpoint = name;
                         let r = tokio::select! {
                             _ = ctx.shutdown.cancelled() => break,
-                            r = client.get_multiplexed_async_connection_with_config(&conn_cfg) => r,
+                            // One bound around connect, TLS, AUTH and SELECT together.
+                            r = tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection_with_config(&conn_cfg)) => r.unwrap_or_else(|_| Err(RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")))),
                         };
                         match r {
                             Ok(c) => {
