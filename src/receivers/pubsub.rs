@@ -15,77 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::redis_broker::resp::{command, parse, Frame, RespError};
+pub use crate::redis_broker::Endpoint;
 use crate::tls::{Conn, Connector};
-
-/// Where and how to connect, parsed from a `redis://` or `rediss://` URL.
-#[derive(Clone)]
-pub struct Endpoint {
-    pub host: String,
-    pub port: u16,
-    /// `rediss://`: TLS.
-    pub tls: bool,
-    pub db: i64,
-    pub username: Option<String>,
-    pub password: Option<String>,
-}
-
-impl std::fmt::Debug for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.redacted())
-    }
-}
-
-impl Endpoint {
-    /// Parse `redis[s]://[user[:password]@]host[:port][/db]`.
-    pub fn parse(url: &str) -> Result<Endpoint, String> {
-        use redis::IntoConnectionInfo;
-        let info = url.into_connection_info().map_err(|e| {
-            format!(
-                "invalid Redis URL: {}",
-                e.detail().unwrap_or("cannot parse")
-            )
-        })?;
-        let (host, port, tls) = match info.addr() {
-            redis::ConnectionAddr::Tcp(h, p) => (h.clone(), *p, false),
-            redis::ConnectionAddr::TcpTls {
-                host,
-                port,
-                insecure: false,
-                ..
-            } => (host.clone(), *port, true),
-            redis::ConnectionAddr::TcpTls { .. } => return Err(
-                "rediss:// with #insecure is not supported: trust the server's CA with tls.ca_file"
-                    .into(),
-            ),
-            _ => {
-                return Err(
-                    "only redis:// and rediss:// URLs are supported (not unix sockets)".into(),
-                )
-            }
-        };
-        let r = info.redis_settings();
-        Ok(Endpoint {
-            host,
-            port,
-            tls,
-            db: r.db(),
-            username: r.username().map(str::to_string),
-            password: r.password().map(str::to_string),
-        })
-    }
-
-    /// `host:port/db`, never the credentials.
-    pub fn redacted(&self) -> String {
-        format!(
-            "{}://{}{}:{}/{}",
-            if self.tls { "rediss" } else { "redis" },
-            if self.password.is_some() { "***@" } else { "" },
-            self.host,
-            self.port,
-            self.db
-        )
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PubSubError {
@@ -97,6 +28,8 @@ pub enum PubSubError {
     Resp(#[from] RespError),
     #[error("connection closed by the server")]
     Closed,
+    #[error("the node says it is not the master (ROLE: {0:?})")]
+    NotMaster(String),
     #[error("connect, TLS, AUTH and subscribe not done within connect_timeout ({0:?})")]
     Timeout(Duration),
     #[error("no data for {0:?}; the connection is presumed dead")]
@@ -132,10 +65,14 @@ impl Subscriber {
         patterns: &[String],
         timeout: Duration,
         max_frame: usize,
+        verify_master: bool,
     ) -> Result<Subscriber, PubSubError> {
-        tokio::time::timeout(timeout, Self::handshake(ep, tls, patterns, max_frame))
-            .await
-            .map_err(|_| PubSubError::Timeout(timeout))?
+        tokio::time::timeout(
+            timeout,
+            Self::handshake(ep, tls, patterns, max_frame, verify_master),
+        )
+        .await
+        .map_err(|_| PubSubError::Timeout(timeout))?
     }
 
     async fn handshake(
@@ -143,6 +80,7 @@ impl Subscriber {
         tls: Option<&Connector>,
         patterns: &[String],
         max_frame: usize,
+        verify_master: bool,
     ) -> Result<Subscriber, PubSubError> {
         let stream = TcpStream::connect((ep.host.as_str(), ep.port)).await?;
         stream.set_nodelay(true)?;
@@ -173,6 +111,30 @@ impl Subscriber {
             s.stream.write_all(&command(&args)).await?;
             if let Err(msg) = s.reply().await? {
                 return Err(PubSubError::Server(format!("AUTH failed: {msg}")));
+            }
+        }
+        if verify_master {
+            // With Sentinel: never subscribe on a node that is (or has just become) a replica.
+            s.stream.write_all(&command(&[b"ROLE"])).await?;
+            let role = loop {
+                if let Some((f, n)) = parse(&s.buf, s.max_frame)? {
+                    let role = match f {
+                        Frame::Array(items) => match items.first() {
+                            Some(Frame::Bulk(Some(r))) => String::from_utf8_lossy(r).into_owned(),
+                            _ => String::new(),
+                        },
+                        Frame::Error(e) => String::from_utf8_lossy(e).into_owned(),
+                        _ => String::new(),
+                    };
+                    s.buf.advance(n);
+                    break role;
+                }
+                if s.stream.read_buf(&mut s.buf).await? == 0 {
+                    return Err(PubSubError::Closed);
+                }
+            };
+            if role != "master" {
+                return Err(PubSubError::NotMaster(role));
             }
         }
         let mut args: Vec<&[u8]> = vec![b"PSUBSCRIBE"];
@@ -278,20 +240,5 @@ impl Subscriber {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn endpoint_redacts_password() {
-        let ep = Endpoint::parse("redis://user:s3cret@127.0.0.1:6380/2").unwrap();
-        assert_eq!(ep.port, 6380);
-        assert_eq!(ep.db, 2);
-        assert_eq!(ep.password.as_deref(), Some("s3cret"));
-        assert!(!format!("{ep:?}").contains("s3cret"));
-        assert!(Endpoint::parse("http://x").is_err());
     }
 }
