@@ -176,6 +176,25 @@ fn agent_config(url: &str, prom: u16, tel: u16) -> String {
     )
 }
 
+/// The same with the `redis_queues` receiver (queue `backlog`) and the `celery_ui` extension
+/// (inspect), both on the sentinel URL too.
+fn full_config(url: &str, prom: u16, tel: u16, ui: u16) -> String {
+    format!(
+        "receivers:\n  celery_redis:\n    endpoint: \"{url}\"\n    master_name: {MASTER}\n    connect_timeout: 2s\n  redis_queues:\n    endpoint: \"{url}\"\n    master_name: {MASTER}\n    queues: [backlog]\n    interval: 300ms\nconnectors:\n  celery_correlate:\n    metrics_interval: 100ms\nexporters:\n  prometheus:\n    endpoint: 127.0.0.1:{prom}\nextensions:\n  celery_ui:\n    endpoint: 127.0.0.1:{ui}\n    inspect: {{ interval: 2s, timeout: 1s }}\nservice:\n  extensions: [celery_ui]\n  telemetry:\n    endpoint: 127.0.0.1:{tel}\n  pipelines:\n    celery:\n      receivers: [celery_redis]\n      exporters: [celery_correlate]\n    metrics:\n      receivers: [celery_correlate, redis_queues]\n      exporters: [prometheus]\n"
+    )
+}
+
+/// `/api/workers?refresh=1` of celery_ui (Flower's API): the worker's pool size, asked over
+/// the broker.
+fn inspected_pool(ui: &str) -> Option<i64> {
+    let (code, body) = http_get(ui, "/api/workers?refresh=1")?;
+    if code != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    v["w1@host1"]["stats"]["pool"]["max-concurrency"].as_i64()
+}
+
 fn value(addr: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     scrape(addr)
         .and_then(|s| metric_value(&s, name, labels))
@@ -199,9 +218,10 @@ fn send_tasks(url: &str, from: u32, n: u32) {
 fn follows_the_master_through_a_failover_with_a_real_worker() {
     let mut cluster = Cluster::start([free_port(), free_port(), free_port()]);
     let url = cluster.url();
-    let (prom, tel) = (free_port(), free_port());
+    let (prom, tel, ui) = (free_port(), free_port(), free_port());
     let (prom_addr, tel_addr) = (format!("127.0.0.1:{prom}"), format!("127.0.0.1:{tel}"));
-    let agent = Agent::start(bin(), &agent_config(&url, prom, tel));
+    let ui_addr = format!("127.0.0.1:{ui}");
+    let agent = Agent::start(bin(), &full_config(&url, prom, tel, ui));
     assert!(
         wait_until(Duration::from_secs(20), || value(
             &tel_addr,
@@ -211,6 +231,10 @@ fn follows_the_master_through_a_failover_with_a_real_worker() {
         "{}",
         agent.output()
     );
+    let backlog = || {
+        scrape(&prom_addr)
+            .and_then(|s| metric_value(&s, "celery_queue_length", &[("queue_name", "backlog")]))
+    };
     let mut worker = CeleryWorker::start(
         &url,
         WorkerOpts::default()
@@ -238,6 +262,19 @@ fn follows_the_master_through_a_failover_with_a_real_worker() {
         wait_until(Duration::from_secs(20), || succeeded() == 3.0),
         "before the failover: {} succeeded\n{}",
         succeeded(),
+        agent.output()
+    );
+    cluster.master.cmd(&["RPUSH", "backlog", "x"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || backlog() == Some(1.0)),
+        "redis_queues before the failover: {:?}\n{}",
+        backlog(),
+        agent.output()
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || inspected_pool(&ui_addr)
+            == Some(2)),
+        "celery_ui inspect before the failover\n{}",
         agent.output()
     );
 
@@ -275,6 +312,20 @@ fn follows_the_master_through_a_failover_with_a_real_worker() {
         succeeded(),
         agent.output(),
         worker.log()
+    );
+    // redis_queues and celery_ui found the new master too.
+    query(new_master, &["RPUSH", "backlog", "y", "z"]).expect("RPUSH on the new master");
+    assert!(
+        wait_until(Duration::from_secs(15), || backlog() == Some(3.0)),
+        "redis_queues after the failover: {:?}\n{}",
+        backlog(),
+        agent.output()
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || inspected_pool(&ui_addr)
+            == Some(2)),
+        "celery_ui inspect after the failover\n{}",
+        agent.output()
     );
     thread::sleep(Duration::from_secs(1));
     assert_eq!(succeeded(), 6.0, "counted twice?");

@@ -141,6 +141,29 @@ pub struct Settings<'a> {
     pub sentinel_tls: &'a ClientTlsConfig,
 }
 
+/// [`Settings`] owned, for components that pass them on (e.g. `celery_ui` takes its broker
+/// from the `celery_redis` receiver's settings).
+#[derive(Debug, Clone, Default)]
+pub struct OwnedSettings {
+    pub endpoint: Vec<String>,
+    pub tls: ClientTlsConfig,
+    pub master_name: Option<String>,
+    pub sentinel_password: Option<Secret>,
+    pub sentinel_tls: ClientTlsConfig,
+}
+
+impl OwnedSettings {
+    pub fn broker(&self) -> Result<Broker, DecodeError> {
+        Broker::new(&Settings {
+            endpoint: &self.endpoint,
+            tls: &self.tls,
+            master_name: self.master_name.as_deref(),
+            sentinel_password: self.sentinel_password.as_ref(),
+            sentinel_tls: &self.sentinel_tls,
+        })
+    }
+}
+
 /// The certificate files of `tls`, read once, for `redis` crate clients.
 #[derive(Clone, Default)]
 struct TlsFiles {
