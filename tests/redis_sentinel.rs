@@ -349,6 +349,14 @@ fn follows_the_master_through_a_failover_with_a_real_worker() {
         succeeded(),
         received()
     );
+    for line in log.lines().filter(|l| {
+        l.contains("failover")
+            || l.contains("Moved")
+            || l.contains("Resubscribed")
+            || l.contains("Lost")
+    }) {
+        eprintln!("agent: {line}");
+    }
     worker.stop();
 }
 
