@@ -33,6 +33,11 @@ struct Sentinel {
 
 impl Sentinel {
     fn start(port: u16, master_port: u16, quorum: u32) -> Sentinel {
+        Sentinel::start_with(port, master_port, quorum, "")
+    }
+
+    /// With extra lines in sentinel.conf (e.g. `requirepass`, `sentinel auth-pass`).
+    fn start_with(port: u16, master_port: u16, quorum: u32, extra: &str) -> Sentinel {
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("sentinel.conf");
         fs::write(
@@ -42,7 +47,7 @@ impl Sentinel {
                  sentinel monitor {MASTER} 127.0.0.1 {master_port} {quorum}\n\
                  sentinel down-after-milliseconds {MASTER} 1000\n\
                  sentinel failover-timeout {MASTER} 3000\n\
-                 sentinel parallel-syncs {MASTER} 1\n",
+                 sentinel parallel-syncs {MASTER} 1\n{extra}",
                 dir.path().display(),
                 dir.path().join("sentinel.log").display()
             ),
@@ -63,7 +68,11 @@ impl Sentinel {
             _dir: dir,
         };
         assert!(
-            wait_until(Duration::from_secs(10), || query(port, &["PING"]).is_some()),
+            wait_until(Duration::from_secs(10), || TcpStream::connect((
+                "127.0.0.1",
+                port
+            ))
+            .is_ok()),
             "sentinel on {port} did not start"
         );
         s
@@ -502,4 +511,57 @@ fn a_sentinel_naming_a_replica_is_ignored() {
         agent.output()
     );
     let _ = TcpStream::connect(("127.0.0.1", liar));
+}
+
+#[test]
+fn data_node_and_sentinel_passwords_are_separate_secrets() {
+    let master = RedisServer::start();
+    // Set after the start (the harness checks readiness with an unauthenticated PING).
+    master.cmd(&["CONFIG", "SET", "requirepass", "node-pw"]);
+    let sentinel = Sentinel::start_with(
+        free_port(),
+        master.port(),
+        1,
+        &format!("sentinel auth-pass {MASTER} node-pw\nrequirepass sentinel-pw\n"),
+    );
+    // The URL's password is the data nodes' (as in kombu); the sentinels' is `sentinel_password`.
+    let url = format!("sentinel://:node-pw@127.0.0.1:{}/0", sentinel.port);
+    let (prom, tel) = (free_port(), free_port());
+    let tel_addr = format!("127.0.0.1:{tel}");
+    let cfg = agent_config(&url, prom, tel).replace(
+        "    connect_timeout: 2s\n",
+        "    connect_timeout: 2s\n    sentinel_password: sentinel-pw\n",
+    );
+    let agent = Agent::start(bin(), &cfg);
+    assert!(
+        wait_until(Duration::from_secs(20), || value(
+            &tel_addr,
+            "celeriac_celery_redis_connected",
+            &[]
+        ) == 1.0),
+        "{}",
+        agent.output()
+    );
+    let out = agent.output();
+    assert!(
+        !out.contains("node-pw") && !out.contains("sentinel-pw"),
+        "{out}"
+    );
+
+    // Without the sentinel password: refused by the sentinel, said so, never connected.
+    let (prom, tel) = (free_port(), free_port());
+    let tel_addr = format!("127.0.0.1:{tel}");
+    let agent = Agent::start(bin(), &agent_config(&url, prom, tel));
+    assert!(
+        wait_until(Duration::from_secs(15), || agent
+            .stderr()
+            .contains("NOAUTH")
+            || agent.stderr().contains("Authentication required")),
+        "{}",
+        agent.output()
+    );
+    assert_eq!(
+        value(&tel_addr, "celeriac_celery_redis_connected", &[]),
+        0.0
+    );
 }
