@@ -19,6 +19,11 @@
 //! that works and moves to the next when it cannot connect (Celery's own `broker_url` failover
 //! list works the same way).
 //!
+//! With Sentinel (`sentinel://…` and `master_name`, see [`crate::redis_broker`]) the master is
+//! asked of the sentinels before every connection, the node is checked with `ROLE` on the
+//! subscribing connection itself, and the sentinels' `+switch-master` announcements are followed
+//! in a background task: a failover moves the subscription at once (a reconnect with its gap).
+//!
 //! Settings:
 //! ```yaml
 //! celery_redis:
@@ -29,8 +34,13 @@
 //!     cert_file: …                       # with key_file, if Redis requires client certificates
 //!   global_keyprefix: ""                 # kombu's `global_keyprefix` transport option
 //!   patterns: []                         # override the PSUBSCRIBE patterns entirely
-//!   connect_timeout: 5s
+//!   connect_timeout: 5s                  # TCP + TLS + AUTH + every PSUBSCRIBE confirmed
 //!   max_message_size_mib: 4             # larger pub/sub messages: protocol error, reconnect
+//!   # Sentinel: endpoint "sentinel://h1:26379;sentinel://h2:26379/0" (password in the URL =
+//!   # the data nodes'), plus
+//!   master_name: mymaster                # kombu's transport option; required with sentinel://
+//!   sentinel_password: ${env:SENTINEL_PASSWORD}   # the sentinels' own (a Secret)
+//!   sentinel_tls: { ca_file: … }         # TLS to the sentinels
 //! ```
 
 use std::collections::HashMap;
