@@ -52,8 +52,10 @@ pub fn parse_url(url: &str) -> Result<SentinelUrl, String> {
         Some((h, _)) => (h, None),
         None => (rest, None),
     };
+    // `host`, `host:port`, `[v6]` or `[v6]:port`.
     let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => (
+        _ if hostport.starts_with('[') && hostport.ends_with(']') => (hostport, DEFAULT_PORT),
+        Some((h, p)) if !hostport.starts_with('[') || h.ends_with(']') => (
             h,
             p.parse::<u16>()
                 .map_err(|_| format!("invalid port {p:?} in a sentinel:// URL"))?,
@@ -462,6 +464,8 @@ mod tests {
         );
         let u = parse_url("sentinel://[::1]:1/").unwrap();
         assert_eq!((u.host.as_str(), u.port, u.db), ("::1", 1, None));
+        let u = parse_url("sentinel://[::1]").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 26379));
         assert!(parse_url("redis://h").is_err());
         assert!(parse_url("sentinel://h:x").is_err());
         assert!(parse_url("sentinel://h/x").is_err());
