@@ -15,6 +15,8 @@
 //! * [`prompb`]: the Prometheus remote-write protobuf messages;
 //! * [`telemetry`]: the agent's own `/metrics`, `/healthz` and logs;
 //! * [`reload`]: re-reading the config on SIGHUP or `POST /-/reload`, and `celeriac reload`;
+//! * [`redis_broker`]: reaching a Redis broker (wire format, addresses, Sentinel), shared by
+//!   the Redis receivers and `celery_ui`;
 //! * [`tls`]: TLS settings and rustls configurations shared by servers and clients.
 
 pub mod celery;
@@ -27,6 +29,7 @@ pub mod pipeline;
 pub mod processors;
 pub mod prompb;
 pub mod receivers;
+pub mod redis_broker;
 pub mod registry;
 pub mod reload;
 pub mod serve;

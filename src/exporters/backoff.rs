@@ -1,6 +1,7 @@
 //! Jittered exponential backoff, shared by the network exporters. Their defaults differ on
 //! purpose (`otlp` follows the Collector: 5 s × 1.5 up to 30 s; `prometheus_remote_write`
-//! follows Prometheus: 50 ms × 2 up to 5 s); the arithmetic is this one.
+//! follows Prometheus: 50 ms × 2 up to 5 s); the arithmetic is this one. [`Reconnect`] is the
+//! receivers' policy on top of it for connections that fail after they were made.
 
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
@@ -55,6 +56,41 @@ impl Backoff {
     }
 }
 
+/// Reconnecting after a connection was lost: a wait after every loss, growing while sessions
+/// keep failing, reset only by a session that stayed up for `healthy` (so a server that accepts
+/// and then drops every connection is not hammered).
+pub struct Reconnect {
+    min: Duration,
+    max: Duration,
+    healthy: Duration,
+    backoff: Backoff,
+}
+
+impl Reconnect {
+    /// Waits from `min` doubling up to `max` (±20 % jitter); a session of `healthy` resets them.
+    pub fn new(min: Duration, max: Duration, healthy: Duration) -> Reconnect {
+        Reconnect {
+            min,
+            max,
+            healthy,
+            backoff: Backoff::new(min, max, 2.0, 0.2, Backoff::random_seed()),
+        }
+    }
+
+    /// The wait before the next attempt after a failed attempt.
+    pub fn after_failure(&mut self) -> Duration {
+        self.backoff.next_delay()
+    }
+
+    /// The wait before reconnecting after a session that lasted `session`.
+    pub fn after_loss(&mut self, session: Duration) -> Duration {
+        if session >= self.healthy {
+            self.backoff = Backoff::new(self.min, self.max, 2.0, 0.2, Backoff::random_seed());
+        }
+        self.backoff.next_delay()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +106,17 @@ mod tests {
         assert!(d[3..].iter().all(|x| *x >= 0.2), "{d:?}");
         let mut b = Backoff::new(ms(100), ms(100), 1.0, 0.0, Backoff::random_seed());
         assert_eq!(b.next_delay(), ms(100));
+    }
+
+    #[test]
+    fn reconnect_waits_after_every_loss_and_resets_after_a_healthy_session() {
+        let ms = Duration::from_millis;
+        let mut r = Reconnect::new(ms(100), ms(1000), ms(5000));
+        let short: Vec<Duration> = (0..6).map(|_| r.after_loss(ms(1))).collect();
+        assert!(short[0] >= ms(80), "{short:?}");
+        assert!(short[3] >= ms(640), "{short:?}");
+        assert!(short[5] >= ms(800) && short[5] <= ms(1200), "{short:?}");
+        assert!(r.after_loss(ms(5000)) <= ms(120));
+        assert!(r.after_failure() >= ms(160));
     }
 }

@@ -10,13 +10,19 @@
 //! Bad input (pickle or msgpack serializers, malformed envelopes, unknown content types) is
 //! counted per reason in `celeriac_celery_events_dropped_total{reason}` with a rate-limited
 //! warning; nothing else is lost. When Redis goes away the receiver reconnects with exponential
-//! backoff, resubscribes and counts the reconnect and the time it was deaf
+//! backoff (100 ms doubling to 10 s, after every loss, reset only by a subscription that lasted
+//! 10 s), resubscribes and counts the reconnect and the time it was deaf
 //! (`celeriac_celery_redis_reconnects_total`, `celeriac_celery_redis_gap_seconds_total`):
 //! pub/sub keeps nothing for absent subscribers.
 //!
 //! Failover without Sentinel: `endpoint` may list several brokers; the receiver stays on the one
 //! that works and moves to the next when it cannot connect (Celery's own `broker_url` failover
 //! list works the same way).
+//!
+//! With Sentinel (`sentinel://…` and `master_name`, see [`crate::redis_broker`]) the master is
+//! asked of the sentinels before every connection, the node is checked with `ROLE` on the
+//! subscribing connection itself, and the sentinels' `+switch-master` announcements are followed
+//! in a background task: a failover moves the subscription at once (a reconnect with its gap).
 //!
 //! Settings:
 //! ```yaml
@@ -28,7 +34,13 @@
 //!     cert_file: …                       # with key_file, if Redis requires client certificates
 //!   global_keyprefix: ""                 # kombu's `global_keyprefix` transport option
 //!   patterns: []                         # override the PSUBSCRIBE patterns entirely
-//!   connect_timeout: 5s
+//!   connect_timeout: 5s                  # TCP + TLS + AUTH + every PSUBSCRIBE confirmed
+//!   max_message_size_mib: 4             # larger pub/sub messages: protocol error, reconnect
+//!   # Sentinel: endpoint "sentinel://h1:26379;sentinel://h2:26379/0" (password in the URL =
+//!   # the data nodes'), plus
+//!   master_name: mymaster                # kombu's transport option; required with sentinel://
+//!   sentinel_password: ${env:SENTINEL_PASSWORD}   # the sentinels' own (a Secret)
+//!   sentinel_tls: { ca_file: … }         # TLS to the sentinels
 //! ```
 
 use std::collections::HashMap;
@@ -37,15 +49,17 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::pubsub::{Endpoint, Subscriber};
+use super::pubsub::{PubSubError, Subscriber};
 use crate::celery::envelope::{decode_envelope, DecodeError};
 use crate::celery::event::CeleryEvent;
 use crate::component::{BoxRun, Context, Output, Receiver};
-use crate::config::{self, types, DecodeError as ConfigError, Value};
 use crate::component::{BuildResult, Factory, Registration};
+use crate::config::{self, types, DecodeError as ConfigError, Value};
+use crate::exporters::backoff::Reconnect;
+use crate::redis_broker::{Broker, BrokerError, Endpoint, Settings, Switch};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::{Counter, Throttle};
-use crate::tls::{ClientTlsConfig, Connector};
+use crate::tls::ClientTlsConfig;
 
 pub const REGISTRATION: Registration = Registration {
     type_name: "celery_redis",
@@ -66,6 +80,22 @@ pub struct CeleryRedisConfig {
     pub patterns: Vec<String>,
     #[serde(with = "types::duration")]
     pub connect_timeout: Duration,
+    /// The largest pub/sub message read (Celery's events are a few KiB); a larger one, or one
+    /// that claims to be, is a protocol error: the connection is dropped, counted and re-made.
+    pub max_message_size_mib: usize,
+    /// kombu's `master_name` transport option: required with a `sentinel://` endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master_name: Option<String>,
+    /// The sentinels' password (kombu's `sentinel_kwargs: {password: …}`); the data nodes'
+    /// password stays in the URL.
+    #[serde(
+        default,
+        deserialize_with = "types::non_empty_secret::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sentinel_password: Option<types::Secret>,
+    /// TLS to the sentinels (kombu's `sentinel_kwargs: {ssl…}`).
+    pub sentinel_tls: ClientTlsConfig,
 }
 
 impl Default for CeleryRedisConfig {
@@ -76,6 +106,10 @@ impl Default for CeleryRedisConfig {
             global_keyprefix: String::new(),
             patterns: Vec::new(),
             connect_timeout: Duration::from_secs(5),
+            max_message_size_mib: 4,
+            master_name: None,
+            sentinel_password: None,
+            sentinel_tls: ClientTlsConfig::default(),
         }
     }
 }
@@ -92,72 +126,42 @@ pub fn default_patterns(db: i64, prefix: &str) -> Vec<String> {
 
 fn build(v: &Value) -> BuildResult<dyn Receiver> {
     let cfg: CeleryRedisConfig = config::decode(v)?;
-    let (endpoints, tls) = broker_endpoints(&cfg.endpoint, &cfg.tls)?;
-    // kombu puts the db in the channel names: every broker of a failover list must use one.
-    let db = endpoints[0].db;
-    if endpoints.iter().any(|e| e.db != db) {
+    let broker = Broker::new(&Settings {
+        endpoint: &cfg.endpoint,
+        tls: &cfg.tls,
+        master_name: cfg.master_name.as_deref(),
+        sentinel_password: cfg.sentinel_password.as_ref(),
+        sentinel_tls: &cfg.sentinel_tls,
+    })?;
+    if cfg.max_message_size_mib == 0 {
         return Err(ConfigError::new(
-            "endpoint",
-            "all brokers of the list must use the same db number",
+            "max_message_size_mib",
+            "must be greater than 0",
         ));
     }
     let patterns = if cfg.patterns.is_empty() {
-        default_patterns(db, &cfg.global_keyprefix)
+        default_patterns(broker.db(), &cfg.global_keyprefix)
     } else {
         cfg.patterns.clone()
     };
     Ok(Box::new(CeleryRedis {
-        endpoints,
-        tls,
+        broker: Arc::new(broker),
         patterns,
         connect_timeout: cfg.connect_timeout,
+        max_message: cfg.max_message_size_mib.saturating_mul(1 << 20),
     }))
 }
 
-/// Parses a failover list of broker URLs and, when one is `rediss://`, the TLS client
-/// configuration (certificates are read now, so a bad file fails `validate`).
-pub fn broker_endpoints(
-    urls: &[String],
-    tls: &ClientTlsConfig,
-) -> Result<(Vec<Endpoint>, Option<Connector>), ConfigError> {
-    let endpoints = urls
-        .iter()
-        .enumerate()
-        .map(|(i, u)| {
-            let key = if urls.len() == 1 {
-                "endpoint".to_string()
-            } else {
-                format!("endpoint[{i}]")
-            };
-            Endpoint::parse(u).map_err(|m| ConfigError::new(&key, m))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let connector = if endpoints.iter().any(|e| e.tls) {
-        let cfg = tls
-            .client_config(&[])
-            .map_err(|e| ConfigError::new(e.key(), e.to_string()))?;
-        Some(Connector::new(cfg))
-    } else if tls.is_set() {
-        return Err(ConfigError::new(
-            "tls",
-            "TLS settings need a rediss:// endpoint",
-        ));
-    } else {
-        None
-    };
-    Ok((endpoints, connector))
-}
-
 pub struct CeleryRedis {
-    endpoints: Vec<Endpoint>,
-    tls: Option<Connector>,
+    broker: Arc<Broker>,
     patterns: Vec<String>,
     connect_timeout: Duration,
+    max_message: usize,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
-/// A session that lasted this long resets the backoff.
+/// A subscription that lasted this long resets the backoff.
 const HEALTHY_SESSION: Duration = Duration::from_secs(10);
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -188,6 +192,29 @@ impl Drops {
             tracing::warn!(component = %self.ctx.id, reason, dropped = held + n, error = %e, "Dropping undecodable Celery input.");
         }
     }
+}
+
+/// Why a subscription could not be made.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error(transparent)]
+    Locate(#[from] BrokerError),
+    #[error("broker {endpoint}: {source}")]
+    Subscribe {
+        endpoint: String,
+        source: PubSubError,
+    },
+}
+
+/// The next failover announced by the sentinels; never, without Sentinel.
+async fn switched(rx: &mut Option<tokio::sync::watch::Receiver<Option<Switch>>>) -> Option<Switch> {
+    let Some(rx) = rx else {
+        return std::future::pending().await;
+    };
+    if rx.changed().await.is_err() {
+        return std::future::pending().await;
+    }
+    rx.borrow_and_update().clone()
 }
 
 impl Receiver for CeleryRedis {
@@ -225,6 +252,11 @@ impl Receiver for CeleryRedis {
                 "Receiver errors, by reason.",
                 &[("component", &*ctx.id), ("reason", "connection_lost")],
             );
+            let protocol_errors = t.counter(
+                "celeriac_receiver_errors_total",
+                "Receiver errors, by reason.",
+                &[("component", &*ctx.id), ("reason", "protocol")],
+            );
             let connected = t.gauge(
                 "celeriac_celery_redis_connected",
                 "1 while subscribed to the broker.",
@@ -242,37 +274,64 @@ impl Receiver for CeleryRedis {
                 warn: HashMap::new(),
             };
 
-            let mut backoff = BACKOFF_MIN;
+            let mut reconnect = Reconnect::new(BACKOFF_MIN, BACKOFF_MAX, HEALTHY_SESSION);
             let mut lost_at: Option<Instant> = None;
             let mut connect_warn = Throttle::new(WARN_EVERY);
             let mut events: Vec<CeleryEvent> = Vec::with_capacity(256);
             // The broker in use: stays while it works, moves on when it cannot be reached.
             let mut current = 0usize;
+            // With Sentinel: failovers announced on +switch-master, followed in the background.
+            let mut switches = self.broker.sentinels().map(|_| {
+                let (tx, rx) = tokio::sync::watch::channel(None::<Switch>);
+                let (broker, cancel, id) = (self.broker.clone(), ctx.shutdown.clone(), ctx.id.clone());
+                tokio::spawn(async move {
+                    if let Some(s) = broker.sentinels() {
+                        s.watch(cancel, |sw| {
+                            tracing::info!(component = %id, master = %s.master_name(), old = %sw.old, new = %sw.new, "Sentinel announced a failover.");
+                            tx.send_replace(Some(sw));
+                        })
+                        .await;
+                    }
+                });
+                rx
+            });
+            let mut previous: Option<Endpoint> = None;
+            let verify_master = self.broker.sentinels().is_some();
             'outer: loop {
-                let endpoint = &self.endpoints[current];
+                // Where the broker is now (with Sentinel: asked again after every loss).
                 let sub = tokio::select! {
                     _ = ctx.shutdown.cancelled() => break 'outer,
-                    r = Subscriber::connect(endpoint, self.tls.as_ref(), &self.patterns, self.connect_timeout) => r,
+                    r = async {
+                        let endpoint = self.broker.locate(current, self.connect_timeout).await?;
+                        let sub = Subscriber::connect(&endpoint, self.broker.connector(), &self.patterns, self.connect_timeout, self.max_message, verify_master).await
+                            .map_err(|e| ConnectError::Subscribe { endpoint: endpoint.redacted(), source: e })?;
+                        Ok::<_, ConnectError>((endpoint, sub))
+                    } => r,
                 };
-                let mut sub = match sub {
+                let (endpoint, mut sub) = match sub {
                     Ok(s) => s,
                     Err(e) => {
                         connect_errors.inc();
+                        let wait = reconnect.after_failure();
                         if let Some(suppressed) = connect_warn.ready() {
-                            tracing::warn!(component = %ctx.id, endpoint = %endpoint.redacted(), error = %e, retry_in = ?backoff, suppressed, "Cannot subscribe to Celery events; retrying.");
+                            tracing::warn!(component = %ctx.id, broker = %self.broker.describe(), error = %e, retry_in = ?wait, suppressed, "Cannot subscribe to Celery events; retrying.");
                         }
                         lost_at.get_or_insert_with(Instant::now);
-                        current = (current + 1) % self.endpoints.len();
+                        current = (current + 1) % self.broker.choices();
                         tokio::select! {
                             _ = ctx.shutdown.cancelled() => break 'outer,
-                            _ = tokio::time::sleep(backoff) => {}
+                            _ = tokio::time::sleep(wait) => {}
+                            // A failover announced: the new master is up, try it now.
+                            _ = switched(&mut switches) => {}
                         }
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
                         continue;
                     }
                 };
                 connected.set(1);
                 let session_start = Instant::now();
+                if let Some(old) = previous.as_ref().filter(|p| p.addr() != endpoint.addr()) {
+                    tracing::warn!(component = %ctx.id, old = %old.redacted(), new = %endpoint.redacted(), "Moved the Celery event subscription to another broker node.");
+                }
                 if let Some(t0) = lost_at.take() {
                     let gap = t0.elapsed();
                     reconnects.inc();
@@ -281,9 +340,21 @@ impl Receiver for CeleryRedis {
                 } else {
                     tracing::info!(component = %ctx.id, endpoint = %endpoint.redacted(), patterns = ?self.patterns, "Subscribed to Celery events.");
                 }
+                previous = Some(endpoint.clone());
                 loop {
                     let read = tokio::select! {
                         _ = ctx.shutdown.cancelled() => break 'outer,
+                        sw = switched(&mut switches) => {
+                            if sw.as_ref().is_some_and(|sw| sw.new != endpoint.addr()) {
+                                // The sentinels moved the master away: never stay on a demoted
+                                // node. Counted as a reconnect with its gap, without backoff.
+                                connected.set(0);
+                                lost_at = Some(Instant::now());
+                                tracing::warn!(component = %ctx.id, endpoint = %endpoint.redacted(), "The sentinels promoted another master; moving the subscription.");
+                                break;
+                            }
+                            continue;
+                        }
                         r = sub.read_batch(|m| match decode_envelope(m.payload, &mut events) {
                             Ok(d) => {
                                 for e in &d.dropped {
@@ -315,11 +386,19 @@ impl Receiver for CeleryRedis {
                         }
                         Err(e) => {
                             connected.set(0);
-                            read_errors.inc();
-                            tracing::warn!(component = %ctx.id, endpoint = %endpoint.redacted(), error = %e, "Lost the Celery event subscription; reconnecting.");
+                            match e {
+                                PubSubError::Resp(_) => protocol_errors.inc(),
+                                _ => read_errors.inc(),
+                            }
                             lost_at = Some(Instant::now());
-                            if session_start.elapsed() >= HEALTHY_SESSION {
-                                backoff = BACKOFF_MIN;
+                            // A wait after every loss, so a broker that drops (or garbles) every
+                            // subscription is not hammered; only a healthy session resets it.
+                            let wait = reconnect.after_loss(session_start.elapsed());
+                            tracing::warn!(component = %ctx.id, endpoint = %endpoint.redacted(), error = %e, retry_in = ?wait, "Lost the Celery event subscription; reconnecting.");
+                            tokio::select! {
+                                _ = ctx.shutdown.cancelled() => break 'outer,
+                                _ = tokio::time::sleep(wait) => {}
+                                _ = switched(&mut switches) => {}
                             }
                             break;
                         }

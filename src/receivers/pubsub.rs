@@ -14,77 +14,9 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::redis_broker::resp::{command, parse, Frame, RespError};
+pub use crate::redis_broker::Endpoint;
 use crate::tls::{Conn, Connector};
-
-/// Where and how to connect, parsed from a `redis://` or `rediss://` URL.
-#[derive(Clone)]
-pub struct Endpoint {
-    pub host: String,
-    pub port: u16,
-    /// `rediss://`: TLS.
-    pub tls: bool,
-    pub db: i64,
-    pub username: Option<String>,
-    pub password: Option<String>,
-}
-
-impl std::fmt::Debug for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.redacted())
-    }
-}
-
-impl Endpoint {
-    /// Parse `redis[s]://[user[:password]@]host[:port][/db]`.
-    pub fn parse(url: &str) -> Result<Endpoint, String> {
-        use redis::IntoConnectionInfo;
-        let info = url.into_connection_info().map_err(|e| {
-            format!(
-                "invalid Redis URL: {}",
-                e.detail().unwrap_or("cannot parse")
-            )
-        })?;
-        let (host, port, tls) = match info.addr() {
-            redis::ConnectionAddr::Tcp(h, p) => (h.clone(), *p, false),
-            redis::ConnectionAddr::TcpTls {
-                host,
-                port,
-                insecure: false,
-                ..
-            } => (host.clone(), *port, true),
-            redis::ConnectionAddr::TcpTls { .. } => return Err(
-                "rediss:// with #insecure is not supported: trust the server's CA with tls.ca_file"
-                    .into(),
-            ),
-            _ => {
-                return Err(
-                    "only redis:// and rediss:// URLs are supported (not unix sockets)".into(),
-                )
-            }
-        };
-        let r = info.redis_settings();
-        Ok(Endpoint {
-            host,
-            port,
-            tls,
-            db: r.db(),
-            username: r.username().map(str::to_string),
-            password: r.password().map(str::to_string),
-        })
-    }
-
-    /// `host:port/db`, never the credentials.
-    pub fn redacted(&self) -> String {
-        format!(
-            "{}://{}{}:{}/{}",
-            if self.tls { "rediss" } else { "redis" },
-            if self.password.is_some() { "***@" } else { "" },
-            self.host,
-            self.port,
-            self.db
-        )
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PubSubError {
@@ -92,98 +24,16 @@ pub enum PubSubError {
     Io(#[from] io::Error),
     #[error("Redis refused: {0}")]
     Server(String),
-    #[error("protocol error: {0}")]
-    Protocol(&'static str),
+    #[error(transparent)]
+    Resp(#[from] RespError),
     #[error("connection closed by the server")]
     Closed,
+    #[error("the node says it is not the master (ROLE: {0:?})")]
+    NotMaster(String),
+    #[error("connect, TLS, AUTH and subscribe not done within connect_timeout ({0:?})")]
+    Timeout(Duration),
     #[error("no data for {0:?}; the connection is presumed dead")]
     Idle(Duration),
-}
-
-/// One RESP2 value, borrowing bulk strings from the read buffer.
-#[derive(Debug, PartialEq)]
-enum Frame<'a> {
-    Simple(&'a [u8]),
-    Error(&'a [u8]),
-    Int(i64),
-    Bulk(Option<&'a [u8]>),
-    Array(Vec<Frame<'a>>),
-}
-
-/// Parse one frame from `buf`; `Ok(None)` when incomplete. Returns the frame and its length.
-fn parse(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, PubSubError> {
-    fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
-        let rest = buf.get(at..)?;
-        let i = rest.windows(2).position(|w| w == b"\r\n")?;
-        Some((&rest[..i], at + i + 2))
-    }
-    fn int(s: &[u8]) -> Result<i64, PubSubError> {
-        std::str::from_utf8(s)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or(PubSubError::Protocol("bad integer"))
-    }
-    fn frame(
-        buf: &[u8],
-        at: usize,
-        depth: usize,
-    ) -> Result<Option<(Frame<'_>, usize)>, PubSubError> {
-        if depth > 8 {
-            return Err(PubSubError::Protocol("nesting too deep"));
-        }
-        let Some(&tag) = buf.get(at) else {
-            return Ok(None);
-        };
-        let Some((l, next)) = line(buf, at + 1) else {
-            return Ok(None);
-        };
-        Ok(Some(match tag {
-            b'+' => (Frame::Simple(l), next),
-            b'-' => (Frame::Error(l), next),
-            b':' => (Frame::Int(int(l)?), next),
-            b'$' => {
-                let n = int(l)?;
-                if n < 0 {
-                    return Ok(Some((Frame::Bulk(None), next)));
-                }
-                let end = next + n as usize;
-                if buf.len() < end + 2 {
-                    return Ok(None);
-                }
-                (Frame::Bulk(Some(&buf[next..end])), end + 2)
-            }
-            b'*' => {
-                let n = int(l)?;
-                if !(0..=64).contains(&n) {
-                    return Ok(Some((Frame::Array(Vec::new()), next)));
-                }
-                let mut items = Vec::with_capacity(n as usize);
-                let mut pos = next;
-                for _ in 0..n {
-                    match frame(buf, pos, depth + 1)? {
-                        Some((f, p)) => {
-                            items.push(f);
-                            pos = p;
-                        }
-                        None => return Ok(None),
-                    }
-                }
-                (Frame::Array(items), pos)
-            }
-            _ => return Err(PubSubError::Protocol("unknown frame type")),
-        }))
-    }
-    frame(buf, 0, 0)
-}
-
-fn command(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
 }
 
 /// Payload bytes handed to the caller per [`Subscriber::read_batch`] call (one more message may
@@ -196,6 +46,8 @@ pub struct Subscriber {
     buf: BytesMut,
     idle_limit: Duration,
     ping_every: Duration,
+    /// The largest frame accepted (`max_message_size_mib`); a larger one is a protocol error.
+    max_frame: usize,
 }
 
 /// A message delivered on a pattern subscription.
@@ -205,33 +57,50 @@ pub struct Message<'a> {
 
 impl Subscriber {
     /// Connect (with TLS for `rediss://`, through `tls`), authenticate and PSUBSCRIBE to
-    /// `patterns`. `timeout` bounds the TCP connect and the TLS handshake together.
+    /// `patterns`. `timeout` bounds all of it together: TCP connect, TLS handshake, AUTH and
+    /// every pattern's confirmation.
     pub async fn connect(
         ep: &Endpoint,
         tls: Option<&Connector>,
         patterns: &[String],
         timeout: Duration,
+        max_frame: usize,
+        verify_master: bool,
     ) -> Result<Subscriber, PubSubError> {
-        let connect = async {
-            let stream = TcpStream::connect((ep.host.as_str(), ep.port)).await?;
-            stream.set_nodelay(true)?;
-            match (ep.tls, tls) {
-                (false, _) => Ok(Conn::Plain(stream)),
-                (true, Some(c)) => c.connect(&ep.host, stream).await,
-                (true, None) => Err(io::Error::new(
+        tokio::time::timeout(
+            timeout,
+            Self::handshake(ep, tls, patterns, max_frame, verify_master),
+        )
+        .await
+        .map_err(|_| PubSubError::Timeout(timeout))?
+    }
+
+    async fn handshake(
+        ep: &Endpoint,
+        tls: Option<&Connector>,
+        patterns: &[String],
+        max_frame: usize,
+        verify_master: bool,
+    ) -> Result<Subscriber, PubSubError> {
+        let stream = TcpStream::connect((ep.host.as_str(), ep.port)).await?;
+        stream.set_nodelay(true)?;
+        let stream = match (ep.tls, tls) {
+            (false, _) => Conn::Plain(stream),
+            (true, Some(c)) => c.connect(&ep.host, stream).await?,
+            (true, None) => {
+                return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     "rediss:// endpoint without a TLS configuration",
-                )),
+                )
+                .into())
             }
         };
-        let stream = tokio::time::timeout(timeout, connect)
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
         let mut s = Subscriber {
             stream,
             buf: BytesMut::with_capacity(256 * 1024),
             idle_limit: Duration::from_secs(45),
             ping_every: Duration::from_secs(15),
+            max_frame,
         };
         if let Some(pass) = &ep.password {
             let mut args: Vec<&[u8]> = vec![b"AUTH"];
@@ -240,11 +109,32 @@ impl Subscriber {
             }
             args.push(pass.as_bytes());
             s.stream.write_all(&command(&args)).await?;
-            match tokio::time::timeout(timeout, s.reply()).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(msg))) => return Err(PubSubError::Server(format!("AUTH failed: {msg}"))),
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Err(PubSubError::Server("AUTH timed out".into())),
+            if let Err(msg) = s.reply().await? {
+                return Err(PubSubError::Server(format!("AUTH failed: {msg}")));
+            }
+        }
+        if verify_master {
+            // With Sentinel: never subscribe on a node that is (or has just become) a replica.
+            s.stream.write_all(&command(&[b"ROLE"])).await?;
+            let role = loop {
+                if let Some((f, n)) = parse(&s.buf, s.max_frame)? {
+                    let role = match f {
+                        Frame::Array(items) => match items.first() {
+                            Some(Frame::Bulk(Some(r))) => String::from_utf8_lossy(r).into_owned(),
+                            _ => String::new(),
+                        },
+                        Frame::Error(e) => String::from_utf8_lossy(e).into_owned(),
+                        _ => String::new(),
+                    };
+                    s.buf.advance(n);
+                    break role;
+                }
+                if s.stream.read_buf(&mut s.buf).await? == 0 {
+                    return Err(PubSubError::Closed);
+                }
+            };
+            if role != "master" {
+                return Err(PubSubError::NotMaster(role));
             }
         }
         let mut args: Vec<&[u8]> = vec![b"PSUBSCRIBE"];
@@ -252,13 +142,8 @@ impl Subscriber {
         s.stream.write_all(&command(&args)).await?;
         // Subscribed means Redis confirmed every pattern, not merely that the bytes left.
         for _ in patterns {
-            match tokio::time::timeout(timeout, s.reply()).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(msg))) => {
-                    return Err(PubSubError::Server(format!("PSUBSCRIBE failed: {msg}")))
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Err(PubSubError::Server("PSUBSCRIBE timed out".into())),
+            if let Err(msg) = s.reply().await? {
+                return Err(PubSubError::Server(format!("PSUBSCRIBE failed: {msg}")));
             }
         }
         Ok(s)
@@ -268,7 +153,7 @@ impl Subscriber {
     /// Ok(Err(msg)) on an error reply.
     async fn reply(&mut self) -> Result<Result<(), String>, PubSubError> {
         loop {
-            if let Some((f, n)) = parse(&self.buf)? {
+            if let Some((f, n)) = parse(&self.buf, self.max_frame)? {
                 let out = match f {
                     Frame::Simple(_) => Ok(()),
                     Frame::Array(items)
@@ -302,7 +187,7 @@ impl Subscriber {
             // At most ~64 KiB of messages per call, whatever the backlog in the buffer: each call
             // becomes one batch downstream, so this bounds the memory the bounded queues can hold.
             while consumed < MAX_BATCH_BYTES {
-                match parse(&self.buf[consumed..])? {
+                match parse(&self.buf[consumed..], self.max_frame)? {
                     None => break,
                     Some((frame, n)) => {
                         consumed += n;
@@ -355,42 +240,5 @@ impl Subscriber {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_pmessage_and_partial_frames() {
-        let msg = b"*4\r\n$8\r\npmessage\r\n$3\r\na/*\r\n$3\r\na/b\r\n$5\r\nhello\r\n";
-        let (f, n) = parse(msg).unwrap().unwrap();
-        assert_eq!(n, msg.len());
-        assert_eq!(
-            f,
-            Frame::Array(vec![
-                Frame::Bulk(Some(b"pmessage")),
-                Frame::Bulk(Some(b"a/*")),
-                Frame::Bulk(Some(b"a/b")),
-                Frame::Bulk(Some(b"hello"))
-            ])
-        );
-        for cut in 0..msg.len() {
-            assert!(parse(&msg[..cut]).unwrap().is_none(), "cut at {cut}");
-        }
-        assert_eq!(parse(b":3\r\n").unwrap().unwrap().0, Frame::Int(3));
-        assert!(parse(b"?x\r\n").is_err());
-        assert!(parse(b"$x\r\n").is_err());
-    }
-
-    #[test]
-    fn endpoint_redacts_password() {
-        let ep = Endpoint::parse("redis://user:s3cret@127.0.0.1:6380/2").unwrap();
-        assert_eq!(ep.port, 6380);
-        assert_eq!(ep.db, 2);
-        assert_eq!(ep.password.as_deref(), Some("s3cret"));
-        assert!(!format!("{ep:?}").contains("s3cret"));
-        assert!(Endpoint::parse("http://x").is_err());
     }
 }

@@ -13,8 +13,9 @@
 //!
 //! When Redis is unreachable or answers with an error the receiver keeps running: it counts
 //! `celeriac_receiver_errors_total{component, reason}` (`connect`, `io`, `timeout`, `server`),
-//! warns at most once per 30 s, reconnects with exponential backoff (100 ms to 5 s, reset after a
-//! successful poll) and emits nothing for what it could not measure (never a made-up zero).
+//! warns at most once per 30 s, reconnects with exponential backoff (100 ms to 5 s, after every
+//! failure or loss, reset only by a connection that served 10 s) and emits nothing for what it
+//! could not measure (never a made-up zero).
 //!
 //! # Configuration
 //!
@@ -31,6 +32,9 @@
 //!     priority_steps: [0, 3, 6, 9]         # kombu's `priority_steps` transport option
 //!     priority_separator: "\x06\x16"       # kombu's `sep` (`<queue><sep><priority>`)
 //!     global_keyprefix: ""                 # kombu's `global_keyprefix` transport option
+//!     # Sentinel (as celery_redis): endpoint "sentinel://h1:26379;sentinel://h2:26379/0",
+//!     # master_name, sentinel_password, sentinel_tls; the node is checked with ROLE before
+//!     # every poll and the sentinels asked again when it is no longer the master.
 //! ```
 
 use std::sync::Arc;
@@ -45,8 +49,10 @@ use redis::{AsyncConnectionConfig, RedisError, RedisResult};
 use serde::{Deserialize, Serialize};
 
 use crate::component::{BoxRun, Context, Output, Receiver};
-use crate::config::{self, types, DecodeError, Value};
 use crate::component::{BuildResult, Factory, Registration};
+use crate::config::{self, types, DecodeError, Value};
+use crate::exporters::backoff::Reconnect;
+use crate::redis_broker::{check_role, Broker, RoleError, Settings};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::{Telemetry, Throttle};
 use crate::tls::ClientTlsConfig;
@@ -65,6 +71,8 @@ pub const METRIC_NAME: &str = "celery_queue_length";
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A connection that served this long resets the backoff.
+const HEALTHY_CONNECTION: Duration = Duration::from_secs(10);
 const WARN_EVERY: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -86,6 +94,18 @@ pub struct RedisQueuesConfig {
     pub priority_separator: String,
     /// kombu's `global_keyprefix`, prepended to every key.
     pub global_keyprefix: String,
+    /// kombu's `master_name`: required with a `sentinel://` endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master_name: Option<String>,
+    /// The sentinels' own password (the data nodes' stays in the URL).
+    #[serde(
+        default,
+        deserialize_with = "types::non_empty_secret::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sentinel_password: Option<types::Secret>,
+    /// TLS to the sentinels.
+    pub sentinel_tls: ClientTlsConfig,
 }
 
 impl Default for RedisQueuesConfig {
@@ -98,13 +118,22 @@ impl Default for RedisQueuesConfig {
             priority_steps: vec![0, 3, 6, 9],
             priority_separator: "\x06\x16".into(),
             global_keyprefix: String::new(),
+            master_name: None,
+            sentinel_password: None,
+            sentinel_tls: ClientTlsConfig::default(),
         }
     }
 }
 
 fn build(v: &Value) -> BuildResult<dyn Receiver> {
     let cfg: RedisQueuesConfig = config::decode(v)?;
-    let clients = clients(&cfg)?;
+    let broker = Broker::new(&Settings {
+        endpoint: &cfg.endpoint,
+        tls: &cfg.tls,
+        master_name: cfg.master_name.as_deref(),
+        sentinel_password: cfg.sentinel_password.as_ref(),
+        sentinel_tls: &cfg.sentinel_tls,
+    })?;
     if cfg.queues.is_empty() {
         return Err(DecodeError::new("queues", "must name at least one queue"));
     }
@@ -141,77 +170,9 @@ fn build(v: &Value) -> BuildResult<dyn Receiver> {
         .collect();
     Ok(Box::new(RedisQueues {
         interval: cfg.interval,
-        clients,
+        broker,
         queues,
     }))
-}
-
-/// One client per broker URL, with TLS for `rediss://`, and its name for logs (also used by
-/// the `celery_ui` extension for remote control).
-pub fn clients(cfg: &RedisQueuesConfig) -> Result<Vec<(redis::Client, String)>, DecodeError> {
-    let read = |key: &str,
-                path: &Option<std::path::PathBuf>|
-     -> Result<Option<Vec<u8>>, DecodeError> {
-        path.as_ref()
-            .map(|p| {
-                std::fs::read(p)
-                    .map_err(|e| DecodeError::new(key, format!("cannot read {}: {e}", p.display())))
-            })
-            .transpose()
-    };
-    cfg.tls
-        .check()
-        .map_err(|(key, msg)| DecodeError::new(key, msg))?;
-    let root_cert = read("tls.ca_file", &cfg.tls.ca_file)?;
-    let client_tls = match (
-        read("tls.cert_file", &cfg.tls.cert_file)?,
-        read("tls.key_file", &cfg.tls.key_file)?,
-    ) {
-        (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig {
-            client_cert,
-            client_key,
-        }),
-        _ => None,
-    };
-    let mut any_tls = false;
-    let mut out = Vec::with_capacity(cfg.endpoint.len());
-    for (i, url) in cfg.endpoint.iter().enumerate() {
-        let key = if cfg.endpoint.len() == 1 {
-            "endpoint".to_string()
-        } else {
-            format!("endpoint[{i}]")
-        };
-        let tls = url.starts_with("rediss://");
-        any_tls |= tls;
-        // The redis crate's messages never repeat the URL, so the password cannot leak through them.
-        let client = if tls {
-            redis::Client::build_with_tls(
-                url.as_str(),
-                redis::TlsCertificates {
-                    client_tls: client_tls.clone(),
-                    root_cert: root_cert.clone(),
-                },
-            )
-        } else {
-            redis::Client::open(url.as_str())
-        }
-        .map_err(|e| DecodeError::new(&key, format!("invalid Redis URL: {e}")))?;
-        let name = display_endpoint(&client);
-        out.push((client, name));
-    }
-    if !any_tls && cfg.tls.is_set() {
-        return Err(DecodeError::new(
-            "tls",
-            "TLS settings need a rediss:// endpoint",
-        ));
-    }
-    Ok(out)
-}
-
-/// `host:port/db` of the broker, for logs: never the user name or password.
-fn display_endpoint(client: &redis::Client) -> String {
-    let info = client.get_connection_info();
-    format!("{}/{}", info.addr(), info.redis_settings().db())
 }
 
 /// The Redis keys holding `queue`'s messages, one per distinct priority step (kombu's
@@ -238,8 +199,8 @@ struct QueueKeys {
 
 pub struct RedisQueues {
     interval: Duration,
-    /// The failover list, each with its `host:port/db` for logs (no credentials).
-    clients: Vec<(redis::Client, String)>,
+    /// Where the broker is (a failover list, or sentinels).
+    broker: Broker,
     queues: Vec<QueueKeys>,
 }
 
@@ -257,7 +218,7 @@ fn reason(e: &RedisError) -> &'static str {
 /// Error accounting with one warning per [`WARN_EVERY`].
 struct Errors<'a> {
     ctx: &'a Context,
-    endpoint: &'a str,
+    endpoint: String,
     warn: Throttle,
 }
 
@@ -266,7 +227,7 @@ impl Errors<'_> {
         &mut self,
         telemetry: &Telemetry,
         reason: &'static str,
-        error: &RedisError,
+        error: &dyn std::fmt::Display,
         what: &str,
     ) {
         telemetry
@@ -375,27 +336,35 @@ impl Receiver for RedisQueues {
             let mut current = 0usize;
             let mut errors = Errors {
                 ctx: &ctx,
-                endpoint: &self.clients[0].1,
+                endpoint: self.broker.describe(),
                 warn: Throttle::new(WARN_EVERY),
             };
+            let sentinel = self.broker.sentinels().is_some();
             let mut conn: Option<MultiplexedConnection> = None;
-            let mut backoff = BACKOFF_MIN;
+            let mut reconnect = Reconnect::new(BACKOFF_MIN, BACKOFF_MAX, HEALTHY_CONNECTION);
+            // When the connection in use was made: a loss after a healthy period resets the backoff.
+            let mut connected_at = tokio::time::Instant::now();
             let mut failing = false;
             let mut ticker = tokio::time::interval(self.interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tracing::info!(component = %ctx.id, endpoint = %self.clients[0].1, queues = self.queues.len(), interval = ?self.interval, "Polling Celery queue lengths.");
+            tracing::info!(component = %ctx.id, endpoint = %self.broker.describe(), queues = self.queues.len(), interval = ?self.interval, "Polling Celery queue lengths.");
             loop {
                 let mut c = match conn.take() {
                     Some(c) => c,
                     None => {
-                        let (client, name) = &self.clients[current];
-                        errors.endpoint = name;
+                        // A failover list from the address that worked last, or the master the
+                        // sentinels name now (asked again after every loss).
                         let r = tokio::select! {
                             _ = ctx.shutdown.cancelled() => break,
-                            r = client.get_multiplexed_async_connection_with_config(&conn_cfg) => r,
+                            r = self.broker.multiplexed(current, &conn_cfg, CONNECT_TIMEOUT) => r,
                         };
                         match r {
-                            Ok(c) => c,
+                            Ok((c, i, ep)) => {
+                                current = i;
+                                errors.endpoint = ep.redacted();
+                                connected_at = tokio::time::Instant::now();
+                                c
+                            }
                             Err(e) => {
                                 failing = true;
                                 errors.record(
@@ -404,12 +373,11 @@ impl Receiver for RedisQueues {
                                     &e,
                                     "Cannot connect to Redis to read queue lengths; retrying.",
                                 );
-                                current = (current + 1) % self.clients.len();
+                                current = (current + 1) % self.broker.choices();
                                 tokio::select! {
                                     _ = ctx.shutdown.cancelled() => break,
-                                    _ = tokio::time::sleep(backoff) => {}
+                                    _ = tokio::time::sleep(reconnect.after_failure()) => {}
                                 }
-                                backoff = (backoff * 2).min(BACKOFF_MAX);
                                 continue;
                             }
                         }
@@ -418,6 +386,19 @@ impl Receiver for RedisQueues {
                 tokio::select! {
                     _ = ctx.shutdown.cancelled() => break,
                     _ = ticker.tick() => {}
+                }
+                if sentinel {
+                    // Never read from a node the sentinels have demoted: re-resolve instead.
+                    if let Err(RoleError::Replica(role)) = check_role(&mut c).await {
+                        failing = true;
+                        errors.record(
+                            &ctx.telemetry,
+                            "not_master",
+                            &format!("the node is now a {role}"),
+                            "The broker node is no longer the master; asking the sentinels again.",
+                        );
+                        continue;
+                    }
                 }
                 let polled = tokio::select! {
                     _ = ctx.shutdown.cancelled() => break,
@@ -449,20 +430,19 @@ impl Receiver for RedisQueues {
                             // The connection itself is fine (e.g. NOAUTH, READONLY): keep it.
                             conn = Some(c);
                         } else {
+                            let wait = reconnect.after_loss(connected_at.elapsed());
                             tokio::select! {
                                 _ = ctx.shutdown.cancelled() => break,
-                                _ = tokio::time::sleep(backoff) => {}
+                                _ = tokio::time::sleep(wait) => {}
                             }
-                            backoff = (backoff * 2).min(BACKOFF_MAX);
                         }
                         continue;
                     }
                 };
                 if failing {
-                    tracing::info!(component = %ctx.id, endpoint = %self.clients[current].1, "Reading queue lengths from Redis again.");
+                    tracing::info!(component = %ctx.id, endpoint = %errors.endpoint, "Reading queue lengths from Redis again.");
                     failing = false;
                 }
-                backoff = BACKOFF_MIN;
                 let measured: Vec<(&str, i64)> = self
                     .queues
                     .iter()
@@ -547,12 +527,6 @@ mod tests {
         assert_eq!(err("interval: 0s").path, "interval");
         assert_eq!(err("priority_steps: []").path, "priority_steps");
         assert_eq!(err("bogus: 1").path, "bogus");
-    }
-
-    #[test]
-    fn endpoint_for_logs_has_no_password() {
-        let client = redis::Client::open("redis://user:s3cret@example.com:6380/3").unwrap();
-        assert_eq!(display_endpoint(&client), "example.com:6380/3");
     }
 
     #[test]

@@ -3,11 +3,14 @@
 Environment:
   CELERY_BROKER_URL      broker (default redis://127.0.0.1:6379/0)
   CELERY_RESULT_BACKEND  optional result backend (none by default)
+  CELERIAC_TRANSPORT_OPTIONS  JSON merged into broker_transport_options, e.g.
+                         {"master_name": "mymaster"} for a sentinel:// broker
   CELERIAC_OTEL=1        instrument with opentelemetry-instrumentation-celery and export spans
                          over OTLP; the exporter reads the standard OTEL_EXPORTER_OTLP_* variables
                          (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL=grpc|http/protobuf,
                          grpc by default); OTEL_SERVICE_NAME overrides the service name.
 """
+import json
 import os
 import time
 
@@ -31,7 +34,10 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     # kombu's Redis defaults, spelled out: priority 0-2 -> key `queue`, 3-5 -> `queue\x06\x163`,
     # 6-8 -> `queue\x06\x166`, 9 -> `queue\x06\x169`.
-    broker_transport_options={'priority_steps': [0, 3, 6, 9]},
+    broker_transport_options={
+        'priority_steps': [0, 3, 6, 9],
+        **json.loads(os.environ.get('CELERIAC_TRANSPORT_OPTIONS') or '{}'),
+    },
 )
 
 

@@ -60,7 +60,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::component::Output;
 use crate::config::{types, DecodeError};
-use crate::receivers::redis_queues::{self, RedisQueuesConfig};
+use crate::redis_broker::OwnedSettings;
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::{Counter, Telemetry, Throttle};
 use crate::tls::ClientTlsConfig;
@@ -122,13 +122,24 @@ impl LeaderElectionConfig {
         if self.key.is_empty() {
             return Err(DecodeError::new("leader_election.key", "must not be empty"));
         }
-        let mut clients = redis_queues::clients(&RedisQueuesConfig {
+        let broker = OwnedSettings {
             endpoint: vec![self.endpoint.clone()],
             tls: self.tls.clone(),
-            ..RedisQueuesConfig::default()
-        })
+            ..OwnedSettings::default()
+        }
+        .broker()
         .map_err(prefix)?;
-        Ok(clients.remove(0).0)
+        match broker.first_client() {
+            Some(Ok((client, _))) => Ok(client),
+            Some(Err(e)) => Err(DecodeError::new(
+                "leader_election.endpoint",
+                format!("cannot make a Redis client: {e}"),
+            )),
+            None => Err(DecodeError::new(
+                "leader_election.endpoint",
+                "sentinel:// is not supported for the leader lock: name the Redis node",
+            )),
+        }
     }
 }
 

@@ -21,6 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::Engine;
@@ -29,6 +30,7 @@ use redis::AsyncConnectionConfig;
 use serde_json::{json, Value as Json};
 
 use crate::receivers::redis_queues::queue_keys;
+use crate::redis_broker::{Broker, BrokerError};
 
 /// The methods Flower calls, in its order.
 pub const METHODS: [&str; 8] = [
@@ -51,13 +53,13 @@ const REPLY_EXCHANGE: &str = "reply.celery.pidbox";
 
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
-    #[error("invalid broker URL: {0}")]
-    Url(String),
     #[error("broker {endpoint}: {source}")]
     Redis {
         endpoint: String,
         source: redis::RedisError,
     },
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
 }
 
 /// How long a broadcast waits for replies, and after how many it stops (Celery's `timeout`
@@ -71,12 +73,14 @@ pub struct ReplyWait {
 /// Answers of one broadcast round: method → worker node name → answer.
 pub type Answers = BTreeMap<String, BTreeMap<String, Json>>;
 
-/// A remote-control client for one broker (a failover list of addresses).
+/// A remote-control client for one broker (a failover list of addresses, or sentinels).
 pub struct Inspector {
-    /// Clients of the broker's addresses with their `host:port/db` names (no credentials).
-    clients: Vec<(redis::Client, String)>,
-    /// The address in use: the last one that worked.
+    /// Where the broker is (shared with the Redis receivers: `crate::redis_broker`).
+    broker: Broker,
+    /// The failover list entry in use: the last one that worked.
     current: AtomicUsize,
+    /// The node in use, `redis://host:port/db` for logs (no credentials).
+    endpoint: Mutex<String>,
     db: i64,
     prefix: String,
     oid: String,
@@ -84,35 +88,29 @@ pub struct Inspector {
 }
 
 impl Inspector {
-    /// `clients` as built by [`crate::receivers::redis_queues::clients`] (TLS, failover list).
-    pub fn new(
-        clients: Vec<(redis::Client, String)>,
-        global_keyprefix: &str,
-        timeout: Duration,
-    ) -> Result<Inspector, InspectError> {
-        let db = clients
-            .first()
-            .map(|(c, _)| c.get_connection_info().redis_settings().db())
-            .ok_or_else(|| InspectError::Url("no broker address".into()))?;
-        Ok(Inspector {
-            clients,
+    pub fn new(broker: Broker, global_keyprefix: &str, timeout: Duration) -> Inspector {
+        Inspector {
+            db: broker.db(),
+            endpoint: Mutex::new(broker.describe()),
+            broker,
             current: AtomicUsize::new(0),
-            db,
             prefix: global_keyprefix.to_string(),
             oid: uuid4(),
             timeout,
-        })
+        }
     }
 
-    /// The address in use, for logs.
-    pub fn endpoint(&self) -> &str {
-        let i = self.current.load(Ordering::Relaxed) % self.clients.len();
-        &self.clients[i].1
+    /// The node in use, for logs.
+    pub fn endpoint(&self) -> String {
+        self.endpoint
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default()
     }
 
     fn err(&self, source: redis::RedisError) -> InspectError {
         InspectError::Redis {
-            endpoint: self.endpoint().to_string(),
+            endpoint: self.endpoint(),
             source,
         }
     }
@@ -121,33 +119,23 @@ impl Inspector {
         format!("{}.{REPLY_EXCHANGE}", self.oid)
     }
 
-    /// A connection to the address in use, or the next one that answers.
+    /// A connection to the address in use, or the next one that answers (with Sentinel: the
+    /// master the sentinels name now, verified with ROLE).
     async fn connect(&self) -> Result<MultiplexedConnection, InspectError> {
         // BRPOP blocks for up to the inspect timeout: the response timeout must exceed it.
         let cfg = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(self.timeout + Duration::from_secs(5)));
         let start = self.current.load(Ordering::Relaxed);
-        let mut last = None;
-        for k in 0..self.clients.len() {
-            let i = (start + k) % self.clients.len();
-            match self.clients[i]
-                .0
-                .get_multiplexed_async_connection_with_config(&cfg)
-                .await
-            {
-                Ok(c) => {
-                    self.current.store(i, Ordering::Relaxed);
-                    return Ok(c);
-                }
-                Err(e) => last = Some((i, e)),
-            }
+        let (conn, i, ep) = self
+            .broker
+            .multiplexed(start, &cfg, Duration::from_secs(5))
+            .await?;
+        self.current.store(i, Ordering::Relaxed);
+        if let Ok(mut e) = self.endpoint.lock() {
+            *e = ep.redacted();
         }
-        let (i, source) = last.expect("at least one address");
-        Err(InspectError::Redis {
-            endpoint: self.clients[i].1.clone(),
-            source,
-        })
+        Ok(conn)
     }
 
     /// Broadcast `methods` (to `destination` only, when given) and collect the answers until

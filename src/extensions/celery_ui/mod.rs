@@ -68,8 +68,8 @@ use crate::connectors::celery_correlate::flower_metrics::DEFAULT_BUCKETS;
 use crate::connectors::celery_correlate::now_secs;
 use crate::connectors::celery_correlate::view::View;
 use crate::receivers::celery_redis::CeleryRedisConfig;
-use crate::receivers::redis_queues::{self, RedisQueuesConfig};
 use crate::serve::{Protocol, ServerSettings};
+use crate::redis_broker::OwnedSettings;
 use crate::telemetry::Counter;
 use crate::tls::ClientTlsConfig;
 use api::Inspected;
@@ -175,6 +175,19 @@ pub struct InspectConfig {
     pub tls: Option<ClientTlsConfig>,
     /// kombu's `global_keyprefix`; default: the `celery_redis` receiver's.
     pub global_keyprefix: Option<String>,
+    /// With a `sentinel://` broker: kombu's `master_name`; default: the `celery_redis`
+    /// receiver's (when `broker` is not set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master_name: Option<String>,
+    /// The sentinels' password; default: the `celery_redis` receiver's.
+    #[serde(
+        default,
+        deserialize_with = "types::non_empty_secret::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sentinel_password: Option<types::Secret>,
+    /// TLS to the sentinels; default: the `celery_redis` receiver's.
+    pub sentinel_tls: Option<ClientTlsConfig>,
 }
 
 impl Default for InspectConfig {
@@ -186,6 +199,9 @@ impl Default for InspectConfig {
             broker: None,
             tls: None,
             global_keyprefix: None,
+            master_name: None,
+            sentinel_password: None,
+            sentinel_tls: None,
         }
     }
 }
@@ -237,7 +253,7 @@ fn build(v: &Value) -> BuildResult<dyn Extension> {
         return Err(DecodeError::new(key, msg));
     }
     if let Some(b) = &cfg.inspect.broker {
-        broker_clients(b, cfg.inspect.tls.clone().unwrap_or_default()).map_err(|e| {
+        inspect_settings(&cfg.inspect, b).broker().map_err(|e| {
             DecodeError::new(
                 format!("inspect.{}", e.path.replacen("endpoint", "broker", 1)),
                 e.message,
@@ -251,8 +267,7 @@ fn build(v: &Value) -> BuildResult<dyn Extension> {
                 "only a Redis result backend (redis:// or rediss://) is read",
             ));
         }
-        broker_clients(std::slice::from_ref(url), ClientTlsConfig::default())
-            .map_err(|e| DecodeError::new("result_backend", e.message))?;
+        result_backend_client(url).map_err(|e| DecodeError::new("result_backend", e))?;
     }
     cfg.redact = cfg.redact.normalized();
     Ok(Box::new(CeleryUi { cfg }))
@@ -262,8 +277,22 @@ pub struct CeleryUi {
     cfg: UiConfig,
 }
 
-/// The broker to inspect: its addresses, TLS settings and key prefix.
-type Broker = (Vec<String>, ClientTlsConfig, String);
+/// A client of the app's Redis result backend (`redis://` or `rediss://`, one node).
+fn result_backend_client(url: &str) -> Result<(redis::Client, String), String> {
+    let broker = OwnedSettings {
+        endpoint: vec![url.to_string()],
+        ..OwnedSettings::default()
+    }
+    .broker()
+    .map_err(|e| e.message)?;
+    match broker.first_client() {
+        Some(r) => r.map_err(|e| e.to_string()),
+        None => Err("a result backend is one Redis node".into()),
+    }
+}
+
+/// The broker to inspect: where it is (addresses or sentinels, TLS) and its key prefix.
+type Broker = (OwnedSettings, String);
 
 fn opt_one_or_many<'de, D: serde::Deserializer<'de>>(
     d: D,
@@ -271,22 +300,15 @@ fn opt_one_or_many<'de, D: serde::Deserializer<'de>>(
     types::one_or_many::deserialize(d).map(Some)
 }
 
-/// Redis clients for `urls` (TLS for `rediss://`), as the `redis_queues` receiver builds them.
-fn broker_clients(
-    urls: &[String],
-    tls: ClientTlsConfig,
-) -> Result<Vec<(redis::Client, String)>, DecodeError> {
-    if urls.is_empty() {
-        return Err(DecodeError::new(
-            "endpoint",
-            "must name at least one broker URL",
-        ));
-    }
-    redis_queues::clients(&RedisQueuesConfig {
+/// The broker settings of `inspect` with its own `broker` addresses.
+fn inspect_settings(i: &InspectConfig, urls: &[String]) -> OwnedSettings {
+    OwnedSettings {
         endpoint: urls.to_vec(),
-        tls,
-        ..RedisQueuesConfig::default()
-    })
+        tls: i.tls.clone().unwrap_or_default(),
+        master_name: i.master_name.clone(),
+        sentinel_password: i.sentinel_password.clone(),
+        sentinel_tls: i.sentinel_tls.clone().unwrap_or_default(),
+    }
 }
 
 impl CeleryUi {
@@ -322,9 +344,25 @@ impl CeleryUi {
         let from_receiver = receivers
             .first()
             .and_then(|d| config::decode::<CeleryRedisConfig>(&d.settings).ok());
-        let (urls, tls) = match (&self.cfg.inspect.broker, &from_receiver) {
-            (Some(b), _) => (b.clone(), self.cfg.inspect.tls.clone().unwrap_or_default()),
-            (None, Some(r)) => (r.endpoint.clone(), r.tls.clone()),
+        let settings = match (&self.cfg.inspect.broker, &from_receiver) {
+            (Some(b), _) => inspect_settings(&self.cfg.inspect, b),
+            (None, Some(r)) => OwnedSettings {
+                endpoint: r.endpoint.clone(),
+                tls: r.tls.clone(),
+                master_name: self.cfg.inspect.master_name.clone().or(r.master_name.clone()),
+                sentinel_password: self
+                    .cfg
+                    .inspect
+                    .sentinel_password
+                    .clone()
+                    .or(r.sentinel_password.clone()),
+                sentinel_tls: self
+                    .cfg
+                    .inspect
+                    .sentinel_tls
+                    .clone()
+                    .unwrap_or(r.sentinel_tls.clone()),
+            },
             (None, None) => {
                 return Err("inspect needs a broker: set `inspect.broker`, declare a celery_redis receiver, or set `inspect.enabled: false`".into())
             }
@@ -336,7 +374,7 @@ impl CeleryUi {
             .clone()
             .or_else(|| from_receiver.map(|r| r.global_keyprefix))
             .unwrap_or_default();
-        Ok((view, Some((urls, tls, prefix))))
+        Ok((view, Some((settings, prefix))))
     }
 }
 
@@ -353,22 +391,18 @@ impl Extension for CeleryUi {
                 .await
                 .map_err(|source| ComponentError::Bind { addr, source })?;
             let inspector = match broker {
-                Some((urls, tls, prefix)) => {
-                    let clients = broker_clients(&urls, tls)
+                Some((settings, prefix)) => {
+                    let broker = settings
+                        .broker()
                         .map_err(|e| ComponentError::Other(format!("inspect broker: {e}")))?;
-                    Some(
-                        Inspector::new(clients, &prefix, self.cfg.inspect.timeout)
-                            .map_err(|e| ComponentError::Other(e.to_string()))?,
-                    )
+                    Some(Inspector::new(broker, &prefix, self.cfg.inspect.timeout))
                 }
                 None => None,
             };
             let backend = match &self.cfg.result_backend {
                 Some(url) => {
-                    let (client, name) =
-                        broker_clients(std::slice::from_ref(url), ClientTlsConfig::default())
-                            .map_err(|e| ComponentError::Other(format!("result_backend: {e}")))?
-                            .remove(0);
+                    let (client, name) = result_backend_client(url)
+                        .map_err(|e| ComponentError::Other(format!("result_backend: {e}")))?;
                     Some(ResultBackend::new(client, name))
                 }
                 None => None,
