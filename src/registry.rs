@@ -17,6 +17,7 @@ pub static COMPONENTS: &[Registration] = &[
     crate::processors::batch::REGISTRATION,
     crate::processors::memory_limiter::REGISTRATION,
     crate::receivers::celery_redis::REGISTRATION,
+    crate::receivers::filelog::REGISTRATION,
     crate::receivers::otlp::REGISTRATION,
     crate::receivers::redis_queues::REGISTRATION,
     crate::receivers::internal_metrics::REGISTRATION,

@@ -1,6 +1,7 @@
 //! Receivers: where data enters the agent. One file per component.
 
 pub mod celery_redis;
+pub mod filelog;
 pub mod internal_metrics;
 pub mod otlp;
 mod pubsub;
