@@ -29,6 +29,33 @@ DEPTH = Gauge('evaluation_queue_depth', 'Steps of the last evaluation.')
 _log_file = None
 
 
+class ReopeningFile:
+    """Append to a path and reopen it when it was rotated away (what logging's
+    WatchedFileHandler does), so a rename rotation starts a new file."""
+
+    def __init__(self, path):
+        self.path = path
+        self.f = None
+        self._open()
+
+    def _open(self):
+        if self.f:
+            self.f.close()
+        self.f = open(self.path, 'a', buffering=1)
+        self.ino = os.fstat(self.f.fileno()).st_ino
+
+    def write(self, s):
+        try:
+            if os.stat(self.path).st_ino != self.ino:
+                self._open()
+        except FileNotFoundError:
+            self._open()
+        self.f.write(s)
+
+    def flush(self):
+        self.f.flush()
+
+
 def _add_task_id(logger, method, event_dict):
     task = current_task
     if task and task.request and task.request.id:
@@ -38,7 +65,7 @@ def _add_task_id(logger, method, event_dict):
 
 def configure():
     global _log_file
-    _log_file = open(os.environ['CELERIAC_EVALAPP_LOG'], 'a', buffering=1)
+    _log_file = ReopeningFile(os.environ['CELERIAC_EVALAPP_LOG'])
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
