@@ -19,6 +19,7 @@ pub static COMPONENTS: &[Registration] = &[
     crate::receivers::celery_redis::REGISTRATION,
     crate::receivers::filelog::REGISTRATION,
     crate::receivers::otlp::REGISTRATION,
+    crate::receivers::prometheus::REGISTRATION,
     crate::receivers::redis_queues::REGISTRATION,
     crate::receivers::internal_metrics::REGISTRATION,
     crate::extensions::celery_ui::REGISTRATION,

@@ -4,5 +4,6 @@ pub mod celery_redis;
 pub mod filelog;
 pub mod internal_metrics;
 pub mod otlp;
+pub mod prometheus;
 mod pubsub;
 pub mod redis_queues;
