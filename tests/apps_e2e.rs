@@ -239,3 +239,230 @@ service:
     assert_eq!(joined_after_restart, Some((2 * per_task) as f64));
     worker.stop();
 }
+
+/// A tiny HTTP server answering every request with `respond` (one thread per connection).
+fn serve(respond: fn(&mut std::net::TcpStream)) -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut c = c;
+                let mut buf = [0u8; 4096];
+                let _ = std::io::Read::read(&mut c, &mut buf);
+                respond(&mut c);
+            });
+        }
+    });
+    port
+}
+
+fn garbage(c: &mut std::net::TcpStream) {
+    let body = "<html><body>metrics{{{ are here</body></html>\n";
+    let _ = std::io::Write::write_all(
+        c,
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+}
+
+fn slow(c: &mut std::net::TcpStream) {
+    std::thread::sleep(Duration::from_secs(5));
+    let _ = std::io::Write::write_all(
+        c,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nx 1\n",
+    );
+}
+
+/// 10 MB of valid comment lines, streamed without a Content-Length.
+fn huge(c: &mut std::net::TcpStream) {
+    use std::io::Write;
+    let _ =
+        c.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n");
+    let line = [b'#'; 1000];
+    for _ in 0..10_000 {
+        if c.write_all(&line).and_then(|_| c.write_all(b"\n")).is_err() {
+            return;
+        }
+    }
+}
+
+/// `k=v`, with bucket bounds compared as numbers (`1.0` on the page, `1` after OTLP).
+fn label(k: &str, v: &str) -> String {
+    match (k, v.parse::<f64>()) {
+        ("le" | "quantile", Ok(x)) => format!("{k}={x}"),
+        _ => format!("{k}={v}"),
+    }
+}
+
+/// The evaluation app's own page, as `{name{labels}: value}` for the evaluation_* series.
+fn app_page(port: u16) -> BTreeMap<String, f64> {
+    let (status, body) = http_get(&format!("127.0.0.1:{port}"), "/metrics").expect("app page");
+    assert_eq!(status, 200);
+    parse_prometheus_text(&body)
+        .into_iter()
+        .filter(|(n, _, _)| n.starts_with("evaluation_") && !n.ends_with("_created"))
+        .map(|(n, l, v)| {
+            let labels: Vec<String> = l.iter().map(|(k, v)| label(k, v)).collect();
+            (format!("{n}{{{}}}", labels.join(",")), v)
+        })
+        .collect()
+}
+
+/// The same series read back from Prometheus (job/instance/env left out).
+fn prom_series(prom: &PrometheusServer) -> BTreeMap<String, f64> {
+    prom.query(r#"{__name__=~"evaluation_.*",job="evaluations"}"#)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(l, _)| !l["__name__"].ends_with("_created"))
+        .map(|(l, v)| {
+            let name = l["__name__"].clone();
+            let labels: Vec<String> = l
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "__name__" | "job" | "instance" | "env"))
+                .map(|(k, v)| label(k, v))
+                .collect();
+            (format!("{name}{{{}}}", labels.join(",")), v)
+        })
+        .collect()
+}
+
+#[test]
+fn prometheus_client_metrics_reach_real_prometheus_and_bad_targets_are_counted() {
+    let redis = RedisServer::start();
+    let prom = PrometheusServer::start();
+    let dir = tempfile::Builder::new()
+        .prefix("celeriac-apps-prom-")
+        .tempdir()
+        .unwrap();
+    let app_port = free_port();
+    let (g, s, h) = (serve(garbage), serve(slow), serve(huge));
+    let tel = free_port();
+    let cfg = format!(
+        r#"
+receivers:
+  prometheus:
+    config:
+      scrape_configs:
+        - job_name: evaluations
+          scrape_interval: 1s
+          static_configs: [{{ targets: ["127.0.0.1:{app_port}"], labels: {{ env: test }} }}]
+          metric_relabel_configs:
+            - {{ source_labels: [__name__], regex: 'python_.*|process_.*', action: drop }}
+        - job_name: garbage
+          scrape_interval: 1s
+          static_configs: [{{ targets: ["127.0.0.1:{g}"] }}]
+        - job_name: slow
+          scrape_interval: 1s
+          scrape_timeout: 500ms
+          static_configs: [{{ targets: ["127.0.0.1:{s}"] }}]
+        - job_name: huge
+          scrape_interval: 1s
+          static_configs: [{{ targets: ["127.0.0.1:{h}"] }}]
+exporters:
+  prometheus_remote_write: {{ endpoint: "{write}" }}
+service:
+  telemetry: {{ endpoint: 127.0.0.1:{tel} }}
+  pipelines:
+    metrics: {{ receivers: [prometheus], exporters: [prometheus_remote_write] }}
+"#,
+        write = prom.write_url(),
+    );
+    let agent = Agent::start(bin(), &cfg);
+    let mut worker = CeleryWorker::start(
+        &redis.url(),
+        WorkerOpts {
+            concurrency: 1,
+            ..WorkerOpts::default()
+        }
+        .env(
+            "CELERIAC_EVALAPP_LOG",
+            &dir.path().join("app.log").to_string_lossy(),
+        )
+        .env("CELERIAC_EVALAPP_PORT", &app_port.to_string()),
+    );
+    worker.assert_ready(Duration::from_secs(60));
+    for i in 0..3 {
+        send_eval(&redis, &format!("p{i}"), 2);
+    }
+    let out = run_client(
+        &redis.url(),
+        &[
+            "send",
+            "evaluation.run",
+            r#"["p-err", 4, "error"]"#,
+            "--wait",
+            "30",
+        ],
+    );
+    assert!(out["ids"][0].is_string(), "{out}");
+
+    // Prometheus converges on exactly the app's page (counters, histogram buckets, gauge).
+    let want = app_page(app_port);
+    assert_eq!(want["evaluation_tasks_total{status=ok}"], 3.0, "{want:#?}");
+    assert_eq!(want["evaluation_tasks_total{status=error}"], 1.0);
+    assert_eq!(want["evaluation_queue_depth{}"], 4.0);
+    let mut got = BTreeMap::new();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            got = prom_series(&prom);
+            got == want
+        }),
+        "app page != Prometheus\napp: {want:#?}\nprometheus: {got:#?}\n{}",
+        agent.output()
+    );
+    let up = |job: &str| {
+        prom.query(&format!("up{{job=\"{job}\"}}"))
+            .and_then(|r| r.first().map(|(_, v)| *v))
+    };
+    assert_eq!(up("evaluations"), Some(1.0));
+    let samples = prom
+        .query(r#"scrape_samples_scraped{job="evaluations"}"#)
+        .unwrap_or_default();
+    assert!(
+        samples.first().is_some_and(|(_, v)| *v > 10.0),
+        "{samples:?}"
+    );
+
+    // Bad targets: each failure counted under its reason, up 0, the good job unaffected.
+    let failures = |job: &str, reason: &str| {
+        scrape(&format!("127.0.0.1:{tel}")).and_then(|s| {
+            metric_value(
+                &s,
+                "celeriac_prometheus_scrape_failures_total",
+                &[("job", job), ("reason", reason)],
+            )
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            failures("garbage", "parse").is_some_and(|v| v >= 1.0)
+                && failures("slow", "timeout").is_some_and(|v| v >= 1.0)
+                && failures("huge", "too_large").is_some_and(|v| v >= 1.0)
+        }),
+        "{}",
+        agent.output()
+    );
+    for job in ["garbage", "slow", "huge"] {
+        assert!(
+            wait_until(Duration::from_secs(10), || up(job) == Some(0.0)),
+            "up{{job={job}}}: {:?}",
+            up(job)
+        );
+    }
+    let log = agent.output();
+    assert!(log.contains("Scrape failed"), "{log}");
+
+    // The app goes away: its series get staleness markers and vanish from instant queries.
+    worker.stop();
+    assert!(
+        wait_until(Duration::from_secs(20), || prom_series(&prom).is_empty()
+            && up("evaluations") == Some(0.0)),
+        "still: {:#?}\n{}",
+        prom_series(&prom),
+        agent.output()
+    );
+}
