@@ -341,12 +341,22 @@ fn prometheus_client_metrics_reach_real_prometheus_and_bad_targets_are_counted()
     let app_port = free_port();
     let (g, s, h) = (serve(garbage), serve(slow), serve(huge));
     let tel = free_port();
+    // The same app once more through file_sd, to see targets come and go with the file.
+    let sd = dir.path().join("targets.json");
+    std::fs::write(
+        &sd,
+        format!(r#"[{{"targets": ["127.0.0.1:{app_port}"], "labels": {{"via": "file"}}}}]"#),
+    )
+    .unwrap();
     let cfg = format!(
         r#"
 receivers:
   prometheus:
     config:
       scrape_configs:
+        - job_name: evaluations_sd
+          scrape_interval: 1s
+          file_sd_configs: [{{ files: ["{sd_glob}"] }}]
         - job_name: evaluations
           scrape_interval: 1s
           static_configs: [{{ targets: ["127.0.0.1:{app_port}"], labels: {{ env: test }} }}]
@@ -370,6 +380,7 @@ service:
     metrics: {{ receivers: [prometheus], exporters: [prometheus_remote_write] }}
 "#,
         write = prom.write_url(),
+        sd_glob = dir.path().join("*.json").display(),
     );
     let agent = Agent::start(bin(), &cfg);
     let mut worker = CeleryWorker::start(
@@ -456,6 +467,26 @@ service:
     let log = agent.output();
     assert!(log.contains("Scrape failed"), "{log}");
 
+    // file_sd: the target found through the file, then removed from it: its series go stale.
+    let sd_depth = || {
+        prom.query(r#"evaluation_queue_depth{job="evaluations_sd",via="file"}"#)
+            .unwrap_or_default()
+            .len()
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || sd_depth() == 1),
+        "file_sd target not scraped\n{}",
+        agent.output()
+    );
+    std::fs::write(&sd, "[]").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(15), || sd_depth() == 0
+            && up("evaluations_sd").is_none()),
+        "file_sd target still there after its removal\n{}",
+        agent.output()
+    );
+    assert_eq!(up("evaluations"), Some(1.0), "the static job is untouched");
+
     // The app goes away: its series get staleness markers and vanish from instant queries.
     worker.stop();
     assert!(
@@ -465,4 +496,121 @@ service:
         prom_series(&prom),
         agent.output()
     );
+}
+
+#[test]
+fn filelog_bad_input_is_counted_and_the_rest_flows() {
+    use std::io::Write;
+    let dir = tempfile::Builder::new()
+        .prefix("celeriac-apps-bad-")
+        .tempdir()
+        .unwrap();
+    let out = dir.path().join("out.jsonl");
+    let tel = free_port();
+    let cfg = format!(
+        r#"
+receivers:
+  filelog:
+    include: ["{dir}/*.log"]
+    start_at: beginning
+    poll_interval: 100ms
+    operators:
+      - type: json_parser
+exporters:
+  logs: {{ path: "{out}" }}
+service:
+  telemetry: {{ endpoint: 127.0.0.1:{tel} }}
+  pipelines:
+    logs: {{ receivers: [filelog], exporters: [logs] }}
+"#,
+        dir = dir.path().display(),
+        out = out.display(),
+    );
+    let a = dir.path().join("a.log");
+    let mut f = std::fs::File::create(&a).unwrap();
+    f.write_all(b"{\"n\": \"ok-1\"}\n").unwrap();
+    f.write_all(b"\xff\xfe\x00\x01binary junk\x80\n").unwrap();
+    let mut long = vec![b'x'; 1_500_000];
+    long.push(b'\n');
+    f.write_all(&long).unwrap();
+    f.write_all(b"not json at all\n{\"n\": \"ok-2\"}\n")
+        .unwrap();
+    drop(f);
+    let agent = Agent::start(bin(), &cfg);
+    let n_values = || -> Vec<String> {
+        out_lines(&out)
+            .iter()
+            .filter_map(|l| l["n"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || n_values().len() >= 2),
+        "{:?}\n{}",
+        n_values(),
+        agent.output()
+    );
+    // A file deleted while it is being read: what was written before the delete still arrives.
+    let b = dir.path().join("b.log");
+    std::fs::write(&b, "{\"n\": \"b-1\"}\n").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || n_values()
+            .contains(&"b-1".into())),
+        "{}",
+        agent.output()
+    );
+    let mut fb = std::fs::OpenOptions::new().append(true).open(&b).unwrap();
+    fb.write_all(b"{\"n\": \"b-2\"}\n{\"n\": \"b-3\"}\n")
+        .unwrap();
+    std::fs::remove_file(&b).unwrap();
+    drop(fb);
+    assert!(
+        wait_until(Duration::from_secs(10), || n_values().len() >= 5),
+        "{:?}\n{}",
+        n_values(),
+        agent.output()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let mut got = n_values();
+    got.sort();
+    assert_eq!(got, ["b-1", "b-2", "b-3", "ok-1", "ok-2"]);
+    // Every line is in the output, the bad ones as their (lossy) text.
+    let all = out_lines(&out);
+    assert_eq!(
+        all.len(),
+        5 + 1 + 2 + 1,
+        "5 JSON, 1 junk, 2 pieces of the long line, 1 text"
+    );
+    assert!(all.iter().any(|l| l["msg"] == "not json at all"));
+    let junk = all
+        .iter()
+        .find(|l| l["msg"].as_str().is_some_and(|m| m.contains("binary junk")))
+        .expect("the junk line, kept");
+    assert!(junk["msg"].as_str().unwrap().contains('\u{fffd}'));
+    let pieces: Vec<usize> = all
+        .iter()
+        .filter_map(|l| l["msg"].as_str())
+        .filter(|m| m.starts_with("xxx"))
+        .map(str::len)
+        .collect();
+    assert_eq!(pieces, [1 << 20, 1_500_000 - (1 << 20)]);
+    let s = scrape(&format!("127.0.0.1:{tel}")).unwrap();
+    let c = |name: &str, extra: &[(&str, &str)]| {
+        let mut l = vec![("component", "receiver/filelog")];
+        l.extend_from_slice(extra);
+        metric_value(&s, name, &l)
+    };
+    assert_eq!(c("celeriac_filelog_invalid_encoding_total", &[]), Some(1.0));
+    assert_eq!(c("celeriac_filelog_lines_truncated_total", &[]), Some(1.0));
+    assert_eq!(
+        c(
+            "celeriac_filelog_operator_errors_total",
+            &[("operator", "json_parser")]
+        ),
+        Some(4.0),
+        "junk, two pieces, the text line"
+    );
+    assert_eq!(c("celeriac_filelog_lines_total", &[]), Some(9.0));
+    let log = agent.output();
+    assert!(log.contains("Operators could not process"), "{log}");
+    assert!(log.contains("max_log_size"), "{log}");
 }
