@@ -41,6 +41,16 @@ fn out_lines(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Does the output hold the `run` span of every task in `ids`?
+fn have_run_spans(path: &Path, ids: &[String]) -> bool {
+    let lines = out_lines(path);
+    ids.iter().all(|id| {
+        lines.iter().any(|s| {
+            s["event"] == "span" && s["msg"] == "run" && s["celery.task_id"] == id.as_str()
+        })
+    })
+}
+
 /// The application's lines (they carry eval_id), keyed by their original text.
 fn app_lines(path: &Path) -> Vec<serde_json::Value> {
     out_lines(path)
@@ -145,6 +155,13 @@ service:
         agent.output()
     );
 
+    // Before stopping: the agent has seen every task end (its run span is out), so nothing
+    // that phase A and B need is still in flight from the broker.
+    assert!(
+        wait_until(Duration::from_secs(30), || have_run_spans(&out, &live)),
+        "run spans of phase A/B\n{}",
+        agent.output()
+    );
     // Agent down: phase C runs meanwhile (its events are missed, its lines are not).
     agent.terminate();
     assert!(
@@ -162,7 +179,8 @@ service:
     }
     let total = (live.len() + offline.len()) * per_task;
     assert!(
-        wait_until(Duration::from_secs(40), || app_lines(&out).len() >= total),
+        wait_until(Duration::from_secs(40), || app_lines(&out).len() >= total
+            && have_run_spans(&out, &live)),
         "lines: {} of {total}\n{}",
         app_lines(&out).len(),
         agent.output()
