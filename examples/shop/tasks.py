@@ -71,3 +71,68 @@ def sync_inventory(self, sku):
 def build_report(period):
     time.sleep(random.uniform(2, 6))
     return {'period': period, 'rows': random.randint(100, 5000)}
+
+
+# ---- the shop's own telemetry: structlog JSON lines and prometheus_client metrics ----------
+# What a team writes beside Celery's events; celeriac's filelog and prometheus receivers collect
+# it and celery_correlate puts every log line on its task's trace (task_id → trace_id/span_id).
+#
+#   SHOP_LOG=/path/shop.log           structlog JSONRenderer lines, one file per host
+#   SHOP_METRICS_PORT=9100            prometheus_client page of this worker (all pool processes:
+#   PROMETHEUS_MULTIPROC_DIR=/dir     prometheus_client's multiprocess mode, one page)
+
+if os.environ.get('SHOP_LOG'):
+    import structlog
+    from celery import current_task
+    from celery.signals import task_postrun, task_prerun, worker_init, worker_process_init
+    from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+    TASKS = Counter('shop_tasks', 'Shop tasks run, by task and status.', ['task', 'status'])
+    DURATION = Histogram('shop_task_duration_seconds', 'Shop task run time.', ['task'])
+
+    def _task_id(logger, method, event):
+        req = current_task.request if current_task else None
+        if req is not None and req.id:
+            event.setdefault('task_id', req.id)
+        return event
+
+    def _configure_logs():
+        structlog.configure(
+            processors=[
+                structlog.processors.add_log_level,
+                _task_id,
+                structlog.processors.TimeStamper(fmt='iso', utc=True),
+                structlog.processors.JSONRenderer(),
+            ],
+            logger_factory=structlog.WriteLoggerFactory(
+                file=open(os.environ['SHOP_LOG'], 'a', buffering=1)),
+        )
+
+    log = structlog.get_logger()
+    _started = {}
+
+    @worker_process_init.connect(weak=False)
+    def _child_init(**_):
+        _configure_logs()
+
+    @worker_init.connect(weak=False)
+    def _serve_metrics(**_):
+        port = os.environ.get('SHOP_METRICS_PORT')
+        if port:
+            registry = CollectorRegistry()
+            if os.environ.get('PROMETHEUS_MULTIPROC_DIR'):
+                from prometheus_client import multiprocess
+                multiprocess.MultiProcessCollector(registry)
+            start_http_server(int(port), addr='127.0.0.1', registry=registry)
+
+    @task_prerun.connect(weak=False)
+    def _prerun(task_id=None, task=None, **_):
+        _started[task_id] = time.monotonic()
+        log.info('task.started', task=task.name)
+
+    @task_postrun.connect(weak=False)
+    def _postrun(task_id=None, task=None, state=None, **_):
+        took = time.monotonic() - _started.pop(task_id, time.monotonic())
+        TASKS.labels(task=task.name, status=(state or 'UNKNOWN').lower()).inc()
+        DURATION.labels(task=task.name).observe(took)
+        log.info('task.finished', task=task.name, state=state, seconds=round(took, 4))

@@ -1,7 +1,9 @@
 //! Receivers: where data enters the agent. One file per component.
 
 pub mod celery_redis;
+pub mod filelog;
 pub mod internal_metrics;
 pub mod otlp;
+pub mod prometheus;
 mod pubsub;
 pub mod redis_queues;

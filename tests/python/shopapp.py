@@ -138,3 +138,9 @@ def _init_worker_otel(*args, **kwargs):
 def _flush_worker_otel(*args, **kwargs):
     if _provider is not None:
         _provider.shutdown()
+
+
+# ---- optional application telemetry (structlog + prometheus_client), see evalapp.py --------
+
+if os.environ.get('CELERIAC_EVALAPP_LOG'):
+    import evalapp  # noqa: E402,F401  (registers evaluation.run)

@@ -76,6 +76,11 @@ impl Join {
         }
     }
 
+    /// The application trace a task's lifecycle spans move into, once known.
+    pub fn trace_of(&self, task_id: &str) -> Option<[u8; 16]> {
+        self.targets.get(task_id).map(|t| t.trace)
+    }
+
     pub fn enabled(&self) -> bool {
         self.window > 0.0
     }

@@ -13,6 +13,7 @@
 //! celery_correlate:
 //!   max_tasks: 100000          # task records kept (finished: a tenth); evictions are counted
 //!   join_window: 0s            # wait this long for opentelemetry-instrumentation-celery spans (see [`join`])
+//!                              # and for the task of an application log record (see [`logjoin`])
 //!   task_ttl: 1h               # a record with no event for this long is dropped
 //!   metrics_interval: 1s       # how often cumulative metrics are emitted
 //!   max_series: 10000          # label-set cap; beyond it names fold into "__other__"
@@ -34,6 +35,7 @@
 pub mod flower_metrics;
 pub mod join;
 pub mod leader;
+pub mod logjoin;
 mod logs;
 pub mod metrics;
 pub mod spans;
@@ -62,7 +64,7 @@ use workers::Workers;
 pub const REGISTRATION: Registration = Registration {
     type_name: "celery_correlate",
     factory: Factory::Connector {
-        accepts: &[SignalKind::Celery, SignalKind::Traces],
+        accepts: &[SignalKind::Celery, SignalKind::Traces, SignalKind::Logs],
         produces: &[SignalKind::Traces, SignalKind::Metrics, SignalKind::Logs],
         build,
     },
@@ -168,6 +170,8 @@ pub struct Stats {
     /// Attempts closed as LOST by `task_ttl`.
     pub lost_attempts: u64,
     pub joined: u64,
+    pub logs_joined: u64,
+    pub logs_unjoined: u64,
 }
 
 /// The correlation state machine: no I/O, so it can be tested and benchmarked directly.
@@ -188,6 +192,7 @@ pub struct Correlator {
     /// Worker labels with newly detected lost events (drained by the caller for warnings).
     pub newly_missed: Vec<(String, u64)>,
     pub join: join::Join,
+    pub logjoin: logjoin::LogJoin,
 }
 
 pub fn now_secs() -> f64 {
@@ -221,6 +226,7 @@ impl Correlator {
             unknown_types: 0,
             newly_missed: Vec::new(),
             join: join::Join::new(cfg.join_window.as_secs_f64(), cfg.max_tasks),
+            logjoin: logjoin::LogJoin::new(cfg.join_window.as_secs_f64(), cfg.max_tasks),
             cfg,
         }
     }
@@ -252,6 +258,8 @@ impl Correlator {
         self.tasks.set_max(cfg.max_tasks);
         self.join
             .set_limits(cfg.join_window.as_secs_f64(), cfg.max_tasks);
+        self.logjoin
+            .set_limits(cfg.join_window.as_secs_f64(), cfg.max_tasks);
         self.emit_logs = emit_logs;
         self.emit_spans = emit_spans;
         self.cfg = cfg;
@@ -274,6 +282,8 @@ impl Correlator {
             unknown_event_types: self.unknown_types,
             lost_attempts: self.lost_attempts,
             joined: self.join.joined,
+            logs_joined: self.logjoin.joined,
+            logs_unjoined: self.logjoin.unjoined,
         }
     }
 
@@ -703,6 +713,16 @@ impl Processor for CeleryCorrelate {
                 }
                 None => (leader::Gate::open(out, ctx.id.clone(), t), None),
             };
+            let logs_joined = t.counter(
+                "celeriac_correlate_logs_joined_total",
+                "Application log records given their task's trace and span ids.",
+                &label,
+            );
+            let logs_unjoined = t.counter(
+                "celeriac_correlate_logs_unjoined_total",
+                "Application log records naming a task that left without its trace (task not seen within join_window).",
+                &label,
+            );
             let mut tick = tokio::time::interval(self.cfg.metrics_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -715,6 +735,11 @@ impl Processor for CeleryCorrelate {
                             Signal::Traces(rs) => {
                                 let ready = c.join.observe(&rs, now);
                                 send_ready(&c, &out, ready).await;
+                                continue;
+                            }
+                            Signal::Logs(rl) => {
+                                let ready = c.join_logs(&rl, now);
+                                logjoin::send(&out, ready).await;
                                 continue;
                             }
                             _ => continue,
@@ -733,6 +758,7 @@ impl Processor for CeleryCorrelate {
                             }
                         }
                         send_spans(&mut c, &out, now).await;
+                        logjoin::send(&out, c.release_logs(now)).await;
                     }
                     _ = tick.tick() => {
                         let now = now_secs();
@@ -745,8 +771,11 @@ impl Processor for CeleryCorrelate {
                         unknown.add(s.unknown_event_types - last.unknown_event_types);
                         lost.add(s.lost_attempts - last.lost_attempts);
                         joined.add(s.joined - last.joined);
+                        logs_joined.add(s.logs_joined - last.logs_joined);
+                        logs_unjoined.add(s.logs_unjoined - last.logs_unjoined);
                         last = s;
                         out.take_over().await;
+                        logjoin::send(&out, c.release_logs(now)).await;
                         send_spans(&mut c, &out, now).await;
                         tracked.set(c.tasks_tracked() as i64);
                         if want_metrics {
@@ -758,6 +787,7 @@ impl Processor for CeleryCorrelate {
             // Input closed: what the join still holds goes out as it is, then the final values.
             let held = c.join.drain();
             send_ready(&c, &out, held).await;
+            logjoin::send(&out, c.logjoin.drain()).await;
             if want_metrics {
                 out.send(Signal::Metrics(Arc::new(vec![c.metrics_batch(now_secs())])))
                     .await;
