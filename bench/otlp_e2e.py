@@ -72,6 +72,8 @@ def wait_port(port, timeout=20):
 class Sink:
     def __init__(self, load, cpus, workdir):
         pf = os.path.join(workdir, "sink.port")
+        if os.path.exists(pf):
+            os.unlink(pf)
         self.p = subprocess.Popen(taskset(cpus, [load, "sink", "--port-file", pf, "--threads", "1"]))
         end = time.time() + 20
         while not os.path.exists(pf):
@@ -125,12 +127,14 @@ def flat_config(grpc_port, http_port, telemetry_port, sink_port, batch):
     http: {{ endpoint: 127.0.0.1:{http_port} }}""")
 
 
-def send(a, target_port, protocol, signal, items, gzip, seconds):
+def send(a, target_port, protocol, signal, items, gzip, seconds, rate=None):
     cmd = [a.load, "send", "--target", "127.0.0.1:%d" % target_port, "--protocol", protocol,
            "--signal", signal, "--items", str(items), "--connections", str(a.connections),
            "--in-flight", str(a.in_flight), "--seconds", str(seconds), "--threads", "1"]
     if gzip:
         cmd.append("--gzip")
+    if rate:
+        cmd += ["--rate", str(rate)]
     out = subprocess.run(taskset(a.load_cpus, cmd), capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -146,20 +150,34 @@ def run_case(a, workdir, signal, protocol, items, gzip):
 
         gp, hp, tp = free_port(), free_port(), free_port()
         cfg = os.path.join(workdir, "agent.yaml")
-        maker = flat_config if a.flat_config else agent_config
         with open(cfg, "w") as f:
-            f.write(maker(gp, hp, tp, sink.grpc_port, a.batch))
-        agent = subprocess.Popen(taskset(a.agent_cpus, [a.celeriac, "run", "-c", cfg]),
+            f.write(agent_config(gp, hp, tp, sink.grpc_port, a.batch))
+        if subprocess.run([a.celeriac, "validate", "-c", cfg], capture_output=True).returncode != 0:
+            # A build from before the collector's `protocols:` shape: the same pipeline, flat.
+            with open(cfg, "w") as f:
+                f.write(flat_config(gp, hp, tp, sink.grpc_port, a.batch))
+        cmd = [a.celeriac, "run", "-c", cfg]
+        cg_out = os.path.join(a.callgrind, "callgrind.%s-%s-%d-%s.out" % (
+            signal, protocol, items, "gzip" if gzip else "plain")) if a.callgrind else None
+        if cg_out:
+            os.makedirs(a.callgrind, exist_ok=True)
+            cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                   "--callgrind-out-file=" + cg_out] + cmd
+        agent = subprocess.Popen(taskset(a.agent_cpus, cmd),
                                  stdout=subprocess.DEVNULL, stderr=open(os.path.join(workdir, "agent.log"), "w"))
         try:
-            wait_port(gp)
-            wait_port(hp)
+            wait_port(gp, 120 if cg_out else 20)
+            wait_port(hp, 120 if cg_out else 20)
             time.sleep(0.3)
+            if cg_out:
+                subprocess.run(["callgrind_control", "--instr=on", str(agent.pid)],
+                               check=True, capture_output=True)
             cpu0 = proc_cpu(agent.pid)
             t0 = time.time()
-            sent = send(a, gp if protocol == "grpc" else hp, protocol, signal, items, gzip, a.seconds)
+            sent = send(a, gp if protocol == "grpc" else hp, protocol, signal, items, gzip, a.seconds,
+                        a.rate)
             want = base + sent["items_ok"]
-            end = time.time() + 30
+            end = time.time() + (300 if cg_out else 30)
             got = sink.counts()[ITEM_KEY[signal]]
             while got < want and time.time() < end:
                 time.sleep(0.05)
@@ -167,11 +185,25 @@ def run_case(a, workdir, signal, protocol, items, gzip):
             cpu = proc_cpu(agent.pid) - cpu0
             wall = time.time() - t0
             hwm = proc_hwm_mib(agent.pid)
+            if cg_out:
+                subprocess.run(["callgrind_control", "--instr=off", str(agent.pid)],
+                               check=True, capture_output=True)
         finally:
             agent.terminate()
             agent.wait()
         delivered = got - base
+        ir = None
+        if cg_out:
+            # Instructions per item, from the event totals of the dump(s) callgrind wrote.
+            ir = 0
+            for f in os.listdir(a.callgrind):
+                if f.startswith(os.path.basename(cg_out)):
+                    for line in open(os.path.join(a.callgrind, f)):
+                        if line.startswith("totals:") or line.startswith("summary:"):
+                            ir = max(ir, int(line.split()[1]))
+            ir = ir / max(delivered, 1)
         return {
+            "instructions_per_item": ir,
             "signal": signal, "protocol": protocol, "items": items, "gzip": gzip,
             "accepted": sent["items_ok"], "refused_requests": sent["requests_refused"],
             "errors": sent["errors"], "delivered": delivered, "lost": sent["items_ok"] - delivered,
@@ -201,8 +233,11 @@ def main():
     ap.add_argument("--connections", type=int, default=4)
     ap.add_argument("--in-flight", type=int, default=4)
     ap.add_argument("--batch", type=int, default=8192)
-    ap.add_argument("--flat-config", action="store_true",
-                    help="write the otlp receiver in celeriac's pre-collector flat shape (older builds)")
+    ap.add_argument("--rate", type=float, default=0,
+                    help="requests per second over all connections (default: as fast as accepted)")
+    ap.add_argument("--callgrind", metavar="DIR",
+                    help="run the agent under valgrind's callgrind, counting only while the load "
+                         "runs; report instructions per item and leave the profiles in DIR")
     ap.add_argument("--json")
     a = ap.parse_args()
     rows = []
