@@ -36,24 +36,19 @@ use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use super::retry::{RetryConfig, Verdict};
+use super::wire::Encoded;
 use super::{Compression, Failure, Headers, QueueConfig, Queued, Reply, Transport};
 use crate::component::{BoxRun, BuildResult, Context, Exporter, Factory, Input, Registration};
 use crate::config::{self, types, DecodeError, Value};
 use crate::exporters::sending_queue;
-use crate::signal::{Signal, SignalKind};
+use crate::signal::SignalKind;
 
 pub const REGISTRATION: Registration = Registration {
     type_name: "otlphttp",
@@ -274,36 +269,19 @@ pub fn classify_status(status: StatusCode, retry_after: Option<Duration>) -> Ver
 }
 
 impl HttpSender {
-    pub(crate) async fn call(&self, batch: &Signal) -> Result<Reply, Failure> {
-        let (idx, body) = match batch {
-            Signal::Traces(rs) => (
-                0,
-                ExportTraceServiceRequest {
-                    resource_spans: rs.as_ref().clone(),
-                }
-                .encode_to_vec(),
-            ),
-            Signal::Metrics(rm) => (
-                1,
-                ExportMetricsServiceRequest {
-                    resource_metrics: rm.as_ref().clone(),
-                }
-                .encode_to_vec(),
-            ),
-            Signal::Logs(rl) => (
-                2,
-                ExportLogsServiceRequest {
-                    resource_logs: rl.as_ref().clone(),
-                }
-                .encode_to_vec(),
-            ),
-            Signal::Celery(_) => return Ok((0, String::new())),
+    pub(crate) async fn call(&self, batch: &Encoded) -> Result<Reply, Failure> {
+        // The OTLP/HTTP protobuf body is the export request, already encoded once (`wire`).
+        let idx = match batch.kind {
+            SignalKind::Traces => 0,
+            SignalKind::Metrics => 1,
+            SignalKind::Logs => 2,
+            SignalKind::Celery => return Ok((0, String::new())),
         };
         let body = if self.gzip {
             let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            let done = gz.write_all(&body).and_then(|_| gz.finish());
+            let done = gz.write_all(&batch.body).and_then(|_| gz.finish());
             match done {
-                Ok(b) => b,
+                Ok(b) => Bytes::from(b),
                 Err(e) => {
                     return Err(Failure {
                         verdict: Verdict::Permanent,
@@ -313,7 +291,7 @@ impl HttpSender {
                 }
             }
         } else {
-            body
+            batch.body.clone()
         };
         let url = &self.urls[idx];
         let mut req = Request::builder()
@@ -331,7 +309,7 @@ impl HttpSender {
             req = req.header(k, v);
         }
         let req = req
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(body))
             .map_err(|e| Failure {
                 verdict: Verdict::Permanent,
                 code: "request".into(),

@@ -1,8 +1,8 @@
 //! `otlp` exporter: traces, metrics and logs to an OTLP/gRPC endpoint (a Collector, Tempo, …).
 //!
 //! This module owns the exporter's settings, its sending queue and its senders; the retry rules
-//! and backoff are in [`retry`]. Batches are sent as they arrive, with the generated tonic
-//! clients of `opentelemetry-proto`, through a bounded queue of `sending_queue.queue_size`
+//! and backoff are in [`retry`]. Batches are sent as they arrive, each encoded once as its OTLP
+//! export request ([`wire`]: retries and the file queue reuse the same bytes), through a bounded queue of `sending_queue.queue_size`
 //! batches drained by `num_consumers` concurrent senders. A full queue makes the exporter stop
 //! reading its input, which slows its pipelines down (backpressure), never drops.
 //!
@@ -56,6 +56,7 @@
 
 pub mod http;
 pub mod retry;
+mod wire;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -63,12 +64,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
@@ -82,6 +80,7 @@ use crate::exporters::sending_queue::{self, DiskQueue, FileQueue, Storage};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::{Counter, Gauge, Throttle};
 use retry::{RetryConfig, Verdict};
+use wire::{Encoded, PartialSuccess, RawCodec};
 
 pub const REGISTRATION: Registration = Registration {
     type_name: "otlp",
@@ -486,7 +485,7 @@ impl Shared {
         r
     }
 
-    async fn call(&self, batch: &Signal) -> Result<Reply, Failure> {
+    async fn call(&self, batch: &Encoded) -> Result<Reply, Failure> {
         match &self.transport {
             Transport::Grpc {
                 channel,
@@ -497,72 +496,50 @@ impl Shared {
         }
     }
 
+    /// One export call with the batch's pre-encoded request (see [`wire`]).
     async fn call_grpc(
         &self,
-        batch: &Signal,
+        batch: &Encoded,
         channel: &Channel,
         gzip: bool,
         metadata: &Metadata,
     ) -> Result<Reply, tonic::Status> {
-        let ch = channel.clone();
-        let enc = CompressionEncoding::Gzip;
-        match batch {
-            Signal::Traces(rs) => {
-                let mut c = TraceServiceClient::new(ch);
-                if gzip {
-                    c = c.send_compressed(enc);
-                }
-                let req = self.request(
-                    ExportTraceServiceRequest {
-                        resource_spans: rs.as_ref().clone(),
-                    },
-                    metadata,
-                );
-                let p = c.export(req).await?.into_inner().partial_success;
-                Ok(p.map(|p| (p.rejected_spans, p.error_message))
-                    .unwrap_or_default())
-            }
-            Signal::Metrics(rm) => {
-                let mut c = MetricsServiceClient::new(ch);
-                if gzip {
-                    c = c.send_compressed(enc);
-                }
-                let req = self.request(
-                    ExportMetricsServiceRequest {
-                        resource_metrics: rm.as_ref().clone(),
-                    },
-                    metadata,
-                );
-                let p = c.export(req).await?.into_inner().partial_success;
-                Ok(p.map(|p| (p.rejected_data_points, p.error_message))
-                    .unwrap_or_default())
-            }
-            Signal::Logs(rl) => {
-                let mut c = LogsServiceClient::new(ch);
-                if gzip {
-                    c = c.send_compressed(enc);
-                }
-                let req = self.request(
-                    ExportLogsServiceRequest {
-                        resource_logs: rl.as_ref().clone(),
-                    },
-                    metadata,
-                );
-                let p = c.export(req).await?.into_inner().partial_success;
-                Ok(p.map(|p| (p.rejected_log_records, p.error_message))
-                    .unwrap_or_default())
-            }
-            // Not accepted by the factory; nothing to send.
-            Signal::Celery(_) => Ok((0, String::new())),
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        if gzip {
+            grpc = grpc.send_compressed(CompressionEncoding::Gzip);
         }
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("connection not ready: {e}")))?;
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(batch.path());
+        let req = self.request(batch.body.clone(), metadata);
+        Ok(match batch.kind {
+            SignalKind::Traces => grpc
+                .unary(req, path, RawCodec::<ExportTraceServiceResponse>::default())
+                .await?
+                .into_inner()
+                .rejected(),
+            SignalKind::Metrics => grpc
+                .unary(req, path, RawCodec::<ExportMetricsServiceResponse>::default())
+                .await?
+                .into_inner()
+                .rejected(),
+            SignalKind::Logs => grpc
+                .unary(req, path, RawCodec::<ExportLogsServiceResponse>::default())
+                .await?
+                .into_inner()
+                .rejected(),
+            // Not accepted by the factory; nothing to send.
+            SignalKind::Celery => (0, String::new()),
+        })
     }
 
     /// Export one batch: retry what may be retried, count what is given up. With `keep`, a
     /// batch that still fails once shutdown has begun is not dropped but reported as
     /// [`Outcome::Kept`] (it stays in the file queue for the next start).
-    async fn export(&self, batch: &Signal, seed: u64, keep: bool) -> Outcome {
-        let n = batch.item_count() as u64;
-        let kind = batch.kind();
+    async fn export(&self, batch: &Encoded, seed: u64, keep: bool) -> Outcome {
+        let n = batch.items;
+        let kind = batch.kind;
         let started = Instant::now();
         let mut backoff = retry::backoff(&self.retry, seed);
         let mut last_try = false;
@@ -639,7 +616,10 @@ async fn run_memory_queue(
         senders.spawn(async move {
             while let Ok(batch) = rx.recv().await {
                 seed = seed.rotate_left(7).wrapping_add(0x9e37_79b9_7f4a_7c15);
-                shared.export(&batch, seed, false).await;
+                // Encoded once here, in the sender, so encoding runs on `num_consumers` tasks.
+                if let Some(batch) = Encoded::of(&batch) {
+                    shared.export(&batch, seed, false).await;
+                }
             }
         });
     }
@@ -687,7 +667,7 @@ async fn run_file_queue(
                 };
                 queued.add(-1);
                 seed = seed.rotate_left(7).wrapping_add(0x9e37_79b9_7f4a_7c15);
-                match decode_record(&popped.payload) {
+                match Encoded::from_record(&popped.payload, u64::from(popped.items)) {
                     Some(batch) => {
                         if shared.export(&batch, seed, true).await == Outcome::Kept {
                             tracing::info!(component = %shared.id, "Backend still failing at shutdown; the batch stays queued on disk for the next start.");
@@ -708,10 +688,12 @@ async fn run_file_queue(
     }
     let mut warned_io = false;
     while let Some(batch) = input.recv().await {
-        let items = batch.item_count() as u32;
-        let Some(record) = encode_record(&batch) else {
+        let Some(encoded) = Encoded::of(&batch) else {
             continue;
         };
+        drop(batch);
+        let items = encoded.items as u32;
+        let record = encoded.record();
         match disk.push(record, items).await {
             Ok(evicted) => {
                 queued.add(1 - evicted.records as i64);
@@ -737,47 +719,6 @@ async fn run_file_queue(
             tracing::error!(component = %ctx.id, error = %e, "An OTLP sender task failed.");
         }
     }
-}
-
-/// A batch as a file-queue record: a signal tag, then the OTLP export request.
-fn encode_record(batch: &Signal) -> Option<Vec<u8>> {
-    use prost::encoding::message;
-    let mut buf = Vec::new();
-    match batch {
-        Signal::Traces(rs) => {
-            buf.push(1);
-            rs.iter().for_each(|r| message::encode(1, r, &mut buf));
-        }
-        Signal::Metrics(rm) => {
-            buf.push(2);
-            rm.iter().for_each(|r| message::encode(1, r, &mut buf));
-        }
-        Signal::Logs(rl) => {
-            buf.push(3);
-            rl.iter().for_each(|r| message::encode(1, r, &mut buf));
-        }
-        Signal::Celery(_) => return None,
-    }
-    Some(buf)
-}
-
-fn decode_record(rec: &[u8]) -> Option<Signal> {
-    use prost::Message;
-    let (tag, body) = rec.split_first()?;
-    Some(match tag {
-        1 => Signal::Traces(Arc::new(
-            ExportTraceServiceRequest::decode(body).ok()?.resource_spans,
-        )),
-        2 => Signal::Metrics(Arc::new(
-            ExportMetricsServiceRequest::decode(body)
-                .ok()?
-                .resource_metrics,
-        )),
-        3 => Signal::Logs(Arc::new(
-            ExportLogsServiceRequest::decode(body).ok()?.resource_logs,
-        )),
-        _ => return None,
-    })
 }
 
 impl Exporter for OtlpExporter {
@@ -1085,23 +1026,6 @@ mod tests {
         let (t, took) = run_one(&yaml, Some(Duration::from_millis(300))).await;
         assert_eq!(dropped(&t, "shutdown"), 2);
         assert!(took < Duration::from_secs(5), "{took:?}");
-    }
-
-    #[test]
-    fn file_queue_records_round_trip() {
-        let batch = span_batch();
-        let rec = encode_record(&batch).unwrap();
-        let back = decode_record(&rec).unwrap();
-        assert_eq!(back.kind(), SignalKind::Traces);
-        assert_eq!(back.item_count(), 2);
-        match (&batch, &back) {
-            (Signal::Traces(a), Signal::Traces(b)) => assert_eq!(a, b),
-            _ => unreachable!(),
-        }
-        assert!(decode_record(&[]).is_none());
-        assert!(decode_record(&[9, 1, 2]).is_none());
-        assert!(decode_record(&[1, 0xff, 0xff]).is_none());
-        assert!(encode_record(&Signal::Celery(Arc::new(vec![]))).is_none());
     }
 
     #[tokio::test]

@@ -1,0 +1,266 @@
+#!/usr/bin/env python3
+"""OTLP pass-through benchmark (scripts/bench-e2e otlp): otlp → batch → otlp, CPU per million items.
+
+Standard library only. Layout on a 2-CPU machine (--agent-cpus, default "1"): the agent alone on
+its CPU(s), the load generator and the counting sink (both `otlp-load`, target/release/examples)
+on the others, so the agent's CPU time is its own.
+
+For each case (signal × protocol × request size × gzip):
+1. the generator's ceiling: the generator straight against the sink (no agent) — what the load
+   side can do on its CPUs; a case is only meaningful while the agent's rate stays below it;
+2. the agent: a fresh celeriac with `otlp (grpc+http) → batch → otlp (grpc, to the sink)`, the
+   generator flooding it for --seconds; then wait until the sink has every item the agent
+   accepted (zero loss is checked, not assumed), and read the agent's utime+stime from
+   /proc/PID/stat over the whole interval. Figures: items/s accepted, CPU-s per million items,
+   items per CPU-second, peak RSS (VmHWM).
+"""
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def log(*a):
+    print("[bench-otlp %s]" % time.strftime("%H:%M:%S"), *a, file=sys.stderr, flush=True)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def proc_cpu(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def proc_hwm_mib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def taskset(cpus, cmd):
+    return ["taskset", "-c", cpus] + cmd if cpus else cmd
+
+
+def wait_port(port, timeout=20):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("nothing listening on %d" % port)
+
+
+class Sink:
+    def __init__(self, load, cpus, workdir):
+        pf = os.path.join(workdir, "sink.port")
+        if os.path.exists(pf):
+            os.unlink(pf)
+        self.p = subprocess.Popen(taskset(cpus, [load, "sink", "--port-file", pf, "--threads", "1"]))
+        end = time.time() + 20
+        while not os.path.exists(pf):
+            if time.time() > end or self.p.poll() is not None:
+                raise RuntimeError("sink did not start")
+            time.sleep(0.05)
+        grpc, count = open(pf).read().split()
+        self.grpc_port, self.count_port = int(grpc), int(count)
+
+    def counts(self):
+        with urllib.request.urlopen("http://127.0.0.1:%d/count" % self.count_port, timeout=10) as r:
+            return json.loads(r.read())
+
+    def stop(self):
+        self.p.terminate()
+        self.p.wait()
+
+
+ITEM_KEY = {"traces": "spans", "metrics": "data_points", "logs": "log_records"}
+
+
+def agent_config(grpc_port, http_port, telemetry_port, sink_port, batch):
+    return f"""
+receivers:
+  otlp:
+    protocols:
+      grpc: {{ endpoint: 127.0.0.1:{grpc_port} }}
+      http: {{ endpoint: 127.0.0.1:{http_port} }}
+processors:
+  batch: {{ send_batch_size: {batch}, timeout: 200ms }}
+exporters:
+  otlp:
+    endpoint: http://127.0.0.1:{sink_port}
+    compression: none
+service:
+  telemetry: {{ endpoint: 127.0.0.1:{telemetry_port} }}
+  pipelines:
+    traces: {{ receivers: [otlp], processors: [batch], exporters: [otlp] }}
+    metrics: {{ receivers: [otlp], processors: [batch], exporters: [otlp] }}
+    logs: {{ receivers: [otlp], processors: [batch], exporters: [otlp] }}
+"""
+
+
+def flat_config(grpc_port, http_port, telemetry_port, sink_port, batch):
+    """The same pipeline in celeriac's own (pre-collector) receiver shape, for older builds."""
+    return agent_config(grpc_port, http_port, telemetry_port, sink_port, batch).replace(
+        f"""    protocols:
+      grpc: {{ endpoint: 127.0.0.1:{grpc_port} }}
+      http: {{ endpoint: 127.0.0.1:{http_port} }}""",
+        f"""    grpc: {{ endpoint: 127.0.0.1:{grpc_port} }}
+    http: {{ endpoint: 127.0.0.1:{http_port} }}""")
+
+
+def send(a, target_port, protocol, signal, items, gzip, seconds, rate=None):
+    cmd = [a.load, "send", "--target", "127.0.0.1:%d" % target_port, "--protocol", protocol,
+           "--signal", signal, "--items", str(items), "--connections", str(a.connections),
+           "--in-flight", str(a.in_flight), "--seconds", str(seconds), "--threads", "1"]
+    if gzip:
+        cmd.append("--gzip")
+    if rate:
+        cmd += ["--rate", str(rate)]
+    out = subprocess.run(taskset(a.load_cpus, cmd), capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_case(a, workdir, signal, protocol, items, gzip):
+    sink = Sink(a.load, a.load_cpus, workdir)
+    try:
+        # 1. The generator's own ceiling (gRPC straight to the sink; HTTP has no direct peer).
+        ceiling = None
+        if protocol == "grpc":
+            ceiling = send(a, sink.grpc_port, "grpc", signal, items, gzip, a.ceiling_seconds)
+        base = sink.counts()[ITEM_KEY[signal]]
+
+        gp, hp, tp = free_port(), free_port(), free_port()
+        cfg = os.path.join(workdir, "agent.yaml")
+        with open(cfg, "w") as f:
+            f.write(agent_config(gp, hp, tp, sink.grpc_port, a.batch))
+        if subprocess.run([a.celeriac, "validate", "-c", cfg], capture_output=True).returncode != 0:
+            # A build from before the collector's `protocols:` shape: the same pipeline, flat.
+            with open(cfg, "w") as f:
+                f.write(flat_config(gp, hp, tp, sink.grpc_port, a.batch))
+        cmd = [a.celeriac, "run", "-c", cfg]
+        cg_out = os.path.join(a.callgrind, "callgrind.%s-%s-%d-%s.out" % (
+            signal, protocol, items, "gzip" if gzip else "plain")) if a.callgrind else None
+        if cg_out:
+            os.makedirs(a.callgrind, exist_ok=True)
+            cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                   "--callgrind-out-file=" + cg_out] + cmd
+        agent = subprocess.Popen(taskset(a.agent_cpus, cmd),
+                                 stdout=subprocess.DEVNULL, stderr=open(os.path.join(workdir, "agent.log"), "w"))
+        try:
+            wait_port(gp, 120 if cg_out else 20)
+            wait_port(hp, 120 if cg_out else 20)
+            time.sleep(0.3)
+            if cg_out:
+                subprocess.run(["callgrind_control", "--instr=on", str(agent.pid)],
+                               check=True, capture_output=True)
+            cpu0 = proc_cpu(agent.pid)
+            t0 = time.time()
+            sent = send(a, gp if protocol == "grpc" else hp, protocol, signal, items, gzip, a.seconds,
+                        a.rate)
+            want = base + sent["items_ok"]
+            end = time.time() + (300 if cg_out else 30)
+            got = sink.counts()[ITEM_KEY[signal]]
+            while got < want and time.time() < end:
+                time.sleep(0.05)
+                got = sink.counts()[ITEM_KEY[signal]]
+            cpu = proc_cpu(agent.pid) - cpu0
+            wall = time.time() - t0
+            hwm = proc_hwm_mib(agent.pid)
+            if cg_out:
+                subprocess.run(["callgrind_control", "--instr=off", str(agent.pid)],
+                               check=True, capture_output=True)
+        finally:
+            agent.terminate()
+            agent.wait()
+        delivered = got - base
+        ir = None
+        if cg_out:
+            # Instructions per item, from the event totals of the dump(s) callgrind wrote.
+            ir = 0
+            for f in os.listdir(a.callgrind):
+                if f.startswith(os.path.basename(cg_out)):
+                    for line in open(os.path.join(a.callgrind, f)):
+                        if line.startswith("totals:") or line.startswith("summary:"):
+                            ir = max(ir, int(line.split()[1]))
+            ir = ir / max(delivered, 1)
+        return {
+            "instructions_per_item": ir,
+            "signal": signal, "protocol": protocol, "items": items, "gzip": gzip,
+            "accepted": sent["items_ok"], "refused_requests": sent["requests_refused"],
+            "errors": sent["errors"], "delivered": delivered, "lost": sent["items_ok"] - delivered,
+            "items_per_s": sent["items_ok"] / sent["seconds"],
+            "cpu_s_per_million": cpu / max(delivered, 1) * 1e6,
+            "items_per_cpu_s": delivered / cpu if cpu > 0 else 0,
+            "agent_cpu_s": cpu, "wall_s": wall, "peak_rss_mib": hwm,
+            "generator_ceiling_items_per_s": ceiling["items_per_second"] if ceiling else None,
+            "request_bytes": sent["request_bytes"],
+        }
+    finally:
+        sink.stop()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--celeriac", required=True)
+    ap.add_argument("--load", required=True)
+    ap.add_argument("--agent-cpus", default="1")
+    ap.add_argument("--load-cpus", default="0")
+    ap.add_argument("--signals", default="traces,metrics,logs")
+    ap.add_argument("--protocols", default="grpc,http")
+    ap.add_argument("--sizes", default="10,100,1000")
+    ap.add_argument("--gzip", default="off,on")
+    ap.add_argument("--seconds", type=float, default=8)
+    ap.add_argument("--ceiling-seconds", type=float, default=3)
+    ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--in-flight", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=8192)
+    ap.add_argument("--rate", type=float, default=0,
+                    help="requests per second over all connections (default: as fast as accepted)")
+    ap.add_argument("--callgrind", metavar="DIR",
+                    help="run the agent under valgrind's callgrind, counting only while the load "
+                         "runs; report instructions per item and leave the profiles in DIR")
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="celeriac-otlp-bench-") as wd:
+        for signal in a.signals.split(","):
+            for protocol in a.protocols.split(","):
+                for items in (int(x) for x in a.sizes.split(",")):
+                    for gz in a.gzip.split(","):
+                        r = run_case(a, wd, signal, protocol, items, gz == "on")
+                        log(json.dumps(r))
+                        rows.append(r)
+    print("| signal | protocol | items/request | gzip | items/s | CPU-s per 1M | items per CPU-s | "
+          "peak RSS MiB | lost | generator ceiling items/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ceil = "%.0f" % r["generator_ceiling_items_per_s"] if r["generator_ceiling_items_per_s"] else "–"
+        print("| %s | %s | %d | %s | %.0f | %.2f | %.0f | %.0f | %d | %s |" % (
+            r["signal"], r["protocol"], r["items"], "on" if r["gzip"] else "off", r["items_per_s"],
+            r["cpu_s_per_million"], r["items_per_cpu_s"], r["peak_rss_mib"], r["lost"], ceil))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
