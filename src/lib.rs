@@ -15,8 +15,10 @@
 //! * [`prompb`]: the Prometheus remote-write protobuf messages;
 //! * [`telemetry`]: the agent's own `/metrics`, `/healthz` and logs;
 //! * [`reload`]: re-reading the config on SIGHUP or `POST /-/reload`, and `celeriac reload`;
+//! * [`amqp`]: AMQP (RabbitMQ) broker URLs and connections, shared by the AMQP components;
 //! * [`tls`]: TLS settings and rustls configurations shared by servers and clients.
 
+pub mod amqp;
 pub mod celery;
 pub mod component;
 pub mod config;

@@ -16,6 +16,8 @@ pub static COMPONENTS: &[Registration] = &[
     crate::exporters::prometheus_remote_write::REGISTRATION,
     crate::processors::batch::REGISTRATION,
     crate::processors::memory_limiter::REGISTRATION,
+    crate::receivers::amqp_queues::REGISTRATION,
+    crate::receivers::celery_amqp::REGISTRATION,
     crate::receivers::celery_redis::REGISTRATION,
     crate::receivers::otlp::REGISTRATION,
     crate::receivers::redis_queues::REGISTRATION,

@@ -26,10 +26,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use celeriac::component::Factory;
 use celeriac::component::{Context, Input};
 use celeriac::config::Value;
 use celeriac::prompb::WriteRequest;
-use celeriac::component::Factory;
 use celeriac::registry::lookup;
 use celeriac::signal::Signal;
 use celeriac::telemetry::{Counter, Telemetry};

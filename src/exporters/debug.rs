@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::component::{BoxRun, Context, Exporter, Input};
-use crate::config::{self, Value};
 use crate::component::{BuildResult, Factory, Registration};
+use crate::config::{self, Value};
 use crate::signal::{Signal, SignalKind};
 
 pub const REGISTRATION: Registration = Registration {

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
 use crate::component::{BoxRun, ComponentError, Context, Exporter, Input};
-use crate::config::{self, Value};
 use crate::component::{BuildResult, Factory, Registration};
+use crate::config::{self, Value};
 use crate::signal::{Signal, SignalKind};
 
 pub const REGISTRATION: Registration = Registration {

@@ -47,11 +47,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::component::{BoxRun, ComponentError, Context, Exporter, Input};
+use crate::component::{BuildResult, Factory, Registration};
 use crate::config::{self, types, Value};
 use crate::exporters::prom::{
     self, for_each_series, ConvertStats, Converter, Kind, Labels, Meta, ResourceLabels, Sample,
 };
-use crate::component::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::escape_label;
 

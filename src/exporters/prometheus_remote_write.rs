@@ -100,12 +100,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::component::{BoxRun, ComponentError, Context, Exporter, Input};
+use crate::component::{BuildResult, Factory, Registration};
 use crate::config::{self, types, types::Secret, DecodeError, Value};
 use crate::exporters::backoff::Backoff;
 use crate::exporters::prom::{self, for_each_series, Converter, ResourceLabels};
 use crate::exporters::sending_queue::{self, DiskQueue, FileQueue, StorageConfig};
 use crate::prompb::{Label, Sample};
-use crate::component::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::{Counter, Gauge, Telemetry, Throttle};
 use crate::tls::ClientTlsConfig;

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::component::{BoxRun, Context, Input, Output, Processor};
-use crate::config::{self, types, Value};
 use crate::component::{BuildResult, Factory, Registration};
+use crate::config::{self, types, Value};
 use crate::signal::{unshare, Signal, SignalKind};
 use std::sync::Arc;
 

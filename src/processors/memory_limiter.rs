@@ -28,8 +28,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::component::{Admission, BoxRun, Context, Input, Output, Processor};
-use crate::config::{self, types, DecodeError, Value};
 use crate::component::{BuildResult, Factory, Registration};
+use crate::config::{self, types, DecodeError, Value};
 use crate::signal::SignalKind;
 use crate::telemetry::Counter;
 

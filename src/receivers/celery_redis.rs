@@ -31,20 +31,20 @@
 //!   connect_timeout: 5s
 //! ```
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use super::pubsub::{Endpoint, Subscriber};
-use crate::celery::envelope::{decode_envelope, DecodeError};
+use crate::celery::drops::Drops;
+use crate::celery::envelope::decode_envelope;
 use crate::celery::event::CeleryEvent;
 use crate::component::{BoxRun, Context, Output, Receiver};
-use crate::config::{self, types, DecodeError as ConfigError, Value};
 use crate::component::{BuildResult, Factory, Registration};
+use crate::config::{self, types, DecodeError as ConfigError, Value};
 use crate::signal::{Signal, SignalKind};
-use crate::telemetry::{Counter, Throttle};
+use crate::telemetry::Throttle;
 use crate::tls::{ClientTlsConfig, Connector};
 
 pub const REGISTRATION: Registration = Registration {
@@ -161,35 +161,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const HEALTHY_SESSION: Duration = Duration::from_secs(10);
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// Drop accounting for undecodable input, with one warning per reason per [`WARN_EVERY`].
-struct Drops {
-    ctx: Context,
-    counters: HashMap<&'static str, Counter>,
-    warn: HashMap<&'static str, Throttle>,
-}
-
-impl Drops {
-    fn record(&mut self, e: &DecodeError, n: u64) {
-        let reason = e.reason();
-        // Pidbox and other exchanges on the same patterns are not errors, just not ours.
-        let counter = self.counters.entry(reason).or_insert_with(|| {
-            self.ctx.telemetry.counter(
-                "celeriac_celery_events_dropped_total",
-                "Celery messages or events dropped before correlation, by reason.",
-                &[("component", &self.ctx.id), ("reason", reason)],
-            )
-        });
-        counter.add(n);
-        let warn = self
-            .warn
-            .entry(reason)
-            .or_insert_with(|| Throttle::new(WARN_EVERY));
-        if let Some(held) = warn.ready_for(n) {
-            tracing::warn!(component = %self.ctx.id, reason, dropped = held + n, error = %e, "Dropping undecodable Celery input.");
-        }
-    }
-}
-
 impl Receiver for CeleryRedis {
     fn run(self: Box<Self>, ctx: Context, out: Output) -> BoxRun {
         Box::pin(async move {
@@ -236,11 +207,7 @@ impl Receiver for CeleryRedis {
                 "Celery messages or events dropped before correlation, by reason.",
                 &[("component", &*ctx.id), ("reason", "memory_limit")],
             );
-            let mut drops = Drops {
-                ctx: ctx.clone(),
-                counters: HashMap::new(),
-                warn: HashMap::new(),
-            };
+            let mut drops = Drops::new(ctx.clone());
 
             let mut backoff = BACKOFF_MIN;
             let mut lost_at: Option<Instant> = None;

@@ -27,8 +27,8 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use serde::{Deserialize, Serialize};
 
 use crate::component::{BoxRun, Context, Output, Receiver};
-use crate::config::{self, types, DecodeError, Value};
 use crate::component::{BuildResult, Factory, Registration};
+use crate::config::{self, types, DecodeError, Value};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::FamilySnapshot;
 

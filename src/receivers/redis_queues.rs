@@ -45,8 +45,8 @@ use redis::{AsyncConnectionConfig, RedisError, RedisResult};
 use serde::{Deserialize, Serialize};
 
 use crate::component::{BoxRun, Context, Output, Receiver};
-use crate::config::{self, types, DecodeError, Value};
 use crate::component::{BuildResult, Factory, Registration};
+use crate::config::{self, types, DecodeError, Value};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::{Telemetry, Throttle};
 use crate::tls::ClientTlsConfig;

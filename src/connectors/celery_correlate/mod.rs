@@ -44,8 +44,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::celery::event::{CeleryEvent, EventKind};
 use crate::component::{BoxRun, Context, Input, Output, Processor};
-use crate::config::{self, types, DecodeError, Value};
 use crate::component::{BuildResult, Factory, Registration};
+use crate::config::{self, types, DecodeError, Value};
 use crate::signal::{Signal, SignalKind};
 use metrics::{Count, TaskMetrics};
 use spans::{End, Outcome};

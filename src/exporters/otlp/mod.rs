@@ -74,9 +74,9 @@ use tonic::metadata::{Ascii, MetadataKey, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::component::{BoxRun, ComponentError, Context, Exporter, Input};
+use crate::component::{BuildResult, Factory, Registration};
 use crate::config::{self, types, DecodeError, Value};
 use crate::exporters::sending_queue::{self, DiskQueue, FileQueue, Storage};
-use crate::component::{BuildResult, Factory, Registration};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::{Counter, Gauge, Throttle};
 use retry::{RetryConfig, Verdict};

@@ -50,12 +50,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::component::{BoxRun, ComponentError, Context, Extension, Host};
+use crate::component::{BuildResult, Factory, Registration};
 use crate::config::{self, types, DecodeError, Section, Value};
 use crate::connectors::celery_correlate::now_secs;
 use crate::connectors::celery_correlate::view::View;
 use crate::receivers::celery_redis::CeleryRedisConfig;
 use crate::receivers::redis_queues::{self, RedisQueuesConfig};
-use crate::component::{BuildResult, Factory, Registration};
 use crate::telemetry::Counter;
 use crate::tls::ClientTlsConfig;
 use api::Inspected;

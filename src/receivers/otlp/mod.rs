@@ -41,8 +41,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::component::{BoxRun, ComponentError, Context, Output, Receiver, SendError};
-use crate::config::{self, types, types::Secret, DecodeError, Value};
 use crate::component::{BuildResult, Factory, Registration};
+use crate::config::{self, types, types::Secret, DecodeError, Value};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::Telemetry;
 use crate::tls::{Acceptor, ServerTlsConfig};
