@@ -205,6 +205,44 @@ pub async fn connect(
     }
 }
 
+/// A queue's `(ready messages, consumers)` from a passive `queue.declare` on `channel` (opened
+/// on `conn` when absent or closed); `Ok(None)` when the queue does not exist. RabbitMQ closes
+/// the channel on a missing queue, so `channel` is reset then.
+pub async fn queue_depth(
+    conn: &Connection,
+    channel: &mut Option<lapin::Channel>,
+    queue: &str,
+) -> Result<Option<(u32, u32)>, lapin::Error> {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    let ch = match channel {
+        Some(c) if c.status().connected() => c,
+        _ => channel.insert(conn.create_channel().await?),
+    };
+    let r = ch
+        .queue_declare(
+            queue,
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await;
+    match r {
+        Ok(q) => Ok(Some((q.message_count(), q.consumer_count()))),
+        Err(e) => match e.kind() {
+            lapin::ErrorKind::ProtocolError(p)
+                if matches!(p.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)) =>
+            {
+                *channel = None;
+                Ok(None)
+            }
+            _ => Err(e),
+        },
+    }
+}
+
 /// A random (version 4) UUID string, for the names of our own queues (`celeryev.<uuid>`).
 pub fn uuid4() -> String {
     use ring::rand::SecureRandom;

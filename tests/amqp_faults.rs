@@ -70,9 +70,17 @@ fn connections_closed_by_the_server_mid_flood_reconnect_and_lose_nothing_after()
     let flood_url = url.clone();
     let flood = std::thread::spawn(move || amqp_tool(&[&flood_url, "flood", "4", "flood.before"]));
     std::thread::sleep(Duration::from_millis(1500));
-    rabbitmqctl(&["close_all_connections", "-p", &vhost.name, "test: server closes"]);
+    rabbitmqctl(&[
+        "close_all_connections",
+        "-p",
+        &vhost.name,
+        "test: server closes",
+    ]);
     let flooded = flood.join().expect("flood thread");
-    assert!(flooded["published"].as_u64().unwrap_or(0) > 1000, "{flooded}");
+    assert!(
+        flooded["published"].as_u64().unwrap_or(0) > 1000,
+        "{flooded}"
+    );
 
     assert!(
         wait_until(Duration::from_secs(15), || {
@@ -82,7 +90,12 @@ fn connections_closed_by_the_server_mid_flood_reconnect_and_lose_nothing_after()
         "reconnected\n{}",
         agent.output()
     );
-    let gap = value(&tel_addr, "celeriac_celery_amqp_gap_milliseconds_total", &[]).unwrap();
+    let gap = value(
+        &tel_addr,
+        "celeriac_celery_amqp_gap_milliseconds_total",
+        &[],
+    )
+    .unwrap();
     assert!(gap > 0.0, "gap counted");
     assert!(
         value(
@@ -105,7 +118,11 @@ fn connections_closed_by_the_server_mid_flood_reconnect_and_lose_nothing_after()
             &[("name", "flood.after")]
         ) == Some(3000.0)),
         "after the reconnect: {:?}\n{}",
-        value(&prom_addr, "celery_task_sent_total", &[("name", "flood.after")]),
+        value(
+            &prom_addr,
+            "celery_task_sent_total",
+            &[("name", "flood.after")]
+        ),
         agent.output()
     );
     // The queue poller reconnected too.

@@ -35,8 +35,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
     metric, number_data_point, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
@@ -132,7 +130,7 @@ pub struct AmqpQueues {
     cfg: AmqpQueuesConfig,
 }
 
-/// One queue's depth; `None` counts when the queue does not exist.
+/// One queue's depth.
 struct Depth {
     messages: u32,
     consumers: u32,
@@ -143,18 +141,8 @@ struct Depth {
 #[error("{0}")]
 struct PollError(lapin::Error);
 
-fn is_not_found(e: &lapin::Error) -> bool {
-    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
-    match e.kind() {
-        lapin::ErrorKind::ProtocolError(err) => {
-            matches!(err.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
-        }
-        _ => false,
-    }
-}
-
 impl AmqpQueues {
-    /// One passive declare per queue; `Ok(None)` for a missing queue.
+    /// One passive declare per queue; `None` for a missing queue.
     async fn poll(
         &self,
         conn: &lapin::Connection,
@@ -162,31 +150,13 @@ impl AmqpQueues {
     ) -> Result<Vec<Option<Depth>>, PollError> {
         let mut out = Vec::with_capacity(self.cfg.queues.len());
         for q in &self.cfg.queues {
-            let ch = match channel {
-                Some(c) if c.status().connected() => c,
-                _ => channel.insert(conn.create_channel().await.map_err(PollError)?),
-            };
-            let r = ch
-                .queue_declare(
-                    q,
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await;
-            match r {
-                Ok(d) => out.push(Some(Depth {
-                    messages: d.message_count(),
-                    consumers: d.consumer_count(),
-                })),
-                Err(e) if is_not_found(&e) => {
-                    *channel = None; // RabbitMQ closed it
-                    out.push(None);
-                }
-                Err(e) => return Err(PollError(e)),
-            }
+            let d = amqp::queue_depth(conn, channel, q)
+                .await
+                .map_err(PollError)?;
+            out.push(d.map(|(messages, consumers)| Depth {
+                messages,
+                consumers,
+            }));
         }
         Ok(out)
     }

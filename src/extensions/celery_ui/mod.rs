@@ -15,16 +15,18 @@
 //!     correlator: celery_correlate   # optional when there is one celery_correlate connector
 //!     auth: { username: admin, password: ${env:UI_PASSWORD} }   # and/or bearer_token: ...
 //!     redact: { args: false, kwargs: false, keys: [password, token, secret] }
-//!     inspect: { enabled: true, interval: 10s, timeout: 1s }    # broker: redis://... (default: the celery_redis receiver's)
+//!     inspect: { enabled: true, interval: 10s, timeout: 1s }    # broker: redis://... or amqp://... (default: the celery_redis or celery_amqp receiver's)
 //!     trace_url: "https://grafana.example/explore?traceId={trace_id}"
 //!     stream_interval: 500ms
 //! service:
 //!   extensions: [celery_ui]
 //! ```
 
+pub mod amqp_pidbox;
 pub mod api;
 pub mod inspect;
 pub mod page;
+pub mod remote;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -54,6 +56,7 @@ use crate::component::{BuildResult, Factory, Registration};
 use crate::config::{self, types, DecodeError, Section, Value};
 use crate::connectors::celery_correlate::now_secs;
 use crate::connectors::celery_correlate::view::View;
+use crate::receivers::celery_amqp::CeleryAmqpConfig;
 use crate::receivers::celery_redis::CeleryRedisConfig;
 use crate::receivers::redis_queues::{self, RedisQueuesConfig};
 use crate::telemetry::Counter;
@@ -61,6 +64,7 @@ use crate::tls::ClientTlsConfig;
 use api::Inspected;
 use inspect::Inspector;
 use page::RedactConfig;
+use remote::Remote;
 
 pub const REGISTRATION: Registration = Registration {
     type_name: "celery_ui",
@@ -184,7 +188,14 @@ fn build(v: &Value) -> BuildResult<dyn Extension> {
     if cfg.stream_interval < Duration::from_millis(50) {
         return Err(DecodeError::new("stream_interval", "must be at least 50ms"));
     }
-    if let Some(b) = &cfg.inspect.broker {
+    if let Some(b) = cfg.inspect.broker.as_ref().filter(|b| remote::is_amqp(b)) {
+        remote::amqp_config(b, &cfg.inspect.tls.clone().unwrap_or_default()).map_err(|e| {
+            DecodeError::new(
+                format!("inspect.{}", e.path.replacen("endpoint", "broker", 1)),
+                e.message,
+            )
+        })?;
+    } else if let Some(b) = &cfg.inspect.broker {
         broker_clients(b, cfg.inspect.tls.clone().unwrap_or_default()).map_err(|e| {
             DecodeError::new(
                 format!("inspect.{}", e.path.replacen("endpoint", "broker", 1)),
@@ -251,20 +262,25 @@ impl CeleryUi {
             return Ok((view, None));
         }
         let receivers = host.declared(Section::Receivers, "celery_redis");
-        if receivers.len() > 1 && self.cfg.inspect.broker.is_none() {
+        let amqp_receivers = host.declared(Section::Receivers, "celery_amqp");
+        if receivers.len() + amqp_receivers.len() > 1 && self.cfg.inspect.broker.is_none() {
             return Err(
-                "there are several celery_redis receivers: name the broker to inspect with `inspect.broker`"
+                "there are several celery_redis/celery_amqp receivers: name the broker to inspect with `inspect.broker`"
                     .into(),
             );
         }
         let from_receiver = receivers
             .first()
             .and_then(|d| config::decode::<CeleryRedisConfig>(&d.settings).ok());
-        let (urls, tls) = match (&self.cfg.inspect.broker, &from_receiver) {
-            (Some(b), _) => (b.clone(), self.cfg.inspect.tls.clone().unwrap_or_default()),
-            (None, Some(r)) => (r.endpoint.clone(), r.tls.clone()),
-            (None, None) => {
-                return Err("inspect needs a broker: set `inspect.broker`, declare a celery_redis receiver, or set `inspect.enabled: false`".into())
+        let from_amqp = amqp_receivers
+            .first()
+            .and_then(|d| config::decode::<CeleryAmqpConfig>(&d.settings).ok());
+        let (urls, tls) = match (&self.cfg.inspect.broker, &from_receiver, from_amqp) {
+            (Some(b), _, _) => (b.clone(), self.cfg.inspect.tls.clone().unwrap_or_default()),
+            (None, Some(r), _) => (r.endpoint.clone(), r.tls.clone()),
+            (None, None, Some(a)) => (a.endpoint, a.tls),
+            (None, None, None) => {
+                return Err("inspect needs a broker: set `inspect.broker`, declare a celery_redis or celery_amqp receiver, or set `inspect.enabled: false`".into())
             }
         };
         let prefix = self
@@ -291,13 +307,17 @@ impl Extension for CeleryUi {
                 .await
                 .map_err(|source| ComponentError::Bind { addr, source })?;
             let inspector = match broker {
+                Some((urls, tls, _)) if remote::is_amqp(&urls) => Some(
+                    Remote::amqp(&urls, &tls, self.cfg.inspect.timeout)
+                        .map_err(|e| ComponentError::Other(format!("inspect broker: {e}")))?,
+                ),
                 Some((urls, tls, prefix)) => {
                     let clients = broker_clients(&urls, tls)
                         .map_err(|e| ComponentError::Other(format!("inspect broker: {e}")))?;
-                    Some(
+                    Some(Remote::Redis(
                         Inspector::new(clients, &prefix, self.cfg.inspect.timeout)
                             .map_err(|e| ComponentError::Other(e.to_string()))?,
-                    )
+                    ))
                 }
                 None => None,
             };
@@ -379,7 +399,7 @@ type Body = BoxBody<Bytes, Infallible>;
 struct Ui {
     cfg: UiConfig,
     view: Arc<View>,
-    inspector: Option<Inspector>,
+    inspector: Option<Remote>,
     inspected: RwLock<Inspected>,
     queues: RwLock<Vec<(String, u64)>>,
     /// One remote-control round at a time.
