@@ -25,7 +25,7 @@ pub enum RemoteError {
 
 pub enum Remote {
     Redis(Inspector),
-    Amqp(AmqpInspector),
+    Amqp(Box<AmqpInspector>),
 }
 
 /// `true` when `urls` name an AMQP broker (every URL of a failover list must agree).
@@ -66,7 +66,9 @@ impl Remote {
         timeout: Duration,
     ) -> Result<Remote, DecodeError> {
         let (eps, tls) = amqp_config(urls, tls)?;
-        Ok(Remote::Amqp(AmqpInspector::new(eps, tls, timeout)))
+        Ok(Remote::Amqp(Box::new(AmqpInspector::new(
+            eps, tls, timeout,
+        ))))
     }
 
     pub fn endpoint(&self) -> String {
@@ -106,10 +108,11 @@ impl Remote {
     }
 
     pub async fn wakeup(&self) -> Result<(), RemoteError> {
-        Ok(match self {
+        match self {
             Remote::Redis(i) => i.wakeup().await?,
             Remote::Amqp(i) => i.wakeup().await?,
-        })
+        }
+        Ok(())
     }
 
     pub async fn queue_lengths(&self, names: &[String]) -> Result<Vec<(String, u64)>, RemoteError> {
