@@ -322,7 +322,7 @@ fn bad_amqp_messages_are_counted_and_nothing_else_is_lost() {
     let sent = amqp_tool(&[&url, "publish", &path.display().to_string()]);
     assert_eq!(sent["published"].as_u64(), Some(bad.len() as u64));
     // Then the real capture from a RabbitMQ worker: counted exactly as if nothing bad came first.
-    let fixture = repo_root().join("../shared/fixtures/celery-events-amqp.jsonl");
+    let fixture = repo_root().join("tests/fixtures/celery-events-amqp.jsonl");
     let sent = amqp_tool(&[&url, "publish", &fixture.display().to_string()]);
     // 114 event messages; the 5 pidbox ones are left out (their exchange is not ours).
     assert_eq!(sent["published"].as_u64(), Some(114));

@@ -571,7 +571,7 @@ mod tests {
     fn captured_amqp_traffic_decodes_completely() {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../shared/fixtures/celery-events-amqp.jsonl"
+            "/tests/fixtures/celery-events-amqp.jsonl"
         );
         let text = std::fs::read_to_string(path).expect("fixture celery-events-amqp.jsonl");
         let mut out = Vec::new();
