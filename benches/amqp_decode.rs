@@ -28,9 +28,14 @@ fn message(key: &str) -> (Vec<u8>, String) {
             continue;
         }
         let body = v["body"].as_str().unwrap_or_default().as_bytes().to_vec();
-        let host = v["headers"]["hostname"].as_str().unwrap_or_default().to_string();
+        let host = v["headers"]["hostname"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let mut out = Vec::new();
-        let n = decode_bare(&body, &meta(&host), &mut out).expect("decodes").appended;
+        let n = decode_bare(&body, &meta(&host), &mut out)
+            .expect("decodes")
+            .appended;
         if key != "task.multi" || n >= 2 {
             return (body, host);
         }
