@@ -264,10 +264,14 @@ impl CeleryUi {
         let receivers = host.declared(Section::Receivers, "celery_redis");
         let amqp_receivers = host.declared(Section::Receivers, "celery_amqp");
         if receivers.len() + amqp_receivers.len() > 1 && self.cfg.inspect.broker.is_none() {
-            return Err(
-                "there are several celery_redis/celery_amqp receivers: name the broker to inspect with `inspect.broker`"
-                    .into(),
-            );
+            let which = match (receivers.len(), amqp_receivers.len()) {
+                (_, 0) => "celery_redis receivers",
+                (0, _) => "celery_amqp receivers",
+                _ => "broker receivers (celery_redis, celery_amqp)",
+            };
+            return Err(format!(
+                "there are several {which}: name the broker to inspect with `inspect.broker`"
+            ));
         }
         let from_receiver = receivers
             .first()
