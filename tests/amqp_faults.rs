@@ -215,3 +215,53 @@ fn deleted_vhost_is_a_clear_error_retried_without_a_crash() {
         .wait_exit(Duration::from_secs(10))
         .is_some_and(|s| s.success()));
 }
+
+#[test]
+fn a_failover_list_moves_to_the_broker_that_answers() {
+    let vhost = Vhost::create("failover");
+    let url = vhost.url();
+    let dead = format!(
+        "amqp://guest:guest@127.0.0.1:{}/{}",
+        free_port(),
+        vhost.name
+    );
+    let (prom, tel) = (free_port(), free_port());
+    let (prom_addr, tel_addr) = (format!("127.0.0.1:{prom}"), format!("127.0.0.1:{tel}"));
+    let cfg = config(&format!("[{dead}, {url}]"), prom, tel);
+    let mut agent = Agent::start(bin(), &cfg);
+    assert!(
+        wait_until(Duration::from_secs(15), || value(
+            &tel_addr,
+            "celeriac_celery_amqp_connected",
+            &[]
+        ) == Some(1.0)),
+        "{}",
+        agent.output()
+    );
+    let sent = amqp_tool(&[&url, "sent", "20", "via.failover"]);
+    assert_eq!(sent["published"].as_u64(), Some(20));
+    assert!(
+        wait_until(Duration::from_secs(10), || value(
+            &prom_addr,
+            "celery_task_sent_total",
+            &[("name", "via.failover")]
+        ) == Some(20.0)),
+        "{}",
+        agent.output()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || value(
+            &prom_addr,
+            "celery_queue_length",
+            &[("queue_name", "celery")]
+        )
+        .is_some()),
+        "{}",
+        agent.output()
+    );
+    assert!(!agent.stderr().contains("guest:guest"));
+    agent.terminate();
+    assert!(agent
+        .wait_exit(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+}
