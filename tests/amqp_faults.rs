@@ -97,6 +97,11 @@ fn connections_closed_by_the_server_mid_flood_reconnect_and_lose_nothing_after()
     )
     .unwrap();
     assert!(gap > 0.0, "gap counted");
+    let read = value(&tel_addr, "celeriac_celery_events_received_total", &[]).unwrap_or(0.0);
+    eprintln!(
+        "flood: {} published ({} publisher reconnects), {read} events read, gap {gap} ms",
+        flooded["published"], flooded["reconnects"]
+    );
     assert!(
         value(
             &tel_addr,
