@@ -202,7 +202,7 @@ service:
         self.cfg = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
         self.cfg.write(cfg)
         self.cfg.close()
-        return [self.a.celeriac, "--config", self.cfg.name]
+        return [self.a.celeriac, "run", "-c", self.cfg.name]
 
     def ready(self):
         return prom_sum("http://127.0.0.1:%d/metrics" % self.tel,
