@@ -17,8 +17,10 @@
 //! * [`reload`]: re-reading the config on SIGHUP or `POST /-/reload`, and `celeriac reload`;
 //! * [`redis_broker`]: reaching a Redis broker (wire format, addresses, Sentinel), shared by
 //!   the Redis receivers and `celery_ui`;
+//! * [`amqp`]: AMQP (RabbitMQ) broker URLs and connections, shared by the AMQP components;
 //! * [`tls`]: TLS settings and rustls configurations shared by servers and clients.
 
+pub mod amqp;
 pub mod celery;
 pub mod component;
 pub mod config;

@@ -19,6 +19,8 @@ pub static COMPONENTS: &[Registration] = &[
     crate::exporters::prometheus_remote_write::REGISTRATION,
     crate::processors::batch::REGISTRATION,
     crate::processors::memory_limiter::REGISTRATION,
+    crate::receivers::amqp_queues::REGISTRATION,
+    crate::receivers::celery_amqp::REGISTRATION,
     crate::receivers::celery_redis::REGISTRATION,
     crate::receivers::filelog::REGISTRATION,
     crate::receivers::otlp::REGISTRATION,

@@ -174,10 +174,6 @@ impl Decoded {
 ///
 /// Returns how many were appended plus the list elements that were skipped (see the module
 /// docs, "Partially bad lists"). On `Err` nothing is appended. Never panics.
-/// Decode one pub/sub payload (a kombu envelope) into events appended to `out`.
-///
-/// Returns how many were appended plus the list elements that were skipped (see the module
-/// docs, "Partially bad lists"). On `Err` nothing is appended. Never panics.
 pub fn decode_envelope(data: &[u8], out: &mut Vec<CeleryEvent>) -> Result<Decoded, DecodeError> {
     let env = Envelope::parse(data).map_err(DecodeError::MalformedEnvelope)?;
     let missing = |what| {
@@ -236,6 +232,48 @@ pub fn decode_envelope(data: &[u8], out: &mut Vec<CeleryEvent>) -> Result<Decode
     } else {
         decode_body(&body, header_host, out)
     };
+    if result.is_err() {
+        out.truncate(start);
+    }
+    result
+}
+
+/// What a transport without kombu's envelope (AMQP) carries beside the body: the message
+/// properties and application headers the decoder reads.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BareMeta<'a> {
+    /// The `content_type` property.
+    pub content_type: Option<&'a [u8]>,
+    /// The `content_encoding` property (`utf-8` for JSON).
+    pub content_encoding: Option<&'a [u8]>,
+    /// The `compression` application header, when present.
+    pub compression: Option<&'a str>,
+    /// The `hostname` application header (the sender), used when an event lacks `hostname`.
+    pub hostname: Option<&'a str>,
+}
+
+/// Decode one message body that is the event JSON itself (AMQP: no kombu envelope, no base64;
+/// `task.multi` is a JSON list), with its properties in `meta`. Same steps, errors and
+/// partial-list rule as [`decode_envelope`] from step 3 on; the caller has already checked the
+/// exchange. On `Err` nothing is appended. Never panics.
+pub fn decode_bare(
+    body: &[u8],
+    meta: &BareMeta<'_>,
+    out: &mut Vec<CeleryEvent>,
+) -> Result<Decoded, DecodeError> {
+    if let Some(c) = meta.compression {
+        return Err(DecodeError::Compressed {
+            compression: c.to_owned(),
+        });
+    }
+    check_content_type(meta.content_type)?;
+    match meta.content_encoding {
+        None => {}
+        Some(e) if e.eq_ignore_ascii_case(b"utf-8") || e.eq_ignore_ascii_case(b"utf8") => {}
+        Some(e) => return Err(DecodeError::UnsupportedBodyEncoding(lossy(e))),
+    }
+    let start = out.len();
+    let result = decode_body(body, meta.hostname, out);
     if result.is_err() {
         out.truncate(start);
     }

@@ -43,14 +43,14 @@
 //!   sentinel_tls: { ca_file: … }         # TLS to the sentinels
 //! ```
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use super::pubsub::{PubSubError, Subscriber};
-use crate::celery::envelope::{decode_envelope, DecodeError};
+use crate::celery::drops::Drops;
+use crate::celery::envelope::decode_envelope;
 use crate::celery::event::CeleryEvent;
 use crate::component::{BoxRun, Context, Output, Receiver};
 use crate::component::{BuildResult, Factory, Registration};
@@ -58,7 +58,7 @@ use crate::config::{self, types, DecodeError as ConfigError, Value};
 use crate::exporters::backoff::Reconnect;
 use crate::redis_broker::{Broker, BrokerError, Endpoint, Settings, Switch};
 use crate::signal::{Signal, SignalKind};
-use crate::telemetry::{Counter, Throttle};
+use crate::telemetry::Throttle;
 use crate::tls::ClientTlsConfig;
 
 pub const REGISTRATION: Registration = Registration {
@@ -165,35 +165,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const HEALTHY_SESSION: Duration = Duration::from_secs(10);
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// Drop accounting for undecodable input, with one warning per reason per [`WARN_EVERY`].
-struct Drops {
-    ctx: Context,
-    counters: HashMap<&'static str, Counter>,
-    warn: HashMap<&'static str, Throttle>,
-}
-
-impl Drops {
-    fn record(&mut self, e: &DecodeError, n: u64) {
-        let reason = e.reason();
-        // Pidbox and other exchanges on the same patterns are not errors, just not ours.
-        let counter = self.counters.entry(reason).or_insert_with(|| {
-            self.ctx.telemetry.counter(
-                "celeriac_celery_events_dropped_total",
-                "Celery messages or events dropped before correlation, by reason.",
-                &[("component", &self.ctx.id), ("reason", reason)],
-            )
-        });
-        counter.add(n);
-        let warn = self
-            .warn
-            .entry(reason)
-            .or_insert_with(|| Throttle::new(WARN_EVERY));
-        if let Some(held) = warn.ready_for(n) {
-            tracing::warn!(component = %self.ctx.id, reason, dropped = held + n, error = %e, "Dropping undecodable Celery input.");
-        }
-    }
-}
-
 /// Why a subscription could not be made.
 #[derive(Debug, thiserror::Error)]
 enum ConnectError {
@@ -268,11 +239,7 @@ impl Receiver for CeleryRedis {
                 "Celery messages or events dropped before correlation, by reason.",
                 &[("component", &*ctx.id), ("reason", "memory_limit")],
             );
-            let mut drops = Drops {
-                ctx: ctx.clone(),
-                counters: HashMap::new(),
-                warn: HashMap::new(),
-            };
+            let mut drops = Drops::new(ctx.clone());
 
             let mut reconnect = Reconnect::new(BACKOFF_MIN, BACKOFF_MAX, HEALTHY_SESSION);
             let mut lost_at: Option<Instant> = None;

@@ -1,5 +1,7 @@
 //! Receivers: where data enters the agent. One file per component.
 
+pub mod amqp_queues;
+pub mod celery_amqp;
 pub mod celery_redis;
 pub mod filelog;
 pub mod internal_metrics;

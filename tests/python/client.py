@@ -124,9 +124,10 @@ class Watcher:
             with app.connection_for_read() as conn:
                 recv = app.events.Receiver(conn, handlers={'*': self._on})
                 it = recv.itercapture(limit=None, timeout=None, wakeup=False)
-                next(it)
+                next(it)  # yields once the first event was consumed: the queue is live
                 self._ready.set()
-                next(it)
+                for _ in it:  # every further event (each next() drains one)
+                    pass
         except Exception as exc:  # pragma: no cover
             self.error = exc
             with self.cond:
@@ -257,8 +258,12 @@ def single(action, args):
 
 
 def fill_queue(args):
-    import redis
     q, n = args.queue, args.n
+    if not is_redis(broker_url()):
+        # AMQP: one queue whatever the priority; RabbitMQ counts the messages itself.
+        ids = [shopapp.charge_card.apply_async((i, 1.0), queue=q).id for i in range(n)]
+        return {'action': 'fill_queue', 'queue': q, 'total': n, 'ids': ids}
+    import redis
     m = n // 2
     sent = {'plain': n, 'priority_5': (m + 1) // 2, 'priority_9': m // 2}
     ids = [shopapp.charge_card.apply_async((i, 1.0), queue=q).id for i in range(n)]

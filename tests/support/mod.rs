@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 pub mod pki;
+pub mod rabbitmq;
 pub mod spans;
 
 // ---------------------------------------------------------------------------------------------

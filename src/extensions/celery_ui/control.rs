@@ -5,7 +5,8 @@
 //! remote-control commands (what `celery control` / `app.control` sends) and onto task messages
 //! (kombu protocol 2, what `app.send_task` publishes). It knows nothing of the broker: commands
 //! go through the [`Pidbox`] seam (one `broadcast` and one `publish_task`), implemented by each
-//! broker transport (Redis: [`super::inspect::Inspector`]). Results and aborts go through the
+//! broker transport (Redis: [`super::inspect::Inspector`]; either broker: [`super::remote::Remote`],
+//! which forwards to the Redis or the AMQP pidbox). Results and aborts go through the
 //! result backend ([`super::results`]).
 
 use std::collections::BTreeSet;
@@ -17,7 +18,8 @@ use base64::Engine;
 use hyper::StatusCode;
 use serde_json::{json, Map, Value as Json};
 
-use super::inspect::{uuid4, InspectError, Inspector, ReplyWait};
+use super::inspect::{uuid4, Inspector, ReplyWait};
+use super::remote::RemoteError;
 use crate::connectors::celery_correlate::now_secs;
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -33,7 +35,7 @@ pub trait Pidbox: Send + Sync {
         arguments: Json,
         destination: Option<&'a [String]>,
         reply: Option<ReplyWait>,
-    ) -> BoxFut<'a, Result<Vec<Json>, InspectError>>;
+    ) -> BoxFut<'a, Result<Vec<Json>, RemoteError>>;
 
     /// Publish a task message (a kombu envelope from [`task_message`]) to `queue`.
     fn publish_task<'a>(
@@ -41,7 +43,7 @@ pub trait Pidbox: Send + Sync {
         queue: &'a str,
         priority: u8,
         message: &'a Json,
-    ) -> BoxFut<'a, Result<(), InspectError>>;
+    ) -> BoxFut<'a, Result<(), RemoteError>>;
 }
 
 impl Pidbox for Inspector {
@@ -51,14 +53,10 @@ impl Pidbox for Inspector {
         arguments: Json,
         destination: Option<&'a [String]>,
         reply: Option<ReplyWait>,
-    ) -> BoxFut<'a, Result<Vec<Json>, InspectError>> {
-        Box::pin(Inspector::broadcast(
-            self,
-            command,
-            arguments,
-            destination,
-            reply,
-        ))
+    ) -> BoxFut<'a, Result<Vec<Json>, RemoteError>> {
+        Box::pin(async move {
+            Ok(Inspector::broadcast(self, command, arguments, destination, reply).await?)
+        })
     }
 
     fn publish_task<'a>(
@@ -66,8 +64,8 @@ impl Pidbox for Inspector {
         queue: &'a str,
         priority: u8,
         message: &'a Json,
-    ) -> BoxFut<'a, Result<(), InspectError>> {
-        Box::pin(Inspector::publish_task(self, queue, priority, message))
+    ) -> BoxFut<'a, Result<(), RemoteError>> {
+        Box::pin(async move { Ok(Inspector::publish_task(self, queue, priority, message).await?) })
     }
 }
 
@@ -240,7 +238,7 @@ pub async fn run(
         }
     };
     let broker_failed =
-        |e: InspectError| Answer::text(StatusCode::SERVICE_UNAVAILABLE, format!("Broker: {e}"));
+        |e: RemoteError| Answer::text(StatusCode::SERVICE_UNAVAILABLE, format!("Broker: {e}"));
     let t = r.target.as_str();
     match r.action {
         "task.revoke" => {
@@ -611,7 +609,7 @@ mod tests {
             arguments: Json,
             destination: Option<&'a [String]>,
             reply: Option<ReplyWait>,
-        ) -> BoxFut<'a, Result<Vec<Json>, InspectError>> {
+        ) -> BoxFut<'a, Result<Vec<Json>, RemoteError>> {
             self.sent.lock().unwrap().push((
                 command.into(),
                 arguments,
@@ -626,7 +624,7 @@ mod tests {
             queue: &'a str,
             _priority: u8,
             message: &'a Json,
-        ) -> BoxFut<'a, Result<(), InspectError>> {
+        ) -> BoxFut<'a, Result<(), RemoteError>> {
             self.sent.lock().unwrap().push((
                 "publish".into(),
                 message.clone(),

@@ -102,10 +102,7 @@ impl Inspector {
 
     /// The node in use, for logs.
     pub fn endpoint(&self) -> String {
-        self.endpoint
-            .lock()
-            .map(|e| e.clone())
-            .unwrap_or_default()
+        self.endpoint.lock().map(|e| e.clone()).unwrap_or_default()
     }
 
     fn err(&self, source: redis::RedisError) -> InspectError {

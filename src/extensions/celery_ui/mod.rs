@@ -20,7 +20,7 @@
 //!     correlator: celery_correlate   # optional when there is one celery_correlate connector
 //!     auth: { username: admin, password: ${env:UI_PASSWORD} }   # and/or bearer_token: ...
 //!     redact: { args: false, kwargs: false, keys: [password, token, secret] }
-//!     inspect: { enabled: true, interval: 10s, timeout: 1s }    # broker: redis://... (default: the celery_redis receiver's)
+//!     inspect: { enabled: true, interval: 10s, timeout: 1s }    # broker: redis://... or amqp://... (default: the celery_redis or celery_amqp receiver's)
 //!     trace_url: "https://grafana.example/explore?traceId={trace_id}"
 //!     stream_interval: 500ms
 //!     read_only: true                # Flower's option; false (needs auth) enables the write API
@@ -31,11 +31,13 @@
 //!   extensions: [celery_ui]
 //! ```
 
+pub mod amqp_pidbox;
 pub mod api;
 pub mod control;
 pub mod inspect;
 pub mod metrics;
 pub mod page;
+pub mod remote;
 pub mod results;
 pub mod search;
 
@@ -67,15 +69,17 @@ use crate::config::{self, types, DecodeError, Section, Value};
 use crate::connectors::celery_correlate::flower_metrics::DEFAULT_BUCKETS;
 use crate::connectors::celery_correlate::now_secs;
 use crate::connectors::celery_correlate::view::View;
+use crate::receivers::celery_amqp::CeleryAmqpConfig;
 use crate::receivers::celery_redis::CeleryRedisConfig;
-use crate::serve::{Protocol, ServerSettings};
 use crate::redis_broker::OwnedSettings;
+use crate::serve::{Protocol, ServerSettings};
 use crate::telemetry::Counter;
 use crate::tls::ClientTlsConfig;
 use api::Inspected;
 use control::{Answer, Pidbox};
 use inspect::Inspector;
 use page::RedactConfig;
+use remote::Remote;
 use results::ResultBackend;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -252,7 +256,14 @@ fn build(v: &Value) -> BuildResult<dyn Extension> {
     if let Err((key, msg)) = cfg.server.check() {
         return Err(DecodeError::new(key, msg));
     }
-    if let Some(b) = &cfg.inspect.broker {
+    if let Some(b) = cfg.inspect.broker.as_ref().filter(|b| remote::is_amqp(b)) {
+        remote::amqp_config(b, &cfg.inspect.tls.clone().unwrap_or_default()).map_err(|e| {
+            DecodeError::new(
+                format!("inspect.{}", e.path.replacen("endpoint", "broker", 1)),
+                e.message,
+            )
+        })?;
+    } else if let Some(b) = &cfg.inspect.broker {
         inspect_settings(&cfg.inspect, b).broker().map_err(|e| {
             DecodeError::new(
                 format!("inspect.{}", e.path.replacen("endpoint", "broker", 1)),
@@ -335,18 +346,26 @@ impl CeleryUi {
             return Ok((view, None));
         }
         let receivers = host.declared(Section::Receivers, "celery_redis");
-        if receivers.len() > 1 && self.cfg.inspect.broker.is_none() {
-            return Err(
-                "there are several celery_redis receivers: name the broker to inspect with `inspect.broker`"
-                    .into(),
-            );
+        let amqp_receivers = host.declared(Section::Receivers, "celery_amqp");
+        if receivers.len() + amqp_receivers.len() > 1 && self.cfg.inspect.broker.is_none() {
+            let which = match (receivers.len(), amqp_receivers.len()) {
+                (_, 0) => "celery_redis receivers",
+                (0, _) => "celery_amqp receivers",
+                _ => "broker receivers (celery_redis, celery_amqp)",
+            };
+            return Err(format!(
+                "there are several {which}: name the broker to inspect with `inspect.broker`"
+            ));
         }
         let from_receiver = receivers
             .first()
             .and_then(|d| config::decode::<CeleryRedisConfig>(&d.settings).ok());
-        let settings = match (&self.cfg.inspect.broker, &from_receiver) {
-            (Some(b), _) => inspect_settings(&self.cfg.inspect, b),
-            (None, Some(r)) => OwnedSettings {
+        let from_amqp = amqp_receivers
+            .first()
+            .and_then(|d| config::decode::<CeleryAmqpConfig>(&d.settings).ok());
+        let settings = match (&self.cfg.inspect.broker, &from_receiver, from_amqp) {
+            (Some(b), _, _) => inspect_settings(&self.cfg.inspect, b),
+            (None, Some(r), _) => OwnedSettings {
                 endpoint: r.endpoint.clone(),
                 tls: r.tls.clone(),
                 master_name: self.cfg.inspect.master_name.clone().or(r.master_name.clone()),
@@ -363,8 +382,14 @@ impl CeleryUi {
                     .clone()
                     .unwrap_or(r.sentinel_tls.clone()),
             },
-            (None, None) => {
-                return Err("inspect needs a broker: set `inspect.broker`, declare a celery_redis receiver, or set `inspect.enabled: false`".into())
+            // An AMQP broker: only its addresses and TLS settings are used.
+            (None, None, Some(a)) => OwnedSettings {
+                endpoint: a.endpoint,
+                tls: a.tls,
+                ..OwnedSettings::default()
+            },
+            (None, None, None) => {
+                return Err("inspect needs a broker: set `inspect.broker`, declare a celery_redis or celery_amqp receiver, or set `inspect.enabled: false`".into())
             }
         };
         let prefix = self
@@ -391,11 +416,19 @@ impl Extension for CeleryUi {
                 .await
                 .map_err(|source| ComponentError::Bind { addr, source })?;
             let inspector = match broker {
+                Some((settings, _)) if remote::is_amqp(&settings.endpoint) => Some(
+                    Remote::amqp(&settings.endpoint, &settings.tls, self.cfg.inspect.timeout)
+                        .map_err(|e| ComponentError::Other(format!("inspect broker: {e}")))?,
+                ),
                 Some((settings, prefix)) => {
                     let broker = settings
                         .broker()
                         .map_err(|e| ComponentError::Other(format!("inspect broker: {e}")))?;
-                    Some(Inspector::new(broker, &prefix, self.cfg.inspect.timeout))
+                    Some(Remote::Redis(Box::new(Inspector::new(
+                        broker,
+                        &prefix,
+                        self.cfg.inspect.timeout,
+                    ))))
                 }
                 None => None,
             };
@@ -496,7 +529,7 @@ type Body = BoxBody<Bytes, Infallible>;
 struct Ui {
     cfg: UiConfig,
     view: Arc<View>,
-    inspector: Option<Inspector>,
+    inspector: Option<Remote>,
     backend: Option<ResultBackend>,
     control_total: BTreeMap<(&'static str, &'static str), Counter>,
     inspected: RwLock<Inspected>,

@@ -1,0 +1,376 @@
+//! End to end on RabbitMQ with a real Celery 5 worker (events on, sent events on), each test in a
+//! vhost of its own: the same task counts and log lines as the Redis test (tests/celery_e2e.rs),
+//! queue depth of a queue nobody consumes, the consumer count, a missing queue read as 0, the
+//! worker up then down after SIGKILL (Celery's heartbeat rule); bad messages (malformed bodies,
+//! wrong content types, pickle, oversized) are counted drops and nothing else is lost.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::rabbitmq::{amqp_tool, Vhost};
+use support::*;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_celeriac"))
+}
+
+fn config(url: &str, prom: u16, telemetry: u16, log_path: &str) -> String {
+    format!(
+        r#"
+receivers:
+  celery_amqp:
+    endpoint: {url}
+    max_message_size: 65536
+  amqp_queues:
+    endpoint: {url}
+    queues: [celery, backlog, nosuch]
+    interval: 300ms
+connectors:
+  celery_correlate:
+    metrics_interval: 200ms
+exporters:
+  prometheus:
+    endpoint: 127.0.0.1:{prom}
+  logs:
+    path: {log_path}
+service:
+  telemetry:
+    endpoint: 127.0.0.1:{telemetry}
+  pipelines:
+    celery:
+      receivers: [celery_amqp]
+      exporters: [celery_correlate]
+    metrics:
+      receivers: [celery_correlate, amqp_queues]
+      exporters: [prometheus]
+    logs:
+      receivers: [celery_correlate]
+      exporters: [logs]
+"#
+    )
+}
+
+const EVENTS: [&str; 7] = [
+    "sent",
+    "received",
+    "started",
+    "succeeded",
+    "failed",
+    "retried",
+    "revoked",
+];
+
+fn scraped_counts(samples: &[Sample]) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for ev in EVENTS {
+        let name = format!("celery_task_{ev}_total");
+        for (n, labels, v) in samples {
+            if *n == name && *v > 0.0 {
+                *out.entry(ev.to_string())
+                    .or_default()
+                    .entry(labels["name"].clone())
+                    .or_default() += *v as u64;
+            }
+        }
+    }
+    out
+}
+
+fn expected_counts(v: &Value) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for (ev, per) in v["expected"].as_object().expect("expected") {
+        for (name, n) in per.as_object().expect("per name") {
+            let n = n.as_u64().expect("count");
+            if n > 0 {
+                out.entry(ev.clone()).or_default().insert(name.clone(), n);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn real_worker_on_rabbitmq_counts_queues_and_workers() {
+    let vhost = Vhost::create("e2e");
+    let url = vhost.url();
+    let (prom, tel) = (free_port(), free_port());
+    let prom_addr = format!("127.0.0.1:{prom}");
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("tasks.jsonl");
+    let mut agent = Agent::start(
+        bin(),
+        &config(&url, prom, tel, &log_path.display().to_string()),
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            scrape(&format!("127.0.0.1:{tel}"))
+                .and_then(|s| metric_value(&s, "celeriac_celery_amqp_connected", &[]))
+                == Some(1.0)
+        }),
+        "agent consuming\n{}",
+        agent.output()
+    );
+    // Celery's own queue declaration, as its receiver makes it.
+    let ours: Vec<_> = vhost
+        .queues()
+        .into_iter()
+        .filter(|q| q.0.starts_with("celeryev."))
+        .collect();
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    assert_eq!(ours[0].2, 1, "one consumer on {ours:?}");
+
+    let mut worker = CeleryWorker::start(&url, WorkerOpts::default().heartbeat(1));
+    worker.assert_ready(Duration::from_secs(60));
+    let worker_up = |want: f64| {
+        wait_until(Duration::from_secs(20), || {
+            scrape(&prom_addr)
+                .and_then(|s| metric_value(&s, "celery_worker_up", &[("hostname", "host1")]))
+                == Some(want)
+        })
+    };
+    assert!(worker_up(1.0), "worker up\n{}", agent.output());
+
+    let mix = run_client(&url, &["run_mix"]);
+    assert_eq!(
+        mix["match"],
+        Value::Bool(true),
+        "client saw its events: {mix}"
+    );
+    let want = expected_counts(&mix);
+    let mut last = BTreeMap::new();
+    let converged = wait_until(Duration::from_secs(15), || {
+        last = scrape(&prom_addr)
+            .map(|s| scraped_counts(&s))
+            .unwrap_or_default();
+        last == want
+    });
+    assert!(
+        converged,
+        "counters\n got {last:?}\nwant {want:?}\n{}",
+        agent.output()
+    );
+    let samples = scrape(&prom_addr).unwrap();
+    assert_eq!(
+        metric_value(
+            &samples,
+            "celery_task_failed_total",
+            &[("name", "shop.send_receipt"), ("exception", "ValueError")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric_value(&samples, "celery_task_queue_wait_time_count", &[]),
+        Some(12.0)
+    );
+    assert_eq!(
+        metric_value(
+            &samples,
+            "celeriac_celery_events_missed_total",
+            &[("hostname", "host1")]
+        ),
+        Some(0.0)
+    );
+
+    // One log line per lifecycle step, as on Redis.
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let mut per_event: BTreeMap<String, u64> = BTreeMap::new();
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).expect("JSON line");
+        *per_event
+            .entry(v["event"].as_str().unwrap_or("").to_string())
+            .or_default() += 1;
+    }
+    let total_of = |ev: &str| want.get(ev).map_or(0, |m| m.values().sum::<u64>());
+    for (log, ev) in [
+        ("task.sent", "sent"),
+        ("task.received", "received"),
+        ("task.started", "started"),
+        ("task.completed", "succeeded"),
+        ("task.failed", "failed"),
+        ("task.retried", "retried"),
+        ("task.revoked", "revoked"),
+    ] {
+        assert_eq!(
+            per_event.get(log).copied().unwrap_or(0),
+            total_of(ev),
+            "{log}: {per_event:?}"
+        );
+    }
+
+    // Queue depth: a queue nobody consumes, the worker's queue with its consumer, a missing queue.
+    let fill = run_client(&url, &["fill_queue", "backlog", "10"]);
+    assert_eq!(fill["total"].as_f64(), Some(10.0));
+    let depth = |q: &str| {
+        scrape(&prom_addr).map(|s| {
+            (
+                metric_value(&s, "celery_queue_length", &[("queue_name", q)]),
+                metric_value(&s, "celery_active_consumer_count", &[("queue_name", q)]),
+            )
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || depth("backlog")
+            == Some((Some(10.0), Some(0.0)))),
+        "backlog: {:?}, RabbitMQ says {:?}\n{}",
+        depth("backlog"),
+        vhost.queues(),
+        agent.output()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || depth("celery")
+            == Some((Some(0.0), Some(1.0)))),
+        "celery: {:?}",
+        depth("celery")
+    );
+    assert_eq!(depth("nosuch"), Some((Some(0.0), Some(0.0))));
+    assert_eq!(
+        agent
+            .stderr()
+            .lines()
+            .filter(|l| l.contains("Queue does not exist (yet)") && l.contains("nosuch"))
+            .count(),
+        1,
+        "a missing queue is logged once\n{}",
+        agent.stderr()
+    );
+
+    // SIGKILL: no worker-offline event; down by Celery's heartbeat rule.
+    worker.kill();
+    assert!(
+        worker_up(0.0),
+        "worker down after SIGKILL\n{}",
+        agent.output()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || depth("celery")
+            == Some((Some(0.0), Some(0.0)))),
+        "no consumer after the kill: {:?}",
+        depth("celery")
+    );
+
+    agent.terminate();
+    assert!(
+        agent
+            .wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success()),
+        "{}",
+        agent.output()
+    );
+}
+
+#[test]
+fn bad_amqp_messages_are_counted_and_nothing_else_is_lost() {
+    let vhost = Vhost::create("bad");
+    let url = vhost.url();
+    let (prom, tel) = (free_port(), free_port());
+    let (prom_addr, tel_addr) = (format!("127.0.0.1:{prom}"), format!("127.0.0.1:{tel}"));
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("tasks.jsonl");
+    let agent = Agent::start(
+        bin(),
+        &config(&url, prom, tel, &log_path.display().to_string()),
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            scrape(&tel_addr).and_then(|s| metric_value(&s, "celeriac_celery_amqp_connected", &[]))
+                == Some(1.0)
+        }),
+        "{}",
+        agent.output()
+    );
+    let huge = format!(
+        r#"{{"type": "worker-heartbeat", "timestamp": 1.0, "hostname": "w", "pad": "{}"}}"#,
+        "x".repeat(100_000)
+    );
+    let bad: Vec<(&str, &str, String)> = vec![
+        ("application/json", "utf-8", "not json".into()),
+        ("application/json", "utf-8", String::new()),
+        (
+            "application/json",
+            "utf-8",
+            r#"{"type": "task-started"}"#.into(),
+        ),
+        ("application/json", "utf-8", "[1, 2".into()),
+        (
+            "application/x-python-serialize",
+            "binary",
+            "\u{80}\u{4}}.".into(),
+        ),
+        ("application/x-msgpack", "binary", "x".into()),
+        ("application/x-yaml", "utf-8", "type: task-sent".into()),
+        ("text/plain", "utf-8", "{}".into()),
+        ("application/json", "latin-1", "{}".into()),
+        ("application/json", "utf-8", huge),
+    ];
+    let path = dir.path().join("bad.jsonl");
+    let lines: Vec<String> = bad
+        .iter()
+        .map(|(ct, enc, body)| {
+            serde_json::json!({
+                "exchange": "celeryev", "routing_key": "task.multi",
+                "content_type": ct, "content_encoding": enc,
+                "headers": {"hostname": "bad@host"}, "body": body,
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let sent = amqp_tool(&[&url, "publish", &path.display().to_string()]);
+    assert_eq!(sent["published"].as_u64(), Some(bad.len() as u64));
+    // Then the real capture from a RabbitMQ worker: counted exactly as if nothing bad came first.
+    let fixture = repo_root().join("tests/fixtures/celery-events-amqp.jsonl");
+    let sent = amqp_tool(&[&url, "publish", &fixture.display().to_string()]);
+    // 114 event messages; the 5 pidbox ones are left out (their exchange is not ours).
+    assert_eq!(sent["published"].as_u64(), Some(114));
+
+    let dropped = |s: &[Sample], reason: &str| {
+        metric_value(
+            s,
+            "celeriac_celery_events_dropped_total",
+            &[("reason", reason)],
+        )
+        .unwrap_or(0.0)
+    };
+    let mut t = Vec::new();
+    let ok = wait_until(Duration::from_secs(10), || {
+        t = scrape(&tel_addr).unwrap_or_default();
+        metric_value(&t, "celeriac_celery_events_received_total", &[]) == Some(149.0)
+            && metric_value(&t, "celeriac_celery_events_dropped_total", &[]) == Some(10.0)
+    });
+    assert!(
+        ok,
+        "telemetry:\n{:?}\n{}",
+        t.iter()
+            .filter(|s| s.0.starts_with("celeriac_celery"))
+            .collect::<Vec<_>>(),
+        agent.output()
+    );
+    for (reason, n) in [
+        ("malformed_body", 3.0),
+        ("missing_field", 1.0),
+        ("pickle", 1.0),
+        ("msgpack", 1.0),
+        ("yaml", 1.0),
+        ("unsupported_content_type", 1.0),
+        ("unsupported_body_encoding", 1.0),
+        ("too_large", 1.0),
+    ] {
+        assert_eq!(dropped(&t, reason), n, "{reason}: {t:?}");
+    }
+    // The fixture's 30 tasks: 20 + 3 successes, 5 failures, 2 revoked.
+    let ok = wait_until(Duration::from_secs(10), || {
+        scrape(&prom_addr).is_some_and(|s| {
+            metric_value(&s, "celery_task_succeeded_total", &[]) == Some(23.0)
+                && metric_value(&s, "celery_task_failed_total", &[("name", "bars.boom")])
+                    == Some(5.0)
+        })
+    });
+    assert!(ok, "{}", agent.output());
+    assert!(agent
+        .stderr()
+        .contains("Dropping undecodable Celery input."));
+}

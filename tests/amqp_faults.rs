@@ -1,0 +1,272 @@
+//! Faults of a RabbitMQ broker, each test in a vhost of its own: the server closes every
+//! connection mid-flood (`rabbitmqctl close_all_connections`) → the receivers reconnect, the gap
+//! is counted, nothing published after the reconnect is lost; the vhost is deleted → clear
+//! error, retries, no crash, and consumption resumes once it exists again.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use support::rabbitmq::{amqp_tool, rabbitmqctl, Vhost};
+use support::*;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_celeriac"))
+}
+
+fn config(url: &str, prom: u16, telemetry: u16) -> String {
+    format!(
+        r#"
+receivers:
+  celery_amqp:
+    endpoint: {url}
+  amqp_queues:
+    endpoint: {url}
+    queues: [celery]
+    interval: 200ms
+connectors:
+  celery_correlate:
+    metrics_interval: 200ms
+exporters:
+  prometheus:
+    endpoint: 127.0.0.1:{prom}
+service:
+  telemetry:
+    endpoint: 127.0.0.1:{telemetry}
+  pipelines:
+    celery:
+      receivers: [celery_amqp]
+      exporters: [celery_correlate]
+    metrics:
+      receivers: [celery_correlate, amqp_queues]
+      exporters: [prometheus]
+"#
+    )
+}
+
+fn value(addr: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape(addr).and_then(|s| metric_value(&s, name, labels))
+}
+
+#[test]
+fn connections_closed_by_the_server_mid_flood_reconnect_and_lose_nothing_after() {
+    let vhost = Vhost::create("close");
+    let url = vhost.url();
+    let (prom, tel) = (free_port(), free_port());
+    let (prom_addr, tel_addr) = (format!("127.0.0.1:{prom}"), format!("127.0.0.1:{tel}"));
+    let mut agent = Agent::start(bin(), &config(&url, prom, tel));
+    assert!(
+        wait_until(Duration::from_secs(15), || value(
+            &tel_addr,
+            "celeriac_celery_amqp_connected",
+            &[]
+        ) == Some(1.0)),
+        "{}",
+        agent.output()
+    );
+
+    // A flood from another thread; the server closes every connection in the middle of it.
+    let flood_url = url.clone();
+    let flood = std::thread::spawn(move || amqp_tool(&[&flood_url, "flood", "4", "flood.before"]));
+    std::thread::sleep(Duration::from_millis(1500));
+    rabbitmqctl(&[
+        "close_all_connections",
+        "-p",
+        &vhost.name,
+        "test: server closes",
+    ]);
+    let flooded = flood.join().expect("flood thread");
+    assert!(
+        flooded["published"].as_u64().unwrap_or(0) > 1000,
+        "{flooded}"
+    );
+
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            value(&tel_addr, "celeriac_celery_amqp_reconnects_total", &[]) == Some(1.0)
+                && value(&tel_addr, "celeriac_celery_amqp_connected", &[]) == Some(1.0)
+        }),
+        "reconnected\n{}",
+        agent.output()
+    );
+    let gap = value(
+        &tel_addr,
+        "celeriac_celery_amqp_gap_milliseconds_total",
+        &[],
+    )
+    .unwrap();
+    assert!(gap > 0.0, "gap counted");
+    let read = value(&tel_addr, "celeriac_celery_events_received_total", &[]).unwrap_or(0.0);
+    eprintln!(
+        "flood: {} published ({} publisher reconnects), {read} events read, gap {gap} ms",
+        flooded["published"], flooded["reconnects"]
+    );
+    assert!(
+        value(
+            &tel_addr,
+            "celeriac_receiver_errors_total",
+            &[("reason", "connection_lost")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    assert!(agent.is_running());
+
+    // After the reconnect: every event counted.
+    let sent = amqp_tool(&[&url, "sent", "3000", "flood.after"]);
+    assert_eq!(sent["published"].as_u64(), Some(3000));
+    assert!(
+        wait_until(Duration::from_secs(15), || value(
+            &prom_addr,
+            "celery_task_sent_total",
+            &[("name", "flood.after")]
+        ) == Some(3000.0)),
+        "after the reconnect: {:?}\n{}",
+        value(
+            &prom_addr,
+            "celery_task_sent_total",
+            &[("name", "flood.after")]
+        ),
+        agent.output()
+    );
+    // The queue poller reconnected too.
+    assert!(
+        wait_until(Duration::from_secs(10), || value(
+            &prom_addr,
+            "celery_queue_length",
+            &[("queue_name", "celery")]
+        )
+        .is_some()),
+        "{}",
+        agent.output()
+    );
+    assert!(agent
+        .stderr()
+        .contains("Consuming Celery events again; events published during the gap are lost."));
+    agent.terminate();
+    assert!(agent
+        .wait_exit(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+}
+
+#[test]
+fn deleted_vhost_is_a_clear_error_retried_without_a_crash() {
+    let vhost = Vhost::create("gone");
+    let url = vhost.url();
+    let (prom, tel) = (free_port(), free_port());
+    let (prom_addr, tel_addr) = (format!("127.0.0.1:{prom}"), format!("127.0.0.1:{tel}"));
+    let mut agent = Agent::start(bin(), &config(&url, prom, tel));
+    assert!(
+        wait_until(Duration::from_secs(15), || value(
+            &tel_addr,
+            "celeriac_celery_amqp_connected",
+            &[]
+        ) == Some(1.0)),
+        "{}",
+        agent.output()
+    );
+    vhost.delete();
+    let connect_errors = || {
+        value(
+            &tel_addr,
+            "celeriac_receiver_errors_total",
+            &[("reason", "connect")],
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || connect_errors() >= 3.0),
+        "retries counted\n{}",
+        agent.output()
+    );
+    assert!(agent.is_running(), "{}", agent.output());
+    assert_eq!(
+        value(&tel_addr, "celeriac_celery_amqp_connected", &[]),
+        Some(0.0)
+    );
+    let err = agent.stderr();
+    assert!(
+        err.contains("Cannot consume Celery events from RabbitMQ; retrying.")
+            && err.contains(&vhost.name)
+            && err.contains("vhost"),
+        "the error names the vhost:\n{err}"
+    );
+    assert!(!err.contains("guest:guest"), "no credentials in logs");
+
+    vhost.recreate();
+    assert!(
+        wait_until(Duration::from_secs(20), || value(
+            &tel_addr,
+            "celeriac_celery_amqp_connected",
+            &[]
+        ) == Some(1.0)),
+        "consuming again\n{}",
+        agent.output()
+    );
+    let sent = amqp_tool(&[&url, "sent", "50", "after.vhost"]);
+    assert_eq!(sent["published"].as_u64(), Some(50));
+    assert!(
+        wait_until(Duration::from_secs(10), || value(
+            &prom_addr,
+            "celery_task_sent_total",
+            &[("name", "after.vhost")]
+        ) == Some(50.0)),
+        "{}",
+        agent.output()
+    );
+    agent.terminate();
+    assert!(agent
+        .wait_exit(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+}
+
+#[test]
+fn a_failover_list_moves_to_the_broker_that_answers() {
+    let vhost = Vhost::create("failover");
+    let url = vhost.url();
+    let dead = format!(
+        "amqp://guest:guest@127.0.0.1:{}/{}",
+        free_port(),
+        vhost.name
+    );
+    let (prom, tel) = (free_port(), free_port());
+    let (prom_addr, tel_addr) = (format!("127.0.0.1:{prom}"), format!("127.0.0.1:{tel}"));
+    let cfg = config(&format!("[{dead}, {url}]"), prom, tel);
+    let mut agent = Agent::start(bin(), &cfg);
+    assert!(
+        wait_until(Duration::from_secs(15), || value(
+            &tel_addr,
+            "celeriac_celery_amqp_connected",
+            &[]
+        ) == Some(1.0)),
+        "{}",
+        agent.output()
+    );
+    let sent = amqp_tool(&[&url, "sent", "20", "via.failover"]);
+    assert_eq!(sent["published"].as_u64(), Some(20));
+    assert!(
+        wait_until(Duration::from_secs(10), || value(
+            &prom_addr,
+            "celery_task_sent_total",
+            &[("name", "via.failover")]
+        ) == Some(20.0)),
+        "{}",
+        agent.output()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || value(
+            &prom_addr,
+            "celery_queue_length",
+            &[("queue_name", "celery")]
+        )
+        .is_some()),
+        "{}",
+        agent.output()
+    );
+    assert!(!agent.stderr().contains("guest:guest"));
+    agent.terminate();
+    assert!(agent
+        .wait_exit(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+}

@@ -1,0 +1,126 @@
+//! RabbitMQ for the AMQP tests: the broker on 127.0.0.1:5672 (guest/guest, started by `.ci/run`)
+//! and one vhost per test, made with `rabbitmqctl add_vhost` and deleted on Drop. There is no
+//! skipping: when RabbitMQ or `rabbitmqctl` is missing the test fails and says why.
+
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use super::{python, python_dir, repo_root};
+
+pub const HOST: &str = "127.0.0.1:5672";
+
+/// Runs `rabbitmqctl ARGS` and returns its stdout; panics with its output when it fails.
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("rabbitmqctl {args:?}: {e} (install rabbitmq-server; .ci/run starts it)")
+        });
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A vhost of this test's own, with full permissions for guest. Deleted on Drop.
+pub struct Vhost {
+    pub name: String,
+}
+
+impl Vhost {
+    pub fn create(tag: &str) -> Vhost {
+        if TcpStream::connect_timeout(&HOST.parse().unwrap(), Duration::from_secs(2)).is_err() {
+            panic!("RabbitMQ is not reachable on {HOST}: start rabbitmq-server (.ci/run does)");
+        }
+        let name = format!("celeriac-{tag}-{}", std::process::id());
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_vhost", &name])
+            .output();
+        rabbitmqctl(&["add_vhost", &name]);
+        Vhost::grant(&name);
+        Vhost { name }
+    }
+
+    fn grant(name: &str) {
+        rabbitmqctl(&["set_permissions", "-p", name, "guest", ".*", ".*", ".*"]);
+    }
+
+    /// Deletes the vhost now (RabbitMQ closes every connection to it).
+    pub fn delete(&self) {
+        rabbitmqctl(&["delete_vhost", &self.name]);
+    }
+
+    /// Creates it again after [`Vhost::delete`].
+    pub fn recreate(&self) {
+        rabbitmqctl(&["add_vhost", &self.name]);
+        Vhost::grant(&self.name);
+    }
+
+    /// `amqp://guest:guest@127.0.0.1:5672/<vhost>`, as Celery takes it.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@{HOST}/{}", self.name)
+    }
+
+    /// `[(queue, ready messages, consumers)]` as RabbitMQ itself reports them.
+    pub fn queues(&self) -> Vec<(String, u64, u64)> {
+        rabbitmqctl(&[
+            "list_queues",
+            "-p",
+            &self.name,
+            "-q",
+            "--no-table-headers",
+            "name",
+            "messages_ready",
+            "consumers",
+        ])
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((
+                f.first()?.to_string(),
+                f.get(1)?.parse().ok()?,
+                f.get(2)?.parse().ok()?,
+            ))
+        })
+        .collect()
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_vhost", &self.name])
+            .output();
+    }
+}
+
+/// Runs `python tests/python/amqp_tool.py ARGS` (publishes raw AMQP messages) and returns the
+/// JSON line it prints; panics with its stderr when it fails.
+pub fn amqp_tool(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(python())
+        .arg(python_dir().join("amqp_tool.py"))
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .unwrap_or_else(|e| panic!("python amqp_tool.py: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "amqp_tool.py {args:?} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("amqp_tool.py printed no JSON ({e}): {stdout}"))
+}
