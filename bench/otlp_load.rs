@@ -119,7 +119,10 @@ fn request(signal: SignalArg, items: u64) -> Vec<u8> {
                     attributes: vec![
                         kv("celery.action", "run"),
                         kv("celery.task_name", "shop.charge_card"),
-                        kv("messaging.message.id", "d1ec4bb6-d942-4613-b166-064acf3a9861"),
+                        kv(
+                            "messaging.message.id",
+                            "d1ec4bb6-d942-4613-b166-064acf3a9861",
+                        ),
                         kv("celery.state", "SUCCESS"),
                         kv("celery.hostname", "w1@host1"),
                     ],
@@ -313,9 +316,10 @@ async fn send(args: Args) -> Result<(), BoxError> {
                             tokio::time::sleep_until(next.into()).await;
                             next += iv;
                         }
-                        let mut req = Request::post(format!("http://{target}{}", signal.grpc_path()))
-                            .header("content-type", "application/grpc")
-                            .header("te", "trailers");
+                        let mut req =
+                            Request::post(format!("http://{target}{}", signal.grpc_path()))
+                                .header("content-type", "application/grpc")
+                                .header("te", "trailers");
                         if use_gzip {
                             req = req.header("grpc-encoding", "gzip");
                         }

@@ -125,7 +125,8 @@ fn unchanged_collector_file_with_config_uris_and_python_sdk() {
     // The file's debug exporter (verbosity: detailed) got them after the batch processor and
     // printed the collector's text dump.
     assert!(
-        wait_until(Duration::from_secs(10), || log().contains("Trace ID       : ")
+        wait_until(Duration::from_secs(10), || log()
+            .contains("Trace ID       : ")
             && log().contains("otlp-send-grpc")
             && log().contains("otlp-send-http")),
         "{}",

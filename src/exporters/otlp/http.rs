@@ -308,13 +308,11 @@ impl HttpSender {
         for (k, v) in &self.headers {
             req = req.header(k, v);
         }
-        let req = req
-            .body(Full::new(body))
-            .map_err(|e| Failure {
-                verdict: Verdict::Permanent,
-                code: "request".into(),
-                message: e.to_string(),
-            })?;
+        let req = req.body(Full::new(body)).map_err(|e| Failure {
+            verdict: Verdict::Permanent,
+            code: "request".into(),
+            message: e.to_string(),
+        })?;
         let transient = |message: String| Failure {
             verdict: Verdict::Retry(None),
             code: "transport".into(),

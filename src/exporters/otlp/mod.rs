@@ -520,7 +520,11 @@ impl Shared {
                 .into_inner()
                 .rejected(),
             SignalKind::Metrics => grpc
-                .unary(req, path, RawCodec::<ExportMetricsServiceResponse>::default())
+                .unary(
+                    req,
+                    path,
+                    RawCodec::<ExportMetricsServiceResponse>::default(),
+                )
                 .await?
                 .into_inner()
                 .rejected(),
