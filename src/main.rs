@@ -212,6 +212,16 @@ async fn run(cfg: Config, graph: Graph, uris: Option<Vec<String>>) -> ExitCode {
     // Reload requests (SIGHUP, POST /-/reload); one pending request is enough.
     let (request_tx, request_rx) = tokio::sync::mpsc::channel::<()>(1);
 
+    // Register SIGTERM/SIGINT before anything starts, so a signal sent the moment the
+    // process is up is never lost (and a registration failure stops the start, loudly).
+    let signals = match Signals::register() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot install the SIGTERM/SIGINT handlers.");
+            return ExitCode::FAILURE;
+        }
+    };
+
     if let Some(addr) = cfg.service.telemetry.endpoint {
         let listener = match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => l,
@@ -240,7 +250,7 @@ async fn run(cfg: Config, graph: Graph, uris: Option<Vec<String>>) -> ExitCode {
 
     let stop2 = stop.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.recv().await;
         tracing::info!("Signal received.");
         stop2.cancel();
     });
@@ -353,24 +363,41 @@ fn telemetry_page(
     }
 }
 
-async fn wait_for_signal() {
+/// The stop signals, registered up front: SIGTERM and SIGINT (Ctrl-C).
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Signals {})
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn recv(mut self) {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => {}
+                _ = self.int.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -134,3 +134,69 @@ fn default_pipeline_runs_and_stops_on_sigterm() {
     assert!(status.success(), "exit {status:?}\n{err}");
     assert!(err.contains("Shutdown complete."), "{err}");
 }
+
+/// A service manager (or a shell's `nohup`/`trap '' TERM`) may start the agent with SIGTERM and
+/// SIGINT ignored. The agent installs its own handlers before it starts anything, so SIGTERM
+/// still drains and exits cleanly.
+#[test]
+fn sigterm_stops_the_agent_even_when_started_with_it_ignored() {
+    let tel = free_port();
+    let otlp = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+receivers:
+  otlp: {{ protocols: {{ grpc: {{ endpoint: "127.0.0.1:{otlp}" }} }} }}
+exporters:
+  debug: {{}}
+service:
+  telemetry: {{ endpoint: "127.0.0.1:{tel}" }}
+  pipelines:
+    traces: {{ receivers: [otlp], exporters: [debug] }}
+"#
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("trap '' TERM INT; exec \"$0\" run -c \"$1\"")
+        .arg(bin())
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sh");
+    let addr = format!("127.0.0.1:{tel}");
+    let up = wait_until(Duration::from_secs(15), || {
+        matches!(http_get(&addr, "/healthz"), Some((200, _)))
+    });
+    assert!(up, "healthz never became ready");
+    let t0 = Instant::now();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("SIGTERM (inherited as ignored) did not stop the agent within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "exit {status:?}\n{err}");
+    assert!(err.contains("Shutdown complete."), "{err}");
+}
