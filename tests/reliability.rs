@@ -64,17 +64,9 @@ fn traces_request(seq: u32, spans: u32, pad: usize) -> Vec<u8> {
 fn received_names(sink: &OtlpSink) -> Vec<String> {
     let mut out = Vec::new();
     for r in sink.requests() {
-        for rs in r["request"]["resource_spans"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            for ss in rs["scope_spans"].as_array().into_iter().flatten() {
-                for s in ss["spans"].as_array().into_iter().flatten() {
-                    if let Some(n) = s["name"].as_str() {
-                        out.push(n.to_string());
-                    }
-                }
+        for s in spans::request_spans(&r) {
+            if let Some(n) = s["name"].as_str() {
+                out.push(n.to_string());
             }
         }
     }

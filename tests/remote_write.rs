@@ -675,11 +675,8 @@ async fn rejected_requests_are_counted_not_retried() {
 async fn wait_until_async(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
+        if let Some(done) = poll_once(deadline, &mut f) {
+            return done;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

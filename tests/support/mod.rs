@@ -74,14 +74,23 @@ fn await_ready(
 pub fn wait_until<F: FnMut() -> bool>(timeout: Duration, mut f: F) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
+        if let Some(done) = poll_once(deadline, &mut f) {
+            return done;
         }
         sleep(Duration::from_millis(50));
     }
+}
+
+/// One round of a polling wait: `Some(true)` once `f` holds, `Some(false)` once `deadline` has
+/// passed, `None` to sleep and ask again (the loop of [`wait_until`], shared with async waits).
+pub fn poll_once(deadline: Instant, f: &mut impl FnMut() -> bool) -> Option<bool> {
+    if f() {
+        return Some(true);
+    }
+    if Instant::now() >= deadline {
+        return Some(false);
+    }
+    None
 }
 
 /// The repository root (where Cargo.toml is).
@@ -720,19 +729,7 @@ pub struct OtlpSink {
 impl OtlpSink {
     /// On a free port; `fail_first` calls are answered UNAVAILABLE.
     pub fn start(fail_first: u32) -> OtlpSink {
-        let dir = tempfile::Builder::new()
-            .prefix("celeriac-otlp-sink-")
-            .tempdir()
-            .expect("tempdir");
-        let mut sink = OtlpSink {
-            child: None,
-            port: free_port(),
-            dir,
-            fail_first,
-            extra_args: Vec::new(),
-        };
-        sink.spawn();
-        sink
+        OtlpSink::start_with_args(fail_first, &[])
     }
 
     /// With extra otlp_sink.py arguments (e.g. `["--delay-ms", "100"]`), kept on restart.
