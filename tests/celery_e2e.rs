@@ -6,89 +6,22 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_celeriac"))
-}
-
 fn config(redis_url: &str, prom: u16, telemetry: u16, log_path: &str) -> String {
-    format!(
-        r#"
-receivers:
-  celery_redis:
-    endpoint: {redis_url}
-  redis_queues:
-    endpoint: {redis_url}
-    queues: [celery, backlog]
-    interval: 300ms
-connectors:
-  celery_correlate:
-    metrics_interval: 200ms
-exporters:
-  prometheus:
-    endpoint: 127.0.0.1:{prom}
-  logs:
-    path: {log_path}
-service:
-  telemetry:
-    endpoint: 127.0.0.1:{telemetry}
-  pipelines:
-    celery:
-      receivers: [celery_redis]
-      exporters: [celery_correlate]
-    metrics:
-      receivers: [celery_correlate, redis_queues]
-      exporters: [prometheus]
-    logs:
-      receivers: [celery_correlate]
-      exporters: [logs]
-"#
-    )
-}
-
-const EVENTS: [&str; 7] = [
-    "sent",
-    "received",
-    "started",
-    "succeeded",
-    "failed",
-    "retried",
-    "revoked",
-];
-
-/// `{event: {task name: count}}` from celeriac's scrape.
-fn scraped_counts(samples: &[Sample]) -> BTreeMap<String, BTreeMap<String, u64>> {
-    let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    for ev in EVENTS {
-        let name = format!("celery_task_{ev}_total");
-        for (n, labels, v) in samples {
-            if *n == name && *v > 0.0 {
-                *out.entry(ev.to_string())
-                    .or_default()
-                    .entry(labels["name"].clone())
-                    .or_default() += *v as u64;
-            }
-        }
-    }
-    out
-}
-
-fn expected_counts(v: &Value) -> BTreeMap<String, BTreeMap<String, u64>> {
-    let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    for (ev, per) in v["expected"].as_object().expect("expected") {
-        for (name, n) in per.as_object().expect("per name") {
-            let n = n.as_u64().expect("count");
-            if n > 0 {
-                out.entry(ev.clone()).or_default().insert(name.clone(), n);
-            }
-        }
-    }
-    out
+    AgentConfig::celery(redis_url, "metrics_interval: 200ms", telemetry)
+        .receiver(
+            "redis_queues",
+            &format!("endpoint: {redis_url}\nqueues: [celery, backlog]\ninterval: 300ms"),
+        )
+        .exporter("prometheus", &format!("endpoint: 127.0.0.1:{prom}"))
+        .exporter("logs", &format!("path: {log_path}"))
+        .pipeline("metrics", &["celery_correlate", "redis_queues"], &["prometheus"])
+        .pipeline("logs", &["celery_correlate"], &["logs"])
+        .yaml()
 }
 
 #[test]
@@ -98,14 +31,11 @@ fn real_worker_counts_queues_workers_and_logs() {
     let prom_addr = format!("127.0.0.1:{prom}");
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("tasks.jsonl");
-    let mut agent = Agent::start(
-        bin(),
+    let mut agent = Agent::start_ready(
         &config(&redis.url(), prom, tel, &log_path.display().to_string()),
-    );
-    assert!(
-        wait_until(Duration::from_secs(15), || scrape(&prom_addr).is_some()),
-        "agent up\n{}",
-        agent.output()
+        Duration::from_secs(15),
+        "agent up",
+        || scrape(&prom_addr).is_some(),
     );
 
     let mut worker = CeleryWorker::start(&redis.url(), WorkerOpts::default().heartbeat(1));
@@ -257,17 +187,11 @@ fn bad_envelopes_are_counted_and_nothing_else_is_lost() {
     let (prom_addr, tel_addr) = (format!("127.0.0.1:{prom}"), format!("127.0.0.1:{tel}"));
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("tasks.jsonl");
-    let agent = Agent::start(
-        bin(),
+    let agent = Agent::start_ready(
         &config(&redis.url(), prom, tel, &log_path.display().to_string()),
-    );
-    assert!(
-        wait_until(Duration::from_secs(15), || {
-            scrape(&tel_addr).and_then(|s| metric_value(&s, "celeriac_celery_redis_connected", &[]))
-                == Some(1.0)
-        }),
-        "{}",
-        agent.output()
+        Duration::from_secs(15),
+        "celery_redis connected",
+        || redis_connected(&tel_addr),
     );
 
     let fixtures = repo_root().join("tests/fixtures");

@@ -21,9 +21,13 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod config;
 pub mod pki;
 pub mod rabbitmq;
 pub mod spans;
+
+#[allow(unused_imports)]
+pub use config::AgentConfig;
 
 // ---------------------------------------------------------------------------------------------
 // small helpers
@@ -713,6 +717,76 @@ pub fn run_client_env(
 }
 
 // ---------------------------------------------------------------------------------------------
+// task counts: what celeriac scraped, what the client expected
+// ---------------------------------------------------------------------------------------------
+
+/// The task events celeriac counts as `celery_task_<event>_total`.
+pub const EVENTS: [&str; 7] = [
+    "sent",
+    "received",
+    "started",
+    "succeeded",
+    "failed",
+    "retried",
+    "revoked",
+];
+
+/// `{event: {task name: count}}` from celeriac's scrape.
+pub fn scraped_counts(samples: &[Sample]) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for ev in EVENTS {
+        let name = format!("celery_task_{ev}_total");
+        for (n, labels, v) in samples {
+            if *n == name && *v > 0.0 {
+                *out.entry(ev.to_string())
+                    .or_default()
+                    .entry(labels["name"].clone())
+                    .or_default() += *v as u64;
+            }
+        }
+    }
+    out
+}
+
+/// `{event: {task name: count}}` the test client expected (`v["expected"]`), zeros left out.
+pub fn expected_counts(v: &serde_json::Value) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for (ev, per) in v["expected"].as_object().expect("expected") {
+        for (name, n) in per.as_object().expect("per name") {
+            let n = n.as_u64().expect("count");
+            if n > 0 {
+                out.entry(ev.clone()).or_default().insert(name.clone(), n);
+            }
+        }
+    }
+    out
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// OTLP sender (tests/python/otlp_send.py: the OpenTelemetry Python SDK's exporters)
+// ---------------------------------------------------------------------------------------------
+
+/// `python otlp_send.py <args>`, for the caller to add options to before [`otlp_send`].
+pub fn otlp_send_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(python());
+    cmd.arg(python_dir().join("otlp_send.py")).args(args);
+    cmd
+}
+
+/// Runs an [`otlp_send_command`]; panics unless it succeeds. Its last stdout line, as JSON.
+pub fn otlp_send(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd.output().expect("python");
+    assert!(
+        out.status.success(),
+        "otlp_send.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("JSON line")
+}
+
+// ---------------------------------------------------------------------------------------------
 // OTLP/gRPC sink (tests/python/otlp_sink.py: grpcio + PyPI opentelemetry-proto)
 // ---------------------------------------------------------------------------------------------
 
@@ -840,10 +914,54 @@ pub struct Agent {
     status: Option<ExitStatus>,
 }
 
+/// The celeriac binary Cargo built for the calling test.
+pub fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_celeriac"))
+}
+
+/// `celeriac_celery_redis_connected` on the agent's telemetry at `telemetry_addr`.
+pub fn redis_connected_value(telemetry_addr: &str) -> Option<f64> {
+    scrape(telemetry_addr).and_then(|s| metric_value(&s, "celeriac_celery_redis_connected", &[]))
+}
+
+/// Whether the agent whose telemetry listens on `telemetry_addr` reports `celery_redis` connected.
+pub fn redis_connected(telemetry_addr: &str) -> bool {
+    redis_connected_value(telemetry_addr) == Some(1.0)
+}
+
 impl Agent {
     /// `bin` is `Path::new(env!("CARGO_BIN_EXE_celeriac"))` in the calling test.
     pub fn start(bin: &Path, config_yaml: &str) -> Agent {
         Agent::start_with(bin, config_yaml, &[], &[])
+    }
+
+    /// [`bin`] with `config_yaml`, then waits until `ready` holds (panics with `what` and the
+    /// agent's output after `timeout`).
+    pub fn start_ready(
+        config_yaml: &str,
+        timeout: Duration,
+        what: &str,
+        ready: impl FnMut() -> bool,
+    ) -> Agent {
+        let agent = Agent::start(bin(), config_yaml);
+        agent.assert_ready(timeout, what, ready);
+        agent
+    }
+
+    /// SIGTERM, then panics with the agent's output unless it exits successfully within `timeout`.
+    pub fn stop_ok(&mut self, timeout: Duration) {
+        self.terminate();
+        let status = self.wait_exit(timeout);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "exit {status:?}\n{}",
+            self.output()
+        );
+    }
+
+    /// Panics with `what` and the agent's output unless `ready` holds within `timeout`.
+    pub fn assert_ready(&self, timeout: Duration, what: &str, ready: impl FnMut() -> bool) {
+        assert!(wait_until(timeout, ready), "{what}\n{}", self.output());
     }
 
     /// With extra CLI arguments (after `run -c FILE`) and environment.
@@ -974,6 +1092,11 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 }
 
 /// `POST path` with a body and content type.
+/// Whether `GET path` on `addr` answers 200.
+pub fn http_ok(addr: &str, path: &str) -> bool {
+    http_get(addr, path).is_some_and(|(s, _)| s == 200)
+}
+
 pub fn http_post(addr: &str, path: &str, content_type: &str, body: &[u8]) -> Option<HttpResponse> {
     http_request(addr, "POST", path, &[("Content-Type", content_type)], body)
 }
