@@ -452,6 +452,19 @@ def fmt_table(r):
     return "\n".join(out)
 
 
+# The run's sizes: --quick, or the full run BENCHMARKS.md reports.
+MODES = {
+    "quick": dict(step_seconds=3.0, catchup=2.0, factor=1.6, bisect=0,
+                  peer_start=5000, celeriac_start=60000, max_rate=400000,
+                  unthrottled_tasks=100000, mem_tasks=[5000, 50000], burst_tasks=50000,
+                  latency_seconds=5),
+    "full": dict(step_seconds=8.0, catchup=2.0, factor=1.4, bisect=2,
+                 peer_start=4000, celeriac_start=50000, max_rate=600000,
+                 unthrottled_tasks=250000, mem_tasks=[100000, 1000000], burst_tasks=250000,
+                 latency_seconds=15),
+}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--celeriac", required=True, help="celeriac binary (release build)")
@@ -479,20 +492,8 @@ def main():
     a.latency_rates = sorted(int(x) for x in a.latency_rates.split(",") if x.strip())
     a.celeriac, a.venv = os.path.abspath(a.celeriac), os.path.abspath(a.venv)
     a.mode = "quick" if a.quick else "full"
-    if a.quick:
-        a.step_seconds, a.catchup, a.factor, a.bisect = 3.0, 2.0, 1.6, 0
-        a.peer_start, a.celeriac_start, a.max_rate = 5000, 60000, 400000
-        a.unthrottled_tasks = 100000
-        a.mem_tasks = [5000, 50000]
-        a.burst_tasks = 50000
-        a.latency_seconds = 5
-    else:
-        a.step_seconds, a.catchup, a.factor, a.bisect = 8.0, 2.0, 1.4, 2
-        a.peer_start, a.celeriac_start, a.max_rate = 4000, 50000, 600000
-        a.unthrottled_tasks = 250000
-        a.mem_tasks = [100000, 1000000]
-        a.burst_tasks = 250000
-        a.latency_seconds = 15
+    for k, v in MODES[a.mode].items():
+        setattr(a, k, v)
     r = Bench(a).run()
     if a.json:
         with open(a.json, "w") as f:
