@@ -49,25 +49,7 @@ fn real_worker_counts_queues_workers_and_logs() {
     };
     assert!(worker_up(1.0), "worker up\n{}", agent.output());
 
-    let mix = run_client(&redis.url(), &["run_mix"]);
-    assert_eq!(
-        mix["match"],
-        Value::Bool(true),
-        "the client saw the events it expected: {mix}"
-    );
-    let want = expected_counts(&mix);
-    let mut last = BTreeMap::new();
-    let converged = wait_until(Duration::from_secs(15), || {
-        last = scrape(&prom_addr)
-            .map(|s| scraped_counts(&s))
-            .unwrap_or_default();
-        last == want
-    });
-    assert!(
-        converged,
-        "counters\n got {last:?}\nwant {want:?}\n{}",
-        agent.output()
-    );
+    let want = assert_mix_counted(&redis.url(), &prom_addr, &agent);
 
     let samples = scrape(&prom_addr).unwrap();
     // Runtime histogram: one observation per success, per task name.

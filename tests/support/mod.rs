@@ -762,6 +762,36 @@ pub fn expected_counts(v: &serde_json::Value) -> BTreeMap<String, BTreeMap<Strin
     out
 }
 
+/// Runs the test client's `run_mix` on `broker_url` (asserting it saw the events it expected),
+/// then waits until celeriac's scrape at `prom_addr` counts exactly what the client expected, per
+/// event and task name; panics with `agent`'s output otherwise. The expected counts.
+pub fn assert_mix_counted(
+    broker_url: &str,
+    prom_addr: &str,
+    agent: &Agent,
+) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let mix = run_client(broker_url, &["run_mix"]);
+    assert_eq!(
+        mix["match"],
+        serde_json::Value::Bool(true),
+        "the client saw the events it expected: {mix}"
+    );
+    let want = expected_counts(&mix);
+    let mut last = BTreeMap::new();
+    let converged = wait_until(Duration::from_secs(15), || {
+        last = scrape(prom_addr)
+            .map(|s| scraped_counts(&s))
+            .unwrap_or_default();
+        last == want
+    });
+    assert!(
+        converged,
+        "counters\n got {last:?}\nwant {want:?}\n{}",
+        agent.output()
+    );
+    want
+}
+
 
 // ---------------------------------------------------------------------------------------------
 // OTLP sender (tests/python/otlp_send.py: the OpenTelemetry Python SDK's exporters)
