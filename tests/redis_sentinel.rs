@@ -125,14 +125,19 @@ struct Cluster {
     sentinels: Vec<Sentinel>,
 }
 
+/// A redis-server replicating `master`.
+fn replica_of(master: &RedisServer) -> RedisServer {
+    RedisServer::builder()
+        .arg("--replicaof")
+        .arg("127.0.0.1")
+        .arg(master.port().to_string())
+        .start()
+}
+
 impl Cluster {
     fn start(sentinel_ports: [u16; 3]) -> Cluster {
         let master = RedisServer::start();
-        let replica = RedisServer::builder()
-            .arg("--replicaof")
-            .arg("127.0.0.1")
-            .arg(master.port().to_string())
-            .start();
+        let replica = replica_of(&master);
         assert!(
             wait_until(Duration::from_secs(15), || {
                 matches!(query(replica.port(), &["INFO", "replication"]),
@@ -477,11 +482,7 @@ fn lying_sentinel(addr: (String, u16)) -> u16 {
 #[test]
 fn a_sentinel_naming_a_replica_is_ignored() {
     let master = RedisServer::start();
-    let replica = RedisServer::builder()
-        .arg("--replicaof")
-        .arg("127.0.0.1")
-        .arg(master.port().to_string())
-        .start();
+    let replica = replica_of(&master);
     let liar = lying_sentinel(("127.0.0.1".into(), replica.port()));
     let honest = Sentinel::start(free_port(), master.port(), 1);
     let url = sentinel_url(&[liar, honest.port]);
