@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -85,43 +84,16 @@ fn real_worker_counts_queues_workers_and_logs() {
     );
 
     // One log line per lifecycle step.
-    let text = std::fs::read_to_string(&log_path).unwrap();
-    let mut per_event: BTreeMap<String, u64> = BTreeMap::new();
-    for line in text.lines() {
-        let v: Value = serde_json::from_str(line).expect("JSON line");
-        *per_event
-            .entry(v["event"].as_str().unwrap_or("").to_string())
-            .or_default() += 1;
-    }
+    let per_event = log_events(&log_path);
     let total_of = |ev: &str| want.get(ev).map_or(0, |m| m.values().sum::<u64>());
-    assert_eq!(
-        per_event.get("task.sent").copied().unwrap_or(0),
-        total_of("sent")
-    );
-    assert_eq!(
-        per_event.get("task.received").copied().unwrap_or(0),
-        total_of("received")
-    );
-    assert_eq!(
-        per_event.get("task.started").copied().unwrap_or(0),
-        total_of("started")
-    );
-    assert_eq!(
-        per_event.get("task.completed").copied().unwrap_or(0),
-        total_of("succeeded")
-    );
-    assert_eq!(
-        per_event.get("task.failed").copied().unwrap_or(0),
-        total_of("failed")
-    );
-    assert_eq!(
-        per_event.get("task.retried").copied().unwrap_or(0),
-        total_of("retried")
-    );
-    assert_eq!(
-        per_event.get("task.revoked").copied().unwrap_or(0),
-        total_of("revoked")
-    );
+    for (log, ev) in LOG_EVENTS {
+        assert_eq!(
+            per_event.get(log).copied().unwrap_or(0),
+            total_of(ev),
+            "{log}: {per_event:?}"
+        );
+    }
+    let text = std::fs::read_to_string(&log_path).unwrap();
     let failed = text
         .lines()
         .find(|l| l.contains("\"task.failed\""))

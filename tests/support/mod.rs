@@ -762,6 +762,30 @@ pub fn expected_counts(v: &serde_json::Value) -> BTreeMap<String, BTreeMap<Strin
     out
 }
 
+/// The `logs` exporter's `event` for each task event: `(log event, task event)`.
+pub const LOG_EVENTS: [(&str, &str); 7] = [
+    ("task.sent", "sent"),
+    ("task.received", "received"),
+    ("task.started", "started"),
+    ("task.completed", "succeeded"),
+    ("task.failed", "failed"),
+    ("task.retried", "retried"),
+    ("task.revoked", "revoked"),
+];
+
+/// How many lines of the `logs` exporter's file at `path` carry each `event`.
+pub fn log_events(path: &Path) -> BTreeMap<String, u64> {
+    let text = fs::read_to_string(path).unwrap();
+    let mut per_event: BTreeMap<String, u64> = BTreeMap::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+        *per_event
+            .entry(v["event"].as_str().unwrap_or("").to_string())
+            .or_default() += 1;
+    }
+    per_event
+}
+
 /// Runs the test client's `run_mix` on `broker_url` (asserting it saw the events it expected),
 /// then waits until celeriac's scrape at `prom_addr` counts exactly what the client expected, per
 /// event and task name; panics with `agent`'s output otherwise. The expected counts.
