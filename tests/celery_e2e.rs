@@ -124,14 +124,7 @@ fn real_worker_counts_queues_workers_and_logs() {
     worker.stop();
     assert!(worker_up(0.0), "worker down\n{}", agent.output());
 
-    agent.terminate();
-    assert!(
-        agent
-            .wait_exit(Duration::from_secs(10))
-            .is_some_and(|s| s.success()),
-        "{}",
-        agent.output()
-    );
+    agent.stop_ok(Duration::from_secs(10));
 }
 
 #[test]
