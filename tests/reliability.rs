@@ -294,14 +294,10 @@ fn sigkill_with_a_non_empty_file_queue_replays_on_restart() {
 /// VmHWM (peak resident set) and VmRSS of a process, in bytes.
 fn memory_of(pid: u32) -> Option<(u64, u64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    // "VmHWM:\t  123456 kB"
     let field = |name: &str| -> Option<u64> {
         let l = s.lines().find(|l| l.starts_with(name))?;
-        let kib: u64 = l[name.len()..]
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
+        let kib: u64 = l[name.len()..].split_whitespace().next()?.parse().ok()?;
         Some(kib * 1024)
     };
     Some((field("VmHWM:")?, field("VmRSS:")?))
