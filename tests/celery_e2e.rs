@@ -18,7 +18,11 @@ fn config(redis_url: &str, prom: u16, telemetry: u16, log_path: &str) -> String 
         )
         .exporter("prometheus", &format!("endpoint: 127.0.0.1:{prom}"))
         .exporter("logs", &format!("path: {log_path}"))
-        .pipeline("metrics", &["celery_correlate", "redis_queues"], &["prometheus"])
+        .pipeline(
+            "metrics",
+            &["celery_correlate", "redis_queues"],
+            &["prometheus"],
+        )
         .pipeline("logs", &["celery_correlate"], &["logs"])
         .yaml()
 }

@@ -195,10 +195,7 @@ fn pprof_serves_a_cpu_profile_in_pprofs_protobuf_format() {
     use std::io::Read;
 
     let (health, zpages, otlp, pprof) = (free_port(), free_port(), free_port(), free_port());
-    let mut agent = Agent::start(
-        bin(),
-        &config(health, zpages, otlp, Some(pprof)),
-    );
+    let mut agent = Agent::start(bin(), &config(health, zpages, otlp, Some(pprof)));
     let p = format!("127.0.0.1:{pprof}");
     let (code, index) = wait_http(&p, "/debug/pprof/", &mut agent);
     assert_eq!(code, 200, "{index}");
@@ -309,7 +306,10 @@ fn otlphttp_delivers_to_a_real_otlp_receiver_with_bearer_auth() {
     let b = Agent::start(
         bin(),
         &traces_from_otlp(
-            &format!("{}\n  auth:\n    authenticator: bearertokenauth", otlp_http_only(b_in)),
+            &format!(
+                "{}\n  auth:\n    authenticator: bearertokenauth",
+                otlp_http_only(b_in)
+            ),
             "debug",
             "verbosity: detailed\nuse_internal_logger: false",
         )

@@ -25,7 +25,11 @@ fn config(endpoint: &str, tls: &str, prom: &str, tel: &str) -> String {
         .exporter("prometheus", &format!("endpoint: {prom}"))
         .telemetry_endpoint(tel)
         .pipeline("celery", &["celery_redis"], &["celery_correlate"])
-        .pipeline("metrics", &["celery_correlate", "redis_queues"], &["prometheus"])
+        .pipeline(
+            "metrics",
+            &["celery_correlate", "redis_queues"],
+            &["prometheus"],
+        )
         .yaml()
 }
 

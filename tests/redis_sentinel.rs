@@ -203,13 +203,19 @@ fn full_config(url: &str, prom: u16, tel: u16, ui: u16) -> String {
     sentinel_config(url, prom, tel)
         .receiver(
             "redis_queues",
-            &format!("endpoint: \"{url}\"\nmaster_name: {MASTER}\nqueues: [backlog]\ninterval: 300ms"),
+            &format!(
+                "endpoint: \"{url}\"\nmaster_name: {MASTER}\nqueues: [backlog]\ninterval: 300ms"
+            ),
         )
         .extension(
             "celery_ui",
             &format!("endpoint: 127.0.0.1:{ui}\ninspect: {{ interval: 2s, timeout: 1s }}"),
         )
-        .pipeline("metrics", &["celery_correlate", "redis_queues"], &["prometheus"])
+        .pipeline(
+            "metrics",
+            &["celery_correlate", "redis_queues"],
+            &["prometheus"],
+        )
         .yaml()
 }
 

@@ -14,7 +14,10 @@ use support::*;
 
 fn config(redis_url: &str, prom: u16, tel: u16, log_path: &Path) -> String {
     AgentConfig::celery(redis_url, "{ metrics_interval: 100ms }", tel)
-        .exporter("prometheus", &format!("{{ endpoint: \"127.0.0.1:{prom}\" }}"))
+        .exporter(
+            "prometheus",
+            &format!("{{ endpoint: \"127.0.0.1:{prom}\" }}"),
+        )
         .exporter("logs", &format!("{{ path: \"{}\" }}", log_path.display()))
         .pipeline("metrics", &["celery_correlate"], &["prometheus"])
         .pipeline("logs", &["celery_correlate"], &["logs"])

@@ -57,9 +57,7 @@ fn agent_config(redis_url: &str, write_url: &str, scrape: u16, telemetry: u16) -
     .exporter("prometheus", &format!("endpoint: 127.0.0.1:{scrape}"))
     .exporter(
         "prometheus_remote_write",
-        &format!(
-            "endpoint: {write_url}\nexternal_labels: {{ cluster: test }}\nstale_after: 1s"
-        ),
+        &format!("endpoint: {write_url}\nexternal_labels: {{ cluster: test }}\nstale_after: 1s"),
     )
     .pipeline(
         "metrics",
