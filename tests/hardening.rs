@@ -180,17 +180,16 @@ fn slow_loris_connections_are_cut_off_and_normal_clients_served() {
         ),
         tel,
     );
-    let agent = Agent::start(bin(), &cfg);
     let (grpc, http, tel) = (
         format!("127.0.0.1:{grpc}"),
         format!("127.0.0.1:{http}"),
         format!("127.0.0.1:{tel}"),
     );
-    assert!(
-        wait_until(Duration::from_secs(15), || scrape(&tel).is_some()
-            && http_get(&http, "/v1/traces").is_some()),
-        "{}",
-        agent.output()
+    let _agent = Agent::start_ready(
+        &cfg,
+        Duration::from_secs(15),
+        "telemetry and OTLP/HTTP up",
+        || scrape(&tel).is_some() && http_get(&http, "/v1/traces").is_some(),
     );
     let normal = |http: &str| {
         let t0 = Instant::now();
