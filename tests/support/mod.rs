@@ -1,6 +1,9 @@
 //! Harness for celeriac's end-to-end tests: a real `redis-server`, a real Celery 5 worker
-//! (tests/python/shopapp.py), the test client (tests/python/client.py), the celeriac binary,
-//! and small std-only HTTP / Prometheus-text helpers.
+//! (tests/python/shopapp.py), the test client (tests/python/client.py), the celeriac binary
+//! (started with a config from [`AgentConfig`], `config.rs`, and waited for with
+//! [`Agent::start_ready`]), the task counts a test compares, and small std-only HTTP /
+//! Prometheus-text helpers. `pki.rs` makes TLS material, `spans.rs` reads what the OTLP sink
+//! recorded, `rabbitmq.rs` makes RabbitMQ vhosts.
 //!
 //! Use from an integration test with `mod support;`. Run the tests through `scripts/test`:
 //! it installs redis-server/prometheus and the Python venv, and sets `CELERIAC_TEST_PYTHON`.
@@ -983,7 +986,7 @@ pub fn redis_connected(telemetry_addr: &str) -> bool {
 }
 
 impl Agent {
-    /// `bin` is `Path::new(env!("CARGO_BIN_EXE_celeriac"))` in the calling test.
+    /// `bin` is the binary to run, [`bin`] for the one Cargo built.
     pub fn start(bin: &Path, config_yaml: &str) -> Agent {
         Agent::start_with(bin, config_yaml, &[], &[])
     }
