@@ -26,7 +26,6 @@ Prints one JSON object and a table.
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,28 +35,15 @@ import uuid
 
 import amqp
 
-CLK = os.sysconf("SC_CLK_TCK")
+from common import free_port, proc_cpu
+
 HOST = "127.0.0.1:5672"
 COUNTED = ("sent", "received", "started", "succeeded")
-
-
-def proc_cpu(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK
 
 
 def beam_pid():
     out = subprocess.run(["pgrep", "-o", "beam.smp"], capture_output=True, text=True).stdout.split()
     return int(out[0]) if out else None
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def ctl(*args):

@@ -17,54 +17,31 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
 import e2e  # noqa: E402
 
 bin_, tasks, extra = sys.argv[1], int(sys.argv[2]), (sys.argv[3] if len(sys.argv) > 3 else "")
 d = tempfile.mkdtemp()
-rp, mp = e2e.free_port(), e2e.free_port()
+rp, mp = common.free_port(), common.free_port()
 redis = subprocess.Popen(["redis-server", "--port", str(rp), "--save", "", "--appendonly", "no",
     "--client-output-buffer-limit", "pubsub 0 0 0", "--dir", d], stdout=subprocess.DEVNULL)
 time.sleep(0.5)
 cfg = os.path.join(d, "c.yaml")
-open(cfg, "w").write("""receivers:
-  celery_redis:
-    endpoint: redis://127.0.0.1:%d/0
-connectors:
-  celery_correlate:
-    metrics_interval: 10ms
-%s
-exporters:
-  prometheus:
-    endpoint: 127.0.0.1:%d
-service:
-  telemetry:
-    endpoint: 127.0.0.1:%d
-  pipelines:
-    celery:
-      receivers: [celery_redis]
-      exporters: [celery_correlate]
-    metrics:
-      receivers: [celery_correlate]
-      exporters: [prometheus]
-""" % (rp, extra, mp, e2e.free_port()))
+open(cfg, "w").write(common.celery_redis_config(rp, "    metrics_interval: 10ms\n%s" % extra, mp, common.free_port()))
 agent = subprocess.Popen([bin_, "run", "-c", cfg], stdout=open(os.path.join(d, "a.log"), "w"), stderr=subprocess.STDOUT)
 url = "http://127.0.0.1:%d/metrics" % mp
 def count():
-    t = 0
-    for name, _, v in e2e.parse_prom(e2e.http_get(url)):
-        if name.startswith("celery_task_") and name.endswith("_total") and name[12:-6] in e2e.COUNTED:
-            t += v
-    return int(t)
+    return common.task_events_counted(url, e2e.COUNTED)
 for _ in range(100):
     try:
-        if e2e.redis_cmd(rp, "PUBSUB", "NUMPAT") > 0: count(); break
+        if common.redis_cmd(rp, "PUBSUB", "NUMPAT") > 0: count(); break
     except Exception: pass
     time.sleep(0.2)
 t0 = time.time()
-out = subprocess.run([sys.executable, e2e.FLOOD, "--port", str(rp), "--tasks", str(tasks), "--rate", "0", "--start", "0", "--run-id", "1"], capture_output=True).stdout
+out = subprocess.run([sys.executable, common.FLOOD, "--port", str(rp), "--tasks", str(tasks), "--rate", "0", "--start", "0", "--run-id", "1"], capture_output=True).stdout
 r = json.loads(out)
 while count() < r["events"] and time.time() < t0 + 300:
     time.sleep(0.1)
-m = e2e.proc_mem(agent.pid)
+m = common.proc_mem(agent.pid)
 print(json.dumps({"tasks": tasks, "extra": extra, "events": r["events"], "counted": count(), "rate": r["rate"], "secs": round(time.time()-t0,1), "VmHWM": round(m["VmHWM"],1), "VmRSS": round(m["VmRSS"],1)}))
 agent.terminate(); agent.wait(); redis.terminate(); redis.wait()

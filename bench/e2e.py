@@ -24,94 +24,16 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-FLOOD = os.path.join(HERE, "flood.py")
-CLK = os.sysconf("SC_CLK_TCK")
+from common import FLOOD, celery_redis_config, free_port, http_get, logger, parse_prom, proc_cpu, proc_mem, \
+    redis_cmd, task_events_counted
+
 COUNTED = ("sent", "received", "started", "succeeded", "failed", "retried", "revoked", "rejected")
-
-
-def log(*a):
-    print("[bench-e2e %s]" % time.strftime("%H:%M:%S"), *a, file=sys.stderr, flush=True)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def redis_cmd(port, *args):
-    """One command, one reply (simple subset of RESP2)."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    try:
-        req = b"*%d\r\n" % len(args) + b"".join(
-            b"$%d\r\n%s\r\n" % (len(a), a) for a in (x.encode() if isinstance(x, str) else x for x in args))
-        s.sendall(req)
-        f = s.makefile("rb")
-        line = f.readline()
-        if line[:1] == b"$":
-            n = int(line[1:])
-            return f.read(n + 2)[:-2].decode() if n >= 0 else None
-        if line[:1] == b":":
-            return int(line[1:])
-        if line[:1] == b"-":
-            raise RuntimeError(line.decode().strip())
-        return line[1:].decode().strip()
-    finally:
-        s.close()
-
-
-def proc_cpu(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK  # utime + stime (fields 14, 15)
-
-
-def proc_mem(pid):
-    out = {}
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if k in ("VmHWM", "VmRSS"):
-                out[k] = int(v.split()[0]) / 1024.0  # MiB
-    return out
-
-
-def http_get(url, timeout=30):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return r.read().decode("utf-8", "replace")
-
-
-def parse_prom(text):
-    """[(name, {labels}, value)] for sample lines."""
-    out = []
-    for line in text.split("\n"):
-        if not line or line[0] == "#":
-            continue
-        head, _, val = line.rpartition(" ")
-        if "{" in head:
-            name, _, rest = head.partition("{")
-            labels = {}
-            for part in rest.rstrip("}").split('",'):
-                if "=" in part:
-                    k, _, v = part.partition("=")
-                    labels[k.strip(",")] = v.strip('"')
-        else:
-            name, labels = head, {}
-        try:
-            out.append((name, labels, float(val)))
-        except ValueError:
-            pass
-    return out
+log = logger("bench-e2e")
 
 
 class Agent:
@@ -176,35 +98,13 @@ class Celeriac(Agent):
     def command(self):
         cfg = os.path.join(self.workdir, "celeriac.yaml")
         with open(cfg, "w") as f:
-            f.write("""receivers:
-  celery_redis:
-    endpoint: redis://127.0.0.1:%d/0
-connectors:
-  celery_correlate:
-    metrics_interval: %s
-    max_tasks: %d
-exporters:
-  prometheus:
-    endpoint: 127.0.0.1:%d
-service:
-  telemetry:
-    endpoint: 127.0.0.1:%d
-  pipelines:
-    celery:
-      receivers: [celery_redis]
-      exporters: [celery_correlate]
-    metrics:
-      receivers: [celery_correlate]
-      exporters: [prometheus]
-""" % (self.redis_port, self.a.metrics_interval, self.a.max_tasks, self.port, free_port()))
+            f.write(celery_redis_config(
+                self.redis_port, "    metrics_interval: %s\n    max_tasks: %d" % (self.a.metrics_interval, self.a.max_tasks),
+                self.port, free_port()))
         return [self.a.celeriac, "run", "-c", cfg]
 
     def count(self):
-        total = 0
-        for name, _, v in parse_prom(http_get(self.url)):
-            if name.startswith("celery_task_") and name.endswith("_total") and name[12:-6] in COUNTED:
-                total += v
-        return int(total)
+        return task_events_counted(self.url, COUNTED)
 
 
 class Exporter(Celeriac):
@@ -552,6 +452,19 @@ def fmt_table(r):
     return "\n".join(out)
 
 
+# The run's sizes: --quick, or the full run BENCHMARKS.md reports.
+MODES = {
+    "quick": dict(step_seconds=3.0, catchup=2.0, factor=1.6, bisect=0,
+                  peer_start=5000, celeriac_start=60000, max_rate=400000,
+                  unthrottled_tasks=100000, mem_tasks=[5000, 50000], burst_tasks=50000,
+                  latency_seconds=5),
+    "full": dict(step_seconds=8.0, catchup=2.0, factor=1.4, bisect=2,
+                 peer_start=4000, celeriac_start=50000, max_rate=600000,
+                 unthrottled_tasks=250000, mem_tasks=[100000, 1000000], burst_tasks=250000,
+                 latency_seconds=15),
+}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--celeriac", required=True, help="celeriac binary (release build)")
@@ -579,20 +492,8 @@ def main():
     a.latency_rates = sorted(int(x) for x in a.latency_rates.split(",") if x.strip())
     a.celeriac, a.venv = os.path.abspath(a.celeriac), os.path.abspath(a.venv)
     a.mode = "quick" if a.quick else "full"
-    if a.quick:
-        a.step_seconds, a.catchup, a.factor, a.bisect = 3.0, 2.0, 1.6, 0
-        a.peer_start, a.celeriac_start, a.max_rate = 5000, 60000, 400000
-        a.unthrottled_tasks = 100000
-        a.mem_tasks = [5000, 50000]
-        a.burst_tasks = 50000
-        a.latency_seconds = 5
-    else:
-        a.step_seconds, a.catchup, a.factor, a.bisect = 8.0, 2.0, 1.4, 2
-        a.peer_start, a.celeriac_start, a.max_rate = 4000, 50000, 600000
-        a.unthrottled_tasks = 250000
-        a.mem_tasks = [100000, 1000000]
-        a.burst_tasks = 250000
-        a.latency_seconds = 15
+    for k, v in MODES[a.mode].items():
+        setattr(a, k, v)
     r = Bench(a).run()
     if a.json:
         with open(a.json, "w") as f:

@@ -20,38 +20,13 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 
-CLK = os.sysconf("SC_CLK_TCK")
+from common import free_port, logger, proc_cpu, proc_mem
 
-
-def log(*a):
-    print("[bench-otlp %s]" % time.strftime("%H:%M:%S"), *a, file=sys.stderr, flush=True)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def proc_cpu(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK
-
-
-def proc_hwm_mib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+log = logger("bench-otlp")
 
 
 def taskset(cpus, cmd):
@@ -184,7 +159,7 @@ def run_case(a, workdir, signal, protocol, items, gzip):
                 got = sink.counts()[ITEM_KEY[signal]]
             cpu = proc_cpu(agent.pid) - cpu0
             wall = time.time() - t0
-            hwm = proc_hwm_mib(agent.pid)
+            hwm = proc_mem(agent.pid)["VmHWM"]
             if cg_out:
                 subprocess.run(["callgrind_control", "--instr=off", str(agent.pid)],
                                check=True, capture_output=True)

@@ -14,10 +14,6 @@ use std::time::Duration;
 
 use support::*;
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_celeriac"))
-}
-
 fn send_eval(redis: &RedisServer, eval_id: &str, steps: u32) -> String {
     let args = format!("[\"{eval_id}\", {steps}]");
     let out = run_client(
@@ -104,15 +100,11 @@ service:
     };
     let start_agent = || {
         let tel = free_port();
-        let agent = Agent::start(bin(), &cfg(tel));
-        assert!(
-            wait_until(Duration::from_secs(20), || scrape(&format!(
-                "127.0.0.1:{tel}"
-            ))
-            .and_then(|s| metric_value(&s, "celeriac_celery_redis_connected", &[]))
-                == Some(1.0)),
-            "{}",
-            agent.output()
+        let agent = Agent::start_ready(
+            &cfg(tel),
+            Duration::from_secs(20),
+            "celery_redis connected",
+            || redis_connected(&format!("127.0.0.1:{tel}")),
         );
         (agent, tel)
     };

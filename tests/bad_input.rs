@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -16,10 +16,6 @@ use celeriac::receivers::otlp::decode_http_body;
 use celeriac::signal::SignalKind;
 use serde_json::Value;
 use support::*;
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_celeriac"))
-}
 
 fn corpus_dir(sub: &str) -> PathBuf {
     repo_root().join("tests/corpus").join(sub)
@@ -92,20 +88,16 @@ fn a_hundred_thousand_malformed_envelopes_are_each_counted() {
         format!("127.0.0.1:{}", free_port()),
         format!("127.0.0.1:{}", free_port()),
     );
-    let cfg = format!(
-        "receivers:\n  celery_redis: {{ endpoint: '{}' }}\nconnectors:\n  celery_correlate: {{ metrics_interval: 100ms }}\n\
-         exporters:\n  prometheus: {{ endpoint: {prom} }}\nservice:\n  telemetry: {{ endpoint: {tel} }}\n  pipelines:\n    \
-         celery: {{ receivers: [celery_redis], exporters: [celery_correlate] }}\n    \
-         metrics: {{ receivers: [celery_correlate], exporters: [prometheus] }}\n",
-        redis.url()
-    );
-    let mut agent = Agent::start(bin(), &cfg);
-    assert!(
-        wait_until(Duration::from_secs(15), || scrape(&tel).and_then(|s| {
-            metric_value(&s, "celeriac_celery_redis_connected", &[])
-        }) == Some(1.0)),
-        "{}",
-        agent.output()
+    let cfg = AgentConfig::celery_without_telemetry(&redis.url(), "{ metrics_interval: 100ms }")
+        .telemetry_endpoint(&tel)
+        .exporter("prometheus", &format!("{{ endpoint: {prom} }}"))
+        .pipeline("metrics", &["celery_correlate"], &["prometheus"])
+        .yaml();
+    let mut agent = Agent::start_ready(
+        &cfg,
+        Duration::from_secs(15),
+        "celery_redis connected",
+        || redis_connected(&tel),
     );
 
     // The small corpus files round-robin (the big ones once each), the real capture in the middle.
@@ -191,21 +183,23 @@ fn malformed_otlp_bodies_are_answered_and_counted() {
     let (grpc, http, tel) = (free_port(), free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
     let spans = dir.path().join("spans.jsonl");
-    let cfg = format!(
-        "receivers:\n  otlp:\n    grpc: {{ endpoint: 127.0.0.1:{grpc}, max_recv_msg_size_mib: 1 }}\n    \
-         http: {{ endpoint: 127.0.0.1:{http}, max_request_body_size_mib: 1 }}\n\
-         exporters:\n  logs: {{ path: '{}' }}\nservice:\n  telemetry: {{ endpoint: 127.0.0.1:{tel} }}\n  \
-         pipelines:\n    traces: {{ receivers: [otlp], exporters: [logs] }}\n",
-        spans.display()
-    );
-    let mut agent = Agent::start(bin(), &cfg);
+    let cfg = AgentConfig::new()
+        .receiver(
+            "otlp",
+            &format!(
+                "
+                grpc: {{ endpoint: 127.0.0.1:{grpc}, max_recv_msg_size_mib: 1 }}
+                http: {{ endpoint: 127.0.0.1:{http}, max_request_body_size_mib: 1 }}"
+            ),
+        )
+        .exporter("logs", &format!("{{ path: '{}' }}", spans.display()))
+        .telemetry(tel)
+        .pipeline("traces", &["otlp"], &["logs"])
+        .yaml();
     let http_addr = format!("127.0.0.1:{http}");
-    assert!(
-        wait_until(Duration::from_secs(15), || http_get(&http_addr, "/")
-            .is_some()),
-        "{}",
-        agent.output()
-    );
+    let mut agent = Agent::start_ready(&cfg, Duration::from_secs(15), "OTLP/HTTP up", || {
+        http_get(&http_addr, "/").is_some()
+    });
     let refused = |protocol: &str| {
         scrape(&format!("127.0.0.1:{tel}"))
             .map(|s| {

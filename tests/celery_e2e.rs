@@ -5,90 +5,26 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_celeriac"))
-}
-
 fn config(redis_url: &str, prom: u16, telemetry: u16, log_path: &str) -> String {
-    format!(
-        r#"
-receivers:
-  celery_redis:
-    endpoint: {redis_url}
-  redis_queues:
-    endpoint: {redis_url}
-    queues: [celery, backlog]
-    interval: 300ms
-connectors:
-  celery_correlate:
-    metrics_interval: 200ms
-exporters:
-  prometheus:
-    endpoint: 127.0.0.1:{prom}
-  logs:
-    path: {log_path}
-service:
-  telemetry:
-    endpoint: 127.0.0.1:{telemetry}
-  pipelines:
-    celery:
-      receivers: [celery_redis]
-      exporters: [celery_correlate]
-    metrics:
-      receivers: [celery_correlate, redis_queues]
-      exporters: [prometheus]
-    logs:
-      receivers: [celery_correlate]
-      exporters: [logs]
-"#
-    )
-}
-
-const EVENTS: [&str; 7] = [
-    "sent",
-    "received",
-    "started",
-    "succeeded",
-    "failed",
-    "retried",
-    "revoked",
-];
-
-/// `{event: {task name: count}}` from celeriac's scrape.
-fn scraped_counts(samples: &[Sample]) -> BTreeMap<String, BTreeMap<String, u64>> {
-    let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    for ev in EVENTS {
-        let name = format!("celery_task_{ev}_total");
-        for (n, labels, v) in samples {
-            if *n == name && *v > 0.0 {
-                *out.entry(ev.to_string())
-                    .or_default()
-                    .entry(labels["name"].clone())
-                    .or_default() += *v as u64;
-            }
-        }
-    }
-    out
-}
-
-fn expected_counts(v: &Value) -> BTreeMap<String, BTreeMap<String, u64>> {
-    let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    for (ev, per) in v["expected"].as_object().expect("expected") {
-        for (name, n) in per.as_object().expect("per name") {
-            let n = n.as_u64().expect("count");
-            if n > 0 {
-                out.entry(ev.clone()).or_default().insert(name.clone(), n);
-            }
-        }
-    }
-    out
+    AgentConfig::celery(redis_url, "metrics_interval: 200ms", telemetry)
+        .receiver(
+            "redis_queues",
+            &format!("endpoint: {redis_url}\nqueues: [celery, backlog]\ninterval: 300ms"),
+        )
+        .exporter("prometheus", &format!("endpoint: 127.0.0.1:{prom}"))
+        .exporter("logs", &format!("path: {log_path}"))
+        .pipeline(
+            "metrics",
+            &["celery_correlate", "redis_queues"],
+            &["prometheus"],
+        )
+        .pipeline("logs", &["celery_correlate"], &["logs"])
+        .yaml()
 }
 
 #[test]
@@ -98,14 +34,11 @@ fn real_worker_counts_queues_workers_and_logs() {
     let prom_addr = format!("127.0.0.1:{prom}");
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("tasks.jsonl");
-    let mut agent = Agent::start(
-        bin(),
+    let mut agent = Agent::start_ready(
         &config(&redis.url(), prom, tel, &log_path.display().to_string()),
-    );
-    assert!(
-        wait_until(Duration::from_secs(15), || scrape(&prom_addr).is_some()),
-        "agent up\n{}",
-        agent.output()
+        Duration::from_secs(15),
+        "agent up",
+        || scrape(&prom_addr).is_some(),
     );
 
     let mut worker = CeleryWorker::start(&redis.url(), WorkerOpts::default().heartbeat(1));
@@ -119,25 +52,7 @@ fn real_worker_counts_queues_workers_and_logs() {
     };
     assert!(worker_up(1.0), "worker up\n{}", agent.output());
 
-    let mix = run_client(&redis.url(), &["run_mix"]);
-    assert_eq!(
-        mix["match"],
-        Value::Bool(true),
-        "the client saw the events it expected: {mix}"
-    );
-    let want = expected_counts(&mix);
-    let mut last = BTreeMap::new();
-    let converged = wait_until(Duration::from_secs(15), || {
-        last = scrape(&prom_addr)
-            .map(|s| scraped_counts(&s))
-            .unwrap_or_default();
-        last == want
-    });
-    assert!(
-        converged,
-        "counters\n got {last:?}\nwant {want:?}\n{}",
-        agent.output()
-    );
+    let want = assert_mix_counted(&redis.url(), &prom_addr, &agent);
 
     let samples = scrape(&prom_addr).unwrap();
     // Runtime histogram: one observation per success, per task name.
@@ -173,43 +88,16 @@ fn real_worker_counts_queues_workers_and_logs() {
     );
 
     // One log line per lifecycle step.
-    let text = std::fs::read_to_string(&log_path).unwrap();
-    let mut per_event: BTreeMap<String, u64> = BTreeMap::new();
-    for line in text.lines() {
-        let v: Value = serde_json::from_str(line).expect("JSON line");
-        *per_event
-            .entry(v["event"].as_str().unwrap_or("").to_string())
-            .or_default() += 1;
-    }
+    let per_event = log_events(&log_path);
     let total_of = |ev: &str| want.get(ev).map_or(0, |m| m.values().sum::<u64>());
-    assert_eq!(
-        per_event.get("task.sent").copied().unwrap_or(0),
-        total_of("sent")
-    );
-    assert_eq!(
-        per_event.get("task.received").copied().unwrap_or(0),
-        total_of("received")
-    );
-    assert_eq!(
-        per_event.get("task.started").copied().unwrap_or(0),
-        total_of("started")
-    );
-    assert_eq!(
-        per_event.get("task.completed").copied().unwrap_or(0),
-        total_of("succeeded")
-    );
-    assert_eq!(
-        per_event.get("task.failed").copied().unwrap_or(0),
-        total_of("failed")
-    );
-    assert_eq!(
-        per_event.get("task.retried").copied().unwrap_or(0),
-        total_of("retried")
-    );
-    assert_eq!(
-        per_event.get("task.revoked").copied().unwrap_or(0),
-        total_of("revoked")
-    );
+    for (log, ev) in LOG_EVENTS {
+        assert_eq!(
+            per_event.get(log).copied().unwrap_or(0),
+            total_of(ev),
+            "{log}: {per_event:?}"
+        );
+    }
+    let text = std::fs::read_to_string(&log_path).unwrap();
     let failed = text
         .lines()
         .find(|l| l.contains("\"task.failed\""))
@@ -240,14 +128,7 @@ fn real_worker_counts_queues_workers_and_logs() {
     worker.stop();
     assert!(worker_up(0.0), "worker down\n{}", agent.output());
 
-    agent.terminate();
-    assert!(
-        agent
-            .wait_exit(Duration::from_secs(10))
-            .is_some_and(|s| s.success()),
-        "{}",
-        agent.output()
-    );
+    agent.stop_ok(Duration::from_secs(10));
 }
 
 #[test]
@@ -257,17 +138,11 @@ fn bad_envelopes_are_counted_and_nothing_else_is_lost() {
     let (prom_addr, tel_addr) = (format!("127.0.0.1:{prom}"), format!("127.0.0.1:{tel}"));
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("tasks.jsonl");
-    let agent = Agent::start(
-        bin(),
+    let agent = Agent::start_ready(
         &config(&redis.url(), prom, tel, &log_path.display().to_string()),
-    );
-    assert!(
-        wait_until(Duration::from_secs(15), || {
-            scrape(&tel_addr).and_then(|s| metric_value(&s, "celeriac_celery_redis_connected", &[]))
-                == Some(1.0)
-        }),
-        "{}",
-        agent.output()
+        Duration::from_secs(15),
+        "celery_redis connected",
+        || redis_connected(&tel_addr),
     );
 
     let fixtures = repo_root().join("tests/fixtures");

@@ -15,17 +15,13 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{json, Value};
 use support::*;
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_celeriac"))
-}
 
 fn config(redis_url: &str, ui: u16, telemetry: u16, ui_extra: &str) -> String {
     format!(
@@ -128,12 +124,13 @@ fn start_stack(ui_extra: &str) -> (RedisServer, CeleryWorker, Agent, String, Str
     let mut worker = CeleryWorker::start(&redis.url(), WorkerOpts::default());
     worker.assert_ready(Duration::from_secs(60));
     let (ui, tel) = (free_port(), free_port());
-    let agent = Agent::start(bin(), &config(&redis.url(), ui, tel, ui_extra));
     let ui_addr = format!("127.0.0.1:{ui}");
-    let ok = wait_until(Duration::from_secs(20), || {
-        http_get(&ui_addr, "/api/task/types").is_some_and(|(s, _)| s == 200 || s == 401)
-    });
-    assert!(ok, "celery_ui did not come up:\n{}", agent.output());
+    let agent = Agent::start_ready(
+        &config(&redis.url(), ui, tel, ui_extra),
+        Duration::from_secs(20),
+        "celery_ui did not come up:",
+        || http_get(&ui_addr, "/api/task/types").is_some_and(|(s, _)| s == 200 || s == 401),
+    );
     (redis, worker, agent, ui_addr, format!("127.0.0.1:{tel}"))
 }
 

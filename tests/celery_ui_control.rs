@@ -12,17 +12,12 @@ mod support;
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine;
 use serde_json::{json, Value};
 use support::*;
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_celeriac"))
-}
 
 const USER: &str = "admin";
 const PASS: &str = "s3cret-pass";
@@ -185,14 +180,13 @@ fn control_api_acts_on_a_real_worker_like_flower() {
     );
     worker.assert_ready(Duration::from_secs(60));
     let (ui, tel) = (free_port(), free_port());
-    let agent = Agent::start(bin(), &config(&redis.url(), &backend, ui, tel, false));
-    let ui = format!("127.0.0.1:{ui}");
-    assert!(
-        wait_until(Duration::from_secs(20), || http_get(&ui, "/healthcheck")
-            .is_some_and(|(s, _)| s == 200)),
-        "{}",
-        agent.output()
+    let agent = Agent::start_ready(
+        &config(&redis.url(), &backend, ui, tel, false),
+        Duration::from_secs(20),
+        "celery_ui healthcheck",
+        || http_ok(&format!("127.0.0.1:{ui}"), "/healthcheck"),
     );
+    let ui = format!("127.0.0.1:{ui}");
     let flower = start_flower(&redis.url(), &backend);
     // Both know the worker (Flower's 404 "Unknown worker" otherwise).
     assert!(
@@ -475,17 +469,13 @@ fn control_api_acts_on_a_real_worker_like_flower() {
 fn read_only_refuses_every_write_and_needs_no_auth_to_refuse() {
     let redis = RedisServer::start();
     let (ui, tel) = (free_port(), free_port());
-    let agent = Agent::start(
-        bin(),
+    let _agent = Agent::start_ready(
         &config(&redis.url(), &redis.url_db(1), ui, tel, true),
+        Duration::from_secs(20),
+        "celery_ui healthcheck",
+        || http_ok(&format!("127.0.0.1:{ui}"), "/healthcheck"),
     );
     let ui = format!("127.0.0.1:{ui}");
-    assert!(
-        wait_until(Duration::from_secs(20), || http_get(&ui, "/healthcheck")
-            .is_some_and(|(s, _)| s == 200)),
-        "{}",
-        agent.output()
-    );
     for path in [
         "/api/task/revoke/abc",
         "/api/worker/pool/grow/w1@host1",

@@ -35,18 +35,7 @@ impl Drop for Kill {
 }
 
 fn send(proto: &str, endpoint: &str, n: usize) -> serde_json::Value {
-    let out = Command::new(python())
-        .arg(python_dir().join("otlp_send.py"))
-        .args([proto, endpoint, &n.to_string()])
-        .output()
-        .expect("python");
-    assert!(
-        out.status.success(),
-        "otlp_send.py {proto} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("JSON line")
+    otlp_send(&mut otlp_send_command(&[proto, endpoint, &n.to_string()]))
 }
 
 /// The accepted-items counter of the otlp receiver for traces, from the agent's /metrics.

@@ -4,50 +4,30 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_celeriac"))
+fn config(health: u16, zpages: u16, otlp: u16, pprof: Option<u16>) -> String {
+    let mut cfg = AgentConfig::new()
+        .receiver("otlp", &otlp_http_only(otlp))
+        .processor("batch", "null")
+        .exporter("debug", "verbosity: basic")
+        .extension("health_check", &format!("endpoint: 127.0.0.1:{health}"))
+        .extension("zpages", &format!("endpoint: 127.0.0.1:{zpages}"));
+    if let Some(pprof) = pprof {
+        cfg = cfg.extension("pprof", &format!("endpoint: 127.0.0.1:{pprof}"));
+    }
+    cfg.telemetry(free_port())
+        .pipeline_with("traces", &["otlp"], &["batch"], &["debug"])
+        .pipeline("logs", &["otlp"], &["debug"])
+        .yaml()
 }
 
-fn config(health: u16, zpages: u16, otlp: u16, extra_ext: &str, extra_enabled: &str) -> String {
-    format!(
-        "receivers:
-  otlp:
-    grpc:
-      enabled: false
-    http:
-      endpoint: 127.0.0.1:{otlp}
-processors:
-  batch:
-exporters:
-  debug:
-    verbosity: basic
-extensions:
-  health_check:
-    endpoint: 127.0.0.1:{health}
-  zpages:
-    endpoint: 127.0.0.1:{zpages}
-{extra_ext}
-service:
-  telemetry:
-    endpoint: 127.0.0.1:{tel}
-  extensions: [health_check, zpages{extra_enabled}]
-  pipelines:
-    traces:
-      receivers: [otlp]
-      processors: [batch]
-      exporters: [debug]
-    logs:
-      receivers: [otlp]
-      exporters: [debug]
-",
-        tel = free_port()
-    )
+/// The `otlp` receiver's body for OTLP/HTTP alone on 127.0.0.1:`port`.
+fn otlp_http_only(port: u16) -> String {
+    format!("grpc:\n  enabled: false\nhttp:\n  endpoint: 127.0.0.1:{port}")
 }
 
 /// Waits until `path` on `addr` answers at all.
@@ -64,7 +44,7 @@ fn wait_http(addr: &str, path: &str, agent: &mut Agent) -> (u16, String) {
 #[test]
 fn health_check_answers_with_the_collectors_json_and_zpages_shows_the_pipelines() {
     let (health, zpages, otlp) = (free_port(), free_port(), free_port());
-    let mut agent = Agent::start(bin(), &config(health, zpages, otlp, "", ""));
+    let mut agent = Agent::start(bin(), &config(health, zpages, otlp, None));
     let h = format!("127.0.0.1:{health}");
     let z = format!("127.0.0.1:{zpages}");
 
@@ -130,7 +110,7 @@ fn health_check_answers_with_the_collectors_json_and_zpages_shows_the_pipelines(
 fn health_check_is_never_up_when_a_component_fails() {
     let (health, zpages, otlp) = (free_port(), free_port(), free_port());
     let taken = std::net::TcpListener::bind(("127.0.0.1", otlp)).unwrap();
-    let mut agent = Agent::start(bin(), &config(health, zpages, otlp, "", ""));
+    let mut agent = Agent::start(bin(), &config(health, zpages, otlp, None));
     let h = format!("127.0.0.1:{health}");
     let mut codes = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -215,16 +195,7 @@ fn pprof_serves_a_cpu_profile_in_pprofs_protobuf_format() {
     use std::io::Read;
 
     let (health, zpages, otlp, pprof) = (free_port(), free_port(), free_port(), free_port());
-    let mut agent = Agent::start(
-        bin(),
-        &config(
-            health,
-            zpages,
-            otlp,
-            &format!("  pprof:\n    endpoint: 127.0.0.1:{pprof}\n"),
-            ", pprof",
-        ),
-    );
+    let mut agent = Agent::start(bin(), &config(health, zpages, otlp, Some(pprof)));
     let p = format!("127.0.0.1:{pprof}");
     let (code, index) = wait_http(&p, "/debug/pprof/", &mut agent);
     assert_eq!(code, 200, "{index}");
@@ -311,19 +282,18 @@ fn pprof_serves_a_cpu_profile_in_pprofs_protobuf_format() {
 
 // ---- otlphttp exporter, bearertokenauth and basicauth, debug detailed ------------------------
 
+/// `otlp` (with `otlp` as its body) into `exporter` (with `body`) by the pipeline `traces`,
+/// telemetry on a free port.
+fn traces_from_otlp(otlp: &str, exporter: &str, body: &str) -> AgentConfig {
+    AgentConfig::new()
+        .receiver("otlp", otlp)
+        .exporter(exporter, body)
+        .telemetry(free_port())
+        .pipeline("traces", &["otlp"], &[exporter])
+}
+
 fn send_spans(endpoint: &str) -> Value {
-    let out = std::process::Command::new(python())
-        .arg(python_dir().join("otlp_send.py"))
-        .args(["http", endpoint, "3"])
-        .output()
-        .expect("python");
-    assert!(
-        out.status.success(),
-        "otlp_send.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("JSON line")
+    otlp_send(&mut otlp_send_command(&["http", endpoint, "3"]))
 }
 
 /// Spans from the Python SDK enter agent A over OTLP/HTTP, leave it through the `otlphttp`
@@ -335,73 +305,40 @@ fn otlphttp_delivers_to_a_real_otlp_receiver_with_bearer_auth() {
     let (a_in, b_in) = (free_port(), free_port());
     let b = Agent::start(
         bin(),
-        &format!(
-            "extensions:
-  bearertokenauth:
-    token: tok-123
-receivers:
-  otlp:
-    grpc:
-      enabled: false
-    http:
-      endpoint: 127.0.0.1:{b_in}
-      auth:
-        authenticator: bearertokenauth
-exporters:
-  debug:
-    verbosity: detailed
-    use_internal_logger: false
-service:
-  telemetry:
-    endpoint: 127.0.0.1:{tel}
-  extensions: [bearertokenauth]
-  pipelines:
-    traces:
-      receivers: [otlp]
-      exporters: [debug]
-",
-            tel = free_port()
-        ),
+        &traces_from_otlp(
+            &format!(
+                "{}\n  auth:\n    authenticator: bearertokenauth",
+                otlp_http_only(b_in)
+            ),
+            "debug",
+            "verbosity: detailed\nuse_internal_logger: false",
+        )
+        .extension("bearertokenauth", "token: tok-123")
+        .yaml(),
     );
     let mut a = Agent::start(
         bin(),
-        &format!(
-            "extensions:
-  bearertokenauth/out:
-    token: tok-123
-receivers:
-  otlp:
-    grpc:
-      enabled: false
-    http:
-      endpoint: 127.0.0.1:{a_in}
-exporters:
-  otlphttp:
-    endpoint: http://127.0.0.1:{b_in}
-    auth:
-      authenticator: bearertokenauth/out
-    compression: gzip
-    retry_on_failure: {{ initial_interval: 100ms, max_interval: 500ms }}
-    sending_queue: {{ enabled: true, num_consumers: 2, queue_size: 10 }}
-service:
-  telemetry:
-    endpoint: 127.0.0.1:{tel}
-  extensions: [bearertokenauth/out]
-  pipelines:
-    traces:
-      receivers: [otlp]
-      exporters: [otlphttp]
-",
-            tel = free_port()
-        ),
+        &traces_from_otlp(
+            &otlp_http_only(a_in),
+            "otlphttp",
+            &format!(
+                "
+                endpoint: http://127.0.0.1:{b_in}
+                auth:
+                  authenticator: bearertokenauth/out
+                compression: gzip
+                retry_on_failure: {{ initial_interval: 100ms, max_interval: 500ms }}
+                sending_queue: {{ enabled: true, num_consumers: 2, queue_size: 10 }}"
+            ),
+        )
+        .extension("bearertokenauth/out", "token: tok-123")
+        .yaml(),
     );
     let mut b = b;
     let b_addr = format!("127.0.0.1:{b_in}");
-    assert!(
-        wait_until(Duration::from_secs(20), || http_get(&b_addr, "/").is_some()),
-        "{}",
-        b.output()
-    );
+    b.assert_ready(Duration::from_secs(20), "agent B", || {
+        http_get(&b_addr, "/").is_some()
+    });
     // B refuses a request without the token, and one with another token.
     let body = br#"{"resourceSpans":[]}"#;
     let no = http_post(&b_addr, "/v1/traces", "application/json", body).unwrap();
@@ -432,11 +369,9 @@ service:
     assert_eq!(right.status, 200, "{}", right.text());
 
     let a_addr = format!("127.0.0.1:{a_in}");
-    assert!(
-        wait_until(Duration::from_secs(20), || http_get(&a_addr, "/").is_some()),
-        "{}",
-        a.output()
-    );
+    a.assert_ready(Duration::from_secs(20), "agent A", || {
+        http_get(&a_addr, "/").is_some()
+    });
     let sent = send_spans(&format!("http://{a_addr}"));
     let trace_ids: Vec<String> = sent["trace_ids"]
         .as_array()
@@ -475,40 +410,27 @@ fn basicauth_client_sends_rfc7617_credentials() {
     let a_in = free_port();
     let mut a = Agent::start(
         bin(),
-        &format!(
-            "extensions:
-  basicauth/client:
-    client_auth: {{ username: agent, password: 'open sesame' }}
-receivers:
-  otlp:
-    grpc:
-      enabled: false
-    http:
-      endpoint: 127.0.0.1:{a_in}
-exporters:
-  otlp_http:
-    endpoint: http://127.0.0.1:{port}
-    compression: none
-    auth:
-      authenticator: basicauth/client
-service:
-  telemetry:
-    endpoint: 127.0.0.1:{tel}
-  extensions: [basicauth/client]
-  pipelines:
-    traces:
-      receivers: [otlp]
-      exporters: [otlp_http]
-",
-            tel = free_port()
-        ),
+        &traces_from_otlp(
+            &otlp_http_only(a_in),
+            "otlp_http",
+            &format!(
+                "
+                endpoint: http://127.0.0.1:{port}
+                compression: none
+                auth:
+                  authenticator: basicauth/client"
+            ),
+        )
+        .extension(
+            "basicauth/client",
+            "client_auth: { username: agent, password: 'open sesame' }",
+        )
+        .yaml(),
     );
     let a_addr = format!("127.0.0.1:{a_in}");
-    assert!(
-        wait_until(Duration::from_secs(20), || http_get(&a_addr, "/").is_some()),
-        "{}",
-        a.output()
-    );
+    a.assert_ready(Duration::from_secs(20), "agent A", || {
+        http_get(&a_addr, "/").is_some()
+    });
     send_spans(&format!("http://{a_addr}"));
     listener.set_nonblocking(false).unwrap();
     let (stream, _) = listener.accept().unwrap();
@@ -548,42 +470,24 @@ fn health_check_answers_503_while_the_agent_drains() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_port = silent.local_addr().unwrap().port();
     let (health, otlp) = (free_port(), free_port());
-    let mut agent = Agent::start(
-        bin(),
-        &format!(
-            "receivers:
-  otlp:
-    grpc:
-      enabled: false
-    http:
-      endpoint: 127.0.0.1:{otlp}
-exporters:
-  otlphttp:
-    endpoint: http://127.0.0.1:{silent_port}
-    timeout: 4s
-    sending_queue: {{ num_consumers: 1 }}
-extensions:
-  health_check:
-    endpoint: 127.0.0.1:{health}
-service:
-  shutdown_timeout: 20s
-  telemetry:
-    endpoint: 127.0.0.1:{tel}
-  extensions: [health_check]
-  pipelines:
-    traces:
-      receivers: [otlp]
-      exporters: [otlphttp]
-",
-            tel = free_port()
-        ),
-    );
     let h = format!("127.0.0.1:{health}");
-    assert!(
-        wait_until(Duration::from_secs(20), || http_get(&h, "/")
-            .is_some_and(|r| r.0 == 200)),
-        "{}",
-        agent.output()
+    let mut agent = Agent::start_ready(
+        &traces_from_otlp(
+            &otlp_http_only(otlp),
+            "otlphttp",
+            &format!(
+                "
+                endpoint: http://127.0.0.1:{silent_port}
+                timeout: 4s
+                sending_queue: {{ num_consumers: 1 }}"
+            ),
+        )
+        .extension("health_check", &format!("endpoint: 127.0.0.1:{health}"))
+        .service("shutdown_timeout", "20s")
+        .yaml(),
+        Duration::from_secs(20),
+        "health_check 200",
+        || http_ok(&h, "/"),
     );
     let body = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"work","kind":1,"startTimeUnixNano":"1","endTimeUnixNano":"2"}]}]}]}"#;
     let r = http_post(

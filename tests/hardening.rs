@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,10 +13,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_celeriac"))
-}
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -70,31 +65,32 @@ async fn grpc_call(
 
 const EXPORT_TRACES: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
+/// The `otlp` receiver (`otlp` is its body) into `debug`, telemetry on 127.0.0.1:`tel`.
+fn otlp_to_debug(otlp: &str, tel: u16) -> String {
+    AgentConfig::new()
+        .receiver("otlp", otlp)
+        .exporter("debug", "{}")
+        .telemetry(tel)
+        .pipeline("traces", &["otlp"], &["debug"])
+        .yaml()
+}
+
 #[test]
 fn grpc_bearer_token_is_checked_before_the_body_is_decoded() {
     let (grpc, tel) = (free_port(), free_port());
-    let cfg = format!(
-        r#"
-receivers:
-  otlp:
-    grpc: {{ endpoint: 127.0.0.1:{grpc} }}
-    http: {{ enabled: false }}
-    auth: {{ bearer_token: s3cret-token }}
-exporters:
-  debug: {{}}
-service:
-  telemetry: {{ endpoint: 127.0.0.1:{tel} }}
-  pipelines:
-    traces: {{ receivers: [otlp], exporters: [debug] }}
-"#
+    let cfg = otlp_to_debug(
+        &format!(
+            "
+            grpc: {{ endpoint: 127.0.0.1:{grpc} }}
+            http: {{ enabled: false }}
+            auth: {{ bearer_token: s3cret-token }}"
+        ),
+        tel,
     );
-    let agent = Agent::start(bin(), &cfg);
     let tel = format!("127.0.0.1:{tel}");
-    assert!(
-        wait_until(Duration::from_secs(15), || scrape(&tel).is_some()),
-        "{}",
-        agent.output()
-    );
+    let agent = Agent::start_ready(&cfg, Duration::from_secs(15), "telemetry up", || {
+        scrape(&tel).is_some()
+    });
     let addr = format!("127.0.0.1:{grpc}");
     let garbage: Vec<u8> = (0..4000u32).map(|i| (i * 7919 % 251) as u8).collect();
     let rt = rt();
@@ -176,31 +172,24 @@ async fn loris(
 fn slow_loris_connections_are_cut_off_and_normal_clients_served() {
     const LORISES: usize = 300;
     let (grpc, http, tel) = (free_port(), free_port(), free_port());
-    let cfg = format!(
-        r#"
-receivers:
-  otlp:
-    grpc: {{ endpoint: 127.0.0.1:{grpc}, read_header_timeout: 2s }}
-    http: {{ endpoint: 127.0.0.1:{http}, read_header_timeout: 2s }}
-exporters:
-  debug: {{}}
-service:
-  telemetry: {{ endpoint: 127.0.0.1:{tel} }}
-  pipelines:
-    traces: {{ receivers: [otlp], exporters: [debug] }}
-"#
+    let cfg = otlp_to_debug(
+        &format!(
+            "
+            grpc: {{ endpoint: 127.0.0.1:{grpc}, read_header_timeout: 2s }}
+            http: {{ endpoint: 127.0.0.1:{http}, read_header_timeout: 2s }}"
+        ),
+        tel,
     );
-    let agent = Agent::start(bin(), &cfg);
     let (grpc, http, tel) = (
         format!("127.0.0.1:{grpc}"),
         format!("127.0.0.1:{http}"),
         format!("127.0.0.1:{tel}"),
     );
-    assert!(
-        wait_until(Duration::from_secs(15), || scrape(&tel).is_some()
-            && http_get(&http, "/v1/traces").is_some()),
-        "{}",
-        agent.output()
+    let _agent = Agent::start_ready(
+        &cfg,
+        Duration::from_secs(15),
+        "telemetry and OTLP/HTTP up",
+        || scrape(&tel).is_some() && http_get(&http, "/v1/traces").is_some(),
     );
     let normal = |http: &str| {
         let t0 = Instant::now();

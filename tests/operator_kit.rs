@@ -11,23 +11,14 @@ use std::time::Duration;
 
 use support::*;
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_celeriac"))
-}
-
-/// PromQL words that are not metric names.
+/// PromQL words that are not metric names (the label-list keywords, [`LABEL_LISTS`], are skipped
+/// before this list is asked).
 const NOT_METRICS: &[&str] = &[
     "and",
     "or",
     "unless",
     "bool",
     "offset",
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
     "inf",
     "nan",
     "sum",
@@ -233,17 +224,11 @@ fn every_metric_of_the_dashboard_and_the_alerts_is_exposed_after_a_real_workload
     let (prom_addr, tel_addr) = (format!("127.0.0.1:{prom}"), format!("127.0.0.1:{tel}"));
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("tasks.jsonl");
-    let agent = Agent::start(
-        bin(),
+    let agent = Agent::start_ready(
         &config(&redis.url(), prom, tel, &log.display().to_string()),
-    );
-    assert!(
-        wait_until(Duration::from_secs(15), || {
-            scrape(&tel_addr).and_then(|s| metric_value(&s, "celeriac_celery_redis_connected", &[]))
-                == Some(1.0)
-        }),
-        "agent up\n{}",
-        agent.output()
+        Duration::from_secs(15),
+        "agent up",
+        || redis_connected(&tel_addr),
     );
 
     let mut worker = CeleryWorker::start(&redis.url(), WorkerOpts::default().heartbeat(1));

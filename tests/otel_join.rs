@@ -7,7 +7,6 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::time::Duration;
 
 use support::spans::*;
@@ -38,15 +37,11 @@ service:
         redis.url(),
         sink.endpoint()
     );
-    let agent = Agent::start(Path::new(env!("CARGO_BIN_EXE_celeriac")), &cfg);
-    assert!(
-        wait_until(Duration::from_secs(20), || scrape(&format!(
-            "127.0.0.1:{tel}"
-        ))
-        .and_then(|s| metric_value(&s, "celeriac_celery_redis_connected", &[]))
-            == Some(1.0)),
-        "{}",
-        agent.output()
+    let agent = Agent::start_ready(
+        &cfg,
+        Duration::from_secs(20),
+        "celery_redis connected",
+        || redis_connected(&format!("127.0.0.1:{tel}")),
     );
     let endpoint = match protocol {
         "grpc" => format!("http://127.0.0.1:{grpc}"),

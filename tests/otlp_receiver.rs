@@ -13,19 +13,13 @@ use std::time::Duration;
 use serde_json::Value;
 use support::*;
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_celeriac"))
-}
-
 fn send(proto: &str, endpoint: &str, n: usize, token: Option<&str>) -> Value {
     send_with(proto, endpoint, n, token, &[])
 }
 
 /// `extra`: more otlp_send.py options (`--ca`, `--cert`, `--key`).
 fn send_with(proto: &str, endpoint: &str, n: usize, token: Option<&str>, extra: &[&Path]) -> Value {
-    let mut cmd = Command::new(python());
-    cmd.arg(python_dir().join("otlp_send.py"))
-        .args([proto, endpoint, &n.to_string()]);
+    let mut cmd = otlp_send_command(&[proto, endpoint, &n.to_string()]);
     if let Some(t) = token {
         cmd.args(["--token", t]);
     }
@@ -37,14 +31,17 @@ fn send_with(proto: &str, endpoint: &str, n: usize, token: Option<&str>, extra: 
         cmd.env_remove("REQUESTS_CA_BUNDLE")
             .env_remove("CURL_CA_BUNDLE");
     }
-    let out = cmd.output().expect("python");
-    assert!(
-        out.status.success(),
-        "otlp_send.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("JSON line")
+    otlp_send(&mut cmd)
+}
+
+/// `otlp` (with `otlp` as its body) into the `logs` exporter writing to `path` by the pipeline
+/// `traces`, telemetry on 127.0.0.1:`tel`.
+fn otlp_to_logs(otlp: &str, path: &Path, tel: u16) -> AgentConfig {
+    AgentConfig::new()
+        .receiver("otlp", otlp)
+        .exporter("logs", &format!("{{ path: \"{}\" }}", path.display()))
+        .telemetry(tel)
+        .pipeline("traces", &["otlp"], &["logs"])
 }
 
 fn spans_in(path: &Path) -> Vec<Value> {
@@ -60,33 +57,21 @@ fn python_sdk_spans_pass_through_and_bad_requests_are_refused() {
     let (grpc, http, tel) = (free_port(), free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
     let spans = dir.path().join("spans.jsonl");
-    let cfg = format!(
-        r#"
-receivers:
-  otlp:
-    grpc: {{ endpoint: 127.0.0.1:{grpc} }}
-    http: {{ endpoint: 127.0.0.1:{http}, max_request_body_size_mib: 1 }}
-    auth: {{ bearer_token: s3cret-token }}
-exporters:
-  logs: {{ path: "{}" }}
-service:
-  telemetry: {{ endpoint: 127.0.0.1:{tel} }}
-  pipelines:
-    traces: {{ receivers: [otlp], exporters: [logs] }}
-"#,
-        spans.display()
-    );
-    let agent = Agent::start(bin(), &cfg);
+    let cfg = otlp_to_logs(
+        &format!(
+            "
+            grpc: {{ endpoint: 127.0.0.1:{grpc} }}
+            http: {{ endpoint: 127.0.0.1:{http}, max_request_body_size_mib: 1 }}
+            auth: {{ bearer_token: s3cret-token }}"
+        ),
+        &spans,
+        tel,
+    )
+    .yaml();
     let http_addr = format!("127.0.0.1:{http}");
-    assert!(
-        wait_until(Duration::from_secs(15), || http_get(
-            &http_addr,
-            "/v1/traces"
-        )
-        .is_some()),
-        "{}",
-        agent.output()
-    );
+    let agent = Agent::start_ready(&cfg, Duration::from_secs(15), "OTLP/HTTP up", || {
+        http_get(&http_addr, "/v1/traces").is_some()
+    });
 
     let g = send(
         "grpc",
@@ -241,18 +226,17 @@ fn a_full_pipeline_answers_503_and_memory_stays_flat() {
         .write(true)
         .open(&fifo)
         .unwrap();
-    let cfg = format!(
-        "receivers:\n  otlp:\n    grpc: {{ enabled: false }}\n    http: {{ endpoint: 127.0.0.1:{http} }}\nexporters:\n  logs: {{ path: \"{}\" }}\nservice:\n  telemetry: {{ endpoint: 127.0.0.1:{tel} }}\n  channel_capacity: 4\n  pipelines:\n    traces: {{ receivers: [otlp], exporters: [logs] }}\n",
-        fifo.display()
-    );
-    let agent = Agent::start(bin(), &cfg);
+    let cfg = otlp_to_logs(
+        &format!("grpc: {{ enabled: false }}\nhttp: {{ endpoint: 127.0.0.1:{http} }}"),
+        &fifo,
+        tel,
+    )
+    .service("channel_capacity", "4")
+    .yaml();
     let addr = format!("127.0.0.1:{http}");
-    assert!(
-        wait_until(Duration::from_secs(15), || http_get(&addr, "/v1/traces")
-            .is_some()),
-        "{}",
-        agent.output()
-    );
+    let agent = Agent::start_ready(&cfg, Duration::from_secs(15), "OTLP/HTTP up", || {
+        http_get(&addr, "/v1/traces").is_some()
+    });
     // ~40 KiB of spans per request.
     let mut spans = String::new();
     for i in 0..100 {
@@ -337,29 +321,20 @@ fn mutual_tls_lets_only_certified_clients_in() {
         pki.server_key().display(),
         pki.ca().display()
     );
-    let cfg = format!(
-        r#"
-receivers:
-  otlp:
-    grpc: {{ endpoint: 127.0.0.1:{grpc}, tls: {tls} }}
-    http: {{ endpoint: 127.0.0.1:{http}, tls: {tls} }}
-exporters:
-  logs: {{ path: "{}" }}
-service:
-  telemetry: {{ endpoint: 127.0.0.1:{tel} }}
-  pipelines:
-    traces: {{ receivers: [otlp], exporters: [logs] }}
-"#,
-        spans.display()
-    );
-    let agent = Agent::start(bin(), &cfg);
+    let cfg = otlp_to_logs(
+        &format!(
+            "
+            grpc: {{ endpoint: 127.0.0.1:{grpc}, tls: {tls} }}
+            http: {{ endpoint: 127.0.0.1:{http}, tls: {tls} }}"
+        ),
+        &spans,
+        tel,
+    )
+    .yaml();
     let tel_addr = format!("127.0.0.1:{tel}");
-    assert!(
-        wait_until(Duration::from_secs(15), || http_get(&tel_addr, "/metrics")
-            .is_some()),
-        "{}",
-        agent.output()
-    );
+    let agent = Agent::start_ready(&cfg, Duration::from_secs(15), "telemetry up", || {
+        http_get(&tel_addr, "/metrics").is_some()
+    });
     let refused = |protocol: &str| {
         let page = http_get(&tel_addr, "/metrics")
             .map(|r| r.1)

@@ -12,49 +12,29 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::spans::*;
 use support::*;
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_celeriac"))
-}
-
 fn config(redis_url: &str, sink: &str, telemetry: u16, signals: &[&str]) -> String {
-    let mut pipelines = String::new();
+    let mut cfg = AgentConfig::celery(redis_url, "metrics_interval: 500ms", telemetry).exporter(
+        "otlp",
+        &format!(
+            "
+            endpoint: {sink}
+            compression: gzip
+            headers: {{ x-celeriac-test: not-logged-token }}
+            timeout: 2s
+            retry_on_failure: {{ initial_interval: 100ms, max_interval: 500ms, max_elapsed_time: 60s }}
+            sending_queue: {{ queue_size: 100, num_consumers: 2 }}"
+        ),
+    );
     for s in signals {
-        pipelines.push_str(&format!(
-            "    {s}:\n      receivers: [celery_correlate]\n      exporters: [otlp]\n"
-        ));
+        cfg = cfg.pipeline(s, &["celery_correlate"], &["otlp"]);
     }
-    format!(
-        r#"
-receivers:
-  celery_redis:
-    endpoint: {redis_url}
-connectors:
-  celery_correlate:
-    metrics_interval: 500ms
-exporters:
-  otlp:
-    endpoint: {sink}
-    compression: gzip
-    headers: {{ x-celeriac-test: not-logged-token }}
-    timeout: 2s
-    retry_on_failure: {{ initial_interval: 100ms, max_interval: 500ms, max_elapsed_time: 60s }}
-    sending_queue: {{ queue_size: 100, num_consumers: 2 }}
-service:
-  telemetry:
-    endpoint: 127.0.0.1:{telemetry}
-  pipelines:
-    celery:
-      receivers: [celery_redis]
-      exporters: [celery_correlate]
-{pipelines}"#
-    )
+    cfg.yaml()
 }
 
 /// Spans of the given task ids, each span once (a retried delivery may repeat a request).
@@ -97,13 +77,11 @@ fn ids_of(v: &Value) -> Vec<String> {
 fn start_agent(redis: &RedisServer, sink: &OtlpSink, signals: &[&str]) -> (Agent, String) {
     let tel = free_port();
     let tel_addr = format!("127.0.0.1:{tel}");
-    let agent = Agent::start(bin(), &config(&redis.url(), &sink.endpoint(), tel, signals));
-    assert!(
-        wait_until(Duration::from_secs(15), || {
-            http_get(&tel_addr, "/healthz").is_some_and(|(s, _)| s == 200)
-        }),
-        "agent ready\n{}",
-        agent.output()
+    let agent = Agent::start_ready(
+        &config(&redis.url(), &sink.endpoint(), tel, signals),
+        Duration::from_secs(15),
+        "agent ready",
+        || http_ok(&tel_addr, "/healthz"),
     );
     (agent, tel_addr)
 }

@@ -14,7 +14,6 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::sleep;
@@ -25,10 +24,6 @@ use support::*;
 
 const LEASE_MS: u64 = 3000;
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_celeriac"))
-}
-
 struct Sinks<'a> {
     write_url: Option<&'a str>,
     otlp: Option<&'a str>,
@@ -37,55 +32,32 @@ struct Sinks<'a> {
 /// celery_redis → celery_correlate (leader election) → remote write (metrics) and OTLP (spans,
 /// and metrics when there is no remote write).
 fn config(redis_url: &str, key: &str, telemetry: u16, scrape: u16, sinks: &Sinks) -> String {
-    let mut exporters = format!("  prometheus:\n    endpoint: 127.0.0.1:{scrape}\n");
+    let correlate = format!(
+        "metrics_interval: 200ms\nleader_election:\n  endpoint: {redis_url}\n  lease: {LEASE_MS}ms\n  key: {key}"
+    );
+    let mut cfg = AgentConfig::celery(redis_url, &correlate, telemetry)
+        .exporter("prometheus", &format!("endpoint: 127.0.0.1:{scrape}"));
     let mut metrics_to = vec!["prometheus"];
     let mut traces_to = Vec::new();
     if let Some(w) = sinks.write_url {
-        exporters += &format!(
-            "  prometheus_remote_write:\n    endpoint: {w}\n    external_labels: {{ cluster: pair }}\n"
+        cfg = cfg.exporter(
+            "prometheus_remote_write",
+            &format!("endpoint: {w}\nexternal_labels: {{ cluster: pair }}"),
         );
         metrics_to.push("prometheus_remote_write");
     }
     if let Some(o) = sinks.otlp {
-        exporters += &format!("  otlp:\n    endpoint: {o}\n    timeout: 2s\n");
+        cfg = cfg.exporter("otlp", &format!("endpoint: {o}\ntimeout: 2s"));
         traces_to.push("otlp");
         if sinks.write_url.is_none() {
             metrics_to.push("otlp");
         }
     }
-    let mut pipelines = String::new();
-    pipelines += &format!(
-        "    metrics:\n      receivers: [celery_correlate]\n      exporters: [{}]\n",
-        metrics_to.join(", ")
-    );
+    cfg = cfg.pipeline("metrics", &["celery_correlate"], &metrics_to);
     if !traces_to.is_empty() {
-        pipelines += &format!(
-            "    traces:\n      receivers: [celery_correlate]\n      exporters: [{}]\n",
-            traces_to.join(", ")
-        );
+        cfg = cfg.pipeline("traces", &["celery_correlate"], &traces_to);
     }
-    format!(
-        r#"
-receivers:
-  celery_redis:
-    endpoint: {redis_url}
-connectors:
-  celery_correlate:
-    metrics_interval: 200ms
-    leader_election:
-      endpoint: {redis_url}
-      lease: {LEASE_MS}ms
-      key: {key}
-exporters:
-{exporters}service:
-  telemetry:
-    endpoint: 127.0.0.1:{telemetry}
-  pipelines:
-    celery:
-      receivers: [celery_redis]
-      exporters: [celery_correlate]
-{pipelines}"#
-    )
+    cfg.yaml()
 }
 
 struct Member {

@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -16,35 +15,24 @@ fn fan_out_and_drain_on_sigterm() {
     let tel_addr = format!("127.0.0.1:{tel}");
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
-    let cfg = format!(
-        r#"
-receivers:
-  celery_redis: {{ endpoint: "{}" }}
-connectors:
-  celery_correlate: {{}}
-processors:
-  batch: {{ send_batch_size: 1000000, timeout: 1h }}
-exporters:
-  logs/a: {{ path: "{}" }}
-  logs/b: {{ path: "{}" }}
-service:
-  telemetry: {{ endpoint: "{tel_addr}" }}
-  shutdown_timeout: 5s
-  pipelines:
-    celery: {{ receivers: [celery_redis], exporters: [celery_correlate] }}
-    logs: {{ receivers: [celery_correlate], processors: [batch], exporters: [logs/a, logs/b] }}
-"#,
-        redis.url(),
-        a.display(),
-        b.display()
-    );
-    let mut agent = Agent::start(Path::new(env!("CARGO_BIN_EXE_celeriac")), &cfg);
-    assert!(
-        wait_until(Duration::from_secs(20), || scrape(&tel_addr).and_then(
-            |s| metric_value(&s, "celeriac_celery_redis_connected", &[])
-        ) == Some(1.0)),
-        "{}",
-        agent.output()
+    let cfg = AgentConfig::celery_without_telemetry(&redis.url(), "{}")
+        .telemetry_endpoint(&tel_addr)
+        .service("shutdown_timeout", "5s")
+        .processor("batch", "{ send_batch_size: 1000000, timeout: 1h }")
+        .exporter("logs/a", &format!("{{ path: \"{}\" }}", a.display()))
+        .exporter("logs/b", &format!("{{ path: \"{}\" }}", b.display()))
+        .pipeline_with(
+            "logs",
+            &["celery_correlate"],
+            &["batch"],
+            &["logs/a", "logs/b"],
+        )
+        .yaml();
+    let mut agent = Agent::start_ready(
+        &cfg,
+        Duration::from_secs(20),
+        "celery_redis connected",
+        || redis_connected(&tel_addr),
     );
     for l in std::fs::read_to_string(repo_root().join("tests/fixtures/celery-events-redis.jsonl"))
         .unwrap()

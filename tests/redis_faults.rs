@@ -3,27 +3,16 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_celeriac"))
-}
-
-fn fixture_envelopes() -> Vec<(String, String)> {
-    std::fs::read_to_string(repo_root().join("tests/fixtures/celery-events-redis.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let v: Value = serde_json::from_str(l).ok()?;
-            let ch = v["channel"].as_str()?.to_string();
-            ch.contains("celeryev")
-                .then(|| (ch, v["data"].as_str().unwrap_or("").to_string()))
-        })
-        .collect()
+fn config(redis_url: &str, prom_addr: &str, tel: u16) -> String {
+    AgentConfig::celery(redis_url, "metrics_interval: 100ms", tel)
+        .exporter("prometheus", &format!("endpoint: {prom_addr}"))
+        .pipeline("metrics", &["celery_correlate"], &["prometheus"])
+        .yaml()
 }
 
 #[test]
@@ -31,15 +20,10 @@ fn redis_restart_resubscribes_and_counts_the_gap() {
     let mut redis = RedisServer::start();
     let (prom, tel) = (free_port(), free_port());
     let (prom_addr, tel_addr) = (format!("127.0.0.1:{prom}"), format!("127.0.0.1:{tel}"));
-    let cfg = format!(
-        "receivers:\n  celery_redis:\n    endpoint: {}\nconnectors:\n  celery_correlate:\n    metrics_interval: 100ms\nexporters:\n  prometheus:\n    endpoint: {prom_addr}\nservice:\n  telemetry:\n    endpoint: {tel_addr}\n  pipelines:\n    celery:\n      receivers: [celery_redis]\n      exporters: [celery_correlate]\n    metrics:\n      receivers: [celery_correlate]\n      exporters: [prometheus]\n",
-        redis.url()
-    );
-    let agent = Agent::start(bin(), &cfg);
+    let agent = Agent::start(bin(), &config(&redis.url(), &prom_addr, tel));
     let connected = |want: f64| {
         wait_until(Duration::from_secs(20), || {
-            scrape(&tel_addr).and_then(|s| metric_value(&s, "celeriac_celery_redis_connected", &[]))
-                == Some(want)
+            redis_connected_value(&tel_addr) == Some(want)
         })
     };
     assert!(connected(1.0), "{}", agent.output());
@@ -147,11 +131,7 @@ fn redis_killed_during_a_flood_counts_what_arrived_and_reports_the_gap() {
     let port = redis.port();
     let (prom, tel) = (free_port(), free_port());
     let (prom_addr, tel_addr) = (format!("127.0.0.1:{prom}"), format!("127.0.0.1:{tel}"));
-    let cfg = format!(
-        "receivers:\n  celery_redis:\n    endpoint: {}\nconnectors:\n  celery_correlate:\n    metrics_interval: 100ms\nexporters:\n  prometheus:\n    endpoint: {prom_addr}\nservice:\n  telemetry:\n    endpoint: {tel_addr}\n  pipelines:\n    celery:\n      receivers: [celery_redis]\n      exporters: [celery_correlate]\n    metrics:\n      receivers: [celery_correlate]\n      exporters: [prometheus]\n",
-        redis.url()
-    );
-    let agent = Agent::start(bin(), &cfg);
+    let agent = Agent::start(bin(), &config(&redis.url(), &prom_addr, tel));
     let tel_value = |name: &str| {
         scrape(&tel_addr)
             .and_then(|s| metric_value(&s, name, &[]))
@@ -159,8 +139,7 @@ fn redis_killed_during_a_flood_counts_what_arrived_and_reports_the_gap() {
     };
     let connected = |want: f64| {
         wait_until(Duration::from_secs(20), || {
-            scrape(&tel_addr).and_then(|s| metric_value(&s, "celeriac_celery_redis_connected", &[]))
-                == Some(want)
+            redis_connected_value(&tel_addr) == Some(want)
         })
     };
     assert!(connected(1.0), "{}", agent.output());

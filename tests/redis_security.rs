@@ -5,48 +5,32 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use support::*;
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_celeriac"))
-}
-
 /// Agent config: both Redis receivers on `endpoint` (YAML, a string or a list) with `tls`
 /// (YAML or empty), correlated, on a scrape page.
 fn config(endpoint: &str, tls: &str, prom: &str, tel: &str) -> String {
-    format!(
-        r#"
-receivers:
-  celery_redis:
-    endpoint: {endpoint}
-    connect_timeout: 2s
-    {tls}
-  redis_queues:
-    endpoint: {endpoint}
-    interval: 200ms
-    queues: [celery]
-    {tls}
-connectors:
-  celery_correlate:
-    metrics_interval: 100ms
-exporters:
-  prometheus:
-    endpoint: {prom}
-service:
-  telemetry:
-    endpoint: {tel}
-  pipelines:
-    celery:
-      receivers: [celery_redis]
-      exporters: [celery_correlate]
-    metrics:
-      receivers: [celery_correlate, redis_queues]
-      exporters: [prometheus]
-"#
-    )
+    AgentConfig::new()
+        .receiver(
+            "celery_redis",
+            &format!("endpoint: {endpoint}\nconnect_timeout: 2s\n{tls}"),
+        )
+        .receiver(
+            "redis_queues",
+            &format!("endpoint: {endpoint}\ninterval: 200ms\nqueues: [celery]\n{tls}"),
+        )
+        .connector("celery_correlate", "metrics_interval: 100ms")
+        .exporter("prometheus", &format!("endpoint: {prom}"))
+        .telemetry_endpoint(tel)
+        .pipeline("celery", &["celery_redis"], &["celery_correlate"])
+        .pipeline(
+            "metrics",
+            &["celery_correlate", "redis_queues"],
+            &["prometheus"],
+        )
+        .yaml()
 }
 
 fn value(addr: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -130,15 +114,11 @@ fn rediss_with_client_certificate_and_acl_user() {
         &prom,
         &tel,
     );
-    let agent = Agent::start(bin(), &right);
-    assert!(
-        wait_until(Duration::from_secs(15), || value(
-            &tel,
-            "celeriac_celery_redis_connected",
-            &[]
-        ) == Some(1.0)),
-        "{}",
-        agent.output()
+    let agent = Agent::start_ready(
+        &right,
+        Duration::from_secs(15),
+        "celery_redis connected",
+        || redis_connected(&tel),
     );
     for (ch, data) in fixture_envelopes() {
         redis.cmd(&["PUBLISH", &ch, &data]);
@@ -174,7 +154,7 @@ fn failover_list_moves_to_the_next_broker() {
     let agent = Agent::start(bin(), &config(&list, "", &prom, &tel));
     let connected = |want: f64| {
         wait_until(Duration::from_secs(20), || {
-            value(&tel, "celeriac_celery_redis_connected", &[]) == Some(want)
+            redis_connected_value(&tel) == Some(want)
         })
     };
     assert!(connected(1.0), "{}", agent.output());

@@ -11,16 +11,11 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use support::*;
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_celeriac"))
-}
 
 const MASTER: &str = "mymaster";
 
@@ -130,14 +125,19 @@ struct Cluster {
     sentinels: Vec<Sentinel>,
 }
 
+/// A redis-server replicating `master`.
+fn replica_of(master: &RedisServer) -> RedisServer {
+    RedisServer::builder()
+        .arg("--replicaof")
+        .arg("127.0.0.1")
+        .arg(master.port().to_string())
+        .start()
+}
+
 impl Cluster {
     fn start(sentinel_ports: [u16; 3]) -> Cluster {
         let master = RedisServer::start();
-        let replica = RedisServer::builder()
-            .arg("--replicaof")
-            .arg("127.0.0.1")
-            .arg(master.port().to_string())
-            .start();
+        let replica = replica_of(&master);
         assert!(
             wait_until(Duration::from_secs(15), || {
                 matches!(query(replica.port(), &["INFO", "replication"]),
@@ -180,17 +180,43 @@ fn sentinel_url(ports: &[u16]) -> String {
 }
 
 fn agent_config(url: &str, prom: u16, tel: u16) -> String {
-    format!(
-        "receivers:\n  celery_redis:\n    endpoint: \"{url}\"\n    master_name: {MASTER}\n    connect_timeout: 2s\nconnectors:\n  celery_correlate:\n    metrics_interval: 100ms\nexporters:\n  prometheus:\n    endpoint: 127.0.0.1:{prom}\nservice:\n  telemetry:\n    endpoint: 127.0.0.1:{tel}\n  pipelines:\n    celery:\n      receivers: [celery_redis]\n      exporters: [celery_correlate]\n    metrics:\n      receivers: [celery_correlate]\n      exporters: [prometheus]\n"
-    )
+    sentinel_config(url, prom, tel)
+        .pipeline("metrics", &["celery_correlate"], &["prometheus"])
+        .yaml()
+}
+
+fn sentinel_config(url: &str, prom: u16, tel: u16) -> AgentConfig {
+    AgentConfig::new()
+        .receiver(
+            "celery_redis",
+            &format!("endpoint: \"{url}\"\nmaster_name: {MASTER}\nconnect_timeout: 2s"),
+        )
+        .connector("celery_correlate", "metrics_interval: 100ms")
+        .exporter("prometheus", &format!("endpoint: 127.0.0.1:{prom}"))
+        .telemetry(tel)
+        .pipeline("celery", &["celery_redis"], &["celery_correlate"])
 }
 
 /// The same with the `redis_queues` receiver (queue `backlog`) and the `celery_ui` extension
 /// (inspect), both on the sentinel URL too.
 fn full_config(url: &str, prom: u16, tel: u16, ui: u16) -> String {
-    format!(
-        "receivers:\n  celery_redis:\n    endpoint: \"{url}\"\n    master_name: {MASTER}\n    connect_timeout: 2s\n  redis_queues:\n    endpoint: \"{url}\"\n    master_name: {MASTER}\n    queues: [backlog]\n    interval: 300ms\nconnectors:\n  celery_correlate:\n    metrics_interval: 100ms\nexporters:\n  prometheus:\n    endpoint: 127.0.0.1:{prom}\nextensions:\n  celery_ui:\n    endpoint: 127.0.0.1:{ui}\n    inspect: {{ interval: 2s, timeout: 1s }}\nservice:\n  extensions: [celery_ui]\n  telemetry:\n    endpoint: 127.0.0.1:{tel}\n  pipelines:\n    celery:\n      receivers: [celery_redis]\n      exporters: [celery_correlate]\n    metrics:\n      receivers: [celery_correlate, redis_queues]\n      exporters: [prometheus]\n"
-    )
+    sentinel_config(url, prom, tel)
+        .receiver(
+            "redis_queues",
+            &format!(
+                "endpoint: \"{url}\"\nmaster_name: {MASTER}\nqueues: [backlog]\ninterval: 300ms"
+            ),
+        )
+        .extension(
+            "celery_ui",
+            &format!("endpoint: 127.0.0.1:{ui}\ninspect: {{ interval: 2s, timeout: 1s }}"),
+        )
+        .pipeline(
+            "metrics",
+            &["celery_correlate", "redis_queues"],
+            &["prometheus"],
+        )
+        .yaml()
 }
 
 /// `/api/workers?refresh=1` of celery_ui (Flower's API): the worker's pool size, asked over
@@ -230,15 +256,11 @@ fn follows_the_master_through_a_failover_with_a_real_worker() {
     let (prom, tel, ui) = (free_port(), free_port(), free_port());
     let (prom_addr, tel_addr) = (format!("127.0.0.1:{prom}"), format!("127.0.0.1:{tel}"));
     let ui_addr = format!("127.0.0.1:{ui}");
-    let agent = Agent::start(bin(), &full_config(&url, prom, tel, ui));
-    assert!(
-        wait_until(Duration::from_secs(20), || value(
-            &tel_addr,
-            "celeriac_celery_redis_connected",
-            &[]
-        ) == 1.0),
-        "{}",
-        agent.output()
+    let agent = Agent::start_ready(
+        &full_config(&url, prom, tel, ui),
+        Duration::from_secs(20),
+        "celery_redis connected",
+        || redis_connected(&tel_addr),
     );
     let backlog = || {
         scrape(&prom_addr)
@@ -273,19 +295,23 @@ fn follows_the_master_through_a_failover_with_a_real_worker() {
         succeeded(),
         agent.output()
     );
+    // redis_queues and celery_ui: the queue length and the worker's pool, asked over the broker.
+    let queues_and_inspect = |backlog_len: f64, timeout: Duration, when: &str| {
+        assert!(
+            wait_until(timeout, || backlog() == Some(backlog_len)),
+            "redis_queues {when}: {:?}\n{}",
+            backlog(),
+            agent.output()
+        );
+        assert!(
+            wait_until(Duration::from_secs(15), || inspected_pool(&ui_addr)
+                == Some(2)),
+            "celery_ui inspect {when}\n{}",
+            agent.output()
+        );
+    };
     cluster.master.cmd(&["RPUSH", "backlog", "x"]);
-    assert!(
-        wait_until(Duration::from_secs(10), || backlog() == Some(1.0)),
-        "redis_queues before the failover: {:?}\n{}",
-        backlog(),
-        agent.output()
-    );
-    assert!(
-        wait_until(Duration::from_secs(15), || inspected_pool(&ui_addr)
-            == Some(2)),
-        "celery_ui inspect before the failover\n{}",
-        agent.output()
-    );
+    queues_and_inspect(1.0, Duration::from_secs(10), "before the failover");
 
     // The master dies; the sentinels promote the replica.
     let old_master = cluster.master.port();
@@ -324,18 +350,7 @@ fn follows_the_master_through_a_failover_with_a_real_worker() {
     );
     // redis_queues and celery_ui found the new master too.
     query(new_master, &["RPUSH", "backlog", "y", "z"]).expect("RPUSH on the new master");
-    assert!(
-        wait_until(Duration::from_secs(15), || backlog() == Some(3.0)),
-        "redis_queues after the failover: {:?}\n{}",
-        backlog(),
-        agent.output()
-    );
-    assert!(
-        wait_until(Duration::from_secs(15), || inspected_pool(&ui_addr)
-            == Some(2)),
-        "celery_ui inspect after the failover\n{}",
-        agent.output()
-    );
+    queues_and_inspect(3.0, Duration::from_secs(15), "after the failover");
     thread::sleep(Duration::from_secs(1));
     assert_eq!(succeeded(), 6.0, "counted twice?");
     assert_eq!(received(), 6.0, "counted twice?");
@@ -473,25 +488,17 @@ fn lying_sentinel(addr: (String, u16)) -> u16 {
 #[test]
 fn a_sentinel_naming_a_replica_is_ignored() {
     let master = RedisServer::start();
-    let replica = RedisServer::builder()
-        .arg("--replicaof")
-        .arg("127.0.0.1")
-        .arg(master.port().to_string())
-        .start();
+    let replica = replica_of(&master);
     let liar = lying_sentinel(("127.0.0.1".into(), replica.port()));
     let honest = Sentinel::start(free_port(), master.port(), 1);
     let url = sentinel_url(&[liar, honest.port]);
     let (prom, tel) = (free_port(), free_port());
     let tel_addr = format!("127.0.0.1:{tel}");
-    let agent = Agent::start(bin(), &agent_config(&url, prom, tel));
-    assert!(
-        wait_until(Duration::from_secs(20), || value(
-            &tel_addr,
-            "celeriac_celery_redis_connected",
-            &[]
-        ) == 1.0),
-        "{}",
-        agent.output()
+    let agent = Agent::start_ready(
+        &agent_config(&url, prom, tel),
+        Duration::from_secs(20),
+        "celery_redis connected",
+        || redis_connected(&tel_addr),
     );
     assert!(
         matches!(query(master.port(), &["PUBSUB", "NUMPAT"]), Some(redis::Value::Int(n)) if n >= 4),
@@ -532,15 +539,11 @@ fn data_node_and_sentinel_passwords_are_separate_secrets() {
         "    connect_timeout: 2s\n",
         "    connect_timeout: 2s\n    sentinel_password: sentinel-pw\n",
     );
-    let agent = Agent::start(bin(), &cfg);
-    assert!(
-        wait_until(Duration::from_secs(20), || value(
-            &tel_addr,
-            "celeriac_celery_redis_connected",
-            &[]
-        ) == 1.0),
-        "{}",
-        agent.output()
+    let agent = Agent::start_ready(
+        &cfg,
+        Duration::from_secs(20),
+        "celery_redis connected",
+        || redis_connected(&tel_addr),
     );
     let out = agent.output();
     assert!(

@@ -18,10 +18,6 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 use support::*;
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_celeriac"))
-}
-
 fn env_secs(name: &str, default: u64) -> Duration {
     Duration::from_secs(
         std::env::var(name)
@@ -64,17 +60,9 @@ fn traces_request(seq: u32, spans: u32, pad: usize) -> Vec<u8> {
 fn received_names(sink: &OtlpSink) -> Vec<String> {
     let mut out = Vec::new();
     for r in sink.requests() {
-        for rs in r["request"]["resource_spans"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            for ss in rs["scope_spans"].as_array().into_iter().flatten() {
-                for s in ss["spans"].as_array().into_iter().flatten() {
-                    if let Some(n) = s["name"].as_str() {
-                        out.push(n.to_string());
-                    }
-                }
+        for s in spans::request_spans(&r) {
+            if let Some(n) = s["name"].as_str() {
+                out.push(n.to_string());
             }
         }
     }
@@ -306,14 +294,10 @@ fn sigkill_with_a_non_empty_file_queue_replays_on_restart() {
 /// VmHWM (peak resident set) and VmRSS of a process, in bytes.
 fn memory_of(pid: u32) -> Option<(u64, u64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    // "VmHWM:\t  123456 kB"
     let field = |name: &str| -> Option<u64> {
         let l = s.lines().find(|l| l.starts_with(name))?;
-        let kib: u64 = l[name.len()..]
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
+        let kib: u64 = l[name.len()..].split_whitespace().next()?.parse().ok()?;
         Some(kib * 1024)
     };
     Some((field("VmHWM:")?, field("VmRSS:")?))
@@ -502,6 +486,18 @@ service:
     );
 }
 
+/// The pipeline `pipeline` from `receiver` (with `body`) through a memory_limiter of 1 MiB (it
+/// refuses from its first check on) into `debug`; telemetry on `tel`.
+fn memory_limited(pipeline: &str, receiver: &str, body: &str, tel: &str) -> String {
+    AgentConfig::new()
+        .receiver(receiver, body)
+        .processor("memory_limiter", "{ check_interval: 20ms, limit_mib: 1 }")
+        .exporter("debug", "{}")
+        .telemetry_endpoint(tel)
+        .pipeline_with(pipeline, &[receiver], &["memory_limiter"], &["debug"])
+        .yaml()
+}
+
 /// celery_redis cannot make Redis wait: while a memory_limiter refuses, the events it reads are
 /// dropped and counted with `reason="memory_limit"` (a 1 MiB limit refuses from the first
 /// check on).
@@ -509,19 +505,11 @@ service:
 fn celery_events_refused_by_the_memory_limiter_are_counted() {
     let redis = RedisServer::start();
     let tel = format!("127.0.0.1:{}", free_port());
-    let cfg = format!(
-        "receivers:
-  celery_redis: {{ endpoint: {url} }}
-processors:
-  memory_limiter: {{ check_interval: 20ms, limit_mib: 1 }}
-exporters:
-  debug: {{}}
-service:
-  telemetry: {{ endpoint: {tel} }}
-  pipelines:
-    celery: {{ receivers: [celery_redis], processors: [memory_limiter], exporters: [debug] }}
-",
-        url = redis.url()
+    let cfg = memory_limited(
+        "celery",
+        "celery_redis",
+        &format!("{{ endpoint: {} }}", redis.url()),
+        &tel,
     );
     let agent = Agent::start(bin(), &cfg);
     let value = |name: &str, labels: &[(&str, &str)]| telemetry_value(&tel, name, labels);
@@ -647,20 +635,11 @@ async fn grpc_export_over_the_memory_limit_is_unavailable_and_counted() {
     use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
     let grpc = format!("127.0.0.1:{}", free_port());
     let tel = format!("127.0.0.1:{}", free_port());
-    let cfg = format!(
-        "receivers:
-  otlp:
-    grpc: {{ endpoint: {grpc} }}
-    http: {{ enabled: false }}
-processors:
-  memory_limiter: {{ check_interval: 20ms, limit_mib: 1 }}
-exporters:
-  debug: {{}}
-service:
-  telemetry: {{ endpoint: {tel} }}
-  pipelines:
-    traces: {{ receivers: [otlp], processors: [memory_limiter], exporters: [debug] }}
-"
+    let cfg = memory_limited(
+        "traces",
+        "otlp",
+        &format!("grpc: {{ endpoint: {grpc} }}\nhttp: {{ enabled: false }}"),
+        &tel,
     );
     let agent = Agent::start(bin(), &cfg);
     let tel2 = tel.clone();

@@ -12,29 +12,16 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_celeriac"))
-}
-
 fn config(redis_url: &str, prom: u16, tel: u16, log_path: &Path) -> String {
-    format!(
-        r#"
-receivers:
-  celery_redis: {{ endpoint: "{redis_url}" }}
-connectors:
-  celery_correlate: {{ metrics_interval: 100ms }}
-exporters:
-  prometheus: {{ endpoint: "127.0.0.1:{prom}" }}
-  logs: {{ path: "{}" }}
-service:
-  telemetry: {{ endpoint: "127.0.0.1:{tel}" }}
-  pipelines:
-    celery: {{ receivers: [celery_redis], exporters: [celery_correlate] }}
-    metrics: {{ receivers: [celery_correlate], exporters: [prometheus] }}
-    logs: {{ receivers: [celery_correlate], exporters: [logs] }}
-"#,
-        log_path.display()
-    )
+    AgentConfig::celery(redis_url, "{ metrics_interval: 100ms }", tel)
+        .exporter(
+            "prometheus",
+            &format!("{{ endpoint: \"127.0.0.1:{prom}\" }}"),
+        )
+        .exporter("logs", &format!("{{ path: \"{}\" }}", log_path.display()))
+        .pipeline("metrics", &["celery_correlate"], &["prometheus"])
+        .pipeline("logs", &["celery_correlate"], &["logs"])
+        .yaml()
 }
 
 fn lines(p: &Path) -> usize {
@@ -74,14 +61,11 @@ fn sighup_swaps_an_exporter_under_a_flood_and_loses_nothing() {
     let (prom_addr, tel_addr) = (format!("127.0.0.1:{prom}"), format!("127.0.0.1:{tel}"));
     let dir = tempfile::tempdir().unwrap();
     let (a, b): (PathBuf, PathBuf) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
-    let mut agent = Agent::start(bin(), &config(&redis.url(), prom, tel, &a));
-    assert!(
-        wait_until(Duration::from_secs(15), || {
-            scrape(&tel_addr).and_then(|s| metric_value(&s, "celeriac_celery_redis_connected", &[]))
-                == Some(1.0)
-        }),
-        "{}",
-        agent.output()
+    let mut agent = Agent::start_ready(
+        &config(&redis.url(), prom, tel, &a),
+        Duration::from_secs(15),
+        "celery_redis connected",
+        || redis_connected(&tel_addr),
     );
 
     // 6000 task lifecycles (sent, received, started, succeeded) at 6000 events/s: ~4 s.
@@ -151,10 +135,7 @@ fn sighup_swaps_an_exporter_under_a_flood_and_loses_nothing() {
         "{}",
         agent.output()
     );
-    agent.terminate();
-    assert!(agent
-        .wait_exit(Duration::from_secs(15))
-        .is_some_and(|s| s.success()));
+    agent.stop_ok(Duration::from_secs(15));
 }
 
 #[test]
@@ -164,14 +145,11 @@ fn a_config_with_errors_is_rejected_and_the_pipelines_keep_running() {
     let (prom_addr, tel_addr) = (format!("127.0.0.1:{prom}"), format!("127.0.0.1:{tel}"));
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("a.jsonl");
-    let mut agent = Agent::start(bin(), &config(&redis.url(), prom, tel, &a));
-    assert!(
-        wait_until(Duration::from_secs(15), || {
-            scrape(&tel_addr).and_then(|s| metric_value(&s, "celeriac_celery_redis_connected", &[]))
-                == Some(1.0)
-        }),
-        "{}",
-        agent.output()
+    let mut agent = Agent::start_ready(
+        &config(&redis.url(), prom, tel, &a),
+        Duration::from_secs(15),
+        "celery_redis connected",
+        || redis_connected(&tel_addr),
     );
 
     // An unknown exporter key: `celeriac reload` reports the rejection.
@@ -264,10 +242,7 @@ fn a_config_with_errors_is_rejected_and_the_pipelines_keep_running() {
         succeeded(&prom_addr),
         agent.output()
     );
-    agent.terminate();
-    assert!(agent
-        .wait_exit(Duration::from_secs(15))
-        .is_some_and(|s| s.success()));
+    agent.stop_ok(Duration::from_secs(15));
 }
 
 /// With `service.telemetry.bearer_token`, reloading over HTTP needs the token too.
@@ -278,17 +253,13 @@ fn reload_over_http_needs_the_telemetry_token() {
     let tel_addr = format!("127.0.0.1:{tel}");
     let dir = tempfile::tempdir().unwrap();
     let yaml = config(&redis.url(), prom, tel, &dir.path().join("a.jsonl")).replace(
-        &format!("telemetry: {{ endpoint: \"127.0.0.1:{tel}\" }}"),
-        &format!("telemetry: {{ endpoint: \"127.0.0.1:{tel}\", bearer_token: s3cret-token }}"),
+        &format!("  telemetry:\n    endpoint: 127.0.0.1:{tel}\n"),
+        &format!("  telemetry:\n    endpoint: 127.0.0.1:{tel}\n    bearer_token: s3cret-token\n"),
     );
     assert!(yaml.contains("bearer_token"), "{yaml}");
-    let mut agent = Agent::start(bin(), &yaml);
-    assert!(
-        wait_until(Duration::from_secs(15), || http_get(&tel_addr, "/healthz")
-            .is_some_and(|(s, _)| s == 200)),
-        "{}",
-        agent.output()
-    );
+    let mut agent = Agent::start_ready(&yaml, Duration::from_secs(15), "healthz", || {
+        http_ok(&tel_addr, "/healthz")
+    });
     let reload = |extra: &[&str]| {
         Command::new(bin())
             .args(["reload", "--endpoint", &tel_addr])
@@ -306,8 +277,5 @@ fn reload_over_http_needs_the_telemetry_token() {
     std::fs::write(&token, "s3cret-token\n").unwrap();
     let out = reload(&["--bearer-token-file", token.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}\n{}", agent.output());
-    agent.terminate();
-    assert!(agent
-        .wait_exit(Duration::from_secs(15))
-        .is_some_and(|s| s.success()));
+    agent.stop_ok(Duration::from_secs(15));
 }

@@ -20,7 +20,6 @@ mod support;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -49,50 +48,24 @@ const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
 // ---------------------------------------------------------------------------------------------
 // (a) real Prometheus, real Celery
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_celeriac"))
-}
-
 fn agent_config(redis_url: &str, write_url: &str, scrape: u16, telemetry: u16) -> String {
-    format!(
-        r#"
-receivers:
-  celery_redis:
-    endpoint: {redis_url}
-connectors:
-  celery_correlate:
-    metrics_interval: 200ms
-    forget_workers_after: 4s
-exporters:
-  prometheus:
-    endpoint: 127.0.0.1:{scrape}
-  prometheus_remote_write:
-    endpoint: {write_url}
-    external_labels: {{ cluster: test }}
-    stale_after: 1s
-service:
-  telemetry:
-    endpoint: 127.0.0.1:{telemetry}
-  pipelines:
-    celery:
-      receivers: [celery_redis]
-      exporters: [celery_correlate]
-    metrics:
-      receivers: [celery_correlate]
-      exporters: [prometheus, prometheus_remote_write]
-"#
+    AgentConfig::celery(
+        redis_url,
+        "metrics_interval: 200ms\nforget_workers_after: 4s",
+        telemetry,
     )
+    .exporter("prometheus", &format!("endpoint: 127.0.0.1:{scrape}"))
+    .exporter(
+        "prometheus_remote_write",
+        &format!("endpoint: {write_url}\nexternal_labels: {{ cluster: test }}\nstale_after: 1s"),
+    )
+    .pipeline(
+        "metrics",
+        &["celery_correlate"],
+        &["prometheus", "prometheus_remote_write"],
+    )
+    .yaml()
 }
-
-const EVENTS: [&str; 7] = [
-    "sent",
-    "received",
-    "started",
-    "succeeded",
-    "failed",
-    "retried",
-    "revoked",
-];
 
 type Series = BTreeMap<String, String>;
 
@@ -142,14 +115,11 @@ fn real_prometheus_holds_exactly_what_celeriac_computed() {
     let redis = RedisServer::start();
     let (scrape_port, tel) = (free_port(), free_port());
     let scrape_addr = format!("127.0.0.1:{scrape_port}");
-    let mut agent = Agent::start(
-        bin(),
+    let mut agent = Agent::start_ready(
         &agent_config(&redis.url(), &prom.write_url(), scrape_port, tel),
-    );
-    assert!(
-        wait_until(Duration::from_secs(15), || scrape(&scrape_addr).is_some()),
-        "agent up\n{}",
-        agent.output()
+        Duration::from_secs(15),
+        "agent up",
+        || scrape(&scrape_addr).is_some(),
     );
     let mut worker = CeleryWorker::start(&redis.url(), WorkerOpts::default().heartbeat(1));
     worker.assert_ready(Duration::from_secs(60));
@@ -170,14 +140,7 @@ fn real_prometheus_holds_exactly_what_celeriac_computed() {
         Json::Bool(true),
         "client saw its events: {mix}"
     );
-    let mut want: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    for (ev, per) in mix["expected"].as_object().expect("expected") {
-        for (name, n) in per.as_object().expect("per name") {
-            if let Some(n) = n.as_u64().filter(|n| *n > 0) {
-                want.entry(ev.clone()).or_default().insert(name.clone(), n);
-            }
-        }
-    }
+    let want = expected_counts(&mix);
 
     // Prometheus converges on exactly the scrape page, series by series (buckets included),
     // once the workload's last events are in.
@@ -675,11 +638,8 @@ async fn rejected_requests_are_counted_not_retried() {
 async fn wait_until_async(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
+        if let Some(done) = poll_once(deadline, &mut f) {
+            return done;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

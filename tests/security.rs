@@ -5,15 +5,10 @@
 
 mod support;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use support::*;
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_celeriac"))
-}
 
 const SECRET: &str = "hunter2-s3cret";
 
@@ -24,30 +19,17 @@ fn own_endpoints_require_the_bearer_token() {
         format!("127.0.0.1:{}", free_port()),
         format!("127.0.0.1:{}", free_port()),
     );
-    let cfg = format!(
-        r#"
-receivers:
-  celery_redis: {{ endpoint: "{}" }}
-connectors:
-  celery_correlate: {{}}
-exporters:
-  prometheus: {{ endpoint: {prom}, bearer_token: {SECRET} }}
-service:
-  telemetry: {{ endpoint: {tel}, bearer_token: {SECRET} }}
-  pipelines:
-    celery: {{ receivers: [celery_redis], exporters: [celery_correlate] }}
-    metrics: {{ receivers: [celery_correlate], exporters: [prometheus] }}
-"#,
-        redis.url()
-    );
-    let agent = Agent::start(bin(), &cfg);
-    assert!(
-        wait_until(Duration::from_secs(15), || {
-            matches!(http_get(&tel, "/healthz"), Some((200, _)))
-        }),
-        "{}",
-        agent.output()
-    );
+    let cfg = AgentConfig::celery_without_telemetry(&redis.url(), "{}")
+        .telemetry_body(&format!("{{ endpoint: {tel}, bearer_token: {SECRET} }}"))
+        .exporter(
+            "prometheus",
+            &format!("{{ endpoint: {prom}, bearer_token: {SECRET} }}"),
+        )
+        .pipeline("metrics", &["celery_correlate"], &["prometheus"])
+        .yaml();
+    let agent = Agent::start_ready(&cfg, Duration::from_secs(15), "healthz", || {
+        http_ok(&tel, "/healthz")
+    });
     let auth = format!("Bearer {SECRET}");
     for addr in [&tel, &prom] {
         let anonymous = http_request(addr, "GET", "/metrics", &[], b"").expect("answer");

@@ -1,6 +1,9 @@
 //! Harness for celeriac's end-to-end tests: a real `redis-server`, a real Celery 5 worker
-//! (tests/python/shopapp.py), the test client (tests/python/client.py), the celeriac binary,
-//! and small std-only HTTP / Prometheus-text helpers.
+//! (tests/python/shopapp.py), the test client (tests/python/client.py), the celeriac binary
+//! (started with a config from [`AgentConfig`], `config.rs`, and waited for with
+//! [`Agent::start_ready`]), the task counts a test compares, and small std-only HTTP /
+//! Prometheus-text helpers. `pki.rs` makes TLS material, `spans.rs` reads what the OTLP sink
+//! recorded, `rabbitmq.rs` makes RabbitMQ vhosts.
 //!
 //! Use from an integration test with `mod support;`. Run the tests through `scripts/test`:
 //! it installs redis-server/prometheus and the Python venv, and sets `CELERIAC_TEST_PYTHON`.
@@ -21,9 +24,13 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod config;
 pub mod pki;
 pub mod rabbitmq;
 pub mod spans;
+
+#[allow(unused_imports)]
+pub use config::AgentConfig;
 
 // ---------------------------------------------------------------------------------------------
 // small helpers
@@ -74,14 +81,23 @@ fn await_ready(
 pub fn wait_until<F: FnMut() -> bool>(timeout: Duration, mut f: F) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
+        if let Some(done) = poll_once(deadline, &mut f) {
+            return done;
         }
         sleep(Duration::from_millis(50));
     }
+}
+
+/// One round of a polling wait: `Some(true)` once `f` holds, `Some(false)` once `deadline` has
+/// passed, `None` to sleep and ask again (the loop of [`wait_until`], shared with async waits).
+pub fn poll_once(deadline: Instant, f: &mut impl FnMut() -> bool) -> Option<bool> {
+    if f() {
+        return Some(true);
+    }
+    if Instant::now() >= deadline {
+        return Some(false);
+    }
+    None
 }
 
 /// The repository root (where Cargo.toml is).
@@ -704,6 +720,129 @@ pub fn run_client_env(
 }
 
 // ---------------------------------------------------------------------------------------------
+// task counts: what celeriac scraped, what the client expected
+// ---------------------------------------------------------------------------------------------
+
+/// The task events celeriac counts as `celery_task_<event>_total`.
+pub const EVENTS: [&str; 7] = [
+    "sent",
+    "received",
+    "started",
+    "succeeded",
+    "failed",
+    "retried",
+    "revoked",
+];
+
+/// `{event: {task name: count}}` from celeriac's scrape.
+pub fn scraped_counts(samples: &[Sample]) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for ev in EVENTS {
+        let name = format!("celery_task_{ev}_total");
+        for (n, labels, v) in samples {
+            if *n == name && *v > 0.0 {
+                *out.entry(ev.to_string())
+                    .or_default()
+                    .entry(labels["name"].clone())
+                    .or_default() += *v as u64;
+            }
+        }
+    }
+    out
+}
+
+/// `{event: {task name: count}}` the test client expected (`v["expected"]`), zeros left out.
+pub fn expected_counts(v: &serde_json::Value) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for (ev, per) in v["expected"].as_object().expect("expected") {
+        for (name, n) in per.as_object().expect("per name") {
+            let n = n.as_u64().expect("count");
+            if n > 0 {
+                out.entry(ev.clone()).or_default().insert(name.clone(), n);
+            }
+        }
+    }
+    out
+}
+
+/// The `logs` exporter's `event` for each task event: `(log event, task event)`.
+pub const LOG_EVENTS: [(&str, &str); 7] = [
+    ("task.sent", "sent"),
+    ("task.received", "received"),
+    ("task.started", "started"),
+    ("task.completed", "succeeded"),
+    ("task.failed", "failed"),
+    ("task.retried", "retried"),
+    ("task.revoked", "revoked"),
+];
+
+/// How many lines of the `logs` exporter's file at `path` carry each `event`.
+pub fn log_events(path: &Path) -> BTreeMap<String, u64> {
+    let text = fs::read_to_string(path).unwrap();
+    let mut per_event: BTreeMap<String, u64> = BTreeMap::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+        *per_event
+            .entry(v["event"].as_str().unwrap_or("").to_string())
+            .or_default() += 1;
+    }
+    per_event
+}
+
+/// Runs the test client's `run_mix` on `broker_url` (asserting it saw the events it expected),
+/// then waits until celeriac's scrape at `prom_addr` counts exactly what the client expected, per
+/// event and task name; panics with `agent`'s output otherwise. The expected counts.
+pub fn assert_mix_counted(
+    broker_url: &str,
+    prom_addr: &str,
+    agent: &Agent,
+) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let mix = run_client(broker_url, &["run_mix"]);
+    assert_eq!(
+        mix["match"],
+        serde_json::Value::Bool(true),
+        "the client saw the events it expected: {mix}"
+    );
+    let want = expected_counts(&mix);
+    let mut last = BTreeMap::new();
+    let converged = wait_until(Duration::from_secs(15), || {
+        last = scrape(prom_addr)
+            .map(|s| scraped_counts(&s))
+            .unwrap_or_default();
+        last == want
+    });
+    assert!(
+        converged,
+        "counters\n got {last:?}\nwant {want:?}\n{}",
+        agent.output()
+    );
+    want
+}
+
+// ---------------------------------------------------------------------------------------------
+// OTLP sender (tests/python/otlp_send.py: the OpenTelemetry Python SDK's exporters)
+// ---------------------------------------------------------------------------------------------
+
+/// `python otlp_send.py <args>`, for the caller to add options to before [`otlp_send`].
+pub fn otlp_send_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(python());
+    cmd.arg(python_dir().join("otlp_send.py")).args(args);
+    cmd
+}
+
+/// Runs an [`otlp_send_command`]; panics unless it succeeds. Its last stdout line, as JSON.
+pub fn otlp_send(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd.output().expect("python");
+    assert!(
+        out.status.success(),
+        "otlp_send.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("JSON line")
+}
+
+// ---------------------------------------------------------------------------------------------
 // OTLP/gRPC sink (tests/python/otlp_sink.py: grpcio + PyPI opentelemetry-proto)
 // ---------------------------------------------------------------------------------------------
 
@@ -720,19 +859,7 @@ pub struct OtlpSink {
 impl OtlpSink {
     /// On a free port; `fail_first` calls are answered UNAVAILABLE.
     pub fn start(fail_first: u32) -> OtlpSink {
-        let dir = tempfile::Builder::new()
-            .prefix("celeriac-otlp-sink-")
-            .tempdir()
-            .expect("tempdir");
-        let mut sink = OtlpSink {
-            child: None,
-            port: free_port(),
-            dir,
-            fail_first,
-            extra_args: Vec::new(),
-        };
-        sink.spawn();
-        sink
+        OtlpSink::start_with_args(fail_first, &[])
     }
 
     /// With extra otlp_sink.py arguments (e.g. `["--delay-ms", "100"]`), kept on restart.
@@ -843,10 +970,54 @@ pub struct Agent {
     status: Option<ExitStatus>,
 }
 
+/// The celeriac binary Cargo built for the calling test.
+pub fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_celeriac"))
+}
+
+/// `celeriac_celery_redis_connected` on the agent's telemetry at `telemetry_addr`.
+pub fn redis_connected_value(telemetry_addr: &str) -> Option<f64> {
+    scrape(telemetry_addr).and_then(|s| metric_value(&s, "celeriac_celery_redis_connected", &[]))
+}
+
+/// Whether the agent whose telemetry listens on `telemetry_addr` reports `celery_redis` connected.
+pub fn redis_connected(telemetry_addr: &str) -> bool {
+    redis_connected_value(telemetry_addr) == Some(1.0)
+}
+
 impl Agent {
-    /// `bin` is `Path::new(env!("CARGO_BIN_EXE_celeriac"))` in the calling test.
+    /// `bin` is the binary to run, [`bin`] for the one Cargo built.
     pub fn start(bin: &Path, config_yaml: &str) -> Agent {
         Agent::start_with(bin, config_yaml, &[], &[])
+    }
+
+    /// [`bin`] with `config_yaml`, then waits until `ready` holds (panics with `what` and the
+    /// agent's output after `timeout`).
+    pub fn start_ready(
+        config_yaml: &str,
+        timeout: Duration,
+        what: &str,
+        ready: impl FnMut() -> bool,
+    ) -> Agent {
+        let agent = Agent::start(bin(), config_yaml);
+        agent.assert_ready(timeout, what, ready);
+        agent
+    }
+
+    /// SIGTERM, then panics with the agent's output unless it exits successfully within `timeout`.
+    pub fn stop_ok(&mut self, timeout: Duration) {
+        self.terminate();
+        let status = self.wait_exit(timeout);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "exit {status:?}\n{}",
+            self.output()
+        );
+    }
+
+    /// Panics with `what` and the agent's output unless `ready` holds within `timeout`.
+    pub fn assert_ready(&self, timeout: Duration, what: &str, ready: impl FnMut() -> bool) {
+        assert!(wait_until(timeout, ready), "{what}\n{}", self.output());
     }
 
     /// With extra CLI arguments (after `run -c FILE`) and environment.
@@ -977,6 +1148,11 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 }
 
 /// `POST path` with a body and content type.
+/// Whether `GET path` on `addr` answers 200.
+pub fn http_ok(addr: &str, path: &str) -> bool {
+    http_get(addr, path).is_some_and(|(s, _)| s == 200)
+}
+
 pub fn http_post(addr: &str, path: &str, content_type: &str, body: &[u8]) -> Option<HttpResponse> {
     http_request(addr, "POST", path, &[("Content-Type", content_type)], body)
 }

@@ -11,7 +11,7 @@ pub struct Pki {
     dir: TempDir,
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
+fn openssl<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(dir: &Path, args: &[S]) {
     let out = Command::new("openssl")
         .args(args)
         .current_dir(dir)
@@ -27,47 +27,49 @@ fn openssl(dir: &Path, args: &[&str]) {
 fn ca(dir: &Path, name: &str) {
     openssl(
         dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.pem"),
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN=celeriac test {name}"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
+        &new_key_request(
+            name,
+            &[
+                "-x509",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        ),
     );
+}
+
+/// `openssl req` making a new P-256 key `<name>.key` for the subject `celeriac test <name>`, with
+/// the caller's further arguments (self-signed certificate or signing request).
+fn new_key_request(name: &str, more: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.push(format!("{name}.key"));
+    args.push("-subj".into());
+    args.push(format!("/CN=celeriac test {name}"));
+    args.extend(more.iter().map(|a| a.to_string()));
+    args
 }
 
 fn leaf(dir: &Path, ca: &str, name: &str, ext: &str) {
     openssl(
         dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN=celeriac test {name}"),
-        ],
+        &new_key_request(name, &["-out", &format!("{name}.csr")]),
     );
     std::fs::write(dir.join(format!("{name}.ext")), ext).expect("write ext");
     openssl(

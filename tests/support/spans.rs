@@ -68,50 +68,52 @@ fn u64_of(v: &Value) -> u64 {
         .unwrap_or(0)
 }
 
+/// Every span object of one request the sink recorded (`{"request": {"resource_spans": ...}}`).
+pub fn request_spans(r: &Value) -> impl Iterator<Item = &Value> {
+    r["request"]["resource_spans"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|rs| rs["scope_spans"].as_array().into_iter().flatten())
+        .flat_map(|ss| ss["spans"].as_array().into_iter().flatten())
+}
+
 pub fn spans(sink: &OtlpSink) -> Vec<SpanJ> {
     let mut out = Vec::new();
     for r in sink.requests() {
         if r["signal"] != "traces" {
             continue;
         }
-        for rs in r["request"]["resource_spans"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            for ss in rs["scope_spans"].as_array().into_iter().flatten() {
-                for s in ss["spans"].as_array().into_iter().flatten() {
-                    out.push(SpanJ {
-                        trace_id: hex_id(&s["trace_id"]),
-                        span_id: hex_id(&s["span_id"]),
-                        parent: hex_id(&s["parent_span_id"]),
-                        name: s["name"].as_str().unwrap_or("").into(),
-                        kind: s["kind"].as_str().unwrap_or("").into(),
-                        start: u64_of(&s["start_time_unix_nano"]),
-                        end: u64_of(&s["end_time_unix_nano"]),
-                        attrs: attrs(&s["attributes"]),
-                        events: s["events"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .map(|e| {
-                                (
-                                    e["name"].as_str().unwrap_or("").to_string(),
-                                    attrs(&e["attributes"]),
-                                )
-                            })
-                            .collect(),
-                        links: s["links"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .map(|l| hex_id(&l["span_id"]))
-                            .collect(),
-                        status: s["status"]["code"].as_str().unwrap_or("").into(),
-                        status_message: s["status"]["message"].as_str().unwrap_or("").into(),
-                    });
-                }
-            }
+        for s in request_spans(&r) {
+            out.push(SpanJ {
+                trace_id: hex_id(&s["trace_id"]),
+                span_id: hex_id(&s["span_id"]),
+                parent: hex_id(&s["parent_span_id"]),
+                name: s["name"].as_str().unwrap_or("").into(),
+                kind: s["kind"].as_str().unwrap_or("").into(),
+                start: u64_of(&s["start_time_unix_nano"]),
+                end: u64_of(&s["end_time_unix_nano"]),
+                attrs: attrs(&s["attributes"]),
+                events: s["events"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|e| {
+                        (
+                            e["name"].as_str().unwrap_or("").to_string(),
+                            attrs(&e["attributes"]),
+                        )
+                    })
+                    .collect(),
+                links: s["links"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|l| hex_id(&l["span_id"]))
+                    .collect(),
+                status: s["status"]["code"].as_str().unwrap_or("").into(),
+                status_message: s["status"]["message"].as_str().unwrap_or("").into(),
+            });
         }
     }
     out
