@@ -470,11 +470,18 @@ service:
         metric_value(
             &t,
             "celeriac_receiver_errors_total",
-            &[("component", "receiver/amqp_queues/badauth"), ("reason", "management")],
+            &[
+                ("component", "receiver/amqp_queues/badauth"),
+                ("reason", "management"),
+            ],
         )
         .is_some_and(|v| v >= 1.0)
     });
     let errors: Vec<_> = t.iter().filter(|s| s.0.contains("errors")).collect();
     assert!(ok, "{errors:?}");
-    assert!(agent.stderr().contains("HTTP status 401"), "{}", agent.output());
+    assert!(
+        agent.stderr().contains("HTTP status 401"),
+        "{}",
+        agent.output()
+    );
 }

@@ -58,11 +58,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::Engine;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
     metric, number_data_point, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
 };
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::amqp::{self, Endpoint, Tls};
@@ -246,8 +246,11 @@ impl Management {
         };
         let auth = format!(
             "Basic {}",
-            base64::engine::general_purpose::STANDARD
-                .encode(format!("{}:{}", m.username, m.password.expose()))
+            base64::engine::general_purpose::STANDARD.encode(format!(
+                "{}:{}",
+                m.username,
+                m.password.expose()
+            ))
         );
         Ok(Management {
             base: m.endpoint.trim_end_matches('/').to_string(),
