@@ -168,7 +168,10 @@ service:
         wait_until(Duration::from_secs(15), || value(
             &tel_addr,
             "celeriac_receiver_errors_total",
-            &[("component", "receiver/celery_amqp/wrongca"), ("reason", "connect")]
+            &[
+                ("component", "receiver/celery_amqp/wrongca"),
+                ("reason", "connect")
+            ]
         )
         .is_some_and(|v| v >= 2.0)),
         "{}",
