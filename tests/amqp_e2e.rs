@@ -374,3 +374,114 @@ fn bad_amqp_messages_are_counted_and_nothing_else_is_lost() {
         .stderr()
         .contains("Dropping undecodable Celery input."));
 }
+
+/// `amqp_queues.management`: ready messages (passive declare), unacknowledged messages and the
+/// head message's age from RabbitMQ's real management API (plugin on 15672, enabled by
+/// `.ci/run`), for a queue holding 5 ready and 2 unacknowledged messages published with an AMQP
+/// `timestamp` two minutes old. Wrong management credentials: counted, the AMQP gauges stay.
+#[test]
+fn management_api_reads_unacknowledged_and_head_age() {
+    let vhost = Vhost::create("mgmt");
+    let url = vhost.url();
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 120;
+    let mut holder = std::process::Command::new(python())
+        .arg(python_dir().join("amqp_tool.py"))
+        .args([&url, "hold", "work", "7", "2", &ts.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python amqp_tool.py hold");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.contains("\"held\": 2"), "holder: {line}");
+
+    let (prom, tel) = (free_port(), free_port());
+    let (prom_addr, tel_addr) = (format!("127.0.0.1:{prom}"), format!("127.0.0.1:{tel}"));
+    let receiver = |name: &str, password: &str, queues: &str| {
+        format!(
+            r#"
+  amqp_queues/{name}:
+    endpoint: {url}
+    queues: {queues}
+    interval: 300ms
+    management: {{ endpoint: "http://127.0.0.1:15672", username: guest, password: "{password}" }}"#
+        )
+    };
+    let cfg = format!(
+        r#"
+receivers:{}{}
+exporters:
+  prometheus:
+    endpoint: 127.0.0.1:{prom}
+service:
+  telemetry:
+    endpoint: 127.0.0.1:{tel}
+  pipelines:
+    metrics:
+      receivers: [amqp_queues/good, amqp_queues/badauth]
+      exporters: [prometheus]
+"#,
+        receiver("good", "guest", "[work, nosuch]"),
+        receiver("badauth", "wrong", "[other]")
+    );
+    let agent = Agent::start(bin(), &cfg);
+    let work = [("queue_name", "work")];
+    let mut s = Vec::new();
+    // The management statistics are refreshed every 5 s (collect_statistics_interval).
+    let ok = wait_until(Duration::from_secs(30), || {
+        s = scrape(&prom_addr).unwrap_or_default();
+        metric_value(&s, "celery_queue_unacknowledged_messages", &work) == Some(2.0)
+            && metric_value(&s, "celery_queue_length", &work) == Some(5.0)
+            && metric_value(&s, "celery_queue_oldest_message_age_seconds", &work).is_some()
+    });
+    // RabbitMQ's own view agrees on the ready count (read while the 2 are still held).
+    let ready = vhost.queues();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(ok, "{s:?}\n{}", agent.output());
+    assert!(ready.iter().any(|q| q.0 == "work" && q.1 == 5), "{ready:?}");
+    assert_eq!(
+        metric_value(&s, "celery_active_consumer_count", &work),
+        Some(1.0)
+    );
+    let age = metric_value(&s, "celery_queue_oldest_message_age_seconds", &work).unwrap();
+    assert!((119.0..200.0).contains(&age), "age {age}");
+    // A queue that does not exist: 0 unacknowledged, and no age (RabbitMQ has none to give).
+    let nosuch = [("queue_name", "nosuch")];
+    assert_eq!(
+        metric_value(&s, "celery_queue_unacknowledged_messages", &nosuch),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric_value(&s, "celery_queue_oldest_message_age_seconds", &nosuch),
+        None
+    );
+    // Wrong password: the management API answers 401, counted; the AMQP gauges still come.
+    let mut t = Vec::new();
+    let ok = wait_until(Duration::from_secs(10), || {
+        t = scrape(&tel_addr).unwrap_or_default();
+        metric_value(
+            &t,
+            "celeriac_receiver_errors_total",
+            &[
+                ("component", "receiver/amqp_queues/badauth"),
+                ("reason", "management"),
+            ],
+        )
+        .is_some_and(|v| v >= 1.0)
+    });
+    let errors: Vec<_> = t.iter().filter(|s| s.0.contains("errors")).collect();
+    assert!(ok, "{errors:?}");
+    assert!(
+        agent.stderr().contains("HTTP status 401"),
+        "{}",
+        agent.output()
+    );
+}

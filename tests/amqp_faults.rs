@@ -1,14 +1,16 @@
 //! Faults of a RabbitMQ broker, each test in a vhost of its own: the server closes every
 //! connection mid-flood (`rabbitmqctl close_all_connections`) → the receivers reconnect, the gap
 //! is counted, nothing published after the reconnect is lost; the vhost is deleted → clear
-//! error, retries, no crash, and consumption resumes once it exists again.
+//! error, retries, no crash, and consumption resumes once it exists again; the agent's own
+//! event connection closed while a real worker runs tasks → the `task-started` events lost in
+//! the gaps are exactly what the worker's heartbeats show as missed.
 
 mod support;
 
 use std::path::Path;
 use std::time::Duration;
 
-use support::rabbitmq::{amqp_tool, rabbitmqctl, Vhost};
+use support::rabbitmq::{amqp_tool, close_connections_named, rabbitmqctl, Vhost};
 use support::*;
 
 fn bin() -> &'static Path {
@@ -269,4 +271,82 @@ fn a_failover_list_moves_to_the_broker_that_answers() {
     assert!(agent
         .wait_exit(Duration::from_secs(10))
         .is_some_and(|s| s.success()));
+}
+
+/// Events expire (or, with the queue gone, are never routed) while the agent has no event queue:
+/// nothing can fetch them afterwards, so the loss is *counted*. The worker's heartbeats say how
+/// many tasks it started (`processed`); the correlator compares that with the `task-started`
+/// events it saw (`celeriac_celery_events_missed_total`), as for Redis.
+#[test]
+fn events_lost_in_the_gaps_show_as_missed_from_the_heartbeats() {
+    let vhost = Vhost::create("missed");
+    let url = vhost.url();
+    let (prom, tel) = (free_port(), free_port());
+    let (prom_addr, tel_addr) = (format!("127.0.0.1:{prom}"), format!("127.0.0.1:{tel}"));
+    let agent = Agent::start(bin(), &config(&url, prom, tel));
+    let connected = || value(&tel_addr, "celeriac_celery_amqp_connected", &[]) == Some(1.0);
+    assert!(
+        wait_until(Duration::from_secs(15), connected),
+        "{}",
+        agent.output()
+    );
+    let mut worker = CeleryWorker::start(&url, WorkerOpts::default().heartbeat(1));
+    worker.assert_ready(Duration::from_secs(60));
+    let host = [("hostname", "host1")];
+    assert!(
+        wait_until(Duration::from_secs(20), || value(
+            &prom_addr,
+            "celery_worker_up",
+            &host
+        ) == Some(1.0)),
+        "{}",
+        agent.output()
+    );
+    const TASKS: u64 = 600;
+    let filled = run_client(&url, &["fill_queue", "celery", &TASKS.to_string()]);
+    assert_eq!(filled["total"].as_u64(), Some(TASKS));
+    let started = || {
+        value(
+            &prom_addr,
+            "celery_task_started_total",
+            &[("name", "shop.charge_card")],
+        )
+        .unwrap_or(0.0) as u64
+    };
+    // Three gaps while the worker runs the tasks: the server closes the agent's event connection.
+    for k in 1..=3u64 {
+        assert!(
+            wait_until(Duration::from_secs(30), || started() >= k * TASKS / 5),
+            "worker not running tasks\n{}",
+            agent.output()
+        );
+        assert_eq!(
+            close_connections_named(&vhost.name, "celeriac receiver/celery_amqp"),
+            1
+        );
+        assert!(wait_until(Duration::from_secs(15), connected));
+    }
+    // Once the worker is done and its next heartbeats are in: missed == started − seen.
+    let (mut missed, mut seen) = (None, 0);
+    let settled = wait_until(Duration::from_secs(60), || {
+        seen = started();
+        missed = value(&prom_addr, "celeriac_celery_events_missed_total", &host);
+        vhost.queues().iter().any(|q| q.0 == "celery" && q.1 == 0)
+            && missed.is_some_and(|m| m > 0.0 && m as u64 + seen == TASKS)
+    });
+    assert!(
+        settled,
+        "missed {missed:?}, seen {seen} of {TASKS}\n{}",
+        agent.output()
+    );
+    assert!(
+        value(&tel_addr, "celeriac_celery_amqp_reconnects_total", &[]).is_some_and(|r| r >= 3.0)
+    );
+    assert!(value(
+        &tel_addr,
+        "celeriac_celery_amqp_gap_milliseconds_total",
+        &[]
+    )
+    .is_some_and(|g| g > 0.0));
+    drop(worker);
 }

@@ -139,6 +139,8 @@ fn pool_and_queues(addr: &str) -> (usize, Vec<String>) {
 fn control_commands_over_the_amqp_pidbox() {
     let vhost = Vhost::create("uictl");
     let url = vhost.url();
+    let redis = RedisServer::start();
+    let backend = redis.url_db(1);
     let (ui, tel) = (free_port(), free_port());
     let ui_addr = format!("127.0.0.1:{ui}");
     let agent = Agent::start(
@@ -159,6 +161,7 @@ extensions:
     read_only: false
     auth: {{ bearer_token: {TOKEN} }}
     inspect: {{ interval: 2s, timeout: 2s }}
+    result_backend: {backend}
 service:
   extensions: [celery_ui]
   telemetry:
@@ -173,7 +176,13 @@ service:
 "#
         ),
     );
-    let mut worker = CeleryWorker::start(&url, WorkerOpts::default().heartbeat(1));
+    let mut worker = CeleryWorker::start(
+        &url,
+        WorkerOpts {
+            result_backend: Some(backend.clone()),
+            ..WorkerOpts::default().heartbeat(1)
+        },
+    );
     worker.assert_ready(Duration::from_secs(60));
     assert!(
         wait_until(Duration::from_secs(20), || pool_and_queues(&ui_addr).0 == 2),
@@ -226,15 +235,61 @@ service:
         pool_and_queues(&ui_addr).1 == ["celery"]
     }));
 
-    // Publishing a task is not implemented over AMQP: a clear error, nothing sent.
+    // Publishing over AMQP: send-task and async-apply put protocol-2 task messages on the
+    // queue, the real worker runs them, and the result comes back from the result backend.
+    let (s, b) = authed(
+        &ui_addr,
+        "POST",
+        "/api/task/send-task/shop.c",
+        br#"{"args": ["x"], "kwargs": {}, "queue": "celery"}"#,
+    );
+    assert_eq!(s, 200, "{b}\n{}", agent.output());
+    let sent: Value = serde_json::from_str(&b).expect("JSON");
+    let res = wait_result(&ui_addr, sent["task-id"].as_str().expect("task-id"));
+    assert_eq!(res["state"], "SUCCESS", "{res}");
+    assert_eq!(res["result"], "total=x", "{res}");
+    let (s, b) = authed(
+        &ui_addr,
+        "POST",
+        "/api/task/async-apply/shop.a",
+        br#"{"args": [41]}"#,
+    );
+    assert_eq!(s, 200, "{b}");
+    let applied: Value = serde_json::from_str(&b).expect("JSON");
+    let id = applied["task-id"].as_str().expect("task-id").to_string();
+    let res = wait_result(&ui_addr, &id);
+    assert_eq!(
+        res,
+        serde_json::json!({"task-id": id, "state": "SUCCESS", "result": 42})
+    );
+    // A queue nobody declared yet is declared as Celery declares it, and the message waits there.
     let (s, b) = authed(
         &ui_addr,
         "POST",
         "/api/task/send-task/shop.a",
-        br#"{"args": [], "kwargs": {}}"#,
+        br#"{"args": [1], "queue": "later"}"#,
     );
-    assert_eq!(s, 503, "{b}");
-    assert!(b.contains("not supported over AMQP yet"), "{b}");
+    assert_eq!(s, 200, "{b}");
+    assert!(
+        wait_until(Duration::from_secs(5), || vhost
+            .queues()
+            .iter()
+            .any(|q| q.0 == "later" && q.1 == 1)),
+        "{:?}",
+        vhost.queues()
+    );
+    drop(worker);
+}
+
+fn wait_result(addr: &str, id: &str) -> Value {
+    let mut last = Value::Null;
+    let done = wait_until(Duration::from_secs(30), || {
+        let (_, b) = authed(addr, "GET", &format!("/api/task/result/{id}"), b"");
+        last = serde_json::from_str(&b).unwrap_or(Value::Null);
+        last["state"] == "SUCCESS" || last["state"] == "FAILURE"
+    });
+    assert!(done, "task {id} never finished: {last}");
+    last
 }
 
 #[test]

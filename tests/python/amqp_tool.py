@@ -7,6 +7,9 @@ Usage: amqp_tool.py URL ACTION ...
   sent N NAME         publish N `task-sent` events (distinct uuids, task name NAME) to celeryev
   flood SECONDS NAME  publish `task-sent` events as fast as possible for SECONDS, reconnecting
                       (and counting) when the broker closes the connection
+  hold QUEUE N K TS    declare QUEUE, publish N messages to it (AMQP `timestamp` property TS),
+                      take K of them unacknowledged (prefetch K) and hold them until killed;
+                      prints {"published": n, "held": k} once holding
 Prints one JSON line: {"published": n, "reconnects": k}.
 """
 import base64
@@ -65,6 +68,24 @@ def main(argv):
             publish(ch, 'celeryev', 'task.sent', sent_event(argv[3]), 'application/json',
                     'utf-8', {'hostname': 'gen1@flood'})
             published += 1
+    elif action == 'hold':
+        queue, n, k, ts = argv[2], int(argv[3]), int(argv[4]), int(argv[5])
+        ch.queue_declare(queue, durable=True, auto_delete=False)
+        for i in range(n):
+            ch.basic_publish(amqp.Message(json.dumps({'n': i}), content_type='application/json',
+                                          timestamp=ts, delivery_mode=2),
+                             exchange='', routing_key=queue)
+        ch.basic_qos(0, k, False)
+        held = []
+        ch.basic_consume(queue, callback=held.append, no_ack=False)
+        while len(held) < k:
+            conn.drain_events(timeout=10)
+        print(json.dumps({'published': n, 'held': len(held)}), flush=True)
+        while True:
+            try:
+                conn.drain_events(timeout=1)
+            except OSError:
+                continue
     elif action == 'flood':
         end = time.time() + float(argv[2])
         while time.time() < end:

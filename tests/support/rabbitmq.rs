@@ -100,6 +100,32 @@ impl Drop for Vhost {
     }
 }
 
+/// Closes, as the server does, every connection to `vhost` whose client-given connection name
+/// is `name` (the agent names its connections `celeriac <component id>`); returns how many.
+pub fn close_connections_named(vhost: &str, name: &str) -> usize {
+    let listed = rabbitmqctl(&[
+        "list_connections",
+        "-q",
+        "--no-table-headers",
+        "pid",
+        "vhost",
+        "client_properties",
+    ]);
+    let wanted = format!("{{\"connection_name\",\"{name}\"}}");
+    let mut closed = 0;
+    for line in listed.lines() {
+        let mut f = line.split('\t');
+        let (Some(pid), Some(v)) = (f.next(), f.next()) else {
+            continue;
+        };
+        if v == vhost && line.contains(&wanted) {
+            rabbitmqctl(&["close_connection", pid, "closed by the test"]);
+            closed += 1;
+        }
+    }
+    closed
+}
+
 /// Runs `python tests/python/amqp_tool.py ARGS` (publishes raw AMQP messages) and returns the
 /// JSON line it prints; panics with its stderr when it fails.
 pub fn amqp_tool(args: &[&str]) -> serde_json::Value {

@@ -13,16 +13,27 @@
 //!   (exclusive, auto-delete, `x-expires` 10 s, `x-message-ttl` 300 s), bound with the oid.
 //!   Each reply carries the request's `ticket` header and a body `{worker node name: answer}`.
 //!
+//! Task messages (`/api/task/send-task`, `/api/task/async-apply`) are published as Celery's
+//! `send_task_message` publishes them on AMQP (`celery/app/amqp.py`): to the default exchange
+//! `""` with the queue's name as routing key (the queue's exchange is direct), after declaring the
+//! queue as kombu's `maybe_declare` would (a direct exchange and a durable queue of that name,
+//! bound with it) when a passive declare finds it missing; an existing queue is left as its
+//! worker declared it (priorities, quorum). The body is the protocol-2 JSON
+//! `[args, kwargs, embed]` (no envelope, no base64), the protocol-2 headers are AMQP headers,
+//! and `content_type` `application/json`, `content_encoding` `utf-8`, `correlation_id` (the
+//! task id), `reply_to`, `delivery_mode` 2 and `priority` are AMQP properties.
+//!
 //! One connection is kept between rounds and reopened (along the failover list) when it fails.
 //! Queue depths are RabbitMQ's ready-message counts from a passive `queue.declare`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use base64::Engine;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, ExchangeKind};
@@ -141,6 +152,10 @@ impl AmqpInspector {
                     },
                     FieldTable::default(),
                 )
+                .await?;
+            // Publisher confirms: a task is reported sent once RabbitMQ has it.
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
                 .await?;
             Ok::<_, lapin::Error>((channel, replies))
         };
@@ -398,6 +413,38 @@ impl AmqpInspector {
         Ok(Vec::new())
     }
 
+    /// Publish a task message (the kombu envelope of `super::control::task_message`) to
+    /// `queue` as Celery does on AMQP (see the module docs).
+    pub async fn publish_task(
+        &self,
+        queue: &str,
+        priority: u8,
+        message: &Json,
+    ) -> Result<(), AmqpInspectError> {
+        let (body, props) = task_delivery(message, priority).map_err(|e| self.err(0, e))?;
+        let mut state = self.state.lock().await;
+        let at = state.1;
+        let s = self.session(&mut state).await?;
+        let sent = async {
+            if amqp::queue_depth(&s.conn, &mut s.probe, queue)
+                .await?
+                .is_none()
+            {
+                declare_task_queue(&s.channel, queue).await?;
+            }
+            s.channel
+                .basic_publish("", queue, BasicPublishOptions::default(), &body, props)
+                .await?
+                .await?;
+            Ok::<_, lapin::Error>(())
+        };
+        if let Err(e) = sent.await {
+            state.0 = None;
+            return Err(self.err(at, e));
+        }
+        Ok(())
+    }
+
     /// Ready messages in each queue (0 for a queue that does not exist).
     pub async fn queue_lengths(
         &self,
@@ -428,5 +475,130 @@ impl AmqpInspector {
         if let Some(s) = state.0.take() {
             let _ = s.conn.close(200, "shutdown").await;
         }
+    }
+}
+
+/// Declare `queue` as kombu declares a missing Celery queue (`Queue(name, Exchange(name,
+/// 'direct'), name)`): a durable direct exchange, a durable queue, bound with its name.
+async fn declare_task_queue(channel: &lapin::Channel, queue: &str) -> Result<(), lapin::Error> {
+    channel
+        .exchange_declare(
+            queue,
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(
+            queue,
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue,
+            queue,
+            queue,
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// A JSON value as an AMQP field value (what py-amqp writes for the same Python value).
+fn field(v: &Json) -> AMQPValue {
+    match v {
+        Json::Null => AMQPValue::Void,
+        Json::Bool(b) => AMQPValue::Boolean(*b),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => AMQPValue::LongLongInt(i),
+            None => AMQPValue::Double(n.as_f64().unwrap_or(0.0)),
+        },
+        Json::String(s) => AMQPValue::LongString(s.as_str().into()),
+        Json::Array(a) => AMQPValue::FieldArray(a.iter().map(field).collect::<Vec<_>>().into()),
+        Json::Object(o) => AMQPValue::FieldTable(table(o)),
+    }
+}
+
+fn table(o: &serde_json::Map<String, Json>) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in o {
+        t.insert(k.as_str().into(), field(v));
+    }
+    t
+}
+
+/// The body and properties of the AMQP message for a kombu task envelope (`body` base64 JSON,
+/// `headers`, `properties`), as Celery's AMQP producer sends it.
+fn task_delivery(message: &Json, priority: u8) -> Result<(Vec<u8>, BasicProperties), String> {
+    let body = message["body"]
+        .as_str()
+        .ok_or("task message without a body")?;
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .map_err(|e| format!("task message body is not base64: {e}"))?;
+    let headers = message["headers"]
+        .as_object()
+        .ok_or("task message without headers")?;
+    let text = |v: &Json, default: &str| v.as_str().unwrap_or(default).to_string();
+    let p = &message["properties"];
+    let mut props = BasicProperties::default()
+        .with_content_type(text(&message["content-type"], "application/json").into())
+        .with_content_encoding(text(&message["content-encoding"], "utf-8").into())
+        .with_headers(table(headers))
+        .with_delivery_mode(p["delivery_mode"].as_u64().map_or(2, |m| m as u8))
+        .with_correlation_id(text(&p["correlation_id"], "").into())
+        .with_reply_to(text(&p["reply_to"], "").into());
+    if priority > 0 {
+        props = props.with_priority(priority);
+    }
+    Ok((body, props))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_envelopes_become_amqp_messages() {
+        let opts = serde_json::Map::new();
+        let (msg, queue, prio) = super::super::control::task_message(
+            "shop.a",
+            "id-1",
+            &json!([41]),
+            &json!({}),
+            &opts,
+            1.0,
+        )
+        .unwrap();
+        let (body, props) = task_delivery(&msg, prio).unwrap();
+        assert_eq!(queue, "celery");
+        let body: Json = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body[0], json!([41]));
+        assert_eq!(props.correlation_id().as_ref().unwrap().as_str(), "id-1");
+        assert_eq!(
+            props.content_type().as_ref().unwrap().as_str(),
+            "application/json"
+        );
+        assert_eq!(props.delivery_mode(), &Some(2));
+        assert_eq!(props.priority(), &None);
+        let h = props.headers().as_ref().unwrap().inner();
+        assert!(
+            matches!(h.get("task"), Some(AMQPValue::LongString(t)) if t.to_string() == "shop.a")
+        );
+        assert!(matches!(h.get("retries"), Some(AMQPValue::LongLongInt(0))));
+        assert!(matches!(h.get("eta"), Some(AMQPValue::Void)));
+        assert!(
+            matches!(h.get("timelimit"), Some(AMQPValue::FieldArray(a)) if a.as_slice().len() == 2)
+        );
+        assert!(task_delivery(&json!({"body": "%%"}), 0).is_err());
     }
 }

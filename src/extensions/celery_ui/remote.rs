@@ -2,8 +2,7 @@
 //! Redis pidbox ([`super::inspect`]) or the AMQP pidbox ([`super::amqp_pidbox`]), chosen by the
 //! broker URL's scheme here and nowhere else. Everything the extension asks of workers
 //! (inspect rounds, the wakeup heartbeat, queue lengths) goes through it, and it implements
-//! [`Pidbox`], the control API's seam (commands over both brokers; publishing a task over
-//! Redis only, for now).
+//! [`Pidbox`], the control API's seam (commands and task publishing over both brokers).
 
 use std::time::Duration;
 
@@ -22,8 +21,6 @@ pub enum RemoteError {
     Redis(#[from] InspectError),
     #[error(transparent)]
     Amqp(#[from] AmqpInspectError),
-    #[error("{0}")]
-    Unsupported(String),
 }
 
 pub enum Remote {
@@ -135,11 +132,9 @@ impl Pidbox for Remote {
     ) -> BoxFut<'a, Result<(), RemoteError>> {
         match self {
             Remote::Redis(i) => Pidbox::publish_task(&**i, queue, priority, message),
-            Remote::Amqp(_) => Box::pin(async move {
-                Err(RemoteError::Unsupported(format!(
-                    "publishing a task (to queue `{queue}`) is not supported over AMQP yet"
-                )))
-            }),
+            Remote::Amqp(i) => {
+                Box::pin(async move { Ok(i.publish_task(queue, priority, message).await?) })
+            }
         }
     }
 }

@@ -36,7 +36,7 @@
 pub mod convert;
 pub mod parse;
 pub mod relabel;
-mod scrape;
+pub(crate) mod scrape;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
