@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{types, types::Secret};
 use crate::exporters::prom;
+use crate::exporters::retry::{PrometheusDefaults, RetryConfig};
 use crate::exporters::sending_queue::StorageConfig;
 use crate::tls::ClientTlsConfig;
 
@@ -38,30 +39,6 @@ impl Default for QueueConfig {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RetryConfig {
-    pub enabled: bool,
-    #[serde(with = "types::duration")]
-    pub initial_interval: Duration,
-    #[serde(with = "types::duration")]
-    pub max_interval: Duration,
-    /// Give a request up after this long; zero retries forever.
-    #[serde(with = "types::duration")]
-    pub max_elapsed_time: Duration,
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        RetryConfig {
-            enabled: true,
-            initial_interval: Duration::from_millis(50),
-            max_interval: Duration::from_secs(5),
-            max_elapsed_time: Duration::from_secs(300),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
 pub struct RemoteWriteConfig {
     pub endpoint: String,
     #[serde(with = "types::duration")]
@@ -79,7 +56,7 @@ pub struct RemoteWriteConfig {
     pub remote_write_queue: QueueConfig,
     /// Where requests wait for the endpoint: memory (default) or files that survive a restart.
     pub sending_queue: StorageConfig,
-    pub retry_on_failure: RetryConfig,
+    pub retry_on_failure: RetryConfig<PrometheusDefaults>,
     /// `namespace_` before every metric name (the collector's `namespace`).
     pub namespace: String,
     /// `_total` on counters (the collector's default, on).

@@ -80,6 +80,8 @@
 //!       initial_interval: 50ms
 //!       max_interval: 5s
 //!       max_elapsed_time: 5m         # 0 = retry forever
+//!       multiplier: 2
+//!       randomization_factor: 0.5
 //! ```
 //!
 //! The parts: [`config`] (the settings), [`series`] (OTLP → samples per shard, timestamp order,
@@ -110,7 +112,7 @@ use crate::exporters::prom;
 use crate::exporters::sending_queue::{self, DiskQueue, FileQueue};
 use crate::signal::{Signal, SignalKind};
 
-pub use config::{BasicAuth, QueueConfig, RemoteWriteConfig, RetryConfig};
+pub use config::{BasicAuth, QueueConfig, RemoteWriteConfig};
 pub use sender::parse_retry_after;
 pub use series::{is_stale_marker, shard_of, Queued, SeriesTable, TableStats, STALE_NAN_BITS};
 pub use wire::encode_request;
@@ -219,6 +221,7 @@ fn build(v: &Value) -> BuildResult<dyn Exporter> {
             "must be at least initial_interval",
         ));
     }
+    cfg.retry_on_failure.check_factors()?;
     if cfg.max_samples_per_send == 0 {
         return Err(DecodeError::new(
             "max_samples_per_send",

@@ -1,7 +1,7 @@
 //! Sending: each shard's requests, their retries, and the file queue (`storage: file`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -12,10 +12,10 @@ use hyper_util::client::legacy::Client;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::config::RetryConfig;
 use super::shard::Shard;
 use super::wire::encode_request;
 use crate::exporters::backoff::Backoff;
+use crate::exporters::retry::{pause, Attempts, PrometheusDefaults, RetryConfig};
 use crate::exporters::sending_queue::DiskQueue;
 use crate::telemetry::{Counter, Gauge, Telemetry, Throttle};
 
@@ -57,7 +57,7 @@ pub(super) struct Sender {
     pub(super) headers: Vec<(HeaderName, HeaderValue)>,
     pub(super) auth: Option<HeaderValue>,
     pub(super) timeout: Duration,
-    pub(super) retry: RetryConfig,
+    pub(super) retry: RetryConfig<PrometheusDefaults>,
     pub(super) max_samples_per_send: usize,
     pub(super) shutdown: CancellationToken,
     pub(super) sent: Counter,
@@ -192,14 +192,7 @@ impl Sender {
 
     /// Send one request until it succeeds, is rejected, or retries run out.
     async fn send_with_retry(&self, body: Bytes) -> Result<(), (&'static str, SendError)> {
-        let start = Instant::now();
-        let mut backoff = Backoff::new(
-            self.retry.initial_interval,
-            self.retry.max_interval,
-            2.0,
-            0.5,
-            Backoff::random_seed(),
-        );
+        let mut attempts = Attempts::new(&self.retry, Backoff::random_seed());
         let mut attempt = 0u32;
         loop {
             let err = match self.post(body.clone(), attempt).await {
@@ -216,14 +209,12 @@ impl Sender {
                 return Err(("shutdown", err));
             }
             let server_delay = match &err {
-                SendError::Retryable { retry_after, .. } => retry_after.unwrap_or_default(),
-                _ => Duration::ZERO,
+                SendError::Retryable { retry_after, .. } => *retry_after,
+                _ => None,
             };
-            let delay = backoff.next_delay().max(server_delay);
-            let max_elapsed = self.retry.max_elapsed_time;
-            if !max_elapsed.is_zero() && start.elapsed() + delay > max_elapsed {
+            let Some(delay) = attempts.next_wait(server_delay) else {
                 return Err(("retries_exhausted", err));
-            }
+            };
             if attempt == 0 {
                 tracing::warn!(component = %self.id, error = %err, delay = ?delay, "Remote-write request failed, retrying.");
             } else {
@@ -231,10 +222,7 @@ impl Sender {
             }
             self.retries.inc();
             attempt += 1;
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = self.shutdown.cancelled() => {}
-            }
+            pause(delay, &self.shutdown).await;
         }
     }
 
