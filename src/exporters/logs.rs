@@ -233,7 +233,7 @@ fn log_line(rec: &LogRecord) -> Map<String, Json> {
     if let Some(body) = &rec.body {
         m.insert("msg".into(), any_to_json(body));
     }
-    put_attributes(&mut m, &rec.attributes);
+    put_attributes(&mut m, &rec.attributes, RESERVED);
     if rec.trace_id.iter().any(|b| *b != 0) {
         m.insert("trace_id".into(), Json::String(hex(&rec.trace_id)));
     }
@@ -291,7 +291,7 @@ fn span_line(span: &Span) -> Map<String, Json> {
             m.insert("status_message".into(), Json::String(st.message.clone()));
         }
     }
-    put_attributes(&mut m, &span.attributes);
+    put_attributes(&mut m, &span.attributes, RESERVED);
     m
 }
 
@@ -306,9 +306,10 @@ const RESERVED: &[&str] = &[
     "duration_ms",
 ];
 
-fn put_attributes(m: &mut Map<String, Json>, attrs: &[KeyValue]) {
+/// Attributes into a JSON object, leaving out those without a value and the keys in `skip`.
+fn put_attributes(m: &mut Map<String, Json>, attrs: &[KeyValue], skip: &[&str]) {
     for kv in attrs {
-        if RESERVED.contains(&kv.key.as_str()) {
+        if skip.contains(&kv.key.as_str()) {
             continue;
         }
         if let Some(v) = &kv.value {
@@ -330,7 +331,7 @@ pub fn any_to_json(v: &AnyValue) -> Json {
         }
         Some(any_value::Value::KvlistValue(kv)) => {
             let mut m = Map::new();
-            put_attributes(&mut m, &kv.values);
+            put_attributes(&mut m, &kv.values, &[]);
             Json::Object(m)
         }
         Some(any_value::Value::BytesValue(b)) => Json::String(hex(b)),
@@ -393,6 +394,21 @@ mod tests {
         assert_eq!(
             rfc3339(951_782_400_000_000_000),
             "2000-02-29T00:00:00.000000Z"
+        );
+    }
+
+    /// The line's own keys are reserved at the top only: a map inside an attribute keeps them.
+    #[test]
+    fn nested_maps_keep_every_key() {
+        use opentelemetry_proto::tonic::common::v1::KeyValueList;
+        let map = AnyValue {
+            value: Some(any_value::Value::KvlistValue(KeyValueList {
+                values: vec![kv("msg", "inner"), kv("level", "x")],
+            })),
+        };
+        assert_eq!(
+            any_to_json(&map).to_string(),
+            r#"{"level":"x","msg":"inner"}"#
         );
     }
 
