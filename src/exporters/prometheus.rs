@@ -543,22 +543,15 @@ fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::otlp::kv;
     use crate::telemetry::Counter;
-    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
     use opentelemetry_proto::tonic::metrics::v1::{
         metric, number_data_point, summary_data_point::ValueAtQuantile, AggregationTemporality,
         ExponentialHistogram, ExponentialHistogramDataPoint, Gauge, Histogram, HistogramDataPoint,
         Metric, NumberDataPoint, ScopeMetrics, Sum, Summary, SummaryDataPoint,
     };
     use opentelemetry_proto::tonic::resource::v1::Resource;
-
-    fn kv(k: &str, v: any_value::Value) -> KeyValue {
-        KeyValue {
-            key: k.into(),
-            value: Some(AnyValue { value: Some(v) }),
-            ..Default::default()
-        }
-    }
 
     fn s(k: &str, v: &str) -> KeyValue {
         kv(k, any_value::Value::StringValue(v.into()))
