@@ -143,11 +143,7 @@ fn collector_naming_settings() {
     };
     let (text, _) = page(&cfg, counter());
     assert_eq!(text, "# TYPE jobs counter\njobs 2 1700000000123\n");
-    let bad = |y: &str| {
-        build(&serde_yaml_ng::from_str(y).unwrap())
-            .err()
-            .map(|e| e.path)
-    };
+    let bad = |y: &str| crate::component::rejected_key(build, y);
     assert_eq!(
         bad("enable_open_metrics: true").as_deref(),
         Some("enable_open_metrics")
@@ -494,11 +490,7 @@ fn config() {
     assert_eq!(cfg.metric_expiration, Duration::from_secs(60));
     assert!(cfg.resource_to_telemetry_conversion);
     assert!(build(&Value::Null).is_ok());
-    let bad = |y: &str| {
-        build(&serde_yaml_ng::from_str(y).unwrap())
-            .err()
-            .map(|e| e.path)
-    };
+    let bad = |y: &str| crate::component::rejected_key(build, y);
     assert_eq!(
         bad("const_labels: {\"a-b\": x}").as_deref(),
         Some("const_labels.a-b")

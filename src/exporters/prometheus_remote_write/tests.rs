@@ -427,11 +427,7 @@ fn collector_settings() {
     let mut t =
         SeriesTable::new(&BTreeMap::new(), false, 1, Duration::from_secs(60)).with_names("", false);
     assert_eq!(counter_named(&mut t), "jobs");
-    let bad = |y: &str| {
-        build(&serde_yaml_ng::from_str(y).unwrap())
-            .err()
-            .map(|e| e.path)
-    };
+    let bad = |y: &str| crate::component::rejected_key(build, y);
     assert_eq!(bad("endpoint: http://cortex:9009/api/v1/push\nnamespace: x\nadd_metric_suffixes: false\ntarget_info: {enabled: false}\ntls: {insecure: true}"), None);
     assert_eq!(
         bad("endpoint: https://x/api/v1/push\ntls: {insecure: true}").as_deref(),
@@ -459,11 +455,7 @@ fn config() {
     assert_eq!(auth_header(&cfg).unwrap().to_str().unwrap(), "Basic dTpw");
     assert!(build(&v).is_ok());
     assert!(build(&Value::Null).is_ok());
-    let bad = |y: &str| {
-        build(&serde_yaml_ng::from_str(y).unwrap())
-            .err()
-            .map(|e| e.path)
-    };
+    let bad = |y: &str| crate::component::rejected_key(build, y);
     assert_eq!(
         bad("endpoint: ftp://x/api/v1/write").as_deref(),
         Some("endpoint")
