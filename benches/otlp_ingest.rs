@@ -8,23 +8,13 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use celeriac::component::Output;
+use celeriac::otlp::str_kv as kv;
 use celeriac::signal::{Signal, SignalKind};
 use celeriac::telemetry::Counter;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
-
-fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
-}
 
 /// 100 spans shaped like opentelemetry-instrumentation-celery's `run/<task>` spans.
 fn request() -> Vec<u8> {

@@ -537,6 +537,16 @@ impl StatusBoard {
 
 pub type BuildResult<T> = Result<Box<T>, DecodeError>;
 
+/// For unit tests of builders: the key `build` rejects in `yaml`, `None` when it builds.
+#[cfg(test)]
+pub(crate) fn rejected_key<T: ?Sized>(
+    build: fn(&Value) -> BuildResult<T>,
+    yaml: &str,
+) -> Option<String> {
+    let v: Value = serde_yaml_ng::from_str(yaml).expect("test YAML");
+    build(&v).err().map(|e| e.path)
+}
+
 /// How to build one component type, and which signals it takes and gives.
 pub enum Factory {
     Receiver {

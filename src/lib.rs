@@ -27,6 +27,7 @@ pub mod config;
 pub mod connectors;
 pub mod exporters;
 pub mod extensions;
+pub mod otlp;
 pub mod pipeline;
 pub mod processors;
 pub mod prompb;

@@ -28,11 +28,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use celeriac::component::Factory;
 use celeriac::component::{Context, Input};
 use celeriac::config::Value;
+use celeriac::otlp::str_kv as kv;
 use celeriac::prompb::WriteRequest;
 use celeriac::registry::lookup;
 use celeriac::signal::Signal;
 use celeriac::telemetry::{Counter, Telemetry};
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
     metric, number_data_point, AggregationTemporality, Metric, NumberDataPoint, ResourceMetrics,
     ScopeMetrics, Sum,
@@ -358,16 +358,6 @@ fn read_request(conn: &mut std::net::TcpStream) -> Option<(HashMap<String, Strin
         body.extend_from_slice(&chunk[..n]);
     }
     Some((headers, body))
-}
-
-fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
 }
 
 /// A celery_correlate-like batch: `celery_task_succeeded` for `names`, value = `v`, at `ts_ms`.

@@ -14,7 +14,6 @@ use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs};
 use opentelemetry_proto::tonic::trace::v1::{status, ResourceSpans, Span};
 use serde::{Deserialize, Serialize};
@@ -23,6 +22,7 @@ use serde_json::{Map, Value as Json};
 use crate::component::{BoxRun, ComponentError, Context, Exporter, Input};
 use crate::component::{BuildResult, Factory, Registration};
 use crate::config::{self, Value};
+use crate::otlp::{any_to_json, hex, put_attributes};
 use crate::signal::{Signal, SignalKind};
 
 pub const REGISTRATION: Registration = Registration {
@@ -233,7 +233,7 @@ fn log_line(rec: &LogRecord) -> Map<String, Json> {
     if let Some(body) = &rec.body {
         m.insert("msg".into(), any_to_json(body));
     }
-    put_attributes(&mut m, &rec.attributes);
+    put_attributes(&mut m, &rec.attributes, RESERVED);
     if rec.trace_id.iter().any(|b| *b != 0) {
         m.insert("trace_id".into(), Json::String(hex(&rec.trace_id)));
     }
@@ -291,7 +291,7 @@ fn span_line(span: &Span) -> Map<String, Json> {
             m.insert("status_message".into(), Json::String(st.message.clone()));
         }
     }
-    put_attributes(&mut m, &span.attributes);
+    put_attributes(&mut m, &span.attributes, RESERVED);
     m
 }
 
@@ -306,39 +306,6 @@ const RESERVED: &[&str] = &[
     "duration_ms",
 ];
 
-fn put_attributes(m: &mut Map<String, Json>, attrs: &[KeyValue]) {
-    for kv in attrs {
-        if RESERVED.contains(&kv.key.as_str()) {
-            continue;
-        }
-        if let Some(v) = &kv.value {
-            m.insert(kv.key.clone(), any_to_json(v));
-        }
-    }
-}
-
-pub fn any_to_json(v: &AnyValue) -> Json {
-    match &v.value {
-        Some(any_value::Value::StringValue(s)) => Json::String(s.clone()),
-        Some(any_value::Value::BoolValue(b)) => Json::Bool(*b),
-        Some(any_value::Value::IntValue(i)) => Json::from(*i),
-        Some(any_value::Value::DoubleValue(d)) => {
-            serde_json::Number::from_f64(*d).map_or(Json::Null, Json::Number)
-        }
-        Some(any_value::Value::ArrayValue(a)) => {
-            Json::Array(a.values.iter().map(any_to_json).collect())
-        }
-        Some(any_value::Value::KvlistValue(kv)) => {
-            let mut m = Map::new();
-            put_attributes(&mut m, &kv.values);
-            Json::Object(m)
-        }
-        Some(any_value::Value::BytesValue(b)) => Json::String(hex(b)),
-        // Dictionary-encoded strings only appear inside profiles, never in logs or spans.
-        Some(any_value::Value::StringValueStrindex(_)) | None => Json::Null,
-    }
-}
-
 fn severity_name(n: i32) -> String {
     match n {
         1..=4 => "trace",
@@ -352,16 +319,6 @@ fn severity_name(n: i32) -> String {
     .to_string()
 }
 
-pub fn hex(b: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        s.push(DIGITS[(x >> 4) as usize] as char);
-        s.push(DIGITS[(x & 15) as usize] as char);
-    }
-    s
-}
-
 /// `2026-11-25T12:00:00.123456Z` from Unix nanoseconds (microsecond precision).
 pub fn rfc3339(nanos: u64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(nanos);
@@ -371,17 +328,9 @@ pub fn rfc3339(nanos: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::otlp::str_kv as kv;
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue};
     use opentelemetry_proto::tonic::logs::v1::ScopeLogs;
-
-    fn kv(k: &str, v: &str) -> KeyValue {
-        KeyValue {
-            key: k.into(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(v.into())),
-            }),
-            ..Default::default()
-        }
-    }
 
     #[test]
     fn formats_times() {
@@ -393,6 +342,21 @@ mod tests {
         assert_eq!(
             rfc3339(951_782_400_000_000_000),
             "2000-02-29T00:00:00.000000Z"
+        );
+    }
+
+    /// The line's own keys are reserved at the top only: a map inside an attribute keeps them.
+    #[test]
+    fn nested_maps_keep_every_key() {
+        use opentelemetry_proto::tonic::common::v1::KeyValueList;
+        let map = AnyValue {
+            value: Some(any_value::Value::KvlistValue(KeyValueList {
+                values: vec![kv("msg", "inner"), kv("level", "x")],
+            })),
+        };
+        assert_eq!(
+            any_to_json(&map).to_string(),
+            r#"{"level":"x","msg":"inner"}"#
         );
     }
 

@@ -7,4 +7,5 @@ pub mod otlp;
 pub mod prom;
 pub mod prometheus;
 pub mod prometheus_remote_write;
+pub mod retry;
 pub mod sending_queue;

@@ -28,12 +28,14 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
     metric, number_data_point, AggregationTemporality, HistogramDataPoint, Metric, NumberDataPoint,
     ResourceMetrics, SummaryDataPoint,
 };
 use serde::{Deserialize, Deserializer};
+
+use crate::otlp::any_to_string;
 
 /// `DataPointFlags::NoRecordedValueMask`.
 pub const NO_RECORDED_VALUE: u32 = 1;
@@ -543,18 +545,6 @@ fn point_labels(
     all.into_iter().collect()
 }
 
-/// An attribute value as a label value.
-fn any_to_string(v: &AnyValue) -> String {
-    match &v.value {
-        Some(any_value::Value::StringValue(s)) => s.clone(),
-        Some(any_value::Value::IntValue(i)) => i.to_string(),
-        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
-        Some(any_value::Value::BoolValue(b)) => b.to_string(),
-        Some(_) => crate::exporters::logs::any_to_json(v).to_string(),
-        None => String::new(),
-    }
-}
-
 /// `[a-zA-Z_:][a-zA-Z0-9_:]*`: invalid characters become `_`, a leading digit gets a `_`.
 pub fn sanitize_metric_name(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 1);
@@ -600,17 +590,8 @@ pub fn is_label_name(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::otlp::str_kv as s;
     use opentelemetry_proto::tonic::resource::v1::Resource;
-
-    fn s(k: &str, v: &str) -> KeyValue {
-        KeyValue {
-            key: k.into(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(v.into())),
-            }),
-            ..Default::default()
-        }
-    }
 
     #[test]
     fn histogram_series_in_order() {

@@ -228,12 +228,7 @@ mod tests {
             out.contains("storage extension file_storage is not listed in service.extensions"),
             "{out}"
         );
-        let bad = |y: &str| {
-            build(&serde_yaml_ng::from_str(y).unwrap())
-                .err()
-                .unwrap()
-                .path
-        };
+        let bad = |y: &str| crate::component::rejected_key(build, y).unwrap();
         assert_eq!(bad("directory: relative/dir"), "directory");
         assert_eq!(bad("bogus: 1"), "bogus");
     }

@@ -16,19 +16,18 @@
 //! emission is one batch sent with backpressure, so nothing is dropped here.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
     metric, number_data_point, AggregationTemporality, Gauge, Metric, NumberDataPoint,
     ResourceMetrics, ScopeMetrics, Sum,
 };
-use opentelemetry_proto::tonic::resource::v1::Resource;
 use serde::{Deserialize, Serialize};
 
 use crate::component::{BoxRun, Context, Output, Receiver};
 use crate::component::{BuildResult, Factory, Registration};
 use crate::config::{self, types, DecodeError, Value};
+use crate::otlp::{self, str_kv, unix_nanos};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::FamilySnapshot;
 
@@ -95,16 +94,6 @@ impl Receiver for InternalMetrics {
     }
 }
 
-fn string_kv(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.to_string())),
-        }),
-        ..Default::default()
-    }
-}
-
 /// The families as one OTLP resource of metrics.
 fn to_otlp(families: &[FamilySnapshot], start: u64, now: u64) -> ResourceMetrics {
     let metrics = families
@@ -114,7 +103,7 @@ fn to_otlp(families: &[FamilySnapshot], start: u64, now: u64) -> ResourceMetrics
                 .series
                 .iter()
                 .map(|(labels, v)| NumberDataPoint {
-                    attributes: labels.iter().map(|(k, v)| string_kv(k, v)).collect(),
+                    attributes: labels.iter().map(|(k, v)| str_kv(k, v)).collect(),
                     start_time_unix_nano: if f.counter { start } else { 0 },
                     time_unix_nano: now,
                     value: Some(number_data_point::Value::AsDouble(*v)),
@@ -139,27 +128,14 @@ fn to_otlp(families: &[FamilySnapshot], start: u64, now: u64) -> ResourceMetrics
         })
         .collect();
     ResourceMetrics {
-        resource: Some(Resource {
-            attributes: vec![string_kv("service.name", "celeriac")],
-            ..Default::default()
-        }),
+        resource: Some(otlp::resource(vec![str_kv("service.name", "celeriac")])),
         scope_metrics: vec![ScopeMetrics {
-            scope: Some(InstrumentationScope {
-                name: "celeriac.internal_metrics".into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                ..Default::default()
-            }),
+            scope: Some(otlp::scope("celeriac.internal_metrics")),
             metrics,
             ..Default::default()
         }],
         ..Default::default()
     }
-}
-
-fn unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 #[cfg(test)]
@@ -189,7 +165,7 @@ mod tests {
         let p = &sum.data_points[0];
         assert_eq!(p.value, Some(number_data_point::Value::AsDouble(7.0)));
         assert_eq!((p.start_time_unix_nano, p.time_unix_nano), (10, 20));
-        assert_eq!(p.attributes, vec![string_kv("component", "receiver/x")]);
+        assert_eq!(p.attributes, vec![str_kv("component", "receiver/x")]);
         for (i, want) in [(1, 3.0), (2, 5.0)] {
             let Some(metric::Data::Gauge(g)) = &m[i].data else {
                 panic!("{:?}", m[i]);

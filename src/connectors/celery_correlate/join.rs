@@ -235,18 +235,8 @@ fn rewrite(mut span: Span, t: &Target) -> Span {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+    use crate::otlp::str_kv as kv;
     use opentelemetry_proto::tonic::trace::v1::ScopeSpans;
-
-    fn kv(k: &str, v: &str) -> KeyValue {
-        KeyValue {
-            key: k.into(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(v.into())),
-            }),
-            ..Default::default()
-        }
-    }
 
     fn lifecycle(task: &str) -> Vec<Span> {
         let attempt = Span {

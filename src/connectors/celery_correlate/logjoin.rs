@@ -280,16 +280,7 @@ fn count(rl: &ResourceLogs) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn kv(k: &str, v: &str) -> KeyValue {
-        KeyValue {
-            key: k.into(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(v.into())),
-            }),
-            ..Default::default()
-        }
-    }
+    use crate::otlp::str_kv as kv;
 
     fn batch(ids: &[Option<&str>]) -> Vec<ResourceLogs> {
         vec![ResourceLogs {

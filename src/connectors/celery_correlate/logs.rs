@@ -5,49 +5,12 @@
 //! `celery.*` names of the traces (`celery.task_id`, `celery.task_name`, `celery.hostname`,
 //! `celery.queue`, `celery.retries`, `celery.state`) plus `exception.*` on failures.
 
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber};
-use opentelemetry_proto::tonic::resource::v1::Resource;
 
 use super::tasks::Task;
 use crate::celery::event::{CeleryEvent, EventKind, TaskFields};
-
-fn s(k: &str, v: impl Into<String>) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
-}
-fn f(k: &str, v: f64) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::DoubleValue(v)),
-        }),
-        ..Default::default()
-    }
-}
-fn i(k: &str, v: i64) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::IntValue(v)),
-        }),
-        ..Default::default()
-    }
-}
-fn b(k: &str, v: bool) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::BoolValue(v)),
-        }),
-        ..Default::default()
-    }
-}
+use crate::otlp::{self, bool_kv as b, double_kv as f, int_kv as i, str_kv as s};
 
 /// Split `ValueError('no email')` into (`ValueError`, `no email`).
 pub(super) fn split_exception(repr: &str) -> (&str, &str) {
@@ -165,16 +128,9 @@ pub fn record(
 
 pub fn resource_logs(service_name: &str, records: Vec<LogRecord>) -> ResourceLogs {
     ResourceLogs {
-        resource: Some(Resource {
-            attributes: vec![s("service.name", service_name)],
-            ..Default::default()
-        }),
+        resource: Some(otlp::resource(vec![s("service.name", service_name)])),
         scope_logs: vec![ScopeLogs {
-            scope: Some(InstrumentationScope {
-                name: "celeriac.celery_correlate".into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                ..Default::default()
-            }),
+            scope: Some(otlp::scope("celeriac.celery_correlate")),
             log_records: records,
             ..Default::default()
         }],

@@ -11,12 +11,13 @@ use std::sync::Arc;
 
 use foldhash::fast::FixedState;
 
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use crate::otlp::{self, str_kv as kv};
+
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{
     metric, number_data_point, AggregationTemporality, Gauge, Histogram, HistogramDataPoint,
     Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
 };
-use opentelemetry_proto::tonic::resource::v1::Resource;
 
 /// The per-state task counters, in celery-exporter's order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -232,21 +233,11 @@ impl TaskMetrics {
     }
 }
 
-fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: k.to_string(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.to_string())),
-        }),
-        ..Default::default()
-    }
-}
-
 fn label_kvs(l: &Labels) -> Vec<KeyValue> {
     vec![
-        kv("name", &l.0),
-        kv("hostname", &l.1),
-        kv("queue_name", &l.2),
+        kv("name", &*l.0),
+        kv("hostname", &*l.1),
+        kv("queue_name", &*l.2),
     ]
 }
 
@@ -273,7 +264,7 @@ pub fn to_otlp(
     for ((c, l, exc), v) in &m.counters {
         let mut attrs = label_kvs(l);
         if let Some(e) = exc {
-            attrs.push(kv("exception", e));
+            attrs.push(kv("exception", &**e));
         }
         by_kind.entry(*c).or_default().push(point(attrs, *v as i64));
     }
@@ -340,7 +331,7 @@ pub fn to_otlp(
                 data_points: workers
                     .iter()
                     .map(|w| NumberDataPoint {
-                        attributes: vec![kv("hostname", &w.0)],
+                        attributes: vec![kv("hostname", &*w.0)],
                         time_unix_nano: now_ns,
                         value: Some(number_data_point::Value::AsInt(f(w))),
                         ..Default::default()
@@ -359,7 +350,7 @@ pub fn to_otlp(
             name: "celeriac_celery_events_missed_total".to_string(),
             description: "Estimated task-started events lost in transit (heartbeat `processed` minus task-started seen).".to_string(),
             data: Some(metric::Data::Sum(Sum {
-                data_points: workers.iter().map(|w| point(vec![kv("hostname", &w.0)], w.3 as i64)).collect(),
+                data_points: workers.iter().map(|w| point(vec![kv("hostname", &*w.0)], w.3 as i64)).collect(),
                 aggregation_temporality: AggregationTemporality::Cumulative as i32,
                 is_monotonic: true,
             })),
@@ -367,16 +358,9 @@ pub fn to_otlp(
         });
     }
     ResourceMetrics {
-        resource: Some(Resource {
-            attributes: vec![kv("service.name", service_name)],
-            ..Default::default()
-        }),
+        resource: Some(otlp::resource(vec![kv("service.name", service_name)])),
         scope_metrics: vec![ScopeMetrics {
-            scope: Some(InstrumentationScope {
-                name: "celeriac.celery_correlate".into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                ..Default::default()
-            }),
+            scope: Some(otlp::scope("celeriac.celery_correlate")),
             metrics,
             ..Default::default()
         }],

@@ -30,14 +30,14 @@
 //!   the child was first seen (attempt 0 if unknown); `parent_id` equal to the task's own id (as
 //!   retried messages carry) is ignored.
 
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
-use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::{
     span, status, ResourceSpans, ScopeSpans, Span, Status,
 };
 use ring::digest::{digest, SHA256};
 
 use super::tasks::{Attempt, Task};
+use crate::otlp::{self, bool_kv as b, int_kv as i, kv, str_kv as s};
 
 /// Which span of an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,23 +166,6 @@ fn ns(ts: f64) -> u64 {
     } else {
         0
     }
-}
-
-fn kv(k: &str, v: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue { value: Some(v) }),
-        ..Default::default()
-    }
-}
-fn s(k: &str, v: &str) -> KeyValue {
-    kv(k, any_value::Value::StringValue(v.into()))
-}
-fn i(k: &str, v: i64) -> KeyValue {
-    kv(k, any_value::Value::IntValue(v))
-}
-fn b(k: &str, v: bool) -> KeyValue {
-    kv(k, any_value::Value::BoolValue(v))
 }
 
 /// Append the spans of one ended attempt of `task_id` to `out`.
@@ -364,16 +347,9 @@ pub fn attempt_spans(
 
 pub fn resource_spans(service_name: &str, spans: Vec<Span>) -> ResourceSpans {
     ResourceSpans {
-        resource: Some(Resource {
-            attributes: vec![s("service.name", service_name)],
-            ..Default::default()
-        }),
+        resource: Some(otlp::resource(vec![s("service.name", service_name)])),
         scope_spans: vec![ScopeSpans {
-            scope: Some(InstrumentationScope {
-                name: "celeriac.celery_correlate".into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                ..Default::default()
-            }),
+            scope: Some(otlp::scope("celeriac.celery_correlate")),
             spans,
             ..Default::default()
         }],
@@ -405,12 +381,12 @@ mod tests {
     fn ids_are_the_documented_mapping() {
         let id = "8f3c2a1e-0001-4b2c-9d3e-112233445566";
         assert_eq!(
-            crate::exporters::logs::hex(&trace_id(id)),
+            crate::otlp::hex(&trace_id(id)),
             "8f3c2a1e00014b2c9d3e112233445566"
         );
         // sha256("8f3c2a1e-0001-4b2c-9d3e-112233445566/0/task")[:8], as README "Trace ids" shows.
         assert_eq!(
-            crate::exporters::logs::hex(&span_id(id, 0, Phase::Task)),
+            crate::otlp::hex(&span_id(id, 0, Phase::Task)),
             SPAN_ID_EXAMPLE
         );
         assert_ne!(span_id(id, 0, Phase::Task), span_id(id, 1, Phase::Task));

@@ -254,15 +254,35 @@ impl Buf {
         }
     }
 
+    /// A data point's title, attributes and timestamps.
+    fn point_head(&mut self, title: String, attributes: &[KeyValue], start: u64, time: u64) {
+        self.entry(title);
+        self.attributes("Data point attributes", attributes);
+        self.entry(format!("StartTimestamp: {}", go_timestamp(start)));
+        self.entry(format!("Timestamp: {}", go_timestamp(time)));
+    }
+
+    /// A histogram's optional sum, min and max.
+    fn sum_min_max(&mut self, sum: Option<f64>, min: Option<f64>, max: Option<f64>) {
+        if let Some(s) = sum {
+            self.entry(format!("Sum: {s:.6}"));
+        }
+        if let Some(v) = min {
+            self.entry(format!("Min: {v:.6}"));
+        }
+        if let Some(v) = max {
+            self.entry(format!("Max: {v:.6}"));
+        }
+    }
+
     fn number_points(&mut self, ps: &[NumberDataPoint]) {
         for (i, p) in ps.iter().enumerate() {
-            self.entry(format!("NumberDataPoints #{i}"));
-            self.attributes("Data point attributes", &p.attributes);
-            self.entry(format!(
-                "StartTimestamp: {}",
-                go_timestamp(p.start_time_unix_nano)
-            ));
-            self.entry(format!("Timestamp: {}", go_timestamp(p.time_unix_nano)));
+            self.point_head(
+                format!("NumberDataPoints #{i}"),
+                &p.attributes,
+                p.start_time_unix_nano,
+                p.time_unix_nano,
+            );
             match p.value {
                 Some(number_data_point::Value::AsInt(v)) => self.entry(format!("Value: {v}")),
                 Some(number_data_point::Value::AsDouble(v)) => self.entry(format!("Value: {v:.6}")),
@@ -304,23 +324,14 @@ impl Buf {
                     temporality(h.aggregation_temporality)
                 ));
                 for (i, p) in h.data_points.iter().enumerate() {
-                    self.entry(format!("HistogramDataPoints #{i}"));
-                    self.attributes("Data point attributes", &p.attributes);
-                    self.entry(format!(
-                        "StartTimestamp: {}",
-                        go_timestamp(p.start_time_unix_nano)
-                    ));
-                    self.entry(format!("Timestamp: {}", go_timestamp(p.time_unix_nano)));
+                    self.point_head(
+                        format!("HistogramDataPoints #{i}"),
+                        &p.attributes,
+                        p.start_time_unix_nano,
+                        p.time_unix_nano,
+                    );
                     self.entry(format!("Count: {}", p.count));
-                    if let Some(s) = p.sum {
-                        self.entry(format!("Sum: {s:.6}"));
-                    }
-                    if let Some(v) = p.min {
-                        self.entry(format!("Min: {v:.6}"));
-                    }
-                    if let Some(v) = p.max {
-                        self.entry(format!("Max: {v:.6}"));
-                    }
+                    self.sum_min_max(p.sum, p.min, p.max);
                     for (j, b) in p.explicit_bounds.iter().enumerate() {
                         self.entry(format!("ExplicitBounds #{j}: {b:.6}"));
                     }
@@ -336,23 +347,14 @@ impl Buf {
                     temporality(h.aggregation_temporality)
                 ));
                 for (i, p) in h.data_points.iter().enumerate() {
-                    self.entry(format!("ExponentialHistogramDataPoints #{i}"));
-                    self.attributes("Data point attributes", &p.attributes);
-                    self.entry(format!(
-                        "StartTimestamp: {}",
-                        go_timestamp(p.start_time_unix_nano)
-                    ));
-                    self.entry(format!("Timestamp: {}", go_timestamp(p.time_unix_nano)));
+                    self.point_head(
+                        format!("ExponentialHistogramDataPoints #{i}"),
+                        &p.attributes,
+                        p.start_time_unix_nano,
+                        p.time_unix_nano,
+                    );
                     self.entry(format!("Count: {}", p.count));
-                    if let Some(s) = p.sum {
-                        self.entry(format!("Sum: {s:.6}"));
-                    }
-                    if let Some(v) = p.min {
-                        self.entry(format!("Min: {v:.6}"));
-                    }
-                    if let Some(v) = p.max {
-                        self.entry(format!("Max: {v:.6}"));
-                    }
+                    self.sum_min_max(p.sum, p.min, p.max);
                     let factor = std::f64::consts::LN_2 * 2f64.powi(-p.scale);
                     if let Some(neg) = &p.negative {
                         for (j, c) in neg.bucket_counts.iter().enumerate().rev() {
@@ -378,13 +380,12 @@ impl Buf {
             }
             Some(metric::Data::Summary(s)) => {
                 for (i, p) in s.data_points.iter().enumerate() {
-                    self.entry(format!("SummaryDataPoints #{i}"));
-                    self.attributes("Data point attributes", &p.attributes);
-                    self.entry(format!(
-                        "StartTimestamp: {}",
-                        go_timestamp(p.start_time_unix_nano)
-                    ));
-                    self.entry(format!("Timestamp: {}", go_timestamp(p.time_unix_nano)));
+                    self.point_head(
+                        format!("SummaryDataPoints #{i}"),
+                        &p.attributes,
+                        p.start_time_unix_nano,
+                        p.time_unix_nano,
+                    );
                     self.entry(format!("Count: {}", p.count));
                     self.entry(format!("Sum: {:.6}", p.sum));
                     for (j, q) in p.quantile_values.iter().enumerate() {

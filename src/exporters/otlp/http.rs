@@ -444,12 +444,7 @@ mod tests {
             signal_url(&c, None, "traces").unwrap_err().message,
             "either endpoint or traces_endpoint must be specified"
         );
-        let bad = |y: &str| {
-            build(&serde_yaml_ng::from_str(y).unwrap())
-                .err()
-                .unwrap()
-                .path
-        };
+        let bad = |y: &str| crate::component::rejected_key(build, y).unwrap();
         assert_eq!(bad("endpoint: 'ftp://x'"), "endpoint");
         assert_eq!(bad("traces_endpoint: 'ftp://x'"), "traces_endpoint");
         assert_eq!(bad("encoding: json"), "encoding");

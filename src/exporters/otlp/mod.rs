@@ -62,7 +62,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
@@ -76,6 +76,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use crate::component::{BoxRun, ComponentError, Context, Exporter, Input};
 use crate::component::{BuildResult, Factory, Registration};
 use crate::config::{self, types, DecodeError, Value};
+use crate::exporters::retry::{pause, Attempts};
 use crate::exporters::sending_queue::{self, DiskQueue, FileQueue, Storage};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::{Counter, Gauge, Throttle};
@@ -316,26 +317,13 @@ fn build(v: &Value) -> BuildResult<dyn Exporter> {
         ));
     }
     let r = &cfg.retry_on_failure;
-    if r.enabled {
-        if r.initial_interval.is_zero() || r.max_interval < r.initial_interval {
-            return Err(DecodeError::new(
-                "retry_on_failure",
-                "initial_interval must be > 0 and max_interval ≥ initial_interval",
-            ));
-        }
-        if !r.multiplier.is_finite() || r.multiplier < 1.0 {
-            return Err(DecodeError::new(
-                "retry_on_failure.multiplier",
-                "must be ≥ 1",
-            ));
-        }
-        if !(0.0..=1.0).contains(&r.randomization_factor) {
-            return Err(DecodeError::new(
-                "retry_on_failure.randomization_factor",
-                "must be between 0 and 1",
-            ));
-        }
+    if r.enabled && (r.initial_interval.is_zero() || r.max_interval < r.initial_interval) {
+        return Err(DecodeError::new(
+            "retry_on_failure",
+            "initial_interval must be > 0 and max_interval ≥ initial_interval",
+        ));
     }
+    r.check_factors()?;
     let file_queue =
         sending_queue::file_settings(q.storage, q.directory.as_deref(), q.max_size_mib)?
             .filter(|_| q.enabled);
@@ -544,8 +532,7 @@ impl Shared {
     async fn export(&self, batch: &Encoded, seed: u64, keep: bool) -> Outcome {
         let n = batch.items;
         let kind = batch.kind;
-        let started = Instant::now();
-        let mut backoff = retry::backoff(&self.retry, seed);
+        let mut attempts = Attempts::new(&self.retry, seed);
         let mut last_try = false;
         loop {
             let failure = match self.call(batch).await {
@@ -567,30 +554,17 @@ impl Shared {
                 Verdict::Retry(_) if !self.retry.enabled => Some(&self.dropped.retry_disabled),
                 Verdict::Retry(_) if last_try && keep => return Outcome::Kept,
                 Verdict::Retry(_) if last_try => Some(&self.dropped.shutdown),
-                Verdict::Retry(server) => {
-                    let mut wait = backoff.next_delay();
-                    if let Some(s) = server {
-                        wait = wait.max(s);
-                    }
-                    let max = self.retry.max_elapsed_time;
-                    if !max.is_zero() && started.elapsed() + wait > max {
-                        Some(&self.dropped.retries_exhausted)
-                    } else {
+                Verdict::Retry(server) => match attempts.next_wait(server) {
+                    None => Some(&self.dropped.retries_exhausted),
+                    Some(wait) => {
                         if let Some(held) = self.warn_failure.ready() {
                             tracing::warn!(component = %self.id, signal = %kind, code = %failure.code, error = %failure.message, retry_in = ?wait, suppressed = held, "OTLP export failed; retrying.");
                         }
                         self.retries.inc();
-                        if self.shutdown.is_cancelled() {
-                            last_try = true;
-                        } else {
-                            tokio::select! {
-                                _ = tokio::time::sleep(wait) => {}
-                                _ = self.shutdown.cancelled() => last_try = true,
-                            }
-                        }
+                        last_try = !pause(wait, &self.shutdown).await;
                         None
                     }
-                }
+                },
             };
             if let Some(counter) = reason {
                 counter.add(n);
@@ -848,6 +822,7 @@ pub(crate) async fn run_queued(
 mod tests {
     use super::*;
     use crate::telemetry::Telemetry;
+    use std::time::Instant;
 
     fn cfg(yaml: &str) -> Result<Box<dyn Exporter>, DecodeError> {
         let v: Value = serde_yaml_ng::from_str(yaml).unwrap();

@@ -7,39 +7,9 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tonic::Code;
 
-use crate::config::types;
-
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetryConfig {
-    pub enabled: bool,
-    #[serde(with = "types::duration")]
-    pub initial_interval: Duration,
-    #[serde(with = "types::duration")]
-    pub max_interval: Duration,
-    /// 0 retries forever.
-    #[serde(with = "types::duration")]
-    pub max_elapsed_time: Duration,
-    pub multiplier: f64,
-    pub randomization_factor: f64,
-}
-
-impl Default for RetryConfig {
-    /// The Collector's defaults (`configretry.NewDefaultBackOffConfig`).
-    fn default() -> Self {
-        RetryConfig {
-            enabled: true,
-            initial_interval: Duration::from_secs(5),
-            max_interval: Duration::from_secs(30),
-            max_elapsed_time: Duration::from_secs(300),
-            multiplier: 1.5,
-            randomization_factor: 0.5,
-        }
-    }
-}
+pub use crate::exporters::retry::RetryConfig;
 
 /// How a failed call is to be treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,19 +83,6 @@ pub fn retry_delay(details: &[u8]) -> Option<Duration> {
     Some(Duration::new(secs, nanos))
 }
 
-pub use crate::exporters::backoff::Backoff;
-
-/// The backoff of `cfg` (the Collector's `retry_on_failure`).
-pub fn backoff(cfg: &RetryConfig, seed: u64) -> Backoff {
-    Backoff::new(
-        cfg.initial_interval,
-        cfg.max_interval,
-        cfg.multiplier,
-        cfg.randomization_factor,
-        seed,
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,20 +137,5 @@ mod tests {
         let st = with_retry_info(Code::ResourceExhausted, 3);
         assert_eq!(classify(&st), Verdict::Retry(Some(Duration::from_secs(3))));
         assert_eq!(retry_delay(b"\xff\xff garbage"), None);
-    }
-
-    #[test]
-    fn backoff_grows_with_jitter_and_caps() {
-        let cfg = RetryConfig {
-            initial_interval: Duration::from_millis(100),
-            max_interval: Duration::from_millis(400),
-            ..RetryConfig::default()
-        };
-        let mut b = backoff(&cfg, 42);
-        let d: Vec<f64> = (0..8).map(|_| b.next_delay().as_secs_f64()).collect();
-        assert!((0.05..=0.15).contains(&d[0]), "{d:?}");
-        assert!((0.075..=0.225).contains(&d[1]), "{d:?}");
-        assert!(d.iter().all(|x| *x <= 0.6), "{d:?}");
-        assert!(d[5..].iter().all(|x| *x >= 0.2), "{d:?}");
     }
 }

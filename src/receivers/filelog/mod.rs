@@ -42,17 +42,17 @@ pub use tail::{Checkpoint, Encoding, Line, TailSettings, TailStats, Tailer};
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
-use opentelemetry_proto::tonic::resource::v1::Resource;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::component::{
     BoxRun, BuildResult, ComponentError, Context, Factory, Output, Receiver, Registration,
 };
 use crate::config::{self, types, DecodeError, Value};
+use crate::otlp::{str_kv, unix_nanos};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::Throttle;
 
@@ -263,23 +263,6 @@ impl Filelog {
     }
 }
 
-fn unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
-fn str_kv(k: &str, v: String) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v)),
-        }),
-        ..Default::default()
-    }
-}
-
 /// Operator failures of one conversion, by operator.
 #[derive(Debug, Default)]
 pub struct OpFailures {
@@ -374,10 +357,7 @@ pub fn to_logs(
         if start_new {
             count = 0;
             out.push(ResourceLogs {
-                resource: Some(Resource {
-                    attributes: e.resource,
-                    ..Default::default()
-                }),
+                resource: Some(crate::otlp::resource(e.resource)),
                 scope_logs: vec![ScopeLogs::default()],
                 ..Default::default()
             });

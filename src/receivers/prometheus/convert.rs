@@ -18,16 +18,16 @@
 
 use std::collections::HashMap;
 
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
     metric, number_data_point, summary_data_point::ValueAtQuantile, AggregationTemporality, Gauge,
     Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
     Summary, SummaryDataPoint,
 };
-use opentelemetry_proto::tonic::resource::v1::Resource;
 
 use super::parse::{Family, Kind};
 use super::relabel::{self, Labels, Rule};
+use crate::otlp::{self, str_kv as kv};
 
 const NO_RECORDED_VALUE: u32 = 1;
 
@@ -52,16 +52,6 @@ pub struct TargetInfo<'a> {
     pub labels: &'a Labels,
     pub honor_labels: bool,
     pub honor_timestamps: bool,
-}
-
-fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
 }
 
 fn series_key(name: &str, attrs: &[KeyValue]) -> String {
@@ -571,21 +561,12 @@ fn scrape_metrics(
 
 fn resource(target: &TargetInfo<'_>, metrics: Vec<Metric>) -> ResourceMetrics {
     ResourceMetrics {
-        resource: Some(Resource {
-            attributes: vec![
-                kv("service.name", target.job),
-                kv("service.instance.id", target.instance),
-            ],
-            ..Default::default()
-        }),
+        resource: Some(otlp::resource(vec![
+            kv("service.name", target.job),
+            kv("service.instance.id", target.instance),
+        ])),
         scope_metrics: vec![ScopeMetrics {
-            scope: Some(
-                opentelemetry_proto::tonic::common::v1::InstrumentationScope {
-                    name: "celeriac.prometheus".into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    ..Default::default()
-                },
-            ),
+            scope: Some(otlp::scope("celeriac.prometheus")),
             metrics,
             ..Default::default()
         }],

@@ -41,7 +41,7 @@ pub(crate) mod scrape;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -49,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::component::{BoxRun, BuildResult, Context, Factory, Output, Receiver, Registration};
 use crate::config::{self, types, types::Secret, DecodeError, Value};
+use crate::otlp::unix_nanos;
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::Throttle;
 use relabel::{Labels, RelabelConfig, Rule};
@@ -618,13 +619,6 @@ fn read_sd(files: &[(PathBuf, Option<SystemTime>)]) -> (Vec<(Group, Option<Strin
 
 pub struct PrometheusReceiver {
     jobs: Arc<Vec<Arc<Job>>>,
-}
-
-fn unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 impl Receiver for PrometheusReceiver {
