@@ -8,7 +8,12 @@
 //!   and is saved as a screenshot under `target/`;
 //! * authentication, redaction, server-side escaping and the 404 of an unknown task;
 //! * the control buttons: a task page's Revoke/Terminate (confirmed) end a running task
-//!   REVOKED; with `read_only` there is no button and a POST from the page gets 403.
+//!   REVOKED; with `read_only` there is no button and a POST from the page gets 403;
+//! * `url_prefix`: pages, assets, API, `/metrics` and `/healthcheck` only under the prefix,
+//!   every link of the HTML under it, and the live page (its script's API calls) working there
+//!   in Chromium;
+//! * `tls`: the dashboard over HTTPS to curl trusting the test CA, nothing in plaintext, and a
+//!   missing certificate file refused by `validate` naming `tls.cert_file`.
 
 mod support;
 
@@ -124,6 +129,14 @@ fn keys(v: &Value) -> BTreeSet<String> {
 }
 
 fn start_stack(ui_extra: &str) -> (RedisServer, CeleryWorker, Agent, String, String) {
+    start_stack_at(ui_extra, "")
+}
+
+/// [`start_stack`] with the dashboard under `prefix` (its `url_prefix`, e.g. `/ops/flower`).
+fn start_stack_at(
+    ui_extra: &str,
+    prefix: &str,
+) -> (RedisServer, CeleryWorker, Agent, String, String) {
     let redis = RedisServer::start();
     let mut worker = CeleryWorker::start(&redis.url(), WorkerOpts::default());
     worker.assert_ready(Duration::from_secs(60));
@@ -131,7 +144,8 @@ fn start_stack(ui_extra: &str) -> (RedisServer, CeleryWorker, Agent, String, Str
     let agent = Agent::start(bin(), &config(&redis.url(), ui, tel, ui_extra));
     let ui_addr = format!("127.0.0.1:{ui}");
     let ok = wait_until(Duration::from_secs(20), || {
-        http_get(&ui_addr, "/api/task/types").is_some_and(|(s, _)| s == 200 || s == 401)
+        http_get(&ui_addr, &format!("{prefix}/api/task/types"))
+            .is_some_and(|(s, _)| s == 200 || s == 401)
     });
     assert!(ok, "celery_ui did not come up:\n{}", agent.output());
     (redis, worker, agent, ui_addr, format!("127.0.0.1:{tel}"))
@@ -886,4 +900,237 @@ fn revoke_button_revokes_a_running_task_and_read_only_has_none() {
     ));
     let r = browser.wait_for("return window.__r;", Duration::from_secs(10));
     assert_eq!(r, "403 Read only mode is enabled", "{}", agent2.output());
+}
+
+/// Every `href`, `src` and `action` attribute value of an HTML page.
+fn html_links(html: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for attr in ["href=\"", "src=\"", "action=\"", "data-post=\""] {
+        for part in html.split(attr).skip(1) {
+            out.push(part.split('"').next().unwrap_or("").replace("&amp;", "&"));
+        }
+    }
+    out
+}
+
+#[test]
+fn url_prefix_serves_everything_under_it_and_nothing_at_the_root() {
+    const P: &str = "/ops/flower";
+    let (redis, _worker, agent, ui, _tel) = start_stack_at(
+        "    url_prefix: /ops/flower/\n    read_only: false\n    auth: { bearer_token: t0k }\n",
+        P,
+    );
+    let auth = [("Authorization", "Bearer t0k")];
+    let get = |path: &str| http_request(&ui, "GET", path, &auth, &[]).expect("an answer");
+    let sent = run_client(&redis.url(), &["send", "shop.a", "[2]"]);
+    let id = sent["ids"][0].as_str().unwrap().to_string();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            get(&format!("{P}/api/task/info/{id}")).status == 200
+        }),
+        "{}",
+        agent.output()
+    );
+    // Under the prefix: the API, Flower's metrics and health check, the pages and assets.
+    let tasks: Value = serde_json::from_slice(&get(&format!("{P}/api/tasks")).body).unwrap();
+    assert!(tasks.get(&id).is_some(), "{tasks}");
+    assert_eq!(get(&format!("{P}/healthcheck")).text(), "OK");
+    assert!(get(&format!("{P}/metrics"))
+        .text()
+        .contains("flower_events_total{"));
+    for asset in ["/static/app.js", "/static/style.css", "/static/control.js"] {
+        assert_eq!(get(&format!("{P}{asset}")).status, 200, "{asset}");
+    }
+    // Nothing at the root, not even the health check (as Flower's rewritten routes).
+    for path in [
+        "/",
+        "/api/tasks",
+        "/healthcheck",
+        "/metrics",
+        "/static/app.js",
+        &format!("/task/{id}"),
+        "/opsx/flower/",
+    ] {
+        assert_eq!(get(path).status, 404, "{path}");
+    }
+    // The prefix without its slash leads to the page.
+    let r = get(P);
+    assert_eq!(
+        (r.status, r.header("location")),
+        (301, Some("/ops/flower/"))
+    );
+    // Every link, asset and form of the pages carries the prefix.
+    for page in [format!("{P}/"), format!("{P}/task/{id}")] {
+        let r = get(&page);
+        assert_eq!(r.status, 200, "{page}");
+        let html = r.text();
+        let links = html_links(&html);
+        assert!(links.len() >= 3, "{page}: {links:?}");
+        // The trace link goes to another site (`trace_url`); every other link stays under P.
+        for l in links
+            .iter()
+            .filter(|l| !l.starts_with("http://tempo.example/"))
+        {
+            assert!(
+                l.starts_with(&format!("{P}/")),
+                "{page}: link {l} outside the prefix"
+            );
+        }
+    }
+    assert!(get(&format!("{P}/"))
+        .text()
+        .contains("<meta name=\"url-prefix\" content=\"/ops/flower\">"));
+    // A write under the prefix works; at the root it is not routed.
+    let r = http_request(&ui, "POST", &format!("/api/task/revoke/{id}"), &auth, &[]).unwrap();
+    assert_eq!(r.status, 404);
+    let r = http_request(
+        &ui,
+        "POST",
+        &format!("{P}/api/task/revoke/{id}"),
+        &auth,
+        &[],
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // The live page under the prefix: its stream and links work in Chromium (bearer auth is
+    // not something a browser sends, so a second agent without auth, read-only).
+    drop(agent);
+    let (ui2, tel2) = (free_port(), free_port());
+    let agent = Agent::start(
+        bin(),
+        &config(&redis.url(), ui2, tel2, "    url_prefix: ops/flower\n"),
+    );
+    let ui2 = format!("127.0.0.1:{ui2}");
+    assert!(wait_until(Duration::from_secs(20), || {
+        http_get(&ui2, &format!("{P}/healthcheck")).is_some_and(|(s, _)| s == 200)
+    }));
+    let sent = run_client(&redis.url(), &["send", "shop.a", "[4]"]);
+    let id2 = sent["ids"][0].as_str().unwrap().to_string();
+    let browser = Browser::start();
+    browser.goto(&format!("http://{ui2}{P}/"));
+    let live = browser.wait_for(
+        &format!("return document.querySelector('#conn').textContent === 'live' && document.querySelector('#tasks tr[data-uuid=\"{id2}\"] a') !== null;"),
+        Duration::from_secs(20),
+    );
+    assert_eq!(live, true, "{}", agent.output());
+    let href = browser.eval(&format!(
+        "return document.querySelector('#tasks tr[data-uuid=\"{id2}\"] a').getAttribute('href');"
+    ));
+    assert_eq!(href, format!("{P}/task/{id2}"));
+    browser.eval(&format!(
+        "document.querySelector('#tasks tr[data-uuid=\"{id2}\"] a').click(); return null;"
+    ));
+    let landed = browser.wait_for(
+        "return location.pathname.includes('/task/') && document.querySelector('#task') !== null ? location.pathname : null;",
+        Duration::from_secs(10),
+    );
+    assert_eq!(landed, format!("{P}/task/{id2}"));
+    drop(browser);
+    drop(agent);
+}
+
+/// `curl` over HTTPS trusting only `ca`: (status, body), or None when no TLS answer.
+fn curl_https(ca: &Path, url: &str) -> Option<(u16, String)> {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .args(["-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl is installed");
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n')?;
+    Some((code.trim().parse().ok()?, body.to_string()))
+}
+
+#[test]
+fn tls_serves_the_dashboard_over_https_only() {
+    let pki = pki::Pki::generate();
+    let tls = format!(
+        "    tls: {{ cert_file: {}, key_file: {} }}\n",
+        pki.server_cert().display(),
+        pki.server_key().display()
+    );
+    let redis = RedisServer::start();
+    let mut worker = CeleryWorker::start(&redis.url(), WorkerOpts::default());
+    worker.assert_ready(Duration::from_secs(60));
+    let (ui, tel) = (free_port(), free_port());
+    let agent = Agent::start(bin(), &config(&redis.url(), ui, tel, &tls));
+    let base = format!("https://localhost:{ui}");
+    assert!(
+        wait_until(Duration::from_secs(20), || curl_https(
+            &pki.ca(),
+            &format!("{base}/healthcheck")
+        )
+        .is_some_and(|(s, b)| s == 200 && b == "OK")),
+        "{}",
+        agent.output()
+    );
+    let sent = run_client(&redis.url(), &["send", "shop.a", "[1]"]);
+    let id = sent["ids"][0].as_str().unwrap().to_string();
+    let mut last = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            last = curl_https(&pki.ca(), &format!("{base}/api/task/info/{id}"));
+            last.as_ref()
+                .is_some_and(|(s, b)| *s == 200 && b.contains("\"SUCCESS\""))
+        }),
+        "{last:?}\n{}",
+        agent.output()
+    );
+    let (status, page) = curl_https(&pki.ca(), &format!("{base}/")).unwrap();
+    assert!(status == 200 && page.contains("app.js"));
+    // A client that does not trust the CA, and plaintext HTTP, get nothing.
+    let other_ca = pki.stranger_cert();
+    assert!(curl_https(&other_ca, &format!("{base}/healthcheck")).is_none());
+    assert!(!matches!(
+        http_get(&format!("127.0.0.1:{ui}"), "/healthcheck"),
+        Some((200, _))
+    ));
+    // The refused handshakes are counted.
+    let metrics = http_get(&format!("127.0.0.1:{tel}"), "/metrics").unwrap().1;
+    let failed = metric_value(
+        &parse_prometheus_text(&metrics),
+        "celeriac_ui_tls_handshake_failures_total",
+        &[],
+    )
+    .unwrap_or(0.0);
+    assert!(failed >= 2.0, "{metrics}");
+    drop(agent);
+
+    // A missing certificate file: `validate` names the setting and the file.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(
+        &cfg,
+        config(
+            &redis.url(),
+            free_port(),
+            free_port(),
+            &format!(
+                "    tls: {{ cert_file: {}/missing.pem, key_file: {} }}\n",
+                dir.path().display(),
+                pki.server_key().display()
+            ),
+        ),
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["validate", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("tls.cert_file") && err.contains("missing.pem"),
+        "{err}"
+    );
 }

@@ -27,6 +27,8 @@
 //!     result_backend: redis://127.0.0.1:6379/1   # optional: /api/task/result, abort
 //!     task_runtime_metric_buckets: [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]
 //!     purge_offline_workers: 600     # seconds; optional, as Flower's
+//!     url_prefix: flower             # optional: serve everything under /flower/ (Flower's option)
+//!     tls: { cert_file: /etc/celeriac/ui.pem, key_file: /etc/celeriac/ui.key }   # optional: HTTPS (Flower's --certfile/--keyfile)
 //! service:
 //!   extensions: [celery_ui]
 //! ```
@@ -74,7 +76,7 @@ use crate::receivers::celery_redis::CeleryRedisConfig;
 use crate::redis_broker::OwnedSettings;
 use crate::serve::{Protocol, ServerSettings};
 use crate::telemetry::Counter;
-use crate::tls::ClientTlsConfig;
+use crate::tls::{Acceptor, ClientTlsConfig, ServerTlsConfig};
 use api::Inspected;
 use control::{Answer, Pidbox};
 use inspect::Inspector;
@@ -125,6 +127,12 @@ pub struct UiConfig {
     /// The app's result backend (`redis://` or `rediss://`), for `/api/task/result/<id>`,
     /// `/api/task/abort/<id>` and the `state` of published tasks. Unset: those answer 503.
     pub result_backend: Option<String>,
+    /// HTTPS on the dashboard (Flower's `--certfile`/`--keyfile`), the shared server `tls:`
+    /// shape ([`crate::tls`]); unset: plain HTTP.
+    pub tls: ServerTlsConfig,
+    /// Flower's `url_prefix`: every path (pages, assets, API, `/metrics`, `/healthcheck`) is
+    /// served under `/<url_prefix>/`, for a path-routing proxy. Unset: at the root.
+    pub url_prefix: Option<String>,
 }
 
 impl Default for UiConfig {
@@ -142,6 +150,8 @@ impl Default for UiConfig {
             task_runtime_metric_buckets: DEFAULT_BUCKETS.to_vec(),
             purge_offline_workers: None,
             result_backend: None,
+            tls: ServerTlsConfig::default(),
+            url_prefix: None,
         }
     }
 }
@@ -280,12 +290,22 @@ fn build(v: &Value) -> BuildResult<dyn Extension> {
         }
         result_backend_client(url).map_err(|e| DecodeError::new("result_backend", e))?;
     }
+    cfg.url_prefix =
+        url_prefix(cfg.url_prefix.as_deref()).map_err(|e| DecodeError::new("url_prefix", e))?;
+    // Read the certificate and key now: a bad file fails `validate` and startup.
+    cfg.tls.check().map_err(|(k, m)| DecodeError::new(k, m))?;
+    let tls = cfg
+        .tls
+        .server_config(&[b"http/1.1"])
+        .map(Acceptor::new)
+        .map_err(|e| DecodeError::new(e.key(), e.to_string()))?;
     cfg.redact = cfg.redact.normalized();
-    Ok(Box::new(CeleryUi { cfg }))
+    Ok(Box::new(CeleryUi { cfg, tls }))
 }
 
 pub struct CeleryUi {
     cfg: UiConfig,
+    tls: Acceptor,
 }
 
 /// A client of the app's Redis result backend (`redis://` or `rediss://`, one node).
@@ -300,6 +320,24 @@ fn result_backend_client(url: &str) -> Result<(redis::Client, String), String> {
         Some(r) => r.map_err(|e| e.to_string()),
         None => Err("a result backend is one Redis node".into()),
     }
+}
+
+/// Flower's `url_prefix` (`flower`, `/flower/`, `a/b`) as a path prefix: `/flower`, or `None`
+/// for the root.
+fn url_prefix(raw: Option<&str>) -> Result<Option<String>, String> {
+    let Some(p) = raw.map(|p| p.trim_matches('/')).filter(|p| !p.is_empty()) else {
+        return Ok(None);
+    };
+    let ok = |c: char| c.is_ascii_alphanumeric() || "-._~/".contains(c);
+    if !p.chars().all(ok)
+        || p.split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        return Err(format!(
+            "`{p}` is not a path prefix: use letters, digits, `-._~` and `/` between segments"
+        ));
+    }
+    Ok(Some(format!("/{p}")))
 }
 
 /// The broker to inspect: where it is (addresses or sentinels, TLS) and its key prefix.
@@ -456,7 +494,10 @@ impl Extension for CeleryUi {
             view.set_flower_buckets(self.cfg.task_runtime_metric_buckets.clone());
             view.enable();
             let label = [("component", &*ctx.id)];
+            let prefix = self.cfg.url_prefix.clone().unwrap_or_default();
             let ui = Arc::new(Ui {
+                index_html: page::index_html(&prefix),
+                prefix,
                 cfg: self.cfg,
                 view,
                 inspector,
@@ -479,7 +520,7 @@ impl Extension for CeleryUi {
                     &label,
                 ),
             });
-            tracing::info!(component = %ctx.id, %addr, "Serving the Celery dashboard and Flower API.");
+            tracing::info!(component = %ctx.id, %addr, tls = self.tls.is_tls(), "Serving the Celery dashboard and Flower API.");
             if ui.inspector.is_some() {
                 let ui = ui.clone();
                 tokio::spawn(async move {
@@ -506,12 +547,33 @@ impl Extension for CeleryUi {
                 async move { Ok::<_, Infallible>(ui.handle(req).await) }
             });
             let server = ui.cfg.server.clone();
-            crate::serve::serve(
+            let tls_failures = ctx.telemetry.counter(
+                "celeriac_ui_tls_handshake_failures_total",
+                "Connections to the celery_ui extension dropped in a failed TLS handshake.",
+                &label,
+            );
+            let (tls, component) = (self.tls, ctx.id.to_string());
+            let handshake = move |stream| {
+                let (tls, failures, component) =
+                    (tls.clone(), tls_failures.clone(), component.clone());
+                async move {
+                    match tls.accept(stream).await {
+                        Ok(conn) => Some(conn),
+                        Err(e) => {
+                            failures.inc();
+                            tracing::debug!(%component, error = %e, "TLS handshake failed.");
+                            None
+                        }
+                    }
+                }
+            };
+            crate::serve::serve_with(
                 "celery_ui",
                 listener,
                 server,
                 Protocol::Http1,
                 ctx.shutdown.clone(),
+                handshake,
                 svc,
             )
             .await;
@@ -528,6 +590,10 @@ type Body = BoxBody<Bytes, Infallible>;
 /// Shared by every connection of one running extension.
 struct Ui {
     cfg: UiConfig,
+    /// `url_prefix` as `/flower`, or empty.
+    prefix: String,
+    /// The live page, its links under `prefix`.
+    index_html: String,
     view: Arc<View>,
     inspector: Option<Remote>,
     backend: Option<ResultBackend>,
@@ -681,8 +747,44 @@ impl Ui {
         false
     }
 
+    /// The path below `url_prefix`: `None` when the request is not under it. The prefix itself
+    /// without its slash is `Err` (redirected to the page).
+    fn local_path<'a>(&self, path: &'a str) -> Option<Result<&'a str, ()>> {
+        if self.prefix.is_empty() {
+            return Some(Ok(path));
+        }
+        match path.strip_prefix(self.prefix.as_str()) {
+            Some("") => Some(Err(())),
+            Some(rest) if rest.starts_with('/') => Some(Ok(rest)),
+            _ => None,
+        }
+    }
+
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
-        if req.uri().path() == "/healthcheck" && req.method() == Method::GET {
+        let full_path = req.uri().path().to_string();
+        let path = match self.local_path(&full_path) {
+            Some(Ok(p)) => p.to_string(),
+            Some(Err(())) => {
+                let mut r = full(
+                    StatusCode::MOVED_PERMANENTLY,
+                    "text/plain; charset=utf-8",
+                    "",
+                );
+                if let Ok(to) = HeaderValue::from_str(&format!("{}/", self.prefix)) {
+                    r.headers_mut().insert(hyper::header::LOCATION, to);
+                }
+                return r;
+            }
+            // Outside the prefix nothing is served (Flower's rewritten routes), not even /healthcheck.
+            None => {
+                return full(
+                    StatusCode::NOT_FOUND,
+                    "text/plain; charset=utf-8",
+                    "not found\n",
+                )
+            }
+        };
+        if path == "/healthcheck" && req.method() == Method::GET {
             // Flower's health check, outside auth like `/healthz`.
             return full(StatusCode::OK, "text/plain; charset=utf-8", "OK");
         }
@@ -698,7 +800,7 @@ impl Ui {
             return r;
         }
         if req.method() == Method::POST {
-            return self.post(req).await;
+            return self.post(req, path).await;
         }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return json_error(
@@ -706,14 +808,15 @@ impl Ui {
                 "only GET and POST are served",
             );
         }
-        let path = req.uri().path().to_string();
         let query = query_pairs(req.uri().query().unwrap_or(""));
         let arg = |k: &str| query.iter().find(|(q, _)| q == k).map(|(_, v)| v.as_str());
         let now = now_secs();
         match path.as_str() {
-            "/" | "/index.html" => {
-                full(StatusCode::OK, "text/html; charset=utf-8", page::INDEX_HTML)
-            }
+            "/" | "/index.html" => full(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                self.index_html.clone(),
+            ),
             "/static/app.js" => full(
                 StatusCode::OK,
                 "text/javascript; charset=utf-8",
@@ -822,6 +925,7 @@ impl Ui {
                                 &self.cfg.redact,
                                 self.cfg.trace_url.as_deref(),
                                 self.cfg.read_only,
+                                &self.prefix,
                             )
                         })
                     });
@@ -831,8 +935,9 @@ impl Ui {
                             StatusCode::NOT_FOUND,
                             "text/html; charset=utf-8",
                             format!(
-                                "<!doctype html><title>Unknown task</title><p>Unknown task {} (evicted, or never seen). <a href=\"/\">Back</a></p>",
-                                page::escape(&id)
+                                "<!doctype html><title>Unknown task</title><p>Unknown task {} (evicted, or never seen). <a href=\"{}/\">Back</a></p>",
+                                page::escape(&id),
+                                page::escape(&self.prefix)
                             ),
                         ),
                     };
@@ -883,8 +988,7 @@ impl Ui {
     /// A write request (Flower's control API). Refused across origins (a browser's form or
     /// script posting from another site carries an `Origin` that is not ours), and when
     /// `read_only`.
-    async fn post(&self, req: Request<Incoming>) -> Response<Body> {
-        let path = req.uri().path().to_string();
+    async fn post(&self, req: Request<Incoming>, path: String) -> Response<Body> {
         let Some((action, target)) = control::route(&path) else {
             self.count("unknown", "refused");
             return if path.starts_with("/api/") {
@@ -1221,5 +1325,22 @@ mod tests {
             serde_yaml_ng::from_str("inspect: { broker: redis://a:1/0, tls: { ca_file: /x.pem } }")
                 .unwrap();
         assert!(build(&v).err().unwrap().path.starts_with("inspect.tls"));
+        let v: Value = serde_yaml_ng::from_str(
+            "tls: { cert_file: /nonexistent/ui.pem, key_file: /nonexistent/ui.key }",
+        )
+        .unwrap();
+        let e = build(&v).err().unwrap();
+        assert_eq!(e.path, "tls.cert_file");
+        assert!(e.message.contains("/nonexistent/ui.pem"), "{}", e.message);
+        assert_eq!(url_prefix(Some("/flower/")), Ok(Some("/flower".into())));
+        assert_eq!(
+            url_prefix(Some("ops/flower")),
+            Ok(Some("/ops/flower".into()))
+        );
+        assert_eq!(url_prefix(Some("/")), Ok(None));
+        assert!(url_prefix(Some("a b")).is_err() && url_prefix(Some("a/../b")).is_err());
+        assert!(url_prefix(Some("a\"<")).is_err() && url_prefix(Some("a//b")).is_err());
+        let v: Value = serde_yaml_ng::from_str("tls: { cert_file: /x.pem }").unwrap();
+        assert_eq!(build(&v).err().unwrap().path, "tls.key_file");
     }
 }

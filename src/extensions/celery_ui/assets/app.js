@@ -5,6 +5,8 @@
 (function () {
   const $ = (sel) => document.querySelector(sel);
   const RATE_WINDOW = 60; // seconds
+  // The dashboard's `url_prefix` (empty at the root): every URL this script builds starts with it.
+  const PREFIX = ($('meta[name="url-prefix"]') || {}).content || '';
   const history = []; // [{now, counts: Map}] within RATE_WINDOW
 
   function text(v) {
@@ -23,7 +25,7 @@
   }
   function taskLink(td, uuid, label) {
     const a = document.createElement('a');
-    a.href = '/task/' + encodeURIComponent(uuid);
+    a.href = PREFIX + '/task/' + encodeURIComponent(uuid);
     a.textContent = text(label);
     td.appendChild(a);
   }
@@ -60,11 +62,11 @@
           if (prompt) { b.dataset.prompt = prompt; b.dataset.param = param; }
           actions.appendChild(b);
         };
-        button('Grow', '/api/worker/pool/grow/' + enc + '?n=1', 'Add one pool process to ' + w.hostname + '?');
-        button('Shrink', '/api/worker/pool/shrink/' + enc + '?n=1', 'Remove one pool process from ' + w.hostname + '?');
-        button('Restart pool', '/api/worker/pool/restart/' + enc, 'Restart the pool of ' + w.hostname + '? (needs worker_pool_restarts)');
-        button('Add consumer', '/api/worker/queue/add-consumer/' + enc, 'Make ' + w.hostname + ' consume this queue?', 'Queue to consume', 'queue');
-        button('Cancel consumer', '/api/worker/queue/cancel-consumer/' + enc, 'Make ' + w.hostname + ' stop consuming this queue?', 'Queue to stop consuming', 'queue');
+        button('Grow', PREFIX + '/api/worker/pool/grow/' + enc + '?n=1', 'Add one pool process to ' + w.hostname + '?');
+        button('Shrink', PREFIX + '/api/worker/pool/shrink/' + enc + '?n=1', 'Remove one pool process from ' + w.hostname + '?');
+        button('Restart pool', PREFIX + '/api/worker/pool/restart/' + enc, 'Restart the pool of ' + w.hostname + '? (needs worker_pool_restarts)');
+        button('Add consumer', PREFIX + '/api/worker/queue/add-consumer/' + enc, 'Make ' + w.hostname + ' consume this queue?', 'Queue to consume', 'queue');
+        button('Cancel consumer', PREFIX + '/api/worker/queue/cancel-consumer/' + enc, 'Make ' + w.hostname + ' stop consuming this queue?', 'Queue to stop consuming', 'queue');
       }
       return tr;
     });
@@ -142,7 +144,7 @@
   }
 
   function connect() {
-    const es = new EventSource('/api/stream');
+    const es = new EventSource(PREFIX + '/api/stream');
     es.addEventListener('dashboard', (e) => {
       $('#conn').textContent = 'live';
       $('#conn').className = 'conn ok';
