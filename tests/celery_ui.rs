@@ -12,6 +12,9 @@
 //! * `url_prefix`: pages, assets, API, `/metrics` and `/healthcheck` only under the prefix,
 //!   every link of the HTML under it, and the live page (its script's API calls) working there
 //!   in Chromium;
+//! * the tasks page over the whole view (Flower's default order, pages, filters, `search=`,
+//!   sort by any column) and the worker page's tabs from the worker's own answers, checked over
+//!   HTTP against the API and driven in Chromium;
 //! * `tls`: the dashboard over HTTPS to curl trusting the test CA, nothing in plaintext, and a
 //!   missing certificate file refused by `validate` naming `tls.cert_file`.
 
@@ -1133,4 +1136,190 @@ fn tls_serves_the_dashboard_over_https_only() {
         err.contains("tls.cert_file") && err.contains("missing.pem"),
         "{err}"
     );
+}
+
+/// The `data-uuid` of each row of a tasks-page table, in order.
+fn row_ids(html: &str) -> Vec<String> {
+    html.split("<tr data-uuid=\"")
+        .skip(1)
+        .map(|s| s.split('"').next().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn tasks_page_and_worker_page_against_a_real_worker() {
+    let (redis, _worker, agent, ui, _tel) = start_stack("");
+    let url = redis.url();
+    // 120 tasks that succeed, 3 that fail, one that keeps running.
+    run_client(&url, &["fill_queue", "celery", "80"]);
+    let failing: BTreeSet<String> = (0..3)
+        .map(|i| {
+            run_client(&url, &["send", "shop.send_receipt", &format!("[{i}]")])["ids"][0]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let sleeping = run_client(&url, &["send", "shop.sleep", "[60]"])["ids"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let count = |q: &str| {
+        get_json(&ui, &format!("/api/tasks?{q}"))
+            .and_then(|(_, v)| v.as_object().map(|m| m.len()))
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || count("state=SUCCESS") >= 120
+            && count("state=FAILURE") == 3
+            && count("state=STARTED") == 1),
+        "{}",
+        agent.output()
+    );
+
+    // Flower's page order (started, newest first; never started last), computed here from
+    // the API's tasks, against the page's rows over the whole view.
+    let all = get_ok(&ui, "/api/tasks");
+    let mut expected: Vec<(Option<f64>, String)> = all
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(id, t)| (t["started"].as_f64(), id.clone()))
+        .collect();
+    expected.sort_by(|a, b| {
+        b.0.is_some()
+            .cmp(&a.0.is_some())
+            .then(b.0.unwrap_or(0.0).total_cmp(&a.0.unwrap_or(0.0)))
+            .then(b.1.cmp(&a.1))
+    });
+    let expected: Vec<String> = expected.into_iter().map(|(_, id)| id).collect();
+    let total = expected.len();
+    assert!(total >= 124, "{total}");
+    let page = |q: &str| {
+        let (s, html) = http_get(&ui, &format!("/tasks?{q}")).unwrap();
+        assert_eq!(s, 200, "/tasks?{q}: {html}");
+        html
+    };
+    let first = page("");
+    assert!(first.contains(&format!("of {total} tasks")), "{first}");
+    assert_eq!(row_ids(&first), expected[..50].to_vec());
+    assert_eq!(
+        row_ids(&first)[0],
+        sleeping,
+        "the running task started last"
+    );
+    let third = page("length=50&page=3");
+    assert_eq!(row_ids(&third), expected[100..total.min(150)].to_vec());
+    // Filters: state, task name with worker, Flower's search.
+    let failed = page("state=FAILURE");
+    assert_eq!(
+        row_ids(&failed).into_iter().collect::<BTreeSet<_>>(),
+        failing
+    );
+    assert!(failed.contains(&format!("of 3 tasks (filtered from {total} total)")));
+    let named = page("taskname=shop.send_receipt&workername=w1%40host1");
+    assert_eq!(
+        row_ids(&named).into_iter().collect::<BTreeSet<_>>(),
+        failing
+    );
+    let searched = page("search=state%3Afailure+name%3Asend_receipt");
+    assert_eq!(
+        row_ids(&searched).into_iter().collect::<BTreeSet<_>>(),
+        failing
+    );
+    // Sort by another column, both ways.
+    let by_name = page("sort=-name&length=15");
+    assert_eq!(row_ids(&by_name)[0], sleeping);
+    let by_name = page("sort=name&length=500");
+    let names: Vec<String> = row_ids(&by_name)
+        .iter()
+        .map(|id| all[id]["name"].as_str().unwrap_or("").to_string())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted);
+    let (s, bad) = http_get(&ui, "/tasks?search=%28").unwrap();
+    assert_eq!(s, 400, "{bad}");
+
+    // The worker page: Flower's tabs from the worker's own answers.
+    let workers = get_ok(&ui, "/api/workers?refresh=1");
+    let w = &workers["w1@host1"];
+    let (s, html) = http_get(&ui, "/worker/w1%40host1").unwrap();
+    assert_eq!(s, 200, "{html}");
+    for tab in [
+        "pool", "broker", "queues", "tasks", "limits", "config", "system",
+    ] {
+        assert!(html.contains(&format!("id=\"tab-{tab}\"")), "tab {tab}");
+    }
+    let max = w["stats"]["pool"]["max-concurrency"].as_i64().unwrap();
+    assert!(
+        html.contains(&format!("<th>Max concurrency</th><td>{max}</td>")),
+        "{html}"
+    );
+    let pid = w["stats"]["pid"].as_i64().unwrap();
+    assert!(html.contains(&format!("<th>Worker PID</th><td>{pid}</td>")));
+    let host = w["stats"]["broker"]["hostname"].as_str().unwrap();
+    assert!(html.contains(&format!("<th>Hostname</th><td>{host}</td>")));
+    assert!(html.contains("<td>celery</td>"), "queues tab");
+    assert!(
+        html.contains(&format!("href=\"/task/{sleeping}\"")),
+        "active task"
+    );
+    assert!(html.contains("<td>shop.charge_card</td>"), "limits tab");
+    let processed = w["stats"]["total"]["shop.charge_card"].as_i64().unwrap();
+    assert!(html.contains(&format!("<th>shop.charge_card</th><td>{processed}</td>")));
+    assert!(html.contains("<th>maxrss</th>"), "system tab");
+    for (k, v) in w["conf"].as_object().unwrap() {
+        if !v.is_null() {
+            assert!(html.contains(&format!(">{k}</a></th>")), "conf {k}");
+        }
+    }
+    let (s, html) = http_get(&ui, "/worker/nobody%40nowhere").unwrap();
+    assert_eq!(s, 404);
+    assert!(
+        html.contains("Unknown worker &#39;nobody@nowhere&#39;"),
+        "{html}"
+    );
+
+    // In Chromium: sort by clicking a header, page with Next, filter with the form, and the
+    // worker page's tabs switch.
+    let browser = Browser::start();
+    browser.goto(&format!("http://{ui}/tasks"));
+    browser.eval("document.querySelector('th[data-sort=\"name\"] a').click(); return null;");
+    let sorted = browser.wait_for(
+        "return location.search.includes('sort=name') ? document.querySelector('th[data-sort=\"name\"]').getAttribute('aria-sort') : null;",
+        Duration::from_secs(10),
+    );
+    assert_eq!(sorted, "ascending");
+    browser.eval("document.querySelector('#tasks-pager a[rel=\"next\"]').click(); return null;");
+    let page2 = browser.wait_for(
+        "return location.search.includes('page=2') ? document.querySelector('#tasks-info').dataset.page : null;",
+        Duration::from_secs(10),
+    );
+    assert_eq!(page2, "2");
+    browser.eval(
+        "const f = document.querySelector('#tasks-filter'); f.state.value = 'FAILURE'; f.submit(); return null;",
+    );
+    let rows = browser.wait_for(
+        "return location.search.includes('state=FAILURE') ? [...document.querySelectorAll('#tasks-table tbody tr')].map(r => r.dataset.uuid) : null;",
+        Duration::from_secs(10),
+    );
+    let rows: BTreeSet<String> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(rows, failing);
+    browser.goto(&format!("http://{ui}/worker/w1%40host1"));
+    let shown = "return [...document.querySelectorAll('.tab-pane')].filter(p => getComputedStyle(p).display !== 'none').map(p => p.id);";
+    assert_eq!(
+        browser.wait_for(shown, Duration::from_secs(10)),
+        json!(["tab-pool"])
+    );
+    browser.eval("document.querySelector('#worker-tab-queues').click(); return null;");
+    assert_eq!(browser.eval(shown), json!(["tab-queues"]));
+    browser.screenshot("celery_ui-worker-page.png");
+    drop(browser);
+    drop(agent);
 }

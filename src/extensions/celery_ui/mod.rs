@@ -8,7 +8,7 @@
 //! cross-origin writes, the server-sent event stream `/api/stream`) and the periodic
 //! remote-control round ([`inspect`]). Task and worker state is read through the connector's
 //! [`View`]; [`api`] builds Flower's JSON, [`search`] runs Flower's query syntax, [`page`] the
-//! HTML, [`metrics`] renders Flower's metrics, [`control`] maps the write API onto remote-control
+//! HTML (with [`tasks_page`] for `/tasks` and [`worker_page`] for `/worker/<name>`), [`metrics`] renders Flower's metrics, [`control`] maps the write API onto remote-control
 //! commands and task messages over the broker seam [`control::Pidbox`], and [`results`] reads the
 //! Redis result backend. Nothing here keeps task history of its own: the task list is bounded by
 //! the connector's `max_tasks`.
@@ -42,6 +42,8 @@ pub mod page;
 pub mod remote;
 pub mod results;
 pub mod search;
+pub mod tasks_page;
+pub mod worker_page;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -828,6 +830,13 @@ impl Ui {
                 "text/javascript; charset=utf-8",
                 page::CONTROL_JS,
             ),
+            "/tasks" => match self
+                .view
+                .read(|v| tasks_page::render(v, &query, &self.cfg.redact, &self.prefix))
+            {
+                Ok(html) => full(StatusCode::OK, "text/html; charset=utf-8", html),
+                Err(html) => full(StatusCode::BAD_REQUEST, "text/html; charset=utf-8", html),
+            },
             "/api/stream" => self.stream(),
             "/metrics" => full(
                 StatusCode::OK,
@@ -916,6 +925,9 @@ impl Ui {
                         }
                     };
                 }
+                if let Some(name) = p.strip_prefix("/worker/") {
+                    return self.worker_page(&percent_decode(name)).await;
+                }
                 if let Some(id) = p.strip_prefix("/task/") {
                     let id = percent_decode(id);
                     let html = self.view.read(|v| {
@@ -952,6 +964,43 @@ impl Ui {
                     )
                 }
             }
+        }
+    }
+
+    /// `/worker/<name>`: asks that worker first (as Flower's page does), then shows its
+    /// remote-control answers; Flower's 404s for a worker unknown or without `stats`.
+    async fn worker_page(&self, name: &str) -> Response<Body> {
+        if self.inspector.is_some() {
+            if let Err(e) = self.refresh(Some(name)).await {
+                tracing::debug!(worker = name, error = %e, "Cannot ask the worker for its page.");
+            }
+        }
+        let info = self
+            .inspected
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned();
+        let known = info.is_some() || self.view.read(|v| v.workers().contains_key(name));
+        let missing = |msg: String| {
+            full(
+                StatusCode::NOT_FOUND,
+                "text/html; charset=utf-8",
+                format!(
+                    "<!doctype html><title>Unknown worker</title><p>{}. <a href=\"{}/\">Back</a></p>",
+                    page::escape(&msg),
+                    page::escape(&self.prefix)
+                ),
+            )
+        };
+        match info {
+            Some(info) if info.contains_key("stats") => full(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                worker_page::render(name, &info, self.cfg.read_only, &self.prefix),
+            ),
+            _ if known => missing(format!("Unable to get stats for '{name}' worker")),
+            _ => missing(format!("Unknown worker '{name}'")),
         }
     }
 

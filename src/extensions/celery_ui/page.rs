@@ -188,7 +188,7 @@ pub fn page_head(html: &mut String, prefix: &str, title: &str, crumb: &str) {
         html,
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>{}</title>\
          <link rel=\"stylesheet\" href=\"{p}/static/style.css\"></head><body>\
-         <header><a href=\"{p}/\">celeriac</a> › {}</header><main>",
+         <header><a href=\"{p}/\">celeriac</a> <a href=\"{p}/tasks\">tasks</a> › {}</header><main>",
         escape(title),
         escape(crumb)
     );

@@ -39,7 +39,11 @@
     fill($('#workers tbody'), d.workers, (w) => {
       const tr = document.createElement('tr');
       tr.dataset.hostname = w.hostname;
-      cell(tr, w.hostname);
+      const name = cell(tr, '');
+      const a = document.createElement('a');
+      a.href = PREFIX + '/worker/' + encodeURIComponent(w.hostname);
+      a.textContent = text(w.hostname);
+      name.appendChild(a);
       cell(tr, w.alive ? 'online' : 'offline', w.alive ? 'ok' : 'bad');
       cell(tr, w.active);
       cell(tr, w.processed);
