@@ -128,7 +128,11 @@ fn bench(c: &mut Criterion) {
         ("sort=-runtime page 1", vec![("sort", "-runtime")]),
         (
             "state=SUCCESS search=shop sort=-received",
-            vec![("state", "SUCCESS"), ("search", "shop"), ("sort", "-received")],
+            vec![
+                ("state", "SUCCESS"),
+                ("search", "shop"),
+                ("sort", "-received"),
+            ],
         ),
     ] {
         let pairs: Vec<(String, String)> = q
