@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use serde_json::{json, Map, Value as Json};
 
 use super::page::RedactConfig;
-use crate::connectors::celery_correlate::parse_iso8601;
 use crate::connectors::celery_correlate::view::{keep_tail, TaskRecord, ViewState};
+use crate::time::parse_iso8601;
 
 /// Celery's `Task.as_dict()` with Flower's `worker` → node name. `worker_always`: keep a
 /// `null` worker (`/api/task/info`) instead of dropping the key (`/api/tasks`).

@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value as Json};
 
 use super::inspect::{uuid4, Inspector, ReplyWait};
 use super::remote::RemoteError;
-use crate::connectors::celery_correlate::now_secs;
+use crate::time::now_secs;
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -486,13 +486,13 @@ pub fn py_repr(v: &Json) -> String {
 
 /// ISO 8601 (UTC, microseconds) of Unix seconds, as Celery reads `eta`/`expires`.
 fn iso(ts: f64) -> String {
-    crate::exporters::logs::rfc3339((ts.max(0.0) * 1e9) as u64)
+    crate::time::rfc3339_secs(ts)
 }
 
 /// Flower's date option format, `%Y-%m-%d %H:%M:%S.%f`, read as UTC.
 fn parse_flower_date(v: &str) -> Option<f64> {
     let (date, time) = v.trim().split_once(' ')?;
-    crate::connectors::celery_correlate::parse_iso8601(&format!("{date}T{time}Z"))
+    crate::time::parse_iso8601(&format!("{date}T{time}Z"))
 }
 
 /// A Celery task message (protocol 2) as kombu's Redis transport stores it, the queue it goes
