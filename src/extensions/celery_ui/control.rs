@@ -152,7 +152,7 @@ pub fn route(path: &str) -> Option<(&'static str, String)> {
     PATHS.iter().find_map(|(prefix, action)| {
         path.strip_prefix(prefix)
             .filter(|t| !t.is_empty())
-            .map(|t| (*action, super::percent_decode(t)))
+            .map(|t| (*action, super::http::percent_decode(t)))
     })
 }
 
