@@ -1105,33 +1105,19 @@ fn tls_serves_the_dashboard_over_https_only() {
     drop(agent);
 
     // A missing certificate file: `validate` names the setting and the file.
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.yaml");
-    std::fs::write(
-        &cfg,
-        config(
+    let (ok, err) = validate_config(
+        bin(),
+        &config(
             &redis.url(),
             free_port(),
             free_port(),
             &format!(
-                "    tls: {{ cert_file: {}/missing.pem, key_file: {} }}\n",
-                dir.path().display(),
+                "    tls: {{ cert_file: /nonexistent/missing.pem, key_file: {} }}\n",
                 pki.server_key().display()
             ),
         ),
-    )
-    .unwrap();
-    let out = Command::new(bin())
-        .args(["validate", "-c"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let err = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
     );
-    assert!(!out.status.success(), "{err}");
+    assert!(!ok, "{err}");
     assert!(
         err.contains("tls.cert_file") && err.contains("missing.pem"),
         "{err}"

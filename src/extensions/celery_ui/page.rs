@@ -194,6 +194,16 @@ pub fn page_head(html: &mut String, prefix: &str, title: &str, crumb: &str) {
     );
 }
 
+/// A small 404 page: `what` as its title, `message` (escaped here) and a link back.
+pub fn not_found_page(what: &str, message: &str, prefix: &str) -> String {
+    format!(
+        "<!doctype html><title>{}</title><p>{}. <a href=\"{}/\">Back</a></p>",
+        escape(what),
+        escape(message),
+        escape(prefix)
+    )
+}
+
 /// The end of a server-rendered page, with the control buttons' script.
 pub fn page_tail(html: &mut String, prefix: &str) {
     let _ = write!(

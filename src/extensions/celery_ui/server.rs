@@ -283,10 +283,10 @@ impl Ui {
                         None => full(
                             StatusCode::NOT_FOUND,
                             "text/html; charset=utf-8",
-                            format!(
-                                "<!doctype html><title>Unknown task</title><p>Unknown task {} (evicted, or never seen). <a href=\"{}/\">Back</a></p>",
-                                page::escape(&id),
-                                page::escape(&self.prefix)
+                            page::not_found_page(
+                                "Unknown task",
+                                &format!("Unknown task {id} (evicted, or never seen)"),
+                                &self.prefix,
                             ),
                         ),
                     };
@@ -323,11 +323,7 @@ impl Ui {
             full(
                 StatusCode::NOT_FOUND,
                 "text/html; charset=utf-8",
-                format!(
-                    "<!doctype html><title>Unknown worker</title><p>{}. <a href=\"{}/\">Back</a></p>",
-                    page::escape(&msg),
-                    page::escape(&self.prefix)
-                ),
+                page::not_found_page("Unknown worker", &msg, &self.prefix),
             )
         };
         match info {

@@ -325,28 +325,30 @@ pub fn render(name: &str, info: &Map<String, Json>, read_only: bool, prefix: &st
             escape(&t.get("kwargs").map_or("N/A".into(), value_text)),
         );
     }
-    html.push_str("</tbody></table><table id=\"worker-scheduled\"><caption>Scheduled tasks</caption><thead><tr><th>Name</th><th>UUID</th><th>args</th><th>kwargs</th></tr></thead><tbody>");
-    for t in list(info.get("scheduled")) {
-        let r = t.get("request").unwrap_or(&Json::Null);
+    // Scheduled answers wrap the request (`{eta, priority, request}`); reserved ones are it.
+    for (id, caption, inner) in [
+        ("worker-scheduled", "Scheduled tasks", true),
+        ("worker-reserved", "Reserved tasks", false),
+    ] {
         let _ = write!(
             html,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escape(&s(r, "name")),
-            task_link(&s(r, "id")),
-            escape(&s(r, "args")),
-            escape(&s(r, "kwargs")),
+            "</tbody></table><table id=\"{id}\"><caption>{caption}</caption><thead><tr><th>Name</th><th>UUID</th><th>args</th><th>kwargs</th></tr></thead><tbody>"
         );
-    }
-    html.push_str("</tbody></table><table id=\"worker-reserved\"><caption>Reserved tasks</caption><thead><tr><th>Name</th><th>UUID</th><th>args</th><th>kwargs</th></tr></thead><tbody>");
-    for t in list(info.get("reserved")) {
-        let _ = write!(
-            html,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escape(&s(t, "name")),
-            task_link(&s(t, "id")),
-            escape(&s(t, "args")),
-            escape(&s(t, "kwargs")),
-        );
+        for t in list(info.get(&id["worker-".len()..])) {
+            let r = if inner {
+                t.get("request").unwrap_or(&Json::Null)
+            } else {
+                t
+            };
+            let _ = write!(
+                html,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&s(r, "name")),
+                task_link(&s(r, "id")),
+                escape(&s(r, "args")),
+                escape(&s(r, "kwargs")),
+            );
+        }
     }
     html.push_str("</tbody></table><table id=\"worker-revoked\"><caption>Revoked tasks</caption><thead><tr><th>UUID</th></tr></thead><tbody>");
     for id in list(info.get("revoked")) {
