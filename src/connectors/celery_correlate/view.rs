@@ -628,24 +628,12 @@ mod tests {
     use crate::celery::event::WorkerFields;
 
     fn task_ev(kind: &str, id: &str, ts: f64, f: impl FnOnce(&mut TaskFields)) -> CeleryEvent {
-        let mut tf = TaskFields {
-            uuid: id.into(),
-            ..TaskFields::default()
+        let host = if kind == "task-sent" {
+            "gen1@client"
+        } else {
+            "w1@host"
         };
-        f(&mut tf);
-        CeleryEvent {
-            kind: EventKind::from_type(kind),
-            type_name: kind.into(),
-            hostname: if kind == "task-sent" {
-                "gen1@client".into()
-            } else {
-                "w1@host".into()
-            },
-            timestamp: ts,
-            clock: Some(ts as u64),
-            task: Some(tf),
-            ..CeleryEvent::default()
-        }
+        tests_support::task_event(kind, id, host, ts, f)
     }
 
     #[test]
@@ -774,6 +762,31 @@ mod tests {
 #[cfg(test)]
 pub mod tests_support {
     use super::*;
+
+    /// A task event of `kind` (`task-received`, …) for task `id` from `host` at `ts` (also its
+    /// clock), with the task fields `f` sets.
+    pub fn task_event(
+        kind: &str,
+        id: &str,
+        host: &str,
+        ts: f64,
+        f: impl FnOnce(&mut TaskFields),
+    ) -> CeleryEvent {
+        let mut tf = TaskFields {
+            uuid: id.into(),
+            ..TaskFields::default()
+        };
+        f(&mut tf);
+        CeleryEvent {
+            kind: EventKind::from_type(kind),
+            type_name: kind.into(),
+            hostname: host.into(),
+            timestamp: ts,
+            clock: Some(ts as u64),
+            task: Some(tf),
+            ..CeleryEvent::default()
+        }
+    }
 
     pub fn record(id: &str) -> TaskRecord {
         let mut t = TaskRecord::new(Arc::from(id));

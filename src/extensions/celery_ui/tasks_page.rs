@@ -329,7 +329,7 @@ fn pager(html: &mut String, p: &TasksPage, pages: usize, prefix: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::celery::event::{CeleryEvent, EventKind, TaskFields};
+    use crate::connectors::celery_correlate::view::tests_support::task_event;
     use crate::connectors::celery_correlate::view::View;
 
     fn view(n: usize) -> View {
@@ -337,21 +337,15 @@ mod tests {
         v.enable();
         let mut evs = Vec::new();
         for i in 0..n {
+            let name = if i % 3 == 0 { "shop.a" } else { "shop.b" };
+            let host = format!("w{}@h", i % 2);
             for (kind, ts) in [
                 ("task-received", 999.0),
                 ("task-started", 1000.0 + i as f64),
             ] {
-                evs.push(CeleryEvent {
-                    kind: EventKind::from_type(kind),
-                    hostname: format!("w{}@h", i % 2),
-                    timestamp: ts,
-                    task: Some(TaskFields {
-                        uuid: format!("id-{i:03}"),
-                        name: Some(if i % 3 == 0 { "shop.a" } else { "shop.b" }.into()),
-                        ..TaskFields::default()
-                    }),
-                    ..CeleryEvent::default()
-                });
+                evs.push(task_event(kind, &format!("id-{i:03}"), &host, ts, |t| {
+                    t.name = Some(name.into())
+                }));
             }
         }
         v.apply(&evs, 1.0);
