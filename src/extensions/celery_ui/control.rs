@@ -317,7 +317,6 @@ pub async fn run(
         | "worker.queue_add_consumer"
         | "worker.queue_cancel_consumer" => {
             worker_known(t)?;
-            let n = || -> Result<i64, Answer> { Ok(typed(r, "n", "int")?.unwrap_or(1)) };
             let (command, arguments, done, fail): (&str, Json, Option<String>, String) =
                 match r.action {
                     "worker.pool_restart" => (
@@ -326,22 +325,18 @@ pub async fn run(
                         Some(format!("Restarting '{t}' worker's pool")),
                         format!("Failed to restart the '{t}' pool"),
                     ),
-                    "worker.pool_grow" => {
-                        let n = n()?;
+                    "worker.pool_grow" | "worker.pool_shrink" => {
+                        let n: i64 = typed(r, "n", "int")?.unwrap_or(1);
+                        let (command, doing, verb) = if r.action == "worker.pool_grow" {
+                            ("pool_grow", "Growing", "grow")
+                        } else {
+                            ("pool_shrink", "Shrinking", "shrink")
+                        };
                         (
-                            "pool_grow",
+                            command,
                             json!({ "n": n }),
-                            Some(format!("Growing '{t}' worker's pool by {n}")),
-                            format!("Failed to grow '{t}' worker's pool"),
-                        )
-                    }
-                    "worker.pool_shrink" => {
-                        let n = n()?;
-                        (
-                            "pool_shrink",
-                            json!({ "n": n }),
-                            Some(format!("Shrinking '{t}' worker's pool by {n}")),
-                            format!("Failed to shrink '{t}' worker's pool"),
+                            Some(format!("{doing} '{t}' worker's pool by {n}")),
+                            format!("Failed to {verb} '{t}' worker's pool"),
                         )
                     }
                     "worker.pool_autoscale" => {
@@ -356,23 +351,20 @@ pub async fn run(
                             format!("Failed to autoscale '{t}' worker"),
                         )
                     }
-                    "worker.queue_add_consumer" => {
-                        let q = required(r, "queue")?;
-                        (
-                            "add_consumer",
-                            json!({ "queue": q }),
-                            None,
-                            format!("Failed to add '{q}' consumer to '{t}' worker"),
-                        )
-                    }
                     _ => {
                         let q = required(r, "queue")?;
-                        (
-                            "cancel_consumer",
-                            json!({ "queue": q }),
-                            None,
-                            format!("Failed to cancel '{q}' consumer from '{t}' worker"),
-                        )
+                        let (command, fail) = if r.action == "worker.queue_add_consumer" {
+                            (
+                                "add_consumer",
+                                format!("Failed to add '{q}' consumer to '{t}' worker"),
+                            )
+                        } else {
+                            (
+                                "cancel_consumer",
+                                format!("Failed to cancel '{q}' consumer from '{t}' worker"),
+                            )
+                        };
+                        (command, json!({ "queue": q }), None, fail)
                     }
                 };
             let dest = [t.to_string()];
