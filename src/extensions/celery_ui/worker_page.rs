@@ -80,7 +80,7 @@ fn kv_table(
     html.push_str("</table>");
 }
 
-fn obj<'a>(v: Option<&'a Json>) -> impl Iterator<Item = (&'a String, &'a Json)> {
+fn obj(v: Option<&Json>) -> impl Iterator<Item = (&String, &Json)> {
     v.and_then(Json::as_object).into_iter().flatten()
 }
 
