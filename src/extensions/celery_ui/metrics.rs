@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use crate::connectors::celery_correlate::flower_metrics::{FlowerMetrics, Sample};
+use crate::connectors::celery_correlate::view::{FlowerMetrics, Sample};
 
 /// Python's `repr(float)` as prometheus_client's `floatToGoString` writes it (Prometheus reads
 /// any spelling; this keeps `le` label values identical to Flower's).

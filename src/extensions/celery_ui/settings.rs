@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::page::RedactConfig;
 use crate::config::types::{self, Secret};
-use crate::connectors::celery_correlate::flower_metrics::DEFAULT_BUCKETS;
+use crate::connectors::celery_correlate::view::DEFAULT_BUCKETS;
 use crate::redis_broker::OwnedSettings;
 use crate::serve::ServerSettings;
 use crate::tls::{ClientTlsConfig, ServerTlsConfig};
