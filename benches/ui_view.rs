@@ -1,6 +1,7 @@
 //! Cost of the `celery_ui` extension on the connector and per request: the view update per
 //! event (paid by the connector only when the extension is enabled), and the reads the API and
-//! the live page make over a full view (100 000 tasks, the default `max_tasks`).
+//! the live page make over a full view (100 000 tasks, the default `max_tasks`), the tasks
+//! page (filter, sort and one page over the whole view) included.
 //!
 //! `cargo bench --bench ui_view`
 
@@ -11,6 +12,7 @@ use celeriac::celery::event::CeleryEvent;
 use celeriac::connectors::celery_correlate::view::View;
 use celeriac::extensions::celery_ui::api::{self, Inspected, TaskQuery};
 use celeriac::extensions::celery_ui::page::RedactConfig;
+use celeriac::extensions::celery_ui::tasks_page;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 #[global_allocator]
@@ -116,6 +118,30 @@ fn bench(c: &mut Criterion) {
                 .unwrap();
                 b.iter(|| v.read(|s| black_box(api::tasks_body(s, &q, &redact))))
             },
+        );
+    }
+    // The tasks page: every request filters and sorts the whole view, then renders one page.
+    for (label, q) in [
+        ("default (started, newest first) page 1", vec![]),
+        ("default page 1000 of 2000", vec![("page", "1000")]),
+        ("sort=name page 1", vec![("sort", "name")]),
+        ("sort=-runtime page 1", vec![("sort", "-runtime")]),
+        (
+            "state=SUCCESS search=shop sort=-received",
+            vec![
+                ("state", "SUCCESS"),
+                ("search", "shop"),
+                ("sort", "-received"),
+            ],
+        ),
+    ] {
+        let pairs: Vec<(String, String)> = q
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        c.bench_function(
+            &format!("ui_view/tasks page {label} length=50 (100k tasks)"),
+            |b| b.iter(|| v.read(|s| black_box(tasks_page::render(s, &pairs, &redact, "")))),
         );
     }
     c.bench_function("ui_view/dashboard snapshot (100k tasks)", |b| {

@@ -18,7 +18,8 @@
 //! * [`redis_broker`]: reaching a Redis broker (wire format, addresses, Sentinel), shared by
 //!   the Redis receivers and `celery_ui`;
 //! * [`amqp`]: AMQP (RabbitMQ) broker URLs and connections, shared by the AMQP components;
-//! * [`tls`]: TLS settings and rustls configurations shared by servers and clients.
+//! * [`tls`]: TLS settings and rustls configurations shared by servers and clients;
+//! * [`time`]: wall clock, ISO 8601 / RFC 3339 timestamps, shared by every component.
 
 pub mod amqp;
 pub mod celery;
@@ -38,4 +39,5 @@ pub mod reload;
 pub mod serve;
 pub mod signal;
 pub mod telemetry;
+pub mod time;
 pub mod tls;

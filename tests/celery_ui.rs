@@ -8,7 +8,15 @@
 //!   and is saved as a screenshot under `target/`;
 //! * authentication, redaction, server-side escaping and the 404 of an unknown task;
 //! * the control buttons: a task page's Revoke/Terminate (confirmed) end a running task
-//!   REVOKED; with `read_only` there is no button and a POST from the page gets 403.
+//!   REVOKED; with `read_only` there is no button and a POST from the page gets 403;
+//! * `url_prefix`: pages, assets, API, `/metrics` and `/healthcheck` only under the prefix,
+//!   every link of the HTML under it, and the live page (its script's API calls) working there
+//!   in Chromium;
+//! * the tasks page over the whole view (Flower's default order, pages, filters, `search=`,
+//!   sort by any column) and the worker page's tabs from the worker's own answers, checked over
+//!   HTTP against the API and driven in Chromium;
+//! * `tls`: the dashboard over HTTPS to curl trusting the test CA, nothing in plaintext, and a
+//!   missing certificate file refused by `validate` naming `tls.cert_file`.
 
 mod support;
 
@@ -120,6 +128,14 @@ fn keys(v: &Value) -> BTreeSet<String> {
 }
 
 fn start_stack(ui_extra: &str) -> (RedisServer, CeleryWorker, Agent, String, String) {
+    start_stack_at(ui_extra, "")
+}
+
+/// [`start_stack`] with the dashboard under `prefix` (its `url_prefix`, e.g. `/ops/flower`).
+fn start_stack_at(
+    ui_extra: &str,
+    prefix: &str,
+) -> (RedisServer, CeleryWorker, Agent, String, String) {
     let redis = RedisServer::start();
     let mut worker = CeleryWorker::start(&redis.url(), WorkerOpts::default());
     worker.assert_ready(Duration::from_secs(60));
@@ -129,7 +145,10 @@ fn start_stack(ui_extra: &str) -> (RedisServer, CeleryWorker, Agent, String, Str
         &config(&redis.url(), ui, tel, ui_extra),
         Duration::from_secs(20),
         "celery_ui did not come up:",
-        || http_get(&ui_addr, "/api/task/types").is_some_and(|(s, _)| s == 200 || s == 401),
+        || {
+            http_get(&ui_addr, &format!("{prefix}/api/task/types"))
+                .is_some_and(|(s, _)| s == 200 || s == 401)
+        },
     );
     (redis, worker, agent, ui_addr, format!("127.0.0.1:{tel}"))
 }
@@ -883,4 +902,409 @@ fn revoke_button_revokes_a_running_task_and_read_only_has_none() {
     ));
     let r = browser.wait_for("return window.__r;", Duration::from_secs(10));
     assert_eq!(r, "403 Read only mode is enabled", "{}", agent2.output());
+}
+
+/// Every `href`, `src` and `action` attribute value of an HTML page.
+fn html_links(html: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for attr in ["href=\"", "src=\"", "action=\"", "data-post=\""] {
+        for part in html.split(attr).skip(1) {
+            out.push(part.split('"').next().unwrap_or("").replace("&amp;", "&"));
+        }
+    }
+    out
+}
+
+#[test]
+fn url_prefix_serves_everything_under_it_and_nothing_at_the_root() {
+    const P: &str = "/ops/flower";
+    let (redis, _worker, agent, ui, _tel) = start_stack_at(
+        "    url_prefix: /ops/flower/\n    read_only: false\n    auth: { bearer_token: t0k }\n",
+        P,
+    );
+    let auth = [("Authorization", "Bearer t0k")];
+    let get = |path: &str| http_request(&ui, "GET", path, &auth, &[]).expect("an answer");
+    let sent = run_client(&redis.url(), &["send", "shop.a", "[2]"]);
+    let id = sent["ids"][0].as_str().unwrap().to_string();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            get(&format!("{P}/api/task/info/{id}")).status == 200
+        }),
+        "{}",
+        agent.output()
+    );
+    // Under the prefix: the API, Flower's metrics and health check, the pages and assets.
+    let tasks: Value = serde_json::from_slice(&get(&format!("{P}/api/tasks")).body).unwrap();
+    assert!(tasks.get(&id).is_some(), "{tasks}");
+    assert_eq!(get(&format!("{P}/healthcheck")).text(), "OK");
+    assert!(get(&format!("{P}/metrics"))
+        .text()
+        .contains("flower_events_total{"));
+    for asset in ["/static/app.js", "/static/style.css", "/static/control.js"] {
+        assert_eq!(get(&format!("{P}{asset}")).status, 200, "{asset}");
+    }
+    // Nothing at the root, not even the health check (as Flower's rewritten routes).
+    for path in [
+        "/",
+        "/api/tasks",
+        "/healthcheck",
+        "/metrics",
+        "/static/app.js",
+        &format!("/task/{id}"),
+        "/opsx/flower/",
+    ] {
+        assert_eq!(get(path).status, 404, "{path}");
+    }
+    // The prefix without its slash leads to the page.
+    let r = get(P);
+    assert_eq!(
+        (r.status, r.header("location")),
+        (301, Some("/ops/flower/"))
+    );
+    // Every link, asset and form of the pages carries the prefix.
+    for page in [format!("{P}/"), format!("{P}/task/{id}")] {
+        let r = get(&page);
+        assert_eq!(r.status, 200, "{page}");
+        let html = r.text();
+        let links = html_links(&html);
+        assert!(links.len() >= 3, "{page}: {links:?}");
+        // The trace link goes to another site (`trace_url`); every other link stays under P.
+        for l in links
+            .iter()
+            .filter(|l| !l.starts_with("http://tempo.example/"))
+        {
+            assert!(
+                l.starts_with(&format!("{P}/")),
+                "{page}: link {l} outside the prefix"
+            );
+        }
+    }
+    assert!(get(&format!("{P}/"))
+        .text()
+        .contains("<meta name=\"url-prefix\" content=\"/ops/flower\">"));
+    // A write under the prefix works; at the root it is not routed.
+    let r = http_request(&ui, "POST", &format!("/api/task/revoke/{id}"), &auth, &[]).unwrap();
+    assert_eq!(r.status, 404);
+    let r = http_request(
+        &ui,
+        "POST",
+        &format!("{P}/api/task/revoke/{id}"),
+        &auth,
+        &[],
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // The live page under the prefix: its stream and links work in Chromium (bearer auth is
+    // not something a browser sends, so a second agent without auth, read-only).
+    drop(agent);
+    let (ui2, tel2) = (free_port(), free_port());
+    let agent = Agent::start(
+        bin(),
+        &config(&redis.url(), ui2, tel2, "    url_prefix: ops/flower\n"),
+    );
+    let ui2 = format!("127.0.0.1:{ui2}");
+    assert!(wait_until(Duration::from_secs(20), || {
+        http_get(&ui2, &format!("{P}/healthcheck")).is_some_and(|(s, _)| s == 200)
+    }));
+    let sent = run_client(&redis.url(), &["send", "shop.a", "[4]"]);
+    let id2 = sent["ids"][0].as_str().unwrap().to_string();
+    let browser = Browser::start();
+    browser.goto(&format!("http://{ui2}{P}/"));
+    let live = browser.wait_for(
+        &format!("return document.querySelector('#conn').textContent === 'live' && document.querySelector('#tasks tr[data-uuid=\"{id2}\"] a') !== null;"),
+        Duration::from_secs(20),
+    );
+    assert_eq!(live, true, "{}", agent.output());
+    let href = browser.eval(&format!(
+        "return document.querySelector('#tasks tr[data-uuid=\"{id2}\"] a').getAttribute('href');"
+    ));
+    assert_eq!(href, format!("{P}/task/{id2}"));
+    browser.eval(&format!(
+        "document.querySelector('#tasks tr[data-uuid=\"{id2}\"] a').click(); return null;"
+    ));
+    let landed = browser.wait_for(
+        "return location.pathname.includes('/task/') && document.querySelector('#task') !== null ? location.pathname : null;",
+        Duration::from_secs(10),
+    );
+    assert_eq!(landed, format!("{P}/task/{id2}"));
+    drop(browser);
+    drop(agent);
+}
+
+/// `curl` over HTTPS trusting only `ca`: (status, body), or None when no TLS answer.
+fn curl_https(ca: &Path, url: &str) -> Option<(u16, String)> {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .args(["-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl is installed");
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n')?;
+    Some((code.trim().parse().ok()?, body.to_string()))
+}
+
+#[test]
+fn tls_serves_the_dashboard_over_https_only() {
+    let pki = pki::Pki::generate();
+    let tls = format!(
+        "    tls: {{ cert_file: {}, key_file: {} }}\n",
+        pki.server_cert().display(),
+        pki.server_key().display()
+    );
+    let redis = RedisServer::start();
+    let mut worker = CeleryWorker::start(&redis.url(), WorkerOpts::default());
+    worker.assert_ready(Duration::from_secs(60));
+    let (ui, tel) = (free_port(), free_port());
+    let agent = Agent::start(bin(), &config(&redis.url(), ui, tel, &tls));
+    let base = format!("https://localhost:{ui}");
+    assert!(
+        wait_until(Duration::from_secs(20), || curl_https(
+            &pki.ca(),
+            &format!("{base}/healthcheck")
+        )
+        .is_some_and(|(s, b)| s == 200 && b == "OK")),
+        "{}",
+        agent.output()
+    );
+    let sent = run_client(&redis.url(), &["send", "shop.a", "[1]"]);
+    let id = sent["ids"][0].as_str().unwrap().to_string();
+    let mut last = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            last = curl_https(&pki.ca(), &format!("{base}/api/task/info/{id}"));
+            last.as_ref()
+                .is_some_and(|(s, b)| *s == 200 && b.contains("\"SUCCESS\""))
+        }),
+        "{last:?}\n{}",
+        agent.output()
+    );
+    let (status, page) = curl_https(&pki.ca(), &format!("{base}/")).unwrap();
+    assert!(status == 200 && page.contains("app.js"));
+    // A client that does not trust the CA, and plaintext HTTP, get nothing.
+    let other_ca = pki.stranger_cert();
+    assert!(curl_https(&other_ca, &format!("{base}/healthcheck")).is_none());
+    assert!(!matches!(
+        http_get(&format!("127.0.0.1:{ui}"), "/healthcheck"),
+        Some((200, _))
+    ));
+    // The refused handshakes are counted.
+    let metrics = http_get(&format!("127.0.0.1:{tel}"), "/metrics").unwrap().1;
+    let failed = metric_value(
+        &parse_prometheus_text(&metrics),
+        "celeriac_ui_tls_handshake_failures_total",
+        &[],
+    )
+    .unwrap_or(0.0);
+    assert!(failed >= 2.0, "{metrics}");
+    drop(agent);
+
+    // A missing certificate file: `validate` names the setting and the file.
+    let (ok, err) = validate_config(
+        bin(),
+        &config(
+            &redis.url(),
+            free_port(),
+            free_port(),
+            &format!(
+                "    tls: {{ cert_file: /nonexistent/missing.pem, key_file: {} }}\n",
+                pki.server_key().display()
+            ),
+        ),
+    );
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("tls.cert_file") && err.contains("missing.pem"),
+        "{err}"
+    );
+}
+
+/// The `data-uuid` of each row of a tasks-page table, in order.
+fn row_ids(html: &str) -> Vec<String> {
+    html.split("<tr data-uuid=\"")
+        .skip(1)
+        .map(|s| s.split('"').next().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn tasks_page_and_worker_page_against_a_real_worker() {
+    let (redis, _worker, agent, ui, _tel) = start_stack("");
+    let url = redis.url();
+    // 120 tasks that succeed, 3 that fail, one that keeps running.
+    run_client(&url, &["fill_queue", "celery", "80"]);
+    let failing: BTreeSet<String> = (0..3)
+        .map(|i| {
+            run_client(&url, &["send", "shop.send_receipt", &format!("[{i}]")])["ids"][0]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let sleeping = run_client(&url, &["send", "shop.sleep", "[60]"])["ids"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let count = |q: &str| {
+        get_json(&ui, &format!("/api/tasks?{q}"))
+            .and_then(|(_, v)| v.as_object().map(|m| m.len()))
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || count("state=SUCCESS") >= 120
+            && count("state=FAILURE") == 3
+            && count("state=STARTED") == 1),
+        "{}",
+        agent.output()
+    );
+
+    // Flower's page order (started, newest first; never started last), computed here from
+    // the API's tasks, against the page's rows over the whole view.
+    let all = get_ok(&ui, "/api/tasks");
+    let mut expected: Vec<(Option<f64>, String)> = all
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(id, t)| (t["started"].as_f64(), id.clone()))
+        .collect();
+    expected.sort_by(|a, b| {
+        b.0.is_some()
+            .cmp(&a.0.is_some())
+            .then(b.0.unwrap_or(0.0).total_cmp(&a.0.unwrap_or(0.0)))
+            .then(b.1.cmp(&a.1))
+    });
+    let expected: Vec<String> = expected.into_iter().map(|(_, id)| id).collect();
+    let total = expected.len();
+    assert!(total >= 124, "{total}");
+    let page = |q: &str| {
+        let (s, html) = http_get(&ui, &format!("/tasks?{q}")).unwrap();
+        assert_eq!(s, 200, "/tasks?{q}: {html}");
+        html
+    };
+    let first = page("");
+    assert!(first.contains(&format!("of {total} tasks")), "{first}");
+    assert_eq!(row_ids(&first), expected[..50].to_vec());
+    assert_eq!(
+        row_ids(&first)[0],
+        sleeping,
+        "the running task started last"
+    );
+    let third = page("length=50&page=3");
+    assert_eq!(row_ids(&third), expected[100..total.min(150)].to_vec());
+    // Filters: state, task name with worker, Flower's search.
+    let failed = page("state=FAILURE");
+    assert_eq!(
+        row_ids(&failed).into_iter().collect::<BTreeSet<_>>(),
+        failing
+    );
+    assert!(failed.contains(&format!("of 3 tasks (filtered from {total} total)")));
+    let named = page("taskname=shop.send_receipt&workername=w1%40host1");
+    assert_eq!(
+        row_ids(&named).into_iter().collect::<BTreeSet<_>>(),
+        failing
+    );
+    let searched = page("search=state%3Afailure+name%3Asend_receipt");
+    assert_eq!(
+        row_ids(&searched).into_iter().collect::<BTreeSet<_>>(),
+        failing
+    );
+    // Sort by another column, both ways.
+    let by_name = page("sort=-name&length=15");
+    assert_eq!(row_ids(&by_name)[0], sleeping);
+    let by_name = page("sort=name&length=500");
+    let names: Vec<String> = row_ids(&by_name)
+        .iter()
+        .map(|id| all[id]["name"].as_str().unwrap_or("").to_string())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted);
+    let (s, bad) = http_get(&ui, "/tasks?search=%28").unwrap();
+    assert_eq!(s, 400, "{bad}");
+
+    // The worker page: Flower's tabs from the worker's own answers.
+    let workers = get_ok(&ui, "/api/workers?refresh=1");
+    let w = &workers["w1@host1"];
+    let (s, html) = http_get(&ui, "/worker/w1%40host1").unwrap();
+    assert_eq!(s, 200, "{html}");
+    for tab in [
+        "pool", "broker", "queues", "tasks", "limits", "config", "system",
+    ] {
+        assert!(html.contains(&format!("id=\"tab-{tab}\"")), "tab {tab}");
+    }
+    let max = w["stats"]["pool"]["max-concurrency"].as_i64().unwrap();
+    assert!(
+        html.contains(&format!("<th>Max concurrency</th><td>{max}</td>")),
+        "{html}"
+    );
+    let pid = w["stats"]["pid"].as_i64().unwrap();
+    assert!(html.contains(&format!("<th>Worker PID</th><td>{pid}</td>")));
+    let host = w["stats"]["broker"]["hostname"].as_str().unwrap();
+    assert!(html.contains(&format!("<th>Hostname</th><td>{host}</td>")));
+    assert!(html.contains("<td>celery</td>"), "queues tab");
+    assert!(
+        html.contains(&format!("href=\"/task/{sleeping}\"")),
+        "active task"
+    );
+    assert!(html.contains("<td>shop.charge_card</td>"), "limits tab");
+    let processed = w["stats"]["total"]["shop.charge_card"].as_i64().unwrap();
+    assert!(html.contains(&format!("<th>shop.charge_card</th><td>{processed}</td>")));
+    assert!(html.contains("<th>maxrss</th>"), "system tab");
+    for (k, v) in w["conf"].as_object().unwrap() {
+        if !v.is_null() {
+            assert!(html.contains(&format!(">{k}</a></th>")), "conf {k}");
+        }
+    }
+    let (s, html) = http_get(&ui, "/worker/nobody%40nowhere").unwrap();
+    assert_eq!(s, 404);
+    assert!(
+        html.contains("Unknown worker &#39;nobody@nowhere&#39;"),
+        "{html}"
+    );
+
+    // In Chromium: sort by clicking a header, page with Next, filter with the form, and the
+    // worker page's tabs switch.
+    let browser = Browser::start();
+    browser.goto(&format!("http://{ui}/tasks"));
+    browser.eval("document.querySelector('th[data-sort=\"name\"] a').click(); return null;");
+    let sorted = browser.wait_for(
+        "return location.search.includes('sort=name') ? document.querySelector('th[data-sort=\"name\"]').getAttribute('aria-sort') : null;",
+        Duration::from_secs(10),
+    );
+    assert_eq!(sorted, "ascending");
+    browser.eval("document.querySelector('#tasks-pager a[rel=\"next\"]').click(); return null;");
+    let page2 = browser.wait_for(
+        "return location.search.includes('page=2') ? document.querySelector('#tasks-info').dataset.page : null;",
+        Duration::from_secs(10),
+    );
+    assert_eq!(page2, "2");
+    browser.eval(
+        "const f = document.querySelector('#tasks-filter'); f.state.value = 'FAILURE'; f.submit(); return null;",
+    );
+    let rows = browser.wait_for(
+        "return location.search.includes('state=FAILURE') ? [...document.querySelectorAll('#tasks-table tbody tr')].map(r => r.dataset.uuid) : null;",
+        Duration::from_secs(10),
+    );
+    let rows: BTreeSet<String> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(rows, failing);
+    browser.goto(&format!("http://{ui}/worker/w1%40host1"));
+    let shown = "return [...document.querySelectorAll('.tab-pane')].filter(p => getComputedStyle(p).display !== 'none').map(p => p.id);";
+    assert_eq!(
+        browser.wait_for(shown, Duration::from_secs(10)),
+        json!(["tab-pool"])
+    );
+    browser.eval("document.querySelector('#worker-tab-queues').click(); return null;");
+    assert_eq!(browser.eval(shown), json!(["tab-queues"]));
+    browser.screenshot("celery_ui-worker-page.png");
+    drop(browser);
+    drop(agent);
 }

@@ -491,11 +491,9 @@ fn read_only_refuses_every_write_and_needs_no_auth_to_refuse() {
         assert_eq!(r.status, 401, "{path}");
     }
     // `read_only: false` without auth is refused by validate.
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.yaml");
-    std::fs::write(
-        &cfg,
-        config(
+    let (ok, err) = validate_config(
+        bin(),
+        &config(
             &redis.url(),
             &redis.url_db(1),
             free_port(),
@@ -506,18 +504,7 @@ fn read_only_refuses_every_write_and_needs_no_auth_to_refuse() {
             &format!("    auth: {{ username: {USER}, password: {PASS} }}\n"),
             "",
         ),
-    )
-    .unwrap();
-    let out = Command::new(bin())
-        .args(["validate", "-c"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
     );
+    assert!(!ok);
     assert!(err.contains("read_only"), "{err}");
 }

@@ -1599,3 +1599,22 @@ pub fn publish_pipelined<C: AsRef<[u8]>, P: AsRef<[u8]>>(
     }
     replies
 }
+
+/// `celeriac validate -c FILE` on `config_yaml`: whether it passed, and what it printed
+/// (stderr, then stdout).
+pub fn validate_config(bin: &Path, config_yaml: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(&cfg, config_yaml).expect("the config written");
+    let out = Command::new(bin)
+        .args(["validate", "-c"])
+        .arg(&cfg)
+        .output()
+        .expect("celeriac runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    (out.status.success(), text)
+}

@@ -44,7 +44,7 @@ pub mod view;
 pub mod workers;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::metrics::v1::ResourceMetrics;
@@ -56,6 +56,7 @@ use crate::component::{BoxRun, Context, Input, Output, Processor};
 use crate::component::{BuildResult, Factory, Registration};
 use crate::config::{self, types, DecodeError, Value};
 use crate::signal::{Signal, SignalKind};
+pub use crate::time::{now_secs, parse_iso8601};
 use metrics::{Count, TaskMetrics};
 use spans::{End, Outcome};
 use tasks::{TaskState, TaskTable};
@@ -193,13 +194,6 @@ pub struct Correlator {
     pub newly_missed: Vec<(String, u64)>,
     pub join: join::Join,
     pub logjoin: logjoin::LogJoin,
-}
-
-pub fn now_secs() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 impl Correlator {
@@ -558,49 +552,6 @@ pub fn exception_class(repr: Option<&str>) -> &str {
         }
         _ => "UnknownException",
     }
-}
-
-/// `2026-11-25T11:42:43.123456+00:00` (or `Z`, or no offset = UTC) → Unix seconds.
-pub fn parse_iso8601(s: &str) -> Option<f64> {
-    let s = s.trim();
-    let (date, rest) = s.split_once(['T', ' '])?;
-    let mut d = date.splitn(3, '-');
-    let (y, m, day): (i64, i64, i64) = (
-        d.next()?.parse().ok()?,
-        d.next()?.parse().ok()?,
-        d.next()?.parse().ok()?,
-    );
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
-        return None;
-    }
-    let (time, offset) = match rest.find(['+', '-', 'Z']) {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
-    };
-    let mut t = time.splitn(3, ':');
-    let hh: f64 = t.next()?.parse().ok()?;
-    let mm: f64 = t.next()?.parse().ok()?;
-    let ss: f64 = t.next().unwrap_or("0").parse().ok()?;
-    let off_secs = match offset {
-        "" | "Z" => 0.0,
-        o => {
-            let sign = if o.starts_with('-') { -1.0 } else { 1.0 };
-            let body = &o[1..];
-            let (oh, om) = body
-                .split_once(':')
-                .unwrap_or((body.get(..2)?, body.get(2..).unwrap_or("0")));
-            sign * (oh.parse::<f64>().ok()? * 3600.0 + om.parse::<f64>().unwrap_or(0.0) * 60.0)
-        }
-    };
-    // days_from_civil (Howard Hinnant).
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2.rem_euclid(400);
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days as f64 * 86_400.0 + hh * 3600.0 + mm * 60.0 + ss - off_secs)
 }
 
 /// What an instance leaves to its successor across a config reload.

@@ -15,6 +15,18 @@
 //! Concurrency: the connector applies each batch under one short write lock; readers run a
 //! synchronous closure under the read lock ([`View::read`]), so no lock is ever held across an
 //! `.await` and nothing copies the whole state per request.
+//!
+//! This module is the connector's published interface to readers: an extension finds the view
+//! with `Host::shared::<View>()` and uses only what is exported here. What a reader may ask:
+//! [`View::read`] with [`ViewState`]'s accessors (a task by id, tasks in LRU order, workers,
+//! task names, event counts, Flower's metrics), [`View::version`] to notice changes, and the
+//! settings a reader owns ([`View::enable`], [`View::set_flower_buckets`],
+//! [`View::purge_offline_flower_metrics`]). The record types ([`TaskRecord`], [`WorkerRecord`],
+//! [`TaskState`]) and Flower's metric state ([`FlowerMetrics`], [`Sample`],
+//! [`DEFAULT_BUCKETS`]) are re-exported here so readers need no other module of the connector.
+
+pub use super::flower_metrics::{FlowerMetrics, Sample, DEFAULT_BUCKETS};
+pub use super::tasks::TaskState;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,9 +34,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::celery::event::{CeleryEvent, EventKind, TaskFields};
 
-use super::flower_metrics::FlowerMetrics;
 use super::spans;
-use super::tasks::TaskState;
 
 /// Cap, in bytes, of `args`, `kwargs`, `result`, `exception`, `eta`, `expires` as stored.
 /// Celery itself truncates the args/kwargs/result reprs it sends to 1024 characters.
@@ -628,24 +638,12 @@ mod tests {
     use crate::celery::event::WorkerFields;
 
     fn task_ev(kind: &str, id: &str, ts: f64, f: impl FnOnce(&mut TaskFields)) -> CeleryEvent {
-        let mut tf = TaskFields {
-            uuid: id.into(),
-            ..TaskFields::default()
+        let host = if kind == "task-sent" {
+            "gen1@client"
+        } else {
+            "w1@host"
         };
-        f(&mut tf);
-        CeleryEvent {
-            kind: EventKind::from_type(kind),
-            type_name: kind.into(),
-            hostname: if kind == "task-sent" {
-                "gen1@client".into()
-            } else {
-                "w1@host".into()
-            },
-            timestamp: ts,
-            clock: Some(ts as u64),
-            task: Some(tf),
-            ..CeleryEvent::default()
-        }
+        tests_support::task_event(kind, id, host, ts, f)
     }
 
     #[test]
@@ -774,6 +772,31 @@ mod tests {
 #[cfg(test)]
 pub mod tests_support {
     use super::*;
+
+    /// A task event of `kind` (`task-received`, …) for task `id` from `host` at `ts` (also its
+    /// clock), with the task fields `f` sets.
+    pub fn task_event(
+        kind: &str,
+        id: &str,
+        host: &str,
+        ts: f64,
+        f: impl FnOnce(&mut TaskFields),
+    ) -> CeleryEvent {
+        let mut tf = TaskFields {
+            uuid: id.into(),
+            ..TaskFields::default()
+        };
+        f(&mut tf);
+        CeleryEvent {
+            kind: EventKind::from_type(kind),
+            type_name: kind.into(),
+            hostname: host.into(),
+            timestamp: ts,
+            clock: Some(ts as u64),
+            task: Some(tf),
+            ..CeleryEvent::default()
+        }
+    }
 
     pub fn record(id: &str) -> TaskRecord {
         let mut t = TaskRecord::new(Arc::from(id));

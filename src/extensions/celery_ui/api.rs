@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use serde_json::{json, Map, Value as Json};
 
 use super::page::RedactConfig;
-use crate::connectors::celery_correlate::parse_iso8601;
 use crate::connectors::celery_correlate::view::{keep_tail, TaskRecord, ViewState};
+use crate::time::parse_iso8601;
 
 /// Celery's `Task.as_dict()` with Flower's `worker` → node name. `worker_always`: keep a
 /// `null` worker (`/api/task/info`) instead of dropping the key (`/api/tasks`).
@@ -84,12 +84,69 @@ pub fn task_json(t: &TaskRecord, redact: &RedactConfig, worker_always: bool) -> 
     m
 }
 
+/// What tasks are sorted by: `/api/tasks` takes Flower's four (`name`, `state`, `received`,
+/// `started`), the tasks page any of its columns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SortKey {
     Name,
     State,
     Received,
     Started,
+    Args,
+    Kwargs,
+    Result,
+    Runtime,
+    Worker,
+}
+
+impl SortKey {
+    /// Every key with its name (Flower's column `data` names).
+    pub const ALL: [(&'static str, SortKey); 9] = [
+        ("name", SortKey::Name),
+        ("state", SortKey::State),
+        ("args", SortKey::Args),
+        ("kwargs", SortKey::Kwargs),
+        ("result", SortKey::Result),
+        ("received", SortKey::Received),
+        ("started", SortKey::Started),
+        ("runtime", SortKey::Runtime),
+        ("worker", SortKey::Worker),
+    ];
+
+    pub fn from_name(name: &str) -> Option<SortKey> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, k)| *k)
+    }
+
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, k)| *k == self)
+            .map_or("", |(n, _)| n)
+    }
+
+    /// Flower's order (`_task_sort_key`): tasks without the value first, then by value
+    /// (text case-insensitively), then by id.
+    fn cmp(self, a: &TaskRecord, b: &TaskRecord) -> Ordering {
+        let text = |x: Option<&str>, y: Option<&str>| match (x, y) {
+            (Some(x), Some(y)) => x
+                .bytes()
+                .map(|c| c.to_ascii_lowercase())
+                .cmp(y.bytes().map(|c| c.to_ascii_lowercase())),
+            (x, y) => x.is_some().cmp(&y.is_some()),
+        };
+        let o = match self {
+            SortKey::Name => text(a.name.as_deref(), b.name.as_deref()),
+            SortKey::State => text(Some(a.state.as_str()), Some(b.state.as_str())),
+            SortKey::Args => text(a.args.as_deref(), b.args.as_deref()),
+            SortKey::Kwargs => text(a.kwargs.as_deref(), b.kwargs.as_deref()),
+            SortKey::Result => text(a.result.as_deref(), b.result.as_deref()),
+            SortKey::Worker => text(a.worker.as_deref(), b.worker.as_deref()),
+            SortKey::Received => cmp_opt_f64(a.received, b.received),
+            SortKey::Started => cmp_opt_f64(a.started, b.started),
+            SortKey::Runtime => cmp_opt_f64(a.runtime, b.runtime),
+        };
+        o.then_with(|| a.uuid.cmp(&b.uuid))
+    }
 }
 
 /// `/api/tasks` query parameters (Flower's names).
@@ -143,11 +200,13 @@ impl TaskQuery {
                 }
                 "sort_by" if !v.is_empty() => {
                     let desc = v.starts_with('-');
-                    let key = match v.trim_start_matches('-') {
-                        "name" => SortKey::Name,
-                        "state" => SortKey::State,
-                        "received" => SortKey::Received,
-                        "started" => SortKey::Started,
+                    let key = match SortKey::from_name(v.trim_start_matches('-')) {
+                        Some(
+                            k @ (SortKey::Name
+                            | SortKey::State
+                            | SortKey::Received
+                            | SortKey::Started),
+                        ) => k,
                         _ => {
                             return Err(format!(
                             "Invalid sort_by '{v}', expected one of name, received, started, state"
@@ -162,7 +221,7 @@ impl TaskQuery {
         Ok(q)
     }
 
-    fn matches(&self, t: &TaskRecord) -> bool {
+    pub fn matches(&self, t: &TaskRecord) -> bool {
         if let Some(s) = &self.state {
             if t.state.as_str() != s {
                 return false;
@@ -216,31 +275,54 @@ fn cmp_opt_f64(a: Option<f64>, b: Option<f64>) -> Ordering {
 /// The tasks `q` selects, in Flower's order: least recently updated first unless `sort_by`.
 pub fn select<'a>(v: &'a ViewState, q: &TaskQuery) -> Vec<&'a TaskRecord> {
     let matching = v.oldest_first().filter(|t| q.matches(t));
-    let Some((key, desc)) = q.sort_by else {
+    match q.sort_by {
         // No sort: stop as soon as the page is full.
-        return matching
+        None => matching
             .skip(q.offset)
             .take(q.limit.unwrap_or(usize::MAX))
-            .collect();
-    };
-    let mut all: Vec<&TaskRecord> = matching.collect();
-    all.sort_by(|a, b| {
-        let o = match key {
-            SortKey::Name => a.name.cmp(&b.name),
-            SortKey::State => a.state.as_str().cmp(b.state.as_str()),
-            SortKey::Received => cmp_opt_f64(a.received, b.received),
-            SortKey::Started => cmp_opt_f64(a.started, b.started),
-        };
+            .collect(),
+        Some(sort) => sorted_page(matching.collect(), sort, q.offset, q.limit),
+    }
+}
+
+/// One page of the tasks `q` selects over the whole view, sorted by `sort`, and how many match.
+pub fn page<'a>(
+    v: &'a ViewState,
+    q: &TaskQuery,
+    sort: (SortKey, bool),
+) -> (Vec<&'a TaskRecord>, usize) {
+    let all: Vec<&TaskRecord> = v.oldest_first().filter(|t| q.matches(t)).collect();
+    let total = all.len();
+    (sorted_page(all, sort, q.offset, q.limit), total)
+}
+
+/// `offset..offset + limit` of `all` in `sort` order. Only the first `offset + limit` are
+/// sorted (a selection first, as Flower's `heapq.nlargest`), so deep pages of 100k tasks stay
+/// cheap.
+fn sorted_page(
+    mut all: Vec<&TaskRecord>,
+    (key, desc): (SortKey, bool),
+    offset: usize,
+    limit: Option<usize>,
+) -> Vec<&TaskRecord> {
+    let order = |a: &&TaskRecord, b: &&TaskRecord| {
+        let o = key.cmp(a, b);
         if desc {
             o.reverse()
         } else {
             o
         }
-    });
-    let end = q
-        .limit
-        .map_or(all.len(), |l| q.offset.saturating_add(l).min(all.len()));
-    all.get(q.offset.min(end)..end).unwrap_or(&[]).to_vec()
+    };
+    let end = limit.map_or(all.len(), |l| offset.saturating_add(l).min(all.len()));
+    if end == 0 || offset >= end {
+        return Vec::new();
+    }
+    if end < all.len() {
+        all.select_nth_unstable_by(end - 1, order);
+        all.truncate(end);
+    }
+    all.sort_unstable_by(order);
+    all.drain(offset..).collect()
 }
 
 /// `/api/tasks`: an object of id → task, in the selected order (written by hand because a JSON

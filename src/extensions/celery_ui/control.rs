@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value as Json};
 
 use super::inspect::{uuid4, Inspector, ReplyWait};
 use super::remote::RemoteError;
-use crate::connectors::celery_correlate::now_secs;
+use crate::time::now_secs;
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -152,7 +152,7 @@ pub fn route(path: &str) -> Option<(&'static str, String)> {
     PATHS.iter().find_map(|(prefix, action)| {
         path.strip_prefix(prefix)
             .filter(|t| !t.is_empty())
-            .map(|t| (*action, super::percent_decode(t)))
+            .map(|t| (*action, super::http::percent_decode(t)))
     })
 }
 
@@ -317,7 +317,6 @@ pub async fn run(
         | "worker.queue_add_consumer"
         | "worker.queue_cancel_consumer" => {
             worker_known(t)?;
-            let n = || -> Result<i64, Answer> { Ok(typed(r, "n", "int")?.unwrap_or(1)) };
             let (command, arguments, done, fail): (&str, Json, Option<String>, String) =
                 match r.action {
                     "worker.pool_restart" => (
@@ -326,22 +325,18 @@ pub async fn run(
                         Some(format!("Restarting '{t}' worker's pool")),
                         format!("Failed to restart the '{t}' pool"),
                     ),
-                    "worker.pool_grow" => {
-                        let n = n()?;
+                    "worker.pool_grow" | "worker.pool_shrink" => {
+                        let n: i64 = typed(r, "n", "int")?.unwrap_or(1);
+                        let (command, doing, verb) = if r.action == "worker.pool_grow" {
+                            ("pool_grow", "Growing", "grow")
+                        } else {
+                            ("pool_shrink", "Shrinking", "shrink")
+                        };
                         (
-                            "pool_grow",
+                            command,
                             json!({ "n": n }),
-                            Some(format!("Growing '{t}' worker's pool by {n}")),
-                            format!("Failed to grow '{t}' worker's pool"),
-                        )
-                    }
-                    "worker.pool_shrink" => {
-                        let n = n()?;
-                        (
-                            "pool_shrink",
-                            json!({ "n": n }),
-                            Some(format!("Shrinking '{t}' worker's pool by {n}")),
-                            format!("Failed to shrink '{t}' worker's pool"),
+                            Some(format!("{doing} '{t}' worker's pool by {n}")),
+                            format!("Failed to {verb} '{t}' worker's pool"),
                         )
                     }
                     "worker.pool_autoscale" => {
@@ -356,23 +351,20 @@ pub async fn run(
                             format!("Failed to autoscale '{t}' worker"),
                         )
                     }
-                    "worker.queue_add_consumer" => {
-                        let q = required(r, "queue")?;
-                        (
-                            "add_consumer",
-                            json!({ "queue": q }),
-                            None,
-                            format!("Failed to add '{q}' consumer to '{t}' worker"),
-                        )
-                    }
                     _ => {
                         let q = required(r, "queue")?;
-                        (
-                            "cancel_consumer",
-                            json!({ "queue": q }),
-                            None,
-                            format!("Failed to cancel '{q}' consumer from '{t}' worker"),
-                        )
+                        let (command, fail) = if r.action == "worker.queue_add_consumer" {
+                            (
+                                "add_consumer",
+                                format!("Failed to add '{q}' consumer to '{t}' worker"),
+                            )
+                        } else {
+                            (
+                                "cancel_consumer",
+                                format!("Failed to cancel '{q}' consumer from '{t}' worker"),
+                            )
+                        };
+                        (command, json!({ "queue": q }), None, fail)
                     }
                 };
             let dest = [t.to_string()];
@@ -486,13 +478,13 @@ pub fn py_repr(v: &Json) -> String {
 
 /// ISO 8601 (UTC, microseconds) of Unix seconds, as Celery reads `eta`/`expires`.
 fn iso(ts: f64) -> String {
-    crate::exporters::logs::rfc3339((ts.max(0.0) * 1e9) as u64)
+    crate::time::rfc3339_secs(ts)
 }
 
 /// Flower's date option format, `%Y-%m-%d %H:%M:%S.%f`, read as UTC.
 fn parse_flower_date(v: &str) -> Option<f64> {
     let (date, time) = v.trim().split_once(' ')?;
-    crate::connectors::celery_correlate::parse_iso8601(&format!("{date}T{time}Z"))
+    crate::time::parse_iso8601(&format!("{date}T{time}Z"))
 }
 
 /// A Celery task message (protocol 2) as kombu's Redis transport stores it, the queue it goes

@@ -210,7 +210,7 @@ impl Inspector {
         let binding_key = format!("{}_kombu.binding.{REPLY_EXCHANGE}", self.prefix);
         let member = format!("{}{SEP}{SEP}{}", self.oid, self.reply_queue());
         let channel = format!("{}/{}.celery.pidbox", self.prefix, self.db);
-        let now = crate::connectors::celery_correlate::now_secs();
+        let now = crate::time::now_secs();
         // kombu: `expires = time() + timeout` (Celery's broadcast timeout defaults to 1s).
         let timeout = reply.as_ref().map_or(Duration::from_secs(1), |r| r.timeout);
         let expires = now + timeout.as_secs_f64();
@@ -417,9 +417,7 @@ pub fn uuid4() -> String {
     let mut b = [0u8; 16];
     if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
         // No system randomness: fall back to the clock, still unique enough per process.
-        let n = crate::connectors::celery_correlate::now_secs()
-            .to_bits()
-            .to_le_bytes();
+        let n = crate::time::now_secs().to_bits().to_le_bytes();
         b[..8].copy_from_slice(&n);
         b[8..].copy_from_slice(&std::process::id().to_le_bytes().repeat(2));
     }

@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use crate::connectors::celery_correlate::flower_metrics::{FlowerMetrics, Sample};
+use crate::connectors::celery_correlate::view::{FlowerMetrics, Sample};
 
 /// Python's `repr(float)` as prometheus_client's `floatToGoString` writes it (Prometheus reads
 /// any spelling; this keeps `le` label values identical to Flower's).
@@ -150,22 +150,11 @@ pub fn render_flower(m: &FlowerMetrics, out: &mut String) {
 mod tests {
     use super::*;
     use crate::celery::event::{CeleryEvent, EventKind, TaskFields, WorkerFields};
+    use crate::connectors::celery_correlate::view::tests_support::task_event;
     use crate::connectors::celery_correlate::view::View;
 
     fn task(kind: &str, id: &str, ts: f64, f: impl FnOnce(&mut TaskFields)) -> CeleryEvent {
-        let mut tf = TaskFields {
-            uuid: id.into(),
-            ..TaskFields::default()
-        };
-        f(&mut tf);
-        CeleryEvent {
-            kind: EventKind::from_type(kind),
-            type_name: kind.into(),
-            hostname: "celery@w1".into(),
-            timestamp: ts,
-            task: Some(tf),
-            ..CeleryEvent::default()
-        }
+        task_event(kind, id, "celery@w1", ts, f)
     }
 
     fn worker(kind: &str, active: Option<u64>) -> CeleryEvent {

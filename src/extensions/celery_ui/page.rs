@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::connectors::celery_correlate::view::TaskRecord;
 
 /// The embedded assets of the live page.
-pub const INDEX_HTML: &str = include_str!("assets/index.html");
+const INDEX_HTML: &str = include_str!("assets/index.html");
 pub const APP_JS: &str = include_str!("assets/app.js");
 pub const STYLE_CSS: &str = include_str!("assets/style.css");
 pub const CONTROL_JS: &str = include_str!("assets/control.js");
@@ -158,7 +158,7 @@ fn value_end(b: &[u8], start: usize) -> usize {
     b.len()
 }
 
-fn fmt_ts(ts: Option<f64>) -> String {
+pub fn fmt_ts(ts: Option<f64>) -> String {
     match ts {
         Some(t) if t.is_finite() && t > 0.0 => {
             let st = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(t);
@@ -166,6 +166,51 @@ fn fmt_ts(ts: Option<f64>) -> String {
         }
         _ => "—".to_string(),
     }
+}
+
+/// The live page with every root-relative `href`/`src` under `prefix` (`""` or `/flower`),
+/// and the prefix for its script in `<meta name="url-prefix">`.
+pub fn index_html(prefix: &str) -> String {
+    let p = escape(prefix);
+    INDEX_HTML
+        .replace("href=\"/", &format!("href=\"{p}/"))
+        .replace("src=\"/", &format!("src=\"{p}/"))
+        .replace(
+            "<meta name=\"url-prefix\" content=\"\">",
+            &format!("<meta name=\"url-prefix\" content=\"{p}\">"),
+        )
+}
+
+/// The head and header of a server-rendered page; `prefix` is the dashboard's `url_prefix`.
+pub fn page_head(html: &mut String, prefix: &str, title: &str, crumb: &str) {
+    let p = escape(prefix);
+    let _ = write!(
+        html,
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{}</title>\
+         <link rel=\"stylesheet\" href=\"{p}/static/style.css\"></head><body>\
+         <header><a href=\"{p}/\">celeriac</a> <a href=\"{p}/tasks\">tasks</a> › {}</header><main>",
+        escape(title),
+        escape(crumb)
+    );
+}
+
+/// A small 404 page: `what` as its title, `message` (escaped here) and a link back.
+pub fn not_found_page(what: &str, message: &str, prefix: &str) -> String {
+    format!(
+        "<!doctype html><title>{}</title><p>{}. <a href=\"{}/\">Back</a></p>",
+        escape(what),
+        escape(message),
+        escape(prefix)
+    )
+}
+
+/// The end of a server-rendered page, with the control buttons' script.
+pub fn page_tail(html: &mut String, prefix: &str) {
+    let _ = write!(
+        html,
+        "</main><script src=\"{}/static/control.js\"></script></body></html>",
+        escape(prefix)
+    );
 }
 
 /// The server-rendered page of one task. `trace_url` is a template with `{trace_id}`.
@@ -176,6 +221,7 @@ pub fn task_page(
     redact: &RedactConfig,
     trace_url: Option<&str>,
     read_only: bool,
+    prefix: &str,
 ) -> String {
     let mut rows: Vec<(&str, String)> = vec![
         ("Name", t.name.as_deref().unwrap_or("").to_string()),
@@ -226,12 +272,11 @@ pub fn task_page(
         ),
     ];
     let mut html = String::with_capacity(4096);
+    let p = escape(prefix);
+    page_head(&mut html, prefix, &format!("Task {}", t.uuid), "task");
     let _ = write!(
         html,
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Task {}</title>\
-         <link rel=\"stylesheet\" href=\"/static/style.css\"></head><body>\
-         <header><a href=\"/\">celeriac</a> › task</header><main><h1>{}</h1>",
-        escape(&t.uuid),
+        "<h1>{}</h1>",
         escape(t.name.as_deref().unwrap_or("unknown task"))
     );
     let finished = matches!(
@@ -246,9 +291,9 @@ pub fn task_page(
         let id = escape(&url_escape(&t.uuid));
         let _ = write!(
             html,
-            "<p class=\"actions\"><button id=\"revoke\" data-post=\"/api/task/revoke/{id}\" \
+            "<p class=\"actions\"><button id=\"revoke\" data-post=\"{p}/api/task/revoke/{id}\" \
              data-confirm=\"Revoke task {uid}? A worker will not run it.\">Revoke</button> \
-             <button id=\"terminate\" data-post=\"/api/task/revoke/{id}?terminate=true\" \
+             <button id=\"terminate\" data-post=\"{p}/api/task/revoke/{id}?terminate=true\" \
              data-confirm=\"Terminate task {uid}? Its worker process gets SIGTERM.\">Terminate</button></p>\
              <p id=\"control-result\" role=\"status\"></p>",
             uid = escape(&t.uuid)
@@ -266,7 +311,7 @@ pub fn task_page(
     let id_link = |label: &str, id: Option<&str>| -> String {
         match id.filter(|i| !i.is_empty()) {
             Some(i) => format!(
-                "<tr><th>{}</th><td><a href=\"/task/{}\">{}</a></td></tr>",
+                "<tr><th>{}</th><td><a href=\"{p}/task/{}\">{}</a></td></tr>",
                 escape(label),
                 escape(&url_escape(i)),
                 escape(i)
@@ -298,7 +343,7 @@ pub fn task_page(
             escape(tb)
         );
     }
-    html.push_str("</main><script src=\"/static/control.js\"></script></body></html>");
+    page_tail(&mut html, prefix);
     html
 }
 
@@ -365,6 +410,7 @@ mod tests {
             &RedactConfig::default(),
             Some("http://x/?q={trace_id}&a=\"1\""),
             false,
+            "",
         );
         assert!(!html.contains("<script>alert"), "{html}");
         // A task not finished gets the buttons, each with a confirmation; read-only gets none.
@@ -372,7 +418,14 @@ mod tests {
             html.contains("id=\"revoke\" data-post=\"/api/task/revoke/t%3C1%3E\" data-confirm=")
         );
         assert!(html.contains("?terminate=true"));
-        let ro = task_page(&t, &RedactConfig::default(), None, true);
+        let ro = task_page(&t, &RedactConfig::default(), None, true, "");
+        let under = task_page(&t, &RedactConfig::default(), None, false, "/flower");
+        assert!(under.contains("data-post=\"/flower/api/task/revoke/t%3C1%3E\""));
+        assert!(under.contains("href=\"/flower/static/style.css\""));
+        assert!(under.contains("src=\"/flower/static/control.js\""));
+        let index = index_html("/flower");
+        assert!(index.contains("<meta name=\"url-prefix\" content=\"/flower\">"));
+        assert!(!index.contains("=\"/static") && index.contains("src=\"/flower/static/app.js\""));
         assert!(!ro.contains("data-post") && ro.contains("id=\"read-only\""));
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(html.contains("Traceback &lt;b&gt;"));

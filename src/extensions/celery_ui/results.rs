@@ -78,7 +78,7 @@ impl ResultBackend {
             "result": null,
             "traceback": null,
             "children": [],
-            "date_done": crate::exporters::logs::rfc3339((now.max(0.0) * 1e9) as u64),
+            "date_done": crate::time::rfc3339_secs(now),
             "task_id": id,
         })
         .to_string();

@@ -5,6 +5,8 @@
 (function () {
   const $ = (sel) => document.querySelector(sel);
   const RATE_WINDOW = 60; // seconds
+  // The dashboard's `url_prefix` (empty at the root): every URL this script builds starts with it.
+  const PREFIX = ($('meta[name="url-prefix"]') || {}).content || '';
   const history = []; // [{now, counts: Map}] within RATE_WINDOW
 
   function text(v) {
@@ -23,7 +25,7 @@
   }
   function taskLink(td, uuid, label) {
     const a = document.createElement('a');
-    a.href = '/task/' + encodeURIComponent(uuid);
+    a.href = PREFIX + '/task/' + encodeURIComponent(uuid);
     a.textContent = text(label);
     td.appendChild(a);
   }
@@ -37,7 +39,11 @@
     fill($('#workers tbody'), d.workers, (w) => {
       const tr = document.createElement('tr');
       tr.dataset.hostname = w.hostname;
-      cell(tr, w.hostname);
+      const name = cell(tr, '');
+      const a = document.createElement('a');
+      a.href = PREFIX + '/worker/' + encodeURIComponent(w.hostname);
+      a.textContent = text(w.hostname);
+      name.appendChild(a);
       cell(tr, w.alive ? 'online' : 'offline', w.alive ? 'ok' : 'bad');
       cell(tr, w.active);
       cell(tr, w.processed);
@@ -60,11 +66,11 @@
           if (prompt) { b.dataset.prompt = prompt; b.dataset.param = param; }
           actions.appendChild(b);
         };
-        button('Grow', '/api/worker/pool/grow/' + enc + '?n=1', 'Add one pool process to ' + w.hostname + '?');
-        button('Shrink', '/api/worker/pool/shrink/' + enc + '?n=1', 'Remove one pool process from ' + w.hostname + '?');
-        button('Restart pool', '/api/worker/pool/restart/' + enc, 'Restart the pool of ' + w.hostname + '? (needs worker_pool_restarts)');
-        button('Add consumer', '/api/worker/queue/add-consumer/' + enc, 'Make ' + w.hostname + ' consume this queue?', 'Queue to consume', 'queue');
-        button('Cancel consumer', '/api/worker/queue/cancel-consumer/' + enc, 'Make ' + w.hostname + ' stop consuming this queue?', 'Queue to stop consuming', 'queue');
+        button('Grow', PREFIX + '/api/worker/pool/grow/' + enc + '?n=1', 'Add one pool process to ' + w.hostname + '?');
+        button('Shrink', PREFIX + '/api/worker/pool/shrink/' + enc + '?n=1', 'Remove one pool process from ' + w.hostname + '?');
+        button('Restart pool', PREFIX + '/api/worker/pool/restart/' + enc, 'Restart the pool of ' + w.hostname + '? (needs worker_pool_restarts)');
+        button('Add consumer', PREFIX + '/api/worker/queue/add-consumer/' + enc, 'Make ' + w.hostname + ' consume this queue?', 'Queue to consume', 'queue');
+        button('Cancel consumer', PREFIX + '/api/worker/queue/cancel-consumer/' + enc, 'Make ' + w.hostname + ' stop consuming this queue?', 'Queue to stop consuming', 'queue');
       }
       return tr;
     });
@@ -142,7 +148,7 @@
   }
 
   function connect() {
-    const es = new EventSource('/api/stream');
+    const es = new EventSource(PREFIX + '/api/stream');
     es.addEventListener('dashboard', (e) => {
       $('#conn').textContent = 'live';
       $('#conn').className = 'conn ok';
