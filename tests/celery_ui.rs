@@ -1033,7 +1033,7 @@ fn url_prefix_serves_everything_under_it_and_nothing_at_the_root() {
 }
 
 /// `curl` over HTTPS trusting only `ca`: (status, body), or None when no TLS answer.
-fn curl_https(ca: &Path, url: &str) -> Option<(u16, String)> {
+fn curl_https(ca: &std::path::Path, url: &str) -> Option<(u16, String)> {
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "10", "--cacert"])
         .arg(ca)
