@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::rabbitmq::{amqp_tool, Vhost};
+use support::rabbitmq::{amqp_tool, await_consuming, Vhost};
 use support::*;
 
 fn bin() -> &'static Path {
@@ -105,15 +105,7 @@ fn real_worker_on_rabbitmq_counts_queues_and_workers() {
         bin(),
         &config(&url, prom, tel, &log_path.display().to_string()),
     );
-    assert!(
-        wait_until(Duration::from_secs(15), || {
-            scrape(&format!("127.0.0.1:{tel}"))
-                .and_then(|s| metric_value(&s, "celeriac_celery_amqp_connected", &[]))
-                == Some(1.0)
-        }),
-        "agent consuming\n{}",
-        agent.output()
-    );
+    await_consuming(&agent, &format!("127.0.0.1:{tel}"));
     // Celery's own queue declaration, as its receiver makes it.
     let ours: Vec<_> = vhost
         .queues()
@@ -274,14 +266,7 @@ fn bad_amqp_messages_are_counted_and_nothing_else_is_lost() {
         bin(),
         &config(&url, prom, tel, &log_path.display().to_string()),
     );
-    assert!(
-        wait_until(Duration::from_secs(15), || {
-            scrape(&tel_addr).and_then(|s| metric_value(&s, "celeriac_celery_amqp_connected", &[]))
-                == Some(1.0)
-        }),
-        "{}",
-        agent.output()
-    );
+    await_consuming(&agent, &tel_addr);
     let huge = format!(
         r#"{{"type": "worker-heartbeat", "timestamp": 1.0, "hostname": "w", "pad": "{}"}}"#,
         "x".repeat(100_000)
