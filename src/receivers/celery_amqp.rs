@@ -232,7 +232,7 @@ impl CeleryAmqp {
                     FieldTable::default(),
                 )
                 .await?;
-            let queue = format!("{}.{}", self.cfg.queue_prefix, amqp::uuid4());
+            let queue = format!("{}.{}", self.cfg.queue_prefix, crate::celery::uuid4());
             channel
                 .queue_declare(
                     &queue,

@@ -81,7 +81,7 @@ impl AmqpInspector {
         AmqpInspector {
             endpoints,
             tls,
-            oid: super::inspect::uuid4(),
+            oid: crate::celery::uuid4(),
             timeout,
             state: Mutex::new((None, 0)),
         }
@@ -319,7 +319,7 @@ impl AmqpInspector {
             .map(|(m, _)| (m.to_string(), BTreeMap::new()))
             .collect();
         for (m, args) in calls {
-            let ticket = super::inspect::uuid4();
+            let ticket = crate::celery::uuid4();
             let body = json!({
                 "method": m,
                 "arguments": args,
