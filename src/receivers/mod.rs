@@ -3,6 +3,7 @@
 pub mod amqp_queues;
 pub mod celery_amqp;
 pub mod celery_redis;
+mod event_telemetry;
 pub mod filelog;
 pub mod internal_metrics;
 pub mod otlp;
