@@ -9,4 +9,5 @@ pub mod internal_metrics;
 pub mod otlp;
 pub mod prometheus;
 mod pubsub;
+mod queue_metrics;
 pub mod redis_queues;
