@@ -11,8 +11,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use support::rabbitmq::{
-    amqp_tool, await_consuming, await_sample, close_connections_named, publish_sent, rabbitmqctl,
-    value, Vhost,
+    amqp_tool, await_consuming, await_sample, await_sent, close_connections_named, publish_sent,
+    rabbitmqctl, value, Vhost,
 };
 use support::*;
 
@@ -187,14 +187,7 @@ fn deleted_vhost_is_a_clear_error_retried_without_a_crash() {
         agent.output()
     );
     publish_sent(&url, 50, "after.vhost");
-    await_sample(
-        &agent,
-        10,
-        &prom_addr,
-        "celery_task_sent_total",
-        &[("name", "after.vhost")],
-        |v| v == 50.0,
-    );
+    await_sent(&agent, &prom_addr, "after.vhost", 50.0);
     agent.terminate();
     assert!(agent
         .wait_exit(Duration::from_secs(10))
@@ -216,14 +209,7 @@ fn a_failover_list_moves_to_the_broker_that_answers() {
     let mut agent = Agent::start(bin(), &cfg);
     await_consuming(&agent, &tel_addr);
     publish_sent(&url, 20, "via.failover");
-    await_sample(
-        &agent,
-        10,
-        &prom_addr,
-        "celery_task_sent_total",
-        &[("name", "via.failover")],
-        |v| v == 20.0,
-    );
+    await_sent(&agent, &prom_addr, "via.failover", 20.0);
     await_sample(
         &agent,
         10,

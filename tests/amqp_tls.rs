@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use support::rabbitmq::{await_sample, publish_sent, value, Vhost, HOST};
+use support::rabbitmq::{await_sample, await_sent, publish_sent, value, Vhost, HOST};
 use support::*;
 
 fn bin() -> &'static Path {
@@ -139,14 +139,7 @@ service:
     );
     // Events published on the plain port reach the receiver through its TLS session.
     publish_sent(&vhost.url(), 40, "tls.task");
-    await_sample(
-        &agent,
-        10,
-        &prom_addr,
-        "celery_task_sent_total",
-        &[("name", "tls.task")],
-        |v| v == 40.0,
-    );
+    await_sent(&agent, &prom_addr, "tls.task", 40.0);
     // Queue depth over TLS too (the queue does not exist: 0, read, not an error).
     await_sample(
         &agent,
@@ -188,12 +181,5 @@ service:
     );
     // Still running and consuming after all of that.
     publish_sent(&vhost.url(), 5, "tls.task");
-    await_sample(
-        &agent,
-        10,
-        &prom_addr,
-        "celery_task_sent_total",
-        &[("name", "tls.task")],
-        |v| v == 45.0,
-    );
+    await_sent(&agent, &prom_addr, "tls.task", 45.0);
 }

@@ -186,6 +186,18 @@ pub fn await_consuming(agent: &Agent, tel_addr: &str) {
     );
 }
 
+/// Waits up to 10 s until `celery_task_sent_total{name=task}` at `prom_addr` is `total`.
+pub fn await_sent(agent: &Agent, prom_addr: &str, task: &str, total: f64) {
+    await_sample(
+        agent,
+        10,
+        prom_addr,
+        "celery_task_sent_total",
+        &[("name", task)],
+        |v| v == total,
+    );
+}
+
 /// Publishes `n` `task-sent` events of task `task` to `url`'s `celeryev` (amqp_tool.py `sent`)
 /// and checks they all went out.
 pub fn publish_sent(url: &str, n: u64, task: &str) {
