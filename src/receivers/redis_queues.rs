@@ -443,10 +443,10 @@ impl Receiver for RedisQueues {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::common::v1::any_value;
-    use opentelemetry_proto::tonic::metrics::v1::metric;
     use crate::component::Output;
     use crate::telemetry::Counter;
+    use opentelemetry_proto::tonic::common::v1::any_value;
+    use opentelemetry_proto::tonic::metrics::v1::metric;
     use tokio_util::sync::CancellationToken;
 
     fn cfg(yaml: &str) -> Result<RedisQueuesConfig, DecodeError> {
