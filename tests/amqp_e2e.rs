@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::rabbitmq::{amqp_tool, await_consuming, Vhost};
+use support::task_counts::{expected_counts, scraped_counts};
 use support::*;
 
 fn bin() -> &'static Path {
@@ -52,45 +53,6 @@ service:
       exporters: [logs]
 "#
     )
-}
-
-const EVENTS: [&str; 7] = [
-    "sent",
-    "received",
-    "started",
-    "succeeded",
-    "failed",
-    "retried",
-    "revoked",
-];
-
-fn scraped_counts(samples: &[Sample]) -> BTreeMap<String, BTreeMap<String, u64>> {
-    let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    for ev in EVENTS {
-        let name = format!("celery_task_{ev}_total");
-        for (n, labels, v) in samples {
-            if *n == name && *v > 0.0 {
-                *out.entry(ev.to_string())
-                    .or_default()
-                    .entry(labels["name"].clone())
-                    .or_default() += *v as u64;
-            }
-        }
-    }
-    out
-}
-
-fn expected_counts(v: &Value) -> BTreeMap<String, BTreeMap<String, u64>> {
-    let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    for (ev, per) in v["expected"].as_object().expect("expected") {
-        for (name, n) in per.as_object().expect("per name") {
-            let n = n.as_u64().expect("count");
-            if n > 0 {
-                out.entry(ev.clone()).or_default().insert(name.clone(), n);
-            }
-        }
-    }
-    out
 }
 
 #[test]

@@ -24,6 +24,7 @@ use tempfile::TempDir;
 pub mod pki;
 pub mod rabbitmq;
 pub mod spans;
+pub mod task_counts;
 
 // ---------------------------------------------------------------------------------------------
 // small helpers
