@@ -205,6 +205,26 @@ pub async fn connect(
     }
 }
 
+/// Runs `setup` (declarations, consumers) on the freshly opened `conn`, bounded by `timeout`;
+/// closes the connection when it fails or times out.
+pub async fn set_up<T>(
+    conn: &Connection,
+    timeout: Duration,
+    setup: impl std::future::Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, AmqpError> {
+    match tokio::time::timeout(timeout, setup).await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => {
+            let _ = conn.close(0, "setup failed").await;
+            Err(e.into())
+        }
+        Err(_) => {
+            let _ = conn.close(0, "setup timed out").await;
+            Err(AmqpError::Timeout(timeout))
+        }
+    }
+}
+
 /// A queue's `(ready messages, consumers)` from a passive `queue.declare` on `channel` (opened
 /// on `conn` when absent or closed); `Ok(None)` when the queue does not exist. RabbitMQ closes
 /// the channel on a missing queue, so `channel` is reset then.

@@ -284,22 +284,14 @@ impl CeleryAmqp {
                 .await?;
             Ok::<_, lapin::Error>((channel, consumer, queue))
         };
-        match tokio::time::timeout(self.cfg.connect_timeout, setup).await {
-            Ok(Ok((channel, consumer, queue))) => Ok(Session {
-                conn,
-                channel,
-                consumer,
-                queue,
-            }),
-            Ok(Err(e)) => {
-                let _ = conn.close(0, "setup failed").await;
-                Err(e.into())
-            }
-            Err(_) => {
-                let _ = conn.close(0, "setup timed out").await;
-                Err(AmqpError::Timeout(self.cfg.connect_timeout))
-            }
-        }
+        let (channel, consumer, queue) =
+            amqp::set_up(&conn, self.cfg.connect_timeout, setup).await?;
+        Ok(Session {
+            conn,
+            channel,
+            consumer,
+            queue,
+        })
     }
 }
 

@@ -159,22 +159,19 @@ impl AmqpInspector {
                 .await?;
             Ok::<_, lapin::Error>((channel, replies))
         };
-        match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
-            Ok(Ok((channel, replies))) => Ok(Session {
-                conn,
-                channel,
-                replies,
-                probe: None,
-            }),
-            Ok(Err(e)) => {
-                let _ = conn.close(0, "setup failed").await;
-                Err(e.to_string())
-            }
-            Err(_) => {
-                let _ = conn.close(0, "setup timed out").await;
-                Err("setup timed out".into())
-            }
-        }
+        let (channel, replies) =
+            amqp::set_up(&conn, CONNECT_TIMEOUT, setup)
+                .await
+                .map_err(|e| match e {
+                    amqp::AmqpError::Timeout(_) => "setup timed out".to_string(),
+                    e => e.to_string(),
+                })?;
+        Ok(Session {
+            conn,
+            channel,
+            replies,
+            probe: None,
+        })
     }
 
     /// The open session, or a new one on the address in use or the next that answers.
