@@ -205,6 +205,26 @@ pub async fn connect(
     }
 }
 
+/// Runs `setup` (declarations, consumers) on the freshly opened `conn`, bounded by `timeout`;
+/// closes the connection when it fails or times out.
+pub async fn set_up<T>(
+    conn: &Connection,
+    timeout: Duration,
+    setup: impl std::future::Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, AmqpError> {
+    match tokio::time::timeout(timeout, setup).await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => {
+            let _ = conn.close(0, "setup failed").await;
+            Err(e.into())
+        }
+        Err(_) => {
+            let _ = conn.close(0, "setup timed out").await;
+            Err(AmqpError::Timeout(timeout))
+        }
+    }
+}
+
 /// A queue's `(ready messages, consumers)` from a passive `queue.declare` on `channel` (opened
 /// on `conn` when absent or closed); `Ok(None)` when the queue does not exist. RabbitMQ closes
 /// the channel on a missing queue, so `channel` is reset then.
@@ -241,31 +261,6 @@ pub async fn queue_depth(
             _ => Err(e),
         },
     }
-}
-
-/// A random (version 4) UUID string, for the names of our own queues (`celeryev.<uuid>`).
-pub fn uuid4() -> String {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 16];
-    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
-        // No system randomness: the clock and the pid are unique enough for a queue name.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        b[..8].copy_from_slice(&t.to_le_bytes());
-        b[8..12].copy_from_slice(&std::process::id().to_le_bytes());
-    }
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
 }
 
 #[cfg(test)]

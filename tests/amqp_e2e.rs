@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::rabbitmq::{amqp_tool, Vhost};
+use support::rabbitmq::{amqp_tool, await_consuming, Vhost};
 use support::*;
 
 fn bin() -> &'static Path {
@@ -54,45 +54,6 @@ service:
     )
 }
 
-const EVENTS: [&str; 7] = [
-    "sent",
-    "received",
-    "started",
-    "succeeded",
-    "failed",
-    "retried",
-    "revoked",
-];
-
-fn scraped_counts(samples: &[Sample]) -> BTreeMap<String, BTreeMap<String, u64>> {
-    let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    for ev in EVENTS {
-        let name = format!("celery_task_{ev}_total");
-        for (n, labels, v) in samples {
-            if *n == name && *v > 0.0 {
-                *out.entry(ev.to_string())
-                    .or_default()
-                    .entry(labels["name"].clone())
-                    .or_default() += *v as u64;
-            }
-        }
-    }
-    out
-}
-
-fn expected_counts(v: &Value) -> BTreeMap<String, BTreeMap<String, u64>> {
-    let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    for (ev, per) in v["expected"].as_object().expect("expected") {
-        for (name, n) in per.as_object().expect("per name") {
-            let n = n.as_u64().expect("count");
-            if n > 0 {
-                out.entry(ev.clone()).or_default().insert(name.clone(), n);
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn real_worker_on_rabbitmq_counts_queues_and_workers() {
     let vhost = Vhost::create("e2e");
@@ -105,15 +66,7 @@ fn real_worker_on_rabbitmq_counts_queues_and_workers() {
         bin(),
         &config(&url, prom, tel, &log_path.display().to_string()),
     );
-    assert!(
-        wait_until(Duration::from_secs(15), || {
-            scrape(&format!("127.0.0.1:{tel}"))
-                .and_then(|s| metric_value(&s, "celeriac_celery_amqp_connected", &[]))
-                == Some(1.0)
-        }),
-        "agent consuming\n{}",
-        agent.output()
-    );
+    await_consuming(&agent, &format!("127.0.0.1:{tel}"));
     // Celery's own queue declaration, as its receiver makes it.
     let ours: Vec<_> = vhost
         .queues()
@@ -274,14 +227,7 @@ fn bad_amqp_messages_are_counted_and_nothing_else_is_lost() {
         bin(),
         &config(&url, prom, tel, &log_path.display().to_string()),
     );
-    assert!(
-        wait_until(Duration::from_secs(15), || {
-            scrape(&tel_addr).and_then(|s| metric_value(&s, "celeriac_celery_amqp_connected", &[]))
-                == Some(1.0)
-        }),
-        "{}",
-        agent.output()
-    );
+    await_consuming(&agent, &tel_addr);
     let huge = format!(
         r#"{{"type": "worker-heartbeat", "timestamp": 1.0, "hostname": "w", "pad": "{}"}}"#,
         "x".repeat(100_000)

@@ -10,7 +10,10 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use support::rabbitmq::{amqp_tool, close_connections_named, rabbitmqctl, Vhost};
+use support::rabbitmq::{
+    amqp_tool, await_consuming, await_sample, await_sent, close_connections_named, publish_sent,
+    rabbitmqctl, value, Vhost,
+};
 use support::*;
 
 fn bin() -> &'static Path {
@@ -47,10 +50,6 @@ service:
     )
 }
 
-fn value(addr: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    scrape(addr).and_then(|s| metric_value(&s, name, labels))
-}
-
 #[test]
 fn connections_closed_by_the_server_mid_flood_reconnect_and_lose_nothing_after() {
     let vhost = Vhost::create("close");
@@ -58,15 +57,7 @@ fn connections_closed_by_the_server_mid_flood_reconnect_and_lose_nothing_after()
     let (prom, tel) = (free_port(), free_port());
     let (prom_addr, tel_addr) = (format!("127.0.0.1:{prom}"), format!("127.0.0.1:{tel}"));
     let mut agent = Agent::start(bin(), &config(&url, prom, tel));
-    assert!(
-        wait_until(Duration::from_secs(15), || value(
-            &tel_addr,
-            "celeriac_celery_amqp_connected",
-            &[]
-        ) == Some(1.0)),
-        "{}",
-        agent.output()
-    );
+    await_consuming(&agent, &tel_addr);
 
     // A flood from another thread; the server closes every connection in the middle of it.
     let flood_url = url.clone();
@@ -116,8 +107,7 @@ fn connections_closed_by_the_server_mid_flood_reconnect_and_lose_nothing_after()
     assert!(agent.is_running());
 
     // After the reconnect: every event counted.
-    let sent = amqp_tool(&[&url, "sent", "3000", "flood.after"]);
-    assert_eq!(sent["published"].as_u64(), Some(3000));
+    publish_sent(&url, 3000, "flood.after");
     assert!(
         wait_until(Duration::from_secs(15), || value(
             &prom_addr,
@@ -133,15 +123,13 @@ fn connections_closed_by_the_server_mid_flood_reconnect_and_lose_nothing_after()
         agent.output()
     );
     // The queue poller reconnected too.
-    assert!(
-        wait_until(Duration::from_secs(10), || value(
-            &prom_addr,
-            "celery_queue_length",
-            &[("queue_name", "celery")]
-        )
-        .is_some()),
-        "{}",
-        agent.output()
+    await_sample(
+        &agent,
+        10,
+        &prom_addr,
+        "celery_queue_length",
+        &[("queue_name", "celery")],
+        |_| true,
     );
     assert!(agent
         .stderr()
@@ -159,15 +147,7 @@ fn deleted_vhost_is_a_clear_error_retried_without_a_crash() {
     let (prom, tel) = (free_port(), free_port());
     let (prom_addr, tel_addr) = (format!("127.0.0.1:{prom}"), format!("127.0.0.1:{tel}"));
     let mut agent = Agent::start(bin(), &config(&url, prom, tel));
-    assert!(
-        wait_until(Duration::from_secs(15), || value(
-            &tel_addr,
-            "celeriac_celery_amqp_connected",
-            &[]
-        ) == Some(1.0)),
-        "{}",
-        agent.output()
-    );
+    await_consuming(&agent, &tel_addr);
     vhost.delete();
     let connect_errors = || {
         value(
@@ -206,17 +186,8 @@ fn deleted_vhost_is_a_clear_error_retried_without_a_crash() {
         "consuming again\n{}",
         agent.output()
     );
-    let sent = amqp_tool(&[&url, "sent", "50", "after.vhost"]);
-    assert_eq!(sent["published"].as_u64(), Some(50));
-    assert!(
-        wait_until(Duration::from_secs(10), || value(
-            &prom_addr,
-            "celery_task_sent_total",
-            &[("name", "after.vhost")]
-        ) == Some(50.0)),
-        "{}",
-        agent.output()
-    );
+    publish_sent(&url, 50, "after.vhost");
+    await_sent(&agent, &prom_addr, "after.vhost", 50.0);
     agent.terminate();
     assert!(agent
         .wait_exit(Duration::from_secs(10))
@@ -236,35 +207,16 @@ fn a_failover_list_moves_to_the_broker_that_answers() {
     let (prom_addr, tel_addr) = (format!("127.0.0.1:{prom}"), format!("127.0.0.1:{tel}"));
     let cfg = config(&format!("[{dead}, {url}]"), prom, tel);
     let mut agent = Agent::start(bin(), &cfg);
-    assert!(
-        wait_until(Duration::from_secs(15), || value(
-            &tel_addr,
-            "celeriac_celery_amqp_connected",
-            &[]
-        ) == Some(1.0)),
-        "{}",
-        agent.output()
-    );
-    let sent = amqp_tool(&[&url, "sent", "20", "via.failover"]);
-    assert_eq!(sent["published"].as_u64(), Some(20));
-    assert!(
-        wait_until(Duration::from_secs(10), || value(
-            &prom_addr,
-            "celery_task_sent_total",
-            &[("name", "via.failover")]
-        ) == Some(20.0)),
-        "{}",
-        agent.output()
-    );
-    assert!(
-        wait_until(Duration::from_secs(10), || value(
-            &prom_addr,
-            "celery_queue_length",
-            &[("queue_name", "celery")]
-        )
-        .is_some()),
-        "{}",
-        agent.output()
+    await_consuming(&agent, &tel_addr);
+    publish_sent(&url, 20, "via.failover");
+    await_sent(&agent, &prom_addr, "via.failover", 20.0);
+    await_sample(
+        &agent,
+        10,
+        &prom_addr,
+        "celery_queue_length",
+        &[("queue_name", "celery")],
+        |_| true,
     );
     assert!(!agent.stderr().contains("guest:guest"));
     agent.terminate();
@@ -293,15 +245,9 @@ fn events_lost_in_the_gaps_show_as_missed_from_the_heartbeats() {
     let mut worker = CeleryWorker::start(&url, WorkerOpts::default().heartbeat(1));
     worker.assert_ready(Duration::from_secs(60));
     let host = [("hostname", "host1")];
-    assert!(
-        wait_until(Duration::from_secs(20), || value(
-            &prom_addr,
-            "celery_worker_up",
-            &host
-        ) == Some(1.0)),
-        "{}",
-        agent.output()
-    );
+    await_sample(&agent, 20, &prom_addr, "celery_worker_up", &host, |v| {
+        v == 1.0
+    });
     const TASKS: u64 = 600;
     let filled = run_client(&url, &["fill_queue", "celery", &TASKS.to_string()]);
     assert_eq!(filled["total"].as_u64(), Some(TASKS));

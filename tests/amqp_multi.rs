@@ -28,16 +28,12 @@ fn up(prom: &str, labels: &[(&str, &str)]) -> Option<f64> {
     scrape(prom).and_then(|s| metric_value(&s, "celery_worker_up", labels))
 }
 
-#[test]
-fn workers_refresh_over_the_amqp_pidbox() {
-    let vhost = Vhost::create("ui");
-    let url = vhost.url();
-    let (prom, ui, tel) = (free_port(), free_port(), free_port());
-    let (prom_addr, ui_addr) = (format!("127.0.0.1:{prom}"), format!("127.0.0.1:{ui}"));
-    let agent = Agent::start(
-        bin(),
-        &format!(
-            r#"
+/// An agent with one `celery_amqp` receiver on `url`, its correlator, the exporter
+/// `(name, settings)` for the metrics, and `celery_ui` with `ui` settings (a YAML flow map).
+fn ui_config(url: &str, exporter: (&str, &str), ui: &str, tel: u16) -> String {
+    let (exporter, settings) = exporter;
+    format!(
+        r#"
 receivers:
   celery_amqp:
     endpoint: {url}
@@ -45,12 +41,9 @@ connectors:
   celery_correlate:
     metrics_interval: 200ms
 exporters:
-  prometheus:
-    endpoint: {prom_addr}
+  {exporter}: {settings}
 extensions:
-  celery_ui:
-    endpoint: {ui_addr}
-    inspect: {{ interval: 2s, timeout: 1s }}
+  celery_ui: {ui}
 service:
   extensions: [celery_ui]
   telemetry:
@@ -61,8 +54,24 @@ service:
       exporters: [celery_correlate]
     metrics:
       receivers: [celery_correlate]
-      exporters: [prometheus]
+      exporters: [{exporter}]
 "#
+    )
+}
+
+#[test]
+fn workers_refresh_over_the_amqp_pidbox() {
+    let vhost = Vhost::create("ui");
+    let url = vhost.url();
+    let (prom, ui, tel) = (free_port(), free_port(), free_port());
+    let (prom_addr, ui_addr) = (format!("127.0.0.1:{prom}"), format!("127.0.0.1:{ui}"));
+    let agent = Agent::start(
+        bin(),
+        &ui_config(
+            &url,
+            ("prometheus", &format!("{{ endpoint: {prom_addr} }}")),
+            &format!("{{ endpoint: {ui_addr}, inspect: {{ interval: 2s, timeout: 1s }} }}"),
+            tel,
         ),
     );
     let mut worker = CeleryWorker::start(&url, WorkerOpts::default().heartbeat(1));
@@ -145,35 +154,14 @@ fn control_commands_over_the_amqp_pidbox() {
     let ui_addr = format!("127.0.0.1:{ui}");
     let agent = Agent::start(
         bin(),
-        &format!(
-            r#"
-receivers:
-  celery_amqp:
-    endpoint: {url}
-connectors:
-  celery_correlate:
-    metrics_interval: 200ms
-exporters:
-  debug: {{}}
-extensions:
-  celery_ui:
-    endpoint: {ui_addr}
-    read_only: false
-    auth: {{ bearer_token: {TOKEN} }}
-    inspect: {{ interval: 2s, timeout: 2s }}
-    result_backend: {backend}
-service:
-  extensions: [celery_ui]
-  telemetry:
-    endpoint: 127.0.0.1:{tel}
-  pipelines:
-    celery:
-      receivers: [celery_amqp]
-      exporters: [celery_correlate]
-    metrics:
-      receivers: [celery_correlate]
-      exporters: [debug]
-"#
+        &ui_config(
+            &url,
+            ("debug", "{}"),
+            &format!(
+                "{{ endpoint: {ui_addr}, read_only: false, auth: {{ bearer_token: {TOKEN} }}, \
+                 inspect: {{ interval: 2s, timeout: 2s }}, result_backend: {backend} }}"
+            ),
+            tel,
         ),
     );
     let mut worker = CeleryWorker::start(

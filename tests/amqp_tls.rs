@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use support::rabbitmq::{amqp_tool, Vhost, HOST};
+use support::rabbitmq::{await_sample, await_sent, publish_sent, value, Vhost, HOST};
 use support::*;
 
 fn bin() -> &'static Path {
@@ -128,9 +128,6 @@ service:
 "#
         ),
     );
-    let value = |addr: &str, name: &str, labels: &[(&str, &str)]| {
-        scrape(addr).and_then(|s| metric_value(&s, name, labels))
-    };
     assert!(
         wait_until(Duration::from_secs(15), || value(
             &tel_addr,
@@ -141,26 +138,16 @@ service:
         agent.output()
     );
     // Events published on the plain port reach the receiver through its TLS session.
-    let sent = amqp_tool(&[&vhost.url(), "sent", "40", "tls.task"]);
-    assert_eq!(sent["published"].as_u64(), Some(40));
-    assert!(
-        wait_until(Duration::from_secs(10), || value(
-            &prom_addr,
-            "celery_task_sent_total",
-            &[("name", "tls.task")]
-        ) == Some(40.0)),
-        "{}",
-        agent.output()
-    );
+    publish_sent(&vhost.url(), 40, "tls.task");
+    await_sent(&agent, &prom_addr, "tls.task", 40.0);
     // Queue depth over TLS too (the queue does not exist: 0, read, not an error).
-    assert!(
-        wait_until(Duration::from_secs(10), || value(
-            &prom_addr,
-            "celery_queue_length",
-            &[("queue_name", "celery")]
-        ) == Some(0.0)),
-        "{}",
-        agent.output()
+    await_sample(
+        &agent,
+        10,
+        &prom_addr,
+        "celery_queue_length",
+        &[("queue_name", "celery")],
+        |v| v == 0.0,
     );
     assert!(proxy.handshakes.load(Ordering::SeqCst) >= 2);
     // The receiver trusting another CA: a clear certificate error, counted, retried.
@@ -193,15 +180,6 @@ service:
         agent.output()
     );
     // Still running and consuming after all of that.
-    let sent = amqp_tool(&[&vhost.url(), "sent", "5", "tls.task"]);
-    assert_eq!(sent["published"].as_u64(), Some(5));
-    assert!(
-        wait_until(Duration::from_secs(10), || value(
-            &prom_addr,
-            "celery_task_sent_total",
-            &[("name", "tls.task")]
-        ) == Some(45.0)),
-        "{}",
-        agent.output()
-    );
+    publish_sent(&vhost.url(), 5, "tls.task");
+    await_sent(&agent, &prom_addr, "tls.task", 45.0);
 }

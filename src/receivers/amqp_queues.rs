@@ -56,15 +56,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
-use opentelemetry_proto::tonic::metrics::v1::{
-    metric, number_data_point, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
-};
+use opentelemetry_proto::tonic::metrics::v1::{number_data_point, ResourceMetrics};
 use serde::{Deserialize, Serialize};
 
+use super::queue_metrics::{gauge, point, resource, unix_nanos};
 use crate::amqp::{self, Endpoint, Tls};
 use crate::component::{BoxRun, BuildResult, Context, Factory, Output, Receiver, Registration};
 use crate::config::types::Secret;
@@ -353,18 +351,6 @@ impl AmqpQueues {
     }
 }
 
-fn gauge(name: &str, description: &str, points: Vec<NumberDataPoint>) -> Metric {
-    Metric {
-        name: name.into(),
-        description: description.into(),
-        unit: "{message}".into(),
-        data: Some(metric::Data::Gauge(Gauge {
-            data_points: points,
-        })),
-        ..Default::default()
-    }
-}
-
 /// What was measured of one queue.
 struct Figures<'a> {
     name: &'a str,
@@ -377,18 +363,7 @@ struct Figures<'a> {
 /// The gauges for the queues measured: length and consumers always, unacknowledged messages
 /// and the head message's age where the management API gave them.
 fn depth_metrics(queues: &[Figures<'_>], now_unix_nano: u64) -> ResourceMetrics {
-    let point = |name: &str, v: number_data_point::Value| NumberDataPoint {
-        attributes: vec![KeyValue {
-            key: "queue_name".into(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(name.to_string())),
-            }),
-            ..Default::default()
-        }],
-        time_unix_nano: now_unix_nano,
-        value: Some(v),
-        ..Default::default()
-    };
+    let at = |name: &str, v: number_data_point::Value| point(name, v, now_unix_nano);
     let int = |v: u64| number_data_point::Value::AsInt(i64::try_from(v).unwrap_or(i64::MAX));
     let now_secs = now_unix_nano as f64 / 1e9;
     let mut consumers = gauge(
@@ -396,7 +371,7 @@ fn depth_metrics(queues: &[Figures<'_>], now_unix_nano: u64) -> ResourceMetrics 
         "Consumers of the queue.",
         queues
             .iter()
-            .map(|q| point(q.name, int(q.consumers.into())))
+            .map(|q| at(q.name, int(q.consumers.into())))
             .collect(),
     );
     consumers.unit = "{consumer}".into();
@@ -406,14 +381,14 @@ fn depth_metrics(queues: &[Figures<'_>], now_unix_nano: u64) -> ResourceMetrics 
             "Messages ready for delivery in the queue.",
             queues
                 .iter()
-                .map(|q| point(q.name, int(q.ready.into())))
+                .map(|q| at(q.name, int(q.ready.into())))
                 .collect(),
         ),
         consumers,
     ];
     let unacked: Vec<_> = queues
         .iter()
-        .filter_map(|q| Some(point(q.name, int(q.extra?.unacked))))
+        .filter_map(|q| Some(at(q.name, int(q.extra?.unacked))))
         .collect();
     if !unacked.is_empty() {
         metrics.push(gauge(
@@ -426,7 +401,7 @@ fn depth_metrics(queues: &[Figures<'_>], now_unix_nano: u64) -> ResourceMetrics 
         .iter()
         .filter_map(|q| {
             let ts = q.extra?.head_timestamp?;
-            Some(point(
+            Some(at(
                 q.name,
                 number_data_point::Value::AsDouble((now_secs - ts).max(0.0)),
             ))
@@ -441,24 +416,7 @@ fn depth_metrics(queues: &[Figures<'_>], now_unix_nano: u64) -> ResourceMetrics 
         age.unit = "s".into();
         metrics.push(age);
     }
-    ResourceMetrics {
-        scope_metrics: vec![ScopeMetrics {
-            scope: Some(InstrumentationScope {
-                name: "celeriac.amqp_queues".into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                ..Default::default()
-            }),
-            metrics,
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
-
-fn unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+    resource("celeriac.amqp_queues", metrics)
 }
 
 impl Receiver for AmqpQueues {
@@ -607,6 +565,7 @@ impl Receiver for AmqpQueues {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_proto::tonic::metrics::v1::metric;
 
     #[test]
     fn config_errors_name_the_key() {

@@ -52,6 +52,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::ExchangeKind;
 use serde::{Deserialize, Serialize};
 
+use super::event_telemetry::{BrokerSeries, EventTelemetry};
 use crate::amqp::{self, AmqpError, Endpoint, Tls};
 use crate::celery::drops::Drops;
 use crate::celery::envelope::{decode_bare, BareMeta};
@@ -61,6 +62,22 @@ use crate::config::{self, types, DecodeError as ConfigError, Value};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::Throttle;
 use crate::tls::ClientTlsConfig;
+
+const SERIES: BrokerSeries = BrokerSeries {
+    messages_help: "Broker messages read (pub/sub messages on Redis, deliveries on AMQP).",
+    reconnects: (
+        "celeriac_celery_amqp_reconnects_total",
+        "Times the event queue was consumed again after a loss.",
+    ),
+    gap_ms: (
+        "celeriac_celery_amqp_gap_milliseconds_total",
+        "Time without an event queue after a loss (events published then are lost).",
+    ),
+    connected: (
+        "celeriac_celery_amqp_connected",
+        "1 while consuming the broker's events.",
+    ),
+};
 
 pub const REGISTRATION: Registration = Registration {
     type_name: "celery_amqp",
@@ -232,7 +249,7 @@ impl CeleryAmqp {
                     FieldTable::default(),
                 )
                 .await?;
-            let queue = format!("{}.{}", self.cfg.queue_prefix, amqp::uuid4());
+            let queue = format!("{}.{}", self.cfg.queue_prefix, crate::celery::uuid4());
             channel
                 .queue_declare(
                     &queue,
@@ -267,22 +284,14 @@ impl CeleryAmqp {
                 .await?;
             Ok::<_, lapin::Error>((channel, consumer, queue))
         };
-        match tokio::time::timeout(self.cfg.connect_timeout, setup).await {
-            Ok(Ok((channel, consumer, queue))) => Ok(Session {
-                conn,
-                channel,
-                consumer,
-                queue,
-            }),
-            Ok(Err(e)) => {
-                let _ = conn.close(0, "setup failed").await;
-                Err(e.into())
-            }
-            Err(_) => {
-                let _ = conn.close(0, "setup timed out").await;
-                Err(AmqpError::Timeout(self.cfg.connect_timeout))
-            }
-        }
+        let (channel, consumer, queue) =
+            amqp::set_up(&conn, self.cfg.connect_timeout, setup).await?;
+        Ok(Session {
+            conn,
+            channel,
+            consumer,
+            queue,
+        })
     }
 }
 
@@ -346,48 +355,16 @@ fn decode_delivery(
 impl Receiver for CeleryAmqp {
     fn run(self: Box<Self>, ctx: Context, out: Output) -> BoxRun {
         Box::pin(async move {
-            let label = [("component", &*ctx.id)];
-            let t = &ctx.telemetry;
-            let messages = t.counter(
-                "celeriac_celery_messages_total",
-                "Broker messages read (pub/sub messages on Redis, deliveries on AMQP).",
-                &label,
-            );
-            let events_in = t.counter(
-                "celeriac_celery_events_received_total",
-                "Celery events decoded.",
-                &label,
-            );
-            let reconnects = t.counter(
-                "celeriac_celery_amqp_reconnects_total",
-                "Times the event queue was consumed again after a loss.",
-                &label,
-            );
-            let gap_ms = t.counter(
-                "celeriac_celery_amqp_gap_milliseconds_total",
-                "Time without an event queue after a loss (events published then are lost).",
-                &label,
-            );
-            let connect_errors = t.counter(
-                "celeriac_receiver_errors_total",
-                "Receiver errors, by reason.",
-                &[("component", &*ctx.id), ("reason", "connect")],
-            );
-            let lost_errors = t.counter(
-                "celeriac_receiver_errors_total",
-                "Receiver errors, by reason.",
-                &[("component", &*ctx.id), ("reason", "connection_lost")],
-            );
-            let connected = t.gauge(
-                "celeriac_celery_amqp_connected",
-                "1 while consuming the broker's events.",
-                &label,
-            );
-            let memory_drops = t.counter(
-                "celeriac_celery_events_dropped_total",
-                "Celery messages or events dropped before correlation, by reason.",
-                &[("component", &*ctx.id), ("reason", "memory_limit")],
-            );
+            let EventTelemetry {
+                messages,
+                events_in,
+                reconnects,
+                gap_ms,
+                connect_errors,
+                lost_errors,
+                connected,
+                memory_drops,
+            } = EventTelemetry::new(&ctx, &SERIES);
             let mut drops = Drops::new(ctx.clone());
             let limit = self.cfg.max_message_size;
 

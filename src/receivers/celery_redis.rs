@@ -48,6 +48,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::event_telemetry::{BrokerSeries, EventTelemetry};
 use super::pubsub::{PubSubError, Subscriber};
 use crate::celery::drops::Drops;
 use crate::celery::envelope::decode_envelope;
@@ -60,6 +61,22 @@ use crate::redis_broker::{Broker, BrokerError, Endpoint, Settings, Switch};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::Throttle;
 use crate::tls::ClientTlsConfig;
+
+const SERIES: BrokerSeries = BrokerSeries {
+    messages_help: "Pub/sub messages read from the broker.",
+    reconnects: (
+        "celeriac_celery_redis_reconnects_total",
+        "Times the subscription was re-established after a loss.",
+    ),
+    gap_ms: (
+        "celeriac_celery_redis_gap_milliseconds_total",
+        "Time without a subscription after a loss (events published then are lost).",
+    ),
+    connected: (
+        "celeriac_celery_redis_connected",
+        "1 while subscribed to the broker.",
+    ),
+};
 
 pub const REGISTRATION: Registration = Registration {
     type_name: "celery_redis",
@@ -191,54 +208,23 @@ async fn switched(rx: &mut Option<tokio::sync::watch::Receiver<Option<Switch>>>)
 impl Receiver for CeleryRedis {
     fn run(self: Box<Self>, ctx: Context, out: Output) -> BoxRun {
         Box::pin(async move {
-            let label = [("component", &*ctx.id)];
-            let t = &ctx.telemetry;
-            let messages = t.counter(
-                "celeriac_celery_messages_total",
-                "Pub/sub messages read from the broker.",
-                &label,
-            );
-            let events_in = t.counter(
-                "celeriac_celery_events_received_total",
-                "Celery events decoded.",
-                &label,
-            );
-            let reconnects = t.counter(
-                "celeriac_celery_redis_reconnects_total",
-                "Times the subscription was re-established after a loss.",
-                &label,
-            );
-            let gap_ms = t.counter(
-                "celeriac_celery_redis_gap_milliseconds_total",
-                "Time without a subscription after a loss (events published then are lost).",
-                &label,
-            );
-            let connect_errors = t.counter(
-                "celeriac_receiver_errors_total",
-                "Receiver errors, by reason.",
-                &[("component", &*ctx.id), ("reason", "connect")],
-            );
-            let read_errors = t.counter(
-                "celeriac_receiver_errors_total",
-                "Receiver errors, by reason.",
-                &[("component", &*ctx.id), ("reason", "connection_lost")],
-            );
-            let protocol_errors = t.counter(
+            let EventTelemetry {
+                messages,
+                events_in,
+                reconnects,
+                gap_ms,
+                connect_errors,
+                lost_errors: read_errors,
+                connected,
+                memory_drops,
+            } = EventTelemetry::new(&ctx, &SERIES);
+            let protocol_errors = ctx.telemetry.counter(
                 "celeriac_receiver_errors_total",
                 "Receiver errors, by reason.",
                 &[("component", &*ctx.id), ("reason", "protocol")],
             );
-            let connected = t.gauge(
-                "celeriac_celery_redis_connected",
-                "1 while subscribed to the broker.",
-                &label,
-            );
-            // Events a memory_limiter refused (the pipeline still runs; Redis cannot wait).
-            let memory_drops = t.counter(
-                "celeriac_celery_events_dropped_total",
-                "Celery messages or events dropped before correlation, by reason.",
-                &[("component", &*ctx.id), ("reason", "memory_limit")],
-            );
+            // Events a memory_limiter refused (the pipeline still runs; Redis cannot wait):
+            // `memory_drops`.
             let mut drops = Drops::new(ctx.clone());
 
             let mut reconnect = Reconnect::new(BACKOFF_MIN, BACKOFF_MAX, HEALTHY_SESSION);

@@ -3,9 +3,11 @@
 pub mod amqp_queues;
 pub mod celery_amqp;
 pub mod celery_redis;
+mod event_telemetry;
 pub mod filelog;
 pub mod internal_metrics;
 pub mod otlp;
 pub mod prometheus;
 mod pubsub;
+mod queue_metrics;
 pub mod redis_queues;

@@ -38,16 +38,14 @@
 //! ```
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
-use opentelemetry_proto::tonic::metrics::v1::{
-    metric, number_data_point, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
-};
+use opentelemetry_proto::tonic::metrics::v1::{number_data_point, ResourceMetrics};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError, RedisResult};
 use serde::{Deserialize, Serialize};
 
+use super::queue_metrics::{gauge, point, resource, unix_nanos};
 use crate::component::{BoxRun, Context, Output, Receiver};
 use crate::component::{BuildResult, Factory, Registration};
 use crate::config::{self, types, DecodeError, Value};
@@ -286,43 +284,16 @@ impl RedisQueues {
 fn queue_length_metrics(queues: &[(&str, i64)], now_unix_nano: u64) -> ResourceMetrics {
     let data_points = queues
         .iter()
-        .map(|(name, len)| NumberDataPoint {
-            attributes: vec![KeyValue {
-                key: "queue_name".into(),
-                value: Some(AnyValue {
-                    value: Some(any_value::Value::StringValue((*name).to_string())),
-                }),
-                ..Default::default()
-            }],
-            time_unix_nano: now_unix_nano,
-            value: Some(number_data_point::Value::AsInt(*len)),
-            ..Default::default()
-        })
+        .map(|(name, len)| point(name, number_data_point::Value::AsInt(*len), now_unix_nano))
         .collect();
-    ResourceMetrics {
-        scope_metrics: vec![ScopeMetrics {
-            scope: Some(InstrumentationScope {
-                name: "celeriac.redis_queues".into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                ..Default::default()
-            }),
-            metrics: vec![Metric {
-                name: METRIC_NAME.into(),
-                description: "Messages waiting in the queue, all priorities.".into(),
-                unit: "{message}".into(),
-                data: Some(metric::Data::Gauge(Gauge { data_points })),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
-
-fn unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+    resource(
+        "celeriac.redis_queues",
+        vec![gauge(
+            METRIC_NAME,
+            "Messages waiting in the queue, all priorities.",
+            data_points,
+        )],
+    )
 }
 
 impl Receiver for RedisQueues {
@@ -474,6 +445,8 @@ mod tests {
     use super::*;
     use crate::component::Output;
     use crate::telemetry::Counter;
+    use opentelemetry_proto::tonic::common::v1::any_value;
+    use opentelemetry_proto::tonic::metrics::v1::metric;
     use tokio_util::sync::CancellationToken;
 
     fn cfg(yaml: &str) -> Result<RedisQueuesConfig, DecodeError> {

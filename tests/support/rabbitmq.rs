@@ -6,7 +6,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use super::{python, python_dir, repo_root};
+use super::{metric_value, python, python_dir, repo_root, scrape, wait_until, Agent};
 
 pub const HOST: &str = "127.0.0.1:5672";
 
@@ -149,4 +149,58 @@ pub fn amqp_tool(args: &[&str]) -> serde_json::Value {
         .unwrap_or("");
     serde_json::from_str(line)
         .unwrap_or_else(|e| panic!("amqp_tool.py printed no JSON ({e}): {stdout}"))
+}
+
+/// Sample `name{labels}` scraped from the metrics endpoint at `addr`, if there.
+pub fn value(addr: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape(addr).and_then(|s| metric_value(&s, name, labels))
+}
+
+/// Waits up to `secs` seconds for sample `name{labels}` at `addr` to be there and satisfy `ok`;
+/// panics with the agent's output otherwise.
+pub fn await_sample(
+    agent: &Agent,
+    secs: u64,
+    addr: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+    ok: impl Fn(f64) -> bool,
+) {
+    assert!(
+        wait_until(Duration::from_secs(secs), || value(addr, name, labels)
+            .is_some_and(&ok)),
+        "{name}{labels:?} at {addr}\n{}",
+        agent.output()
+    );
+}
+
+/// Waits up to 15 s until the agent's `celery_amqp` receivers consume (telemetry at `tel_addr`).
+pub fn await_consuming(agent: &Agent, tel_addr: &str) {
+    await_sample(
+        agent,
+        15,
+        tel_addr,
+        "celeriac_celery_amqp_connected",
+        &[],
+        |v| v == 1.0,
+    );
+}
+
+/// Waits up to 10 s until `celery_task_sent_total{name=task}` at `prom_addr` is `total`.
+pub fn await_sent(agent: &Agent, prom_addr: &str, task: &str, total: f64) {
+    await_sample(
+        agent,
+        10,
+        prom_addr,
+        "celery_task_sent_total",
+        &[("name", task)],
+        |v| v == total,
+    );
+}
+
+/// Publishes `n` `task-sent` events of task `task` to `url`'s `celeryev` (amqp_tool.py `sent`)
+/// and checks they all went out.
+pub fn publish_sent(url: &str, n: u64, task: &str) {
+    let sent = amqp_tool(&[url, "sent", &n.to_string(), task]);
+    assert_eq!(sent["published"].as_u64(), Some(n), "{sent}");
 }

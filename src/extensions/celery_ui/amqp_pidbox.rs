@@ -81,7 +81,7 @@ impl AmqpInspector {
         AmqpInspector {
             endpoints,
             tls,
-            oid: super::inspect::uuid4(),
+            oid: crate::celery::uuid4(),
             timeout,
             state: Mutex::new((None, 0)),
         }
@@ -159,22 +159,19 @@ impl AmqpInspector {
                 .await?;
             Ok::<_, lapin::Error>((channel, replies))
         };
-        match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
-            Ok(Ok((channel, replies))) => Ok(Session {
-                conn,
-                channel,
-                replies,
-                probe: None,
-            }),
-            Ok(Err(e)) => {
-                let _ = conn.close(0, "setup failed").await;
-                Err(e.to_string())
-            }
-            Err(_) => {
-                let _ = conn.close(0, "setup timed out").await;
-                Err("setup timed out".into())
-            }
-        }
+        let (channel, replies) =
+            amqp::set_up(&conn, CONNECT_TIMEOUT, setup)
+                .await
+                .map_err(|e| match e {
+                    amqp::AmqpError::Timeout(_) => "setup timed out".to_string(),
+                    e => e.to_string(),
+                })?;
+        Ok(Session {
+            conn,
+            channel,
+            replies,
+            probe: None,
+        })
     }
 
     /// The open session, or a new one on the address in use or the next that answers.
@@ -319,7 +316,7 @@ impl AmqpInspector {
             .map(|(m, _)| (m.to_string(), BTreeMap::new()))
             .collect();
         for (m, args) in calls {
-            let ticket = super::inspect::uuid4();
+            let ticket = crate::celery::uuid4();
             let body = json!({
                 "method": m,
                 "arguments": args,

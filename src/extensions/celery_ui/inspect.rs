@@ -411,28 +411,7 @@ pub fn decode_reply(raw: &[u8]) -> Option<(String, Json)> {
     Some((ticket, serde_json::from_slice(&bytes).ok()?))
 }
 
-/// A random (version 4) UUID string.
-pub fn uuid4() -> String {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 16];
-    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
-        // No system randomness: fall back to the clock, still unique enough per process.
-        let n = crate::time::now_secs().to_bits().to_le_bytes();
-        b[..8].copy_from_slice(&n);
-        b[8..].copy_from_slice(&std::process::id().to_le_bytes().repeat(2));
-    }
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
-}
+pub use crate::celery::uuid4;
 
 #[cfg(test)]
 mod tests {
