@@ -21,8 +21,8 @@ use std::collections::HashMap;
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
     metric, number_data_point, summary_data_point::ValueAtQuantile, AggregationTemporality, Gauge,
-    Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
-    Summary, SummaryDataPoint,
+    Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, Sum, Summary,
+    SummaryDataPoint,
 };
 
 use super::parse::{Family, Kind};
@@ -560,18 +560,14 @@ fn scrape_metrics(
 }
 
 fn resource(target: &TargetInfo<'_>, metrics: Vec<Metric>) -> ResourceMetrics {
-    ResourceMetrics {
-        resource: Some(otlp::resource(vec![
+    otlp::resource_metrics(
+        vec![
             kv("service.name", target.job),
             kv("service.instance.id", target.instance),
-        ])),
-        scope_metrics: vec![ScopeMetrics {
-            scope: Some(otlp::scope("celeriac.prometheus")),
-            metrics,
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+        ],
+        "celeriac.prometheus",
+        metrics,
+    )
 }
 
 /// Samples parsed, for benches and counters.
