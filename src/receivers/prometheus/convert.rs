@@ -140,22 +140,50 @@ fn labels_without(labels: &Labels, skip: &str) -> Labels {
     labels.iter().filter(|(k, _)| k != skip).cloned().collect()
 }
 
+/// The samples of one histogram or summary series (its labels without `le` / `quantile`).
 #[derive(Default)]
-struct HistAcc {
-    buckets: Vec<(f64, f64)>,
+struct Acc {
+    /// `(le, cumulative count)` buckets or `(quantile, value)` pairs.
+    points: Vec<(f64, f64)>,
     count: Option<f64>,
     sum: Option<f64>,
     created: Option<f64>,
     ts: Option<i64>,
 }
 
-#[derive(Default)]
-struct SumAcc {
-    quantiles: Vec<(f64, f64)>,
-    count: Option<f64>,
-    sum: Option<f64>,
-    created: Option<f64>,
-    ts: Option<i64>,
+/// A histogram's or summary's samples as series, in first-seen order: a sample named
+/// `<family><point_suffix>` is a point keyed by its label `point_label`.
+fn accumulate(f: &Family, point_suffix: &str, point_label: &str) -> Vec<(Labels, Acc)> {
+    let mut accs: Vec<(Labels, Acc)> = Vec::new();
+    for s in &f.samples {
+        let ls = labels_without(&s.labels, point_label);
+        let i = match accs.iter().position(|(l, _)| *l == ls) {
+            Some(i) => i,
+            None => {
+                accs.push((ls, Acc::default()));
+                accs.len() - 1
+            }
+        };
+        let a = &mut accs[i].1;
+        a.ts = a.ts.or(s.timestamp_ms);
+        match &s.name[f.name.len().min(s.name.len())..] {
+            suffix if suffix == point_suffix => {
+                if let Some(p) = s
+                    .labels
+                    .iter()
+                    .find(|(k, _)| k == point_label)
+                    .and_then(|(_, v)| super::parse::parse_value(v))
+                {
+                    a.points.push((p, s.value));
+                }
+            }
+            "_count" => a.count = Some(s.value),
+            "_sum" => a.sum = Some(s.value),
+            "_created" => a.created = Some(s.value),
+            _ => {}
+        }
+    }
+    accs
 }
 
 impl TargetState {
@@ -253,46 +281,14 @@ impl TargetState {
                     }
                 }
                 Kind::Histogram => {
-                    let mut accs: Vec<(Labels, HistAcc)> = Vec::new();
-                    for s in &f.samples {
-                        let ls = labels_without(&s.labels, "le");
-                        let i = match accs.iter().position(|(l, _)| *l == ls) {
-                            Some(i) => i,
-                            None => {
-                                accs.push((ls, HistAcc::default()));
-                                accs.len() - 1
-                            }
-                        };
-                        let a = &mut accs[i].1;
-                        a.ts = a.ts.or(s.timestamp_ms);
-                        let suffix = &s.name[f.name.len().min(s.name.len())..];
-                        match suffix {
-                            "_bucket" => {
-                                let le = s
-                                    .labels
-                                    .iter()
-                                    .find(|(k, _)| k == "le")
-                                    .and_then(|(_, v)| super::parse::parse_value(v));
-                                if let Some(le) = le {
-                                    a.buckets.push((le, s.value));
-                                }
-                            }
-                            "_count" => a.count = Some(s.value),
-                            "_sum" => a.sum = Some(s.value),
-                            "_created" => a.created = Some(s.value),
-                            _ => {}
-                        }
-                    }
-                    for (ls, mut a) in accs {
-                        a.buckets.sort_by(|x, y| x.0.total_cmp(&y.0));
+                    for (ls, mut a) in accumulate(f, "_bucket", "le") {
+                        a.points.sort_by(|x, y| x.0.total_cmp(&y.0));
                         let count = a
                             .count
-                            .or_else(|| {
-                                a.buckets.iter().find(|b| b.0 == f64::INFINITY).map(|b| b.1)
-                            })
+                            .or_else(|| a.points.iter().find(|b| b.0 == f64::INFINITY).map(|b| b.1))
                             .unwrap_or(0.0);
                         let finite: Vec<(f64, f64)> = a
-                            .buckets
+                            .points
                             .iter()
                             .copied()
                             .filter(|b| b.0.is_finite())
@@ -336,36 +332,7 @@ impl TargetState {
                     }
                 }
                 Kind::Summary => {
-                    let mut accs: Vec<(Labels, SumAcc)> = Vec::new();
-                    for s in &f.samples {
-                        let ls = labels_without(&s.labels, "quantile");
-                        let i = match accs.iter().position(|(l, _)| *l == ls) {
-                            Some(i) => i,
-                            None => {
-                                accs.push((ls, SumAcc::default()));
-                                accs.len() - 1
-                            }
-                        };
-                        let a = &mut accs[i].1;
-                        a.ts = a.ts.or(s.timestamp_ms);
-                        match &s.name[f.name.len().min(s.name.len())..] {
-                            "" => {
-                                if let Some(q) = s
-                                    .labels
-                                    .iter()
-                                    .find(|(k, _)| k == "quantile")
-                                    .and_then(|(_, v)| super::parse::parse_value(v))
-                                {
-                                    a.quantiles.push((q, s.value));
-                                }
-                            }
-                            "_count" => a.count = Some(s.value),
-                            "_sum" => a.sum = Some(s.value),
-                            "_created" => a.created = Some(s.value),
-                            _ => {}
-                        }
-                    }
-                    for (ls, a) in accs {
+                    for (ls, a) in accumulate(f, "", "quantile") {
                         let attrs = attrs_of(&ls, None);
                         let key = series_key(&f.name, &attrs);
                         let count = a.count.unwrap_or(0.0);
@@ -388,7 +355,7 @@ impl TargetState {
                                     count: count as u64,
                                     sum: a.sum.unwrap_or(0.0),
                                     quantile_values: a
-                                        .quantiles
+                                        .points
                                         .iter()
                                         .map(|(q, v)| ValueAtQuantile {
                                             quantile: *q,
