@@ -136,6 +136,17 @@ fn attrs_of(labels: &Labels, skip: Option<&str>) -> Vec<KeyValue> {
         .collect()
 }
 
+/// A histogram or summary family's metric.
+fn family_metric(f: &Family, data: metric::Data) -> Metric {
+    Metric {
+        name: f.name.clone(),
+        description: f.help.clone(),
+        unit: f.unit.clone(),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
 fn labels_without(labels: &Labels, skip: &str) -> Labels {
     labels.iter().filter(|(k, _)| k != skip).cloned().collect()
 }
@@ -309,11 +320,9 @@ impl TargetState {
                             Some(c) => c,
                             None => self.start_for(&key, count, now),
                         };
-                        let m = Metric {
-                            name: f.name.clone(),
-                            description: f.help.clone(),
-                            unit: f.unit.clone(),
-                            data: Some(metric::Data::Histogram(Histogram {
+                        let m = family_metric(
+                            f,
+                            metric::Data::Histogram(Histogram {
                                 data_points: vec![HistogramDataPoint {
                                     attributes: attrs,
                                     start_time_unix_nano: start,
@@ -325,9 +334,8 @@ impl TargetState {
                                     ..Default::default()
                                 }],
                                 aggregation_temporality: AggregationTemporality::Cumulative as i32,
-                            })),
-                            ..Default::default()
-                        };
+                            }),
+                        );
                         push(self, m, key);
                     }
                 }
@@ -343,11 +351,9 @@ impl TargetState {
                             Some(c) => c,
                             None => self.start_for(&key, count, now),
                         };
-                        let m = Metric {
-                            name: f.name.clone(),
-                            description: f.help.clone(),
-                            unit: f.unit.clone(),
-                            data: Some(metric::Data::Summary(Summary {
+                        let m = family_metric(
+                            f,
+                            metric::Data::Summary(Summary {
                                 data_points: vec![SummaryDataPoint {
                                     attributes: attrs,
                                     start_time_unix_nano: start,
@@ -364,9 +370,8 @@ impl TargetState {
                                         .collect(),
                                     ..Default::default()
                                 }],
-                            })),
-                            ..Default::default()
-                        };
+                            }),
+                        );
                         push(self, m, key);
                     }
                 }
