@@ -89,12 +89,7 @@ pub fn resolve_auth(
     components: Vec<ComponentDecl>,
     d: &mut Diagnostics,
 ) -> Vec<ComponentDecl> {
-    let enabled: Vec<ComponentId> = config
-        .service
-        .extensions
-        .iter()
-        .filter_map(|s| ComponentId::parse(s).ok())
-        .collect();
+    let enabled = config.enabled_extensions();
     let mut out = components;
     for decl in &mut out {
         let Some(map) = decl.settings.as_mapping_mut() else {
