@@ -198,6 +198,15 @@ fn accumulate(f: &Family, point_suffix: &str, point_label: &str) -> Vec<(Labels,
 }
 
 impl TargetState {
+    /// Start time of a cumulative series: its `_created` (seconds) when that is valid, else
+    /// [`Self::start_for`].
+    fn start_of(&mut self, key: &str, created: Option<f64>, value: f64, now: u64) -> u64 {
+        match created.filter(|c| c.is_finite() && *c > 0.0) {
+            Some(c) => (c * 1e9) as u64,
+            None => self.start_for(key, value, now),
+        }
+    }
+
     /// Start time for a cumulative series without `_created`: first seen, reset on decrease.
     fn start_for(&mut self, key: &str, value: f64, now: u64) -> u64 {
         match self.starts.get_mut(key) {
@@ -236,10 +245,6 @@ impl TargetState {
                 }
             }
         }
-        let created_ns = |v: Option<f64>| {
-            v.filter(|c| c.is_finite() && *c > 0.0)
-                .map(|c| (c * 1e9) as u64)
-        };
         let mut metrics: Vec<Metric> = Vec::new();
         let mut current: HashMap<String, Metric> = HashMap::new();
         let mut series_added = 0usize;
@@ -265,12 +270,12 @@ impl TargetState {
                         };
                         let attrs = attrs_of(&s.labels, None);
                         let key = series_key(&name, &attrs);
-                        let start = match created_ns(
+                        let start = self.start_of(
+                            &key,
                             created.get(&(base.to_string(), s.labels.clone())).copied(),
-                        ) {
-                            Some(c) => c,
-                            None => self.start_for(&key, s.value, now),
-                        };
+                            s.value,
+                            now,
+                        );
                         let m = Metric {
                             name,
                             description: f.help.clone(),
@@ -316,10 +321,7 @@ impl TargetState {
                         let created = a
                             .created
                             .or_else(|| created.get(&(f.name.clone(), ls.clone())).copied());
-                        let start = match created_ns(created) {
-                            Some(c) => c,
-                            None => self.start_for(&key, count, now),
-                        };
+                        let start = self.start_of(&key, created, count, now);
                         let m = family_metric(
                             f,
                             metric::Data::Histogram(Histogram {
@@ -347,10 +349,7 @@ impl TargetState {
                         let created = a
                             .created
                             .or_else(|| created.get(&(f.name.clone(), ls.clone())).copied());
-                        let start = match created_ns(created) {
-                            Some(c) => c,
-                            None => self.start_for(&key, count, now),
-                        };
+                        let start = self.start_of(&key, created, count, now);
                         let m = family_metric(
                             f,
                             metric::Data::Summary(Summary {
