@@ -247,17 +247,9 @@ impl Output {
     /// which happens during shutdown.
     pub async fn send(&self, signal: Signal) -> Result<(), SendError> {
         let targets = self.current();
-        let kind = signal.kind();
-        let Some(target) = targets
-            .iter()
-            .find(|t| t.kind == kind && !t.senders.is_empty())
-        else {
+        let Some((target, n)) = addressee(&targets, &signal) else {
             return Ok(());
         };
-        if signal.is_empty() {
-            return Ok(());
-        }
-        let n = signal.item_count() as u64;
         let mut refused = false;
         let open: Vec<&async_channel::Sender<Signal>> = target
             .senders
@@ -293,17 +285,9 @@ impl Output {
     /// that is full misses this batch and the drop is counted.
     pub fn try_send(&self, signal: Signal) -> Result<(), SendError> {
         let targets = self.current();
-        let kind = signal.kind();
-        let Some(target) = targets
-            .iter()
-            .find(|t| t.kind == kind && !t.senders.is_empty())
-        else {
+        let Some((target, n)) = addressee(&targets, &signal) else {
             return Ok(());
         };
-        if signal.is_empty() {
-            return Ok(());
-        }
-        let n = signal.item_count() as u64;
         let mut full = false;
         let mut refused = false;
         let mut delivered = false;
@@ -333,6 +317,19 @@ impl Output {
             (false, false, false) => Err(SendError::Closed),
         }
     }
+}
+
+/// The target a batch goes to and its item count; `None` when no one takes its kind or it is
+/// empty (nothing to send).
+fn addressee<'a>(targets: &'a [Target], signal: &Signal) -> Option<(&'a Target, u64)> {
+    let kind = signal.kind();
+    let target = targets
+        .iter()
+        .find(|t| t.kind == kind && !t.senders.is_empty())?;
+    if signal.is_empty() {
+        return None;
+    }
+    Some((target, signal.item_count() as u64))
 }
 
 /// A component outside the pipelines (the collector's extensions): it serves something beside

@@ -10,7 +10,11 @@
 //! * [`pipeline`]: validation of the whole graph, wiring with bounded channels, lifecycle;
 //! * [`signal`]: the batches that flow (OTLP types and Celery events, behind `Arc`);
 //! * [`celery`]: the Celery domain (event model, envelope decoding);
-//! * [`receivers`], [`processors`], [`connectors`], [`exporters`]: one file per component;
+//! * [`receivers`], [`processors`], [`connectors`], [`exporters`]: one file or folder per
+//!   component; pieces several of them share sit beside them (`exporters::retry`,
+//!   `exporters::backoff`, `exporters::sending_queue`, `exporters::prom`);
+//! * [`otlp`]: building and reading OTLP data (attributes, resources, scopes, the clock,
+//!   attribute values as text or JSON), shared by the components that make or read it;
 //! * [`extensions`]: components beside the pipelines (the `celery_ui` dashboard and API);
 //! * [`prompb`]: the Prometheus remote-write protobuf messages;
 //! * [`telemetry`]: the agent's own `/metrics`, `/healthz` and logs;
@@ -18,6 +22,7 @@
 //! * [`redis_broker`]: reaching a Redis broker (wire format, addresses, Sentinel), shared by
 //!   the Redis receivers and `celery_ui`;
 //! * [`amqp`]: AMQP (RabbitMQ) broker URLs and connections, shared by the AMQP components;
+//! * [`serve`]: serving HTTP (bind, serve, graceful drain), shared by every server;
 //! * [`tls`]: TLS settings and rustls configurations shared by servers and clients;
 //! * [`time`]: wall clock, ISO 8601 / RFC 3339 timestamps, shared by every component.
 

@@ -6,6 +6,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::{Metric, ResourceMetrics, ScopeMetrics};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use serde_json::{Map, Value as Json};
 
@@ -51,6 +52,23 @@ pub fn scope(name: &str) -> InstrumentationScope {
     InstrumentationScope {
         name: name.into(),
         version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    }
+}
+
+/// One resource's metrics, all from the scope `scope` (see [`scope`]).
+pub fn resource_metrics(
+    resource_attributes: Vec<KeyValue>,
+    scope_name: &str,
+    metrics: Vec<Metric>,
+) -> ResourceMetrics {
+    ResourceMetrics {
+        resource: Some(resource(resource_attributes)),
+        scope_metrics: vec![ScopeMetrics {
+            scope: Some(scope(scope_name)),
+            metrics,
+            ..Default::default()
+        }],
         ..Default::default()
     }
 }

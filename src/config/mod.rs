@@ -150,6 +150,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// The extensions `service.extensions` enables (names that do not parse are left out).
+    pub fn enabled_extensions(&self) -> Vec<ComponentId> {
+        self.service
+            .extensions
+            .iter()
+            .filter_map(|s| ComponentId::parse(s).ok())
+            .collect()
+    }
+
     pub fn component(&self, section: Section, id: &ComponentId) -> Option<&ComponentDecl> {
         self.components
             .iter()
@@ -185,19 +194,26 @@ pub fn load_uris_partial(uris: &[String]) -> (Option<Config>, Diagnostics) {
     }
 }
 
-/// Shape-check YAML `text`; `file` names it in diagnostics.
-pub fn parse(text: &str, file: &str) -> (Option<Config>, Diagnostics) {
-    let mut d = Diagnostics::new(file, text);
-    let root: Value = match serde_yaml_ng::from_str(text) {
-        Ok(v) => v,
+/// YAML `text` as a value; invalid YAML is an error at its line and column.
+fn parse_yaml(text: &str, d: &mut Diagnostics) -> Option<Value> {
+    match serde_yaml_ng::from_str(text) {
+        Ok(v) => Some(v),
         Err(e) => {
             let pos = e.location().map(|l| Pos {
                 line: l.line(),
                 col: l.column(),
             });
             d.push_at(Severity::Error, "", pos, format!("invalid YAML: {e}"));
-            return (None, d);
+            None
         }
+    }
+}
+
+/// Shape-check YAML `text`; `file` names it in diagnostics.
+pub fn parse(text: &str, file: &str) -> (Option<Config>, Diagnostics) {
+    let mut d = Diagnostics::new(file, text);
+    let Some(root) = parse_yaml(text, &mut d) else {
+        return (None, d);
     };
     let (cfg, d) = check(root, d);
     if d.has_errors() {

@@ -12,7 +12,7 @@
 //!
 //! `${…}` references are expanded afterwards, over the merged result (see [`super::expand`]).
 
-use super::{Diagnostics, Pos, Severity, Value};
+use super::{Diagnostics, Value};
 
 /// The `yaml:` URI the collector makes of `--set k.a=v` (otelcol/flags.go).
 pub fn set_to_uri(set: &str) -> Result<String, String> {
@@ -87,17 +87,7 @@ fn retrieve(uri: &str, d: &mut Diagnostics) -> Option<Value> {
         }
     };
     d.add_source(&name, &text);
-    let v: Value = match serde_yaml_ng::from_str(&text) {
-        Ok(v) => v,
-        Err(e) => {
-            let pos = e.location().map(|l| Pos {
-                line: l.line(),
-                col: l.column(),
-            });
-            d.push_at(Severity::Error, "", pos, format!("invalid YAML: {e}"));
-            return None;
-        }
-    };
+    let v = super::parse_yaml(&text, d)?;
     match v {
         Value::Null => Some(Value::Mapping(Default::default())),
         Value::Mapping(_) => Some(unflatten(v)),

@@ -1,4 +1,7 @@
-//! Exporters: the ends of pipelines. One file per component.
+//! Exporters: the ends of pipelines. One file or folder per component; beside them what several
+//! share: [`retry`] (`retry_on_failure` and the pacing of a request's attempts), [`backoff`]
+//! (jittered exponential backoff), [`sending_queue`] (the file queue) and [`prom`] (metrics as
+//! Prometheus series).
 
 pub mod backoff;
 pub mod debug;

@@ -14,6 +14,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::component::{BoxRun, Context, Extension, Host};
+
 use crate::config::{
     self, ComponentDecl, ComponentId, Config, DecodeError, Diagnostics, Section, Value,
 };
@@ -89,12 +91,7 @@ pub fn resolve_auth(
     components: Vec<ComponentDecl>,
     d: &mut Diagnostics,
 ) -> Vec<ComponentDecl> {
-    let enabled: Vec<ComponentId> = config
-        .service
-        .extensions
-        .iter()
-        .filter_map(|s| ComponentId::parse(s).ok())
-        .collect();
+    let enabled = config.enabled_extensions();
     let mut out = components;
     for decl in &mut out {
         let Some(map) = decl.settings.as_mapping_mut() else {
@@ -200,6 +197,19 @@ pub fn resolve_auth(
         }
     }
     out
+}
+
+/// What an auth extension runs: nothing. Its credentials are applied where they are referenced
+/// ([`resolve_auth`]); it waits for shutdown.
+pub struct Passive;
+
+impl Extension for Passive {
+    fn run(self: Box<Self>, ctx: Context, _host: Host) -> BoxRun {
+        Box::pin(async move {
+            ctx.shutdown.cancelled().await;
+            Ok(())
+        })
+    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::component::{BoxRun, BuildResult, Context, Extension, Factory, Host, Registration};
+use super::auth::Passive;
+use crate::component::{BuildResult, Extension, Factory, Registration};
 use crate::config::{self, types::Secret, DecodeError, Value};
 
 pub const REGISTRATION: Registration = Registration {
@@ -131,18 +132,6 @@ fn build(v: &Value) -> BuildResult<dyn Extension> {
         }
     }
     Ok(Box::new(Passive))
-}
-
-/// Nothing runs: the credentials are applied where they are referenced.
-struct Passive;
-
-impl Extension for Passive {
-    fn run(self: Box<Self>, ctx: Context, _host: Host) -> BoxRun {
-        Box::pin(async move {
-            ctx.shutdown.cancelled().await;
-            Ok(())
-        })
-    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::component::{BoxRun, BuildResult, Context, Extension, Factory, Host, Registration};
+use super::auth::Passive;
+use crate::component::{BuildResult, Extension, Factory, Registration};
 use crate::config::{self, types::Secret, DecodeError, Value};
 
 pub const REGISTRATION: Registration = Registration {
@@ -85,17 +86,5 @@ fn build(v: &Value) -> BuildResult<dyn Extension> {
             "set either token or filename, not both",
         )),
         _ => Ok(Box::new(Passive)),
-    }
-}
-
-/// Nothing runs: the token is applied where it is referenced.
-struct Passive;
-
-impl Extension for Passive {
-    fn run(self: Box<Self>, ctx: Context, _host: Host) -> BoxRun {
-        Box::pin(async move {
-            ctx.shutdown.cancelled().await;
-            Ok(())
-        })
     }
 }

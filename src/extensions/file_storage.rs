@@ -110,12 +110,7 @@ impl Extension for FileStorage {
 /// replaced by `storage: file` and that extension's `directory`. Bad references are reported
 /// in `d` (and replaced by `memory`, so that each mistake is reported once).
 pub fn resolve_storage(config: &Config, d: &mut Diagnostics) -> Vec<ComponentDecl> {
-    let enabled: Vec<ComponentId> = config
-        .service
-        .extensions
-        .iter()
-        .filter_map(|s| ComponentId::parse(s).ok())
-        .collect();
+    let enabled = config.enabled_extensions();
     let mut out = config.components.clone();
     for decl in out.iter_mut().filter(|c| c.section == Section::Exporters) {
         let Some(queue) = decl

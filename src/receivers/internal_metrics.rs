@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use opentelemetry_proto::tonic::metrics::v1::{
     metric, number_data_point, AggregationTemporality, Gauge, Metric, NumberDataPoint,
-    ResourceMetrics, ScopeMetrics, Sum,
+    ResourceMetrics, Sum,
 };
 use serde::{Deserialize, Serialize};
 
@@ -127,15 +127,11 @@ fn to_otlp(families: &[FamilySnapshot], start: u64, now: u64) -> ResourceMetrics
             }
         })
         .collect();
-    ResourceMetrics {
-        resource: Some(otlp::resource(vec![str_kv("service.name", "celeriac")])),
-        scope_metrics: vec![ScopeMetrics {
-            scope: Some(otlp::scope("celeriac.internal_metrics")),
-            metrics,
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+    otlp::resource_metrics(
+        vec![str_kv("service.name", "celeriac")],
+        "celeriac.internal_metrics",
+        metrics,
+    )
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use crate::otlp::{self, str_kv as kv};
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{
     metric, number_data_point, AggregationTemporality, Gauge, Histogram, HistogramDataPoint,
-    Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+    Metric, NumberDataPoint, ResourceMetrics, Sum,
 };
 
 /// The per-state task counters, in celery-exporter's order.
@@ -357,15 +357,11 @@ pub fn to_otlp(
             ..Default::default()
         });
     }
-    ResourceMetrics {
-        resource: Some(otlp::resource(vec![kv("service.name", service_name)])),
-        scope_metrics: vec![ScopeMetrics {
-            scope: Some(otlp::scope("celeriac.celery_correlate")),
-            metrics,
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+    otlp::resource_metrics(
+        vec![kv("service.name", service_name)],
+        "celeriac.celery_correlate",
+        metrics,
+    )
 }
 
 #[cfg(test)]

@@ -581,6 +581,32 @@ fn scope_details(s: Option<&InstrumentationScope>, schema_url: &str) -> String {
     }
 }
 
+/// A normal-format resource header: `ResourceLog #0 [schema] a=1`.
+fn resource_line(out: &mut String, title: &str, i: usize, schema_url: &str, r: Option<&Resource>) {
+    let _ = writeln!(
+        out,
+        "{title} #{i}{}{}",
+        resource_details(schema_url),
+        kv_suffix(resource_attrs(r))
+    );
+}
+
+/// A normal-format scope header: `ScopeLog #0 name@version [schema] a=1`.
+fn scope_line(
+    out: &mut String,
+    title: &str,
+    j: usize,
+    scope: Option<&InstrumentationScope>,
+    schema_url: &str,
+) {
+    let _ = writeln!(
+        out,
+        "{title} #{j}{}{}",
+        scope_details(scope, schema_url),
+        kv_suffix(scope_attrs(scope))
+    );
+}
+
 fn resource_attrs(r: Option<&Resource>) -> &[KeyValue] {
     r.map_or(&[][..], |r| &r.attributes)
 }
@@ -593,18 +619,20 @@ fn scope_attrs(s: Option<&InstrumentationScope>) -> &[KeyValue] {
 pub fn normal_traces(rss: &[ResourceSpans]) -> String {
     let mut out = String::new();
     for (i, rs) in rss.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "ResourceTraces #{i}{}{}",
-            resource_details(&rs.schema_url),
-            kv_suffix(resource_attrs(rs.resource.as_ref()))
+        resource_line(
+            &mut out,
+            "ResourceTraces",
+            i,
+            &rs.schema_url,
+            rs.resource.as_ref(),
         );
         for (j, ss) in rs.scope_spans.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "ScopeTraces #{j}{}{}",
-                scope_details(ss.scope.as_ref(), &ss.schema_url),
-                kv_suffix(scope_attrs(ss.scope.as_ref()))
+            scope_line(
+                &mut out,
+                "ScopeTraces",
+                j,
+                ss.scope.as_ref(),
+                &ss.schema_url,
             );
             for span in &ss.spans {
                 let _ = write!(
@@ -628,19 +656,15 @@ pub fn normal_traces(rss: &[ResourceSpans]) -> String {
 pub fn normal_logs(rls: &[ResourceLogs]) -> String {
     let mut out = String::new();
     for (i, rl) in rls.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "ResourceLog #{i}{}{}",
-            resource_details(&rl.schema_url),
-            kv_suffix(resource_attrs(rl.resource.as_ref()))
+        resource_line(
+            &mut out,
+            "ResourceLog",
+            i,
+            &rl.schema_url,
+            rl.resource.as_ref(),
         );
         for (j, sl) in rl.scope_logs.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "ScopeLog #{j}{}{}",
-                scope_details(sl.scope.as_ref(), &sl.schema_url),
-                kv_suffix(scope_attrs(sl.scope.as_ref()))
-            );
+            scope_line(&mut out, "ScopeLog", j, sl.scope.as_ref(), &sl.schema_url);
             for lr in &sl.log_records {
                 let _ = writeln!(
                     out,
@@ -658,18 +682,20 @@ pub fn normal_logs(rls: &[ResourceLogs]) -> String {
 pub fn normal_metrics(rms: &[ResourceMetrics]) -> String {
     let mut out = String::new();
     for (i, rm) in rms.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "ResourceMetrics #{i}{}{}",
-            resource_details(&rm.schema_url),
-            kv_suffix(resource_attrs(rm.resource.as_ref()))
+        resource_line(
+            &mut out,
+            "ResourceMetrics",
+            i,
+            &rm.schema_url,
+            rm.resource.as_ref(),
         );
         for (j, sm) in rm.scope_metrics.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "ScopeMetrics #{j}{}{}",
-                scope_details(sm.scope.as_ref(), &sm.schema_url),
-                kv_suffix(scope_attrs(sm.scope.as_ref()))
+            scope_line(
+                &mut out,
+                "ScopeMetrics",
+                j,
+                sm.scope.as_ref(),
+                &sm.schema_url,
             );
             for m in &sm.metrics {
                 let numbers = |out: &mut String, ps: &[NumberDataPoint]| {

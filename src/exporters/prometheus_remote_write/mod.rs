@@ -84,9 +84,9 @@
 //!       randomization_factor: 0.5
 //! ```
 //!
-//! The parts: [`config`] (the settings), [`series`] (OTLP → samples per shard, timestamp order,
-//! staleness; no I/O), [`wire`] (the request encoding), [`shard`] (each shard's bounded queue)
-//! and [`sender`] (requests, retries, the file queue). This file builds the exporter and runs it.
+//! The parts: `config.rs` (the settings), `series.rs` (OTLP → samples per shard, timestamp order,
+//! staleness; no I/O), `wire.rs` (the request encoding), `shard.rs` (each shard's bounded queue)
+//! and `sender.rs` (requests, retries, the file queue). This file builds the exporter and runs it.
 
 mod config;
 mod sender;

@@ -263,6 +263,15 @@ impl Filelog {
     }
 }
 
+/// A record's body as text, for failure reports.
+fn body_text(e: &Entry) -> String {
+    e.record
+        .body
+        .as_ref()
+        .and_then(operators::as_text)
+        .unwrap_or_default()
+}
+
 /// Operator failures of one conversion, by operator.
 #[derive(Debug, Default)]
 pub struct OpFailures {
@@ -328,21 +337,11 @@ pub fn to_logs(
             match op.apply(&mut e) {
                 Ok(()) => {}
                 Err(operators::OpError::Sent { op, reason, quiet }) => {
-                    let body = e
-                        .record
-                        .body
-                        .as_ref()
-                        .and_then(operators::as_text)
-                        .unwrap_or_default();
+                    let body = body_text(&e);
                     fails.note(op, false, quiet, &reason, &body);
                 }
                 Err(operators::OpError::Dropped { op, reason, quiet }) => {
-                    let body = e
-                        .record
-                        .body
-                        .as_ref()
-                        .and_then(operators::as_text)
-                        .unwrap_or_default();
+                    let body = body_text(&e);
                     fails.note(op, true, quiet, &reason, &body);
                     continue 'lines;
                 }

@@ -21,8 +21,8 @@ use std::collections::HashMap;
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
     metric, number_data_point, summary_data_point::ValueAtQuantile, AggregationTemporality, Gauge,
-    Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
-    Summary, SummaryDataPoint,
+    Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, Sum, Summary,
+    SummaryDataPoint,
 };
 
 use super::parse::{Family, Kind};
@@ -136,29 +136,77 @@ fn attrs_of(labels: &Labels, skip: Option<&str>) -> Vec<KeyValue> {
         .collect()
 }
 
+/// A histogram or summary family's metric.
+fn family_metric(f: &Family, data: metric::Data) -> Metric {
+    Metric {
+        name: f.name.clone(),
+        description: f.help.clone(),
+        unit: f.unit.clone(),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
 fn labels_without(labels: &Labels, skip: &str) -> Labels {
     labels.iter().filter(|(k, _)| k != skip).cloned().collect()
 }
 
+/// The samples of one histogram or summary series (its labels without `le` / `quantile`).
 #[derive(Default)]
-struct HistAcc {
-    buckets: Vec<(f64, f64)>,
+struct Acc {
+    /// `(le, cumulative count)` buckets or `(quantile, value)` pairs.
+    points: Vec<(f64, f64)>,
     count: Option<f64>,
     sum: Option<f64>,
     created: Option<f64>,
     ts: Option<i64>,
 }
 
-#[derive(Default)]
-struct SumAcc {
-    quantiles: Vec<(f64, f64)>,
-    count: Option<f64>,
-    sum: Option<f64>,
-    created: Option<f64>,
-    ts: Option<i64>,
+/// A histogram's or summary's samples as series, in first-seen order: a sample named
+/// `<family><point_suffix>` is a point keyed by its label `point_label`.
+fn accumulate(f: &Family, point_suffix: &str, point_label: &str) -> Vec<(Labels, Acc)> {
+    let mut accs: Vec<(Labels, Acc)> = Vec::new();
+    for s in &f.samples {
+        let ls = labels_without(&s.labels, point_label);
+        let i = match accs.iter().position(|(l, _)| *l == ls) {
+            Some(i) => i,
+            None => {
+                accs.push((ls, Acc::default()));
+                accs.len() - 1
+            }
+        };
+        let a = &mut accs[i].1;
+        a.ts = a.ts.or(s.timestamp_ms);
+        match &s.name[f.name.len().min(s.name.len())..] {
+            suffix if suffix == point_suffix => {
+                if let Some(p) = s
+                    .labels
+                    .iter()
+                    .find(|(k, _)| k == point_label)
+                    .and_then(|(_, v)| super::parse::parse_value(v))
+                {
+                    a.points.push((p, s.value));
+                }
+            }
+            "_count" => a.count = Some(s.value),
+            "_sum" => a.sum = Some(s.value),
+            "_created" => a.created = Some(s.value),
+            _ => {}
+        }
+    }
+    accs
 }
 
 impl TargetState {
+    /// Start time of a cumulative series: its `_created` (seconds) when that is valid, else
+    /// [`Self::start_for`].
+    fn start_of(&mut self, key: &str, created: Option<f64>, value: f64, now: u64) -> u64 {
+        match created.filter(|c| c.is_finite() && *c > 0.0) {
+            Some(c) => (c * 1e9) as u64,
+            None => self.start_for(key, value, now),
+        }
+    }
+
     /// Start time for a cumulative series without `_created`: first seen, reset on decrease.
     fn start_for(&mut self, key: &str, value: f64, now: u64) -> u64 {
         match self.starts.get_mut(key) {
@@ -197,10 +245,6 @@ impl TargetState {
                 }
             }
         }
-        let created_ns = |v: Option<f64>| {
-            v.filter(|c| c.is_finite() && *c > 0.0)
-                .map(|c| (c * 1e9) as u64)
-        };
         let mut metrics: Vec<Metric> = Vec::new();
         let mut current: HashMap<String, Metric> = HashMap::new();
         let mut series_added = 0usize;
@@ -226,12 +270,12 @@ impl TargetState {
                         };
                         let attrs = attrs_of(&s.labels, None);
                         let key = series_key(&name, &attrs);
-                        let start = match created_ns(
+                        let start = self.start_of(
+                            &key,
                             created.get(&(base.to_string(), s.labels.clone())).copied(),
-                        ) {
-                            Some(c) => c,
-                            None => self.start_for(&key, s.value, now),
-                        };
+                            s.value,
+                            now,
+                        );
                         let m = Metric {
                             name,
                             description: f.help.clone(),
@@ -253,46 +297,14 @@ impl TargetState {
                     }
                 }
                 Kind::Histogram => {
-                    let mut accs: Vec<(Labels, HistAcc)> = Vec::new();
-                    for s in &f.samples {
-                        let ls = labels_without(&s.labels, "le");
-                        let i = match accs.iter().position(|(l, _)| *l == ls) {
-                            Some(i) => i,
-                            None => {
-                                accs.push((ls, HistAcc::default()));
-                                accs.len() - 1
-                            }
-                        };
-                        let a = &mut accs[i].1;
-                        a.ts = a.ts.or(s.timestamp_ms);
-                        let suffix = &s.name[f.name.len().min(s.name.len())..];
-                        match suffix {
-                            "_bucket" => {
-                                let le = s
-                                    .labels
-                                    .iter()
-                                    .find(|(k, _)| k == "le")
-                                    .and_then(|(_, v)| super::parse::parse_value(v));
-                                if let Some(le) = le {
-                                    a.buckets.push((le, s.value));
-                                }
-                            }
-                            "_count" => a.count = Some(s.value),
-                            "_sum" => a.sum = Some(s.value),
-                            "_created" => a.created = Some(s.value),
-                            _ => {}
-                        }
-                    }
-                    for (ls, mut a) in accs {
-                        a.buckets.sort_by(|x, y| x.0.total_cmp(&y.0));
+                    for (ls, mut a) in accumulate(f, "_bucket", "le") {
+                        a.points.sort_by(|x, y| x.0.total_cmp(&y.0));
                         let count = a
                             .count
-                            .or_else(|| {
-                                a.buckets.iter().find(|b| b.0 == f64::INFINITY).map(|b| b.1)
-                            })
+                            .or_else(|| a.points.iter().find(|b| b.0 == f64::INFINITY).map(|b| b.1))
                             .unwrap_or(0.0);
                         let finite: Vec<(f64, f64)> = a
-                            .buckets
+                            .points
                             .iter()
                             .copied()
                             .filter(|b| b.0.is_finite())
@@ -309,15 +321,10 @@ impl TargetState {
                         let created = a
                             .created
                             .or_else(|| created.get(&(f.name.clone(), ls.clone())).copied());
-                        let start = match created_ns(created) {
-                            Some(c) => c,
-                            None => self.start_for(&key, count, now),
-                        };
-                        let m = Metric {
-                            name: f.name.clone(),
-                            description: f.help.clone(),
-                            unit: f.unit.clone(),
-                            data: Some(metric::Data::Histogram(Histogram {
+                        let start = self.start_of(&key, created, count, now);
+                        let m = family_metric(
+                            f,
+                            metric::Data::Histogram(Histogram {
                                 data_points: vec![HistogramDataPoint {
                                     attributes: attrs,
                                     start_time_unix_nano: start,
@@ -329,58 +336,23 @@ impl TargetState {
                                     ..Default::default()
                                 }],
                                 aggregation_temporality: AggregationTemporality::Cumulative as i32,
-                            })),
-                            ..Default::default()
-                        };
+                            }),
+                        );
                         push(self, m, key);
                     }
                 }
                 Kind::Summary => {
-                    let mut accs: Vec<(Labels, SumAcc)> = Vec::new();
-                    for s in &f.samples {
-                        let ls = labels_without(&s.labels, "quantile");
-                        let i = match accs.iter().position(|(l, _)| *l == ls) {
-                            Some(i) => i,
-                            None => {
-                                accs.push((ls, SumAcc::default()));
-                                accs.len() - 1
-                            }
-                        };
-                        let a = &mut accs[i].1;
-                        a.ts = a.ts.or(s.timestamp_ms);
-                        match &s.name[f.name.len().min(s.name.len())..] {
-                            "" => {
-                                if let Some(q) = s
-                                    .labels
-                                    .iter()
-                                    .find(|(k, _)| k == "quantile")
-                                    .and_then(|(_, v)| super::parse::parse_value(v))
-                                {
-                                    a.quantiles.push((q, s.value));
-                                }
-                            }
-                            "_count" => a.count = Some(s.value),
-                            "_sum" => a.sum = Some(s.value),
-                            "_created" => a.created = Some(s.value),
-                            _ => {}
-                        }
-                    }
-                    for (ls, a) in accs {
+                    for (ls, a) in accumulate(f, "", "quantile") {
                         let attrs = attrs_of(&ls, None);
                         let key = series_key(&f.name, &attrs);
                         let count = a.count.unwrap_or(0.0);
                         let created = a
                             .created
                             .or_else(|| created.get(&(f.name.clone(), ls.clone())).copied());
-                        let start = match created_ns(created) {
-                            Some(c) => c,
-                            None => self.start_for(&key, count, now),
-                        };
-                        let m = Metric {
-                            name: f.name.clone(),
-                            description: f.help.clone(),
-                            unit: f.unit.clone(),
-                            data: Some(metric::Data::Summary(Summary {
+                        let start = self.start_of(&key, created, count, now);
+                        let m = family_metric(
+                            f,
+                            metric::Data::Summary(Summary {
                                 data_points: vec![SummaryDataPoint {
                                     attributes: attrs,
                                     start_time_unix_nano: start,
@@ -388,7 +360,7 @@ impl TargetState {
                                     count: count as u64,
                                     sum: a.sum.unwrap_or(0.0),
                                     quantile_values: a
-                                        .quantiles
+                                        .points
                                         .iter()
                                         .map(|(q, v)| ValueAtQuantile {
                                             quantile: *q,
@@ -397,9 +369,8 @@ impl TargetState {
                                         .collect(),
                                     ..Default::default()
                                 }],
-                            })),
-                            ..Default::default()
-                        };
+                            }),
+                        );
                         push(self, m, key);
                     }
                 }
@@ -560,18 +531,14 @@ fn scrape_metrics(
 }
 
 fn resource(target: &TargetInfo<'_>, metrics: Vec<Metric>) -> ResourceMetrics {
-    ResourceMetrics {
-        resource: Some(otlp::resource(vec![
+    otlp::resource_metrics(
+        vec![
             kv("service.name", target.job),
             kv("service.instance.id", target.instance),
-        ])),
-        scope_metrics: vec![ScopeMetrics {
-            scope: Some(otlp::scope("celeriac.prometheus")),
-            metrics,
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+        ],
+        "celeriac.prometheus",
+        metrics,
+    )
 }
 
 /// Samples parsed, for benches and counters.

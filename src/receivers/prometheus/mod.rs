@@ -617,6 +617,22 @@ fn read_sd(files: &[(PathBuf, Option<SystemTime>)]) -> (Vec<(Group, Option<Strin
     (groups, errors)
 }
 
+/// A job's `static_configs` as target groups (with no discovery source).
+fn static_groups(job: &Job) -> Vec<(Group, Option<String>)> {
+    job.statics
+        .iter()
+        .map(|s| {
+            (
+                Group {
+                    targets: s.targets.clone(),
+                    labels: s.labels.clone(),
+                },
+                None,
+            )
+        })
+        .collect()
+}
+
 pub struct PrometheusReceiver {
     jobs: Arc<Vec<Arc<Job>>>,
 }
@@ -680,19 +696,7 @@ async fn run_job(job: Arc<Job>, ctx: Context, out: Output) {
         },
     };
     let client = scrape::client(tls, job.timeout);
-    let statics: Vec<(Group, Option<String>)> = job
-        .statics
-        .iter()
-        .map(|s| {
-            (
-                Group {
-                    targets: s.targets.clone(),
-                    labels: s.labels.clone(),
-                },
-                None,
-            )
-        })
-        .collect();
+    let statics = static_groups(&job);
     let mut running: HashMap<Target, CancellationToken> = HashMap::new();
     let mut handles = tokio::task::JoinSet::new();
     let mut files_seen: Option<Vec<(PathBuf, Option<SystemTime>)>> = None;
@@ -876,19 +880,7 @@ config:
             "min(global timeout, interval)"
         );
         assert_eq!(j[0].body_limit, 10 << 20);
-        let groups: Vec<_> = j[0]
-            .statics
-            .iter()
-            .map(|s| {
-                (
-                    Group {
-                        targets: s.targets.clone(),
-                        labels: s.labels.clone(),
-                    },
-                    None,
-                )
-            })
-            .collect();
+        let groups = static_groups(&j[0]);
         let t = targets_of(&j[0], &groups);
         assert_eq!(t.len(), 1);
         assert_eq!(t[0].url, "http://127.0.0.1:8000/metrics?module=a&module=b");
