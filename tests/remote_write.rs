@@ -31,7 +31,7 @@ use celeriac::component::{Context, Input};
 use celeriac::config::Value;
 use celeriac::prompb::WriteRequest;
 use celeriac::registry::lookup;
-use celeriac::signal::Signal;
+use celeriac::signal::{Batch, Signal};
 use celeriac::telemetry::{Counter, Telemetry};
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
@@ -408,8 +408,9 @@ fn kv(k: &str, v: &str) -> KeyValue {
 }
 
 /// A celery_correlate-like batch: `celery_task_succeeded` for `names`, value = `v`, at `ts_ms`.
-fn counters(names: &[String], v: f64, ts_ms: u64) -> Signal {
-    Signal::Metrics(Arc::new(vec![ResourceMetrics {
+/// One batch of counters, as the exporter's input channel carries it.
+fn counters(names: &[String], v: f64, ts_ms: u64) -> Batch {
+    let rm = vec![ResourceMetrics {
         resource: Some(Resource {
             attributes: vec![kv("service.name", "celery")],
             ..Default::default()
@@ -435,12 +436,13 @@ fn counters(names: &[String], v: f64, ts_ms: u64) -> Signal {
             ..Default::default()
         }],
         ..Default::default()
-    }]))
+    }];
+    Signal::Metrics(Arc::new(rm)).into()
 }
 
 /// The exporter, in process, fed through its input channel.
 struct Running {
-    tx: async_channel::Sender<Signal>,
+    tx: async_channel::Sender<Batch>,
     run: tokio::task::JoinHandle<Result<(), celeriac::component::ComponentError>>,
     telemetry: Telemetry,
 }

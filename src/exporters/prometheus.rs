@@ -1112,7 +1112,7 @@ mod tests {
             }),
         );
         in_tx
-            .send(Signal::Metrics(Arc::new(batch(vec![], vec![g, e]))))
+            .send(Signal::Metrics(Arc::new(batch(vec![], vec![g, e]))).into())
             .await
             .unwrap();
 

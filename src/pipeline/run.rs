@@ -35,11 +35,11 @@ use crate::component::{
     StatusBoard,
 };
 use crate::config::{Config, Section, ServiceSettings, Value};
-use crate::signal::{Signal, SignalKind};
+use crate::signal::{Batch, Carry, SignalKind};
 use crate::telemetry::Telemetry;
 
-type Tx = async_channel::Sender<Signal>;
-type Rx = async_channel::Receiver<Signal>;
+type Tx = async_channel::Sender<Batch>;
+type Rx = async_channel::Receiver<Batch>;
 
 /// How a run ended.
 #[derive(Debug, thiserror::Error)]
@@ -418,6 +418,16 @@ impl Runtime {
                 .iter()
                 .filter_map(|(_, proc_)| proc_.admission())
                 .collect();
+            let latency = Some(self.telemetry.histogram(
+                "celeriac_pipeline_latency_seconds",
+                "Seconds from the moment a receiver had an item's bytes (or a connector produced it) to the moment the pipeline's exporter handed it to the network (or a connector or pull exporter took it); each item counts with the age of the oldest in its batch.",
+                &[("pipeline", &p.id.to_string())],
+            ));
+            let link = |tx: &Tx, gates: Vec<Admission>| GatedSender {
+                tx: tx.clone(),
+                gates,
+                latency: latency.clone(),
+            };
             let entry = if p.processors.is_empty() {
                 sinks
             } else {
@@ -431,14 +441,18 @@ impl Runtime {
                         let (tx, rx2) = async_channel::bounded(cap);
                         (vec![tx], Some(rx2))
                     };
-                    let out_targets = out_targets.into_iter().map(|tx| (tx, Vec::new())).collect();
+                    let out_targets = out_targets.iter().map(|tx| link(tx, Vec::new())).collect();
+                    let carry = Carry::default();
                     let out = output(
                         &self.telemetry,
                         Kind::Processor,
                         &label,
                         vec![(p.signal, out_targets)],
-                    );
-                    let inp = self.input(Kind::Processor, &label, rx.clone());
+                    )
+                    .carrying(carry.clone());
+                    let inp = self
+                        .input(Kind::Processor, &label, rx.clone())
+                        .carrying(carry);
                     let ctx = self.ctx(&label, self.receivers_stop.clone());
                     processor_runs.push((label, proc_.run(ctx, inp, out)));
                     if let Some(r) = next_rx {
@@ -453,7 +467,7 @@ impl Runtime {
                     .or_default()
                     .entry(p.signal)
                     .or_default()
-                    .extend(entry.iter().map(|tx| (tx.clone(), gates.clone())));
+                    .extend(entry.iter().map(|tx| link(tx, gates.clone())));
             }
         }
 
