@@ -103,6 +103,8 @@ ITEM_KEY = {"traces": "spans", "metrics": "data_points", "logs": "log_records"}
 
 
 def agent_config(grpc_port, http_port, telemetry_port, sink_port, batch):
+    """`otlp → batch → otlp`; with `batch` 0, `otlp → otlp` (no batching wait)."""
+    processors = "processors: [batch], " if batch else ""
     return f"""
 receivers:
   otlp:
@@ -118,9 +120,9 @@ exporters:
 service:
   telemetry: {{ endpoint: 127.0.0.1:{telemetry_port} }}
   pipelines:
-    traces: {{ receivers: [otlp], processors: [batch], exporters: [otlp] }}
-    metrics: {{ receivers: [otlp], processors: [batch], exporters: [otlp] }}
-    logs: {{ receivers: [otlp], processors: [batch], exporters: [otlp] }}
+    traces: {{ receivers: [otlp], {processors}exporters: [otlp] }}
+    metrics: {{ receivers: [otlp], {processors}exporters: [otlp] }}
+    logs: {{ receivers: [otlp], {processors}exporters: [otlp] }}
 """
 
 
@@ -248,7 +250,8 @@ def main():
     ap.add_argument("--ceiling-seconds", type=float, default=3)
     ap.add_argument("--connections", type=int, default=4)
     ap.add_argument("--in-flight", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=8192)
+    ap.add_argument("--batch", type=int, default=8192,
+                    help="the batch processor's send_batch_size; 0: no batch processor")
     ap.add_argument("--rate", type=float, default=0,
                     help="requests per second over all connections (default: as fast as accepted)")
     ap.add_argument("--callgrind", metavar="DIR",
