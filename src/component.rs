@@ -317,54 +317,62 @@ impl Output {
             .any(|s| s.closed_gate().is_some())
     }
 
+    /// Where `signal` goes: `None` when no pipeline takes its kind or it is empty. Channels
+    /// behind a closed admission gate are left out, their refusal counted.
+    fn route(&self, signal: &Signal) -> Option<Route> {
+        let targets = self.current();
+        let kind = signal.kind();
+        let index = targets
+            .iter()
+            .position(|t| t.kind == kind && !t.senders.is_empty())?;
+        if signal.is_empty() {
+            return None;
+        }
+        let target = &targets[index];
+        let items = signal.item_count() as u64;
+        let mut open = Vec::with_capacity(target.senders.len());
+        for (i, s) in target.senders.iter().enumerate() {
+            match s.closed_gate() {
+                Some(g) => {
+                    g.refused.add(items);
+                    target.refused.add(items);
+                }
+                None => open.push(i),
+            }
+        }
+        let refused = open.len() < target.senders.len();
+        Some(Route {
+            targets,
+            index,
+            items,
+            open,
+            refused,
+        })
+    }
+
     /// Send to every target, waiting for room (backpressure). A channel whose admission gate is
     /// closed is skipped and the refusal counted. Fails only when every target has closed,
     /// which happens during shutdown.
     pub async fn send(&self, signal: Signal) -> Result<(), SendError> {
-        let targets = self.current();
-        let kind = signal.kind();
-        let Some(target) = targets
-            .iter()
-            .find(|t| t.kind == kind && !t.senders.is_empty())
-        else {
+        let Some(route) = self.route(&signal) else {
             return Ok(());
         };
-        if signal.is_empty() {
-            return Ok(());
-        }
-        let n = signal.item_count() as u64;
-        let mut refused = false;
-        let open: Vec<&GatedSender> = target
-            .senders
-            .iter()
-            .filter(|s| match s.closed_gate() {
-                Some(g) => {
-                    g.refused.add(n);
-                    target.refused.add(n);
-                    refused = true;
-                    false
-                }
-                None => true,
-            })
-            .collect();
+        let open: Vec<&GatedSender> = route.open().collect();
         let mut since = None;
         let mut delivered = false;
         if let Some((last, rest)) = open.split_last() {
             for s in rest {
-                let stamp = self.stamp(s, &mut since);
                 let batch = Batch {
                     signal: signal.clone(),
-                    stamp,
+                    stamp: self.stamp(s, &mut since),
                 };
                 delivered |= s.tx.send(batch).await.is_ok();
             }
             let stamp = self.stamp(last, &mut since);
             delivered |= last.tx.send(Batch { signal, stamp }).await.is_ok();
         }
-        if delivered {
-            target.sent.add(n);
-            Ok(())
-        } else if refused {
+        route.delivered(delivered);
+        if delivered || route.refused {
             Ok(())
         } else {
             Err(SendError::Closed)
@@ -380,51 +388,60 @@ impl Output {
     /// [`Output::try_send`] of a batch whose bytes arrived at `since` (a receiver that decodes
     /// before it sends counts the decoding in its pipelines' latency).
     pub fn try_send_since(&self, signal: Signal, since: Option<Instant>) -> Result<(), SendError> {
-        let mut since = since;
-        let targets = self.current();
-        let kind = signal.kind();
-        let Some(target) = targets
-            .iter()
-            .find(|t| t.kind == kind && !t.senders.is_empty())
-        else {
+        let Some(route) = self.route(&signal) else {
             return Ok(());
         };
-        if signal.is_empty() {
-            return Ok(());
-        }
-        let n = signal.item_count() as u64;
+        let mut since = since;
         let mut full = false;
-        let mut refused = false;
         let mut delivered = false;
-        for s in &target.senders {
-            if let Some(g) = s.closed_gate() {
-                g.refused.add(n);
-                target.refused.add(n);
-                refused = true;
-                continue;
-            }
-            let stamp = self.stamp(s, &mut since);
+        for s in route.open() {
             let batch = Batch {
                 signal: signal.clone(),
-                stamp,
+                stamp: self.stamp(s, &mut since),
             };
             match s.tx.try_send(batch) {
                 Ok(()) => delivered = true,
                 Err(async_channel::TrySendError::Full(_)) => {
                     full = true;
-                    target.refused.add(n);
+                    route.target().refused.add(route.items);
                 }
                 Err(async_channel::TrySendError::Closed(_)) => {}
             }
         }
-        if delivered {
-            target.sent.add(n);
-        }
-        match (full, refused, delivered) {
+        route.delivered(delivered);
+        match (full, route.refused, delivered) {
             (true, _, _) => Err(SendError::Full),
             (false, true, _) => Err(SendError::Refused),
             (false, false, true) => Ok(()),
             (false, false, false) => Err(SendError::Closed),
+        }
+    }
+}
+
+/// One send's way out (see [`Output::route`]).
+struct Route {
+    targets: Arc<[Target]>,
+    index: usize,
+    items: u64,
+    /// Indices of the senders whose gates are open.
+    open: Vec<usize>,
+    /// A gate refused the batch for some channel.
+    refused: bool,
+}
+
+impl Route {
+    fn target(&self) -> &Target {
+        &self.targets[self.index]
+    }
+
+    fn open(&self) -> impl Iterator<Item = &GatedSender> {
+        self.open.iter().map(|&i| &self.target().senders[i])
+    }
+
+    /// Count the items sent when at least one channel took them.
+    fn delivered(&self, delivered: bool) {
+        if delivered {
+            self.target().sent.add(self.items);
         }
     }
 }
