@@ -281,6 +281,57 @@ struct SendStats {
     latency_us_sum: AtomicU64,
 }
 
+/// How one request ended.
+enum Outcome {
+    Ok,
+    Refused,
+    /// Counted as an error; the connection goes on.
+    Error,
+    /// Counted as an error; this task stops (the connection is gone).
+    Broken,
+}
+
+/// One sending task's loop: requests one after the other until the deadline, every `interval`
+/// when a rate is set, each counted with its latency.
+#[derive(Clone)]
+struct Pace {
+    deadline: Instant,
+    interval: Option<Duration>,
+    stats: Arc<SendStats>,
+}
+
+impl Pace {
+    async fn run<F, Fut>(self, mut request: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Outcome>,
+    {
+        let stats = &self.stats;
+        let mut next = Instant::now();
+        while Instant::now() < self.deadline {
+            if let Some(iv) = self.interval {
+                tokio::time::sleep_until(next.into()).await;
+                next += iv;
+            }
+            let call = request();
+            let t = Instant::now();
+            let counter = match call.await {
+                Outcome::Ok => &stats.requests_ok,
+                Outcome::Refused => &stats.requests_refused,
+                Outcome::Error => &stats.errors,
+                Outcome::Broken => {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            stats
+                .latency_us_sum
+                .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
+    }
+}
+
 async fn send(args: Args) -> Result<(), BoxError> {
     let target: SocketAddr = args.get("target").unwrap_or("127.0.0.1:4317").parse()?;
     let grpc = match args.get("protocol").unwrap_or("grpc") {
@@ -326,6 +377,11 @@ async fn send(args: Args) -> Result<(), BoxError> {
     } else {
         None
     };
+    let pace = Pace {
+        deadline,
+        interval: per_task_interval,
+        stats: stats.clone(),
+    };
     let mut tasks = Vec::new();
     for _ in 0..connections {
         let stream = tokio::net::TcpStream::connect(target).await?;
@@ -339,64 +395,44 @@ async fn send(args: Args) -> Result<(), BoxError> {
                 .await?;
             tokio::spawn(conn);
             for _ in 0..in_flight {
-                let mut sender = sender.clone();
-                let body = body.clone();
-                let stats = stats.clone();
-                tasks.push(tokio::spawn(async move {
-                    let mut next = Instant::now();
-                    while Instant::now() < deadline {
-                        if let Some(iv) = per_task_interval {
-                            tokio::time::sleep_until(next.into()).await;
-                            next += iv;
-                        }
-                        let mut req =
-                            Request::post(format!("http://{target}{}", signal.grpc_path()))
-                                .header("content-type", "application/grpc")
-                                .header("te", "trailers");
-                        if use_gzip {
-                            req = req.header("grpc-encoding", "gzip");
-                        }
-                        let Ok(req) = req.body(Full::new(fresh(&body, stamp_at))) else {
-                            stats.errors.fetch_add(1, Ordering::Relaxed);
-                            break;
-                        };
-                        let t = Instant::now();
-                        match sender.send_request(req).await {
-                            Ok(resp) => {
-                                let ok_status = resp.status().is_success();
-                                let grpc_status = resp
-                                    .headers()
-                                    .get("grpc-status")
-                                    .map(|v| v.as_bytes().to_vec());
-                                match resp.into_body().collect().await {
-                                    Ok(collected) => {
-                                        let status = grpc_status.or_else(|| {
-                                            collected
-                                                .trailers()
-                                                .and_then(|t| t.get("grpc-status"))
-                                                .map(|v| v.as_bytes().to_vec())
-                                        });
-                                        if ok_status && status.as_deref() == Some(b"0") {
-                                            stats.requests_ok.fetch_add(1, Ordering::Relaxed);
-                                        } else {
-                                            stats.requests_refused.fetch_add(1, Ordering::Relaxed);
-                                        }
-                                    }
-                                    Err(_) => {
-                                        stats.errors.fetch_add(1, Ordering::Relaxed);
-                                    }
-                                }
-                            }
-                            Err(_) => {
-                                stats.errors.fetch_add(1, Ordering::Relaxed);
-                                break;
-                            }
-                        }
-                        stats
-                            .latency_us_sum
-                            .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                let (sender, body) = (sender.clone(), body.clone());
+                tasks.push(tokio::spawn(pace.clone().run(move || {
+                    let mut sender = sender.clone();
+                    let mut req = Request::post(format!("http://{target}{}", signal.grpc_path()))
+                        .header("content-type", "application/grpc")
+                        .header("te", "trailers");
+                    if use_gzip {
+                        req = req.header("grpc-encoding", "gzip");
                     }
-                }));
+                    let req = req.body(Full::new(fresh(&body, stamp_at)));
+                    async move {
+                        let Ok(req) = req else {
+                            return Outcome::Broken;
+                        };
+                        let Ok(resp) = sender.send_request(req).await else {
+                            return Outcome::Broken;
+                        };
+                        let ok_status = resp.status().is_success();
+                        let grpc_status = resp
+                            .headers()
+                            .get("grpc-status")
+                            .map(|v| v.as_bytes().to_vec());
+                        let Ok(collected) = resp.into_body().collect().await else {
+                            return Outcome::Error;
+                        };
+                        let status = grpc_status.or_else(|| {
+                            collected
+                                .trailers()
+                                .and_then(|t| t.get("grpc-status"))
+                                .map(|v| v.as_bytes().to_vec())
+                        });
+                        if ok_status && status.as_deref() == Some(b"0") {
+                            Outcome::Ok
+                        } else {
+                            Outcome::Refused
+                        }
+                    }
+                })));
             }
         } else {
             // HTTP/1.1: one request at a time per connection, so `in_flight` connections each.
@@ -404,53 +440,39 @@ async fn send(args: Args) -> Result<(), BoxError> {
             for _ in 0..in_flight {
                 let stream = tokio::net::TcpStream::connect(target).await?;
                 stream.set_nodelay(true)?;
-                let (mut sender, conn) =
+                let (sender, conn) =
                     hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
                         .await?;
                 tokio::spawn(conn);
+                let sender = Arc::new(tokio::sync::Mutex::new(sender));
                 let body = body.clone();
-                let stats = stats.clone();
-                tasks.push(tokio::spawn(async move {
-                    let mut next = Instant::now();
-                    while Instant::now() < deadline {
-                        if let Some(iv) = per_task_interval {
-                            tokio::time::sleep_until(next.into()).await;
-                            next += iv;
-                        }
-                        let mut req = Request::post(signal.http_path())
-                            .header("host", target.to_string())
-                            .header("content-type", "application/x-protobuf");
-                        if use_gzip {
-                            req = req.header("content-encoding", "gzip");
-                        }
-                        let Ok(req) = req.body(Full::new(fresh(&body, stamp_at))) else {
-                            stats.errors.fetch_add(1, Ordering::Relaxed);
-                            break;
-                        };
-                        let t = Instant::now();
-                        match sender.send_request(req).await {
-                            Ok(resp) => {
-                                let ok = resp.status().is_success();
-                                if resp.into_body().collect().await.is_err() {
-                                    stats.errors.fetch_add(1, Ordering::Relaxed);
-                                    break;
-                                }
-                                if ok {
-                                    stats.requests_ok.fetch_add(1, Ordering::Relaxed);
-                                } else {
-                                    stats.requests_refused.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
-                            Err(_) => {
-                                stats.errors.fetch_add(1, Ordering::Relaxed);
-                                break;
-                            }
-                        }
-                        stats
-                            .latency_us_sum
-                            .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                tasks.push(tokio::spawn(pace.clone().run(move || {
+                    let sender = sender.clone();
+                    let mut req = Request::post(signal.http_path())
+                        .header("host", target.to_string())
+                        .header("content-type", "application/x-protobuf");
+                    if use_gzip {
+                        req = req.header("content-encoding", "gzip");
                     }
-                }));
+                    let req = req.body(Full::new(fresh(&body, stamp_at)));
+                    async move {
+                        let Ok(req) = req else {
+                            return Outcome::Broken;
+                        };
+                        let Ok(resp) = sender.lock().await.send_request(req).await else {
+                            return Outcome::Broken;
+                        };
+                        let ok = resp.status().is_success();
+                        if resp.into_body().collect().await.is_err() {
+                            return Outcome::Broken;
+                        }
+                        if ok {
+                            Outcome::Ok
+                        } else {
+                            Outcome::Refused
+                        }
+                    }
+                })));
             }
         }
     }
@@ -487,14 +509,25 @@ struct SinkCounts {
 fn count_request(path: &str, msg: &[u8], counts: &SinkCounts) -> Result<(), prost::DecodeError> {
     if path.ends_with("TraceService/Export") {
         let req = ExportTraceServiceRequest::decode(msg)?;
-        let spans = || req.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans);
+        let spans = || {
+            req.resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .flat_map(|s| &s.spans)
+        };
         let now = unix_nanos();
         let ages: Vec<u64> = spans()
-            .filter(|s| s.start_time_unix_nano <= now && now - s.start_time_unix_nano < 60_000_000_000)
+            .filter(|s| {
+                s.start_time_unix_nano <= now && now - s.start_time_unix_nano < 60_000_000_000
+            })
             .map(|s| (now - s.start_time_unix_nano) / 1000)
             .collect();
         if !ages.is_empty() {
-            counts.e2e_us.lock().unwrap_or_else(|e| e.into_inner()).extend(ages);
+            counts
+                .e2e_us
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(ages);
         }
         let n = spans().count();
         counts.spans.fetch_add(n as u64, Ordering::Relaxed);
@@ -534,7 +567,11 @@ async fn sink_handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
     if path == "/count" {
-        let mut ages = counts.e2e_us.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut ages = counts
+            .e2e_us
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         ages.sort_unstable();
         let pct = |q: f64| {
             ages.get(((ages.len() as f64 * q) as usize).min(ages.len().saturating_sub(1)))
