@@ -105,15 +105,16 @@ ITEM_KEY = {"traces": "spans", "metrics": "data_points", "logs": "log_records"}
 def agent_config(grpc_port, http_port, telemetry_port, sink_port, batch):
     """`otlp → batch → otlp`; with `batch` 0, `otlp → otlp` (no batching wait)."""
     processors = "processors: [batch], " if batch else ""
+    declared = f"""processors:
+  batch: {{ send_batch_size: {batch}, timeout: 200ms }}
+""" if batch else ""
     return f"""
 receivers:
   otlp:
     protocols:
       grpc: {{ endpoint: 127.0.0.1:{grpc_port} }}
       http: {{ endpoint: 127.0.0.1:{http_port} }}
-processors:
-  batch: {{ send_batch_size: {batch}, timeout: 200ms }}
-exporters:
+{declared}exporters:
   otlp:
     endpoint: http://127.0.0.1:{sink_port}
     compression: none
