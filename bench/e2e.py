@@ -13,7 +13,10 @@ the same redis-server and with the same flood (bench/flood.py):
 2. memory: a fresh agent process, floods of N tasks (4 events each) at a rate it sustains,
    VmHWM (peak RSS) read from /proc/PID/status once its counters match after each total.
 3. latency (celeriac): a flood at half its top rate while bench/flood.py --probe publishes one
-   probe task-sent every 20 ms and polls /metrics every 1 ms until it is counted.
+   probe task-sent every 20 ms and polls /metrics every 1 ms until it is counted; beside it,
+   celeriac's own share over the same flood, `celeriac_pipeline_latency_seconds{pipeline}` from its
+   telemetry endpoint (bench/pipeline_latency.py): `celery` from the receiver having an event's
+   bytes to the correlator taking it, `metrics` from the correlator's output to the scrape page.
 
 Counters read: celeriac and celery-exporter `celery_task_*_total` (their names are the same),
 Flower `flower_events_total{type="task-*"}`.
@@ -29,6 +32,7 @@ import sys
 import tempfile
 import time
 
+import pipeline_latency
 from common import FLOOD, celery_redis_config, free_port, http_get, logger, parse_prom, proc_cpu, proc_mem, \
     redis_cmd, task_events_counted
 
@@ -95,12 +99,16 @@ class Agent:
 class Celeriac(Agent):
     name = "celeriac"
 
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.telemetry_port = free_port()
+
     def command(self):
         cfg = os.path.join(self.workdir, "celeriac.yaml")
         with open(cfg, "w") as f:
             f.write(celery_redis_config(
                 self.redis_port, "    metrics_interval: %s\n    max_tasks: %d" % (self.a.metrics_interval, self.a.max_tasks),
-                self.port, free_port()))
+                self.port, self.telemetry_port))
         return [self.a.celeriac, "run", "-c", cfg]
 
     def count(self):
@@ -291,9 +299,15 @@ class Bench:
         probe = subprocess.Popen([sys.executable, FLOOD, "--port", str(self.redis_port),
                                   "--probe", agent.url, "--duration", str(seconds),
                                   "--run-id", str(self.run_id + 1)], stdout=subprocess.PIPE)
+        own = getattr(agent, "telemetry_port", None)
+        own_url = "http://127.0.0.1:%d/metrics" % own if own else None
+        before = pipeline_latency.read(own_url) if own_url else {}
         r, _ = self.flood(tasks, rate)
         out = json.loads(probe.communicate()[0])
         out["flood_rate"] = r["rate"]
+        if own_url:
+            delta = pipeline_latency.minus(pipeline_latency.read(own_url), before)
+            out["celeriac_own"] = {p: pipeline_latency.summary(b) for p, b in delta.items()}
         log(agent.name, "latency", json.dumps(out))
         return out
 
@@ -419,6 +433,9 @@ def fmt_table(r):
         L = r["celeriac"]["latency"]
         rows.append(["event→/metrics latency p50 / p99, ms (at %s ev/s)" % f"{L['flood_rate']:,.0f}",
                      "%s / %s" % (L["p50_ms"], L["p99_ms"]), *["n/a"] * (len(cols) - 1), ""])
+        for p, own in sorted((L.get("celeriac_own") or {}).items()):
+            rows.append(["  celeriac's own share, pipeline %s: p50 / p99, ms (%d items)" % (p, own["count"]),
+                         "%s / %s" % (own["p50_ms"], own["p99_ms"]), *[""] * (len(cols) - 1), ""])
         for L in r["celeriac"].get("latency_curve") or []:
             rows.append(["  same, at %s ev/s (%d probes)" % (f"{L['flood_rate']:,.0f}", L["probes"]),
                          "%s / %s" % (L["p50_ms"], L["p99_ms"]), *[""] * (len(cols) - 1), ""])

@@ -13,6 +13,11 @@ For each case (signal × protocol × request size × gzip):
    accepted (zero loss is checked, not assumed), and read the agent's utime+stime from
    /proc/PID/stat over the whole interval. Figures: items/s accepted, CPU-s per million items,
    items per CPU-second, peak RSS (VmHWM).
+
+With --latency, each traces case without gzip is run again at half the rate it reached, the
+generator stamping each request's first span with its send time: the sink reports the spans'
+age on arrival (end to end: generator → agent → sink), the agent its own share,
+`celeriac_pipeline_latency_seconds{pipeline="traces"}` (bench/pipeline_latency.py), both p50/p99.
 """
 
 import argparse
@@ -24,6 +29,7 @@ import tempfile
 import time
 import urllib.request
 
+import pipeline_latency
 from common import free_port, logger, proc_cpu, proc_mem
 
 log = logger("bench-otlp")
@@ -71,24 +77,27 @@ ITEM_KEY = {"traces": "spans", "metrics": "data_points", "logs": "log_records"}
 
 
 def agent_config(grpc_port, http_port, telemetry_port, sink_port, batch):
+    """`otlp → batch → otlp`; with `batch` 0, `otlp → otlp` (no batching wait)."""
+    processors = "processors: [batch], " if batch else ""
+    declared = f"""processors:
+  batch: {{ send_batch_size: {batch}, timeout: 200ms }}
+""" if batch else ""
     return f"""
 receivers:
   otlp:
     protocols:
       grpc: {{ endpoint: 127.0.0.1:{grpc_port} }}
       http: {{ endpoint: 127.0.0.1:{http_port} }}
-processors:
-  batch: {{ send_batch_size: {batch}, timeout: 200ms }}
-exporters:
+{declared}exporters:
   otlp:
     endpoint: http://127.0.0.1:{sink_port}
     compression: none
 service:
   telemetry: {{ endpoint: 127.0.0.1:{telemetry_port} }}
   pipelines:
-    traces: {{ receivers: [otlp], processors: [batch], exporters: [otlp] }}
-    metrics: {{ receivers: [otlp], processors: [batch], exporters: [otlp] }}
-    logs: {{ receivers: [otlp], processors: [batch], exporters: [otlp] }}
+    traces: {{ receivers: [otlp], {processors}exporters: [otlp] }}
+    metrics: {{ receivers: [otlp], {processors}exporters: [otlp] }}
+    logs: {{ receivers: [otlp], {processors}exporters: [otlp] }}
 """
 
 
@@ -102,7 +111,7 @@ def flat_config(grpc_port, http_port, telemetry_port, sink_port, batch):
     http: {{ endpoint: 127.0.0.1:{http_port} }}""")
 
 
-def send(a, target_port, protocol, signal, items, gzip, seconds, rate=None):
+def send(a, target_port, protocol, signal, items, gzip, seconds, rate=None, stamp=False):
     cmd = [a.load, "send", "--target", "127.0.0.1:%d" % target_port, "--protocol", protocol,
            "--signal", signal, "--items", str(items), "--connections", str(a.connections),
            "--in-flight", str(a.in_flight), "--seconds", str(seconds), "--threads", "1"]
@@ -110,16 +119,20 @@ def send(a, target_port, protocol, signal, items, gzip, seconds, rate=None):
         cmd.append("--gzip")
     if rate:
         cmd += ["--rate", str(rate)]
+    if stamp:
+        cmd.append("--stamp")
     out = subprocess.run(taskset(a.load_cpus, cmd), capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_case(a, workdir, signal, protocol, items, gzip):
+def run_case(a, workdir, signal, protocol, items, gzip, rate=None, stamp=False):
+    """One case; at `rate` requests/s (default: --rate, else as fast as accepted), with `stamp`
+    also the latency figures."""
     sink = Sink(a.load, a.load_cpus, workdir)
     try:
         # 1. The generator's own ceiling (gRPC straight to the sink; HTTP has no direct peer).
         ceiling = None
-        if protocol == "grpc":
+        if protocol == "grpc" and not stamp:
             ceiling = send(a, sink.grpc_port, "grpc", signal, items, gzip, a.ceiling_seconds)
         base = sink.counts()[ITEM_KEY[signal]]
 
@@ -150,7 +163,7 @@ def run_case(a, workdir, signal, protocol, items, gzip):
             cpu0 = proc_cpu(agent.pid)
             t0 = time.time()
             sent = send(a, gp if protocol == "grpc" else hp, protocol, signal, items, gzip, a.seconds,
-                        a.rate)
+                        rate or a.rate, stamp)
             want = base + sent["items_ok"]
             end = time.time() + (300 if cg_out else 30)
             got = sink.counts()[ITEM_KEY[signal]]
@@ -160,6 +173,8 @@ def run_case(a, workdir, signal, protocol, items, gzip):
             cpu = proc_cpu(agent.pid) - cpu0
             wall = time.time() - t0
             hwm = proc_mem(agent.pid)["VmHWM"]
+            own = pipeline_latency.read("http://127.0.0.1:%d/metrics" % tp).get(signal, [])
+            e2e = sink.counts().get("e2e_ms")
             if cg_out:
                 subprocess.run(["callgrind_control", "--instr=off", str(agent.pid)],
                                check=True, capture_output=True)
@@ -177,7 +192,10 @@ def run_case(a, workdir, signal, protocol, items, gzip):
                         if line.startswith("totals:") or line.startswith("summary:"):
                             ir = max(ir, int(line.split()[1]))
             ir = ir / max(delivered, 1)
+        latency = {"e2e_ms": e2e, "celeriac_ms": pipeline_latency.summary(own),
+                   "requests_per_s": rate} if stamp else None
         return {
+            "latency": latency,
             "instructions_per_item": ir,
             "signal": signal, "protocol": protocol, "items": items, "gzip": gzip,
             "accepted": sent["items_ok"], "refused_requests": sent["requests_refused"],
@@ -207,12 +225,15 @@ def main():
     ap.add_argument("--ceiling-seconds", type=float, default=3)
     ap.add_argument("--connections", type=int, default=4)
     ap.add_argument("--in-flight", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=8192)
+    ap.add_argument("--batch", type=int, default=8192,
+                    help="the batch processor's send_batch_size; 0: no batch processor")
     ap.add_argument("--rate", type=float, default=0,
                     help="requests per second over all connections (default: as fast as accepted)")
     ap.add_argument("--callgrind", metavar="DIR",
                     help="run the agent under valgrind's callgrind, counting only while the load "
                          "runs; report instructions per item and leave the profiles in DIR")
+    ap.add_argument("--latency", action="store_true",
+                    help="also run each traces case without gzip at half its rate, with latency figures")
     ap.add_argument("--json")
     a = ap.parse_args()
     rows = []
@@ -224,6 +245,10 @@ def main():
                         r = run_case(a, wd, signal, protocol, items, gz == "on")
                         log(json.dumps(r))
                         rows.append(r)
+                        if a.latency and signal == "traces" and gz == "off":
+                            half = r["items_per_s"] / 2 / items
+                            r["half_rate"] = run_case(a, wd, signal, protocol, items, False, half, True)
+                            log(json.dumps(r["half_rate"]))
     print("| signal | protocol | items/request | gzip | items/s | CPU-s per 1M | items per CPU-s | "
           "peak RSS MiB | lost | generator ceiling items/s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -232,6 +257,19 @@ def main():
         print("| %s | %s | %d | %s | %.0f | %.2f | %.0f | %.0f | %d | %s |" % (
             r["signal"], r["protocol"], r["items"], "on" if r["gzip"] else "off", r["items_per_s"],
             r["cpu_s_per_million"], r["items_per_cpu_s"], r["peak_rss_mib"], r["lost"], ceil))
+    lat = [r for r in rows if r.get("half_rate")]
+    if lat:
+        print()
+        print("| protocol | items/request | items/s (half the top) | end-to-end p50 / p99 ms | "
+              "celeriac's own p50 / p99 ms | observed items | lost |")
+        print("|---|---|---|---|---|---|---|")
+        for r in lat:
+            h = r["half_rate"]
+            L = h["latency"]
+            print("| %s | %d | %.0f | %s / %s | %s / %s | %d | %d |" % (
+                r["protocol"], r["items"], h["items_per_s"], L["e2e_ms"]["p50"], L["e2e_ms"]["p99"],
+                L["celeriac_ms"]["p50_ms"], L["celeriac_ms"]["p99_ms"], L["celeriac_ms"]["count"],
+                h["lost"]))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -4,11 +4,15 @@
 //!   --items 100 --connections 4 --seconds 10 [--gzip] [--rate N]` sends one pre-encoded request
 //!   (built once, compressed once) over and over on several connections and prints what it sent
 //!   and what was refused, as one JSON line. Nothing is encoded per request, so the generator's
-//!   ceiling (printed by running it straight against the sink) is far above any agent's.
+//!   ceiling (printed by running it straight against the sink) is far above any agent's. With
+//!   `--stamp` (traces, no gzip) each request's first span starts at the moment it is sent: the
+//!   8 bytes of that fixed64 field are written into a copy of the request, nothing re-encoded.
 //! * `otlp-load sink --listen 127.0.0.1:0 --port-file F` accepts OTLP/gRPC exports of all three
 //!   signals over HTTP/2, counts the items in each (a full protobuf decode, as a real backend pays)
 //!   and serves the counts as JSON at `GET /count` on a second port (HTTP/1.1); the port file gets
-//!   both ports, `"<grpc> <count>"`.
+//!   both ports, `"<grpc> <count>"`. A span that started in the last minute is a stamped one: its
+//!   age on arrival is the end-to-end latency (generator → agent → sink), reported as
+//!   `e2e_ms` percentiles.
 //!
 //! Standalone on purpose: it uses only hyper and the OTLP types, not celeriac's code, so a change
 //! to the agent cannot change the load.
@@ -101,9 +105,30 @@ fn scope() -> Option<InstrumentationScope> {
     })
 }
 
+/// The first span's start time in a `--stamp` request, overwritten at each send.
+const STAMP_MARK: u64 = 0x5a5a_5a5a_5a5a_5a5a;
+
+fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The request body to send now: `body`, or with `--stamp` a copy whose stamped span starts now.
+fn fresh(body: &Bytes, stamp_at: Option<usize>) -> Bytes {
+    match stamp_at {
+        None => body.clone(),
+        Some(at) => {
+            let mut b = body.to_vec();
+            b[at..at + 8].copy_from_slice(&unix_nanos().to_le_bytes());
+            b.into()
+        }
+    }
+}
+
 /// One request of `items` spans / data points / log records, shaped like what
 /// opentelemetry-instrumentation-celery and the Python SDK send.
-fn request(signal: SignalArg, items: u64) -> Vec<u8> {
+fn request(signal: SignalArg, items: u64, stamp: bool) -> Vec<u8> {
     let t0 = 1_795_606_961_000_000_000u64;
     match signal {
         SignalArg::Traces => {
@@ -114,7 +139,7 @@ fn request(signal: SignalArg, items: u64) -> Vec<u8> {
                     parent_span_id: (i + 1_000_000).to_be_bytes().to_vec(),
                     name: "run/shop.charge_card".into(),
                     kind: 5,
-                    start_time_unix_nano: t0 + i,
+                    start_time_unix_nano: if stamp && i == 0 { STAMP_MARK } else { t0 + i },
                     end_time_unix_nano: t0 + 20_000_000 + i,
                     attributes: vec![
                         kv("celery.action", "run"),
@@ -256,6 +281,57 @@ struct SendStats {
     latency_us_sum: AtomicU64,
 }
 
+/// How one request ended.
+enum Outcome {
+    Ok,
+    Refused,
+    /// Counted as an error; the connection goes on.
+    Error,
+    /// Counted as an error; this task stops (the connection is gone).
+    Broken,
+}
+
+/// One sending task's loop: requests one after the other until the deadline, every `interval`
+/// when a rate is set, each counted with its latency.
+#[derive(Clone)]
+struct Pace {
+    deadline: Instant,
+    interval: Option<Duration>,
+    stats: Arc<SendStats>,
+}
+
+impl Pace {
+    async fn run<F, Fut>(self, mut request: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Outcome>,
+    {
+        let stats = &self.stats;
+        let mut next = Instant::now();
+        while Instant::now() < self.deadline {
+            if let Some(iv) = self.interval {
+                tokio::time::sleep_until(next.into()).await;
+                next += iv;
+            }
+            let call = request();
+            let t = Instant::now();
+            let counter = match call.await {
+                Outcome::Ok => &stats.requests_ok,
+                Outcome::Refused => &stats.requests_refused,
+                Outcome::Error => &stats.errors,
+                Outcome::Broken => {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            stats
+                .latency_us_sum
+                .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
+    }
+}
+
 async fn send(args: Args) -> Result<(), BoxError> {
     let target: SocketAddr = args.get("target").unwrap_or("127.0.0.1:4317").parse()?;
     let grpc = match args.get("protocol").unwrap_or("grpc") {
@@ -270,8 +346,12 @@ async fn send(args: Args) -> Result<(), BoxError> {
     let rate: f64 = args.num("rate", 0.0)?; // requests/s over all connections; 0 = as fast as possible
     let in_flight: usize = args.num("in-flight", 4)?; // concurrent requests per connection
     let use_gzip = args.has("gzip");
+    let stamp = args.has("stamp");
+    if stamp && (use_gzip || signal != SignalArg::Traces) {
+        return Err("--stamp: traces without --gzip only".into());
+    }
 
-    let raw = request(signal, items);
+    let raw = request(signal, items, stamp);
     let payload = if use_gzip { gzip(&raw) } else { raw.clone() };
     let body: Bytes = if grpc {
         let mut framed = Vec::with_capacity(payload.len() + 5);
@@ -282,6 +362,10 @@ async fn send(args: Args) -> Result<(), BoxError> {
     } else {
         payload.into()
     };
+    let mark = STAMP_MARK.to_le_bytes();
+    let stamp_at = stamp
+        .then(|| body.windows(8).position(|w| w == mark))
+        .flatten();
 
     let stats = Arc::new(SendStats::default());
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
@@ -292,6 +376,11 @@ async fn send(args: Args) -> Result<(), BoxError> {
         ))
     } else {
         None
+    };
+    let pace = Pace {
+        deadline,
+        interval: per_task_interval,
+        stats: stats.clone(),
     };
     let mut tasks = Vec::new();
     for _ in 0..connections {
@@ -306,64 +395,44 @@ async fn send(args: Args) -> Result<(), BoxError> {
                 .await?;
             tokio::spawn(conn);
             for _ in 0..in_flight {
-                let mut sender = sender.clone();
-                let body = body.clone();
-                let stats = stats.clone();
-                tasks.push(tokio::spawn(async move {
-                    let mut next = Instant::now();
-                    while Instant::now() < deadline {
-                        if let Some(iv) = per_task_interval {
-                            tokio::time::sleep_until(next.into()).await;
-                            next += iv;
-                        }
-                        let mut req =
-                            Request::post(format!("http://{target}{}", signal.grpc_path()))
-                                .header("content-type", "application/grpc")
-                                .header("te", "trailers");
-                        if use_gzip {
-                            req = req.header("grpc-encoding", "gzip");
-                        }
-                        let Ok(req) = req.body(Full::new(body.clone())) else {
-                            stats.errors.fetch_add(1, Ordering::Relaxed);
-                            break;
-                        };
-                        let t = Instant::now();
-                        match sender.send_request(req).await {
-                            Ok(resp) => {
-                                let ok_status = resp.status().is_success();
-                                let grpc_status = resp
-                                    .headers()
-                                    .get("grpc-status")
-                                    .map(|v| v.as_bytes().to_vec());
-                                match resp.into_body().collect().await {
-                                    Ok(collected) => {
-                                        let status = grpc_status.or_else(|| {
-                                            collected
-                                                .trailers()
-                                                .and_then(|t| t.get("grpc-status"))
-                                                .map(|v| v.as_bytes().to_vec())
-                                        });
-                                        if ok_status && status.as_deref() == Some(b"0") {
-                                            stats.requests_ok.fetch_add(1, Ordering::Relaxed);
-                                        } else {
-                                            stats.requests_refused.fetch_add(1, Ordering::Relaxed);
-                                        }
-                                    }
-                                    Err(_) => {
-                                        stats.errors.fetch_add(1, Ordering::Relaxed);
-                                    }
-                                }
-                            }
-                            Err(_) => {
-                                stats.errors.fetch_add(1, Ordering::Relaxed);
-                                break;
-                            }
-                        }
-                        stats
-                            .latency_us_sum
-                            .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                let (sender, body) = (sender.clone(), body.clone());
+                tasks.push(tokio::spawn(pace.clone().run(move || {
+                    let mut sender = sender.clone();
+                    let mut req = Request::post(format!("http://{target}{}", signal.grpc_path()))
+                        .header("content-type", "application/grpc")
+                        .header("te", "trailers");
+                    if use_gzip {
+                        req = req.header("grpc-encoding", "gzip");
                     }
-                }));
+                    let req = req.body(Full::new(fresh(&body, stamp_at)));
+                    async move {
+                        let Ok(req) = req else {
+                            return Outcome::Broken;
+                        };
+                        let Ok(resp) = sender.send_request(req).await else {
+                            return Outcome::Broken;
+                        };
+                        let ok_status = resp.status().is_success();
+                        let grpc_status = resp
+                            .headers()
+                            .get("grpc-status")
+                            .map(|v| v.as_bytes().to_vec());
+                        let Ok(collected) = resp.into_body().collect().await else {
+                            return Outcome::Error;
+                        };
+                        let status = grpc_status.or_else(|| {
+                            collected
+                                .trailers()
+                                .and_then(|t| t.get("grpc-status"))
+                                .map(|v| v.as_bytes().to_vec())
+                        });
+                        if ok_status && status.as_deref() == Some(b"0") {
+                            Outcome::Ok
+                        } else {
+                            Outcome::Refused
+                        }
+                    }
+                })));
             }
         } else {
             // HTTP/1.1: one request at a time per connection, so `in_flight` connections each.
@@ -371,53 +440,39 @@ async fn send(args: Args) -> Result<(), BoxError> {
             for _ in 0..in_flight {
                 let stream = tokio::net::TcpStream::connect(target).await?;
                 stream.set_nodelay(true)?;
-                let (mut sender, conn) =
+                let (sender, conn) =
                     hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
                         .await?;
                 tokio::spawn(conn);
+                let sender = Arc::new(tokio::sync::Mutex::new(sender));
                 let body = body.clone();
-                let stats = stats.clone();
-                tasks.push(tokio::spawn(async move {
-                    let mut next = Instant::now();
-                    while Instant::now() < deadline {
-                        if let Some(iv) = per_task_interval {
-                            tokio::time::sleep_until(next.into()).await;
-                            next += iv;
-                        }
-                        let mut req = Request::post(signal.http_path())
-                            .header("host", target.to_string())
-                            .header("content-type", "application/x-protobuf");
-                        if use_gzip {
-                            req = req.header("content-encoding", "gzip");
-                        }
-                        let Ok(req) = req.body(Full::new(body.clone())) else {
-                            stats.errors.fetch_add(1, Ordering::Relaxed);
-                            break;
-                        };
-                        let t = Instant::now();
-                        match sender.send_request(req).await {
-                            Ok(resp) => {
-                                let ok = resp.status().is_success();
-                                if resp.into_body().collect().await.is_err() {
-                                    stats.errors.fetch_add(1, Ordering::Relaxed);
-                                    break;
-                                }
-                                if ok {
-                                    stats.requests_ok.fetch_add(1, Ordering::Relaxed);
-                                } else {
-                                    stats.requests_refused.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
-                            Err(_) => {
-                                stats.errors.fetch_add(1, Ordering::Relaxed);
-                                break;
-                            }
-                        }
-                        stats
-                            .latency_us_sum
-                            .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                tasks.push(tokio::spawn(pace.clone().run(move || {
+                    let sender = sender.clone();
+                    let mut req = Request::post(signal.http_path())
+                        .header("host", target.to_string())
+                        .header("content-type", "application/x-protobuf");
+                    if use_gzip {
+                        req = req.header("content-encoding", "gzip");
                     }
-                }));
+                    let req = req.body(Full::new(fresh(&body, stamp_at)));
+                    async move {
+                        let Ok(req) = req else {
+                            return Outcome::Broken;
+                        };
+                        let Ok(resp) = sender.lock().await.send_request(req).await else {
+                            return Outcome::Broken;
+                        };
+                        let ok = resp.status().is_success();
+                        if resp.into_body().collect().await.is_err() {
+                            return Outcome::Broken;
+                        }
+                        if ok {
+                            Outcome::Ok
+                        } else {
+                            Outcome::Refused
+                        }
+                    }
+                })));
             }
         }
     }
@@ -442,6 +497,8 @@ async fn send(args: Args) -> Result<(), BoxError> {
 
 #[derive(Default)]
 struct SinkCounts {
+    /// Ages on arrival of stamped spans, in microseconds.
+    e2e_us: std::sync::Mutex<Vec<u64>>,
     spans: AtomicU64,
     data_points: AtomicU64,
     log_records: AtomicU64,
@@ -452,12 +509,27 @@ struct SinkCounts {
 fn count_request(path: &str, msg: &[u8], counts: &SinkCounts) -> Result<(), prost::DecodeError> {
     if path.ends_with("TraceService/Export") {
         let req = ExportTraceServiceRequest::decode(msg)?;
-        let n: usize = req
-            .resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len())
-            .sum();
+        let spans = || {
+            req.resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .flat_map(|s| &s.spans)
+        };
+        let now = unix_nanos();
+        let ages: Vec<u64> = spans()
+            .filter(|s| {
+                s.start_time_unix_nano <= now && now - s.start_time_unix_nano < 60_000_000_000
+            })
+            .map(|s| (now - s.start_time_unix_nano) / 1000)
+            .collect();
+        if !ages.is_empty() {
+            counts
+                .e2e_us
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(ages);
+        }
+        let n = spans().count();
         counts.spans.fetch_add(n as u64, Ordering::Relaxed);
     } else if path.ends_with("MetricsService/Export") {
         let req = ExportMetricsServiceRequest::decode(msg)?;
@@ -495,8 +567,22 @@ async fn sink_handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
     if path == "/count" {
+        let mut ages = counts
+            .e2e_us
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        ages.sort_unstable();
+        let pct = |q: f64| {
+            ages.get(((ages.len() as f64 * q) as usize).min(ages.len().saturating_sub(1)))
+                .map_or(0.0, |us| *us as f64 / 1000.0)
+        };
         let body = format!(
-            "{{\"spans\":{},\"data_points\":{},\"log_records\":{},\"requests\":{},\"bad_requests\":{}}}",
+            "{{\"e2e_ms\":{{\"n\":{},\"p50\":{:.3},\"p99\":{:.3},\"max\":{:.3}}},\"spans\":{},\"data_points\":{},\"log_records\":{},\"requests\":{},\"bad_requests\":{}}}",
+            ages.len(),
+            pct(0.5),
+            pct(0.99),
+            pct(1.0),
             counts.spans.load(Ordering::Relaxed),
             counts.data_points.load(Ordering::Relaxed),
             counts.log_records.load(Ordering::Relaxed),

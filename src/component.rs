@@ -17,12 +17,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{DecodeError, Section, Value};
-use crate::signal::{Signal, SignalKind};
-use crate::telemetry::{Counter, Telemetry};
+use crate::signal::{Batch, Carry, Signal, SignalKind, Stamp};
+use crate::telemetry::{Counter, Histogram, Telemetry};
 
 /// What a running component returns.
 pub type RunResult = Result<(), ComponentError>;
@@ -88,12 +89,21 @@ impl Admission {
     }
 }
 
-/// A pipeline's entry channel and the admission gates in front of it.
-pub type GatedSender = (async_channel::Sender<Signal>, Vec<Admission>);
+/// A channel a producer feeds: a pipeline's entry with the admission gates in front of it, or
+/// the next stage inside a pipeline; with the latency histogram of that pipeline.
+#[derive(Clone)]
+pub struct GatedSender {
+    pub tx: async_channel::Sender<Batch>,
+    pub gates: Vec<Admission>,
+    /// `celeriac_pipeline_latency_seconds{pipeline}` of the pipeline this channel belongs to.
+    pub latency: Option<Histogram>,
+}
 
-/// The gate refusing data now, if any.
-fn closed_gate(gates: &[Admission]) -> Option<&Admission> {
-    gates.iter().find(|g| g.is_refusing())
+impl GatedSender {
+    /// The gate refusing data now, if any.
+    fn closed_gate(&self) -> Option<&Admission> {
+        self.gates.iter().find(|g| g.is_refusing())
+    }
 }
 
 pub trait Exporter: Send {
@@ -111,22 +121,51 @@ pub struct Context {
     pub telemetry: Telemetry,
 }
 
-/// The receiving end of a component's input channel; counts what it hands out.
+/// The receiving end of a component's input channel; counts what it hands out. A processor's
+/// input hands each batch's stamp to its output (through a [`Carry`]); any other component's
+/// input is where its pipelines end, and observes their latency as it hands a batch out
+/// (unless the component takes the stamp itself, [`Input::recv_batch`]).
 pub struct Input {
-    rx: async_channel::Receiver<Signal>,
+    rx: async_channel::Receiver<Batch>,
     received: Counter,
+    carry: Option<Carry>,
 }
 
 impl Input {
-    pub fn new(rx: async_channel::Receiver<Signal>, received: Counter) -> Self {
-        Input { rx, received }
+    pub fn new(rx: async_channel::Receiver<Batch>, received: Counter) -> Self {
+        Input {
+            rx,
+            received,
+            carry: None,
+        }
+    }
+
+    /// A processor's input, handing stamps on to the output holding the same `carry`.
+    pub fn carrying(self, carry: Carry) -> Self {
+        Input {
+            carry: Some(carry),
+            ..self
+        }
     }
 
     /// The next batch, or `None` once every upstream sender is gone and the channel is drained.
     pub async fn recv(&self) -> Option<Signal> {
-        let s = self.rx.recv().await.ok()?;
-        self.received.add(s.item_count() as u64);
-        Some(s)
+        let b = self.recv_batch().await?;
+        if let Some(stamp) = &b.stamp {
+            match &self.carry {
+                Some(carry) => carry.took(stamp),
+                None => stamp.observe(b.signal.item_count() as u64),
+            }
+        }
+        Some(b.signal)
+    }
+
+    /// The next batch with its stamp, for an exporter that observes the latency itself when it
+    /// hands the batch to the network ([`Stamp::observe`]).
+    pub async fn recv_batch(&self) -> Option<Batch> {
+        let b = self.rx.recv().await.ok()?;
+        self.received.add(b.signal.item_count() as u64);
+        Some(b)
     }
 
     /// Batches waiting in the channel.
@@ -145,6 +184,9 @@ impl Input {
 #[derive(Clone)]
 pub struct Output {
     targets: Arc<RwLock<Arc<[Target]>>>,
+    /// A processor's: where the stamps of what it sends come from. Others stamp what they send
+    /// with the time it was produced.
+    carry: Option<Carry>,
 }
 
 #[derive(Clone)]
@@ -170,7 +212,7 @@ pub enum SendError {
 impl Output {
     /// Targets whose items are all counted in one `sent` and one `refused` counter.
     pub fn new(
-        targets: Vec<(SignalKind, Vec<async_channel::Sender<Signal>>)>,
+        targets: Vec<(SignalKind, Vec<async_channel::Sender<Batch>>)>,
         sent: Counter,
         refused: Counter,
     ) -> Self {
@@ -179,12 +221,22 @@ impl Output {
 
     /// Targets counted per signal: `counters(kind)` gives that signal's `(sent, refused)`.
     pub fn counted(
-        targets: Vec<(SignalKind, Vec<async_channel::Sender<Signal>>)>,
+        targets: Vec<(SignalKind, Vec<async_channel::Sender<Batch>>)>,
         counters: impl Fn(SignalKind) -> (Counter, Counter),
     ) -> Self {
         let targets = targets
             .into_iter()
-            .map(|(k, txs)| (k, txs.into_iter().map(|tx| (tx, Vec::new())).collect()))
+            .map(|(k, txs)| {
+                let senders = txs
+                    .into_iter()
+                    .map(|tx| GatedSender {
+                        tx,
+                        gates: Vec::new(),
+                        latency: None,
+                    })
+                    .collect();
+                (k, senders)
+            })
             .collect();
         Self::gated(targets, counters)
     }
@@ -208,7 +260,30 @@ impl Output {
             .collect();
         Output {
             targets: Arc::new(RwLock::new(targets)),
+            carry: None,
         }
+    }
+
+    /// A processor's output, stamping what it sends as its input (holding the same `carry`)
+    /// took it.
+    pub fn carrying(self, carry: Carry) -> Self {
+        Output {
+            carry: Some(carry),
+            ..self
+        }
+    }
+
+    /// The stamp of a batch sent now to `to`, which entered the pipeline at `since` (default:
+    /// now, or what the processor's input took).
+    fn stamp(&self, to: &GatedSender, since: &mut Option<Instant>) -> Option<Stamp> {
+        let latency = to.latency.as_ref()?;
+        let at = *since.get_or_insert_with(|| {
+            self.carry
+                .as_ref()
+                .and_then(Carry::giving)
+                .unwrap_or_else(Instant::now)
+        });
+        Some(Stamp::new(at, latency.clone()))
     }
 
     /// Point this output (and every clone of it) at `other`'s targets. The old targets are
@@ -239,42 +314,65 @@ impl Output {
             .iter()
             .filter(|t| t.kind == kind)
             .flat_map(|t| t.senders.iter())
-            .any(|(_, gates)| closed_gate(gates).is_some())
+            .any(|s| s.closed_gate().is_some())
+    }
+
+    /// Where `signal` goes: `None` when no pipeline takes its kind or it is empty. Channels
+    /// behind a closed admission gate are left out, their refusal counted.
+    fn route(&self, signal: &Signal) -> Option<Route> {
+        let targets = self.current();
+        let kind = signal.kind();
+        let index = targets
+            .iter()
+            .position(|t| t.kind == kind && !t.senders.is_empty())?;
+        if signal.is_empty() {
+            return None;
+        }
+        let target = &targets[index];
+        let items = signal.item_count() as u64;
+        let mut open = Vec::with_capacity(target.senders.len());
+        for (i, s) in target.senders.iter().enumerate() {
+            match s.closed_gate() {
+                Some(g) => {
+                    g.refused.add(items);
+                    target.refused.add(items);
+                }
+                None => open.push(i),
+            }
+        }
+        let refused = open.len() < target.senders.len();
+        Some(Route {
+            targets,
+            index,
+            items,
+            open,
+            refused,
+        })
     }
 
     /// Send to every target, waiting for room (backpressure). A channel whose admission gate is
     /// closed is skipped and the refusal counted. Fails only when every target has closed,
     /// which happens during shutdown.
     pub async fn send(&self, signal: Signal) -> Result<(), SendError> {
-        let targets = self.current();
-        let Some((target, n)) = addressee(&targets, &signal) else {
+        let Some(route) = self.route(&signal) else {
             return Ok(());
         };
-        let mut refused = false;
-        let open: Vec<&async_channel::Sender<Signal>> = target
-            .senders
-            .iter()
-            .filter_map(|(tx, gates)| match closed_gate(gates) {
-                Some(g) => {
-                    g.refused.add(n);
-                    target.refused.add(n);
-                    refused = true;
-                    None
-                }
-                None => Some(tx),
-            })
-            .collect();
+        let open: Vec<&GatedSender> = route.open().collect();
+        let mut since = None;
         let mut delivered = false;
         if let Some((last, rest)) = open.split_last() {
             for s in rest {
-                delivered |= s.send(signal.clone()).await.is_ok();
+                let batch = Batch {
+                    signal: signal.clone(),
+                    stamp: self.stamp(s, &mut since),
+                };
+                delivered |= s.tx.send(batch).await.is_ok();
             }
-            delivered |= last.send(signal).await.is_ok();
+            let stamp = self.stamp(last, &mut since);
+            delivered |= last.tx.send(Batch { signal, stamp }).await.is_ok();
         }
-        if delivered {
-            target.sent.add(n);
-            Ok(())
-        } else if refused {
+        route.delivered(delivered);
+        if delivered || route.refused {
             Ok(())
         } else {
             Err(SendError::Closed)
@@ -284,33 +382,34 @@ impl Output {
     /// Send without waiting, for producers that cannot apply backpressure (pub/sub): a target
     /// that is full misses this batch and the drop is counted.
     pub fn try_send(&self, signal: Signal) -> Result<(), SendError> {
-        let targets = self.current();
-        let Some((target, n)) = addressee(&targets, &signal) else {
+        self.try_send_since(signal, None)
+    }
+
+    /// [`Output::try_send`] of a batch whose bytes arrived at `since` (a receiver that decodes
+    /// before it sends counts the decoding in its pipelines' latency).
+    pub fn try_send_since(&self, signal: Signal, since: Option<Instant>) -> Result<(), SendError> {
+        let Some(route) = self.route(&signal) else {
             return Ok(());
         };
+        let mut since = since;
         let mut full = false;
-        let mut refused = false;
         let mut delivered = false;
-        for (s, gates) in &target.senders {
-            if let Some(g) = closed_gate(gates) {
-                g.refused.add(n);
-                target.refused.add(n);
-                refused = true;
-                continue;
-            }
-            match s.try_send(signal.clone()) {
+        for s in route.open() {
+            let batch = Batch {
+                signal: signal.clone(),
+                stamp: self.stamp(s, &mut since),
+            };
+            match s.tx.try_send(batch) {
                 Ok(()) => delivered = true,
                 Err(async_channel::TrySendError::Full(_)) => {
                     full = true;
-                    target.refused.add(n);
+                    route.target().refused.add(route.items);
                 }
                 Err(async_channel::TrySendError::Closed(_)) => {}
             }
         }
-        if delivered {
-            target.sent.add(n);
-        }
-        match (full, refused, delivered) {
+        route.delivered(delivered);
+        match (full, route.refused, delivered) {
             (true, _, _) => Err(SendError::Full),
             (false, true, _) => Err(SendError::Refused),
             (false, false, true) => Ok(()),
@@ -319,17 +418,32 @@ impl Output {
     }
 }
 
-/// The target a batch goes to and its item count; `None` when no one takes its kind or it is
-/// empty (nothing to send).
-fn addressee<'a>(targets: &'a [Target], signal: &Signal) -> Option<(&'a Target, u64)> {
-    let kind = signal.kind();
-    let target = targets
-        .iter()
-        .find(|t| t.kind == kind && !t.senders.is_empty())?;
-    if signal.is_empty() {
-        return None;
+/// One send's way out (see [`Output::route`]).
+struct Route {
+    targets: Arc<[Target]>,
+    index: usize,
+    items: u64,
+    /// Indices of the senders whose gates are open.
+    open: Vec<usize>,
+    /// A gate refused the batch for some channel.
+    refused: bool,
+}
+
+impl Route {
+    fn target(&self) -> &Target {
+        &self.targets[self.index]
     }
-    Some((target, signal.item_count() as u64))
+
+    fn open(&self) -> impl Iterator<Item = &GatedSender> {
+        self.open.iter().map(|&i| &self.target().senders[i])
+    }
+
+    /// Count the items sent when at least one channel took them.
+    fn delivered(&self, delivered: bool) {
+        if delivered {
+            self.target().sent.add(self.items);
+        }
+    }
 }
 
 /// A component outside the pipelines (the collector's extensions): it serves something beside

@@ -418,3 +418,109 @@ fn mutual_tls_lets_only_certified_clients_in() {
         "only the certified clients' spans"
     );
 }
+
+/// Spans in the sink's requests (proto field names: `resource_spans`, `scope_spans`).
+fn sink_spans(sink: &OtlpSink) -> usize {
+    sink.requests()
+        .iter()
+        .flat_map(|r| {
+            r["request"]["resource_spans"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .flat_map(|rs| rs["scope_spans"].as_array().cloned().unwrap_or_default())
+        .map(|ss| ss["spans"].as_array().map_or(0, Vec::len))
+        .sum()
+}
+
+/// `celeriac_pipeline_latency_seconds{pipeline}` on the telemetry endpoint counts every span
+/// that went through each pipeline once: through a batch processor to the OTLP exporter (which
+/// observes as it hands the request to the network) and straight to the logs exporter (which
+/// observes as it takes the batch); buckets are cumulative up to `+Inf` = `_count`.
+#[test]
+fn pipeline_latency_histogram_counts_what_went_through() {
+    let (grpc, http, tel) = (free_port(), free_port(), free_port());
+    let sink = OtlpSink::start(0);
+    let dir = tempfile::tempdir().unwrap();
+    let spans = dir.path().join("spans.jsonl");
+    let cfg = format!(
+        r#"
+receivers:
+  otlp:
+    grpc: {{ endpoint: 127.0.0.1:{grpc} }}
+    http: {{ endpoint: 127.0.0.1:{http} }}
+processors:
+  batch: {{ timeout: 50ms }}
+exporters:
+  otlp: {{ endpoint: "{}", tls: {{ insecure: true }} }}
+  logs: {{ path: "{}" }}
+service:
+  telemetry: {{ endpoint: 127.0.0.1:{tel} }}
+  pipelines:
+    traces: {{ receivers: [otlp], processors: [batch], exporters: [otlp] }}
+    traces/file: {{ receivers: [otlp], exporters: [logs] }}
+"#,
+        sink.endpoint(),
+        spans.display()
+    );
+    let agent = Agent::start(bin(), &cfg);
+    let tel_addr = format!("127.0.0.1:{tel}");
+    assert!(
+        wait_until(Duration::from_secs(15), || scrape(&tel_addr).is_some()),
+        "{}",
+        agent.output()
+    );
+    send("grpc", &format!("http://127.0.0.1:{grpc}"), 7, None);
+    send("http", &format!("http://127.0.0.1:{http}"), 5, None);
+    assert!(
+        wait_until(Duration::from_secs(15), || sink_spans(&sink) >= 12
+            && spans_in(&spans).len() >= 12),
+        "{}",
+        agent.output()
+    );
+    let t = scrape(&tel_addr).unwrap();
+    let value = |name: &str, pipeline: &str, le: Option<&str>| {
+        let mut labels = vec![("pipeline", pipeline)];
+        labels.extend(le.map(|le| ("le", le)));
+        metric_value(&t, name, &labels).unwrap_or_else(|| panic!("{name}{{{pipeline}}} missing"))
+    };
+    for pipeline in ["traces", "traces/file"] {
+        let count = value("celeriac_pipeline_latency_seconds_count", pipeline, None);
+        assert_eq!(count, 12.0, "{pipeline}: one observation per span");
+        assert_eq!(
+            value(
+                "celeriac_pipeline_latency_seconds_bucket",
+                pipeline,
+                Some("+Inf")
+            ),
+            count
+        );
+        let sum = value("celeriac_pipeline_latency_seconds_sum", pipeline, None);
+        assert!(sum > 0.0 && sum < 12.0 * 10.0, "{pipeline}: sum {sum}");
+        let mut last = 0.0;
+        for (n, l, v) in &t {
+            if n == "celeriac_pipeline_latency_seconds_bucket"
+                && l.get("pipeline").map(String::as_str) == Some(pipeline)
+            {
+                assert!(
+                    *v >= last,
+                    "{pipeline}: buckets cumulative at le={:?}",
+                    l.get("le")
+                );
+                last = *v;
+            }
+        }
+    }
+    assert_eq!(sink_spans(&sink), 12, "the sink got each span once");
+    let sent = metric_value(
+        &t,
+        "celeriac_exporter_sent_items_total",
+        &[("component", "exporter/otlp")],
+    );
+    assert_eq!(
+        sent,
+        Some(12.0),
+        "the exporter counted the same spans as sent"
+    );
+}

@@ -31,7 +31,7 @@ use celeriac::config::Value;
 use celeriac::otlp::str_kv as kv;
 use celeriac::prompb::WriteRequest;
 use celeriac::registry::lookup;
-use celeriac::signal::Signal;
+use celeriac::signal::{Batch, Signal};
 use celeriac::telemetry::{Counter, Telemetry};
 use opentelemetry_proto::tonic::metrics::v1::{
     metric, number_data_point, AggregationTemporality, Metric, NumberDataPoint, ResourceMetrics,
@@ -361,8 +361,9 @@ fn read_request(conn: &mut std::net::TcpStream) -> Option<(HashMap<String, Strin
 }
 
 /// A celery_correlate-like batch: `celery_task_succeeded` for `names`, value = `v`, at `ts_ms`.
-fn counters(names: &[String], v: f64, ts_ms: u64) -> Signal {
-    Signal::Metrics(Arc::new(vec![ResourceMetrics {
+/// One batch of counters, as the exporter's input channel carries it.
+fn counters(names: &[String], v: f64, ts_ms: u64) -> Batch {
+    let rm = vec![ResourceMetrics {
         resource: Some(Resource {
             attributes: vec![kv("service.name", "celery")],
             ..Default::default()
@@ -388,12 +389,13 @@ fn counters(names: &[String], v: f64, ts_ms: u64) -> Signal {
             ..Default::default()
         }],
         ..Default::default()
-    }]))
+    }];
+    Signal::Metrics(Arc::new(rm)).into()
 }
 
 /// The exporter, in process, fed through its input channel.
 struct Running {
-    tx: async_channel::Sender<Signal>,
+    tx: async_channel::Sender<Batch>,
     run: tokio::task::JoinHandle<Result<(), celeriac::component::ComponentError>>,
     telemetry: Telemetry,
 }

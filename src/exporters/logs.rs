@@ -451,7 +451,7 @@ mod tests {
             };
             let run = tokio::spawn(exp.run(ctx, Input::new(rx, Counter::default())));
             for _ in 0..3 {
-                tx.send(Signal::Logs(std::sync::Arc::new(vec![record()])))
+                tx.send(Signal::Logs(std::sync::Arc::new(vec![record()])).into())
                     .await
                     .unwrap();
             }

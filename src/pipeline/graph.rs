@@ -53,7 +53,90 @@ pub struct Graph {
 impl Graph {
     /// Validate `config` and build its components. `None` when any error was found.
     pub fn build(config: &Config, d: &mut Diagnostics) -> Option<Graph> {
-        // 1. Every declared component: known type, right section, settings decode.
+        let Built {
+            factories,
+            receivers,
+            connectors,
+            exporters,
+            mut extensions,
+            fixed_settings,
+        } = Built::components(config, d);
+        let Plans {
+            pipelines,
+            mut used,
+            connector_as_exporter,
+            connector_as_receiver,
+        } = Plans::pipelines(config, &factories, &fixed_settings, d);
+        let enabled = enabled_extensions(config, &mut used, d);
+        warn_unused(config, &factories, &used, d);
+        check_connector_sides(&connector_as_exporter, &connector_as_receiver, d);
+
+        // 5. Cycles through connectors.
+        if let Some(cycle) = find_cycle(&pipelines) {
+            d.error(
+                "service.pipelines",
+                format!(
+                    "pipelines form a cycle through connectors: {}",
+                    cycle.join(" → ")
+                ),
+            );
+        }
+
+        let connectors = keep_used(connectors, Section::Connectors, &used);
+        // 6. What extensions see, and their own checks against it.
+        let host = Host::new(
+            connectors
+                .iter()
+                .filter_map(|(id, c)| c.shared().map(|s| (id.clone(), s)))
+                .collect(),
+            config.components.clone(),
+        )
+        .with_service(
+            config.pipelines.clone(),
+            enabled.iter().map(|id| id.to_string()).collect(),
+        );
+        let mut ordered = Vec::new();
+        for id in &enabled {
+            if let Some(i) = extensions.iter().position(|(x, _)| x == id) {
+                let (id, ext) = extensions.swap_remove(i);
+                if let Err(msg) = ext.validate(&host) {
+                    d.error(
+                        &format!("extensions.{id}"),
+                        format!("extension {id}: {msg}"),
+                    );
+                }
+                ordered.push((id, ext));
+            }
+        }
+
+        if d.has_errors() {
+            return None;
+        }
+        Some(Graph {
+            receivers: keep_used(receivers, Section::Receivers, &used),
+            connectors,
+            exporters: keep_used(exporters, Section::Exporters, &used),
+            pipelines,
+            extensions: ordered,
+            host,
+        })
+    }
+}
+
+/// Step 1 of [`Graph::build`]: every declared component built once.
+struct Built {
+    factories: BTreeMap<(Section, ComponentId), &'static Factory>,
+    receivers: Vec<(ComponentId, Box<dyn Receiver>)>,
+    connectors: Vec<(ComponentId, Box<dyn Processor>)>,
+    exporters: Vec<(ComponentId, Box<dyn Exporter>)>,
+    extensions: Vec<(ComponentId, Box<dyn Extension>)>,
+    /// Processors' settings, for their per-pipeline builds.
+    fixed_settings: BTreeMap<ComponentId, config::Value>,
+}
+
+impl Built {
+    /// 1. Every declared component: known type, right section, settings decode.
+    fn components(config: &Config, d: &mut Diagnostics) -> Built {
         let mut factories: BTreeMap<(Section, ComponentId), &'static Factory> = BTreeMap::new();
         let mut receivers = Vec::new();
         let mut connectors = Vec::new();
@@ -111,8 +194,33 @@ impl Graph {
                 );
             }
         }
+        Built {
+            factories,
+            receivers,
+            connectors,
+            exporters,
+            extensions,
+            fixed_settings,
+        }
+    }
+}
 
-        // 2. Pipelines: references, signals, shape.
+/// Step 2 of [`Graph::build`]: the pipelines planned, and which components they use.
+struct Plans {
+    pipelines: Vec<PipelinePlan>,
+    used: BTreeSet<(Section, ComponentId)>,
+    connector_as_exporter: BTreeSet<ComponentId>,
+    connector_as_receiver: BTreeSet<ComponentId>,
+}
+
+impl Plans {
+    /// 2. Pipelines: references, signals, shape.
+    fn pipelines(
+        config: &Config,
+        factories: &BTreeMap<(Section, ComponentId), &'static Factory>,
+        fixed_settings: &BTreeMap<ComponentId, config::Value>,
+        d: &mut Diagnostics,
+    ) -> Plans {
         let mut used: BTreeSet<(Section, ComponentId)> = BTreeSet::new();
         let mut connector_as_exporter: BTreeSet<ComponentId> = BTreeSet::new();
         let mut connector_as_receiver: BTreeSet<ComponentId> = BTreeSet::new();
@@ -128,7 +236,7 @@ impl Graph {
             let mut sources = Vec::new();
             for r in &p.receivers {
                 let (section, f) =
-                    match resolve(&factories, r, &[Section::Receivers, Section::Connectors]) {
+                    match resolve(factories, r, &[Section::Receivers, Section::Connectors]) {
                         Some(x) => x,
                         None => {
                             undeclared(d, r, "receiver", &p.id, config);
@@ -178,7 +286,7 @@ impl Graph {
             let mut sinks = Vec::new();
             for r in &p.exporters {
                 let (section, f) =
-                    match resolve(&factories, r, &[Section::Exporters, Section::Connectors]) {
+                    match resolve(factories, r, &[Section::Exporters, Section::Connectors]) {
                         Some(x) => x,
                         None => {
                             undeclared(d, r, "exporter", &p.id, config);
@@ -216,114 +324,95 @@ impl Graph {
                 sinks,
             });
         }
-
-        // 3. Extensions enabled by `service.extensions`.
-        let mut enabled: Vec<ComponentId> = Vec::new();
-        for (i, s) in config.service.extensions.iter().enumerate() {
-            let path = format!("service.extensions[{i}]");
-            match ComponentId::parse(s) {
-                Ok(id) if enabled.contains(&id) => {
-                    d.error(&path, format!("extension {id} is listed twice"))
-                }
-                Ok(id) => {
-                    if config.component(Section::Extensions, &id).is_none() {
-                        d.error(
-                            &path,
-                            format!(
-                                "service.extensions lists {id}, which is not declared under extensions"
-                            ),
-                        );
-                    }
-                    used.insert((Section::Extensions, id.clone()));
-                    enabled.push(id);
-                }
-                Err(msg) => d.error(&path, msg),
-            }
+        Plans {
+            pipelines,
+            used,
+            connector_as_exporter,
+            connector_as_receiver,
         }
+    }
+}
 
-        // 4. Declared but unused; connectors used on one side only.
-        for decl in &config.components {
-            if !used.contains(&(decl.section, decl.id.clone()))
-                && factories.contains_key(&(decl.section, decl.id.clone()))
-            {
-                let msg = if decl.section == Section::Extensions {
-                    format!(
+/// 3. Extensions enabled by `service.extensions`, in that order (each marked used).
+fn enabled_extensions(
+    config: &Config,
+    used: &mut BTreeSet<(Section, ComponentId)>,
+    d: &mut Diagnostics,
+) -> Vec<ComponentId> {
+    let mut enabled: Vec<ComponentId> = Vec::new();
+    for (i, s) in config.service.extensions.iter().enumerate() {
+        let path = format!("service.extensions[{i}]");
+        match ComponentId::parse(s) {
+            Ok(id) if enabled.contains(&id) => {
+                d.error(&path, format!("extension {id} is listed twice"))
+            }
+            Ok(id) => {
+                if config.component(Section::Extensions, &id).is_none() {
+                    d.error(
+                        &path,
+                        format!(
+                            "service.extensions lists {id}, which is not declared under extensions"
+                        ),
+                    );
+                }
+                used.insert((Section::Extensions, id.clone()));
+                enabled.push(id);
+            }
+            Err(msg) => d.error(&path, msg),
+        }
+    }
+    enabled
+}
+
+/// 4. Declared but unused.
+fn warn_unused(
+    config: &Config,
+    factories: &BTreeMap<(Section, ComponentId), &'static Factory>,
+    used: &BTreeSet<(Section, ComponentId)>,
+    d: &mut Diagnostics,
+) {
+    for decl in &config.components {
+        if !used.contains(&(decl.section, decl.id.clone()))
+            && factories.contains_key(&(decl.section, decl.id.clone()))
+        {
+            let msg = if decl.section == Section::Extensions {
+                format!(
                         "extension {} is declared but not listed in service.extensions, so it does not run",
                         decl.id
                     )
-                } else {
-                    format!(
-                        "{} {} is declared but no pipeline uses it",
-                        decl.section.noun(),
-                        decl.id
-                    )
-                };
-                d.warn(&decl.path, msg);
-            }
-        }
-        for id in connector_as_exporter.symmetric_difference(&connector_as_receiver) {
-            let path = format!("connectors.{id}");
-            if connector_as_exporter.contains(id) {
-                d.warn(&path, format!("connector {id} is an exporter of a pipeline but no pipeline receives from it"));
             } else {
-                d.error(
-                    &path,
-                    format!(
-                        "connector {id} is a receiver of a pipeline but no pipeline exports to it"
-                    ),
-                );
-            }
-        }
-
-        // 5. Cycles through connectors.
-        if let Some(cycle) = find_cycle(&pipelines) {
-            d.error(
-                "service.pipelines",
                 format!(
-                    "pipelines form a cycle through connectors: {}",
-                    cycle.join(" → ")
+                    "{} {} is declared but no pipeline uses it",
+                    decl.section.noun(),
+                    decl.id
+                )
+            };
+            d.warn(&decl.path, msg);
+        }
+    }
+}
+
+/// 4. Connectors used on one side only.
+fn check_connector_sides(
+    connector_as_exporter: &BTreeSet<ComponentId>,
+    connector_as_receiver: &BTreeSet<ComponentId>,
+    d: &mut Diagnostics,
+) {
+    for id in connector_as_exporter.symmetric_difference(connector_as_receiver) {
+        let path = format!("connectors.{id}");
+        if connector_as_exporter.contains(id) {
+            d.warn(
+                &path,
+                format!(
+                    "connector {id} is an exporter of a pipeline but no pipeline receives from it"
                 ),
             );
+        } else {
+            d.error(
+                &path,
+                format!("connector {id} is a receiver of a pipeline but no pipeline exports to it"),
+            );
         }
-
-        let connectors = keep_used(connectors, Section::Connectors, &used);
-        // 6. What extensions see, and their own checks against it.
-        let host = Host::new(
-            connectors
-                .iter()
-                .filter_map(|(id, c)| c.shared().map(|s| (id.clone(), s)))
-                .collect(),
-            config.components.clone(),
-        )
-        .with_service(
-            config.pipelines.clone(),
-            enabled.iter().map(|id| id.to_string()).collect(),
-        );
-        let mut ordered = Vec::new();
-        for id in &enabled {
-            if let Some(i) = extensions.iter().position(|(x, _)| x == id) {
-                let (id, ext) = extensions.swap_remove(i);
-                if let Err(msg) = ext.validate(&host) {
-                    d.error(
-                        &format!("extensions.{id}"),
-                        format!("extension {id}: {msg}"),
-                    );
-                }
-                ordered.push((id, ext));
-            }
-        }
-
-        if d.has_errors() {
-            return None;
-        }
-        Some(Graph {
-            receivers: keep_used(receivers, Section::Receivers, &used),
-            connectors,
-            exporters: keep_used(exporters, Section::Exporters, &used),
-            pipelines,
-            extensions: ordered,
-            host,
-        })
     }
 }
 

@@ -35,11 +35,11 @@ use crate::component::{
     StatusBoard,
 };
 use crate::config::{Config, Section, ServiceSettings, Value};
-use crate::signal::{Signal, SignalKind};
+use crate::signal::{Batch, Carry, SignalKind};
 use crate::telemetry::Telemetry;
 
-type Tx = async_channel::Sender<Signal>;
-type Rx = async_channel::Receiver<Signal>;
+type Tx = async_channel::Sender<Batch>;
+type Rx = async_channel::Receiver<Batch>;
 
 /// How a run ended.
 #[derive(Debug, thiserror::Error)]
@@ -418,6 +418,16 @@ impl Runtime {
                 .iter()
                 .filter_map(|(_, proc_)| proc_.admission())
                 .collect();
+            let latency = Some(self.telemetry.histogram(
+                "celeriac_pipeline_latency_seconds",
+                "Seconds from the moment a receiver had an item's bytes (or a connector produced it) to the moment the pipeline's exporter handed it to the network (or a connector or pull exporter took it); each item counts with the age of the oldest in its batch.",
+                &[("pipeline", &p.id.to_string())],
+            ));
+            let link = |tx: &Tx, gates: Vec<Admission>| GatedSender {
+                tx: tx.clone(),
+                gates,
+                latency: latency.clone(),
+            };
             let entry = if p.processors.is_empty() {
                 sinks
             } else {
@@ -431,14 +441,18 @@ impl Runtime {
                         let (tx, rx2) = async_channel::bounded(cap);
                         (vec![tx], Some(rx2))
                     };
-                    let out_targets = out_targets.into_iter().map(|tx| (tx, Vec::new())).collect();
+                    let out_targets = out_targets.iter().map(|tx| link(tx, Vec::new())).collect();
+                    let carry = Carry::default();
                     let out = output(
                         &self.telemetry,
                         Kind::Processor,
                         &label,
                         vec![(p.signal, out_targets)],
-                    );
-                    let inp = self.input(Kind::Processor, &label, rx.clone());
+                    )
+                    .carrying(carry.clone());
+                    let inp = self
+                        .input(Kind::Processor, &label, rx.clone())
+                        .carrying(carry);
                     let ctx = self.ctx(&label, self.receivers_stop.clone());
                     processor_runs.push((label, proc_.run(ctx, inp, out)));
                     if let Some(r) = next_rx {
@@ -453,47 +467,32 @@ impl Runtime {
                     .or_default()
                     .entry(p.signal)
                     .or_default()
-                    .extend(entry.iter().map(|tx| (tx.clone(), gates.clone())));
+                    .extend(entry.iter().map(|tx| link(tx, gates.clone())));
             }
         }
 
-        let mut live = BTreeMap::new();
-        let settings_for = |node: &Node| settings.get(node).cloned();
+        let mut place = Placing {
+            old: &mut old,
+            live: BTreeMap::new(),
+            summary: &mut summary,
+            settings,
+            signals: &signals,
+        };
 
         // Start downstream first.
         for (id, exp) in graph.exporters {
             let node = Node::Exporter(id);
-            let label = node.label();
-            let (tx, rx) = inputs.remove(&node).unwrap_or_else(|| {
-                let (tx, rx) = async_channel::bounded(cap);
-                (tx, Some(rx))
-            });
-            let l = match rx {
+            let (tx, rx) = take_input(&mut inputs, &node, cap);
+            match rx {
                 None => {
-                    summary.kept.push(label);
-                    old.remove(&node).map(|l| Live {
-                        input: Some(tx),
-                        ..l
-                    })
+                    place.keep(&node, Some(tx), None);
                 }
                 Some(rx) => {
-                    let after = old.get(&node).map(|l| l.finished.clone());
+                    let label = node.label();
                     let ctx = self.ctx(&label, self.receivers_stop.clone());
                     let fut = exp.run(ctx, self.input(Kind::Exporter, &label, rx));
-                    let finished = self.spawn(label.clone(), fut, after);
-                    summary.started.push(label);
-                    Some(Live {
-                        settings: settings_for(&node),
-                        input: Some(tx),
-                        output: None,
-                        signals: BTreeSet::new(),
-                        stop: None,
-                        finished,
-                    })
+                    place.start(self, node, fut, Some(tx), None, None);
                 }
-            };
-            if let Some(l) = l {
-                live.insert(node, l);
             }
         }
         for (id, con) in graph.connectors {
@@ -505,41 +504,16 @@ impl Runtime {
                 .into_iter()
                 .collect();
             let out = output(&self.telemetry, Kind::Connector, &label, targets);
-            let (tx, rx) = inputs.remove(&node).unwrap_or_else(|| {
-                let (tx, rx) = async_channel::bounded(cap);
-                (tx, Some(rx))
-            });
-            let l = match rx {
+            let (tx, rx) = take_input(&mut inputs, &node, cap);
+            match rx {
                 None => {
-                    summary.kept.push(label);
-                    old.remove(&node).map(|l| {
-                        if let Some(o) = &l.output {
-                            o.replace_targets(&out);
-                        }
-                        Live {
-                            input: Some(tx),
-                            ..l
-                        }
-                    })
+                    place.keep(&node, Some(tx), Some(&out));
                 }
                 Some(rx) => {
-                    let after = old.get(&node).map(|l| l.finished.clone());
                     let ctx = self.ctx(&label, self.receivers_stop.clone());
                     let fut = con.run(ctx, self.input(Kind::Connector, &label, rx), out.clone());
-                    let finished = self.spawn(label.clone(), fut, after);
-                    summary.started.push(label);
-                    Some(Live {
-                        settings: settings_for(&node),
-                        input: Some(tx),
-                        output: Some(out),
-                        signals: signals.get(&node).cloned().unwrap_or_default(),
-                        stop: None,
-                        finished,
-                    })
+                    place.start(self, node, fut, Some(tx), Some(out), None);
                 }
-            };
-            if let Some(l) = l {
-                live.insert(node, l);
             }
         }
         for (label, fut) in processor_runs {
@@ -555,33 +529,14 @@ impl Runtime {
                 .into_iter()
                 .collect();
             let out = output(&self.telemetry, Kind::Receiver, &label, targets);
-            if keep(&node, &old) {
-                if let Some(l) = old.remove(&node) {
-                    if let Some(o) = &l.output {
-                        o.replace_targets(&out);
-                    }
-                    summary.kept.push(label);
-                    live.insert(node, l);
-                    continue;
-                }
+            if keep(&node, place.old) && place.keep(&node, None, Some(&out)) {
+                continue;
             }
-            let after = old.get(&node).map(|l| l.finished.clone());
             let stop = self.receivers_stop.child_token();
             let fut = rec.run(self.ctx(&label, stop.clone()), out.clone());
-            let finished = self.spawn(label.clone(), fut, after);
-            summary.started.push(label);
-            live.insert(
-                node.clone(),
-                Live {
-                    settings: settings_for(&node),
-                    input: None,
-                    output: Some(out),
-                    signals: signals.get(&node).cloned().unwrap_or_default(),
-                    stop: Some(stop),
-                    finished,
-                },
-            );
+            place.start(self, node, fut, None, Some(out), Some(stop));
         }
+        let live = place.live;
         drop(producer_targets);
 
         // Retire what the new graph does not keep: receivers are stopped; exporters and
@@ -597,6 +552,73 @@ impl Runtime {
         }
         self.live = live;
         summary
+    }
+}
+
+/// The input channel of exporter or connector `node`: `(sender, None)` when the running instance
+/// is kept with its channel, `(sender, Some(receiver))` for a new instance.
+fn take_input(
+    inputs: &mut BTreeMap<Node, (Tx, Option<Rx>)>,
+    node: &Node,
+    cap: usize,
+) -> (Tx, Option<Rx>) {
+    inputs.remove(node).unwrap_or_else(|| {
+        let (tx, rx) = async_channel::bounded(cap);
+        (tx, Some(rx))
+    })
+}
+
+/// How [`Runtime::apply`] places each receiver, connector and exporter of the new graph: its
+/// running instance kept, or a new one started once the old one has finished.
+struct Placing<'a> {
+    old: &'a mut BTreeMap<Node, Live>,
+    live: BTreeMap<Node, Live>,
+    summary: &'a mut ReloadSummary,
+    settings: &'a BTreeMap<Node, Value>,
+    signals: &'a BTreeMap<Node, BTreeSet<SignalKind>>,
+}
+
+impl Placing<'_> {
+    /// Keep `node`'s running instance, with `input` as its input channel (unchanged when
+    /// `None`) and pointing its output at `out`'s targets. `false` when nothing runs to keep.
+    fn keep(&mut self, node: &Node, input: Option<Tx>, out: Option<&Output>) -> bool {
+        let Some(mut l) = self.old.remove(node) else {
+            return false;
+        };
+        if let (Some(o), Some(new)) = (&l.output, out) {
+            o.replace_targets(new);
+        }
+        if input.is_some() {
+            l.input = input;
+        }
+        self.summary.kept.push(node.label());
+        self.live.insert(node.clone(), l);
+        true
+    }
+
+    /// Spawn `fut` as `node`'s new instance, after the instance it replaces has finished.
+    fn start(
+        &mut self,
+        rt: &mut Runtime,
+        node: Node,
+        fut: BoxRun,
+        input: Option<Tx>,
+        output: Option<Output>,
+        stop: Option<CancellationToken>,
+    ) {
+        let label = node.label();
+        let after = self.old.get(&node).map(|l| l.finished.clone());
+        let finished = rt.spawn(label.clone(), fut, after);
+        self.summary.started.push(label);
+        let live = Live {
+            settings: self.settings.get(&node).cloned(),
+            input,
+            output,
+            signals: self.signals.get(&node).cloned().unwrap_or_default(),
+            stop,
+            finished,
+        };
+        self.live.insert(node, live);
     }
 }
 

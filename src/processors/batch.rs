@@ -229,6 +229,7 @@ impl Processor for BatchProcessor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signal::Batch;
     use crate::telemetry::{Counter, Telemetry};
     use tokio_util::sync::CancellationToken;
 
@@ -239,8 +240,8 @@ mod tests {
     async fn harness(
         cfg: BatchConfig,
     ) -> (
-        async_channel::Sender<Signal>,
-        async_channel::Receiver<Signal>,
+        async_channel::Sender<Batch>,
+        async_channel::Receiver<Batch>,
         tokio::task::JoinHandle<()>,
     ) {
         let (in_tx, in_rx) = async_channel::bounded(16);
@@ -271,7 +272,7 @@ mod tests {
         })
         .await;
         for _ in 0..3 {
-            tx.send(events(2)).await.unwrap();
+            tx.send(events(2).into()).await.unwrap();
         }
         let b = rx.recv().await.unwrap();
         assert_eq!(b.item_count(), 6);
@@ -288,7 +289,7 @@ mod tests {
             ..BatchConfig::default()
         })
         .await;
-        tx.send(events(12)).await.unwrap();
+        tx.send(events(12).into()).await.unwrap();
         let mut sizes = Vec::new();
         for _ in 0..3 {
             sizes.push(rx.recv().await.unwrap().item_count());
@@ -321,7 +322,7 @@ mod tests {
             ..BatchConfig::default()
         })
         .await;
-        tx.send(events(3)).await.unwrap();
+        tx.send(events(3).into()).await.unwrap();
         let b = tokio::time::timeout(Duration::from_secs(1), rx.recv())
             .await
             .unwrap()
@@ -337,7 +338,7 @@ mod tests {
             ..BatchConfig::default()
         })
         .await;
-        tx.send(events(4)).await.unwrap();
+        tx.send(events(4).into()).await.unwrap();
         drop(tx);
         h.await.unwrap();
         assert_eq!(rx.recv().await.unwrap().item_count(), 4);

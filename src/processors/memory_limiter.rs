@@ -263,7 +263,7 @@ impl Processor for MemoryLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::component::SendError;
+    use crate::component::{GatedSender, SendError};
     use crate::signal::Signal;
     use crate::telemetry::Telemetry;
     use std::sync::Arc;
@@ -354,7 +354,11 @@ mod tests {
         let producer = Output::gated(
             vec![(
                 SignalKind::Celery,
-                vec![(in_tx.clone(), vec![gate.clone()])],
+                vec![GatedSender {
+                    tx: in_tx.clone(),
+                    gates: vec![gate.clone()],
+                    latency: None,
+                }],
             )],
             |_| (Counter::default(), Counter::default()),
         );

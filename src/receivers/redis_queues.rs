@@ -444,6 +444,7 @@ impl Receiver for RedisQueues {
 mod tests {
     use super::*;
     use crate::component::Output;
+    use crate::signal::Batch;
     use crate::telemetry::Counter;
     use opentelemetry_proto::tonic::common::v1::any_value;
     use opentelemetry_proto::tonic::metrics::v1::metric;
@@ -601,7 +602,7 @@ mod tests {
     }
 
     /// The next batch reporting `celery` at `want`, within `within`.
-    async fn wait_for(rx: &async_channel::Receiver<Signal>, want: i64, within: Duration) -> bool {
+    async fn wait_for(rx: &async_channel::Receiver<Batch>, want: i64, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
         while let Ok(Ok(s)) = tokio::time::timeout_at(deadline, rx.recv()).await {
             if celery_length(&s) == Some(want) {
@@ -677,7 +678,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(celery_length(&first), Some(6), "{first:?}");
-        let Signal::Metrics(rm) = &first else {
+        let Signal::Metrics(rm) = &first.signal else {
             unreachable!()
         };
         let Some(metric::Data::Gauge(g)) = &rm[0].scope_metrics[0].metrics[0].data else {

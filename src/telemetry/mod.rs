@@ -17,7 +17,7 @@ pub use server::{bearer_matches, serve, serve_authorized, Reply};
 pub use throttle::Throttle;
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -53,6 +53,62 @@ impl Gauge {
     }
 }
 
+/// Upper bounds, in seconds, of [`Histogram`] buckets (`+Inf` is implied): fine below 10 ms,
+/// where the pipeline latency goal lies, coarse up to the batch and retry timescales.
+pub const LATENCY_BUCKETS: [f64; 18] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25,
+    0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A histogram handle over [`LATENCY_BUCKETS`]: one observation is a duration given to `n`
+/// items at once (a batch), so `_count` counts items. Lock-free: a bucket search and three
+/// atomic adds.
+#[derive(Clone, Debug, Default)]
+pub struct Histogram(Arc<HistogramCells>);
+
+#[derive(Debug, Default)]
+pub struct HistogramCells {
+    /// Non-cumulative counts per bucket; the last one is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    /// Record `d` for each of `n` items.
+    pub fn observe(&self, d: std::time::Duration, n: u64) {
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BUCKETS.partition_point(|&b| b < secs);
+        let c = &self.0;
+        c.buckets[i].fetch_add(n, Ordering::Relaxed);
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        c.sum_nanos
+            .fetch_add(nanos.saturating_mul(n), Ordering::Relaxed);
+        c.count.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Items observed so far.
+    pub fn count(&self) -> u64 {
+        self.0.count.load(Ordering::Relaxed)
+    }
+
+    /// Cumulative counts per bucket bound (the last is `+Inf`), the sum in seconds, and the count.
+    pub fn read(&self) -> (Vec<u64>, f64, u64) {
+        let mut acc = 0;
+        let cumulative = self
+            .0
+            .buckets
+            .iter()
+            .map(|b| {
+                acc += b.load(Ordering::Relaxed);
+                acc
+            })
+            .collect();
+        let sum = self.0.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        (cumulative, sum, self.count())
+    }
+}
+
 /// Whether this agent leads its pair now (see [`Telemetry::set_leadership`]).
 pub type Leading = Arc<dyn Fn() -> bool + Send + Sync>;
 
@@ -64,6 +120,7 @@ enum Cell {
     Counter(Counter),
     Gauge(Gauge),
     Observed(Observe),
+    Histogram(Histogram),
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -109,7 +166,7 @@ impl Telemetry {
         name: &'static str,
         help: &'static str,
         labels: &[(&'static str, &str)],
-        gauge: bool,
+        new: fn() -> Cell,
     ) -> Cell {
         let key: Labels = labels.iter().map(|(k, v)| (*k, (*v).to_string())).collect();
         let mut families = self
@@ -121,17 +178,7 @@ impl Telemetry {
             help,
             series: BTreeMap::new(),
         });
-        family
-            .series
-            .entry(key)
-            .or_insert_with(|| {
-                if gauge {
-                    Cell::Gauge(Gauge::default())
-                } else {
-                    Cell::Counter(Counter::default())
-                }
-            })
-            .clone()
+        family.series.entry(key).or_insert_with(new).clone()
     }
 
     /// The counter `name{labels}`, created at 0 on first use. `name` should end in `_total`.
@@ -141,9 +188,9 @@ impl Telemetry {
         help: &'static str,
         labels: &[(&'static str, &str)],
     ) -> Counter {
-        match self.cell(name, help, labels, false) {
+        match self.cell(name, help, labels, || Cell::Counter(Counter::default())) {
             Cell::Counter(c) => c,
-            Cell::Gauge(_) | Cell::Observed(_) => Counter::default(),
+            _ => Counter::default(),
         }
     }
 
@@ -153,9 +200,23 @@ impl Telemetry {
         help: &'static str,
         labels: &[(&'static str, &str)],
     ) -> Gauge {
-        match self.cell(name, help, labels, true) {
+        match self.cell(name, help, labels, || Cell::Gauge(Gauge::default())) {
             Cell::Gauge(g) => g,
-            Cell::Counter(_) | Cell::Observed(_) => Gauge::default(),
+            _ => Gauge::default(),
+        }
+    }
+
+    /// The histogram `name{labels}` over [`LATENCY_BUCKETS`], created empty on first use.
+    /// `name` should end in `_seconds`.
+    pub fn histogram(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+    ) -> Histogram {
+        match self.cell(name, help, labels, || Cell::Histogram(Histogram::default())) {
+            Cell::Histogram(h) => h,
+            _ => Histogram::default(),
         }
     }
 
@@ -185,7 +246,8 @@ impl Telemetry {
             .insert(key, Cell::Observed(Arc::new(observe)));
     }
 
-    /// Every family's current values, for exporting the agent's metrics through a pipeline.
+    /// Every counter and gauge family's current values, for exporting the agent's metrics
+    /// through a pipeline (histograms are on `/metrics` only).
     pub fn snapshot(&self) -> Vec<FamilySnapshot> {
         let families = self
             .inner
@@ -194,6 +256,7 @@ impl Telemetry {
             .unwrap_or_else(|e| e.into_inner());
         families
             .iter()
+            .filter(|(_, fam)| !matches!(fam.series.values().next(), Some(Cell::Histogram(_))))
             .map(|(name, fam)| FamilySnapshot {
                 name,
                 help: fam.help,
@@ -206,6 +269,7 @@ impl Telemetry {
                             Cell::Counter(c) => c.get() as f64,
                             Cell::Gauge(g) => g.get() as f64,
                             Cell::Observed(f) => f() as f64,
+                            Cell::Histogram(h) => h.count() as f64,
                         };
                         (labels.clone(), v)
                     })
@@ -225,27 +289,28 @@ impl Telemetry {
         for (name, fam) in families.iter() {
             let kind = match fam.series.values().next() {
                 Some(Cell::Gauge(_) | Cell::Observed(_)) => "gauge",
+                Some(Cell::Histogram(_)) => "histogram",
                 _ => "counter",
             };
             let _ = writeln!(out, "# HELP {name} {}", fam.help);
             let _ = writeln!(out, "# TYPE {name} {kind}");
             for (labels, cell) in &fam.series {
-                out.push_str(name);
-                if !labels.is_empty() {
-                    out.push('{');
-                    for (i, (k, v)) in labels.iter().enumerate() {
-                        if i > 0 {
-                            out.push(',');
+                match cell {
+                    Cell::Counter(c) => line(&mut out, name, "", labels, None, c.get()),
+                    Cell::Gauge(g) => line(&mut out, name, "", labels, None, g.get()),
+                    Cell::Observed(f) => line(&mut out, name, "", labels, None, f()),
+                    Cell::Histogram(h) => {
+                        let (buckets, sum, count) = h.read();
+                        for (i, n) in buckets.iter().enumerate() {
+                            let le = LATENCY_BUCKETS
+                                .get(i)
+                                .map_or_else(|| "+Inf".to_string(), |b| b.to_string());
+                            line(&mut out, name, "_bucket", labels, Some(&le), n);
                         }
-                        let _ = write!(out, "{k}=\"{}\"", escape_label(v));
+                        line(&mut out, name, "_sum", labels, None, sum);
+                        line(&mut out, name, "_count", labels, None, count);
                     }
-                    out.push('}');
                 }
-                let _ = match cell {
-                    Cell::Counter(c) => writeln!(out, " {}", c.get()),
-                    Cell::Gauge(g) => writeln!(out, " {}", g.get()),
-                    Cell::Observed(f) => writeln!(out, " {}", f()),
-                };
             }
         }
         out
@@ -318,6 +383,31 @@ impl Telemetry {
     }
 }
 
+/// Write `name{suffix}{labels,le="…"} value` as one exposition line.
+fn line(
+    out: &mut String,
+    name: &str,
+    suffix: &str,
+    labels: &Labels,
+    le: Option<&str>,
+    value: impl fmt::Display,
+) {
+    out.push_str(name);
+    out.push_str(suffix);
+    let le = le.map(|le| ("le", std::borrow::Cow::Borrowed(le)));
+    let all = labels.iter().map(|(k, v)| (*k, escape_label(v))).chain(le);
+    let mut any = false;
+    for (k, v) in all {
+        out.push(if any { ',' } else { '{' });
+        any = true;
+        let _ = write!(out, "{k}=\"{v}\"");
+    }
+    if any {
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
+}
+
 /// Escape a label value for the text format (`\`, `"` and newline).
 pub fn escape_label(v: &str) -> std::borrow::Cow<'_, str> {
     if !v.contains(['\\', '"', '\n']) {
@@ -374,6 +464,42 @@ mod tests {
             text.contains("# TYPE celeriac_q gauge\nceleriac_q -2\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn histograms_count_items_in_cumulative_buckets() {
+        let t = Telemetry::new();
+        let h = t.histogram(
+            "celeriac_lat_seconds",
+            "Latency.",
+            &[("pipeline", "traces")],
+        );
+        h.observe(std::time::Duration::from_micros(300), 10);
+        h.observe(std::time::Duration::from_millis(20), 1);
+        h.observe(std::time::Duration::from_secs(60), 2);
+        let text = t.render();
+        assert!(
+            text.contains("# TYPE celeriac_lat_seconds histogram\n"),
+            "{text}"
+        );
+        for line in [
+            "celeriac_lat_seconds_bucket{pipeline=\"traces\",le=\"0.00025\"} 0\n",
+            "celeriac_lat_seconds_bucket{pipeline=\"traces\",le=\"0.0005\"} 10\n",
+            "celeriac_lat_seconds_bucket{pipeline=\"traces\",le=\"0.025\"} 11\n",
+            "celeriac_lat_seconds_bucket{pipeline=\"traces\",le=\"10\"} 11\n",
+            "celeriac_lat_seconds_bucket{pipeline=\"traces\",le=\"+Inf\"} 13\n",
+            "celeriac_lat_seconds_count{pipeline=\"traces\"} 13\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert!(
+            text.contains("celeriac_lat_seconds_sum{pipeline=\"traces\"} 120.023\n"),
+            "{text}"
+        );
+        assert!(t
+            .snapshot()
+            .iter()
+            .all(|f| f.name != "celeriac_lat_seconds"));
     }
 
     #[test]

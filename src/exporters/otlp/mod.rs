@@ -78,7 +78,7 @@ use crate::component::{BuildResult, Factory, Registration};
 use crate::config::{self, types, DecodeError, Value};
 use crate::exporters::retry::{pause, Attempts};
 use crate::exporters::sending_queue::{self, DiskQueue, FileQueue, Storage};
-use crate::signal::{Signal, SignalKind};
+use crate::signal::{Batch, SignalKind};
 use crate::telemetry::{Counter, Gauge, Throttle};
 use retry::{RetryConfig, Verdict};
 use wire::{Encoded, PartialSuccess, RawCodec};
@@ -586,7 +586,7 @@ async fn run_memory_queue(
     queued: &Gauge,
     seed: u64,
 ) {
-    let (tx, rx) = async_channel::bounded::<Signal>(q.queue_size);
+    let (tx, rx) = async_channel::bounded::<Batch>(q.queue_size);
     let mut senders = tokio::task::JoinSet::new();
     for i in 0..q.num_consumers {
         let (rx, shared) = (rx.clone(), shared.clone());
@@ -595,14 +595,19 @@ async fn run_memory_queue(
             while let Ok(batch) = rx.recv().await {
                 seed = seed.rotate_left(7).wrapping_add(0x9e37_79b9_7f4a_7c15);
                 // Encoded once here, in the sender, so encoding runs on `num_consumers` tasks.
-                if let Some(batch) = Encoded::of(&batch) {
-                    shared.export(&batch, seed, false).await;
+                if let Some(encoded) = Encoded::of(&batch.signal) {
+                    drop(batch.signal);
+                    // Its pipelines end here: the bytes go to the network.
+                    if let Some(stamp) = batch.stamp {
+                        stamp.observe(encoded.items);
+                    }
+                    shared.export(&encoded, seed, false).await;
                 }
             }
         });
     }
     drop(rx);
-    while let Some(batch) = input.recv().await {
+    while let Some(batch) = input.recv_batch().await {
         // Waits while the queue is full: backpressure, not loss.
         if tx.send(batch).await.is_err() {
             break;
@@ -665,15 +670,19 @@ async fn run_file_queue(
         });
     }
     let mut warned_io = false;
-    while let Some(batch) = input.recv().await {
-        let Some(encoded) = Encoded::of(&batch) else {
+    while let Some(batch) = input.recv_batch().await {
+        let Some(encoded) = Encoded::of(&batch.signal) else {
             continue;
         };
-        drop(batch);
+        drop(batch.signal);
         let items = encoded.items as u32;
         let record = encoded.record();
         match disk.push(record, items).await {
             Ok(evicted) => {
+                // Its pipelines end here: the bytes are on disk, sent from there.
+                if let Some(stamp) = &batch.stamp {
+                    stamp.observe(encoded.items);
+                }
                 queued.add(1 - evicted.records as i64);
                 if evicted.records > 0 {
                     shared.dropped.queue_full.add(evicted.items);
@@ -821,6 +830,7 @@ pub(crate) async fn run_queued(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signal::Signal;
     use crate::telemetry::Telemetry;
     use std::time::Instant;
 
@@ -955,7 +965,7 @@ mod tests {
         };
         let (tx, rx) = async_channel::bounded(4);
         let input = Input::new(rx, Counter::default());
-        tx.send(span_batch()).await.unwrap();
+        tx.send(span_batch().into()).await.unwrap();
         drop(tx);
         if let Some(after) = cancel_after {
             tokio::spawn(async move {

@@ -553,7 +553,7 @@ async fn serves_the_page_over_http() {
         }),
     );
     in_tx
-        .send(Signal::Metrics(Arc::new(batch(vec![], vec![g, e]))))
+        .send(Signal::Metrics(Arc::new(batch(vec![], vec![g, e]))).into())
         .await
         .unwrap();
 

@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Instant;
 
 use hyper::body::Incoming;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
@@ -40,12 +41,21 @@ struct Otlp {
     ingest: Arc<Ingest>,
 }
 
+/// When a request's headers arrived, before tonic read and decoded its body: where the pipeline
+/// latency starts.
+#[derive(Clone, Copy)]
+struct Arrived(Instant);
+
 impl Otlp {
-    fn push(&self, signal: Signal) -> Result<(), Status> {
+    fn push<T>(&self, req: &Request<T>, signal: Signal) -> Result<(), Status> {
         if signal.is_empty() {
             return Ok(());
         }
-        self.ingest.push(signal).map_err(|r| match r {
+        let arrived = req
+            .extensions()
+            .get::<Arrived>()
+            .map_or_else(Instant::now, |a| a.0);
+        self.ingest.push(signal, arrived).map_err(|r| match r {
             Refusal::Full => {
                 self.ingest.refuse("grpc", "pipeline_full");
                 Status::unavailable("celeriac's pipeline is full; retry with backoff")
@@ -67,9 +77,10 @@ impl Otlp {
 impl TraceService for Otlp {
     async fn export(
         &self,
-        req: Request<ExportTraceServiceRequest>,
+        mut req: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        self.push(Signal::Traces(Arc::new(req.into_inner().resource_spans)))?;
+        let data = std::mem::take(&mut req.get_mut().resource_spans);
+        self.push(&req, Signal::Traces(Arc::new(data)))?;
         Ok(Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
@@ -80,9 +91,10 @@ impl TraceService for Otlp {
 impl MetricsService for Otlp {
     async fn export(
         &self,
-        req: Request<ExportMetricsServiceRequest>,
+        mut req: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        self.push(Signal::Metrics(Arc::new(req.into_inner().resource_metrics)))?;
+        let data = std::mem::take(&mut req.get_mut().resource_metrics);
+        self.push(&req, Signal::Metrics(Arc::new(data)))?;
         Ok(Response::new(ExportMetricsServiceResponse {
             partial_success: None,
         }))
@@ -93,9 +105,10 @@ impl MetricsService for Otlp {
 impl LogsService for Otlp {
     async fn export(
         &self,
-        req: Request<ExportLogsServiceRequest>,
+        mut req: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        self.push(Signal::Logs(Arc::new(req.into_inner().resource_logs)))?;
+        let data = std::mem::take(&mut req.get_mut().resource_logs);
+        self.push(&req, Signal::Logs(Arc::new(data)))?;
         Ok(Response::new(ExportLogsServiceResponse {
             partial_success: None,
         }))
@@ -152,6 +165,8 @@ pub async fn serve(
         let ingest = counting.clone();
         async move {
             use tonic::codegen::Service;
+            let mut req = req;
+            req.extensions_mut().insert(Arrived(Instant::now()));
             if !admitted(&ingest, &req) {
                 ingest.refuse("grpc", "unauthenticated");
                 let st = Status::unauthenticated("missing or wrong bearer token");

@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::io::Read;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -394,6 +395,7 @@ async fn handle_signal(req: Request<Incoming>, ingest: &Arc<Ingest>, max_body: u
             );
         }
     };
+    let arrived = Instant::now();
     // Over the memory limit: refuse before decompressing and decoding, the costly part.
     if ingest.refusing(kind) {
         return refused(&ingest, format, Refusal::MemoryLimit);
@@ -428,7 +430,7 @@ async fn handle_signal(req: Request<Incoming>, ingest: &Arc<Ingest>, max_body: u
     if signal.is_empty() {
         return success(kind, format);
     }
-    match ingest.push(signal) {
+    match ingest.push(signal, arrived) {
         Ok(()) => success(kind, format),
         Err(r @ (Refusal::Full | Refusal::MemoryLimit)) => refused(&ingest, format, r),
         Err(Refusal::NoPipeline) => error(

@@ -47,6 +47,7 @@ pub use http::decode_body as decode_http_body;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -381,13 +382,14 @@ impl Ingest {
         self.out.refusing(kind)
     }
 
-    /// Hand a decoded batch to the pipeline without waiting.
-    pub fn push(&self, signal: Signal) -> Result<(), Refusal> {
+    /// Hand a decoded batch to the pipeline without waiting; its bytes arrived at `arrived`
+    /// (where the pipeline latency starts).
+    pub fn push(&self, signal: Signal, arrived: Instant) -> Result<(), Refusal> {
         let kind = signal.kind();
         if !self.out.wants(kind) {
             return Err(Refusal::NoPipeline);
         }
-        match self.out.try_send(signal) {
+        match self.out.try_send_since(signal, Some(arrived)) {
             Ok(()) => Ok(()),
             Err(SendError::Full) => Err(Refusal::Full),
             Err(SendError::Refused) => Err(Refusal::MemoryLimit),
