@@ -425,11 +425,17 @@ pub fn escape_label(v: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(s)
 }
 
+/// The AMQP client logs an ERROR of its own each time the broker closes a channel, which a
+/// passive `queue.declare` of a missing queue does by design on every poll. Each such close
+/// reaches celeriac as the failed operation's error, which the component logs (once, or
+/// throttled) and counts, so the client's own line is left out unless `RUST_LOG` asks for it.
+const QUIET: &str = "lapin::channel=off";
+
 /// Set up the agent's own logs: human-readable on stderr (stdout may carry exported data).
 pub fn init_logging(level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(format!("{level},{QUIET}")))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("info,{QUIET}")));
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
