@@ -266,7 +266,8 @@ pub struct Evictions {
 }
 
 pub struct TaskTable {
-    map: HashMap<Arc<str>, Task>,
+    /// Boxed, so the slots a hash table keeps empty after doubling cost 24 B, not a whole `Task`.
+    map: HashMap<Arc<str>, Box<Task>>,
     /// Touch order; entries whose generation no longer matches the record are stale.
     order: VecDeque<(Arc<str>, u64)>,
     /// Records that reached a final state, in that order (stale entries as in `order`).
@@ -309,7 +310,7 @@ impl TaskTable {
     }
 
     pub fn get(&self, id: &str) -> Option<&Task> {
-        self.map.get(id)
+        self.map.get(id).map(|t| &**t)
     }
 
     /// The record for `id`, created if new, marked most recently used.
@@ -320,7 +321,7 @@ impl TaskTable {
             Some((k, _)) => k.clone(),
             None => {
                 let k: Arc<str> = Arc::from(id);
-                self.map.insert(k.clone(), Task::new(now));
+                self.map.insert(k.clone(), Box::new(Task::new(now)));
                 k
             }
         };

@@ -178,7 +178,10 @@ impl WorkerRecord {
 
 /// Everything the view holds; reachable only through [`View::read`].
 pub struct ViewState {
-    tasks: HashMap<Arc<str>, TaskRecord>,
+    /// Boxed: a record is ~470 B and a hash table keeps up to half its slots empty after it
+    /// doubles; boxed, an empty slot costs 24 B instead of a whole record (BENCHMARKS.md,
+    /// "Bytes per tracked task").
+    tasks: HashMap<Arc<str>, Box<TaskRecord>>,
     order: BTreeMap<u64, Arc<str>>,
     seq: u64,
     max_tasks: usize,
@@ -206,20 +209,17 @@ impl ViewState {
     }
 
     pub fn task(&self, id: &str) -> Option<&TaskRecord> {
-        self.tasks.get(id)
+        self.tasks.get(id).map(|t| &**t)
     }
 
     /// Tasks, most recently touched first.
     pub fn recent(&self) -> impl Iterator<Item = &TaskRecord> + '_ {
-        self.order
-            .values()
-            .rev()
-            .filter_map(|id| self.tasks.get(id))
+        self.order.values().rev().filter_map(|id| self.task(id))
     }
 
     /// Tasks, least recently touched first (the order of Celery's own task LRU).
     pub fn oldest_first(&self) -> impl Iterator<Item = &TaskRecord> + '_ {
-        self.order.values().filter_map(|id| self.tasks.get(id))
+        self.order.values().filter_map(|id| self.task(id))
     }
 
     pub fn task_count(&self) -> usize {
@@ -278,7 +278,8 @@ impl ViewState {
             Some((k, _)) => k.clone(),
             None => {
                 let k: Arc<str> = Arc::from(id);
-                self.tasks.insert(k.clone(), TaskRecord::new(k.clone()));
+                self.tasks
+                    .insert(k.clone(), Box::new(TaskRecord::new(k.clone())));
                 k
             }
         };
@@ -305,7 +306,9 @@ impl ViewState {
 
     fn apply(&mut self, ev: &CeleryEvent, now: f64) {
         self.apply_state(ev, now);
-        let task = ev.task_uuid().and_then(|id| self.tasks.get(id));
+        let task = ev
+            .task_uuid()
+            .and_then(|id| self.tasks.get(id).map(|t| &**t));
         self.flower.observe(ev, task, now);
     }
 
