@@ -87,25 +87,7 @@ fn real_worker_on_rabbitmq_counts_queues_and_workers() {
     };
     assert!(worker_up(1.0), "worker up\n{}", agent.output());
 
-    let mix = run_client(&url, &["run_mix"]);
-    assert_eq!(
-        mix["match"],
-        Value::Bool(true),
-        "client saw its events: {mix}"
-    );
-    let want = expected_counts(&mix);
-    let mut last = BTreeMap::new();
-    let converged = wait_until(Duration::from_secs(15), || {
-        last = scrape(&prom_addr)
-            .map(|s| scraped_counts(&s))
-            .unwrap_or_default();
-        last == want
-    });
-    assert!(
-        converged,
-        "counters\n got {last:?}\nwant {want:?}\n{}",
-        agent.output()
-    );
+    let want = assert_mix_counted(&url, &prom_addr, &agent);
     let samples = scrape(&prom_addr).unwrap();
     assert_eq!(
         metric_value(
@@ -205,14 +187,7 @@ fn real_worker_on_rabbitmq_counts_queues_and_workers() {
         depth("celery")
     );
 
-    agent.terminate();
-    assert!(
-        agent
-            .wait_exit(Duration::from_secs(10))
-            .is_some_and(|s| s.success()),
-        "{}",
-        agent.output()
-    );
+    agent.stop_ok(Duration::from_secs(10));
 }
 
 #[test]
@@ -273,14 +248,6 @@ fn bad_amqp_messages_are_counted_and_nothing_else_is_lost() {
     // 114 event messages; the 5 pidbox ones are left out (their exchange is not ours).
     assert_eq!(sent["published"].as_u64(), Some(114));
 
-    let dropped = |s: &[Sample], reason: &str| {
-        metric_value(
-            s,
-            "celeriac_celery_events_dropped_total",
-            &[("reason", reason)],
-        )
-        .unwrap_or(0.0)
-    };
     let mut t = Vec::new();
     let ok = wait_until(Duration::from_secs(10), || {
         t = scrape(&tel_addr).unwrap_or_default();
@@ -305,7 +272,7 @@ fn bad_amqp_messages_are_counted_and_nothing_else_is_lost() {
         ("unsupported_body_encoding", 1.0),
         ("too_large", 1.0),
     ] {
-        assert_eq!(dropped(&t, reason), n, "{reason}: {t:?}");
+        assert_eq!(events_dropped(&t, reason), n, "{reason}: {t:?}");
     }
     // The fixture's 30 tasks: 20 + 3 successes, 5 failures, 2 revoked.
     let ok = wait_until(Duration::from_secs(10), || {

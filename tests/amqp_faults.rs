@@ -134,10 +134,7 @@ fn connections_closed_by_the_server_mid_flood_reconnect_and_lose_nothing_after()
     assert!(agent
         .stderr()
         .contains("Consuming Celery events again; events published during the gap are lost."));
-    agent.terminate();
-    assert!(agent
-        .wait_exit(Duration::from_secs(10))
-        .is_some_and(|s| s.success()));
+    agent.stop_ok(Duration::from_secs(10));
 }
 
 #[test]
@@ -188,10 +185,7 @@ fn deleted_vhost_is_a_clear_error_retried_without_a_crash() {
     );
     publish_sent(&url, 50, "after.vhost");
     await_sent(&agent, &prom_addr, "after.vhost", 50.0);
-    agent.terminate();
-    assert!(agent
-        .wait_exit(Duration::from_secs(10))
-        .is_some_and(|s| s.success()));
+    agent.stop_ok(Duration::from_secs(10));
 }
 
 #[test]
@@ -219,10 +213,7 @@ fn a_failover_list_moves_to_the_broker_that_answers() {
         |_| true,
     );
     assert!(!agent.stderr().contains("guest:guest"));
-    agent.terminate();
-    assert!(agent
-        .wait_exit(Duration::from_secs(10))
-        .is_some_and(|s| s.success()));
+    agent.stop_ok(Duration::from_secs(10));
 }
 
 /// Events expire (or, with the queue gone, are never routed) while the agent has no event queue:

@@ -184,18 +184,10 @@ fn bad_envelopes_are_counted_and_nothing_else_is_lost() {
             redis.cmd(&["PUBLISH", &ch, &data]);
         }
     }
-    let dropped = |s: &[Sample], reason: &str| {
-        metric_value(
-            s,
-            "celeriac_celery_events_dropped_total",
-            &[("reason", reason)],
-        )
-        .unwrap_or(0.0)
-    };
     let mut t = Vec::new();
     let ok = wait_until(Duration::from_secs(10), || {
         t = scrape(&tel_addr).unwrap_or_default();
-        dropped(&t, "pickle") == pickles as f64
+        events_dropped(&t, "pickle") == pickles as f64
             && metric_value(&t, "celeriac_celery_events_received_total", &[]) == Some(88.0)
     });
     assert!(
@@ -209,8 +201,8 @@ fn bad_envelopes_are_counted_and_nothing_else_is_lost() {
     let total_dropped =
         metric_value(&t, "celeriac_celery_events_dropped_total", &[]).unwrap_or(0.0);
     assert_eq!(total_dropped, (pickles + garbage.len()) as f64, "{t:?}");
-    assert_eq!(dropped(&t, "msgpack"), 1.0);
-    assert_eq!(dropped(&t, "bad_base64"), 1.0);
+    assert_eq!(events_dropped(&t, "msgpack"), 1.0);
+    assert_eq!(events_dropped(&t, "bad_base64"), 1.0);
     let ok = wait_until(Duration::from_secs(10), || {
         scrape(&prom_addr)
             .and_then(|s| metric_value(&s, "celery_task_succeeded_total", &[("name", "shop.a")]))

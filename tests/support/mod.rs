@@ -1324,6 +1324,16 @@ pub fn metric_value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> 
     found
 }
 
+/// `celeriac_celery_events_dropped_total{reason}` in `samples`, 0 when the series is not there yet.
+pub fn events_dropped(samples: &[Sample], reason: &str) -> f64 {
+    metric_value(
+        samples,
+        "celeriac_celery_events_dropped_total",
+        &[("reason", reason)],
+    )
+    .unwrap_or(0.0)
+}
+
 /// GET `http://addr/metrics` and parse it; None if the endpoint did not answer 200.
 pub fn scrape(addr: &str) -> Option<Vec<Sample>> {
     match http_get(addr, "/metrics")? {
