@@ -270,14 +270,10 @@ fn control_commands_over_the_amqp_pidbox() {
 }
 
 fn wait_result(addr: &str, id: &str) -> Value {
-    let mut last = Value::Null;
-    let done = wait_until(Duration::from_secs(30), || {
-        let (_, b) = authed(addr, "GET", &format!("/api/task/result/{id}"), b"");
-        last = serde_json::from_str(&b).unwrap_or(Value::Null);
-        last["state"] == "SUCCESS" || last["state"] == "FAILURE"
-    });
-    assert!(done, "task {id} never finished: {last}");
-    last
+    wait_task_result(Duration::from_secs(30), id, |path| {
+        let (_, b) = authed(addr, "GET", path, b"");
+        serde_json::from_str(&b).unwrap_or(Value::Null)
+    })
 }
 
 #[test]

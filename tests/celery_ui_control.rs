@@ -56,11 +56,7 @@ struct Flower {
 
 impl Drop for Flower {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_group(&mut self.child);
     }
 }
 
@@ -158,13 +154,7 @@ fn worker_state(addr: &str) -> (usize, Vec<String>) {
 }
 
 fn wait_result(addr: &str, id: &str) -> Value {
-    let mut last = Value::Null;
-    let done = wait_until(Duration::from_secs(20), || {
-        last = get(addr, &format!("/api/task/result/{id}"));
-        last["state"] == "SUCCESS" || last["state"] == "FAILURE"
-    });
-    assert!(done, "task {id} never finished: {last}");
-    last
+    wait_task_result(Duration::from_secs(20), id, |path| get(addr, path))
 }
 
 #[test]

@@ -159,7 +159,7 @@ fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 }
 
 /// SIGKILLs the child's process group (it was spawned as a group leader) and reaps it.
-fn kill_group(child: &mut Child) {
+pub fn kill_group(child: &mut Child) {
     send_signal(child.id(), "KILL", true);
     let _ = child.kill();
     let _ = child.wait();
@@ -1332,6 +1332,22 @@ pub fn events_dropped(samples: &[Sample], reason: &str) -> f64 {
         &[("reason", reason)],
     )
     .unwrap_or(0.0)
+}
+
+/// Polls `get(path)` for `/api/task/result/{id}` (the dashboard's and Flower's answer) until the
+/// task's state is SUCCESS or FAILURE; panics with the last answer after `timeout`.
+pub fn wait_task_result(
+    timeout: Duration,
+    id: &str,
+    mut get: impl FnMut(&str) -> serde_json::Value,
+) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    let done = wait_until(timeout, || {
+        last = get(&format!("/api/task/result/{id}"));
+        last["state"] == "SUCCESS" || last["state"] == "FAILURE"
+    });
+    assert!(done, "task {id} never finished: {last}");
+    last
 }
 
 /// GET `http://addr/metrics` and parse it; None if the endpoint did not answer 200.
