@@ -671,6 +671,16 @@ pub fn run_client(broker_url: &str, script_args: &[&str]) -> serde_json::Value {
     run_client_env(broker_url, script_args, &[])
 }
 
+/// The task ids a client action printed (its `ids` list).
+pub fn client_ids(v: &serde_json::Value) -> Vec<String> {
+    v["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|i| i.as_str().expect("id").to_string())
+        .collect()
+}
+
 /// `run_client` with extra environment (e.g. `CELERIAC_OTEL=1`, `OTEL_EXPORTER_OTLP_ENDPOINT`).
 pub fn run_client_env(
     broker_url: &str,
