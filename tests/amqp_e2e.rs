@@ -6,11 +6,9 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::Value;
 use support::rabbitmq::{amqp_tool, await_consuming, Vhost};
 use support::*;
 
@@ -78,13 +76,7 @@ fn real_worker_on_rabbitmq_counts_queues_and_workers() {
 
     let mut worker = CeleryWorker::start(&url, WorkerOpts::default().heartbeat(1));
     worker.assert_ready(Duration::from_secs(60));
-    let worker_up = |want: f64| {
-        wait_until(Duration::from_secs(20), || {
-            scrape(&prom_addr)
-                .and_then(|s| metric_value(&s, "celery_worker_up", &[("hostname", "host1")]))
-                == Some(want)
-        })
-    };
+    let worker_up = |want: f64| worker_up_is(&prom_addr, "host1", want, Duration::from_secs(20));
     assert!(worker_up(1.0), "worker up\n{}", agent.output());
 
     let want = assert_mix_counted(&url, &prom_addr, &agent);
@@ -111,30 +103,7 @@ fn real_worker_on_rabbitmq_counts_queues_and_workers() {
     );
 
     // One log line per lifecycle step, as on Redis.
-    let text = std::fs::read_to_string(&log_path).unwrap();
-    let mut per_event: BTreeMap<String, u64> = BTreeMap::new();
-    for line in text.lines() {
-        let v: Value = serde_json::from_str(line).expect("JSON line");
-        *per_event
-            .entry(v["event"].as_str().unwrap_or("").to_string())
-            .or_default() += 1;
-    }
-    let total_of = |ev: &str| want.get(ev).map_or(0, |m| m.values().sum::<u64>());
-    for (log, ev) in [
-        ("task.sent", "sent"),
-        ("task.received", "received"),
-        ("task.started", "started"),
-        ("task.completed", "succeeded"),
-        ("task.failed", "failed"),
-        ("task.retried", "retried"),
-        ("task.revoked", "revoked"),
-    ] {
-        assert_eq!(
-            per_event.get(log).copied().unwrap_or(0),
-            total_of(ev),
-            "{log}: {per_event:?}"
-        );
-    }
+    assert_logged_per_event(&log_path, &want);
 
     // Queue depth: a queue nobody consumes, the worker's queue with its consumer, a missing queue.
     let fill = run_client(&url, &["fill_queue", "backlog", "10"]);

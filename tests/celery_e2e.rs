@@ -43,13 +43,7 @@ fn real_worker_counts_queues_workers_and_logs() {
 
     let mut worker = CeleryWorker::start(&redis.url(), WorkerOpts::default().heartbeat(1));
     worker.assert_ready(Duration::from_secs(60));
-    let worker_up = |want: f64| {
-        wait_until(Duration::from_secs(15), || {
-            scrape(&prom_addr)
-                .and_then(|s| metric_value(&s, "celery_worker_up", &[("hostname", "host1")]))
-                == Some(want)
-        })
-    };
+    let worker_up = |want: f64| worker_up_is(&prom_addr, "host1", want, Duration::from_secs(15));
     assert!(worker_up(1.0), "worker up\n{}", agent.output());
 
     let want = assert_mix_counted(&redis.url(), &prom_addr, &agent);
@@ -88,15 +82,7 @@ fn real_worker_counts_queues_workers_and_logs() {
     );
 
     // One log line per lifecycle step.
-    let per_event = log_events(&log_path);
-    let total_of = |ev: &str| want.get(ev).map_or(0, |m| m.values().sum::<u64>());
-    for (log, ev) in LOG_EVENTS {
-        assert_eq!(
-            per_event.get(log).copied().unwrap_or(0),
-            total_of(ev),
-            "{log}: {per_event:?}"
-        );
-    }
+    assert_logged_per_event(&log_path, &want);
     let text = std::fs::read_to_string(&log_path).unwrap();
     let failed = text
         .lines()

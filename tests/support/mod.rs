@@ -799,6 +799,29 @@ pub fn log_events(path: &Path) -> BTreeMap<String, u64> {
     per_event
 }
 
+/// One line in the `logs` exporter's file at `path` per task event of `want` (the counts
+/// [`assert_mix_counted`] returns), for each of [`LOG_EVENTS`].
+pub fn assert_logged_per_event(path: &Path, want: &BTreeMap<String, BTreeMap<String, u64>>) {
+    let per_event = log_events(path);
+    let total_of = |ev: &str| want.get(ev).map_or(0, |m| m.values().sum::<u64>());
+    for (log, ev) in LOG_EVENTS {
+        assert_eq!(
+            per_event.get(log).copied().unwrap_or(0),
+            total_of(ev),
+            "{log}: {per_event:?}"
+        );
+    }
+}
+
+/// Waits up to `timeout` for `celery_worker_up{hostname}` on the Prometheus endpoint at
+/// `prom_addr` to read `want`.
+pub fn worker_up_is(prom_addr: &str, hostname: &str, want: f64, timeout: Duration) -> bool {
+    wait_until(timeout, || {
+        scrape(prom_addr).and_then(|s| metric_value(&s, "celery_worker_up", &[("hostname", hostname)]))
+            == Some(want)
+    })
+}
+
 /// Runs the test client's `run_mix` on `broker_url` (asserting it saw the events it expected),
 /// then waits until celeriac's scrape at `prom_addr` counts exactly what the client expected, per
 /// event and task name; panics with `agent`'s output otherwise. The expected counts.
