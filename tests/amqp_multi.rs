@@ -130,18 +130,7 @@ fn pool_and_queues(addr: &str) -> (usize, Vec<String>) {
     );
     assert_eq!(s, 200, "{b}");
     let w: Value = serde_json::from_str(&b).expect("JSON");
-    let w = &w["w1@host1"];
-    let procs = w["stats"]["pool"]["processes"]
-        .as_array()
-        .map_or(0, Vec::len);
-    let mut queues: Vec<String> = w["active_queues"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|q| q["name"].as_str().map(str::to_string))
-        .collect();
-    queues.sort();
-    (procs, queues)
+    worker_pool_and_queues(&w["w1@host1"])
 }
 
 #[test]

@@ -140,17 +140,7 @@ fn worker_state(addr: &str) -> (usize, Vec<String>) {
         addr,
         &format!("/api/workers?refresh=1&workername={}", url_encode(W)),
     );
-    let procs = w[W]["stats"]["pool"]["processes"]
-        .as_array()
-        .map_or(0, Vec::len);
-    let mut queues: Vec<String> = w[W]["active_queues"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|q| q["name"].as_str().map(str::to_string))
-        .collect();
-    queues.sort();
-    (procs, queues)
+    worker_pool_and_queues(&w[W])
 }
 
 fn wait_result(addr: &str, id: &str) -> Value {

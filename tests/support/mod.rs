@@ -1383,6 +1383,22 @@ pub fn wait_task_result(
     last
 }
 
+/// A worker's pool size and its sorted queue names, from its `/api/workers` entry (the
+/// dashboard's and Flower's shape).
+pub fn worker_pool_and_queues(worker: &serde_json::Value) -> (usize, Vec<String>) {
+    let procs = worker["stats"]["pool"]["processes"]
+        .as_array()
+        .map_or(0, Vec::len);
+    let mut queues: Vec<String> = worker["active_queues"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|q| q["name"].as_str().map(str::to_string))
+        .collect();
+    queues.sort();
+    (procs, queues)
+}
+
 /// GET `http://addr/metrics` and parse it; None if the endpoint did not answer 200.
 pub fn scrape(addr: &str) -> Option<Vec<Sample>> {
     match http_get(addr, "/metrics")? {
