@@ -45,7 +45,8 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError, RedisResult};
 use serde::{Deserialize, Serialize};
 
-use super::queue_metrics::{gauge, point, resource, unix_nanos};
+use super::queue_metrics::{gauge, point, resource};
+use crate::otlp::unix_nanos;
 use crate::component::{BoxRun, Context, Output, Receiver};
 use crate::component::{BuildResult, Factory, Registration};
 use crate::config::{self, types, DecodeError, Value};
