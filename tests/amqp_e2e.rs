@@ -17,39 +17,15 @@ fn bin() -> &'static Path {
 }
 
 fn config(url: &str, prom: u16, telemetry: u16, log_path: &str) -> String {
-    format!(
-        r#"
-receivers:
-  celery_amqp:
-    endpoint: {url}
-    max_message_size: 65536
-  amqp_queues:
-    endpoint: {url}
-    queues: [celery, backlog, nosuch]
-    interval: 300ms
-connectors:
-  celery_correlate:
-    metrics_interval: 200ms
-exporters:
-  prometheus:
-    endpoint: 127.0.0.1:{prom}
-  logs:
-    path: {log_path}
-service:
-  telemetry:
-    endpoint: 127.0.0.1:{telemetry}
-  pipelines:
-    celery:
-      receivers: [celery_amqp]
-      exporters: [celery_correlate]
-    metrics:
-      receivers: [celery_correlate, amqp_queues]
-      exporters: [prometheus]
-    logs:
-      receivers: [celery_correlate]
-      exporters: [logs]
-"#
+    AgentConfig::amqp(
+        &format!("endpoint: {url}\nmax_message_size: 65536"),
+        &format!("endpoint: {url}\nqueues: [celery, backlog, nosuch]\ninterval: 300ms"),
+        prom,
+        telemetry,
     )
+    .exporter("logs", &format!("path: {log_path}"))
+    .pipeline("logs", &["celery_correlate"], &["logs"])
+    .yaml()
 }
 
 #[test]
