@@ -30,39 +30,20 @@ fn config(url: &str, prom: u16, telemetry: u16) -> String {
     .yaml()
 }
 
-/// A vhost of its own and the agent on it (the [`config`] above), with the addresses of its
-/// Prometheus endpoint and its telemetry.
-struct Started {
-    vhost: Vhost,
-    url: String,
-    prom_addr: String,
-    tel_addr: String,
-    agent: Agent,
-}
-
-fn start(vhost: &str) -> Started {
+/// A vhost of its own and the agent on it (the [`config`] above): `(vhost, its URL, the
+/// agent's Prometheus address, its telemetry address, the agent)`.
+fn start(vhost: &str) -> (Vhost, String, String, String, Agent) {
     let vhost = Vhost::create(vhost);
     let url = vhost.url();
     let (prom, tel) = (free_port(), free_port());
     let agent = Agent::start(bin(), &config(&url, prom, tel));
-    Started {
-        vhost,
-        url,
-        prom_addr: format!("127.0.0.1:{prom}"),
-        tel_addr: format!("127.0.0.1:{tel}"),
-        agent,
-    }
+    let (prom_addr, tel_addr) = (format!("127.0.0.1:{prom}"), format!("127.0.0.1:{tel}"));
+    (vhost, url, prom_addr, tel_addr, agent)
 }
 
 #[test]
 fn connections_closed_by_the_server_mid_flood_reconnect_and_lose_nothing_after() {
-    let Started {
-        vhost,
-        url,
-        prom_addr,
-        tel_addr,
-        mut agent,
-    } = start("close");
+    let (vhost, url, prom_addr, tel_addr, mut agent) = start("close");
     await_consuming(&agent, &tel_addr);
 
     // A flood from another thread; the server closes every connection in the middle of it.
@@ -145,13 +126,7 @@ fn connections_closed_by_the_server_mid_flood_reconnect_and_lose_nothing_after()
 
 #[test]
 fn deleted_vhost_is_a_clear_error_retried_without_a_crash() {
-    let Started {
-        vhost,
-        url,
-        prom_addr,
-        tel_addr,
-        mut agent,
-    } = start("gone");
+    let (vhost, url, prom_addr, tel_addr, mut agent) = start("gone");
     await_consuming(&agent, &tel_addr);
     vhost.delete();
     let connect_errors = || {
@@ -230,13 +205,7 @@ fn a_failover_list_moves_to_the_broker_that_answers() {
 /// events it saw (`celeriac_celery_events_missed_total`), as for Redis.
 #[test]
 fn events_lost_in_the_gaps_show_as_missed_from_the_heartbeats() {
-    let Started {
-        vhost,
-        url,
-        prom_addr,
-        tel_addr,
-        agent,
-    } = start("missed");
+    let (vhost, url, prom_addr, tel_addr, agent) = start("missed");
     let connected = || value(&tel_addr, "celeriac_celery_amqp_connected", &[]) == Some(1.0);
     assert!(
         wait_until(Duration::from_secs(15), connected),
