@@ -56,27 +56,7 @@ fn real_worker_on_rabbitmq_counts_queues_and_workers() {
     assert!(worker_up(1.0), "worker up\n{}", agent.output());
 
     let want = assert_mix_counted(&url, &prom_addr, &agent);
-    let samples = scrape(&prom_addr).unwrap();
-    assert_eq!(
-        metric_value(
-            &samples,
-            "celery_task_failed_total",
-            &[("name", "shop.send_receipt"), ("exception", "ValueError")]
-        ),
-        Some(2.0)
-    );
-    assert_eq!(
-        metric_value(&samples, "celery_task_queue_wait_time_count", &[]),
-        Some(12.0)
-    );
-    assert_eq!(
-        metric_value(
-            &samples,
-            "celeriac_celery_events_missed_total",
-            &[("hostname", "host1")]
-        ),
-        Some(0.0)
-    );
+    assert_mix_details(&scrape(&prom_addr).unwrap());
 
     // One log line per lifecycle step, as on Redis.
     assert_logged_per_event(&log_path, &want);

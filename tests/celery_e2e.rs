@@ -60,26 +60,7 @@ fn real_worker_counts_queues_workers_and_logs() {
         );
         assert_eq!(inf, Some(*n as f64), "+Inf bucket for {name}");
     }
-    // Failures carry the exception class.
-    assert_eq!(
-        metric_value(
-            &samples,
-            "celery_task_failed_total",
-            &[("name", "shop.send_receipt"), ("exception", "ValueError")]
-        ),
-        Some(2.0)
-    );
-    // Queue wait is observed at every start.
-    let waits = metric_value(&samples, "celery_task_queue_wait_time_count", &[]).unwrap_or(0.0);
-    assert_eq!(waits, 12.0);
-    assert_eq!(
-        metric_value(
-            &samples,
-            "celeriac_celery_events_missed_total",
-            &[("hostname", "host1")]
-        ),
-        Some(0.0)
-    );
+    assert_mix_details(&samples);
 
     // One log line per lifecycle step.
     assert_logged_per_event(&log_path, &want);

@@ -799,6 +799,31 @@ pub fn log_events(path: &Path) -> BTreeMap<String, u64> {
     per_event
 }
 
+/// What `run_mix` leaves in the metrics beyond the counts: its two failures carry the exception
+/// class, the queue wait is observed at each of its 12 starts, and `host1` missed no event.
+pub fn assert_mix_details(samples: &[Sample]) {
+    assert_eq!(
+        metric_value(
+            samples,
+            "celery_task_failed_total",
+            &[("name", "shop.send_receipt"), ("exception", "ValueError")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric_value(samples, "celery_task_queue_wait_time_count", &[]),
+        Some(12.0)
+    );
+    assert_eq!(
+        metric_value(
+            samples,
+            "celeriac_celery_events_missed_total",
+            &[("hostname", "host1")]
+        ),
+        Some(0.0)
+    );
+}
+
 /// One line in the `logs` exporter's file at `path` per task event of `want` (the counts
 /// [`assert_mix_counted`] returns), for each of [`LOG_EVENTS`].
 pub fn assert_logged_per_event(path: &Path, want: &BTreeMap<String, BTreeMap<String, u64>>) {
