@@ -41,6 +41,18 @@ fn start(vhost: &str) -> (Vhost, String, String, String, Agent) {
     (vhost, url, prom_addr, tel_addr, agent)
 }
 
+/// Waits up to 10 s for the `amqp_queues` receiver to have read the `celery` queue's depth.
+fn await_queue_polled(agent: &Agent, prom_addr: &str) {
+    await_sample(
+        agent,
+        10,
+        prom_addr,
+        "celery_queue_length",
+        &[("queue_name", "celery")],
+        |_| true,
+    );
+}
+
 #[test]
 fn connections_closed_by_the_server_mid_flood_reconnect_and_lose_nothing_after() {
     let (vhost, url, prom_addr, tel_addr, mut agent) = start("close");
@@ -110,14 +122,7 @@ fn connections_closed_by_the_server_mid_flood_reconnect_and_lose_nothing_after()
         agent.output()
     );
     // The queue poller reconnected too.
-    await_sample(
-        &agent,
-        10,
-        &prom_addr,
-        "celery_queue_length",
-        &[("queue_name", "celery")],
-        |_| true,
-    );
+    await_queue_polled(&agent, &prom_addr);
     assert!(agent
         .stderr()
         .contains("Consuming Celery events again; events published during the gap are lost."));
@@ -187,14 +192,7 @@ fn a_failover_list_moves_to_the_broker_that_answers() {
     await_consuming(&agent, &tel_addr);
     publish_sent(&url, 20, "via.failover");
     await_sent(&agent, &prom_addr, "via.failover", 20.0);
-    await_sample(
-        &agent,
-        10,
-        &prom_addr,
-        "celery_queue_length",
-        &[("queue_name", "celery")],
-        |_| true,
-    );
+    await_queue_polled(&agent, &prom_addr);
     assert!(!agent.stderr().contains("guest:guest"));
     agent.stop_ok(Duration::from_secs(10));
 }
