@@ -173,20 +173,10 @@ fn bad_amqp_messages_are_counted_and_nothing_else_is_lost() {
     // 114 event messages; the 5 pidbox ones are left out (their exchange is not ours).
     assert_eq!(sent["published"].as_u64(), Some(114));
 
-    let mut t = Vec::new();
-    let ok = wait_until(Duration::from_secs(10), || {
-        t = scrape(&tel_addr).unwrap_or_default();
-        metric_value(&t, "celeriac_celery_events_received_total", &[]) == Some(149.0)
-            && metric_value(&t, "celeriac_celery_events_dropped_total", &[]) == Some(10.0)
+    let t = await_celery_telemetry(&agent, &tel_addr, |t| {
+        metric_value(t, "celeriac_celery_events_received_total", &[]) == Some(149.0)
+            && metric_value(t, "celeriac_celery_events_dropped_total", &[]) == Some(10.0)
     });
-    assert!(
-        ok,
-        "telemetry:\n{:?}\n{}",
-        t.iter()
-            .filter(|s| s.0.starts_with("celeriac_celery"))
-            .collect::<Vec<_>>(),
-        agent.output()
-    );
     for (reason, n) in [
         ("malformed_body", 3.0),
         ("missing_field", 1.0),

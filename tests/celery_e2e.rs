@@ -151,20 +151,10 @@ fn bad_envelopes_are_counted_and_nothing_else_is_lost() {
             redis.cmd(&["PUBLISH", &ch, &data]);
         }
     }
-    let mut t = Vec::new();
-    let ok = wait_until(Duration::from_secs(10), || {
-        t = scrape(&tel_addr).unwrap_or_default();
-        events_dropped(&t, "pickle") == pickles as f64
-            && metric_value(&t, "celeriac_celery_events_received_total", &[]) == Some(88.0)
+    let t = await_celery_telemetry(&agent, &tel_addr, |t| {
+        events_dropped(t, "pickle") == pickles as f64
+            && metric_value(t, "celeriac_celery_events_received_total", &[]) == Some(88.0)
     });
-    assert!(
-        ok,
-        "telemetry:\n{:?}\n{}",
-        t.iter()
-            .filter(|s| s.0.starts_with("celeriac_celery"))
-            .collect::<Vec<_>>(),
-        agent.output()
-    );
     let total_dropped =
         metric_value(&t, "celeriac_celery_events_dropped_total", &[]).unwrap_or(0.0);
     assert_eq!(total_dropped, (pickles + garbage.len()) as f64, "{t:?}");

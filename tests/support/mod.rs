@@ -1424,6 +1424,29 @@ pub fn worker_pool_and_queues(worker: &serde_json::Value) -> (usize, Vec<String>
     (procs, queues)
 }
 
+/// Waits up to 10 s for the agent's telemetry at `tel_addr` to satisfy `ok`, and returns the
+/// samples; panics with its `celeriac_celery*` series and the agent's output otherwise.
+pub fn await_celery_telemetry(
+    agent: &Agent,
+    tel_addr: &str,
+    mut ok: impl FnMut(&[Sample]) -> bool,
+) -> Vec<Sample> {
+    let mut t = Vec::new();
+    let done = wait_until(Duration::from_secs(10), || {
+        t = scrape(tel_addr).unwrap_or_default();
+        ok(&t)
+    });
+    assert!(
+        done,
+        "telemetry:\n{:?}\n{}",
+        t.iter()
+            .filter(|s| s.0.starts_with("celeriac_celery"))
+            .collect::<Vec<_>>(),
+        agent.output()
+    );
+    t
+}
+
 /// GET `http://addr/metrics` and parse it; None if the endpoint did not answer 200.
 pub fn scrape(addr: &str) -> Option<Vec<Sample>> {
     match http_get(addr, "/metrics")? {
