@@ -120,6 +120,13 @@ fn authed(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
     (r.status, r.text())
 }
 
+/// POST `path` with `body` (authenticated); panics unless it answers 200; its answer.
+fn post_ok(addr: &str, path: &str, body: &[u8]) -> String {
+    let (s, b) = authed(addr, "POST", path, body);
+    assert_eq!(s, 200, "{b}");
+    b
+}
+
 /// Pool processes and consumed queues of `w1@host1`, as the worker reports them now.
 fn pool_and_queues(addr: &str) -> (usize, Vec<String>) {
     let (s, b) = authed(
@@ -177,37 +184,27 @@ fn control_commands_over_the_amqp_pidbox() {
         "pool did not grow: {:?}",
         pool_and_queues(&ui_addr)
     );
-    let (s, b) = authed(
-        &ui_addr,
-        "POST",
-        "/api/worker/pool/shrink/w1@host1?n=1",
-        b"",
-    );
-    assert_eq!(s, 200, "{b}");
+    post_ok(&ui_addr, "/api/worker/pool/shrink/w1@host1?n=1", b"");
     assert!(wait_until(Duration::from_secs(10), || pool_and_queues(
         &ui_addr
     )
     .0 == 2));
 
     // A consumer added and cancelled: the worker's own confirmation comes back over AMQP.
-    let (s, b) = authed(
+    let b = post_ok(
         &ui_addr,
-        "POST",
         "/api/worker/queue/add-consumer/w1@host1?queue=extra",
         b"",
     );
-    assert_eq!(s, 200, "{b}");
     assert!(b.contains("extra"), "{b}");
     assert!(wait_until(Duration::from_secs(10), || {
         pool_and_queues(&ui_addr).1 == ["celery", "extra"]
     }));
-    let (s, b) = authed(
+    post_ok(
         &ui_addr,
-        "POST",
         "/api/worker/queue/cancel-consumer/w1@host1?queue=extra",
         b"",
     );
-    assert_eq!(s, 200, "{b}");
     assert!(wait_until(Duration::from_secs(10), || {
         pool_and_queues(&ui_addr).1 == ["celery"]
     }));
@@ -225,13 +222,11 @@ fn control_commands_over_the_amqp_pidbox() {
     let res = wait_result(&ui_addr, sent["task-id"].as_str().expect("task-id"));
     assert_eq!(res["state"], "SUCCESS", "{res}");
     assert_eq!(res["result"], "total=x", "{res}");
-    let (s, b) = authed(
+    let b = post_ok(
         &ui_addr,
-        "POST",
         "/api/task/async-apply/shop.a",
         br#"{"args": [41]}"#,
     );
-    assert_eq!(s, 200, "{b}");
     let applied: Value = serde_json::from_str(&b).expect("JSON");
     let id = applied["task-id"].as_str().expect("task-id").to_string();
     let res = wait_result(&ui_addr, &id);
@@ -240,13 +235,11 @@ fn control_commands_over_the_amqp_pidbox() {
         serde_json::json!({"task-id": id, "state": "SUCCESS", "result": 42})
     );
     // A queue nobody declared yet is declared as Celery declares it, and the message waits there.
-    let (s, b) = authed(
+    post_ok(
         &ui_addr,
-        "POST",
         "/api/task/send-task/shop.a",
         br#"{"args": [1], "queue": "later"}"#,
     );
-    assert_eq!(s, 200, "{b}");
     assert!(
         wait_until(Duration::from_secs(5), || vhost
             .queues()
