@@ -51,7 +51,6 @@ fn live() -> isize {
     LIVE.load(Ordering::Relaxed)
 }
 
-
 /// Feeds copies of the fixture's task events (ids made unique per copy) until `tasks`
 /// distinct tasks; `running` keeps only the events up to task-started.
 fn feed(events: &[CeleryEvent], tasks: usize, running: bool, mut sink: impl FnMut(&[CeleryEvent])) {

@@ -262,7 +262,10 @@ fn receiver_outage_loses_nothing() {
         &redis.url(),
         &["chain", "--wait", "30"],
     )));
-    all.extend(client_ids(&run_client(&redis.url(), &["fail", "--wait", "30"])));
+    all.extend(client_ids(&run_client(
+        &redis.url(),
+        &["fail", "--wait", "30"],
+    )));
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         spans_of(&sink, &all).len(),

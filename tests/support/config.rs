@@ -45,7 +45,11 @@ impl AgentConfig {
             .exporter("prometheus", &format!("endpoint: 127.0.0.1:{prom}"))
             .telemetry(telemetry)
             .pipeline("celery", &["celery_amqp"], &["celery_correlate"])
-            .pipeline("metrics", &["celery_correlate", "amqp_queues"], &["prometheus"])
+            .pipeline(
+                "metrics",
+                &["celery_correlate", "amqp_queues"],
+                &["prometheus"],
+            )
     }
 
     /// [`AgentConfig::celery`] for a test that sets `service.telemetry` itself.

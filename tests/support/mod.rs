@@ -842,7 +842,8 @@ pub fn assert_logged_per_event(path: &Path, want: &BTreeMap<String, BTreeMap<Str
 /// `prom_addr` to read `want`.
 pub fn worker_up_is(prom_addr: &str, hostname: &str, want: f64, timeout: Duration) -> bool {
     wait_until(timeout, || {
-        scrape(prom_addr).and_then(|s| metric_value(&s, "celery_worker_up", &[("hostname", hostname)]))
+        scrape(prom_addr)
+            .and_then(|s| metric_value(&s, "celery_worker_up", &[("hostname", hostname)]))
             == Some(want)
     })
 }

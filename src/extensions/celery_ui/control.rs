@@ -713,7 +713,11 @@ mod tests {
             ))
         );
         let refused = recorder(Some(json!({"w1@h": {"error": "rate limits disabled"}})));
-        let a = call(&refused, "/api/task/rate-limit/t.add", &[("ratelimit", "10/m"), ("workername", "w1@h")],);
+        let a = call(
+            &refused,
+            "/api/task/rate-limit/t.add",
+            &[("ratelimit", "10/m"), ("workername", "w1@h")],
+        );
         assert_eq!(
             a,
             Err(Answer::text(
