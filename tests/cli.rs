@@ -2,8 +2,9 @@
 
 mod support;
 
+use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -23,6 +24,19 @@ fn validate(path: &Path) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The agent `child` exited with `status`: success, and its stderr says the shutdown completed.
+fn assert_shut_down_cleanly(child: &mut Child, status: ExitStatus) {
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "exit {status:?}\n{err}");
+    assert!(err.contains("Shutdown complete."), "{err}");
 }
 
 #[test]
@@ -123,16 +137,7 @@ fn default_pipeline_runs_and_stops_on_sigterm() {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    let mut err = String::new();
-    use std::io::Read;
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(status.success(), "exit {status:?}\n{err}");
-    assert!(err.contains("Shutdown complete."), "{err}");
+    assert_shut_down_cleanly(&mut child, status);
 }
 
 /// A service manager (or a shell's `nohup`/`trap '' TERM`) may start the agent with SIGTERM and
@@ -189,14 +194,5 @@ service:
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let mut err = String::new();
-    use std::io::Read;
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(status.success(), "exit {status:?}\n{err}");
-    assert!(err.contains("Shutdown complete."), "{err}");
+    assert_shut_down_cleanly(&mut child, status);
 }
