@@ -13,10 +13,12 @@
 //! For a heap profile: `valgrind --tool=massif --pages-as-heap=no target/release/examples/task-memory 100000`
 //! then `ms_print massif.out.<pid>`.
 
+#[path = "../benches/support/mod.rs"]
+mod support;
+
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
-use celeriac::celery::envelope::decode_envelope;
 use celeriac::celery::event::{CeleryEvent, EventKind};
 use celeriac::connectors::celery_correlate::view::View;
 use celeriac::connectors::celery_correlate::{CorrelateConfig, Correlator};
@@ -47,30 +49,6 @@ static GLOBAL: Counting = Counting;
 
 fn live() -> isize {
     LIVE.load(Ordering::Relaxed)
-}
-
-/// The captured fixture's events (17 tasks' lifecycles and heartbeats).
-fn fixture() -> Result<Vec<CeleryEvent>, String> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/celery-events-redis.jsonl"
-    );
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-    let mut out = Vec::new();
-    for l in text.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
-            continue;
-        };
-        if v["channel"]
-            .as_str()
-            .is_some_and(|c| c.contains("celeryev"))
-        {
-            if let Some(d) = v["data"].as_str() {
-                let _ = decode_envelope(d.as_bytes(), &mut out);
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Feeds copies of the fixture's task events (ids made unique per copy) until `tasks`
@@ -144,7 +122,7 @@ fn measure(events: &[CeleryEvent], tasks: usize, running: bool) {
 }
 
 fn main() {
-    let events = match fixture() {
+    let events = match support::fixture_events() {
         Ok(e) => e,
         Err(e) => {
             eprintln!("task-memory: cannot read the fixture: {e}");

@@ -5,9 +5,10 @@
 //!
 //! `cargo bench --bench ui_view`
 
+mod support;
+
 use std::hint::black_box;
 
-use celeriac::celery::envelope::decode_envelope;
 use celeriac::celery::event::CeleryEvent;
 use celeriac::connectors::celery_correlate::view::View;
 use celeriac::extensions::celery_ui::api::{self, Inspected, TaskQuery};
@@ -20,26 +21,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The captured fixture's events (17 tasks' lifecycles and heartbeats).
 fn events() -> Vec<CeleryEvent> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/celery-events-redis.jsonl"
-    );
-    let text = std::fs::read_to_string(path).expect("fixture");
-    let mut out = Vec::new();
-    for l in text.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
-            continue;
-        };
-        if v["channel"]
-            .as_str()
-            .is_some_and(|c| c.contains("celeryev"))
-        {
-            if let Some(d) = v["data"].as_str() {
-                let _ = decode_envelope(d.as_bytes(), &mut out);
-            }
-        }
-    }
-    out
+    support::fixture_events().expect("fixture")
 }
 
 /// The fixture replayed with task ids made unique per copy, until `tasks` distinct ids.

@@ -57,7 +57,12 @@ pub fn parse_iso8601(s: &str) -> Option<f64> {
 
 /// `2026-11-25T12:00:00.123456Z` from Unix seconds (microsecond precision; negative = 1970).
 pub fn rfc3339_secs(secs: f64) -> String {
-    let nanos = (secs.max(0.0) * 1e9) as u64;
+    rfc3339_unix_nanos((secs.max(0.0) * 1e9) as u64)
+}
+
+/// `2026-11-25T12:00:00.123456Z` from Unix nanoseconds (microsecond precision), as OTLP
+/// timestamps are written in log lines.
+pub fn rfc3339_unix_nanos(nanos: u64) -> String {
     humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_nanos(nanos)).to_string()
 }
 
@@ -75,5 +80,22 @@ mod tests {
             Some(1_795_606_961.5)
         );
         assert!(now_secs() > 1.7e9);
+    }
+
+    #[test]
+    fn formats_unix_nanos() {
+        assert_eq!(rfc3339_unix_nanos(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339_unix_nanos(1_795_606_961_369_700_700),
+            "2026-11-25T11:42:41.369700Z"
+        );
+        assert_eq!(
+            rfc3339_unix_nanos(951_782_400_000_000_000),
+            "2000-02-29T00:00:00.000000Z"
+        );
+        assert_eq!(
+            rfc3339_unix_nanos(1_795_606_961_500_000_000),
+            rfc3339_secs(1_795_606_961.5)
+        );
     }
 }

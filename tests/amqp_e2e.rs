@@ -6,11 +6,9 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::Value;
 use support::rabbitmq::{amqp_tool, await_consuming, Vhost};
 use support::*;
 
@@ -19,39 +17,15 @@ fn bin() -> &'static Path {
 }
 
 fn config(url: &str, prom: u16, telemetry: u16, log_path: &str) -> String {
-    format!(
-        r#"
-receivers:
-  celery_amqp:
-    endpoint: {url}
-    max_message_size: 65536
-  amqp_queues:
-    endpoint: {url}
-    queues: [celery, backlog, nosuch]
-    interval: 300ms
-connectors:
-  celery_correlate:
-    metrics_interval: 200ms
-exporters:
-  prometheus:
-    endpoint: 127.0.0.1:{prom}
-  logs:
-    path: {log_path}
-service:
-  telemetry:
-    endpoint: 127.0.0.1:{telemetry}
-  pipelines:
-    celery:
-      receivers: [celery_amqp]
-      exporters: [celery_correlate]
-    metrics:
-      receivers: [celery_correlate, amqp_queues]
-      exporters: [prometheus]
-    logs:
-      receivers: [celery_correlate]
-      exporters: [logs]
-"#
+    AgentConfig::amqp(
+        &format!("endpoint: {url}\nmax_message_size: 65536"),
+        &format!("endpoint: {url}\nqueues: [celery, backlog, nosuch]\ninterval: 300ms"),
+        prom,
+        telemetry,
     )
+    .exporter("logs", &format!("path: {log_path}"))
+    .pipeline("logs", &["celery_correlate"], &["logs"])
+    .yaml()
 }
 
 #[test]
@@ -78,81 +52,14 @@ fn real_worker_on_rabbitmq_counts_queues_and_workers() {
 
     let mut worker = CeleryWorker::start(&url, WorkerOpts::default().heartbeat(1));
     worker.assert_ready(Duration::from_secs(60));
-    let worker_up = |want: f64| {
-        wait_until(Duration::from_secs(20), || {
-            scrape(&prom_addr)
-                .and_then(|s| metric_value(&s, "celery_worker_up", &[("hostname", "host1")]))
-                == Some(want)
-        })
-    };
+    let worker_up = |want: f64| worker_up_is(&prom_addr, "host1", want, Duration::from_secs(20));
     assert!(worker_up(1.0), "worker up\n{}", agent.output());
 
-    let mix = run_client(&url, &["run_mix"]);
-    assert_eq!(
-        mix["match"],
-        Value::Bool(true),
-        "client saw its events: {mix}"
-    );
-    let want = expected_counts(&mix);
-    let mut last = BTreeMap::new();
-    let converged = wait_until(Duration::from_secs(15), || {
-        last = scrape(&prom_addr)
-            .map(|s| scraped_counts(&s))
-            .unwrap_or_default();
-        last == want
-    });
-    assert!(
-        converged,
-        "counters\n got {last:?}\nwant {want:?}\n{}",
-        agent.output()
-    );
-    let samples = scrape(&prom_addr).unwrap();
-    assert_eq!(
-        metric_value(
-            &samples,
-            "celery_task_failed_total",
-            &[("name", "shop.send_receipt"), ("exception", "ValueError")]
-        ),
-        Some(2.0)
-    );
-    assert_eq!(
-        metric_value(&samples, "celery_task_queue_wait_time_count", &[]),
-        Some(12.0)
-    );
-    assert_eq!(
-        metric_value(
-            &samples,
-            "celeriac_celery_events_missed_total",
-            &[("hostname", "host1")]
-        ),
-        Some(0.0)
-    );
+    let want = assert_mix_counted(&url, &prom_addr, &agent);
+    assert_mix_details(&scrape(&prom_addr).unwrap());
 
     // One log line per lifecycle step, as on Redis.
-    let text = std::fs::read_to_string(&log_path).unwrap();
-    let mut per_event: BTreeMap<String, u64> = BTreeMap::new();
-    for line in text.lines() {
-        let v: Value = serde_json::from_str(line).expect("JSON line");
-        *per_event
-            .entry(v["event"].as_str().unwrap_or("").to_string())
-            .or_default() += 1;
-    }
-    let total_of = |ev: &str| want.get(ev).map_or(0, |m| m.values().sum::<u64>());
-    for (log, ev) in [
-        ("task.sent", "sent"),
-        ("task.received", "received"),
-        ("task.started", "started"),
-        ("task.completed", "succeeded"),
-        ("task.failed", "failed"),
-        ("task.retried", "retried"),
-        ("task.revoked", "revoked"),
-    ] {
-        assert_eq!(
-            per_event.get(log).copied().unwrap_or(0),
-            total_of(ev),
-            "{log}: {per_event:?}"
-        );
-    }
+    assert_logged_per_event(&log_path, &want);
 
     // Queue depth: a queue nobody consumes, the worker's queue with its consumer, a missing queue.
     let fill = run_client(&url, &["fill_queue", "backlog", "10"]);
@@ -212,14 +119,7 @@ fn real_worker_on_rabbitmq_counts_queues_and_workers() {
         depth("celery")
     );
 
-    agent.terminate();
-    assert!(
-        agent
-            .wait_exit(Duration::from_secs(10))
-            .is_some_and(|s| s.success()),
-        "{}",
-        agent.output()
-    );
+    agent.stop_ok(Duration::from_secs(10));
 }
 
 #[test]
@@ -280,28 +180,10 @@ fn bad_amqp_messages_are_counted_and_nothing_else_is_lost() {
     // 114 event messages; the 5 pidbox ones are left out (their exchange is not ours).
     assert_eq!(sent["published"].as_u64(), Some(114));
 
-    let dropped = |s: &[Sample], reason: &str| {
-        metric_value(
-            s,
-            "celeriac_celery_events_dropped_total",
-            &[("reason", reason)],
-        )
-        .unwrap_or(0.0)
-    };
-    let mut t = Vec::new();
-    let ok = wait_until(Duration::from_secs(10), || {
-        t = scrape(&tel_addr).unwrap_or_default();
-        metric_value(&t, "celeriac_celery_events_received_total", &[]) == Some(149.0)
-            && metric_value(&t, "celeriac_celery_events_dropped_total", &[]) == Some(10.0)
+    let t = await_celery_telemetry(&agent, &tel_addr, |t| {
+        metric_value(t, "celeriac_celery_events_received_total", &[]) == Some(149.0)
+            && metric_value(t, "celeriac_celery_events_dropped_total", &[]) == Some(10.0)
     });
-    assert!(
-        ok,
-        "telemetry:\n{:?}\n{}",
-        t.iter()
-            .filter(|s| s.0.starts_with("celeriac_celery"))
-            .collect::<Vec<_>>(),
-        agent.output()
-    );
     for (reason, n) in [
         ("malformed_body", 3.0),
         ("missing_field", 1.0),
@@ -312,7 +194,7 @@ fn bad_amqp_messages_are_counted_and_nothing_else_is_lost() {
         ("unsupported_body_encoding", 1.0),
         ("too_large", 1.0),
     ] {
-        assert_eq!(dropped(&t, reason), n, "{reason}: {t:?}");
+        assert_eq!(events_dropped(&t, reason), n, "{reason}: {t:?}");
     }
     // The fixture's 30 tasks: 20 + 3 successes, 5 failures, 2 revoked.
     let ok = wait_until(Duration::from_secs(10), || {

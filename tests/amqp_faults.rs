@@ -21,42 +21,41 @@ fn bin() -> &'static Path {
 }
 
 fn config(url: &str, prom: u16, telemetry: u16) -> String {
-    format!(
-        r#"
-receivers:
-  celery_amqp:
-    endpoint: {url}
-  amqp_queues:
-    endpoint: {url}
-    queues: [celery]
-    interval: 200ms
-connectors:
-  celery_correlate:
-    metrics_interval: 200ms
-exporters:
-  prometheus:
-    endpoint: 127.0.0.1:{prom}
-service:
-  telemetry:
-    endpoint: 127.0.0.1:{telemetry}
-  pipelines:
-    celery:
-      receivers: [celery_amqp]
-      exporters: [celery_correlate]
-    metrics:
-      receivers: [celery_correlate, amqp_queues]
-      exporters: [prometheus]
-"#
+    AgentConfig::amqp(
+        &format!("endpoint: {url}"),
+        &format!("endpoint: {url}\nqueues: [celery]\ninterval: 200ms"),
+        prom,
+        telemetry,
     )
+    .yaml()
+}
+
+/// A vhost of its own and the agent on it (the [`config`] above): `(vhost, its URL, the
+/// agent's Prometheus address, its telemetry address, the agent)`.
+fn start(vhost: &str) -> (Vhost, String, String, String, Agent) {
+    let vhost = Vhost::create(vhost);
+    let url = vhost.url();
+    let (prom, tel) = (free_port(), free_port());
+    let agent = Agent::start(bin(), &config(&url, prom, tel));
+    let (prom_addr, tel_addr) = (format!("127.0.0.1:{prom}"), format!("127.0.0.1:{tel}"));
+    (vhost, url, prom_addr, tel_addr, agent)
+}
+
+/// Waits up to 10 s for the `amqp_queues` receiver to have read the `celery` queue's depth.
+fn await_queue_polled(agent: &Agent, prom_addr: &str) {
+    await_sample(
+        agent,
+        10,
+        prom_addr,
+        "celery_queue_length",
+        &[("queue_name", "celery")],
+        |_| true,
+    );
 }
 
 #[test]
 fn connections_closed_by_the_server_mid_flood_reconnect_and_lose_nothing_after() {
-    let vhost = Vhost::create("close");
-    let url = vhost.url();
-    let (prom, tel) = (free_port(), free_port());
-    let (prom_addr, tel_addr) = (format!("127.0.0.1:{prom}"), format!("127.0.0.1:{tel}"));
-    let mut agent = Agent::start(bin(), &config(&url, prom, tel));
+    let (vhost, url, prom_addr, tel_addr, mut agent) = start("close");
     await_consuming(&agent, &tel_addr);
 
     // A flood from another thread; the server closes every connection in the middle of it.
@@ -123,30 +122,16 @@ fn connections_closed_by_the_server_mid_flood_reconnect_and_lose_nothing_after()
         agent.output()
     );
     // The queue poller reconnected too.
-    await_sample(
-        &agent,
-        10,
-        &prom_addr,
-        "celery_queue_length",
-        &[("queue_name", "celery")],
-        |_| true,
-    );
+    await_queue_polled(&agent, &prom_addr);
     assert!(agent
         .stderr()
         .contains("Consuming Celery events again; events published during the gap are lost."));
-    agent.terminate();
-    assert!(agent
-        .wait_exit(Duration::from_secs(10))
-        .is_some_and(|s| s.success()));
+    agent.stop_ok(Duration::from_secs(10));
 }
 
 #[test]
 fn deleted_vhost_is_a_clear_error_retried_without_a_crash() {
-    let vhost = Vhost::create("gone");
-    let url = vhost.url();
-    let (prom, tel) = (free_port(), free_port());
-    let (prom_addr, tel_addr) = (format!("127.0.0.1:{prom}"), format!("127.0.0.1:{tel}"));
-    let mut agent = Agent::start(bin(), &config(&url, prom, tel));
+    let (vhost, url, prom_addr, tel_addr, mut agent) = start("gone");
     await_consuming(&agent, &tel_addr);
     vhost.delete();
     let connect_errors = || {
@@ -188,10 +173,7 @@ fn deleted_vhost_is_a_clear_error_retried_without_a_crash() {
     );
     publish_sent(&url, 50, "after.vhost");
     await_sent(&agent, &prom_addr, "after.vhost", 50.0);
-    agent.terminate();
-    assert!(agent
-        .wait_exit(Duration::from_secs(10))
-        .is_some_and(|s| s.success()));
+    agent.stop_ok(Duration::from_secs(10));
 }
 
 #[test]
@@ -210,19 +192,9 @@ fn a_failover_list_moves_to_the_broker_that_answers() {
     await_consuming(&agent, &tel_addr);
     publish_sent(&url, 20, "via.failover");
     await_sent(&agent, &prom_addr, "via.failover", 20.0);
-    await_sample(
-        &agent,
-        10,
-        &prom_addr,
-        "celery_queue_length",
-        &[("queue_name", "celery")],
-        |_| true,
-    );
+    await_queue_polled(&agent, &prom_addr);
     assert!(!agent.stderr().contains("guest:guest"));
-    agent.terminate();
-    assert!(agent
-        .wait_exit(Duration::from_secs(10))
-        .is_some_and(|s| s.success()));
+    agent.stop_ok(Duration::from_secs(10));
 }
 
 /// Events expire (or, with the queue gone, are never routed) while the agent has no event queue:
@@ -231,11 +203,7 @@ fn a_failover_list_moves_to_the_broker_that_answers() {
 /// events it saw (`celeriac_celery_events_missed_total`), as for Redis.
 #[test]
 fn events_lost_in_the_gaps_show_as_missed_from_the_heartbeats() {
-    let vhost = Vhost::create("missed");
-    let url = vhost.url();
-    let (prom, tel) = (free_port(), free_port());
-    let (prom_addr, tel_addr) = (format!("127.0.0.1:{prom}"), format!("127.0.0.1:{tel}"));
-    let agent = Agent::start(bin(), &config(&url, prom, tel));
+    let (vhost, url, prom_addr, tel_addr, agent) = start("missed");
     let connected = || value(&tel_addr, "celeriac_celery_amqp_connected", &[]) == Some(1.0);
     assert!(
         wait_until(Duration::from_secs(15), connected),

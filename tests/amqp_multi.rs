@@ -120,6 +120,13 @@ fn authed(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
     (r.status, r.text())
 }
 
+/// POST `path` with `body` (authenticated); panics unless it answers 200; its answer.
+fn post_ok(addr: &str, path: &str, body: &[u8]) -> String {
+    let (s, b) = authed(addr, "POST", path, body);
+    assert_eq!(s, 200, "{b}");
+    b
+}
+
 /// Pool processes and consumed queues of `w1@host1`, as the worker reports them now.
 fn pool_and_queues(addr: &str) -> (usize, Vec<String>) {
     let (s, b) = authed(
@@ -130,18 +137,7 @@ fn pool_and_queues(addr: &str) -> (usize, Vec<String>) {
     );
     assert_eq!(s, 200, "{b}");
     let w: Value = serde_json::from_str(&b).expect("JSON");
-    let w = &w["w1@host1"];
-    let procs = w["stats"]["pool"]["processes"]
-        .as_array()
-        .map_or(0, Vec::len);
-    let mut queues: Vec<String> = w["active_queues"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|q| q["name"].as_str().map(str::to_string))
-        .collect();
-    queues.sort();
-    (procs, queues)
+    worker_pool_and_queues(&w["w1@host1"])
 }
 
 #[test]
@@ -188,37 +184,27 @@ fn control_commands_over_the_amqp_pidbox() {
         "pool did not grow: {:?}",
         pool_and_queues(&ui_addr)
     );
-    let (s, b) = authed(
-        &ui_addr,
-        "POST",
-        "/api/worker/pool/shrink/w1@host1?n=1",
-        b"",
-    );
-    assert_eq!(s, 200, "{b}");
+    post_ok(&ui_addr, "/api/worker/pool/shrink/w1@host1?n=1", b"");
     assert!(wait_until(Duration::from_secs(10), || pool_and_queues(
         &ui_addr
     )
     .0 == 2));
 
     // A consumer added and cancelled: the worker's own confirmation comes back over AMQP.
-    let (s, b) = authed(
+    let b = post_ok(
         &ui_addr,
-        "POST",
         "/api/worker/queue/add-consumer/w1@host1?queue=extra",
         b"",
     );
-    assert_eq!(s, 200, "{b}");
     assert!(b.contains("extra"), "{b}");
     assert!(wait_until(Duration::from_secs(10), || {
         pool_and_queues(&ui_addr).1 == ["celery", "extra"]
     }));
-    let (s, b) = authed(
+    post_ok(
         &ui_addr,
-        "POST",
         "/api/worker/queue/cancel-consumer/w1@host1?queue=extra",
         b"",
     );
-    assert_eq!(s, 200, "{b}");
     assert!(wait_until(Duration::from_secs(10), || {
         pool_and_queues(&ui_addr).1 == ["celery"]
     }));
@@ -236,13 +222,11 @@ fn control_commands_over_the_amqp_pidbox() {
     let res = wait_result(&ui_addr, sent["task-id"].as_str().expect("task-id"));
     assert_eq!(res["state"], "SUCCESS", "{res}");
     assert_eq!(res["result"], "total=x", "{res}");
-    let (s, b) = authed(
+    let b = post_ok(
         &ui_addr,
-        "POST",
         "/api/task/async-apply/shop.a",
         br#"{"args": [41]}"#,
     );
-    assert_eq!(s, 200, "{b}");
     let applied: Value = serde_json::from_str(&b).expect("JSON");
     let id = applied["task-id"].as_str().expect("task-id").to_string();
     let res = wait_result(&ui_addr, &id);
@@ -251,13 +235,11 @@ fn control_commands_over_the_amqp_pidbox() {
         serde_json::json!({"task-id": id, "state": "SUCCESS", "result": 42})
     );
     // A queue nobody declared yet is declared as Celery declares it, and the message waits there.
-    let (s, b) = authed(
+    post_ok(
         &ui_addr,
-        "POST",
         "/api/task/send-task/shop.a",
         br#"{"args": [1], "queue": "later"}"#,
     );
-    assert_eq!(s, 200, "{b}");
     assert!(
         wait_until(Duration::from_secs(5), || vhost
             .queues()
@@ -270,14 +252,10 @@ fn control_commands_over_the_amqp_pidbox() {
 }
 
 fn wait_result(addr: &str, id: &str) -> Value {
-    let mut last = Value::Null;
-    let done = wait_until(Duration::from_secs(30), || {
-        let (_, b) = authed(addr, "GET", &format!("/api/task/result/{id}"), b"");
-        last = serde_json::from_str(&b).unwrap_or(Value::Null);
-        last["state"] == "SUCCESS" || last["state"] == "FAILURE"
-    });
-    assert!(done, "task {id} never finished: {last}");
-    last
+    wait_task_result(Duration::from_secs(30), id, |path| {
+        let (_, b) = authed(addr, "GET", path, b"");
+        serde_json::from_str(&b).unwrap_or(Value::Null)
+    })
 }
 
 #[test]

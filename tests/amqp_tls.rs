@@ -95,38 +95,32 @@ fn amqps_through_tls_with_the_shared_settings_and_a_wrong_ca_is_counted() {
     let other_ca = pki.path("other-ca.pem").display().to_string();
     let agent = Agent::start(
         bin(),
-        &format!(
-            r#"
-receivers:
-  celery_amqp:
-    endpoint: {tls_url}
-    tls: {{ ca_file: {ca} }}
-  celery_amqp/wrongca:
-    endpoint: {tls_url}
-    tls: {{ ca_file: {other_ca} }}
-  amqp_queues:
-    endpoint: {tls_url}
-    tls: {{ ca_file: {ca} }}
-    queues: [celery]
-    interval: 200ms
-connectors:
-  celery_correlate:
-    metrics_interval: 200ms
-exporters:
-  prometheus:
-    endpoint: 127.0.0.1:{prom}
-service:
-  telemetry:
-    endpoint: 127.0.0.1:{tel}
-  pipelines:
-    celery:
-      receivers: [celery_amqp, celery_amqp/wrongca]
-      exporters: [celery_correlate]
-    metrics:
-      receivers: [celery_correlate, amqp_queues]
-      exporters: [prometheus]
-"#
-        ),
+        &AgentConfig::new()
+            .receiver("celery_amqp", &format!("endpoint: {tls_url}\ntls: {{ ca_file: {ca} }}"))
+            .receiver(
+                "celery_amqp/wrongca",
+                &format!("endpoint: {tls_url}\ntls: {{ ca_file: {other_ca} }}"),
+            )
+            .receiver(
+                "amqp_queues",
+                &format!(
+                    "endpoint: {tls_url}\ntls: {{ ca_file: {ca} }}\nqueues: [celery]\ninterval: 200ms"
+                ),
+            )
+            .connector("celery_correlate", "metrics_interval: 200ms")
+            .exporter("prometheus", &format!("endpoint: 127.0.0.1:{prom}"))
+            .telemetry(tel)
+            .pipeline(
+                "celery",
+                &["celery_amqp", "celery_amqp/wrongca"],
+                &["celery_correlate"],
+            )
+            .pipeline(
+                "metrics",
+                &["celery_correlate", "amqp_queues"],
+                &["prometheus"],
+            )
+            .yaml(),
     );
     assert!(
         wait_until(Duration::from_secs(15), || value(

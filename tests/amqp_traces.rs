@@ -9,22 +9,12 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::Value;
 use support::rabbitmq::Vhost;
 use support::spans::{spans, SpanJ};
 use support::*;
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_celeriac"))
-}
-
-fn ids_of(v: &Value) -> BTreeSet<String> {
-    v["ids"]
-        .as_array()
-        .expect("ids")
-        .iter()
-        .map(|x| x.as_str().unwrap().to_string())
-        .collect()
 }
 
 /// The broker-independent shape of a trace: per span (name, kind, parent's name, attribute
@@ -88,8 +78,12 @@ service:
     let mut wa = CeleryWorker::start(&aurl, WorkerOpts::default().heartbeat(1));
     wr.assert_ready(Duration::from_secs(60));
     wa.assert_ready(Duration::from_secs(60));
-    let on_redis = ids_of(&run_client(&rurl, &["chain", "--wait", "30"]));
-    let on_amqp = ids_of(&run_client(&aurl, &["chain", "--wait", "30"]));
+    let chain_ids = |url: &str| -> BTreeSet<String> {
+        client_ids(&run_client(url, &["chain", "--wait", "30"]))
+            .into_iter()
+            .collect()
+    };
+    let (on_redis, on_amqp) = (chain_ids(&rurl), chain_ids(&aurl));
     assert_eq!(on_redis.len(), 3);
     assert_eq!(on_amqp.len(), 3);
 

@@ -43,13 +43,7 @@ fn real_worker_counts_queues_workers_and_logs() {
 
     let mut worker = CeleryWorker::start(&redis.url(), WorkerOpts::default().heartbeat(1));
     worker.assert_ready(Duration::from_secs(60));
-    let worker_up = |want: f64| {
-        wait_until(Duration::from_secs(15), || {
-            scrape(&prom_addr)
-                .and_then(|s| metric_value(&s, "celery_worker_up", &[("hostname", "host1")]))
-                == Some(want)
-        })
-    };
+    let worker_up = |want: f64| worker_up_is(&prom_addr, "host1", want, Duration::from_secs(15));
     assert!(worker_up(1.0), "worker up\n{}", agent.output());
 
     let want = assert_mix_counted(&redis.url(), &prom_addr, &agent);
@@ -66,37 +60,10 @@ fn real_worker_counts_queues_workers_and_logs() {
         );
         assert_eq!(inf, Some(*n as f64), "+Inf bucket for {name}");
     }
-    // Failures carry the exception class.
-    assert_eq!(
-        metric_value(
-            &samples,
-            "celery_task_failed_total",
-            &[("name", "shop.send_receipt"), ("exception", "ValueError")]
-        ),
-        Some(2.0)
-    );
-    // Queue wait is observed at every start.
-    let waits = metric_value(&samples, "celery_task_queue_wait_time_count", &[]).unwrap_or(0.0);
-    assert_eq!(waits, 12.0);
-    assert_eq!(
-        metric_value(
-            &samples,
-            "celeriac_celery_events_missed_total",
-            &[("hostname", "host1")]
-        ),
-        Some(0.0)
-    );
+    assert_mix_details(&samples);
 
     // One log line per lifecycle step.
-    let per_event = log_events(&log_path);
-    let total_of = |ev: &str| want.get(ev).map_or(0, |m| m.values().sum::<u64>());
-    for (log, ev) in LOG_EVENTS {
-        assert_eq!(
-            per_event.get(log).copied().unwrap_or(0),
-            total_of(ev),
-            "{log}: {per_event:?}"
-        );
-    }
+    assert_logged_per_event(&log_path, &want);
     let text = std::fs::read_to_string(&log_path).unwrap();
     let failed = text
         .lines()
@@ -184,33 +151,15 @@ fn bad_envelopes_are_counted_and_nothing_else_is_lost() {
             redis.cmd(&["PUBLISH", &ch, &data]);
         }
     }
-    let dropped = |s: &[Sample], reason: &str| {
-        metric_value(
-            s,
-            "celeriac_celery_events_dropped_total",
-            &[("reason", reason)],
-        )
-        .unwrap_or(0.0)
-    };
-    let mut t = Vec::new();
-    let ok = wait_until(Duration::from_secs(10), || {
-        t = scrape(&tel_addr).unwrap_or_default();
-        dropped(&t, "pickle") == pickles as f64
-            && metric_value(&t, "celeriac_celery_events_received_total", &[]) == Some(88.0)
+    let t = await_celery_telemetry(&agent, &tel_addr, |t| {
+        events_dropped(t, "pickle") == pickles as f64
+            && metric_value(t, "celeriac_celery_events_received_total", &[]) == Some(88.0)
     });
-    assert!(
-        ok,
-        "telemetry:\n{:?}\n{}",
-        t.iter()
-            .filter(|s| s.0.starts_with("celeriac_celery"))
-            .collect::<Vec<_>>(),
-        agent.output()
-    );
     let total_dropped =
         metric_value(&t, "celeriac_celery_events_dropped_total", &[]).unwrap_or(0.0);
     assert_eq!(total_dropped, (pickles + garbage.len()) as f64, "{t:?}");
-    assert_eq!(dropped(&t, "msgpack"), 1.0);
-    assert_eq!(dropped(&t, "bad_base64"), 1.0);
+    assert_eq!(events_dropped(&t, "msgpack"), 1.0);
+    assert_eq!(events_dropped(&t, "bad_base64"), 1.0);
     let ok = wait_until(Duration::from_secs(10), || {
         scrape(&prom_addr)
             .and_then(|s| metric_value(&s, "celery_task_succeeded_total", &[("name", "shop.a")]))

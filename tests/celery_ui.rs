@@ -101,11 +101,7 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         // The whole group: chromedriver's browsers, Flower's children.
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_group(&mut self.child);
     }
 }
 

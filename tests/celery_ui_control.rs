@@ -56,11 +56,7 @@ struct Flower {
 
 impl Drop for Flower {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_group(&mut self.child);
     }
 }
 
@@ -144,27 +140,11 @@ fn worker_state(addr: &str) -> (usize, Vec<String>) {
         addr,
         &format!("/api/workers?refresh=1&workername={}", url_encode(W)),
     );
-    let procs = w[W]["stats"]["pool"]["processes"]
-        .as_array()
-        .map_or(0, Vec::len);
-    let mut queues: Vec<String> = w[W]["active_queues"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|q| q["name"].as_str().map(str::to_string))
-        .collect();
-    queues.sort();
-    (procs, queues)
+    worker_pool_and_queues(&w[W])
 }
 
 fn wait_result(addr: &str, id: &str) -> Value {
-    let mut last = Value::Null;
-    let done = wait_until(Duration::from_secs(20), || {
-        last = get(addr, &format!("/api/task/result/{id}"));
-        last["state"] == "SUCCESS" || last["state"] == "FAILURE"
-    });
-    assert!(done, "task {id} never finished: {last}");
-    last
+    wait_task_result(Duration::from_secs(20), id, |path| get(addr, path))
 }
 
 #[test]

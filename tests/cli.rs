@@ -2,8 +2,9 @@
 
 mod support;
 
+use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -23,6 +24,45 @@ fn validate(path: &Path) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Waits up to 15 s for the agent's `/healthz` at `addr` to answer 200.
+fn await_healthz(addr: &str) {
+    let up = wait_until(Duration::from_secs(15), || {
+        matches!(http_get(addr, "/healthz"), Some((200, _)))
+    });
+    assert!(up, "healthz never became ready");
+}
+
+/// SIGTERM to `child`, then its exit status; None if it has not exited within 10 s.
+fn term_and_wait(child: &mut Child) -> Option<ExitStatus> {
+    let t0 = Instant::now();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The agent `child` exited with `status`: success, and its stderr says the shutdown completed.
+fn assert_shut_down_cleanly(child: &mut Child, status: ExitStatus) {
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "exit {status:?}\n{err}");
+    assert!(err.contains("Shutdown complete."), "{err}");
 }
 
 #[test]
@@ -97,10 +137,7 @@ fn default_pipeline_runs_and_stops_on_sigterm() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn celeriac");
-    let up = wait_until(Duration::from_secs(15), || {
-        matches!(http_get("127.0.0.1:8888", "/healthz"), Some((200, _)))
-    });
-    assert!(up, "healthz never became ready");
+    await_healthz("127.0.0.1:8888");
     let (status, body) = http_get("127.0.0.1:8888", "/metrics").unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("celeriac_celery_redis_connected"), "{body}");
@@ -108,31 +145,8 @@ fn default_pipeline_runs_and_stops_on_sigterm() {
         matches!(http_get("127.0.0.1:9540", "/metrics"), Some((200, _))),
         "prometheus exporter on 9540"
     );
-    let t0 = Instant::now();
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "did not exit within the shutdown deadline"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    use std::io::Read;
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(status.success(), "exit {status:?}\n{err}");
-    assert!(err.contains("Shutdown complete."), "{err}");
+    let status = term_and_wait(&mut child).expect("did not exit within the shutdown deadline");
+    assert_shut_down_cleanly(&mut child, status);
 }
 
 /// A service manager (or a shell's `nohup`/`trap '' TERM`) may start the agent with SIGTERM and
@@ -170,33 +184,10 @@ service:
         .spawn()
         .expect("spawn sh");
     let addr = format!("127.0.0.1:{tel}");
-    let up = wait_until(Duration::from_secs(15), || {
-        matches!(http_get(&addr, "/healthz"), Some((200, _)))
+    await_healthz(&addr);
+    let status = term_and_wait(&mut child).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("SIGTERM (inherited as ignored) did not stop the agent within 10 s");
     });
-    assert!(up, "healthz never became ready");
-    let t0 = Instant::now();
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if t0.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            panic!("SIGTERM (inherited as ignored) did not stop the agent within 10 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    use std::io::Read;
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(status.success(), "exit {status:?}\n{err}");
-    assert!(err.contains("Shutdown complete."), "{err}");
+    assert_shut_down_cleanly(&mut child, status);
 }

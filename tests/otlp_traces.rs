@@ -65,15 +65,6 @@ fn wait_spans(sink: &OtlpSink, ids: &BTreeSet<String>, n: usize, agent: &Agent) 
     last
 }
 
-fn ids_of(v: &Value) -> Vec<String> {
-    v["ids"]
-        .as_array()
-        .expect("ids")
-        .iter()
-        .map(|x| x.as_str().unwrap().to_string())
-        .collect()
-}
-
 fn start_agent(redis: &RedisServer, sink: &OtlpSink, signals: &[&str]) -> (Agent, String) {
     let tel = free_port();
     let tel_addr = format!("127.0.0.1:{tel}");
@@ -137,9 +128,9 @@ fn chain_failure_and_retries_arrive_as_traces() {
     let mut worker = CeleryWorker::start(&redis.url(), WorkerOpts::default().heartbeat(1));
     worker.assert_ready(Duration::from_secs(60));
 
-    let chain = ids_of(&run_client(&redis.url(), &["chain", "--wait", "30"]));
-    let fail = ids_of(&run_client(&redis.url(), &["fail", "--wait", "30"]));
-    let retry = ids_of(&run_client(&redis.url(), &["retry", "--wait", "30"]));
+    let chain = client_ids(&run_client(&redis.url(), &["chain", "--wait", "30"]));
+    let fail = client_ids(&run_client(&redis.url(), &["fail", "--wait", "30"]));
+    let retry = client_ids(&run_client(&redis.url(), &["retry", "--wait", "30"]));
     let all: BTreeSet<String> = chain.iter().chain(&fail).chain(&retry).cloned().collect();
     // chain: 3 × (attempt, queue, run); fail: 3; retry: 3 attempts × 3.
     let got = wait_spans(&sink, &all, 9 + 3 + 9, &agent);
@@ -259,7 +250,7 @@ fn receiver_outage_loses_nothing() {
     let mut worker = CeleryWorker::start(&redis.url(), WorkerOpts::default().heartbeat(1));
     worker.assert_ready(Duration::from_secs(60));
 
-    let first: BTreeSet<String> = ids_of(&run_client(&redis.url(), &["chain", "--wait", "30"]))
+    let first: BTreeSet<String> = client_ids(&run_client(&redis.url(), &["chain", "--wait", "30"]))
         .into_iter()
         .collect();
     wait_spans(&sink, &first, 9, &agent);
@@ -267,11 +258,14 @@ fn receiver_outage_loses_nothing() {
     // Receiver gone: these spans wait in the exporter's retries.
     sink.kill();
     let mut all = first.clone();
-    all.extend(ids_of(&run_client(
+    all.extend(client_ids(&run_client(
         &redis.url(),
         &["chain", "--wait", "30"],
     )));
-    all.extend(ids_of(&run_client(&redis.url(), &["fail", "--wait", "30"])));
+    all.extend(client_ids(&run_client(
+        &redis.url(),
+        &["fail", "--wait", "30"],
+    )));
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         spans_of(&sink, &all).len(),

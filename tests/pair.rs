@@ -180,15 +180,6 @@ fn task_spans(sink: &OtlpSink) -> BTreeMap<String, Vec<SpanJ>> {
     m
 }
 
-fn ids(v: &serde_json::Value) -> Vec<String> {
-    v["ids"]
-        .as_array()
-        .expect("ids")
-        .iter()
-        .map(|i| i.as_str().expect("id").to_string())
-        .collect()
-}
-
 fn prom_sum(prom: &PrometheusServer, q: &str) -> Option<f64> {
     prom.query(q)?.first().map(|r| r.1)
 }
@@ -215,7 +206,7 @@ fn sigkill_of_the_leader_loses_nothing_and_resets_nothing() {
 
     // 1. The leader alone exports: the chain's three tasks, once each.
     let first = run_client(&redis.url(), &["chain", "--wait", "30"]);
-    let first_ids = ids(&first);
+    let first_ids = client_ids(&first);
     assert!(
         wait_until(Duration::from_secs(20), || {
             prom_sum(&prom, "sum(celery_task_succeeded_total)") == Some(3.0)
@@ -254,7 +245,7 @@ fn sigkill_of_the_leader_loses_nothing_and_resets_nothing() {
 
     // 2. A task runs while the leader dies; it finishes during the handover.
     let slow = run_client(&redis.url(), &["send", "shop.sleep", "[1.2]"]);
-    let slow_id = ids(&slow)[0].clone();
+    let slow_id = client_ids(&slow)[0].clone();
     // Kill as soon as the leader has seen it start: it ends 1.2 s later, before the standby can
     // lead (at least 3/4 of the lease after the leader's last renewal).
     assert!(
@@ -290,7 +281,7 @@ fn sigkill_of_the_leader_loses_nothing_and_resets_nothing() {
 
     // 3. The next tasks arrive through the new leader.
     let third = run_client(&redis.url(), &["chain", "--wait", "30"]);
-    let third_ids = ids(&third);
+    let third_ids = client_ids(&third);
     assert!(
         wait_until(Duration::from_secs(20), || {
             let ts = task_spans(&sink);

@@ -24,6 +24,7 @@ use crate::component::{BuildResult, Factory, Registration};
 use crate::config::{self, Value};
 use crate::otlp::{any_to_json, hex, put_attributes};
 use crate::signal::{Signal, SignalKind};
+use crate::time::rfc3339_unix_nanos;
 
 pub const REGISTRATION: Registration = Registration {
     type_name: "logs",
@@ -220,7 +221,7 @@ fn log_line(rec: &LogRecord) -> Map<String, Json> {
     } else {
         rec.observed_time_unix_nano
     };
-    m.insert("ts".into(), Json::String(rfc3339(ts)));
+    m.insert("ts".into(), Json::String(rfc3339_unix_nanos(ts)));
     let level = if rec.severity_text.is_empty() {
         severity_name(rec.severity_number)
     } else {
@@ -262,7 +263,7 @@ fn span_line(span: &Span) -> Map<String, Json> {
     let mut m = Map::new();
     m.insert(
         "ts".into(),
-        Json::String(rfc3339(span.start_time_unix_nano)),
+        Json::String(rfc3339_unix_nanos(span.start_time_unix_nano)),
     );
     let error = span
         .status
@@ -319,31 +320,12 @@ fn severity_name(n: i32) -> String {
     .to_string()
 }
 
-/// `2026-11-25T12:00:00.123456Z` from Unix nanoseconds (microsecond precision).
-pub fn rfc3339(nanos: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(nanos);
-    humantime::format_rfc3339_micros(t).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::otlp::str_kv as kv;
     use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue};
     use opentelemetry_proto::tonic::logs::v1::ScopeLogs;
-
-    #[test]
-    fn formats_times() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(
-            rfc3339(1_795_606_961_369_700_700),
-            "2026-11-25T11:42:41.369700Z"
-        );
-        assert_eq!(
-            rfc3339(951_782_400_000_000_000),
-            "2000-02-29T00:00:00.000000Z"
-        );
-    }
 
     /// The line's own keys are reserved at the top only: a map inside an attribute keeps them.
     #[test]

@@ -62,11 +62,12 @@ use base64::Engine;
 use opentelemetry_proto::tonic::metrics::v1::{number_data_point, ResourceMetrics};
 use serde::{Deserialize, Serialize};
 
-use super::queue_metrics::{gauge, point, resource, unix_nanos};
+use super::queue_metrics::{gauge, point, resource};
 use crate::amqp::{self, Endpoint, Tls};
 use crate::component::{BoxRun, BuildResult, Context, Factory, Output, Receiver, Registration};
 use crate::config::types::Secret;
 use crate::config::{self, types, DecodeError, Value};
+use crate::otlp::unix_nanos;
 use crate::receivers::prometheus::scrape::{self, HttpClient, ScrapeError};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::Throttle;

@@ -2,23 +2,16 @@
 //! gauge data point per queue (attribute `queue_name`), gauges, and the resource wrapping them
 //! with the receiver's instrumentation scope.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
     metric, number_data_point, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
 };
 
+use crate::otlp::{self, str_kv};
+
 /// One data point `{queue_name}` at `now_unix_nano`.
 pub fn point(queue: &str, value: number_data_point::Value, now_unix_nano: u64) -> NumberDataPoint {
     NumberDataPoint {
-        attributes: vec![KeyValue {
-            key: "queue_name".into(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(queue.to_string())),
-            }),
-            ..Default::default()
-        }],
+        attributes: vec![str_kv("queue_name", queue)],
         time_unix_nano: now_unix_nano,
         value: Some(value),
         ..Default::default()
@@ -42,20 +35,10 @@ pub fn gauge(name: &str, description: &str, points: Vec<NumberDataPoint>) -> Met
 pub fn resource(scope: &str, metrics: Vec<Metric>) -> ResourceMetrics {
     ResourceMetrics {
         scope_metrics: vec![ScopeMetrics {
-            scope: Some(InstrumentationScope {
-                name: scope.into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                ..Default::default()
-            }),
+            scope: Some(otlp::scope(scope)),
             metrics,
             ..Default::default()
         }],
         ..Default::default()
     }
-}
-
-pub fn unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }

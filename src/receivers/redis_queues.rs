@@ -45,11 +45,12 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError, RedisResult};
 use serde::{Deserialize, Serialize};
 
-use super::queue_metrics::{gauge, point, resource, unix_nanos};
+use super::queue_metrics::{gauge, point, resource};
 use crate::component::{BoxRun, Context, Output, Receiver};
 use crate::component::{BuildResult, Factory, Registration};
 use crate::config::{self, types, DecodeError, Value};
 use crate::exporters::backoff::Reconnect;
+use crate::otlp::unix_nanos;
 use crate::redis_broker::{check_role, Broker, RoleError, Settings};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::{Telemetry, Throttle};

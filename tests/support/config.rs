@@ -33,6 +33,25 @@ impl AgentConfig {
         AgentConfig::celery_without_telemetry(redis_url, correlate).telemetry(telemetry)
     }
 
+    /// What the RabbitMQ tests start from: `celery_amqp` (body `celery_amqp`) into
+    /// `celery_correlate` (every 200 ms) by the pipeline `celery`; the correlator and
+    /// `amqp_queues` (body `amqp_queues`) into `prometheus` on 127.0.0.1:`prom` by the pipeline
+    /// `metrics`; the agent's telemetry on 127.0.0.1:`telemetry`.
+    pub fn amqp(celery_amqp: &str, amqp_queues: &str, prom: u16, telemetry: u16) -> AgentConfig {
+        AgentConfig::new()
+            .receiver("celery_amqp", celery_amqp)
+            .receiver("amqp_queues", amqp_queues)
+            .connector("celery_correlate", "metrics_interval: 200ms")
+            .exporter("prometheus", &format!("endpoint: 127.0.0.1:{prom}"))
+            .telemetry(telemetry)
+            .pipeline("celery", &["celery_amqp"], &["celery_correlate"])
+            .pipeline(
+                "metrics",
+                &["celery_correlate", "amqp_queues"],
+                &["prometheus"],
+            )
+    }
+
     /// [`AgentConfig::celery`] for a test that sets `service.telemetry` itself.
     pub fn celery_without_telemetry(redis_url: &str, correlate: &str) -> AgentConfig {
         AgentConfig::new()

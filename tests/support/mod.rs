@@ -159,7 +159,7 @@ fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 }
 
 /// SIGKILLs the child's process group (it was spawned as a group leader) and reaps it.
-fn kill_group(child: &mut Child) {
+pub fn kill_group(child: &mut Child) {
     send_signal(child.id(), "KILL", true);
     let _ = child.kill();
     let _ = child.wait();
@@ -671,6 +671,16 @@ pub fn run_client(broker_url: &str, script_args: &[&str]) -> serde_json::Value {
     run_client_env(broker_url, script_args, &[])
 }
 
+/// The task ids a client action printed (its `ids` list).
+pub fn client_ids(v: &serde_json::Value) -> Vec<String> {
+    v["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|i| i.as_str().expect("id").to_string())
+        .collect()
+}
+
 /// `run_client` with extra environment (e.g. `CELERIAC_OTEL=1`, `OTEL_EXPORTER_OTLP_ENDPOINT`).
 pub fn run_client_env(
     broker_url: &str,
@@ -787,6 +797,55 @@ pub fn log_events(path: &Path) -> BTreeMap<String, u64> {
             .or_default() += 1;
     }
     per_event
+}
+
+/// What `run_mix` leaves in the metrics beyond the counts: its two failures carry the exception
+/// class, the queue wait is observed at each of its 12 starts, and `host1` missed no event.
+pub fn assert_mix_details(samples: &[Sample]) {
+    assert_eq!(
+        metric_value(
+            samples,
+            "celery_task_failed_total",
+            &[("name", "shop.send_receipt"), ("exception", "ValueError")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric_value(samples, "celery_task_queue_wait_time_count", &[]),
+        Some(12.0)
+    );
+    assert_eq!(
+        metric_value(
+            samples,
+            "celeriac_celery_events_missed_total",
+            &[("hostname", "host1")]
+        ),
+        Some(0.0)
+    );
+}
+
+/// One line in the `logs` exporter's file at `path` per task event of `want` (the counts
+/// [`assert_mix_counted`] returns), for each of [`LOG_EVENTS`].
+pub fn assert_logged_per_event(path: &Path, want: &BTreeMap<String, BTreeMap<String, u64>>) {
+    let per_event = log_events(path);
+    let total_of = |ev: &str| want.get(ev).map_or(0, |m| m.values().sum::<u64>());
+    for (log, ev) in LOG_EVENTS {
+        assert_eq!(
+            per_event.get(log).copied().unwrap_or(0),
+            total_of(ev),
+            "{log}: {per_event:?}"
+        );
+    }
+}
+
+/// Waits up to `timeout` for `celery_worker_up{hostname}` on the Prometheus endpoint at
+/// `prom_addr` to read `want`.
+pub fn worker_up_is(prom_addr: &str, hostname: &str, want: f64, timeout: Duration) -> bool {
+    wait_until(timeout, || {
+        scrape(prom_addr)
+            .and_then(|s| metric_value(&s, "celery_worker_up", &[("hostname", hostname)]))
+            == Some(want)
+    })
 }
 
 /// Runs the test client's `run_mix` on `broker_url` (asserting it saw the events it expected),
@@ -1322,6 +1381,71 @@ pub fn metric_value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> 
         }
     }
     found
+}
+
+/// `celeriac_celery_events_dropped_total{reason}` in `samples`, 0 when the series is not there yet.
+pub fn events_dropped(samples: &[Sample], reason: &str) -> f64 {
+    metric_value(
+        samples,
+        "celeriac_celery_events_dropped_total",
+        &[("reason", reason)],
+    )
+    .unwrap_or(0.0)
+}
+
+/// Polls `get(path)` for `/api/task/result/{id}` (the dashboard's and Flower's answer) until the
+/// task's state is SUCCESS or FAILURE; panics with the last answer after `timeout`.
+pub fn wait_task_result(
+    timeout: Duration,
+    id: &str,
+    mut get: impl FnMut(&str) -> serde_json::Value,
+) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    let done = wait_until(timeout, || {
+        last = get(&format!("/api/task/result/{id}"));
+        last["state"] == "SUCCESS" || last["state"] == "FAILURE"
+    });
+    assert!(done, "task {id} never finished: {last}");
+    last
+}
+
+/// A worker's pool size and its sorted queue names, from its `/api/workers` entry (the
+/// dashboard's and Flower's shape).
+pub fn worker_pool_and_queues(worker: &serde_json::Value) -> (usize, Vec<String>) {
+    let procs = worker["stats"]["pool"]["processes"]
+        .as_array()
+        .map_or(0, Vec::len);
+    let mut queues: Vec<String> = worker["active_queues"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|q| q["name"].as_str().map(str::to_string))
+        .collect();
+    queues.sort();
+    (procs, queues)
+}
+
+/// Waits up to 10 s for the agent's telemetry at `tel_addr` to satisfy `ok`, and returns the
+/// samples; panics with its `celeriac_celery*` series and the agent's output otherwise.
+pub fn await_celery_telemetry(
+    agent: &Agent,
+    tel_addr: &str,
+    mut ok: impl FnMut(&[Sample]) -> bool,
+) -> Vec<Sample> {
+    let mut t = Vec::new();
+    let done = wait_until(Duration::from_secs(10), || {
+        t = scrape(tel_addr).unwrap_or_default();
+        ok(&t)
+    });
+    assert!(
+        done,
+        "telemetry:\n{:?}\n{}",
+        t.iter()
+            .filter(|s| s.0.starts_with("celeriac_celery"))
+            .collect::<Vec<_>>(),
+        agent.output()
+    );
+    t
 }
 
 /// GET `http://addr/metrics` and parse it; None if the endpoint did not answer 200.

@@ -109,7 +109,7 @@ pub fn record(
     };
     Some(LogRecord {
         time_unix_nano: ts,
-        observed_time_unix_nano: (super::now_secs() * 1e9) as u64,
+        observed_time_unix_nano: (crate::time::now_secs() * 1e9) as u64,
         severity_number: sev as i32,
         severity_text: match sev {
             SeverityNumber::Error => "ERROR",

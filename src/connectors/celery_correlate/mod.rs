@@ -56,7 +56,7 @@ use crate::component::{BoxRun, Context, Input, Output, Processor};
 use crate::component::{BuildResult, Factory, Registration};
 use crate::config::{self, types, DecodeError, Value};
 use crate::signal::{Signal, SignalKind};
-pub use crate::time::{now_secs, parse_iso8601};
+use crate::time::{now_secs, parse_iso8601};
 use metrics::{Count, TaskMetrics};
 use spans::{End, Outcome};
 use tasks::{TaskState, TaskTable};

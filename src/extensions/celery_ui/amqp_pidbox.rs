@@ -213,7 +213,7 @@ impl AmqpInspector {
         timeout: Duration,
     ) -> Result<(), lapin::Error> {
         // kombu: `expires = time() + timeout`.
-        let expires = crate::connectors::celery_correlate::now_secs() + timeout.as_secs_f64();
+        let expires = crate::time::now_secs() + timeout.as_secs_f64();
         let mut headers = FieldTable::default();
         headers.insert("clock".into(), AMQPValue::LongLongInt(1));
         headers.insert("expires".into(), AMQPValue::Double(expires));

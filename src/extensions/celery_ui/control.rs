@@ -654,26 +654,24 @@ mod tests {
             .block_on(f)
     }
 
+    fn recorder(answer: Option<Json>) -> Recorder {
+        Recorder {
+            sent: Mutex::new(Vec::new()),
+            answer,
+        }
+    }
+
+    /// `path` with `args` run against `rec`, with workers and tasks [`known`] and a 1 s wait.
+    fn call(rec: &Recorder, path: &str, args: &[(&str, &str)]) -> Result<Answer, Answer> {
+        block(run(rec, Duration::from_secs(1), &known(), &req(path, args)))
+    }
+
     #[test]
     fn commands_and_answers_are_flowers() {
-        let rec = Recorder {
-            sent: Mutex::new(Vec::new()),
-            answer: Some(json!({"w1@h": {"ok": "pool will grow"}})),
-        };
-        let t = Duration::from_secs(1);
-        let a = block(run(
-            &rec,
-            t,
-            &known(),
-            &req("/api/worker/pool/grow/w1%40h", &[("n", "2")]),
-        ));
+        let rec = recorder(Some(json!({"w1@h": {"ok": "pool will grow"}})));
+        let a = call(&rec, "/api/worker/pool/grow/w1%40h", &[("n", "2")]);
         assert_eq!(a, Ok(Answer::message("Growing 'w1@h' worker's pool by 2")));
-        let a = block(run(
-            &rec,
-            t,
-            &known(),
-            &req("/api/task/revoke/abc", &[("terminate", "true")]),
-        ));
+        let a = call(&rec, "/api/task/revoke/abc", &[("terminate", "true")]);
         assert_eq!(a, Ok(Answer::message("Revoked 'abc'")));
         let sent = rec.sent.lock().unwrap().clone();
         assert_eq!(
@@ -695,19 +693,9 @@ mod tests {
             )
         );
         // Unknown worker, missing argument, a worker that does not answer.
-        let a = block(run(
-            &rec,
-            t,
-            &known(),
-            &req("/api/worker/pool/grow/nobody", &[]),
-        ));
+        let a = call(&rec, "/api/worker/pool/grow/nobody", &[]);
         assert_eq!(a.unwrap_err().status(), StatusCode::NOT_FOUND);
-        let a = block(run(
-            &rec,
-            t,
-            &known(),
-            &req("/api/worker/queue/add-consumer/w1@h", &[]),
-        ));
+        let a = call(&rec, "/api/worker/queue/add-consumer/w1@h", &[]);
         assert_eq!(
             a,
             Err(Answer::text(
@@ -715,16 +703,8 @@ mod tests {
                 "Missing argument queue"
             ))
         );
-        let silent = Recorder {
-            sent: Mutex::new(Vec::new()),
-            answer: None,
-        };
-        let a = block(run(
-            &silent,
-            t,
-            &known(),
-            &req("/api/worker/pool/shrink/w1@h", &[]),
-        ));
+        let silent = recorder(None);
+        let a = call(&silent, "/api/worker/pool/shrink/w1@h", &[]);
         assert_eq!(
             a,
             Err(Answer::text(
@@ -732,19 +712,12 @@ mod tests {
                 "Failed to shrink 'w1@h' worker's pool: Unknown reason"
             ))
         );
-        let refused = Recorder {
-            sent: Mutex::new(Vec::new()),
-            answer: Some(json!({"w1@h": {"error": "rate limits disabled"}})),
-        };
-        let a = block(run(
+        let refused = recorder(Some(json!({"w1@h": {"error": "rate limits disabled"}})));
+        let a = call(
             &refused,
-            t,
-            &known(),
-            &req(
-                "/api/task/rate-limit/t.add",
-                &[("ratelimit", "10/m"), ("workername", "w1@h")],
-            ),
-        ));
+            "/api/task/rate-limit/t.add",
+            &[("ratelimit", "10/m"), ("workername", "w1@h")],
+        );
         assert_eq!(
             a,
             Err(Answer::text(
