@@ -45,6 +45,11 @@ pub enum ComponentError {
 
 pub trait Receiver: Send {
     fn run(self: Box<Self>, ctx: Context, out: Output) -> BoxRun;
+
+    /// State this component offers to extensions (see [`Host`]); most offer none.
+    fn shared(&self) -> Option<SharedState> {
+        None
+    }
 }
 
 pub trait Processor: Send {

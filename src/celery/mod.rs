@@ -1,8 +1,10 @@
 //! The Celery domain: the typed event model, decoding of kombu envelopes
 //! (Redis) and bare message bodies (AMQP) from the broker, accounting of dropped input, and the
-//! random ids Celery's messages carry (task ids, tickets, queue names).
+//! random ids Celery's messages carry (task ids, tickets, queue names), and the broker settings
+//! an event receiver shares with the dashboard ([`broker`]).
 
 mod b64;
+pub mod broker;
 pub mod drops;
 pub mod envelope;
 pub mod event;

@@ -85,9 +85,14 @@ impl Graph {
         let connectors = keep_used(connectors, Section::Connectors, &used);
         // 6. What extensions see, and their own checks against it.
         let host = Host::new(
-            connectors
+            receivers
                 .iter()
-                .filter_map(|(id, c)| c.shared().map(|s| (id.clone(), s)))
+                .filter_map(|(id, r)| r.shared().map(|s| (id.clone(), s)))
+                .chain(
+                    connectors
+                        .iter()
+                        .filter_map(|(id, c)| c.shared().map(|s| (id.clone(), s))),
+                )
                 .collect(),
             config.components.clone(),
         )

@@ -54,10 +54,13 @@ use serde::{Deserialize, Serialize};
 
 use super::event_telemetry::{BrokerSeries, EventTelemetry};
 use crate::amqp::{self, AmqpError, Endpoint, Tls};
+use crate::celery::broker::BrokerSettings;
 use crate::celery::drops::Drops;
 use crate::celery::envelope::{decode_bare, BareMeta};
 use crate::celery::event::CeleryEvent;
-use crate::component::{BoxRun, BuildResult, Context, Factory, Output, Receiver, Registration};
+use crate::component::{
+    BoxRun, BuildResult, Context, Factory, Output, Receiver, Registration, SharedState,
+};
 use crate::config::{self, types, DecodeError as ConfigError, Value};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::Throttle;
@@ -353,6 +356,13 @@ fn decode_delivery(
 }
 
 impl Receiver for CeleryAmqp {
+    fn shared(&self) -> Option<SharedState> {
+        Some(Arc::new(BrokerSettings::Amqp {
+            endpoint: self.cfg.endpoint.clone(),
+            tls: self.cfg.tls.clone(),
+        }))
+    }
+
     fn run(self: Box<Self>, ctx: Context, out: Output) -> BoxRun {
         Box::pin(async move {
             let EventTelemetry {

@@ -50,14 +50,15 @@ use serde::{Deserialize, Serialize};
 
 use super::event_telemetry::{BrokerSeries, EventTelemetry};
 use super::pubsub::{PubSubError, Subscriber};
+use crate::celery::broker::BrokerSettings;
 use crate::celery::drops::Drops;
 use crate::celery::envelope::decode_envelope;
 use crate::celery::event::CeleryEvent;
-use crate::component::{BoxRun, Context, Output, Receiver};
+use crate::component::{BoxRun, Context, Output, Receiver, SharedState};
 use crate::component::{BuildResult, Factory, Registration};
 use crate::config::{self, types, DecodeError as ConfigError, Value};
 use crate::exporters::backoff::Reconnect;
-use crate::redis_broker::{Broker, BrokerError, Endpoint, Settings, Switch};
+use crate::redis_broker::{Broker, BrokerError, Endpoint, OwnedSettings, Settings, Switch};
 use crate::signal::{Signal, SignalKind};
 use crate::telemetry::Throttle;
 use crate::tls::ClientTlsConfig;
@@ -161,8 +162,19 @@ fn build(v: &Value) -> BuildResult<dyn Receiver> {
     } else {
         cfg.patterns.clone()
     };
+    let share = Arc::new(BrokerSettings::Redis {
+        settings: OwnedSettings {
+            endpoint: cfg.endpoint.clone(),
+            tls: cfg.tls.clone(),
+            master_name: cfg.master_name.clone(),
+            sentinel_password: cfg.sentinel_password.clone(),
+            sentinel_tls: cfg.sentinel_tls.clone(),
+        },
+        global_keyprefix: cfg.global_keyprefix.clone(),
+    });
     Ok(Box::new(CeleryRedis {
         broker: Arc::new(broker),
+        share,
         patterns,
         connect_timeout: cfg.connect_timeout,
         max_message: cfg.max_message_size_mib.saturating_mul(1 << 20),
@@ -171,6 +183,8 @@ fn build(v: &Value) -> BuildResult<dyn Receiver> {
 
 pub struct CeleryRedis {
     broker: Arc<Broker>,
+    /// The broker as the dashboard reaches it (a shared state).
+    share: Arc<BrokerSettings>,
     patterns: Vec<String>,
     connect_timeout: Duration,
     max_message: usize,
@@ -206,6 +220,10 @@ async fn switched(rx: &mut Option<tokio::sync::watch::Receiver<Option<Switch>>>)
 }
 
 impl Receiver for CeleryRedis {
+    fn shared(&self) -> Option<SharedState> {
+        Some(self.share.clone())
+    }
+
     fn run(self: Box<Self>, ctx: Context, out: Output) -> BoxRun {
         Box::pin(async move {
             let EventTelemetry {

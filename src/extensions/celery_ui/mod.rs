@@ -63,12 +63,11 @@ use hyper::service::service_fn;
 use hyper::Request;
 use tokio::net::TcpListener;
 
+use crate::celery::broker::BrokerSettings;
 use crate::component::{BoxRun, ComponentError, Context, Extension, Host};
 use crate::component::{BuildResult, Factory, Registration};
-use crate::config::{self, DecodeError, Section, Value};
+use crate::config::{self, DecodeError, Value};
 use crate::connectors::celery_correlate::view::View;
-use crate::receivers::celery_amqp::CeleryAmqpConfig;
-use crate::receivers::celery_redis::CeleryRedisConfig;
 use crate::redis_broker::OwnedSettings;
 use crate::serve::Protocol;
 use crate::tls::Acceptor;
@@ -196,10 +195,20 @@ impl CeleryUi {
         if !self.cfg.inspect.enabled {
             return Ok((view, None));
         }
-        let receivers = host.declared(Section::Receivers, "celery_redis");
-        let amqp_receivers = host.declared(Section::Receivers, "celery_amqp");
-        if receivers.len() + amqp_receivers.len() > 1 && self.cfg.inspect.broker.is_none() {
-            let which = match (receivers.len(), amqp_receivers.len()) {
+        // The brokers the event receivers read (their shared state), Redis first.
+        let brokers = host.shared::<BrokerSettings>();
+        let redis: Vec<&BrokerSettings> = brokers
+            .iter()
+            .map(|(_, b)| &**b)
+            .filter(|b| matches!(b, BrokerSettings::Redis { .. }))
+            .collect();
+        let amqp: Vec<&BrokerSettings> = brokers
+            .iter()
+            .map(|(_, b)| &**b)
+            .filter(|b| matches!(b, BrokerSettings::Amqp { .. }))
+            .collect();
+        if redis.len() + amqp.len() > 1 && self.cfg.inspect.broker.is_none() {
+            let which = match (redis.len(), amqp.len()) {
                 (_, 0) => "celery_redis receivers",
                 (0, _) => "celery_amqp receivers",
                 _ => "broker receivers (celery_redis, celery_amqp)",
@@ -208,47 +217,42 @@ impl CeleryUi {
                 "there are several {which}: name the broker to inspect with `inspect.broker`"
             ));
         }
-        let from_receiver = receivers
-            .first()
-            .and_then(|d| config::decode::<CeleryRedisConfig>(&d.settings).ok());
-        let from_amqp = amqp_receivers
-            .first()
-            .and_then(|d| config::decode::<CeleryAmqpConfig>(&d.settings).ok());
-        let settings = match (&self.cfg.inspect.broker, &from_receiver, from_amqp) {
-            (Some(b), _, _) => inspect_settings(&self.cfg.inspect, b),
-            (None, Some(r), _) => OwnedSettings {
+        let inspect = &self.cfg.inspect;
+        let from_receiver = redis.first().or(amqp.first()).copied();
+        let settings = match (&inspect.broker, from_receiver) {
+            (Some(b), _) => inspect_settings(inspect, b),
+            (None, Some(BrokerSettings::Redis { settings: r, .. })) => OwnedSettings {
                 endpoint: r.endpoint.clone(),
                 tls: r.tls.clone(),
-                master_name: self.cfg.inspect.master_name.clone().or(r.master_name.clone()),
-                sentinel_password: self
-                    .cfg
-                    .inspect
+                master_name: inspect.master_name.clone().or(r.master_name.clone()),
+                sentinel_password: inspect
                     .sentinel_password
                     .clone()
                     .or(r.sentinel_password.clone()),
-                sentinel_tls: self
-                    .cfg
-                    .inspect
+                sentinel_tls: inspect
                     .sentinel_tls
                     .clone()
                     .unwrap_or(r.sentinel_tls.clone()),
             },
             // An AMQP broker: only its addresses and TLS settings are used.
-            (None, None, Some(a)) => OwnedSettings {
-                endpoint: a.endpoint,
-                tls: a.tls,
+            (None, Some(BrokerSettings::Amqp { endpoint, tls })) => OwnedSettings {
+                endpoint: endpoint.clone(),
+                tls: tls.clone(),
                 ..OwnedSettings::default()
             },
-            (None, None, None) => {
+            (None, None) => {
                 return Err("inspect needs a broker: set `inspect.broker`, declare a celery_redis or celery_amqp receiver, or set `inspect.enabled: false`".into())
             }
         };
-        let prefix = self
-            .cfg
-            .inspect
+        let prefix = inspect
             .global_keyprefix
             .clone()
-            .or_else(|| from_receiver.map(|r| r.global_keyprefix))
+            .or_else(|| match redis.first() {
+                Some(BrokerSettings::Redis {
+                    global_keyprefix, ..
+                }) => Some(global_keyprefix.clone()),
+                _ => None,
+            })
             .unwrap_or_default();
         Ok((view, Some((settings, prefix))))
     }
