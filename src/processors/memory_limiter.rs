@@ -358,6 +358,7 @@ mod tests {
                     tx: in_tx.clone(),
                     gates: vec![gate.clone()],
                     latency: None,
+                    encoded: false,
                 }],
             )],
             |_| (Counter::default(), Counter::default()),
