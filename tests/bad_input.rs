@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -16,28 +15,6 @@ use celeriac::receivers::otlp::decode_http_body;
 use celeriac::signal::SignalKind;
 use serde_json::Value;
 use support::*;
-
-fn corpus_dir(sub: &str) -> PathBuf {
-    repo_root().join("tests/corpus").join(sub)
-}
-
-fn corpus(sub: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = corpus_dir(sub);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|p| {
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                std::fs::read(&p).unwrap(),
-            )
-        })
-        .collect()
-}
 
 /// How many drops decoding `data` counts (1 for a refused envelope, one per bad event in a
 /// list), asserting that nothing in it becomes an event.
