@@ -8,7 +8,7 @@
 //! A batch an OTLP receiver only forwards stays in its wire form, [`Signal::Encoded`]: the
 //! request's `Resource*` entries as received, with the item count read from the wire. The
 //! runtime lets a receiver produce it only for pipelines whose every component takes it
-//! (`batch`, the `otlp`/`otlphttp` exporters); [`Signal::typed`] decodes it for any other use.
+//! (`batch`, `memory_limiter`, the `otlp`/`otlphttp` exporters); [`Signal::typed`] decodes it for any other use.
 //!
 //! Channels between components carry a [`Batch`]: the signal and its [`Stamp`], the moment its
 //! oldest item entered the pipeline, which the pipeline's last stage turns into an observation of

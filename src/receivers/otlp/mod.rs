@@ -2,8 +2,8 @@
 //! OTLP/HTTP on `http.endpoint` (`POST /v1/traces`, `/v1/metrics`, `/v1/logs`, protobuf or JSON,
 //! optionally gzip), so applications point their OTLP exporters at celeriac exactly as at an
 //! OpenTelemetry Collector. What arrives is passed on unchanged; a protobuf request bound only
-//! for pipelines that forward it (`batch`, `otlp`/`otlphttp` exporters) is not even decoded:
-//! its framing is checked and its bytes are passed on ([`Ingest::protobuf`]).
+//! for pipelines that forward it (`batch`, `memory_limiter`, `otlp`/`otlphttp` exporters) is not
+//! even decoded: its framing is checked and its bytes are passed on ([`Ingest::protobuf`]).
 //!
 //! Backpressure: a request is handed to the pipeline without waiting; when the pipeline is full
 //! the client gets the retryable answer the OTLP spec prescribes (gRPC `UNAVAILABLE`, HTTP 503
