@@ -196,15 +196,7 @@ fn malformed_otlp_bodies_are_answered_and_counted() {
     let mut sent = 0u64;
     for _ in 0..50 {
         for (name, data) in &files {
-            let ctype = if name.ends_with(".json") {
-                "application/json"
-            } else {
-                "application/x-protobuf"
-            };
-            let mut headers = vec![("content-type", ctype)];
-            if name.ends_with(".gz") {
-                headers.push(("content-encoding", "gzip"));
-            }
+            let headers = corpus_headers(name);
             let r = http_request(&http_addr, "POST", "/v1/traces", &headers, data)
                 .unwrap_or_else(|| panic!("{name}: no answer\n{}", agent.output()));
             assert!(

@@ -247,15 +247,7 @@ fn forwarded_requests_arrive_exactly_as_sent_and_bad_ones_are_refused() {
     let files = corpus("otlp");
     let mut http_sent = 0.0;
     for (name, data) in &files {
-        let ctype = if name.ends_with(".json") {
-            "application/json"
-        } else {
-            "application/x-protobuf"
-        };
-        let mut headers = vec![("content-type", ctype)];
-        if name.ends_with(".gz") {
-            headers.push(("content-encoding", "gzip"));
-        }
+        let headers = corpus_headers(name);
         let r = http_request(&s.http, "POST", "/v1/traces", &headers, data).unwrap();
         assert!(r.status == 400 || r.status == 413, "{name}: {}", r.status);
         http_sent += 1.0;

@@ -1642,3 +1642,17 @@ pub fn corpus(sub: &str) -> Vec<(String, Vec<u8>)> {
         })
         .collect()
 }
+
+/// The OTLP/HTTP headers of an `otlp` corpus file: JSON or protobuf by its name, gzip for `.gz`.
+pub fn corpus_headers(name: &str) -> Vec<(&'static str, &'static str)> {
+    let ctype = if name.ends_with(".json") {
+        "application/json"
+    } else {
+        "application/x-protobuf"
+    };
+    let mut headers = vec![("content-type", ctype)];
+    if name.ends_with(".gz") {
+        headers.push(("content-encoding", "gzip"));
+    }
+    headers
+}
