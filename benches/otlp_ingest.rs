@@ -1,6 +1,8 @@
 //! OTLP ingest: what the `otlp` receiver does per request once the bytes are in: protobuf decode
 //! of an `ExportTraceServiceRequest` (the raw decode cost every OTLP server pays) and the
-//! hand-off of the decoded spans to the pipeline channel an exporter reads from.
+//! hand-off of the decoded spans to the pipeline channel an exporter reads from; and what it does
+//! instead for a request it only forwards: the framing walk that counts the spans
+//! (`Encoded::read`, no decode).
 //!
 //! `cargo bench --bench otlp_ingest`
 
@@ -9,7 +11,7 @@ use std::sync::Arc;
 
 use celeriac::component::Output;
 use celeriac::otlp::str_kv as kv;
-use celeriac::signal::{Signal, SignalKind};
+use celeriac::signal::{Encoded, Signal, SignalKind};
 use celeriac::telemetry::Counter;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -76,6 +78,10 @@ fn bench(c: &mut Criterion) {
             })
         },
     );
+    let bytes = bytes::Bytes::from(body.clone());
+    g.bench_function("wire walk of a forwarded request (100 spans)", |b| {
+        b.iter(|| black_box(Encoded::read(SignalKind::Traces, black_box(bytes.clone())).ok()))
+    });
     g.finish();
 }
 

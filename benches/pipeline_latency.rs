@@ -41,6 +41,7 @@ fn output(stamped: bool) -> (Output, async_channel::Receiver<celeriac::signal::B
                 tx,
                 gates: Vec::new(),
                 latency,
+                encoded: false,
             }],
         )],
         |_| (Counter::default(), Counter::default()),

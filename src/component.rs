@@ -65,6 +65,12 @@ pub trait Processor: Send {
     fn admission(&self) -> Option<Admission> {
         None
     }
+
+    /// Does this processor take batches still in their wire form ([`Signal::Encoded`])? A
+    /// receiver forwards a request undecoded only to pipelines whose every component does.
+    fn takes_encoded(&self) -> bool {
+        false
+    }
 }
 
 /// A pipeline's admission gate. While it is closed, producers' [`Output`]s refuse new data for
@@ -102,6 +108,8 @@ pub struct GatedSender {
     pub gates: Vec<Admission>,
     /// `celeriac_pipeline_latency_seconds{pipeline}` of the pipeline this channel belongs to.
     pub latency: Option<Histogram>,
+    /// Every component behind this channel takes [`Signal::Encoded`] batches.
+    pub encoded: bool,
 }
 
 impl GatedSender {
@@ -113,6 +121,11 @@ impl GatedSender {
 
 pub trait Exporter: Send {
     fn run(self: Box<Self>, ctx: Context, input: Input) -> BoxRun;
+
+    /// Does this exporter take batches still in their wire form ([`Signal::Encoded`])?
+    fn takes_encoded(&self) -> bool {
+        false
+    }
 }
 
 /// Per-component runtime context.
@@ -129,11 +142,14 @@ pub struct Context {
 /// The receiving end of a component's input channel; counts what it hands out. A processor's
 /// input hands each batch's stamp to its output (through a [`Carry`]); any other component's
 /// input is where its pipelines end, and observes their latency as it hands a batch out
-/// (unless the component takes the stamp itself, [`Input::recv_batch`]).
+/// (unless the component takes the stamp itself, [`Input::recv_batch`]). Unless its component
+/// takes them ([`Input::taking_encoded`]), it decodes [`Signal::Encoded`] batches before handing
+/// them out.
 pub struct Input {
     rx: async_channel::Receiver<Batch>,
     received: Counter,
     carry: Option<Carry>,
+    encoded: bool,
 }
 
 impl Input {
@@ -142,7 +158,13 @@ impl Input {
             rx,
             received,
             carry: None,
+            encoded: false,
         }
+    }
+
+    /// An input whose component takes [`Signal::Encoded`] batches as they are (`encoded`).
+    pub fn taking_encoded(self, encoded: bool) -> Self {
+        Input { encoded, ..self }
     }
 
     /// A processor's input, handing stamps on to the output holding the same `carry`.
@@ -168,9 +190,26 @@ impl Input {
     /// The next batch with its stamp, for an exporter that observes the latency itself when it
     /// hands the batch to the network ([`Stamp::observe`]).
     pub async fn recv_batch(&self) -> Option<Batch> {
-        let b = self.rx.recv().await.ok()?;
-        self.received.add(b.signal.item_count() as u64);
-        Some(b)
+        loop {
+            let mut b = self.rx.recv().await.ok()?;
+            self.received.add(b.signal.item_count() as u64);
+            let Signal::Encoded(e) = &b.signal else {
+                return Some(b);
+            };
+            if self.encoded {
+                return Some(b);
+            }
+            match e.decode() {
+                Ok(typed) => {
+                    b.signal = typed;
+                    return Some(b);
+                }
+                Err(err) => {
+                    // Only framing was checked when it was received; its content is not OTLP.
+                    tracing::warn!(items = e.items, error = %err, "Dropped an undecodable OTLP batch.");
+                }
+            }
+        }
     }
 
     /// Batches waiting in the channel.
@@ -238,6 +277,7 @@ impl Output {
                         tx,
                         gates: Vec::new(),
                         latency: None,
+                        encoded: false,
                     })
                     .collect();
                 (k, senders)
@@ -311,6 +351,18 @@ impl Output {
         self.current()
             .iter()
             .any(|t| t.kind == kind && !t.senders.is_empty())
+    }
+
+    /// Does every pipeline this producer feeds with `kind` take it in its wire form
+    /// ([`Signal::Encoded`])? `false` when none takes `kind`.
+    pub fn takes_encoded(&self, kind: SignalKind) -> bool {
+        self.current()
+            .iter()
+            .filter(|t| t.kind == kind && !t.senders.is_empty())
+            .fold(None, |all, t| {
+                Some(all.unwrap_or(true) && t.senders.iter().all(|s| s.encoded))
+            })
+            .unwrap_or(false)
     }
 
     /// Is an admission gate refusing `kind` for any pipeline this producer feeds?

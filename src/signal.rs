@@ -5,6 +5,11 @@
 //! types, so OTLP received is OTLP sent with no conversion; Celery events are decoded once into
 //! [`CeleryEvent`]s by the receiver.
 //!
+//! A batch an OTLP receiver only forwards stays in its wire form, [`Signal::Encoded`]: the
+//! request's `Resource*` entries as received, with the item count read from the wire. The
+//! runtime lets a receiver produce it only for pipelines whose every component takes it
+//! (`batch`, `memory_limiter`, the `otlp`/`otlphttp` exporters); [`Signal::typed`] decodes it for any other use.
+//!
 //! Channels between components carry a [`Batch`]: the signal and its [`Stamp`], the moment its
 //! oldest item entered the pipeline, which the pipeline's last stage turns into an observation of
 //! `celeriac_pipeline_latency_seconds{pipeline}`.
@@ -12,6 +17,12 @@
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use bytes::{Buf, Bytes};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
 
 use opentelemetry_proto::tonic::logs::v1::ResourceLogs;
 use opentelemetry_proto::tonic::metrics::v1::{metric, ResourceMetrics};
@@ -70,11 +81,142 @@ pub enum Signal {
     Metrics(Arc<Vec<ResourceMetrics>>),
     Logs(Arc<Vec<ResourceLogs>>),
     Celery(Arc<Vec<CeleryEvent>>),
+    /// Traces, metrics or logs as the body of their OTLP export request, not decoded.
+    Encoded(Encoded),
+}
+
+/// One batch as the body of its `Export*ServiceRequest`. The request message has one repeated
+/// field (`resource_spans`, `resource_metrics`, `resource_logs`, all field 1), so the body is
+/// its `Resource*` entries, each written as field 1, and two bodies concatenated are the body of
+/// the batch holding both.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub kind: SignalKind,
+    /// Spans, data points or log records in the batch.
+    pub items: u64,
+    pub body: Bytes,
+}
+
+/// Why a request body is not taken in its wire form (its typed decode then decides).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not a well-framed OTLP request body")]
+pub struct NotWellFramed;
+
+/// Why an [`Encoded`] batch has no typed form.
+#[derive(Debug, thiserror::Error)]
+pub enum Undecodable {
+    #[error("invalid OTLP protobuf: {0}")]
+    Protobuf(#[from] prost::DecodeError),
+    #[error("Celery events have no OTLP form")]
+    Celery,
+}
+
+impl Encoded {
+    /// A request body as it came off the wire, its items counted by walking the protobuf
+    /// framing down to the items (`Resource*` → `Scope*` → spans / log records / metrics →
+    /// data points) without building any typed data. Refused unless every field on that walk
+    /// is well formed, every length stays within its message, and the top level holds only
+    /// field-1 entries; the contents of the items themselves are not checked (the receiving
+    /// backend decodes them).
+    pub fn read(kind: SignalKind, body: Bytes) -> Result<Encoded, NotWellFramed> {
+        const TRACES: &[&[u32]] = &[&[1], &[2], &[2]];
+        const LOGS: &[&[u32]] = &[&[1], &[2], &[2]];
+        // Metric.data: gauge 5, sum 7, histogram 9, exponential_histogram 10, summary 11;
+        // each holds its data points as field 1.
+        const METRICS: &[&[u32]] = &[&[1], &[2], &[2], &[5, 7, 9, 10, 11], &[1]];
+        let path = match kind {
+            SignalKind::Traces => TRACES,
+            SignalKind::Logs => LOGS,
+            SignalKind::Metrics => METRICS,
+            SignalKind::Celery => return Err(NotWellFramed),
+        };
+        let items = count(&body, path, true)?;
+        Ok(Encoded { kind, items, body })
+    }
+
+    /// The typed batch.
+    pub fn decode(&self) -> Result<Signal, Undecodable> {
+        decode_request(self.kind, self.body.clone())
+    }
+}
+
+/// The typed batch of an OTLP export request body of `kind`.
+pub fn decode_request(kind: SignalKind, body: Bytes) -> Result<Signal, Undecodable> {
+    Ok(match kind {
+        SignalKind::Traces => Signal::Traces(Arc::new(
+            ExportTraceServiceRequest::decode(body)?.resource_spans,
+        )),
+        SignalKind::Metrics => Signal::Metrics(Arc::new(
+            ExportMetricsServiceRequest::decode(body)?.resource_metrics,
+        )),
+        SignalKind::Logs => Signal::Logs(Arc::new(
+            ExportLogsServiceRequest::decode(body)?.resource_logs,
+        )),
+        SignalKind::Celery => return Err(Undecodable::Celery),
+    })
+}
+
+/// Entries at the end of `path` inside `buf`: each level names the length-delimited fields to
+/// descend into, the last the fields to count. Every other field is skipped by its wire type;
+/// with `top`, only the fields of the first level are allowed.
+fn count(mut buf: &[u8], path: &[&[u32]], top: bool) -> Result<u64, NotWellFramed> {
+    use prost::encoding::{decode_varint, WireType};
+    let Some((fields, rest)) = path.split_first() else {
+        return Ok(0);
+    };
+    let mut n = 0;
+    while buf.has_remaining() {
+        let key = decode_varint(&mut buf).map_err(|_| NotWellFramed)?;
+        let (field, wire) = ((key >> 3) as u32, key & 7);
+        if field == 0 {
+            return Err(NotWellFramed);
+        }
+        let ours = fields.contains(&field);
+        if top && !ours {
+            return Err(NotWellFramed);
+        }
+        match WireType::try_from(wire).map_err(|_| NotWellFramed)? {
+            WireType::Varint => {
+                decode_varint(&mut buf).map_err(|_| NotWellFramed)?;
+            }
+            WireType::SixtyFourBit if buf.len() >= 8 => buf.advance(8),
+            WireType::ThirtyTwoBit if buf.len() >= 4 => buf.advance(4),
+            WireType::LengthDelimited => {
+                let len = decode_varint(&mut buf).map_err(|_| NotWellFramed)?;
+                if len > buf.len() as u64 {
+                    return Err(NotWellFramed);
+                }
+                let (inner, after) = buf.split_at(len as usize);
+                if ours {
+                    n += if rest.is_empty() {
+                        1
+                    } else {
+                        count(inner, rest, false)?
+                    };
+                }
+                buf = after;
+            }
+            _ => return Err(NotWellFramed),
+        }
+        if ours && !matches!(WireType::try_from(wire), Ok(WireType::LengthDelimited)) {
+            return Err(NotWellFramed);
+        }
+    }
+    Ok(n)
 }
 
 impl Signal {
+    /// The typed form of this batch: an [`Signal::Encoded`] one decoded, any other as it is.
+    pub fn typed(self) -> Result<Signal, Undecodable> {
+        match self {
+            Signal::Encoded(e) => e.decode(),
+            other => Ok(other),
+        }
+    }
+
     pub fn kind(&self) -> SignalKind {
         match self {
+            Signal::Encoded(e) => e.kind,
             Signal::Traces(_) => SignalKind::Traces,
             Signal::Metrics(_) => SignalKind::Metrics,
             Signal::Logs(_) => SignalKind::Logs,
@@ -102,6 +244,7 @@ impl Signal {
                 .map(|s| s.log_records.len())
                 .sum(),
             Signal::Celery(ev) => ev.len(),
+            Signal::Encoded(e) => e.items as usize,
         }
     }
 
@@ -111,6 +254,7 @@ impl Signal {
             Signal::Metrics(v) => v.is_empty(),
             Signal::Logs(v) => v.is_empty(),
             Signal::Celery(v) => v.is_empty(),
+            Signal::Encoded(e) => e.body.is_empty(),
         }
     }
 }
@@ -200,5 +344,109 @@ impl Carry {
         let since = c.oldest.take().or(c.last);
         c.last = since;
         since
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::metrics::v1::{
+        Gauge, Metric, NumberDataPoint, ScopeMetrics, Sum,
+    };
+    use opentelemetry_proto::tonic::trace::v1::{ScopeSpans, Span};
+
+    use super::*;
+
+    /// A request of `resources` resources, each with two scopes of `spans` spans.
+    pub(crate) fn traces(resources: usize, spans: usize) -> ExportTraceServiceRequest {
+        let scope = ScopeSpans {
+            spans: vec![
+                Span {
+                    name: "s".into(),
+                    trace_id: vec![7; 16],
+                    ..Default::default()
+                };
+                spans
+            ],
+            ..Default::default()
+        };
+        ExportTraceServiceRequest {
+            resource_spans: vec![
+                ResourceSpans {
+                    scope_spans: vec![scope.clone(), scope],
+                    schema_url: "u".into(),
+                    ..Default::default()
+                };
+                resources
+            ],
+        }
+    }
+
+    #[test]
+    fn reads_item_counts_from_the_wire() {
+        let req = traces(3, 4);
+        let e = Encoded::read(SignalKind::Traces, req.encode_to_vec().into()).unwrap();
+        assert_eq!(e.items, 24);
+        let Signal::Traces(back) = e.decode().unwrap() else {
+            panic!("not traces")
+        };
+        assert_eq!(*back, req.resource_spans);
+
+        let points = |n| vec![NumberDataPoint::default(); n];
+        let metrics = ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![
+                        Metric {
+                            name: "g".into(),
+                            data: Some(metric::Data::Gauge(Gauge {
+                                data_points: points(2),
+                            })),
+                            ..Default::default()
+                        },
+                        Metric {
+                            name: "s".into(),
+                            data: Some(metric::Data::Sum(Sum {
+                                data_points: points(3),
+                                is_monotonic: true,
+                                aggregation_temporality: 2,
+                            })),
+                            ..Default::default()
+                        },
+                        Metric::default(),
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let typed = Signal::Metrics(Arc::new(metrics.resource_metrics.clone()));
+        let e = Encoded::read(SignalKind::Metrics, metrics.encode_to_vec().into()).unwrap();
+        assert_eq!((e.items, typed.item_count()), (5, 5));
+        assert_eq!(
+            Encoded::read(SignalKind::Logs, Bytes::new()).unwrap().items,
+            0
+        );
+    }
+
+    #[test]
+    fn refuses_bodies_that_are_not_well_framed() {
+        let good = traces(1, 2).encode_to_vec();
+        let bad: [&[u8]; 6] = [
+            b"this is not protobuf",
+            &good[..good.len() - 1],
+            // Field 2 at the top level.
+            &[0x12, 0x00],
+            // Field 1 as a varint.
+            &[0x08, 0x01],
+            // A scope_spans entry claiming more bytes than its resource holds.
+            &[0x0a, 0x02, 0x12, 0x05],
+            // Wire type 7.
+            &[0x0a, 0x01, 0x0f],
+        ];
+        for b in bad {
+            let r = Encoded::read(SignalKind::Traces, Bytes::copy_from_slice(b));
+            assert_eq!(r.err(), Some(NotWellFramed), "{b:?}");
+        }
+        assert!(Encoded::read(SignalKind::Celery, Bytes::new()).is_err());
     }
 }

@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -16,28 +15,6 @@ use celeriac::receivers::otlp::decode_http_body;
 use celeriac::signal::SignalKind;
 use serde_json::Value;
 use support::*;
-
-fn corpus_dir(sub: &str) -> PathBuf {
-    repo_root().join("tests/corpus").join(sub)
-}
-
-fn corpus(sub: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = corpus_dir(sub);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|p| {
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                std::fs::read(&p).unwrap(),
-            )
-        })
-        .collect()
-}
 
 /// How many drops decoding `data` counts (1 for a refused envelope, one per bad event in a
 /// list), asserting that nothing in it becomes an event.
@@ -219,15 +196,7 @@ fn malformed_otlp_bodies_are_answered_and_counted() {
     let mut sent = 0u64;
     for _ in 0..50 {
         for (name, data) in &files {
-            let ctype = if name.ends_with(".json") {
-                "application/json"
-            } else {
-                "application/x-protobuf"
-            };
-            let mut headers = vec![("content-type", ctype)];
-            if name.ends_with(".gz") {
-                headers.push(("content-encoding", "gzip"));
-            }
+            let headers = corpus_headers(name);
             let r = http_request(&http_addr, "POST", "/v1/traces", &headers, data)
                 .unwrap_or_else(|| panic!("{name}: no answer\n{}", agent.output()));
             assert!(

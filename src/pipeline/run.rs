@@ -406,7 +406,17 @@ impl Runtime {
         let mut producer_targets: BTreeMap<Node, BTreeMap<SignalKind, Vec<GatedSender>>> =
             BTreeMap::new();
         let mut processor_runs = Vec::new();
+        // Exporters that take batches in their wire form: a pipeline ending only in them, with
+        // only processors that take it too, lets its receivers forward requests undecoded.
+        let encoded_sinks: Vec<Node> = graph
+            .exporters
+            .iter()
+            .filter(|(_, exp)| exp.takes_encoded())
+            .map(|(id, _)| Node::Exporter(id.clone()))
+            .collect();
         for p in graph.pipelines {
+            let encoded = p.processors.iter().all(|(_, proc_)| proc_.takes_encoded())
+                && p.sinks.iter().all(|n| encoded_sinks.contains(n));
             let sinks: Vec<Tx> = p
                 .sinks
                 .iter()
@@ -427,6 +437,7 @@ impl Runtime {
                 tx: tx.clone(),
                 gates,
                 latency: latency.clone(),
+                encoded,
             };
             let entry = if p.processors.is_empty() {
                 sinks
@@ -452,7 +463,8 @@ impl Runtime {
                     .carrying(carry.clone());
                     let inp = self
                         .input(Kind::Processor, &label, rx.clone())
-                        .carrying(carry);
+                        .carrying(carry)
+                        .taking_encoded(proc_.takes_encoded());
                     let ctx = self.ctx(&label, self.receivers_stop.clone());
                     processor_runs.push((label, proc_.run(ctx, inp, out)));
                     if let Some(r) = next_rx {
@@ -490,7 +502,10 @@ impl Runtime {
                 Some(rx) => {
                     let label = node.label();
                     let ctx = self.ctx(&label, self.receivers_stop.clone());
-                    let fut = exp.run(ctx, self.input(Kind::Exporter, &label, rx));
+                    let input = self
+                        .input(Kind::Exporter, &label, rx)
+                        .taking_encoded(exp.takes_encoded());
+                    let fut = exp.run(ctx, input);
                     place.start(self, node, fut, Some(tx), None, None);
                 }
             }

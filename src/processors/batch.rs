@@ -2,7 +2,11 @@
 //! after `timeout`, whichever comes first, and flushing what it holds when its input closes.
 //! With `send_batch_max_size` (the collector's key) no batch sent holds more items than that:
 //! larger ones are split (between resources for OTLP data, so one resource with more items than
-//! the maximum still goes whole; between events for Celery). `metadata_keys` (batching per
+//! the maximum still goes whole; between events for Celery). Batches in their wire form
+//! ([`Signal::Encoded`], requests an `otlp` receiver forwards undecoded) are concatenated as
+//! bytes, which is the encoding of the batch holding all their entries; a split falls between
+//! those requests, and the rare request alone over the maximum is decoded and split between
+//! resources as above. `metadata_keys` (batching per
 //! client metadata) is accepted only empty: celeriac does not carry request metadata.
 
 use std::time::Duration;
@@ -13,7 +17,7 @@ use tokio::time::Instant;
 use crate::component::{BoxRun, Context, Input, Output, Processor};
 use crate::component::{BuildResult, Factory, Registration};
 use crate::config::{self, types, Value};
-use crate::signal::{unshare, Signal, SignalKind};
+use crate::signal::{unshare, Encoded, Signal, SignalKind};
 use std::sync::Arc;
 
 pub const REGISTRATION: Registration = Registration {
@@ -84,7 +88,42 @@ struct Pending {
     metrics: Vec<opentelemetry_proto::tonic::metrics::v1::ResourceMetrics>,
     logs: Vec<opentelemetry_proto::tonic::logs::v1::ResourceLogs>,
     celery: Vec<crate::celery::event::CeleryEvent>,
+    /// Requests still in their wire form, concatenated when sent.
+    encoded: Vec<Encoded>,
     items: usize,
+}
+
+/// `v` in runs of at most `max` items each (one item over `max` makes a run of its own).
+fn chunks<T>(v: Vec<T>, max: usize, count: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut out = Vec::new();
+    let (mut cur, mut n) = (Vec::new(), 0);
+    for x in v {
+        let c = count(&x);
+        if !cur.is_empty() && n + c > max {
+            out.push(std::mem::take(&mut cur));
+            n = 0;
+        }
+        n += c;
+        cur.push(x);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// One wire-form batch holding every entry of `parts` (all of one signal), `None` if empty.
+fn concat(mut parts: Vec<Encoded>) -> Option<Signal> {
+    if parts.len() <= 1 {
+        return parts.pop().map(Signal::Encoded);
+    }
+    let mut body = bytes::BytesMut::with_capacity(parts.iter().map(|p| p.body.len()).sum());
+    parts.iter().for_each(|p| body.extend_from_slice(&p.body));
+    Some(Signal::Encoded(Encoded {
+        kind: parts[0].kind,
+        items: parts.iter().map(|p| p.items).sum(),
+        body: body.freeze(),
+    }))
 }
 
 impl Pending {
@@ -95,31 +134,30 @@ impl Pending {
             Signal::Metrics(v) => self.metrics.extend(unshare(v)),
             Signal::Logs(v) => self.logs.extend(unshare(v)),
             Signal::Celery(v) => self.celery.extend(unshare(v)),
+            Signal::Encoded(e) => self.encoded.push(e),
         }
     }
 
     /// Everything held, in batches of at most `max` items (0: one batch per signal).
     fn take_split(&mut self, max: usize) -> Vec<Signal> {
-        let all = self.take();
+        let encoded = std::mem::take(&mut self.encoded);
+        let mut all = self.take();
         if max == 0 {
+            all.extend(concat(encoded));
             return all;
         }
-        fn chunks<T>(v: Vec<T>, max: usize, count: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
-            let mut out = Vec::new();
-            let (mut cur, mut n) = (Vec::new(), 0);
-            for x in v {
-                let c = count(&x);
-                if !cur.is_empty() && n + c > max {
-                    out.push(std::mem::take(&mut cur));
-                    n = 0;
-                }
-                n += c;
-                cur.push(x);
+        for run in chunks(encoded, max, |e| e.items as usize) {
+            match &run[..] {
+                // Alone over the maximum: decoded, to be split between resources below.
+                [one] if one.items as usize > max => match one.decode() {
+                    Ok(typed) => all.push(typed),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "An undecodable OTLP request over send_batch_max_size goes unsplit.");
+                        all.extend(concat(run));
+                    }
+                },
+                _ => all.extend(concat(run)),
             }
-            if !cur.is_empty() {
-                out.push(cur);
-            }
-            out
         }
         let mut out = Vec::new();
         for s in all {
@@ -158,6 +196,8 @@ impl Pending {
                         .into_iter()
                         .map(|c| Signal::Celery(Arc::new(c))),
                 ),
+                // Undecodable, so it cannot be split.
+                Signal::Encoded(e) => out.push(Signal::Encoded(e)),
             }
         }
         out
@@ -183,6 +223,11 @@ impl Pending {
 }
 
 impl Processor for BatchProcessor {
+    /// Wire-form batches are concatenated (see [`Pending`]).
+    fn takes_encoded(&self) -> bool {
+        true
+    }
+
     fn run(self: Box<Self>, _ctx: Context, input: Input, out: Output) -> BoxRun {
         Box::pin(async move {
             let mut pending = Pending::default();
@@ -343,5 +388,64 @@ mod tests {
         h.await.unwrap();
         assert_eq!(rx.recv().await.unwrap().item_count(), 4);
         assert!(rx.recv().await.is_err(), "output closes after the flush");
+    }
+
+    fn encoded(resources: usize, spans: usize) -> Encoded {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+        use prost::Message;
+        let req = ExportTraceServiceRequest {
+            resource_spans: vec![
+                ResourceSpans {
+                    scope_spans: vec![ScopeSpans {
+                        spans: vec![Span::default(); spans],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                };
+                resources
+            ],
+        };
+        Encoded::read(SignalKind::Traces, req.encode_to_vec().into()).unwrap()
+    }
+
+    fn resources(s: &Signal) -> Vec<usize> {
+        let Ok(Signal::Traces(rs)) = s.clone().typed() else {
+            panic!("not traces")
+        };
+        rs.iter()
+            .map(|r| r.scope_spans.iter().map(|s| s.spans.len()).sum())
+            .collect()
+    }
+
+    /// Wire-form requests are concatenated as bytes: the result decodes to every resource of
+    /// every request, in order.
+    #[test]
+    fn concatenates_encoded_requests() {
+        let mut p = Pending::default();
+        p.push(Signal::Encoded(encoded(2, 3)));
+        p.push(Signal::Encoded(encoded(1, 4)));
+        assert_eq!(p.items, 10);
+        let out = p.take_split(0);
+        assert_eq!(out.len(), 1);
+        assert!(matches!(out[0], Signal::Encoded(_)));
+        assert_eq!(out[0].item_count(), 10);
+        assert_eq!(resources(&out[0]), vec![3, 3, 4]);
+        assert!(p.take_split(0).is_empty());
+    }
+
+    /// With send_batch_max_size, a split falls between requests; a request alone over the
+    /// maximum is decoded and split between its resources.
+    #[test]
+    fn splits_encoded_between_requests() {
+        let mut p = Pending::default();
+        for (r, s) in [(1, 2), (1, 2), (1, 3), (3, 2)] {
+            p.push(Signal::Encoded(encoded(r, s)));
+        }
+        let out = p.take_split(5);
+        let shapes: Vec<_> = out.iter().map(resources).collect();
+        assert_eq!(shapes, vec![vec![2, 2], vec![3], vec![2, 2], vec![2]]);
+        assert!(matches!(out[0], Signal::Encoded(_)));
+        assert!(matches!(out[2], Signal::Traces(_)));
     }
 }

@@ -187,6 +187,11 @@ impl Processor for MemoryLimiter {
         Some(self.admission.clone())
     }
 
+    /// Batches pass through untouched, in whatever form.
+    fn takes_encoded(&self) -> bool {
+        true
+    }
+
     fn run(self: Box<Self>, ctx: Context, input: Input, out: Output) -> BoxRun {
         Box::pin(async move {
             let t = &ctx.telemetry;
@@ -358,6 +363,7 @@ mod tests {
                     tx: in_tx.clone(),
                     gates: vec![gate.clone()],
                     latency: None,
+                    encoded: false,
                 }],
             )],
             |_| (Counter::default(), Counter::default()),

@@ -1742,3 +1742,41 @@ pub fn validate_config(bin: &Path, config_yaml: &str) -> (bool, String) {
     );
     (out.status.success(), text)
 }
+
+/// `tests/corpus/<sub>`, the committed bad-input corpus.
+pub fn corpus_dir(sub: &str) -> PathBuf {
+    repo_root().join("tests/corpus").join(sub)
+}
+
+/// Every file of `tests/corpus/<sub>` as (name, bytes), by name.
+pub fn corpus(sub: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = corpus_dir(sub);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The OTLP/HTTP headers of an `otlp` corpus file: JSON or protobuf by its name, gzip for `.gz`.
+pub fn corpus_headers(name: &str) -> Vec<(&'static str, &'static str)> {
+    let ctype = if name.ends_with(".json") {
+        "application/json"
+    } else {
+        "application/x-protobuf"
+    };
+    let mut headers = vec![("content-type", ctype)];
+    if name.ends_with(".gz") {
+        headers.push(("content-encoding", "gzip"));
+    }
+    headers
+}

@@ -169,6 +169,8 @@ pub fn dump(s: &Signal, verbosity: Verbosity) -> Option<String> {
         (Verbosity::Detailed, Signal::Logs(v)) => text::detailed_logs(v),
         (Verbosity::Normal, Signal::Celery(_)) => return None,
         (Verbosity::Detailed, Signal::Celery(ev)) => format!("{ev:#?}"),
+        // Its input decodes wire-form batches; one handed over by hand has no typed content.
+        (_, Signal::Encoded(_)) => return None,
     };
     Some(text)
 }
@@ -229,6 +231,7 @@ fn counts(s: &Signal) -> (usize, usize, usize) {
             (v.len(), n, points)
         }
         Signal::Celery(ev) => (0, ev.len(), 0),
+        Signal::Encoded(e) => (0, e.items as usize, 0),
     }
 }
 
@@ -259,6 +262,9 @@ impl Exporter for DebugExporter {
                     }
                     (Signal::Celery(_), (_, n, _)) => {
                         tracing::info!(component = id, events = n, "Celery events")
+                    }
+                    (Signal::Encoded(e), (_, n, _)) => {
+                        tracing::info!(component = id, signal = %e.kind, items = n, "Undecoded batch")
                     }
                 }
                 if let Some(text) = dump(&batch, self.cfg.verbosity) {

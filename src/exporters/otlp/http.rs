@@ -358,6 +358,12 @@ impl HttpSender {
 }
 
 impl Exporter for OtlpHttpExporter {
+    /// Batches are sent as their encoded request body, so one still in its wire form is sent
+    /// as it is.
+    fn takes_encoded(&self) -> bool {
+        true
+    }
+
     fn run(self: Box<Self>, ctx: Context, input: Input) -> BoxRun {
         Box::pin(async move {
             let bad =

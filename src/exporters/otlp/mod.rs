@@ -709,6 +709,12 @@ async fn run_file_queue(
 }
 
 impl Exporter for OtlpExporter {
+    /// Batches are sent as their encoded request body, so one still in its wire form is sent
+    /// as it is.
+    fn takes_encoded(&self) -> bool {
+        true
+    }
+
     fn run(self: Box<Self>, ctx: Context, input: Input) -> BoxRun {
         Box::pin(async move {
             let transport = Transport::Grpc {

@@ -7,7 +7,8 @@
 //! removes the clone, its drop and the re-encode from every attempt; the file queue stores and
 //! sends the same bytes. The request message has one repeated field (`resource_spans`,
 //! `resource_metrics`, `resource_logs`, all field 1), so the encoding of a batch is its
-//! `Resource*` entries, each written as field 1.
+//! `Resource*` entries, each written as field 1. A batch an `otlp` receiver did not decode
+//! ([`Signal::Encoded`]) is sent as the bytes it arrived as.
 
 use std::marker::PhantomData;
 
@@ -20,21 +21,16 @@ use tonic::Status;
 
 use crate::signal::{Signal, SignalKind};
 
-/// One batch, encoded as the body of its `Export*ServiceRequest`.
-#[derive(Debug, Clone)]
-pub struct Encoded {
-    pub kind: SignalKind,
-    /// Spans, data points or log records in the batch.
-    pub items: u64,
-    pub body: Bytes,
-}
+pub use crate::signal::Encoded;
 
 impl Encoded {
-    /// `None` for Celery events, which have no OTLP form.
+    /// `None` for Celery events, which have no OTLP form. A batch still in its wire form is
+    /// taken as it is.
     pub fn of(batch: &Signal) -> Option<Encoded> {
         use prost::encoding::message;
         let mut buf = Vec::new();
         match batch {
+            Signal::Encoded(e) => return Some(e.clone()),
             Signal::Traces(rs) => rs.iter().for_each(|r| message::encode(1, r, &mut buf)),
             Signal::Metrics(rm) => rm.iter().for_each(|r| message::encode(1, r, &mut buf)),
             Signal::Logs(rl) => rl.iter().for_each(|r| message::encode(1, r, &mut buf)),

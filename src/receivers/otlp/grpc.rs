@@ -1,39 +1,29 @@
-//! OTLP/gRPC front end: the three generated tonic services behind one HTTP/2 server
-//! ([`crate::serve`]), routed by path without a router framework. The bearer token is checked on
+//! OTLP/gRPC front end: the three `Export` calls behind one HTTP/2 server ([`crate::serve`]),
+//! routed by path without a router framework. tonic frames them (gzip, size limit) and hands
+//! over each request's bytes, which [`Ingest::protobuf`] forwards as they are or decodes. The bearer token is checked on
 //! the HTTP request before tonic sees it: an unauthenticated client gets `UNAUTHENTICATED`
 //! whatever its body, and makes the agent decompress and decode nothing.
 
 use std::convert::Infallible;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::{Buf, Bytes};
 use hyper::body::Incoming;
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
-    LogsService, LogsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use prost::Message;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
 use super::{handshake, Ingest, Refusal};
 use crate::serve::{Protocol, ServerSettings};
-use crate::signal::Signal;
+use crate::signal::{Signal, SignalKind};
 use crate::tls::Acceptor;
 
 #[derive(Clone)]
@@ -73,51 +63,98 @@ impl Otlp {
     }
 }
 
-#[tonic::async_trait]
-impl TraceService for Otlp {
-    async fn export(
-        &self,
-        mut req: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let data = std::mem::take(&mut req.get_mut().resource_spans);
-        self.push(&req, Signal::Traces(Arc::new(data)))?;
-        Ok(Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
+/// The `Export` call of one signal: tonic reads the gRPC frame (decompressing, checking the
+/// size) and hands its body over as bytes; [`Ingest::protobuf`] forwards or decodes them.
+struct Export<R> {
+    otlp: Otlp,
+    kind: SignalKind,
+    reply: PhantomData<fn() -> R>,
+}
+
+impl<R: Default> tonic::server::UnaryService<Bytes> for Export<R> {
+    type Response = R;
+    type Future = std::future::Ready<Result<Response<R>, Status>>;
+
+    fn call(&mut self, req: Request<Bytes>) -> Self::Future {
+        let signal = self
+            .otlp
+            .ingest
+            .protobuf(self.kind, req.get_ref().clone())
+            // INTERNAL, as tonic answers a body its codec cannot decode.
+            .map_err(|e| Status::internal(e.to_string()));
+        std::future::ready(
+            signal
+                .and_then(|s| self.otlp.push(&req, s))
+                .map(|()| Response::new(R::default())),
+        )
     }
 }
 
-#[tonic::async_trait]
-impl MetricsService for Otlp {
-    async fn export(
+impl Otlp {
+    /// Serve one `Export` call of `kind`, replying with an empty `R` (full success).
+    async fn export<R: Message + Default + Send + 'static>(
         &self,
-        mut req: Request<ExportMetricsServiceRequest>,
-    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        let data = std::mem::take(&mut req.get_mut().resource_metrics);
-        self.push(&req, Signal::Metrics(Arc::new(data)))?;
-        Ok(Response::new(ExportMetricsServiceResponse {
-            partial_success: None,
-        }))
+        kind: SignalKind,
+        max_msg: usize,
+        req: hyper::Request<Incoming>,
+    ) -> hyper::Response<tonic::body::Body> {
+        let mut grpc = tonic::server::Grpc::new(BodyCodec::<R>(PhantomData))
+            .accept_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(max_msg);
+        let export = Export::<R> {
+            otlp: self.clone(),
+            kind,
+            reply: PhantomData,
+        };
+        grpc.unary(export, req).await
     }
 }
 
-#[tonic::async_trait]
-impl LogsService for Otlp {
-    async fn export(
-        &self,
-        mut req: Request<ExportLogsServiceRequest>,
-    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        let data = std::mem::take(&mut req.get_mut().resource_logs);
-        self.push(&req, Signal::Logs(Arc::new(data)))?;
-        Ok(Response::new(ExportLogsServiceResponse {
-            partial_success: None,
-        }))
+/// Reads a request message as its bytes; writes the typed reply.
+struct BodyCodec<R>(PhantomData<fn() -> R>);
+
+impl<R: Message + Send + 'static> Codec for BodyCodec<R> {
+    type Encode = R;
+    type Decode = Bytes;
+    type Encoder = ReplyEncoder<R>;
+    type Decoder = BodyDecoder;
+
+    fn encoder(&mut self) -> ReplyEncoder<R> {
+        ReplyEncoder(PhantomData)
+    }
+
+    fn decoder(&mut self) -> BodyDecoder {
+        BodyDecoder
     }
 }
 
-const TRACES: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/";
-const METRICS: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/";
-const LOGS: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/";
+struct BodyDecoder;
+
+impl Decoder for BodyDecoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+struct ReplyEncoder<R>(PhantomData<fn(R)>);
+
+impl<R: Message> Encoder for ReplyEncoder<R> {
+    type Item = R;
+    type Error = Status;
+
+    fn encode(&mut self, item: R, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst)
+            .map_err(|e| Status::internal(format!("cannot encode the reply: {e}")))
+    }
+}
+
+const TRACES: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+const METRICS: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+const LOGS: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
 
 /// tonic refuses undecodable and oversized messages itself, before our handlers run: count those
 /// answers here (a trailers-only response carries `grpc-status` in its headers). The codes we
@@ -144,27 +181,13 @@ pub async fn serve(
     settings: ServerSettings,
     shutdown: CancellationToken,
 ) {
-    let svc = Arc::new(Otlp {
+    let otlp = Otlp {
         ingest: ingest.clone(),
-    });
-    let traces = TraceServiceServer::from_arc(svc.clone())
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_msg);
-    let metrics = MetricsServiceServer::from_arc(svc.clone())
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_msg);
-    let logs = LogsServiceServer::from_arc(svc)
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_msg);
+    };
     let counting = ingest.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-        let (mut t, mut m, mut l) = (traces.clone(), metrics.clone(), logs.clone());
-        let ingest = counting.clone();
+        let (otlp, ingest) = (otlp.clone(), counting.clone());
         async move {
-            use tonic::codegen::Service;
             let mut req = req;
             req.extensions_mut().insert(Arrived(Instant::now()));
             if !admitted(&ingest, &req) {
@@ -173,16 +196,21 @@ pub async fn serve(
                 return Ok::<_, Infallible>(st.into_http());
             }
             let path = req.uri().path();
-            let resp = if path.starts_with(TRACES) {
-                t.call(req).await
-            } else if path.starts_with(METRICS) {
-                m.call(req).await
-            } else if path.starts_with(LOGS) {
-                l.call(req).await
-            } else {
-                Ok(Status::unimplemented(format!("unknown service {path}")).into_http())
+            let resp = match path {
+                TRACES => {
+                    otlp.export::<ExportTraceServiceResponse>(SignalKind::Traces, max_msg, req)
+                        .await
+                }
+                METRICS => {
+                    otlp.export::<ExportMetricsServiceResponse>(SignalKind::Metrics, max_msg, req)
+                        .await
+                }
+                LOGS => {
+                    otlp.export::<ExportLogsServiceResponse>(SignalKind::Logs, max_msg, req)
+                        .await
+                }
+                _ => Status::unimplemented(format!("unknown method {path}")).into_http(),
             };
-            let resp = resp.unwrap_or_else(|e: Infallible| match e {});
             count_codec_refusal(&ingest, &resp);
             Ok::<_, Infallible>(resp)
         }

@@ -420,7 +420,11 @@ async fn handle_signal(req: Request<Incoming>, ingest: &Arc<Ingest>, max_body: u
     } else {
         body
     };
-    let signal = match decode(kind, format, &body) {
+    let signal = match format {
+        Format::Protobuf => ingest.protobuf(kind, body).map_err(|e| e.to_string()),
+        Format::Json => decode(kind, format, &body),
+    };
+    let signal = match signal {
         Ok(s) => s,
         Err(msg) => {
             ingest.refuse("http", "corrupt");

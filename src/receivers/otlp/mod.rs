@@ -1,7 +1,9 @@
 //! `otlp` receiver: OTLP/gRPC on `grpc.endpoint` (TraceService, MetricsService, LogsService) and
 //! OTLP/HTTP on `http.endpoint` (`POST /v1/traces`, `/v1/metrics`, `/v1/logs`, protobuf or JSON,
 //! optionally gzip), so applications point their OTLP exporters at celeriac exactly as at an
-//! OpenTelemetry Collector. What arrives is passed on unchanged.
+//! OpenTelemetry Collector. What arrives is passed on unchanged; a protobuf request bound only
+//! for pipelines that forward it (`batch`, `memory_limiter`, `otlp`/`otlphttp` exporters) is not
+//! even decoded: its framing is checked and its bytes are passed on ([`Ingest::protobuf`]).
 //!
 //! Backpressure: a request is handed to the pipeline without waiting; when the pipeline is full
 //! the client gets the retryable answer the OTLP spec prescribes (gRPC `UNAVAILABLE`, HTTP 503
@@ -49,13 +51,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::component::{BoxRun, ComponentError, Context, Output, Receiver, SendError};
 use crate::component::{BuildResult, Factory, Registration};
 use crate::config::{self, types, types::Secret, DecodeError, Value};
 use crate::serve::ServerSettings;
-use crate::signal::{Signal, SignalKind};
+use crate::signal::{self, Encoded, Signal, SignalKind, Undecodable};
 use crate::telemetry::Telemetry;
 use crate::tls::{Acceptor, ServerTlsConfig};
 
@@ -382,7 +385,19 @@ impl Ingest {
         self.out.refusing(kind)
     }
 
-    /// Hand a decoded batch to the pipeline without waiting; its bytes arrived at `arrived`
+    /// A protobuf request body of `kind` as a signal: left in its wire form when every pipeline
+    /// this receiver feeds with `kind` takes that and the body's framing is sound, decoded
+    /// otherwise (so a malformed body is refused by the decode, as it always was).
+    pub fn protobuf(&self, kind: SignalKind, body: Bytes) -> Result<Signal, Undecodable> {
+        if self.out.takes_encoded(kind) {
+            if let Ok(e) = Encoded::read(kind, body.clone()) {
+                return Ok(Signal::Encoded(e));
+            }
+        }
+        signal::decode_request(kind, body)
+    }
+
+    /// Hand a batch to the pipeline without waiting; its bytes arrived at `arrived`
     /// (where the pipeline latency starts).
     pub fn push(&self, signal: Signal, arrived: Instant) -> Result<(), Refusal> {
         let kind = signal.kind();
