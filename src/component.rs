@@ -150,6 +150,8 @@ pub struct Input {
     received: Counter,
     carry: Option<Carry>,
     encoded: bool,
+    /// Items of forwarded batches that did not decode when this component needed them typed.
+    undecodable: Counter,
 }
 
 impl Input {
@@ -159,6 +161,15 @@ impl Input {
             received,
             carry: None,
             encoded: false,
+            undecodable: Counter::default(),
+        }
+    }
+
+    /// Counts the items of forwarded batches dropped because they did not decode here.
+    pub fn counting_undecodable(self, undecodable: Counter) -> Self {
+        Input {
+            undecodable,
+            ..self
         }
     }
 
@@ -206,6 +217,7 @@ impl Input {
                 }
                 Err(err) => {
                     // Only framing was checked when it was received; its content is not OTLP.
+                    self.undecodable.add(e.items);
                     tracing::warn!(items = e.items, error = %err, "Dropped an undecodable OTLP batch.");
                 }
             }
@@ -706,6 +718,35 @@ impl StatusBoard {
 pub type BuildResult<T> = Result<Box<T>, DecodeError>;
 
 /// For unit tests of builders: the key `build` rejects in `yaml`, `None` when it builds.
+#[cfg(test)]
+mod input_tests {
+    use super::*;
+    use crate::signal::{Encoded, SignalKind};
+
+    /// A forwarded batch whose framing is sound but whose span name is not UTF-8: a component
+    /// that needs it typed drops it, counts its items, and gets the next batch.
+    #[tokio::test]
+    async fn an_undecodable_forwarded_batch_is_counted_and_skipped() {
+        // request.1 (ResourceSpans) { 2 (ScopeSpans) { 2 (Span) { 5 (name): 0xff } } }
+        let body = bytes::Bytes::from_static(&[0x0a, 7, 0x12, 5, 0x12, 3, 0x2a, 1, 0xff]);
+        let bad = Encoded::read(SignalKind::Traces, body).expect("well framed");
+        let (tx, rx) = async_channel::bounded(4);
+        let dropped = Counter::default();
+        let input = Input::new(rx, Counter::default()).counting_undecodable(dropped.clone());
+        for signal in [Signal::Encoded(bad), Signal::Traces(Arc::new(Vec::new()))] {
+            tx.send(Batch {
+                signal,
+                stamp: None,
+            })
+            .await
+            .expect("send");
+        }
+        let next = input.recv().await.expect("the good batch");
+        assert!(matches!(next, Signal::Traces(_)));
+        assert_eq!(dropped.get(), 1);
+    }
+}
+
 #[cfg(test)]
 pub(crate) fn rejected_key<T: ?Sized>(
     build: fn(&Value) -> BuildResult<T>,

@@ -351,6 +351,11 @@ impl Runtime {
                 &labels,
             ),
         )
+        .counting_undecodable(t.counter(
+            "celeriac_component_undecodable_items_total",
+            "Items of OTLP batches forwarded undecoded that did not decode when this component needed them typed (dropped).",
+            &labels,
+        ))
     }
 
     /// Start `graph`, keeping what is already running and unchanged (see the module docs).
