@@ -1184,10 +1184,11 @@ fn tasks_page_and_worker_page_against_a_real_worker() {
     let first = page("");
     assert!(first.contains(&format!("of {total} tasks")), "{first}");
     assert_eq!(row_ids(&first), expected[..50].to_vec());
-    assert_eq!(
-        row_ids(&first)[0],
-        sleeping,
-        "the running task started last"
+    // The running task was sent last, so it starts among the last: Celery does not promise it
+    // starts after every task sent before it (a prefork pool starts several at once).
+    assert!(
+        row_ids(&first).contains(&sleeping),
+        "the running task is on the first page"
     );
     let third = page("length=50&page=3");
     assert_eq!(row_ids(&third), expected[100..total.min(150)].to_vec());
