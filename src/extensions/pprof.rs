@@ -114,8 +114,11 @@ pub fn cpu_profile(duration: Duration, stop: &CancellationToken) -> Result<Vec<u
                 .min(Duration::from_millis(100)),
         );
     }
-    let report = guard.report().build()?;
+    let mut report = guard.report().build()?;
     drop(guard);
+    // A sample whose stack could not be unwound has no frame: it names no code, and pprof
+    // readers expect every sample to have a location, so it is left out.
+    report.data.retain(|frames, _| !frames.frames.is_empty());
     encode(&report)
 }
 
