@@ -2,7 +2,9 @@
 //! of an `ExportTraceServiceRequest` (the raw decode cost every OTLP server pays) and the
 //! hand-off of the decoded spans to the pipeline channel an exporter reads from; and what it does
 //! instead for a request it only forwards: the framing walk that counts the spans
-//! (`Encoded::read`, no decode).
+//! (`Encoded::read`, no decode); and what `batch` does with 82 such requests (a batch of 8200
+//! spans): joining their bodies as pieces ([`Body::join`]) against copying them into one buffer
+//! (what it did before).
 //!
 //! `cargo bench --bench otlp_ingest`
 
@@ -11,7 +13,7 @@ use std::sync::Arc;
 
 use celeriac::component::Output;
 use celeriac::otlp::str_kv as kv;
-use celeriac::signal::{Encoded, Signal, SignalKind};
+use celeriac::signal::{Body, Encoded, Signal, SignalKind};
 use celeriac::telemetry::Counter;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -82,6 +84,25 @@ fn bench(c: &mut Criterion) {
     g.bench_function("wire walk of a forwarded request (100 spans)", |b| {
         b.iter(|| black_box(Encoded::read(SignalKind::Traces, black_box(bytes.clone())).ok()))
     });
+    g.throughput(Throughput::Elements(8200));
+    let requests: Vec<Body> = (0..82)
+        .map(|_| Body::from(bytes::Bytes::from(body.clone())))
+        .collect();
+    g.bench_function("batch of 82 forwarded requests: join as pieces", |b| {
+        b.iter(|| black_box(Body::join(black_box(requests.iter().cloned())).len()))
+    });
+    g.bench_function(
+        "batch of 82 forwarded requests: copy into one buffer",
+        |b| {
+            b.iter(|| {
+                let mut buf = bytes::BytesMut::with_capacity(requests.iter().map(Body::len).sum());
+                for r in black_box(&requests) {
+                    r.pieces().iter().for_each(|p| buf.extend_from_slice(p));
+                }
+                black_box(buf.freeze().len())
+            })
+        },
+    );
     g.finish();
 }
 

@@ -94,7 +94,103 @@ pub struct Encoded {
     pub kind: SignalKind,
     /// Spans, data points or log records in the batch.
     pub items: u64,
-    pub body: Bytes,
+    pub body: Body,
+}
+
+/// A request body held as the pieces it was received in: in order, their bytes are the body.
+/// A batch of forwarded requests appends their pieces instead of copying them into one buffer;
+/// the exporter writes them into its frame, the one copy they need on the way out.
+#[derive(Debug, Clone, Default)]
+pub struct Body {
+    pieces: Vec<Bytes>,
+    len: usize,
+}
+
+impl Body {
+    /// Bytes in the body.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The pieces, in order.
+    pub fn pieces(&self) -> &[Bytes] {
+        &self.pieces
+    }
+
+    /// One body holding `bodies` one after another. Their pieces are shared, not copied, except
+    /// runs of pieces under [`Body::SMALL`] bytes, copied into one buffer: a small piece may be a
+    /// slice of a much larger receive buffer (tonic's is 8 KiB at least), which holding it would
+    /// keep alive until the batch is sent.
+    pub fn join(bodies: impl IntoIterator<Item = Body>) -> Body {
+        let pieces: Vec<Bytes> = bodies.into_iter().flat_map(|b| b.pieces).collect();
+        let small = pieces
+            .iter()
+            .filter(|p| p.len() < Body::SMALL)
+            .map(Bytes::len);
+        let mut run = bytes::BytesMut::with_capacity(small.sum());
+        let mut out = Body {
+            pieces: Vec::with_capacity(pieces.len()),
+            len: 0,
+        };
+        for p in pieces {
+            out.len += p.len();
+            if p.len() < Body::SMALL {
+                run.extend_from_slice(&p);
+                continue;
+            }
+            if !run.is_empty() {
+                out.pieces.push(run.split().freeze());
+            }
+            out.pieces.push(p);
+        }
+        if !run.is_empty() {
+            out.pieces.push(run.freeze());
+        }
+        out
+    }
+
+    /// Pieces under this many bytes are copied together when bodies are joined.
+    pub const SMALL: usize = 8 << 10;
+
+    /// The body in one buffer: its piece when it has one, else a copy of them all.
+    pub fn contiguous(&self) -> Bytes {
+        match &self.pieces[..] {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            many => {
+                let mut buf = bytes::BytesMut::with_capacity(self.len);
+                many.iter().for_each(|p| buf.extend_from_slice(p));
+                buf.freeze()
+            }
+        }
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(b: Bytes) -> Body {
+        let len = b.len();
+        Body {
+            pieces: if len == 0 { Vec::new() } else { vec![b] },
+            len,
+        }
+    }
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(v: Vec<u8>) -> Body {
+        Bytes::from(v).into()
+    }
+}
+
+/// Bodies are equal when their bytes are, however they are split into pieces.
+impl PartialEq for Body {
+    fn eq(&self, other: &Body) -> bool {
+        self.len == other.len && self.contiguous() == other.contiguous()
+    }
 }
 
 /// Why a request body is not taken in its wire form (its typed decode then decides).
@@ -131,12 +227,16 @@ impl Encoded {
             SignalKind::Celery => return Err(NotWellFramed),
         };
         let items = count(&body, path, true)?;
-        Ok(Encoded { kind, items, body })
+        Ok(Encoded {
+            kind,
+            items,
+            body: body.into(),
+        })
     }
 
     /// The typed batch.
     pub fn decode(&self) -> Result<Signal, Undecodable> {
-        decode_request(self.kind, self.body.clone())
+        decode_request(self.kind, self.body.contiguous())
     }
 }
 
@@ -426,6 +526,25 @@ mod tests {
             Encoded::read(SignalKind::Logs, Bytes::new()).unwrap().items,
             0
         );
+    }
+
+    /// Joined bodies are the bodies' bytes in order; pieces of `SMALL` bytes or more are shared
+    /// (the same buffer), runs of smaller ones copied into one piece.
+    #[test]
+    fn joined_bodies_share_large_pieces_and_copy_small_runs() {
+        let big = |b: u8| Bytes::from(vec![b; Body::SMALL]);
+        let small = |b: u8| Bytes::from(vec![b; 10]);
+        let parts = [small(1), small(2), big(3), small(4), big(5), Bytes::new()];
+        let joined = Body::join(parts.iter().cloned().map(Body::from));
+        let whole: Vec<u8> = parts.iter().flat_map(|p| p.to_vec()).collect();
+        assert_eq!(joined.len(), whole.len());
+        assert_eq!(&joined.contiguous()[..], &whole[..]);
+        let lens: Vec<usize> = joined.pieces().iter().map(Bytes::len).collect();
+        assert_eq!(lens, vec![20, Body::SMALL, 10, Body::SMALL]);
+        assert_eq!(joined.pieces()[1].as_ptr(), parts[2].as_ptr());
+        assert_eq!(joined.pieces()[3].as_ptr(), parts[4].as_ptr());
+        assert!(Body::join([]).is_empty());
+        assert_eq!(joined, Body::from(whole));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! larger ones are split (between resources for OTLP data, so one resource with more items than
 //! the maximum still goes whole; between events for Celery). Batches in their wire form
 //! ([`Signal::Encoded`], requests an `otlp` receiver forwards undecoded) are concatenated as
-//! bytes, which is the encoding of the batch holding all their entries; a split falls between
+//! bytes, which is the encoding of the batch holding all their entries (the requests' buffers
+//! are kept as the pieces of the batch's body, not copied together); a split falls between
 //! those requests, and the rare request alone over the maximum is decoded and split between
 //! resources as above. `metadata_keys` (batching per
 //! client metadata) is accepted only empty: celeriac does not carry request metadata.
@@ -17,7 +18,7 @@ use tokio::time::Instant;
 use crate::component::{BoxRun, Context, Input, Output, Processor};
 use crate::component::{BuildResult, Factory, Registration};
 use crate::config::{self, types, Value};
-use crate::signal::{unshare, Encoded, Signal, SignalKind};
+use crate::signal::{unshare, Body, Encoded, Signal, SignalKind};
 use std::sync::Arc;
 
 pub const REGISTRATION: Registration = Registration {
@@ -113,16 +114,16 @@ fn chunks<T>(v: Vec<T>, max: usize, count: impl Fn(&T) -> usize) -> Vec<Vec<T>> 
 }
 
 /// One wire-form batch holding every entry of `parts` (all of one signal), `None` if empty.
+/// The requests' bytes are not copied: the batch's body is their pieces in order.
 fn concat(mut parts: Vec<Encoded>) -> Option<Signal> {
     if parts.len() <= 1 {
         return parts.pop().map(Signal::Encoded);
     }
-    let mut body = bytes::BytesMut::with_capacity(parts.iter().map(|p| p.body.len()).sum());
-    parts.iter().for_each(|p| body.extend_from_slice(&p.body));
+    let (kind, items) = (parts[0].kind, parts.iter().map(|p| p.items).sum());
     Some(Signal::Encoded(Encoded {
-        kind: parts[0].kind,
-        items: parts.iter().map(|p| p.items).sum(),
-        body: body.freeze(),
+        kind,
+        items,
+        body: Body::join(parts.into_iter().map(|p| p.body)),
     }))
 }
 

@@ -279,7 +279,12 @@ impl HttpSender {
         };
         let body = if self.gzip {
             let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            let done = gz.write_all(&batch.body).and_then(|_| gz.finish());
+            let done = batch
+                .body
+                .pieces()
+                .iter()
+                .try_for_each(|p| gz.write_all(p))
+                .and_then(|_| gz.finish());
             match done {
                 Ok(b) => Bytes::from(b),
                 Err(e) => {
@@ -291,7 +296,7 @@ impl HttpSender {
                 }
             }
         } else {
-            batch.body.clone()
+            batch.body.contiguous()
         };
         let url = &self.urls[idx];
         let mut req = Request::builder()

@@ -19,7 +19,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
 
-use crate::signal::{Signal, SignalKind};
+use crate::signal::{Body, Signal, SignalKind};
 
 pub use crate::signal::Encoded;
 
@@ -52,7 +52,10 @@ impl Encoded {
             SignalKind::Logs => 3,
             SignalKind::Celery => 0,
         });
-        rec.extend_from_slice(&self.body);
+        self.body
+            .pieces()
+            .iter()
+            .for_each(|p| rec.extend_from_slice(p));
         rec
     }
 
@@ -69,7 +72,7 @@ impl Encoded {
         well_framed(body).then(|| Encoded {
             kind,
             items,
-            body: Bytes::copy_from_slice(body),
+            body: Bytes::copy_from_slice(body).into(),
         })
     }
 
@@ -146,7 +149,7 @@ impl<R> Default for RawCodec<R> {
 }
 
 impl<R: PartialSuccess> Codec for RawCodec<R> {
-    type Encode = Bytes;
+    type Encode = Body;
     type Decode = R;
     type Encoder = RawEncoder;
     type Decoder = ReplyDecoder<R>;
@@ -163,11 +166,14 @@ impl<R: PartialSuccess> Codec for RawCodec<R> {
 pub struct RawEncoder;
 
 impl Encoder for RawEncoder {
-    type Item = Bytes;
+    type Item = Body;
     type Error = Status;
 
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
+    /// The body's pieces, one after another: the one copy a forwarded request's bytes get on
+    /// their way out.
+    fn encode(&mut self, item: Body, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.reserve(item.len());
+        item.pieces().iter().for_each(|p| dst.put_slice(p));
         Ok(())
     }
 }
@@ -224,7 +230,7 @@ mod tests {
             resource_spans: rs.as_ref().clone(),
         }
         .encode_to_vec();
-        assert_eq!(&enc.body[..], &whole[..]);
+        assert_eq!(&enc.body.contiguous()[..], &whole[..]);
         assert_eq!((enc.kind, enc.items), (SignalKind::Traces, 2));
         assert!(Encoded::of(&Signal::Celery(Arc::new(vec![]))).is_none());
     }
