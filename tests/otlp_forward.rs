@@ -1,6 +1,7 @@
 //! Requests only forwarded (`otlp → batch → otlp`) are not decoded by the agent: what the
 //! backend receives decodes to exactly the resources the clients sent, over gRPC and HTTP, gzip
-//! or not. Malformed bodies are still refused and counted as before. A pipeline that needs the
+//! or not, and whether the agent's exporter compresses or sends the batch's pieces as they are.
+//! Malformed bodies are still refused and counted as before. A pipeline that needs the
 //! content (here the `logs` exporter) beside the forwarding one gets typed data, and the
 //! forwarded copy is unchanged.
 
@@ -108,6 +109,16 @@ struct Setup {
 
 /// The agent forwarding `otlp → batch → otlp` to a fresh sink, with `extra` pipelines/exporters.
 fn start(extra_exporters: &str, extra_pipelines: &str) -> Setup {
+    start_with(
+        "",
+        "timeout: 50ms, send_batch_size: 20",
+        extra_exporters,
+        extra_pipelines,
+    )
+}
+
+/// [`start`] with more settings of the `otlp` exporter and the `batch` processor's.
+fn start_with(exporter: &str, batch: &str, extra_exporters: &str, extra_pipelines: &str) -> Setup {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let sink = Sink::default();
     let sink_port = free_port();
@@ -138,9 +149,9 @@ receivers:
       grpc: {{ endpoint: 127.0.0.1:{grpc} }}
       http: {{ endpoint: 127.0.0.1:{http} }}
 processors:
-  batch: {{ timeout: 50ms, send_batch_size: 20 }}
+  batch: {{ {batch} }}
 exporters:
-  otlp: {{ endpoint: "http://127.0.0.1:{sink_port}", tls: {{ insecure: true }} }}
+  otlp: {{ endpoint: "http://127.0.0.1:{sink_port}", tls: {{ insecure: true }}, {exporter} }}
 {extra_exporters}
 service:
   telemetry: {{ endpoint: 127.0.0.1:{tel} }}
@@ -194,7 +205,12 @@ impl Setup {
     /// Send one request each way (gRPC, HTTP; plain, gzip); the sorted encodings of every
     /// resource sent.
     fn send_all(&self) -> Vec<Vec<u8>> {
-        let reqs: Vec<_> = (0..4).map(|n| request(n, 5)).collect();
+        self.send_sized([5; 4])
+    }
+
+    /// [`Setup::send_all`] with requests of `spans[i]` spans per resource.
+    fn send_sized(&self, spans: [u32; 4]) -> Vec<Vec<u8>> {
+        let reqs: Vec<_> = (0..4).map(|n| request(n, spans[n as usize])).collect();
         self.grpc(&reqs[0], false).unwrap();
         self.grpc(&reqs[1], true).unwrap();
         assert_eq!(self.http(&reqs[2].encode_to_vec(), false), 200);
@@ -285,6 +301,28 @@ fn forwarded_requests_arrive_exactly_as_sent_and_bad_ones_are_refused() {
     );
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(s.sink.sorted(), sent, "nothing malformed was forwarded");
+}
+
+/// Uncompressed, the exporter sends a batch's pieces as they are: requests large enough to be
+/// kept as pieces (tens of KB) between small ones copied together, all in one batch, over each
+/// protocol and encoding, arrive exactly as sent; so do they with gzip on the way out.
+#[test]
+fn large_and_small_requests_in_one_batch_arrive_exactly_as_sent() {
+    for exporter in ["compression: none", "compression: gzip"] {
+        let s = start_with(exporter, "timeout: 1s, send_batch_size: 100000", "", "");
+        let sent = s.send_sized([300, 2, 400, 3]);
+        let big = request(0, 300).encode_to_vec().len();
+        assert!(
+            big > 16 << 10,
+            "{big} bytes: large enough to be kept as a piece"
+        );
+        s.wait_for(sent.len());
+        assert_eq!(
+            s.sink.sorted(),
+            sent,
+            "{exporter}: every resource arrives as sent"
+        );
+    }
 }
 
 #[test]

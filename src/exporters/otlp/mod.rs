@@ -78,10 +78,10 @@ use crate::component::{BuildResult, Factory, Registration};
 use crate::config::{self, types, DecodeError, Value};
 use crate::exporters::retry::{pause, Attempts};
 use crate::exporters::sending_queue::{self, DiskQueue, FileQueue, Storage};
-use crate::signal::{Batch, SignalKind};
+use crate::signal::{Batch, Body, SignalKind};
 use crate::telemetry::{Counter, Gauge, Throttle};
 use retry::{RetryConfig, Verdict};
-use wire::{Encoded, PartialSuccess, RawCodec};
+use wire::{Encoded, Outgoing, PartialSuccess, RawCodec, Splice};
 
 pub const REGISTRATION: Registration = Registration {
     type_name: "otlp",
@@ -492,7 +492,7 @@ impl Shared {
         gzip: bool,
         metadata: &Metadata,
     ) -> Result<Reply, tonic::Status> {
-        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        let mut grpc = tonic::client::Grpc::new(Splice(channel.clone()));
         if gzip {
             grpc = grpc.send_compressed(CompressionEncoding::Gzip);
         }
@@ -500,7 +500,15 @@ impl Shared {
             .await
             .map_err(|e| tonic::Status::unavailable(format!("connection not ready: {e}")))?;
         let path = tonic::codegen::http::uri::PathAndQuery::from_static(batch.path());
-        let req = self.request(batch.body.clone(), metadata);
+        // Uncompressed, the body's pieces are sent as they are (`wire::Splice`); tonic
+        // compresses what it is given as the message.
+        let req = if gzip || u32::try_from(batch.body.len()).is_err() {
+            self.request(batch.body.clone(), metadata)
+        } else {
+            let mut req = self.request(Body::default(), metadata);
+            req.extensions_mut().insert(Outgoing(batch.body.clone()));
+            req
+        };
         Ok(match batch.kind {
             SignalKind::Traces => grpc
                 .unary(req, path, RawCodec::<ExportTraceServiceResponse>::default())

@@ -11,12 +11,16 @@
 //! ([`Signal::Encoded`]) is sent as the bytes it arrived as.
 
 use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::{http, Service};
+use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::signal::{Body, Signal, SignalKind};
@@ -175,6 +179,72 @@ impl Encoder for RawEncoder {
         dst.reserve(item.len());
         item.pieces().iter().for_each(|p| dst.put_slice(p));
         Ok(())
+    }
+}
+
+/// The body of a forwarded batch's export call, attached to the call for [`Splice`].
+#[derive(Debug, Clone)]
+pub struct Outgoing(pub Body);
+
+/// The exporter's channel with one change to what tonic sends: a call carrying [`Outgoing`]
+/// (sent with an empty message) gets as its body the gRPC message made of the batch's pieces,
+/// which h2 writes to the socket from where they are. tonic writes every message it sends into
+/// a buffer of its own first; for a forwarded batch that was a copy of every byte, 17 % of a
+/// span's instructions over gRPC and 40 % over HTTP (callgrind, 100 spans per request).
+/// tonic still makes the call (headers, deadline) and reads the reply, its status and trailers.
+#[derive(Debug, Clone)]
+pub struct Splice(pub Channel);
+
+impl Service<http::Request<tonic::body::Body>> for Splice {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = tonic::transport::Error;
+    type Future = <Channel as Service<http::Request<tonic::body::Body>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
+        if let Some(Outgoing(body)) = req.extensions_mut().remove::<Outgoing>() {
+            *req.body_mut() = tonic::body::Body::new(Message::new(body));
+        }
+        self.0.call(req)
+    }
+}
+
+/// One uncompressed gRPC message: its 5-byte header, then the body's pieces as they are.
+struct Message {
+    header: Option<Bytes>,
+    pieces: std::vec::IntoIter<Bytes>,
+}
+
+impl Message {
+    fn new(body: Body) -> Message {
+        let mut header = Vec::with_capacity(5);
+        header.push(0);
+        // The exporter splices only bodies under 4 GiB (the gRPC length is 32 bits).
+        header.put_u32(u32::try_from(body.len()).unwrap_or(u32::MAX));
+        Message {
+            header: Some(header.into()),
+            pieces: body.pieces().to_vec().into_iter(),
+        }
+    }
+}
+
+impl hyper::body::Body for Message {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let next = self.header.take().or_else(|| self.pieces.next());
+        Poll::Ready(next.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.header.is_none() && self.pieces.len() == 0
     }
 }
 
