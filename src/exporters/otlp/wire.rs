@@ -8,7 +8,8 @@
 //! sends the same bytes. The request message has one repeated field (`resource_spans`,
 //! `resource_metrics`, `resource_logs`, all field 1), so the encoding of a batch is its
 //! `Resource*` entries, each written as field 1. A batch an `otlp` receiver did not decode
-//! ([`Signal::Encoded`]) is sent as the bytes it arrived as.
+//! ([`Signal::Encoded`]) is sent as the bytes it arrived as: uncompressed, its pieces are the
+//! request body as they are ([`Splice`]).
 
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -173,8 +174,8 @@ impl Encoder for RawEncoder {
     type Item = Body;
     type Error = Status;
 
-    /// The body's pieces, one after another: the one copy a forwarded request's bytes get on
-    /// their way out.
+    /// The body's pieces, one after another (for a call tonic compresses; an uncompressed
+    /// forwarded batch goes out through [`Splice`] instead).
     fn encode(&mut self, item: Body, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         dst.reserve(item.len());
         item.pieces().iter().for_each(|p| dst.put_slice(p));
