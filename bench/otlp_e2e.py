@@ -98,14 +98,17 @@ class Sink:
 ITEM_KEY = {"traces": "spans", "metrics": "data_points", "logs": "log_records"}
 
 
-def agent_config(grpc_port, http_port, telemetry_port, sink_port, batch, timeout="200ms", queue=""):
+def agent_config(grpc_port, http_port, telemetry_port, sink_port, batch, timeout="200ms", queue="",
+                 channels=0):
     """`otlp → batch → otlp`; with `batch` 0, `otlp → otlp` (no batching wait). `queue`: the
-    exporter's sending_queue settings (flow YAML), default the collector's."""
+    exporter's sending_queue settings (flow YAML), default the collector's; `channels`:
+    service.channel_capacity (0: celeriac's default)."""
     processors = "processors: [batch], " if batch else ""
     declared = f"""processors:
   batch: {{ send_batch_size: {batch}, timeout: {timeout} }}
 """ if batch else ""
     queue = f"\n    sending_queue: {queue}" if queue else ""
+    capacity = f"\n  channel_capacity: {channels}" if channels else ""
     return f"""
 receivers:
   otlp:
@@ -117,7 +120,7 @@ receivers:
     endpoint: http://127.0.0.1:{sink_port}
     compression: none{queue}
 service:
-  telemetry: {{ endpoint: 127.0.0.1:{telemetry_port} }}
+  telemetry: {{ endpoint: 127.0.0.1:{telemetry_port} }}{capacity}
   pipelines:
     traces: {{ receivers: [otlp], {processors}exporters: [otlp] }}
     metrics: {{ receivers: [otlp], {processors}exporters: [otlp] }}
@@ -125,9 +128,11 @@ service:
 """
 
 
-def flat_config(grpc_port, http_port, telemetry_port, sink_port, batch, timeout="200ms", queue=""):
+def flat_config(grpc_port, http_port, telemetry_port, sink_port, batch, timeout="200ms", queue="",
+                channels=0):
     """The same pipeline in celeriac's own (pre-collector) receiver shape, for older builds."""
-    return agent_config(grpc_port, http_port, telemetry_port, sink_port, batch, timeout, queue).replace(
+    return agent_config(grpc_port, http_port, telemetry_port, sink_port, batch, timeout, queue,
+                        channels).replace(
         f"""    protocols:
       grpc: {{ endpoint: 127.0.0.1:{grpc_port} }}
       http: {{ endpoint: 127.0.0.1:{http_port} }}""",
@@ -165,11 +170,13 @@ def run_case(a, workdir, signal, protocol, items, gzip, rate=None, stamp=False):
         gp, hp, tp = free_port(), free_port(), free_port()
         cfg = os.path.join(workdir, "agent.yaml")
         with open(cfg, "w") as f:
-            f.write(agent_config(gp, hp, tp, sink.grpc_port, a.batch, a.batch_timeout, a.queue))
+            f.write(agent_config(gp, hp, tp, sink.grpc_port, a.batch, a.batch_timeout, a.queue,
+                                 a.channel_capacity))
         if subprocess.run([a.celeriac, "validate", "-c", cfg], capture_output=True).returncode != 0:
             # A build from before the collector's `protocols:` shape: the same pipeline, flat.
             with open(cfg, "w") as f:
-                f.write(flat_config(gp, hp, tp, sink.grpc_port, a.batch, a.batch_timeout, a.queue))
+                f.write(flat_config(gp, hp, tp, sink.grpc_port, a.batch, a.batch_timeout, a.queue,
+                                 a.channel_capacity))
         cmd = [a.celeriac, "run", "-c", cfg]
         cg_out = os.path.join(a.callgrind, "callgrind.%s-%s-%d-%s.out" % (
             signal, protocol, items, "gzip" if gzip else "plain")) if a.callgrind else None
@@ -256,6 +263,8 @@ def main():
     ap.add_argument("--batch-timeout", default="200ms", help="the batch processor's timeout")
     ap.add_argument("--queue", default="",
                     help="the otlp exporter's sending_queue, flow YAML (default: the collector's)")
+    ap.add_argument("--channel-capacity", type=int, default=0,
+                    help="service.channel_capacity, batches per channel (default: celeriac's)")
     ap.add_argument("--fifo", action="store_true",
                     help="latency runs: agent, generator and sink at SCHED_FIFO (chrt), so no "
                          "other process on the machine delays them")
