@@ -23,6 +23,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
+use support::spans::request_spans;
 use support::*;
 
 /// Request `n` of `spans` spans, each with a distinct id.
@@ -79,16 +80,10 @@ service:
 }
 
 fn sink_spans(sink: &OtlpSink) -> u64 {
-    sink.requests()
+    let requests = sink.requests();
+    requests
         .iter()
-        .flat_map(|r| {
-            r["request"]["resource_spans"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .flat_map(|rs| rs["scope_spans"].as_array().cloned().unwrap_or_default())
-        .map(|ss| ss["spans"].as_array().map_or(0, |s| s.len() as u64))
+        .map(|r| request_spans(r).count() as u64)
         .sum()
 }
 
