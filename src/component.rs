@@ -46,6 +46,12 @@ pub enum ComponentError {
 pub trait Receiver: Send {
     fn run(self: Box<Self>, ctx: Context, out: Output) -> BoxRun;
 
+    /// Does this component tell the runtime itself when it is ready ([`Context::ready`]), e.g.
+    /// once its listeners are bound? Otherwise it is ready as soon as it starts.
+    fn reports_ready(&self) -> bool {
+        false
+    }
+
     /// State this component offers to extensions (see [`Host`]); most offer none.
     fn shared(&self) -> Option<SharedState> {
         None
@@ -122,6 +128,11 @@ impl GatedSender {
 pub trait Exporter: Send {
     fn run(self: Box<Self>, ctx: Context, input: Input) -> BoxRun;
 
+    /// See [`Receiver::reports_ready`].
+    fn reports_ready(&self) -> bool {
+        false
+    }
+
     /// Does this exporter take batches still in their wire form ([`Signal::Encoded`])?
     fn takes_encoded(&self) -> bool {
         false
@@ -137,6 +148,27 @@ pub struct Context {
     /// and may use it only to cut short waits (retries) during shutdown.
     pub shutdown: CancellationToken,
     pub telemetry: Telemetry,
+    /// Set by a component that reports its own readiness ([`Receiver::reports_ready`]) once it
+    /// serves: every listener bound.
+    pub ready: Ready,
+}
+
+/// A component's signal to the runtime that it is ready (see [`Receiver::reports_ready`]). The
+/// agent is ready (`/healthz`, `health_check`) once every component of its graph is. Clones
+/// share the signal.
+#[derive(Clone, Default)]
+pub struct Ready(CancellationToken);
+
+impl Ready {
+    /// Ready from now on (setting it again does nothing).
+    pub fn set(&self) {
+        self.0.cancel();
+    }
+
+    /// Returns once the component is ready.
+    pub async fn wait(&self) {
+        self.0.cancelled().await
+    }
 }
 
 /// The receiving end of a component's input channel; counts what it hands out. A processor's
@@ -525,6 +557,11 @@ pub trait Extension: Send {
         Ok(())
     }
     fn run(self: Box<Self>, ctx: Context, host: Host) -> BoxRun;
+
+    /// See [`Receiver::reports_ready`].
+    fn reports_ready(&self) -> bool {
+        false
+    }
 }
 
 /// Read-only state a component offers to extensions (for example the `celery_correlate`
@@ -609,9 +646,10 @@ impl Host {
 /// `componentstatus.Status`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ComponentStatus {
-    /// Spawned, waiting for the instance it replaces to finish.
+    /// Spawned, not ready yet: waiting for the instance it replaces to finish, or binding its
+    /// listeners ([`Receiver::reports_ready`]).
     Starting,
-    /// Running.
+    /// Running and ready.
     Ok,
     /// Asked to stop; draining.
     Stopping,
@@ -669,7 +707,8 @@ impl StatusBoard {
         b.components.insert(label.to_string(), entry);
     }
 
-    /// Pipelines started (`true`) or shutting down (`false`).
+    /// Every component ready (`true`), or not: starting, a reloaded component starting, or
+    /// shutting down (`false`).
     pub fn set_ready(&self, ready: bool) {
         let mut b = self.inner.write().unwrap_or_else(|e| e.into_inner());
         match (ready, b.ready_since) {
@@ -679,7 +718,7 @@ impl StatusBoard {
         }
     }
 
-    /// Since when the pipelines have been up, if they are.
+    /// Since when every component has been ready, if it is.
     pub fn ready_since(&self) -> Option<std::time::SystemTime> {
         self.inner
             .read()
@@ -699,7 +738,7 @@ impl StatusBoard {
         b.components.get(label).cloned()
     }
 
-    /// Up: pipelines started and no component failed.
+    /// Up: every component ready and none failed.
     pub fn healthy(&self) -> bool {
         let b = self.inner.read().unwrap_or_else(|e| e.into_inner());
         b.ready_since.is_some()
