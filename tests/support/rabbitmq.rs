@@ -36,7 +36,9 @@ pub struct Vhost {
 impl Vhost {
     pub fn create(tag: &str) -> Vhost {
         if TcpStream::connect_timeout(&HOST.parse().unwrap(), Duration::from_secs(2)).is_err() {
-            panic!("RabbitMQ is not reachable on {HOST}: start rabbitmq-server (scripts/test does)");
+            panic!(
+                "RabbitMQ is not reachable on {HOST}: start rabbitmq-server (scripts/test does)"
+            );
         }
         let name = format!("celeriac-{tag}-{}", std::process::id());
         let _ = Command::new("rabbitmqctl")
