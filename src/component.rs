@@ -758,35 +758,6 @@ pub type BuildResult<T> = Result<Box<T>, DecodeError>;
 
 /// For unit tests of builders: the key `build` rejects in `yaml`, `None` when it builds.
 #[cfg(test)]
-mod input_tests {
-    use super::*;
-    use crate::signal::{Encoded, SignalKind};
-
-    /// A forwarded batch whose framing is sound but whose span name is not UTF-8: a component
-    /// that needs it typed drops it, counts its items, and gets the next batch.
-    #[tokio::test]
-    async fn an_undecodable_forwarded_batch_is_counted_and_skipped() {
-        // request.1 (ResourceSpans) { 2 (ScopeSpans) { 2 (Span) { 5 (name): 0xff } } }
-        let body = bytes::Bytes::from_static(&[0x0a, 7, 0x12, 5, 0x12, 3, 0x2a, 1, 0xff]);
-        let bad = Encoded::read(SignalKind::Traces, body).expect("well framed");
-        let (tx, rx) = async_channel::bounded(4);
-        let dropped = Counter::default();
-        let input = Input::new(rx, Counter::default()).counting_undecodable(dropped.clone());
-        for signal in [Signal::Encoded(bad), Signal::Traces(Arc::new(Vec::new()))] {
-            tx.send(Batch {
-                signal,
-                stamp: None,
-            })
-            .await
-            .expect("send");
-        }
-        let next = input.recv().await.expect("the good batch");
-        assert!(matches!(next, Signal::Traces(_)));
-        assert_eq!(dropped.get(), 1);
-    }
-}
-
-#[cfg(test)]
 pub(crate) fn rejected_key<T: ?Sized>(
     build: fn(&Value) -> BuildResult<T>,
     yaml: &str,
@@ -863,4 +834,33 @@ pub struct Registration {
 /// The settings of a component whose config is `T`, all at their defaults.
 pub fn defaults<T: Default + serde::Serialize>() -> Result<Value, String> {
     serde_yaml_ng::to_value(T::default()).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod input_tests {
+    use super::*;
+    use crate::signal::{Encoded, SignalKind};
+
+    /// A forwarded batch whose framing is sound but whose span name is not UTF-8: a component
+    /// that needs it typed drops it, counts its items, and gets the next batch.
+    #[tokio::test]
+    async fn an_undecodable_forwarded_batch_is_counted_and_skipped() {
+        // request.1 (ResourceSpans) { 2 (ScopeSpans) { 2 (Span) { 5 (name): 0xff } } }
+        let body = bytes::Bytes::from_static(&[0x0a, 7, 0x12, 5, 0x12, 3, 0x2a, 1, 0xff]);
+        let bad = Encoded::read(SignalKind::Traces, body).expect("well framed");
+        let (tx, rx) = async_channel::bounded(4);
+        let dropped = Counter::default();
+        let input = Input::new(rx, Counter::default()).counting_undecodable(dropped.clone());
+        for signal in [Signal::Encoded(bad), Signal::Traces(Arc::new(Vec::new()))] {
+            tx.send(Batch {
+                signal,
+                stamp: None,
+            })
+            .await
+            .expect("send");
+        }
+        let next = input.recv().await.expect("the good batch");
+        assert!(matches!(next, Signal::Traces(_)));
+        assert_eq!(dropped.get(), 1);
+    }
 }
