@@ -1038,6 +1038,7 @@ mod tests {
             id: Arc::from("exporter/otlp"),
             shutdown: shutdown.clone(),
             telemetry: telemetry.clone(),
+            ready: Default::default(),
         };
         let (tx, rx) = async_channel::bounded(4);
         let input = Input::new(rx, Counter::default());
