@@ -664,6 +664,7 @@ mod tests {
             id: "receivers/redis_queues".into(),
             shutdown: CancellationToken::new(),
             telemetry: Telemetry::new(),
+            ready: Default::default(),
         };
         let telemetry = ctx.telemetry.clone();
         let shutdown = ctx.shutdown.clone();
