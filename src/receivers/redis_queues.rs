@@ -442,7 +442,7 @@ impl Receiver for RedisQueues {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::component::Output;
     use crate::signal::Batch;
@@ -523,7 +523,7 @@ mod tests {
 
     // --- against a real redis-server -----------------------------------------------------
 
-    struct RedisServer {
+    pub(crate) struct RedisServer {
         child: std::process::Child,
         _dir: tempfile::TempDir,
     }
@@ -535,14 +535,14 @@ mod tests {
         }
     }
 
-    fn redis_server_available() -> bool {
+    pub(crate) fn redis_server_available() -> bool {
         std::process::Command::new("redis-server")
             .arg("--version")
             .output()
             .is_ok_and(|o| o.status.success())
     }
 
-    async fn start_redis(port: u16) -> RedisServer {
+    pub(crate) async fn start_redis(port: u16) -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
         let child = std::process::Command::new("redis-server")
             .args([
