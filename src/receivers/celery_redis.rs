@@ -393,10 +393,8 @@ impl Receiver for CeleryRedis {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::receivers::redis_queues::tests::{redis_server_available, start_redis};
-    use crate::telemetry::{Counter, Telemetry};
+    use crate::receivers::redis_queues::tests::{redis_on_free_port, run_receiver, Running};
     use std::io::Write;
-    use tokio_util::sync::CancellationToken;
 
     /// The Celery event messages of the captured traffic: (channel, payload).
     fn captured() -> Vec<(String, String)> {
@@ -422,32 +420,19 @@ mod tests {
     /// batch would otherwise wait for all those decoded after it), and every event arrives.
     #[tokio::test(flavor = "current_thread")]
     async fn hands_over_one_batch_at_a_time_on_one_thread() {
-        assert!(
-            redis_server_available(),
-            "redis-server is not on PATH (scripts/test installs Debian's redis-server)"
-        );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let _server = start_redis(port).await;
+        let (port, _server) = redis_on_free_port().await;
         let v: Value =
             serde_yaml_ng::from_str(&format!("endpoint: redis://127.0.0.1:{port}/0")).unwrap();
-        let receiver = build(&v).ok().unwrap();
-        let (tx, rx) = async_channel::bounded(64);
-        let ctx = Context {
-            id: "receivers/celery_redis".into(),
-            shutdown: CancellationToken::new(),
-            telemetry: Telemetry::new(),
-        };
-        let shutdown = ctx.shutdown.clone();
-        let out = Output::new(
-            vec![(SignalKind::Celery, vec![tx])],
-            Counter::default(),
-            Counter::default(),
+        let Running {
+            rx,
+            shutdown,
+            task: run,
+            ..
+        } = run_receiver(
+            build(&v).ok().unwrap(),
+            "receivers/celery_redis",
+            SignalKind::Celery,
         );
-        let run = tokio::spawn(receiver.run(ctx, out));
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).unwrap();
         let mut c = client.get_multiplexed_async_connection().await.unwrap();
         for _ in 0..200 {
