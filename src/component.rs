@@ -46,6 +46,12 @@ pub enum ComponentError {
 pub trait Receiver: Send {
     fn run(self: Box<Self>, ctx: Context, out: Output) -> BoxRun;
 
+    /// Does this component tell the runtime itself when it is ready ([`Context::ready`]), e.g.
+    /// once its listeners are bound? Otherwise it is ready as soon as it starts.
+    fn reports_ready(&self) -> bool {
+        false
+    }
+
     /// State this component offers to extensions (see [`Host`]); most offer none.
     fn shared(&self) -> Option<SharedState> {
         None
@@ -122,6 +128,11 @@ impl GatedSender {
 pub trait Exporter: Send {
     fn run(self: Box<Self>, ctx: Context, input: Input) -> BoxRun;
 
+    /// See [`Receiver::reports_ready`].
+    fn reports_ready(&self) -> bool {
+        false
+    }
+
     /// Does this exporter take batches still in their wire form ([`Signal::Encoded`])?
     fn takes_encoded(&self) -> bool {
         false
@@ -137,6 +148,27 @@ pub struct Context {
     /// and may use it only to cut short waits (retries) during shutdown.
     pub shutdown: CancellationToken,
     pub telemetry: Telemetry,
+    /// Set by a component that reports its own readiness ([`Receiver::reports_ready`]) once it
+    /// serves: every listener bound.
+    pub ready: Ready,
+}
+
+/// A component's signal to the runtime that it is ready (see [`Receiver::reports_ready`]). The
+/// agent is ready (`/healthz`, `health_check`) once every component of its graph is. Clones
+/// share the signal.
+#[derive(Clone, Default)]
+pub struct Ready(CancellationToken);
+
+impl Ready {
+    /// Ready from now on (setting it again does nothing).
+    pub fn set(&self) {
+        self.0.cancel();
+    }
+
+    /// Returns once the component is ready.
+    pub async fn wait(&self) {
+        self.0.cancelled().await
+    }
 }
 
 /// The receiving end of a component's input channel; counts what it hands out. A processor's
@@ -536,6 +568,11 @@ pub trait Extension: Send {
         Ok(())
     }
     fn run(self: Box<Self>, ctx: Context, host: Host) -> BoxRun;
+
+    /// See [`Receiver::reports_ready`].
+    fn reports_ready(&self) -> bool {
+        false
+    }
 }
 
 /// Read-only state a component offers to extensions (for example the `celery_correlate`
@@ -620,9 +657,10 @@ impl Host {
 /// `componentstatus.Status`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ComponentStatus {
-    /// Spawned, waiting for the instance it replaces to finish.
+    /// Spawned, not ready yet: waiting for the instance it replaces to finish, or binding its
+    /// listeners ([`Receiver::reports_ready`]).
     Starting,
-    /// Running.
+    /// Running and ready.
     Ok,
     /// Asked to stop; draining.
     Stopping,
@@ -680,7 +718,8 @@ impl StatusBoard {
         b.components.insert(label.to_string(), entry);
     }
 
-    /// Pipelines started (`true`) or shutting down (`false`).
+    /// Every component ready (`true`), or not: starting, a reloaded component starting, or
+    /// shutting down (`false`).
     pub fn set_ready(&self, ready: bool) {
         let mut b = self.inner.write().unwrap_or_else(|e| e.into_inner());
         match (ready, b.ready_since) {
@@ -690,7 +729,7 @@ impl StatusBoard {
         }
     }
 
-    /// Since when the pipelines have been up, if they are.
+    /// Since when every component has been ready, if it is.
     pub fn ready_since(&self) -> Option<std::time::SystemTime> {
         self.inner
             .read()
@@ -710,7 +749,7 @@ impl StatusBoard {
         b.components.get(label).cloned()
     }
 
-    /// Up: pipelines started and no component failed.
+    /// Up: every component ready and none failed.
     pub fn healthy(&self) -> bool {
         let b = self.inner.read().unwrap_or_else(|e| e.into_inner());
         b.ready_since.is_some()
@@ -729,35 +768,6 @@ impl StatusBoard {
 pub type BuildResult<T> = Result<Box<T>, DecodeError>;
 
 /// For unit tests of builders: the key `build` rejects in `yaml`, `None` when it builds.
-#[cfg(test)]
-mod input_tests {
-    use super::*;
-    use crate::signal::{Encoded, SignalKind};
-
-    /// A forwarded batch whose framing is sound but whose span name is not UTF-8: a component
-    /// that needs it typed drops it, counts its items, and gets the next batch.
-    #[tokio::test]
-    async fn an_undecodable_forwarded_batch_is_counted_and_skipped() {
-        // request.1 (ResourceSpans) { 2 (ScopeSpans) { 2 (Span) { 5 (name): 0xff } } }
-        let body = bytes::Bytes::from_static(&[0x0a, 7, 0x12, 5, 0x12, 3, 0x2a, 1, 0xff]);
-        let bad = Encoded::read(SignalKind::Traces, body).expect("well framed");
-        let (tx, rx) = async_channel::bounded(4);
-        let dropped = Counter::default();
-        let input = Input::new(rx, Counter::default()).counting_undecodable(dropped.clone());
-        for signal in [Signal::Encoded(bad), Signal::Traces(Arc::new(Vec::new()))] {
-            tx.send(Batch {
-                signal,
-                stamp: None,
-            })
-            .await
-            .expect("send");
-        }
-        let next = input.recv().await.expect("the good batch");
-        assert!(matches!(next, Signal::Traces(_)));
-        assert_eq!(dropped.get(), 1);
-    }
-}
-
 #[cfg(test)]
 pub(crate) fn rejected_key<T: ?Sized>(
     build: fn(&Value) -> BuildResult<T>,
@@ -835,4 +845,33 @@ pub struct Registration {
 /// The settings of a component whose config is `T`, all at their defaults.
 pub fn defaults<T: Default + serde::Serialize>() -> Result<Value, String> {
     serde_yaml_ng::to_value(T::default()).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod input_tests {
+    use super::*;
+    use crate::signal::{Encoded, SignalKind};
+
+    /// A forwarded batch whose framing is sound but whose span name is not UTF-8: a component
+    /// that needs it typed drops it, counts its items, and gets the next batch.
+    #[tokio::test]
+    async fn an_undecodable_forwarded_batch_is_counted_and_skipped() {
+        // request.1 (ResourceSpans) { 2 (ScopeSpans) { 2 (Span) { 5 (name): 0xff } } }
+        let body = bytes::Bytes::from_static(&[0x0a, 7, 0x12, 5, 0x12, 3, 0x2a, 1, 0xff]);
+        let bad = Encoded::read(SignalKind::Traces, body).expect("well framed");
+        let (tx, rx) = async_channel::bounded(4);
+        let dropped = Counter::default();
+        let input = Input::new(rx, Counter::default()).counting_undecodable(dropped.clone());
+        for signal in [Signal::Encoded(bad), Signal::Traces(Arc::new(Vec::new()))] {
+            tx.send(Batch {
+                signal,
+                stamp: None,
+            })
+            .await
+            .expect("send");
+        }
+        let next = input.recv().await.expect("the good batch");
+        assert!(matches!(next, Signal::Traces(_)));
+        assert_eq!(dropped.get(), 1);
+    }
 }

@@ -212,7 +212,7 @@ fn bad_amqp_messages_are_counted_and_nothing_else_is_lost() {
 
 /// `amqp_queues.management`: ready messages (passive declare), unacknowledged messages and the
 /// head message's age from RabbitMQ's real management API (plugin on 15672, enabled by
-/// `.ci/run`), for a queue holding 5 ready and 2 unacknowledged messages published with an AMQP
+/// `scripts/test`), for a queue holding 5 ready and 2 unacknowledged messages published with an AMQP
 /// `timestamp` two minutes old. Wrong management credentials: counted, the AMQP gauges stay.
 #[test]
 fn management_api_reads_unacknowledged_and_head_age() {

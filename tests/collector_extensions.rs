@@ -130,6 +130,113 @@ fn health_check_is_never_up_when_a_component_fails() {
     drop(taken);
 }
 
+/// Ready means serving: the moment the agent first says it is ready (`/healthz` on even starts,
+/// `health_check` on odd ones, polled with no pause), the `otlp` receiver takes an OTLP/HTTP
+/// POST and an OTLP/gRPC export and the `prometheus` exporter a scrape, with no wait in between,
+/// and the other readiness endpoint agrees. The window in which a start could report ready
+/// before a listener is bound is short, so the agent is started 30 times.
+#[test]
+fn ready_means_every_listener_takes_requests_at_once() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    const STARTS: usize = 30;
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans: vec![Span {
+                    trace_id: [7u8; 16].to_vec(),
+                    span_id: [8u8; 8].to_vec(),
+                    name: "work".into(),
+                    start_time_unix_nano: 1,
+                    end_time_unix_nano: 2,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let span = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"work","kind":1,"startTimeUnixNano":"1","endTimeUnixNano":"2"}]}]}]}"#;
+    for start in 0..STARTS {
+        let (grpc, http, prom, health, tel) = (
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+        );
+        let cfg = AgentConfig::new()
+            .receiver(
+                "otlp",
+                &format!(
+                    "protocols:\n  grpc: {{ endpoint: 127.0.0.1:{grpc} }}\n  http: {{ endpoint: 127.0.0.1:{http} }}"
+                ),
+            )
+            .exporter("debug", "verbosity: basic")
+            .exporter("prometheus", &format!("endpoint: 127.0.0.1:{prom}"))
+            .extension("health_check", &format!("endpoint: 127.0.0.1:{health}"))
+            .telemetry(tel)
+            .pipeline("traces", &["otlp"], &["debug"])
+            .pipeline("metrics", &["otlp"], &["prometheus"])
+            .yaml();
+        let (tel, health, http, prom) = (
+            format!("127.0.0.1:{tel}"),
+            format!("127.0.0.1:{health}"),
+            format!("127.0.0.1:{http}"),
+            format!("127.0.0.1:{prom}"),
+        );
+        let (first, other) = if start % 2 == 0 {
+            ((&tel, "/healthz"), (&health, "/"))
+        } else {
+            ((&health, "/"), (&tel, "/healthz"))
+        };
+        let mut agent = Agent::start(bin(), &cfg);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !http_ok(first.0, first.1) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "start {start}: {}{} never answered 200\n{}",
+                first.0,
+                first.1,
+                agent.output()
+            );
+        }
+        let posted = http_post(&http, "/v1/traces", "application/json", span).map(|r| r.status);
+        // A runtime of its own, dropped before the agent stops, so the gRPC connection closes
+        // and the agent does not wait for it to drain.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let exported = rt.block_on(async {
+            let mut client = TraceServiceClient::connect(format!("http://127.0.0.1:{grpc}"))
+                .await
+                .map_err(|e| e.to_string())?;
+            client
+                .export(request.clone())
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        });
+        drop(rt);
+        let scraped = http_get(&prom, "/metrics").map(|(code, _)| code);
+        let agreed = http_get(other.0, other.1).map(|(code, _)| code);
+        assert_eq!(
+            (posted, exported, scraped, agreed),
+            (Some(200), Ok(()), Some(200), Some(200)),
+            "start {start}, ready by {}{}: (OTLP/HTTP, OTLP/gRPC, scrape, {}{})\n{}",
+            first.0,
+            first.1,
+            other.0,
+            other.1,
+            agent.output()
+        );
+        agent.stop_ok(Duration::from_secs(15));
+    }
+}
+
 // ---- pprof -------------------------------------------------------------------------------------
 
 /// The parts of pprof's `perftools.profiles.Profile` (github.com/google/pprof,

@@ -417,6 +417,7 @@ fn start_exporter(yaml: &str) -> Running {
         id: "exporter/prometheus_remote_write".into(),
         shutdown: CancellationToken::new(),
         telemetry: telemetry.clone(),
+        ready: Default::default(),
     };
     let (tx, rx) = async_channel::bounded(16);
     let run = tokio::spawn(exporter.run(ctx, Input::new(rx, Counter::default())));

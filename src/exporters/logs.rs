@@ -430,6 +430,7 @@ mod tests {
                 id: "exporter/logs".into(),
                 shutdown: CancellationToken::new(),
                 telemetry: Telemetry::new(),
+                ready: Default::default(),
             };
             let run = tokio::spawn(exp.run(ctx, Input::new(rx, Counter::default())));
             for _ in 0..3 {

@@ -164,6 +164,11 @@ pub struct PrometheusExporter {
 }
 
 impl Exporter for PrometheusExporter {
+    /// Ready once the scrape endpoint is bound.
+    fn reports_ready(&self) -> bool {
+        true
+    }
+
     fn run(mut self: Box<Self>, ctx: Context, input: Input) -> BoxRun {
         Box::pin(async move {
             let addr = self.cfg.endpoint;
@@ -197,6 +202,7 @@ impl Exporter for PrometheusExporter {
                 handler,
                 stop.clone(),
             ));
+            ctx.ready.set();
 
             let converter = converter(&self.cfg);
             let dropped = ctx.telemetry.counter(

@@ -4,9 +4,10 @@
 //!
 //! This module owns the extension's settings and its answer. The answer follows the collector's
 //! `internal/healthcheck/handler.go`: `200` with
-//! `{"status":"Server available","upSince":"<RFC 3339>","uptime":"<Go duration>"}` while the
-//! pipelines are up, `503` with `{"status":"Server not available","upSince":"0001-01-01T00:00:00Z","uptime":""}`
-//! before they are started, while shutting down, and once a component has failed. Up/down comes
+//! `{"status":"Server available","upSince":"<RFC 3339>","uptime":"<Go duration>"}` while every
+//! component is ready (those that listen: bound), `503` with
+//! `{"status":"Server not available","upSince":"0001-01-01T00:00:00Z","uptime":""}` before that,
+//! while a reloaded component restarts, while shutting down, and once a component has failed. Up/down comes
 //! from the runtime's [`StatusBoard`] (through the [`Host`]). With `response_body`, its static
 //! `healthy`/`unhealthy` text replaces the JSON, as in the collector.
 //!
@@ -275,6 +276,11 @@ fn answer(
 }
 
 impl Extension for HealthCheck {
+    /// Ready once its endpoint is bound.
+    fn reports_ready(&self) -> bool {
+        true
+    }
+
     fn run(self: Box<Self>, ctx: Context, host: Host) -> BoxRun {
         Box::pin(async move {
             let addr = self.cfg.endpoint;
@@ -307,6 +313,7 @@ impl Extension for HealthCheck {
                 });
                 answer(&cfg, &board, pipeline_ok, SystemTime::now())
             };
+            ctx.ready.set();
             crate::telemetry::serve(listener, handler, ctx.shutdown.clone()).await;
             Ok(())
         })

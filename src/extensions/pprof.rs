@@ -212,6 +212,11 @@ async fn handle(req: Request<Incoming>, stop: CancellationToken) -> Resp {
 }
 
 impl Extension for Pprof {
+    /// Ready once its endpoint is bound.
+    fn reports_ready(&self) -> bool {
+        true
+    }
+
     fn run(self: Box<Self>, ctx: Context, _host: Host) -> BoxRun {
         Box::pin(async move {
             let addr = self.cfg.endpoint;
@@ -237,6 +242,7 @@ impl Extension for Pprof {
                 })
             });
             let shutdown = ctx.shutdown.clone();
+            ctx.ready.set();
             crate::telemetry::accept_until(&listener, &ctx.shutdown, "pprof", |stream| {
                 let stop = shutdown.clone();
                 tokio::spawn(async move {

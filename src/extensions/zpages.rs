@@ -237,6 +237,11 @@ fn route(host: &Host, path: &str) -> Reply {
 }
 
 impl Extension for ZPages {
+    /// Ready once its endpoint is bound.
+    fn reports_ready(&self) -> bool {
+        true
+    }
+
     fn run(self: Box<Self>, ctx: Context, host: Host) -> BoxRun {
         Box::pin(async move {
             let addr = self.cfg.endpoint;
@@ -246,6 +251,7 @@ impl Extension for ZPages {
             tracing::info!(component = %ctx.id, endpoint = %addr, "zpages serving /debug/servicez, /debug/pipelinez, /debug/extensionz.");
             let host = Arc::new(host);
             let handler = move |_: &hyper::Method, path: &str| route(&host, path);
+            ctx.ready.set();
             crate::telemetry::serve(listener, handler, ctx.shutdown.clone()).await;
             Ok(())
         })

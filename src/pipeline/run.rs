@@ -20,6 +20,14 @@
 //! subscription are missed, and not counted. Service settings that a running agent cannot
 //! change (`service.telemetry`) need a restart and are reported as such. A replaced component
 //! may leave state to its successor through [`Telemetry::hand_over`] (the correlator does).
+//!
+//! Readiness: a component is ready (status `Ok`) when it has started, or, if it reports its
+//! readiness itself ([`crate::component::Receiver::reports_ready`]: those that bind listeners),
+//! when it says so; a replaced component's new instance only once the old one has finished. The
+//! agent is ready (`/healthz`, `health_check`) while every component it runs is: not before its
+//! listeners accept connections, never when one fails to start, and not while a reload's new
+//! instance waits for its predecessor to drain or is binding its port (as the collector, which
+//! is not ready while a reload restarts its pipelines).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -31,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::graph::{Graph, Node};
 use crate::component::{
-    Admission, BoxRun, ComponentError, ComponentStatus, Context, GatedSender, Input, Output,
+    Admission, BoxRun, ComponentError, ComponentStatus, Context, GatedSender, Input, Output, Ready,
     StatusBoard,
 };
 use crate::config::{Config, Section, ServiceSettings, Value};
@@ -87,6 +95,8 @@ pub async fn run_with_reloads(
     stop: CancellationToken,
     mut reloads: mpsc::Receiver<Reload>,
 ) -> Result<(), RunError> {
+    // Each component task that was not ready when spawned sends its number once it is.
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
     let mut rt = Runtime {
         telemetry: telemetry.clone(),
         settings: settings.clone(),
@@ -96,6 +106,8 @@ pub async fn run_with_reloads(
         next_task: 0,
         live: BTreeMap::new(),
         status: graph.host.status().clone(),
+        pending: BTreeSet::new(),
+        ready_tx,
     };
     // Extensions first, as in the collector, and stopped last, once everything else has
     // drained (health_check answers 503 meanwhile). A reload does not restart them (they keep
@@ -108,14 +120,14 @@ pub async fn run_with_reloads(
     for (id, ext) in extensions {
         let label = format!("extension/{id}");
         let ctx = rt.ctx(&label, extensions_stop.clone());
+        let ready = ext.reports_ready().then(|| ctx.ready.clone());
         let fut = ext.run(ctx, graph.host.clone());
         extension_tasks.insert(rt.next_task);
-        rt.spawn(label, fut, None);
+        rt.spawn(label, fut, None, ready);
     }
     rt.apply(graph, &settings_of(components));
-    telemetry.set_ready(true);
-    rt.status.set_ready(true);
     tracing::info!(components = rt.running.len(), "Pipelines started.");
+    rt.update_ready();
 
     // Run until asked to stop or a component fails.
     let mut failure: Option<RunError> = None;
@@ -136,14 +148,21 @@ pub async fn run_with_reloads(
                     rt.settings = r.config.service.clone();
                     let summary = rt.apply(r.graph, &settings_of(&r.config.components));
                     tracing::info!(kept = ?summary.kept, started = ?summary.started, stopped = ?summary.stopped, "Configuration reloaded.");
+                    rt.update_ready();
                     let _ = r.done.send(summary);
                 }
             },
+            Some(task) = ready_rx.recv() => {
+                rt.pending.remove(&task);
+                rt.update_ready();
+            }
             done = rt.tasks.join_next() => match done {
                 None => break,
                 Some(Ok((task, Ok(())))) => {
                     let label = rt.running.remove(&task).unwrap_or_default();
                     tracing::debug!(component = %label, "Component finished.");
+                    rt.pending.remove(&task);
+                    rt.update_ready();
                 }
                 Some(Ok((task, Err(e)))) => {
                     let label = rt.running.remove(&task).unwrap_or_default();
@@ -280,6 +299,10 @@ struct Runtime {
     /// Every component's status, for the extensions (health_check, zpages). The first graph's
     /// board is kept across reloads: extensions keep the host they started with.
     status: StatusBoard,
+    /// Tasks not ready yet (the agent is ready when none is).
+    pending: BTreeSet<u64>,
+    /// Where a task sends its number once it is ready.
+    ready_tx: mpsc::UnboundedSender<u64>,
 }
 
 impl Runtime {
@@ -288,30 +311,69 @@ impl Runtime {
             id: Arc::from(label),
             shutdown,
             telemetry: self.telemetry.clone(),
+            ready: Ready::default(),
         }
     }
 
-    /// Spawn `fut` as `label`, after `after` (a replaced instance) has finished. Returns the
-    /// token cancelled when it returns.
+    /// Tell `/healthz` and the extensions whether every component is ready.
+    fn update_ready(&self) {
+        let ready = self.pending.is_empty();
+        if ready && self.status.ready_since().is_none() {
+            tracing::info!("Every component is ready.");
+        }
+        self.telemetry.set_ready(ready);
+        self.status.set_ready(ready);
+    }
+
+    /// Spawn `fut` as `label`, after `after` (a replaced instance) has finished. It is ready
+    /// then, or once `ready` is set when it reports readiness itself. Returns the token
+    /// cancelled when it returns.
     fn spawn(
         &mut self,
         label: String,
         fut: BoxRun,
         after: Option<CancellationToken>,
+        ready: Option<Ready>,
     ) -> CancellationToken {
         let finished = CancellationToken::new();
         let done = finished.clone();
         let task = self.next_task;
         self.next_task += 1;
         let status = self.status.clone();
-        status.set(&label, ComponentStatus::Starting);
+        let at_once = after.is_none() && ready.is_none();
+        if at_once {
+            status.set(&label, ComponentStatus::Ok);
+        } else {
+            status.set(&label, ComponentStatus::Starting);
+            self.pending.insert(task);
+        }
         self.running.insert(task, label.clone());
+        let ready_tx = self.ready_tx.clone();
         self.tasks.spawn(async move {
+            let mut fut = fut;
             if let Some(previous) = after {
                 previous.cancelled().await;
+                // The previous instance, under the same label, has just marked itself stopped.
+                status.set(&label, ComponentStatus::Starting);
             }
-            status.set(&label, ComponentStatus::Ok);
-            let res = fut.await;
+            // It may return before it is ready (a listener it cannot bind).
+            let early = match ready {
+                Some(ready) => tokio::select! {
+                    res = &mut fut => Some(res),
+                    _ = ready.wait() => None,
+                },
+                None => None,
+            };
+            let res = match early {
+                Some(res) => res,
+                None => {
+                    if !at_once {
+                        status.set(&label, ComponentStatus::Ok);
+                        let _ = ready_tx.send(task);
+                    }
+                    fut.await
+                }
+            };
             status.set(
                 &label,
                 match &res {
@@ -510,8 +572,9 @@ impl Runtime {
                     let input = self
                         .input(Kind::Exporter, &label, rx)
                         .taking_encoded(exp.takes_encoded());
+                    let ready = exp.reports_ready().then(|| ctx.ready.clone());
                     let fut = exp.run(ctx, input);
-                    place.start(self, node, fut, Some(tx), None, None);
+                    place.start(self, node, fut, ready, Some(tx), None, None);
                 }
             }
         }
@@ -532,12 +595,12 @@ impl Runtime {
                 Some(rx) => {
                     let ctx = self.ctx(&label, self.receivers_stop.clone());
                     let fut = con.run(ctx, self.input(Kind::Connector, &label, rx), out.clone());
-                    place.start(self, node, fut, Some(tx), Some(out), None);
+                    place.start(self, node, fut, None, Some(tx), Some(out), None);
                 }
             }
         }
         for (label, fut) in processor_runs {
-            self.spawn(label, fut, None);
+            self.spawn(label, fut, None, None);
         }
         drop(inputs);
         for (id, rec) in graph.receivers {
@@ -553,8 +616,10 @@ impl Runtime {
                 continue;
             }
             let stop = self.receivers_stop.child_token();
-            let fut = rec.run(self.ctx(&label, stop.clone()), out.clone());
-            place.start(self, node, fut, None, Some(out), Some(stop));
+            let ctx = self.ctx(&label, stop.clone());
+            let ready = rec.reports_ready().then(|| ctx.ready.clone());
+            let fut = rec.run(ctx, out.clone());
+            place.start(self, node, fut, ready, None, Some(out), Some(stop));
         }
         let live = place.live;
         drop(producer_targets);
@@ -616,19 +681,22 @@ impl Placing<'_> {
         true
     }
 
-    /// Spawn `fut` as `node`'s new instance, after the instance it replaces has finished.
+    /// Spawn `fut` as `node`'s new instance, after the instance it replaces has finished
+    /// (`ready`: see [`Runtime::spawn`]).
+    #[allow(clippy::too_many_arguments)]
     fn start(
         &mut self,
         rt: &mut Runtime,
         node: Node,
         fut: BoxRun,
+        ready: Option<Ready>,
         input: Option<Tx>,
         output: Option<Output>,
         stop: Option<CancellationToken>,
     ) {
         let label = node.label();
         let after = self.old.get(&node).map(|l| l.finished.clone());
-        let finished = rt.spawn(label.clone(), fut, after);
+        let finished = rt.spawn(label.clone(), fut, after, ready);
         self.summary.started.push(label);
         let live = Live {
             settings: self.settings.get(&node).cloned(),
@@ -721,4 +789,192 @@ fn output(
             ),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::graph::PipelinePlan;
+    use super::*;
+    use crate::component::{Exporter, Host, Receiver};
+    use crate::config::ComponentId;
+
+    /// A receiver that binds when the test says so: then it reports ready (`true`) and serves
+    /// until stopped, or it fails as a bind would (`false`).
+    struct Binding(oneshot::Receiver<bool>);
+
+    impl Receiver for Binding {
+        fn reports_ready(&self) -> bool {
+            true
+        }
+
+        fn run(self: Box<Self>, ctx: Context, _out: Output) -> BoxRun {
+            Box::pin(async move {
+                if !self.0.await.unwrap_or(false) {
+                    return Err(ComponentError::Other("cannot bind".into()));
+                }
+                ctx.ready.set();
+                ctx.shutdown.cancelled().await;
+                Ok(())
+            })
+        }
+    }
+
+    /// An exporter that does not report readiness: ready once started.
+    struct Sink;
+
+    impl Exporter for Sink {
+        fn run(self: Box<Self>, _ctx: Context, input: Input) -> BoxRun {
+            Box::pin(async move {
+                while input.recv().await.is_some() {}
+                Ok(())
+            })
+        }
+    }
+
+    fn id(s: &str) -> ComponentId {
+        ComponentId::parse(s).expect("component id")
+    }
+
+    /// `receiver/binding` → `exporter/sink`; `bind` tells the receiver when to bind.
+    fn graph(bind: oneshot::Receiver<bool>) -> Graph {
+        Graph {
+            receivers: vec![(id("binding"), Box::new(Binding(bind)))],
+            connectors: Vec::new(),
+            exporters: vec![(id("sink"), Box::new(Sink))],
+            pipelines: vec![PipelinePlan {
+                id: "traces".into(),
+                signal: SignalKind::Traces,
+                sources: vec![Node::Receiver(id("binding"))],
+                processors: Vec::new(),
+                sinks: vec![Node::Exporter(id("sink"))],
+            }],
+            extensions: Vec::new(),
+            host: Host::default(),
+        }
+    }
+
+    struct Started {
+        board: StatusBoard,
+        telemetry: Telemetry,
+        stop: CancellationToken,
+        reloads: mpsc::Sender<Reload>,
+        run: tokio::task::JoinHandle<Result<(), RunError>>,
+    }
+
+    fn start(bind: oneshot::Receiver<bool>) -> Started {
+        let g = graph(bind);
+        let board = g.host.status().clone();
+        let (telemetry, stop) = (Telemetry::new(), CancellationToken::new());
+        let (reloads, rx) = mpsc::channel(1);
+        let run = tokio::spawn({
+            let (telemetry, stop) = (telemetry.clone(), stop.clone());
+            async move {
+                run_with_reloads(g, &[], &ServiceSettings::default(), telemetry, stop, rx).await
+            }
+        });
+        Started {
+            board,
+            telemetry,
+            stop,
+            reloads,
+            run,
+        }
+    }
+
+    impl Started {
+        fn status(&self, label: &str) -> Option<ComponentStatus> {
+            self.board.get(label).map(|e| e.status)
+        }
+
+        fn ready(&self) -> bool {
+            self.telemetry.healthy() && self.board.healthy()
+        }
+
+        /// Lets every task run until it waits, then checks the agent is not ready.
+        async fn assert_waiting_for_the_receiver(&self) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(
+                self.status("receiver/binding"),
+                Some(ComponentStatus::Starting)
+            );
+            assert!(!self.ready() && self.board.ready_since().is_none());
+        }
+
+        async fn await_ready(&self) {
+            let ready = async {
+                while !self.ready() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(5), ready)
+                .await
+                .expect("ready");
+            assert_eq!(self.status("receiver/binding"), Some(ComponentStatus::Ok));
+        }
+    }
+
+    /// The agent is ready once the component that reports its own readiness is; the one that
+    /// does not is ready as soon as it starts.
+    #[tokio::test]
+    async fn ready_once_every_component_is() {
+        let (bind, bound) = oneshot::channel();
+        let agent = start(bound);
+        agent.assert_waiting_for_the_receiver().await;
+        assert_eq!(agent.status("exporter/sink"), Some(ComponentStatus::Ok));
+        let _ = bind.send(true);
+        agent.await_ready().await;
+        agent.stop.cancel();
+        agent.run.await.expect("run").expect("clean stop");
+        assert!(!agent.telemetry.healthy() && agent.board.ready_since().is_none());
+    }
+
+    /// A component that fails before it is ready (a port it cannot bind) never lets the agent
+    /// say it is ready.
+    #[tokio::test]
+    async fn never_ready_when_a_component_fails_to_start() {
+        let (bind, bound) = oneshot::channel();
+        let agent = start(bound);
+        agent.assert_waiting_for_the_receiver().await;
+        let _ = bind.send(false);
+        let res = agent.run.await.expect("run");
+        assert!(
+            matches!(&res, Err(RunError::Component { id, .. }) if id == "receiver/binding"),
+            "{res:?}"
+        );
+        assert!(!agent.telemetry.healthy() && agent.board.ready_since().is_none());
+        assert!(matches!(
+            agent.board.get("receiver/binding").map(|e| e.status),
+            Some(ComponentStatus::PermanentError(_))
+        ));
+    }
+
+    /// A reload's new instance starts after the old one has finished, and the agent is not
+    /// ready until the new one is.
+    #[tokio::test]
+    async fn a_reloaded_component_is_waited_for() {
+        let (bind, bound) = oneshot::channel();
+        let agent = start(bound);
+        let _ = bind.send(true);
+        agent.await_ready().await;
+
+        let (bind, bound) = oneshot::channel();
+        let (done, summary) = oneshot::channel();
+        let reload = Reload {
+            config: Config {
+                components: Vec::new(),
+                pipelines: Vec::new(),
+                service: ServiceSettings::default(),
+            },
+            graph: graph(bound),
+            done,
+        };
+        agent.reloads.send(reload).await.expect("reload sent");
+        let summary = summary.await.expect("reloaded");
+        assert!(summary.started.contains(&"receiver/binding".to_string()));
+        agent.assert_waiting_for_the_receiver().await;
+        let _ = bind.send(true);
+        agent.await_ready().await;
+        agent.stop.cancel();
+        agent.run.await.expect("run").expect("clean stop");
+    }
 }

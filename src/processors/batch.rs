@@ -295,6 +295,7 @@ mod tests {
             id: "processor/batch".into(),
             shutdown: CancellationToken::new(),
             telemetry: Telemetry::new(),
+            ready: Default::default(),
         };
         let out = Output::new(
             vec![(SignalKind::Celery, vec![out_tx])],

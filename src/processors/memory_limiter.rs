@@ -374,6 +374,7 @@ mod tests {
             id: "processor/memory_limiter@celery".into(),
             shutdown: CancellationToken::new(),
             telemetry: telemetry.clone(),
+            ready: Default::default(),
         };
         let out = Output::new(
             vec![(SignalKind::Celery, vec![out_tx])],

@@ -601,6 +601,7 @@ pub(crate) mod tests {
             id: id.into(),
             shutdown: CancellationToken::new(),
             telemetry: Telemetry::new(),
+            ready: Default::default(),
         };
         let telemetry = ctx.telemetry.clone();
         let shutdown = ctx.shutdown.clone();

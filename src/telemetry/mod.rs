@@ -368,7 +368,7 @@ impl Telemetry {
             .any(|leading| !leading())
     }
 
-    /// Every component started.
+    /// Every component ready (see [`crate::component::Ready`]).
     pub fn set_ready(&self, ready: bool) {
         self.inner.ready.store(ready, Ordering::Relaxed);
     }

@@ -1,4 +1,4 @@
-//! RabbitMQ for the AMQP tests: the broker on 127.0.0.1:5672 (guest/guest, started by `.ci/run`)
+//! RabbitMQ for the AMQP tests: the broker on 127.0.0.1:5672 (guest/guest, started by `scripts/test`)
 //! and one vhost per test, made with `rabbitmqctl add_vhost` and deleted on Drop. There is no
 //! skipping: when RabbitMQ or `rabbitmqctl` is missing the test fails and says why.
 
@@ -16,7 +16,7 @@ pub fn rabbitmqctl(args: &[&str]) -> String {
         .args(args)
         .output()
         .unwrap_or_else(|e| {
-            panic!("rabbitmqctl {args:?}: {e} (install rabbitmq-server; .ci/run starts it)")
+            panic!("rabbitmqctl {args:?}: {e} (install rabbitmq-server; scripts/test starts it)")
         });
     assert!(
         out.status.success(),
@@ -36,7 +36,9 @@ pub struct Vhost {
 impl Vhost {
     pub fn create(tag: &str) -> Vhost {
         if TcpStream::connect_timeout(&HOST.parse().unwrap(), Duration::from_secs(2)).is_err() {
-            panic!("RabbitMQ is not reachable on {HOST}: start rabbitmq-server (.ci/run does)");
+            panic!(
+                "RabbitMQ is not reachable on {HOST}: start rabbitmq-server (scripts/test does)"
+            );
         }
         let name = format!("celeriac-{tag}-{}", std::process::id());
         let _ = Command::new("rabbitmqctl")

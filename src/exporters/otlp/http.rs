@@ -202,12 +202,7 @@ fn build(v: &Value) -> BuildResult<dyn Exporter> {
         return Err(DecodeError::new("timeout", "must be greater than 0"));
     }
     let q = &cfg.sending_queue;
-    if q.queue_size == 0 || q.num_consumers == 0 {
-        return Err(DecodeError::new(
-            "sending_queue",
-            "queue_size and num_consumers must be at least 1",
-        ));
-    }
+    q.check()?;
     let tls = crate::tls::ClientTlsConfig {
         ca_file: cfg.tls.ca_file.clone(),
         cert_file: cfg.tls.cert_file.clone(),

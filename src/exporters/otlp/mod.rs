@@ -2,9 +2,12 @@
 //!
 //! This module owns the exporter's settings, its sending queue and its senders; the retry rules
 //! and backoff are in [`retry`]. Batches are sent as they arrive, each encoded once as its OTLP
-//! export request ([`wire`]: retries and the file queue reuse the same bytes), through a bounded queue of `sending_queue.queue_size`
-//! batches drained by `num_consumers` concurrent senders. A full queue makes the exporter stop
-//! reading its input, which slows its pipelines down (backpressure), never drops.
+//! export request ([`wire`]: retries and the file queue reuse the same bytes), through a queue
+//! bounded by `sending_queue.queue_size` in the unit of `sending_queue.sizer` (batches by
+//! default, or items, or bytes: [`sizer`]) drained by `num_consumers` concurrent senders. A full
+//! queue makes the exporter stop reading its input, which slows its pipelines down
+//! (backpressure), never drops; only a batch larger than the whole queue is dropped
+//! (`reason="queue_full"`).
 //!
 //! With `sending_queue.storage: file` the queue is a [`FileQueue`] in
 //! `<directory>/<component>` instead: every batch is appended (encoded as its OTLP export
@@ -47,7 +50,8 @@
 //!     randomization_factor: 0.5
 //!   sending_queue:
 //!     enabled: true             # false: one batch in flight, no queue
-//!     queue_size: 1000          # batches (memory storage)
+//!     sizer: requests           # what queue_size counts: requests (batches) | items | bytes
+//!     queue_size: 1000          # memory storage: held at most, waiting or being exported
 //!     num_consumers: 10         # concurrent export calls
 //!     storage: memory           # or file, or a file_storage extension's id (the collector's way)
 //!     directory: /var/lib/celeriac/queue   # required with file
@@ -56,6 +60,7 @@
 
 pub mod http;
 pub mod retry;
+pub mod sizer;
 mod wire;
 
 use std::collections::BTreeMap;
@@ -68,6 +73,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::{Ascii, MetadataKey, MetadataValue};
@@ -81,6 +87,7 @@ use crate::exporters::sending_queue::{self, DiskQueue, FileQueue, Storage};
 use crate::signal::{Batch, SignalKind};
 use crate::telemetry::{Counter, Gauge, Throttle};
 use retry::{RetryConfig, Verdict};
+use sizer::Sizer;
 use wire::{Encoded, PartialSuccess, RawCodec};
 
 pub const REGISTRATION: Registration = Registration {
@@ -108,12 +115,46 @@ impl QueueConfig {
         }
         QueueConfig {
             enabled: false,
+            sizer: Sizer::Requests,
             queue_size: 1,
             num_consumers: 1,
             storage: Storage::Memory,
             directory: None,
             max_size_mib: self.max_size_mib,
         }
+    }
+
+    /// The checks both OTLP exporters make (the collector's `queuebatch.Config.Validate`, and
+    /// what celeriac's file queue cannot do).
+    pub fn check(&self) -> Result<(), DecodeError> {
+        if self.queue_size == 0 {
+            return Err(DecodeError::new(
+                "sending_queue.queue_size",
+                "must be at least 1",
+            ));
+        }
+        if self.queue_size > Semaphore::MAX_PERMITS {
+            return Err(DecodeError::new(
+                "sending_queue.queue_size",
+                format!("must be at most {}", Semaphore::MAX_PERMITS),
+            ));
+        }
+        if self.num_consumers == 0 {
+            return Err(DecodeError::new(
+                "sending_queue.num_consumers",
+                "must be at least 1",
+            ));
+        }
+        if self.enabled && self.storage == Storage::File && self.sizer != Sizer::Requests {
+            return Err(DecodeError::new(
+                "sending_queue.sizer",
+                format!(
+                    "`{}` bounds the in-memory queue; a file queue (`storage`) is bounded by max_size_mib, so leave sizer at `requests`",
+                    self.sizer
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -158,7 +199,10 @@ pub struct QueueConfig {
     /// The collector's switch: `false` sends each batch before taking the next (one batch in
     /// flight, no queue).
     pub enabled: bool,
-    /// Batches held in memory (`storage: memory`).
+    /// What `queue_size` counts: batches (`requests`), `items` or `bytes` (see [`sizer`]).
+    pub sizer: Sizer,
+    /// What the in-memory queue holds at most (`storage: memory`), waiting or being exported,
+    /// in the unit of `sizer`.
     pub queue_size: usize,
     pub num_consumers: usize,
     pub storage: Storage,
@@ -172,6 +216,7 @@ impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
             enabled: true,
+            sizer: Sizer::Requests,
             queue_size: 1000,
             num_consumers: 10,
             storage: Storage::Memory,
@@ -304,18 +349,7 @@ fn build(v: &Value) -> BuildResult<dyn Exporter> {
         return Err(DecodeError::new("timeout", "must be greater than 0"));
     }
     let q = &cfg.sending_queue;
-    if q.queue_size == 0 {
-        return Err(DecodeError::new(
-            "sending_queue.queue_size",
-            "must be at least 1",
-        ));
-    }
-    if q.num_consumers == 0 {
-        return Err(DecodeError::new(
-            "sending_queue.num_consumers",
-            "must be at least 1",
-        ));
-    }
+    q.check()?;
     let r = &cfg.retry_on_failure;
     if r.enabled && (r.initial_interval.is_zero() || r.max_interval < r.initial_interval) {
         return Err(DecodeError::new(
@@ -577,7 +611,11 @@ impl Shared {
     }
 }
 
-/// `storage: memory`: a bounded channel of batches; a full queue holds the input back.
+/// `storage: memory`: batches wait in a queue bounded by `queue_size` in the unit of `sizer`
+/// (batches, items or bytes; see [`sizer`]). As in the collector, a batch holds its share of
+/// the bound from the moment it is queued until it is delivered or dropped, so the bound covers
+/// the batches being exported too. A full queue holds the input back (backpressure, not loss);
+/// a batch larger than the whole queue can never fit and is dropped (`reason="queue_full"`).
 async fn run_memory_queue(
     ctx: &Context,
     input: &Input,
@@ -586,13 +624,31 @@ async fn run_memory_queue(
     queued: &Gauge,
     seed: u64,
 ) {
-    let (tx, rx) = async_channel::bounded::<Batch>(q.queue_size);
+    let capacity = q.queue_size;
+    let room = Arc::new(Semaphore::new(capacity));
+    {
+        let (t, label) = (&ctx.telemetry, [("component", &*ctx.id)]);
+        let weak = Arc::downgrade(&room);
+        t.observe(
+            "celeriac_exporter_sending_queue_size",
+            "What an exporter's sending queue holds (waiting and being exported), in the unit of its sending_queue.sizer.",
+            &label,
+            move || weak.upgrade().map_or(0, |r| (capacity - r.available_permits()) as i64),
+        );
+        t.observe(
+            "celeriac_exporter_sending_queue_capacity",
+            "sending_queue.queue_size, in the unit of sending_queue.sizer.",
+            &label,
+            move || capacity as i64,
+        );
+    }
+    let (tx, rx) = async_channel::unbounded::<(Batch, OwnedSemaphorePermit)>();
     let mut senders = tokio::task::JoinSet::new();
     for i in 0..q.num_consumers {
         let (rx, shared) = (rx.clone(), shared.clone());
         let mut seed = seed ^ ((i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         senders.spawn(async move {
-            while let Ok(batch) = rx.recv().await {
+            while let Ok((batch, share)) = rx.recv().await {
                 seed = seed.rotate_left(7).wrapping_add(0x9e37_79b9_7f4a_7c15);
                 // Encoded once here, in the sender, so encoding runs on `num_consumers` tasks.
                 if let Some(encoded) = Encoded::of(&batch.signal) {
@@ -603,13 +659,27 @@ async fn run_memory_queue(
                     }
                     shared.export(&encoded, seed, false).await;
                 }
+                // Delivered or dropped: its room in the queue is free again.
+                drop(share);
             }
         });
     }
     drop(rx);
     while let Some(batch) = input.recv_batch().await {
+        let size = q.sizer.size_of(&batch.signal).max(1);
+        let Some(share) = u32::try_from(size).ok().filter(|_| size <= capacity as u64) else {
+            let items = batch.signal.item_count() as u64;
+            shared.dropped.queue_full.add(items);
+            if let Some(held) = shared.warn_full.ready() {
+                tracing::warn!(component = %ctx.id, items, size, sizer = %q.sizer, queue_size = capacity, suppressed = held, "A batch larger than the whole sending queue cannot be queued; dropped. Raise sending_queue.queue_size or lower the batch processor's send_batch_max_size.");
+            }
+            continue;
+        };
         // Waits while the queue is full: backpressure, not loss.
-        if tx.send(batch).await.is_err() {
+        let Ok(share) = room.clone().acquire_many_owned(share).await else {
+            break;
+        };
+        if tx.send((batch, share)).await.is_err() {
             break;
         }
         queued.set(tx.len() as i64);
@@ -968,6 +1038,7 @@ mod tests {
             id: Arc::from("exporter/otlp"),
             shutdown: shutdown.clone(),
             telemetry: telemetry.clone(),
+            ready: Default::default(),
         };
         let (tx, rx) = async_channel::bounded(4);
         let input = Input::new(rx, Counter::default());

@@ -531,6 +531,7 @@ async fn serves_the_page_over_http() {
         id: "exporters/prometheus".into(),
         shutdown: CancellationToken::new(),
         telemetry: Telemetry::new(),
+        ready: Default::default(),
     };
     let telemetry = ctx.telemetry.clone();
     let (in_tx, in_rx) = async_channel::bounded(4);
@@ -610,6 +611,7 @@ async fn bind_failure_is_reported() {
         id: "exporters/prometheus".into(),
         shutdown: CancellationToken::new(),
         telemetry: Telemetry::new(),
+        ready: Default::default(),
     };
     let (_tx, rx) = async_channel::bounded(1);
     let res = exporter.run(ctx, Input::new(rx, Counter::default())).await;

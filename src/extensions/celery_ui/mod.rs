@@ -259,6 +259,11 @@ impl CeleryUi {
 }
 
 impl Extension for CeleryUi {
+    /// Ready once its endpoint is bound and it serves.
+    fn reports_ready(&self) -> bool {
+        true
+    }
+
     fn validate(&self, host: &Host) -> Result<(), String> {
         self.resolve(host).map(drop)
     }
@@ -384,6 +389,7 @@ impl Extension for CeleryUi {
                     }
                 }
             };
+            ctx.ready.set();
             crate::serve::serve_with(
                 "celery_ui",
                 listener,

@@ -433,6 +433,11 @@ async fn handshake(
 }
 
 impl Receiver for OtlpReceiver {
+    /// Ready once every listed protocol's port is bound.
+    fn reports_ready(&self) -> bool {
+        true
+    }
+
     fn run(self: Box<Self>, ctx: Context, out: Output) -> BoxRun {
         Box::pin(async move {
             let ingest = Arc::new(Ingest::new(
@@ -482,6 +487,7 @@ impl Receiver for OtlpReceiver {
                 ));
             }
             drop(ingest);
+            ctx.ready.set();
             while servers.join_next().await.is_some() {}
             Ok(())
         })
