@@ -393,7 +393,7 @@ impl Receiver for CeleryRedis {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::receivers::redis_queues::tests::{redis_on_free_port, run_receiver, Running};
+    use crate::receivers::redis_queues::tests::{redis_on_free_port, run_receiver};
     use std::io::Write;
 
     /// The Celery event messages of the captured traffic: (channel, payload).
@@ -423,12 +423,7 @@ mod tests {
         let (port, _server) = redis_on_free_port().await;
         let v: Value =
             serde_yaml_ng::from_str(&format!("endpoint: redis://127.0.0.1:{port}/0")).unwrap();
-        let Running {
-            rx,
-            shutdown,
-            task: run,
-            ..
-        } = run_receiver(
+        let receiver = run_receiver(
             build(&v).ok().unwrap(),
             "receivers/celery_redis",
             SignalKind::Celery,
@@ -474,11 +469,11 @@ mod tests {
         let mut got = 0;
         let mut most_queued = 0;
         while got < want {
-            let b = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            let b = tokio::time::timeout(Duration::from_secs(10), receiver.rx.recv())
                 .await
                 .expect("events stopped arriving")
                 .unwrap();
-            most_queued = most_queued.max(rx.len());
+            most_queued = most_queued.max(receiver.rx.len());
             got += b.signal.item_count();
             // A busy consumer: the socket fills meanwhile.
             std::thread::sleep(Duration::from_micros(300));
@@ -486,8 +481,8 @@ mod tests {
         assert_eq!(got, want);
         assert_eq!(most_queued, 0, "the receiver decoded ahead of its consumer");
         drop(publisher.join().unwrap());
-        shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(2), run)
+        receiver.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(2), receiver.task)
             .await
             .unwrap()
             .unwrap()
