@@ -33,8 +33,8 @@ import tempfile
 import time
 
 import pipeline_latency
-from common import FLOOD, celery_redis_config, free_port, http_get, logger, parse_prom, proc_cpu, proc_mem, \
-    redis_cmd, task_events_counted
+from common import FLOOD, celery_redis_config, free_port, http_get, logger, own_group, parse_prom, proc_cpu, \
+    proc_mem, redis_cmd, task_events_counted
 
 COUNTED = ("sent", "received", "started", "succeeded", "failed", "retried", "revoked", "rejected")
 log = logger("bench-e2e")
@@ -62,9 +62,13 @@ class Agent:
         numpat = redis_cmd(self.redis_port, "PUBSUB", "NUMPAT")
         self.logf = open(os.path.join(self.workdir, "%s.log" % self.name.split()[0]), "ab")
         cpus = self.a.agent_cpus
+        def preexec():
+            own_group()  # its session's autogroup at this script's nice
+            if cpus:
+                os.sched_setaffinity(0, cpus)
+
         self.proc = subprocess.Popen(self.command(), stdout=self.logf, stderr=subprocess.STDOUT,
-                                     cwd=self.workdir, start_new_session=True, env=self.env(),
-                                     preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+                                     cwd=self.workdir, env=self.env(), preexec_fn=preexec)
         deadline = time.time() + 60
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -155,7 +159,7 @@ class Bench:
         cmd = [sys.executable, FLOOD, "--port", str(self.redis_port), "--tasks", str(tasks),
                "--rate", str(rate), "--start", str(self.task_index), "--run-id", str(self.run_id)]
         self.task_index += tasks
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE)
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, preexec_fn=own_group)
         backlog = 0
         while p.poll() is None:
             backlog = max(backlog, self.backlog())
@@ -298,7 +302,8 @@ class Bench:
         tasks = max(1000, int(rate * seconds / 4))
         probe = subprocess.Popen([sys.executable, FLOOD, "--port", str(self.redis_port),
                                   "--probe", agent.url, "--duration", str(seconds),
-                                  "--run-id", str(self.run_id + 1)], stdout=subprocess.PIPE)
+                                  "--run-id", str(self.run_id + 1)], stdout=subprocess.PIPE,
+                                 preexec_fn=own_group)
         own = getattr(agent, "telemetry_port", None)
         own_url = "http://127.0.0.1:%d/metrics" % own if own else None
         before = pipeline_latency.read(own_url) if own_url else {}
@@ -333,7 +338,7 @@ class Bench:
                                   "--save", "", "--appendonly", "no",
                                   "--client-output-buffer-limit", "pubsub 0 0 0"],
                                  stdout=open(os.path.join(self.workdir, "redis.log"), "wb"),
-                                 stderr=subprocess.STDOUT, start_new_session=True)
+                                 stderr=subprocess.STDOUT, preexec_fn=own_group)
         results = {"mode": a.mode, "loadavg_start": open("/proc/loadavg").read().split()[:3]}
         try:
             for _ in range(100):

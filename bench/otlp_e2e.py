@@ -30,28 +30,13 @@ import time
 import urllib.request
 
 import pipeline_latency
-from common import free_port, logger, proc_cpu, proc_mem
+from common import free_port, logger, own_group, proc_cpu, proc_mem
 
 log = logger("bench-otlp")
 
 
 def taskset(cpus, cmd):
     return ["taskset", "-c", cpus] + cmd if cpus else cmd
-
-
-def own_group():
-    """Popen's preexec_fn for the agent, the generator and the sink: a session of their own,
-    and that session's autogroup at this script's nice. With the kernel's autogroup scheduling
-    (/proc/sys/kernel/sched_autogroup_enabled = 1) CPU time is shared between sessions first,
-    so `nice -n 19` on another session's build does not yield the CPU to `nice -n -5` here:
-    the agent's single thread then waits 50-130 ms per 100 ms for its CPU (schedstat) and that
-    wait, not celeriac, is the latency tail. Setting the group's nice needs root for < 0."""
-    os.setsid()
-    try:
-        with open("/proc/self/autogroup", "w") as f:
-            f.write(str(os.getpriority(os.PRIO_PROCESS, 0)))
-    except OSError:
-        pass
 
 
 def fifo(on, prio, cmd):

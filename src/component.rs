@@ -455,11 +455,22 @@ impl Output {
     /// closed is skipped and the refusal counted. Fails only when every target has closed,
     /// which happens during shutdown.
     pub async fn send(&self, signal: Signal) -> Result<(), SendError> {
+        self.send_since(signal, None).await
+    }
+
+    /// [`Output::send`] of a batch whose first item's bytes arrived at `since` (a receiver that
+    /// reads ahead of what it decodes counts the wait in its buffer and the decoding in its
+    /// pipelines' latency).
+    pub async fn send_since(
+        &self,
+        signal: Signal,
+        since: Option<Instant>,
+    ) -> Result<(), SendError> {
         let Some(route) = self.route(&signal) else {
             return Ok(());
         };
         let open: Vec<&GatedSender> = route.open().collect();
-        let mut since = None;
+        let mut since = since;
         let mut delivered = false;
         if let Some((last, rest)) = open.split_last() {
             for s in rest {

@@ -336,8 +336,8 @@ impl Receiver for CeleryRedis {
                         }) => r,
                     };
                     match read {
-                        Ok(n) => {
-                            messages.add(n as u64);
+                        Ok(read) => {
+                            messages.add(read.messages as u64);
                             if !events.is_empty() {
                                 events_in.add(events.len() as u64);
                                 let batch = Signal::Celery(Arc::new(std::mem::replace(
@@ -349,10 +349,18 @@ impl Receiver for CeleryRedis {
                                 }
                                 // Waiting here lets Redis buffer for us (up to its pub/sub output
                                 // limit) instead of dropping during a short burst.
+                                // Stamped with when its first message was read: the time it
+                                // waited in the read buffer and its decoding count as celeriac's.
                                 tokio::select! {
                                     _ = ctx.shutdown.cancelled() => break 'outer,
-                                    r = out.send(batch) => if r.is_err() { break 'outer },
+                                    r = out.send_since(batch, Some(read.since)) => if r.is_err() { break 'outer },
                                 }
+                                // Let what this batch woke (the correlator) take it before the
+                                // next one is decoded. On a runtime with one worker (an agent on
+                                // one core) the receiver would otherwise decode all its socket
+                                // holds, up to the channel's capacity, before the correlator
+                                // ran, and each batch would wait for every one decoded after it.
+                                tokio::task::yield_now().await;
                             }
                         }
                         Err(e) => {
@@ -385,6 +393,101 @@ impl Receiver for CeleryRedis {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::receivers::redis_queues::tests::{redis_on_free_port, run_receiver};
+    use std::io::Write;
+
+    /// The Celery event messages of the captured traffic: (channel, payload).
+    fn captured() -> Vec<(String, String)> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/celery-events-redis.jsonl"
+        );
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .filter_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                let ch = v["channel"].as_str()?;
+                let data = v["data"].as_str()?;
+                ch.contains("celeryev")
+                    .then(|| (ch.to_string(), data.to_string()))
+            })
+            .collect()
+    }
+
+    /// On one worker thread, a batch is taken before the next one is decoded: however much the
+    /// socket holds while the consumer is busy, the receiver does not run ahead of it (every
+    /// batch would otherwise wait for all those decoded after it), and every event arrives.
+    #[tokio::test(flavor = "current_thread")]
+    async fn hands_over_one_batch_at_a_time_on_one_thread() {
+        let (port, _server) = redis_on_free_port().await;
+        let v: Value =
+            serde_yaml_ng::from_str(&format!("endpoint: redis://127.0.0.1:{port}/0")).unwrap();
+        let receiver = run_receiver(
+            build(&v).ok().unwrap(),
+            "receivers/celery_redis",
+            SignalKind::Celery,
+        );
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        for _ in 0..200 {
+            let n: i64 = redis::cmd("PUBSUB")
+                .arg("NUMPAT")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            if n > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+
+        // ~4 MiB of real event messages, pipelined from another thread while this one is busy.
+        let messages = captured();
+        let rounds = 50;
+        let mut per_round = 0;
+        for (_, payload) in &messages {
+            let mut evs = Vec::new();
+            let _ = decode_envelope(payload.as_bytes(), &mut evs);
+            per_round += evs.len();
+        }
+        assert!(per_round > 50, "fixture: {per_round} events");
+        let want = per_round * rounds;
+        let publisher = std::thread::spawn(move || {
+            let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let mut wire = Vec::new();
+            for _ in 0..rounds {
+                for (ch, payload) in &messages {
+                    let args: [&[u8]; 3] = [b"PUBLISH", ch.as_bytes(), payload.as_bytes()];
+                    wire.extend_from_slice(&crate::redis_broker::resp::command(&args));
+                }
+            }
+            sock.write_all(&wire).unwrap();
+            sock
+        });
+
+        let mut got = 0;
+        let mut most_queued = 0;
+        while got < want {
+            let b = tokio::time::timeout(Duration::from_secs(10), receiver.rx.recv())
+                .await
+                .expect("events stopped arriving")
+                .unwrap();
+            most_queued = most_queued.max(receiver.rx.len());
+            got += b.signal.item_count();
+            // A busy consumer: the socket fills meanwhile.
+            std::thread::sleep(Duration::from_micros(300));
+        }
+        assert_eq!(got, want);
+        assert_eq!(most_queued, 0, "the receiver decoded ahead of its consumer");
+        drop(publisher.join().unwrap());
+        receiver.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(2), receiver.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
 
     #[test]
     fn patterns_cover_every_kombu_naming() {

@@ -7,8 +7,9 @@
 //! stays bounded, and Redis cuts the connection when its limit is hit, which the receiver sees
 //! and counts as a gap.
 
+use std::collections::VecDeque;
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -48,6 +49,49 @@ pub struct Subscriber {
     ping_every: Duration,
     /// The largest frame accepted (`max_message_size_mib`); a larger one is a protocol error.
     max_frame: usize,
+    /// When the bytes still in `buf` were read.
+    arrivals: Arrivals,
+}
+
+/// When the bytes still in the read buffer were read: one entry per socket read, oldest first,
+/// with how many of its bytes are not consumed yet.
+#[derive(Debug, Default)]
+struct Arrivals(VecDeque<(usize, Instant)>);
+
+impl Arrivals {
+    fn read(&mut self, bytes: usize, at: Instant) {
+        if bytes > 0 {
+            self.0.push_back((bytes, at));
+        }
+    }
+
+    /// When the oldest byte not consumed yet was read.
+    fn oldest(&self) -> Option<Instant> {
+        self.0.front().map(|&(_, at)| at)
+    }
+
+    fn consumed(&mut self, mut bytes: usize) {
+        while bytes > 0 {
+            let Some(front) = self.0.front_mut() else {
+                return;
+            };
+            if front.0 > bytes {
+                front.0 -= bytes;
+                return;
+            }
+            bytes -= front.0;
+            self.0.pop_front();
+        }
+    }
+}
+
+/// What one [`Subscriber::read_batch`] call handed out.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivered {
+    pub messages: usize,
+    /// When the first of these messages was read from the socket (it may have waited in the
+    /// read buffer while earlier ones were handled).
+    pub since: Instant,
 }
 
 /// A message delivered on a pattern subscription.
@@ -101,6 +145,7 @@ impl Subscriber {
             idle_limit: Duration::from_secs(45),
             ping_every: Duration::from_secs(15),
             max_frame,
+            arrivals: Arrivals::default(),
         };
         if let Some(pass) = &ep.password {
             let mut args: Vec<&[u8]> = vec![b"AUTH"];
@@ -146,6 +191,8 @@ impl Subscriber {
                 return Err(PubSubError::Server(format!("PSUBSCRIBE failed: {msg}")));
             }
         }
+        // Messages already read behind the confirmations.
+        s.arrivals.read(s.buf.len(), Instant::now());
         Ok(s)
     }
 
@@ -173,15 +220,17 @@ impl Subscriber {
         }
     }
 
-    /// Wait for data, then call `f` for every complete message now in the buffer. Returns the
-    /// number of messages handled. Subscribe confirmations and pongs are consumed silently; an
-    /// error reply from the server is returned as an error.
+    /// Wait for data, then call `f` for every complete message now in the buffer (up to about
+    /// 64 KiB of them). Returns how many messages were handled and when the first was read.
+    /// Subscribe confirmations and pongs are consumed silently; an error reply from the server
+    /// is returned as an error.
     pub async fn read_batch<F: FnMut(Message<'_>)>(
         &mut self,
         mut f: F,
-    ) -> Result<usize, PubSubError> {
+    ) -> Result<Delivered, PubSubError> {
         let mut waited = Duration::ZERO;
         loop {
+            let since = self.arrivals.oldest();
             let mut handled = 0;
             let mut consumed = 0;
             // At most ~64 KiB of messages per call, whatever the backlog in the buffer: each call
@@ -218,8 +267,12 @@ impl Subscriber {
                 }
             }
             self.buf.advance(consumed);
+            self.arrivals.consumed(consumed);
             if handled > 0 {
-                return Ok(handled);
+                return Ok(Delivered {
+                    messages: handled,
+                    since: since.unwrap_or_else(Instant::now),
+                });
             }
             if consumed >= MAX_BATCH_BYTES {
                 continue; // only non-message frames so far: parse the rest before reading
@@ -229,7 +282,10 @@ impl Subscriber {
             }
             match tokio::time::timeout(self.ping_every, self.stream.read_buf(&mut self.buf)).await {
                 Ok(Ok(0)) => return Err(PubSubError::Closed),
-                Ok(Ok(_)) => waited = Duration::ZERO,
+                Ok(Ok(n)) => {
+                    self.arrivals.read(n, Instant::now());
+                    waited = Duration::ZERO;
+                }
                 Ok(Err(e)) => return Err(e.into()),
                 Err(_) => {
                     waited += self.ping_every;
@@ -240,5 +296,27 @@ impl Subscriber {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_as_old_as_the_read_that_brought_its_first_byte() {
+        let t0 = Instant::now();
+        let (t1, t2) = (t0 + Duration::from_millis(1), t0 + Duration::from_millis(2));
+        let mut a = Arrivals::default();
+        a.read(100, t0);
+        a.read(0, t1); // a read of nothing leaves no entry
+        a.read(50, t2);
+        assert_eq!(a.oldest(), Some(t0));
+        a.consumed(99); // one byte of the first read left (a message split across reads)
+        assert_eq!(a.oldest(), Some(t0));
+        a.consumed(1);
+        assert_eq!(a.oldest(), Some(t2));
+        a.consumed(60); // more than is held: nothing left, no panic
+        assert_eq!(a.oldest(), None);
     }
 }

@@ -442,7 +442,7 @@ impl Receiver for RedisQueues {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::component::Output;
     use crate::signal::Batch;
@@ -523,7 +523,7 @@ mod tests {
 
     // --- against a real redis-server -----------------------------------------------------
 
-    struct RedisServer {
+    pub(crate) struct RedisServer {
         child: std::process::Child,
         _dir: tempfile::TempDir,
     }
@@ -573,6 +573,52 @@ mod tests {
         RedisServer { child, _dir: dir }
     }
 
+    /// A free local port, and a redis-server started on it.
+    pub(crate) async fn redis_on_free_port() -> (u16, RedisServer) {
+        assert!(
+            redis_server_available(),
+            "redis-server is not on PATH (scripts/test installs Debian's redis-server)"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        (port, start_redis(port).await)
+    }
+
+    /// A receiver running on this runtime into a channel of 64 batches of `kind`.
+    pub(crate) struct Running {
+        pub rx: async_channel::Receiver<Batch>,
+        pub telemetry: Telemetry,
+        pub shutdown: CancellationToken,
+        pub task: tokio::task::JoinHandle<Result<(), crate::component::ComponentError>>,
+    }
+
+    pub(crate) fn run_receiver(receiver: Box<dyn Receiver>, id: &str, kind: SignalKind) -> Running {
+        let (tx, rx) = async_channel::bounded(64);
+        let ctx = Context {
+            id: id.into(),
+            shutdown: CancellationToken::new(),
+            telemetry: Telemetry::new(),
+            ready: Default::default(),
+        };
+        let telemetry = ctx.telemetry.clone();
+        let shutdown = ctx.shutdown.clone();
+        let out = Output::new(
+            vec![(kind, vec![tx])],
+            Counter::default(),
+            Counter::default(),
+        );
+        let task = tokio::spawn(receiver.run(ctx, out));
+        Running {
+            rx,
+            telemetry,
+            shutdown,
+            task,
+        }
+    }
+
     fn errors_counted(t: &Telemetry) -> u64 {
         t.render()
             .lines()
@@ -615,17 +661,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn polls_a_real_redis_and_survives_its_loss() {
-        assert!(
-            redis_server_available(),
-            "redis-server is not on PATH (scripts/test installs Debian's redis-server)"
-        );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let (port, server) = redis_on_free_port().await;
         let url = format!("redis://127.0.0.1:{port}/0");
-        let server = start_redis(port).await;
         {
             let client = redis::Client::open(url.as_str()).unwrap();
             let mut c = client.get_multiplexed_async_connection().await.unwrap();
@@ -658,22 +695,16 @@ mod tests {
             "endpoint: {url}\ninterval: 100ms\nqueues: [celery, other, empty]"
         ))
         .unwrap();
-        let receiver = build(&v).ok().unwrap();
-        let (tx, rx) = async_channel::bounded(64);
-        let ctx = Context {
-            id: "receivers/redis_queues".into(),
-            shutdown: CancellationToken::new(),
-            telemetry: Telemetry::new(),
-            ready: Default::default(),
-        };
-        let telemetry = ctx.telemetry.clone();
-        let shutdown = ctx.shutdown.clone();
-        let out = Output::new(
-            vec![(SignalKind::Metrics, vec![tx])],
-            Counter::default(),
-            Counter::default(),
+        let Running {
+            rx,
+            telemetry,
+            shutdown,
+            task: run,
+        } = run_receiver(
+            build(&v).ok().unwrap(),
+            "receivers/redis_queues",
+            SignalKind::Metrics,
         );
-        let run = tokio::spawn(receiver.run(ctx, out));
 
         let first = tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
