@@ -102,7 +102,15 @@ fn rediss_with_client_certificate_and_acl_user() {
         "{}",
         agent.output()
     );
-    assert!(agent.stderr().contains("AUTH failed"), "{}", agent.output());
+    // The receiver counts the error, then logs it: the line may reach our reader a moment
+    // after the counter reached the scrape.
+    assert!(
+        wait_until(Duration::from_secs(5), || agent
+            .stderr()
+            .contains("AUTH failed")),
+        "{}",
+        agent.output()
+    );
     assert!(!agent.output().contains("not-the-pw"), "{}", agent.output());
     agent.terminate();
     assert!(agent.wait_exit(Duration::from_secs(15)).is_some());
