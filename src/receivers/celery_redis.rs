@@ -393,7 +393,7 @@ impl Receiver for CeleryRedis {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::receivers::redis_queues::tests::{redis_on_free_port, run_receiver};
+    use crate::receivers::testing::{redis_on_free_port, run_receiver};
     use std::io::Write;
 
     /// The Celery event messages of the captured traffic: (channel, payload).

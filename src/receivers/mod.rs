@@ -11,3 +11,5 @@ pub mod prometheus;
 mod pubsub;
 mod queue_metrics;
 pub mod redis_queues;
+#[cfg(test)]
+mod testing;
