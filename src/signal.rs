@@ -267,15 +267,14 @@ fn count(mut buf: &[u8], path: &[&[u32]], top: bool) -> Result<u64, NotWellFrame
     let mut n = 0;
     while buf.has_remaining() {
         let key = decode_varint(&mut buf).map_err(|_| NotWellFramed)?;
-        let (field, wire) = ((key >> 3) as u32, key & 7);
-        if field == 0 {
-            return Err(NotWellFramed);
-        }
+        let field = (key >> 3) as u32;
+        let wire = WireType::try_from(key & 7).map_err(|_| NotWellFramed)?;
         let ours = fields.contains(&field);
-        if top && !ours {
+        // Field 0 does not exist; only our fields at the top; ours are messages.
+        if field == 0 || (top && !ours) || (ours && wire != WireType::LengthDelimited) {
             return Err(NotWellFramed);
         }
-        match WireType::try_from(wire).map_err(|_| NotWellFramed)? {
+        match wire {
             WireType::Varint => {
                 decode_varint(&mut buf).map_err(|_| NotWellFramed)?;
             }
@@ -297,9 +296,6 @@ fn count(mut buf: &[u8], path: &[&[u32]], top: bool) -> Result<u64, NotWellFrame
                 buf = after;
             }
             _ => return Err(NotWellFramed),
-        }
-        if ours && !matches!(WireType::try_from(wire), Ok(WireType::LengthDelimited)) {
-            return Err(NotWellFramed);
         }
     }
     Ok(n)
